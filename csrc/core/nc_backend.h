@@ -1,0 +1,42 @@
+/* nc_backend.h - what the pool needs from a kind of connection.
+ *
+ * The pool only opens, checks, resets and closes connections; running
+ * statements is the business of the code that borrowed one (it knows the
+ * kind).  ctx is the backend's per-pool context (conninfo, path, or the
+ * Python factory), conn one open connection.  Every call that may wait takes
+ * an absolute deadline (nc_time.h).  The pool never calls these with its own
+ * mutex held.
+ */
+#ifndef NC_BACKEND_H
+#define NC_BACKEND_H
+
+#include "nc_error.h"
+
+typedef struct nc_backend_ops {
+    const char *kind;   /* "postgresql", "sqlite", "python" */
+
+    /* Open a connection before deadline.  NULL with err set on failure. */
+    void *(*connect)(void *ctx, double deadline, nc_error *err);
+
+    /* Cheap check of an idle connection, no round trip: 1 looks usable, 0 dead. */
+    int (*looks_alive)(void *ctx, void *conn);
+
+    /* Round-trip check before deadline: 0 ok, -1 failed (err set). */
+    int (*ping)(void *ctx, void *conn, double deadline, nc_error *err);
+
+    /* 1 when giving the connection back needs I/O (an open transaction to roll
+     * back), 0 when it is clean, -1 when it is broken and must be discarded. */
+    int (*return_state)(void *ctx, void *conn);
+
+    /* Roll back what is open before deadline: 0 ok, -1 discard it. */
+    int (*reset)(void *ctx, void *conn, double deadline, nc_error *err);
+
+    /* Close and free the connection.  Must not wait long (no deadline: it only
+     * sends a terminate message / closes a file). */
+    void (*close)(void *ctx, void *conn);
+
+    /* Free ctx when the pool is freed. */
+    void (*ctx_free)(void *ctx);
+} nc_backend_ops;
+
+#endif

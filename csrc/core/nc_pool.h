@@ -1,0 +1,115 @@
+/* nc_pool.h - the connection pool.
+ *
+ * A fixed array of max_connections slots; each slot is empty, idle or lent.
+ * Borrowers that find nothing wait in a FIFO queue and are served in order:
+ * a returned connection is handed straight to the oldest waiter.  A lease
+ * number in every slot changes on each borrow and return, so a handle kept
+ * after its return can be recognised (nc_pool_lease_valid) and can never reach
+ * the connection lent to the next caller.  Slots live as long as the pool.
+ *
+ * Threads: every function may be called from any thread.  nc_pool_acquire,
+ * nc_pool_release (when nc_pool_release_blocks says so) and nc_pool_shutdown
+ * may wait: the binding layer calls them with the GIL released.
+ */
+#ifndef NC_POOL_H
+#define NC_POOL_H
+
+#include <stdint.h>
+#include "nc_error.h"
+#include "nc_backend.h"
+
+typedef struct nc_pool_config {
+    int max_connections;        /* >= 1 */
+    int min_connections;        /* 0..max, kept open by the janitor */
+    double acquire_timeout;     /* seconds, default wait in acquire */
+    int retry_attempts;         /* attempts to open one connection (>= 1) */
+    double retry_backoff;       /* first backoff in seconds; doubles, capped at 2 s */
+    int validate;               /* validate on borrow and in the background */
+    double validation_interval; /* janitor period, seconds */
+    double validation_timeout;  /* deadline of one ping, seconds */
+    double connect_timeout;     /* deadline of one connect attempt, seconds */
+    double idle_timeout;        /* close idle connections above min after this */
+    double max_lifetime;        /* retire connections after this (0 = never) */
+    double lifetime_jitter;     /* fraction of max_lifetime taken off at random */
+    double ping_after_idle;     /* borrow pings when idle longer than this */
+} nc_pool_config;
+
+void nc_pool_config_defaults(nc_pool_config *cfg);
+
+enum nc_slot_state { NC_SLOT_EMPTY = 0, NC_SLOT_OPENING, NC_SLOT_IDLE, NC_SLOT_LENT, NC_SLOT_CHECKING };
+
+typedef struct nc_conn {
+    void *raw;                  /* the backend's connection */
+    int index;                  /* slot number */
+    int state;                  /* enum nc_slot_state, under the pool mutex */
+    uint64_t lease;             /* changes on every borrow and return */
+    uint64_t serial;            /* which connection (counts opens) */
+    double created;             /* monotonic */
+    double expires;             /* monotonic, created + lifetime - jitter */
+    double last_used;           /* monotonic, when it went idle */
+    double last_checked;        /* monotonic, last successful check */
+    int next_idle;              /* idle stack link (slot index, -1 end) */
+} nc_conn;
+
+typedef struct nc_pool_stats {
+    int max_connections, min_connections;
+    int total, active, idle, opening, waiting;
+    int closed_flag;
+    uint64_t acquires, acquire_timeouts;
+    uint64_t opened, closed, replaced, connect_failures, validation_failures;
+    uint64_t queries, query_errors;
+    double wait_total;          /* seconds spent waiting in acquire, all borrows */
+    double wait_p50, wait_p99;  /* seconds */
+} nc_pool_stats;
+
+typedef struct nc_pool nc_pool;
+
+/* Takes ownership of ctx (freed with ops->ctx_free when the pool is freed,
+ * also on failure here).  Starts the janitor thread when validate or min > 0
+ * or idle/lifetime limits apply.  NULL with err set on failure. */
+nc_pool *nc_pool_new(const nc_pool_config *cfg, const nc_backend_ops *ops, void *ctx, nc_error *err);
+
+/* Fast path: an idle connection that needs no round trip, without blocking
+ * and without backend I/O other than a zero-timeout socket poll.
+ * 1: *out is lent to the caller; 0: nothing (use nc_pool_acquire); -1: err set. */
+int nc_pool_try_acquire(nc_pool *p, nc_conn **out, uint64_t *lease, nc_error *err);
+
+/* Borrow a connection, waiting up to timeout seconds (< 0: the configured
+ * acquire_timeout).  Validates, replaces dead connections, opens new ones
+ * with retries.  0 ok; -1 with err: NC_E_POOL_CLOSED, NC_E_POOL_TIMEOUT
+ * (message says how many are in use and how many wait), NC_E_NEW_FAILED ... */
+int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, nc_error *err);
+
+/* 1 when nc_pool_release(p, c, 0) may do I/O (roll back), else 0. */
+int nc_pool_release_blocks(nc_pool *p, nc_conn *c);
+
+/* Give c back.  discard != 0 closes it instead (broken, or the caller knows
+ * better).  An open transaction is rolled back; a failing rollback discards. */
+void nc_pool_release(nc_pool *p, nc_conn *c, int discard);
+
+/* 1 when (c, lease) is still the caller's borrow. */
+int nc_pool_lease_valid(nc_pool *p, nc_conn *c, uint64_t lease);
+
+/* Stop the janitor, refuse new borrows (NC_E_POOL_CLOSED), close idle
+ * connections, wait up to timeout for lent ones to come back, then close
+ * those not yet back when they are returned (or at nc_pool_free).
+ * Returns the number still lent when it gave up waiting.  Idempotent. */
+int nc_pool_shutdown(nc_pool *p, double timeout);
+
+/* Close every idle connection now (used after a failover); lent ones are
+ * closed when they come back if discard_lent. */
+void nc_pool_drain(nc_pool *p, int discard_lent);
+
+int nc_pool_is_closed(nc_pool *p);
+void nc_pool_get_stats(nc_pool *p, nc_pool_stats *out);
+/* Counted by whoever runs statements on a borrowed connection. */
+void nc_pool_count_query(nc_pool *p, int failed);
+const nc_pool_config *nc_pool_config_of(nc_pool *p);
+void *nc_pool_ctx(nc_pool *p);
+const nc_backend_ops *nc_pool_ops(nc_pool *p);
+
+/* Free everything.  Call after nc_pool_shutdown; any still-lent connection is
+ * closed here, so no borrower may use one afterwards. */
+void nc_pool_free(nc_pool *p);
+
+#endif
