@@ -15,6 +15,10 @@
 typedef struct nc_backend_ops {
     const char *kind;   /* "postgresql", "sqlite", "python" */
 
+    /* 1: the pool pings a connection right after opening it (a new one that
+     * fails is error 2008/2010).  Native backends validate in connect. */
+    int ping_new;
+
     /* Open a connection before deadline.  NULL with err set on failure. */
     void *(*connect)(void *ctx, double deadline, nc_error *err);
 

@@ -1,0 +1,197 @@
+/* nc_janitor.c - the pool's maintenance thread.
+ *
+ * Every validation_interval it takes the idle connections one at a time
+ * (oldest idle first is not needed: each gets its turn), retires those past
+ * max_lifetime, closes those idle longer than idle_timeout while the pool is
+ * above min_connections, pings the rest and replaces the ones that fail.  In
+ * between it keeps min_connections open, woken at once when a slot empties.
+ * It never holds the pool mutex across backend I/O, so borrowers are never
+ * held up by a check; a connection being checked is simply not idle.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "nc_pool_internal.h"
+#include "nc_time.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+
+static int needs_janitor(const nc_pool_config *c)
+{
+    return c->validate || c->min_connections > 0 || c->idle_timeout > 0 || c->max_lifetime > 0;
+}
+
+/* Open connections until min_connections are there.  Called without mu. */
+static void fill_to_min(nc_pool *p, int replacing)
+{
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        if (p->closed || p->janitor_stop || nc_pool_total_locked(p) >= p->cfg.min_connections) {
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+        nc_conn *c = nc_pool_reserve_locked(p);
+        pthread_mutex_unlock(&p->mu);
+        if (!c)
+            return;
+        nc_error err;
+        double deadline = nc_now() + p->cfg.connect_timeout * p->cfg.retry_attempts;
+        void *raw = nc_pool_open_raw(p, deadline,
+                                     replacing ? NC_E_REPLACE_FAILED : NC_E_NEW_FAILED,
+                                     replacing ? NC_E_REPLACE_INVALID : NC_E_NEW_INVALID, &err);
+        pthread_mutex_lock(&p->mu);
+        if (!raw) {
+            nc_pool_slot_free_locked(p, c);
+            pthread_mutex_unlock(&p->mu);
+            return;   /* try again next round; failures are in the stats */
+        }
+        nc_pool_slot_fill_locked(p, c, raw);
+        if (replacing)
+            p->replaced++;
+        nc_pool_put_idle_locked(p, c);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+/* One pass over the idle connections. */
+static void check_idle(nc_pool *p, int validate_round)
+{
+    int n = p->cfg.max_connections;
+    for (int i = 0; i < n; i++) {
+        nc_conn *c = &p->slots[i];
+        pthread_mutex_lock(&p->mu);
+        if (p->closed || p->janitor_stop) {
+            pthread_mutex_unlock(&p->mu);
+            return;
+        }
+        if (c->state != NC_SLOT_IDLE) {
+            pthread_mutex_unlock(&p->mu);
+            continue;
+        }
+        double now = nc_now();
+        int total = nc_pool_total_locked(p);
+        int retire = now >= c->expires;
+        int idle_out = p->cfg.idle_timeout > 0 && now - c->last_used > p->cfg.idle_timeout &&
+                       total > p->cfg.min_connections;
+        int ping = validate_round && p->cfg.validate && !retire && !idle_out &&
+                   now - c->last_checked >= p->cfg.validation_interval * 0.5;
+        if (!retire && !idle_out && !ping) {
+            pthread_mutex_unlock(&p->mu);
+            continue;
+        }
+        nc_pool_take_idle_locked(p, c);
+        pthread_mutex_unlock(&p->mu);
+
+        int ok = 0;
+        if (ping) {
+            nc_error err;
+            ok = p->ops->looks_alive(p->ctx, c->raw) &&
+                 p->ops->ping(p->ctx, c->raw, nc_now() + p->cfg.validation_timeout, &err) == 0;
+        }
+        if (ok) {
+            pthread_mutex_lock(&p->mu);
+            c->last_checked = nc_now();
+            /* Pinging is not use: keep last_used so idle_timeout still applies. */
+            nc_pool_put_idle_locked(p, c);
+            pthread_mutex_unlock(&p->mu);
+            continue;
+        }
+        p->ops->close(p->ctx, c->raw);
+        pthread_mutex_lock(&p->mu);
+        p->closed_count++;
+        if (ping)
+            p->validation_failures++;
+        int replace = (ping || retire) && !p->closed && !p->janitor_stop;
+        nc_pool_slot_free_locked(p, c);   /* hands the place to a waiter if any */
+        if (replace && c->state == NC_SLOT_EMPTY) {
+            /* Replace what was unhealthy or retired, so the pool keeps its size. */
+            nc_conn *r = nc_pool_reserve_locked(p);
+            pthread_mutex_unlock(&p->mu);
+            if (r) {
+                nc_error err;
+                void *raw = nc_pool_open_raw(p, nc_now() + p->cfg.connect_timeout * p->cfg.retry_attempts,
+                                             NC_E_REPLACE_FAILED, NC_E_REPLACE_INVALID, &err);
+                pthread_mutex_lock(&p->mu);
+                if (raw) {
+                    nc_pool_slot_fill_locked(p, r, raw);
+                    p->replaced++;
+                    nc_pool_put_idle_locked(p, r);
+                } else {
+                    nc_pool_slot_free_locked(p, r);
+                }
+                pthread_mutex_unlock(&p->mu);
+            }
+        } else {
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+}
+
+static void *janitor_main(void *arg)
+{
+    nc_pool *p = arg;
+    double next_check = nc_now() + p->cfg.validation_interval;
+    fill_to_min(p, 0);
+    pthread_mutex_lock(&p->mu);
+    while (!p->janitor_stop) {
+        /* Wake at least every second for idle/lifetime limits that are not
+         * tied to the validation interval. */
+        double wake = next_check;
+        double soon = nc_now() + 1.0;
+        if ((p->cfg.idle_timeout > 0 || p->cfg.max_lifetime > 0) && soon < wake)
+            wake = soon;
+        struct timespec ts = nc_abstime(wake);
+        while (!p->janitor_stop && !p->janitor_kick && nc_now() < wake) {
+            if (pthread_cond_timedwait(&p->janitor_cv, &p->mu, &ts) == ETIMEDOUT)
+                break;
+        }
+        if (p->janitor_stop)
+            break;
+        int kicked = p->janitor_kick;
+        p->janitor_kick = 0;
+        pthread_mutex_unlock(&p->mu);
+
+        if (kicked)
+            fill_to_min(p, 1);
+        double now = nc_now();
+        int validate_round = now >= next_check;
+        if (validate_round)
+            next_check = now + p->cfg.validation_interval;
+        check_idle(p, validate_round);
+        fill_to_min(p, 1);
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+int nc_janitor_start(nc_pool *p, nc_error *err)
+{
+    if (!needs_janitor(&p->cfg))
+        return 0;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setstacksize(&a, 256 * 1024);
+    int rc = pthread_create(&p->janitor, &a, janitor_main, p);
+    pthread_attr_destroy(&a);
+    if (rc) {
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot start the pool maintenance thread");
+        return -1;
+    }
+    p->janitor_started = 1;
+    return 0;
+}
+
+void nc_janitor_stop(nc_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int started = p->janitor_started;
+    p->janitor_started = 0;
+    p->janitor_stop = 1;
+    pthread_cond_signal(&p->janitor_cv);
+    pthread_mutex_unlock(&p->mu);
+    if (started && !pthread_equal(pthread_self(), p->janitor))
+        pthread_join(p->janitor, NULL);
+}

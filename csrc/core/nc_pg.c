@@ -1,0 +1,454 @@
+/* nc_pg.c - the libpq backend.
+ *
+ * Every wait is a poll() on the connection's socket bounded by a deadline:
+ * connecting uses PQconnectStartParams/PQconnectPoll, statements use the
+ * asynchronous PQsendQuery* calls on a non-blocking connection.  When a
+ * statement's deadline passes, a cancel request is sent from a short-lived
+ * detached thread (PQcancel itself blocks until the server closes the cancel
+ * connection, which a frozen server never does) and the result is awaited
+ * for a short grace period; if it does not come, the connection is marked
+ * broken and the pool discards it.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "nc_pg.h"
+#include "nc_time.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* How long a cancelled statement may take to report back before the
+ * connection is given up on. */
+#define NC_PG_CANCEL_GRACE 0.5
+
+typedef struct nc_pg_ctx {
+    char *conninfo;
+    char display[256];
+} nc_pg_ctx;
+
+static void copy_trimmed(char *dst, size_t cap, const char *src)
+{
+    snprintf(dst, cap, "%s", src ? src : "");
+    size_t n = strlen(dst);
+    while (n > 0 && (dst[n - 1] == '\n' || dst[n - 1] == ' '))
+        dst[--n] = '\0';
+}
+
+void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
+{
+    char *msg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &msg);
+    if (!opts) {
+        char buf[512];
+        copy_trimmed(buf, sizeof buf, msg ? msg : "out of memory");
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "invalid PostgreSQL connection string: %s", buf);
+        PQfreemem(msg);
+        return NULL;
+    }
+    nc_pg_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx || !(ctx->conninfo = strdup(conninfo))) {
+        free(ctx);
+        PQconninfoFree(opts);
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        return NULL;
+    }
+    const char *host = NULL, *port = NULL, *db = NULL, *user = NULL;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val)
+            continue;
+        if (!strcmp(o->keyword, "host") || (!host && !strcmp(o->keyword, "hostaddr")))
+            host = o->val;
+        else if (!strcmp(o->keyword, "port"))
+            port = o->val;
+        else if (!strcmp(o->keyword, "dbname"))
+            db = o->val;
+        else if (!strcmp(o->keyword, "user"))
+            user = o->val;
+    }
+    snprintf(ctx->display, sizeof ctx->display, "%s%s%s:%s/%s", user ? user : "", user ? "@" : "",
+             host ? host : "localhost", port ? port : "5432", db ? db : (user ? user : ""));
+    PQconninfoFree(opts);
+    return ctx;
+}
+
+const char *nc_pg_ctx_display(void *vctx)
+{
+    return ((nc_pg_ctx *)vctx)->display;
+}
+
+static void pg_ctx_free(void *vctx)
+{
+    nc_pg_ctx *ctx = vctx;
+    if (!ctx)
+        return;
+    free(ctx->conninfo);
+    free(ctx);
+}
+
+/* Wait for the socket; 1 ready, 0 deadline passed, -1 error. */
+static int wait_socket(int fd, int for_write, double deadline)
+{
+    struct pollfd pfd = {fd, (short)(for_write ? POLLOUT : POLLIN), 0};
+    for (;;) {
+        int rc = poll(&pfd, 1, nc_ms_left(deadline));
+        if (rc > 0)
+            return 1;
+        if (rc == 0)
+            return 0;
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
+static void set_conn_error(nc_error *err, int code, PGconn *pg, const char *what)
+{
+    char buf[512];
+    copy_trimmed(buf, sizeof buf, pg ? PQerrorMessage(pg) : "out of memory");
+    nc_error_set(err, code, NC_K_OPERATIONAL, "%s: %s", what, buf);
+    if (code == NC_E_CONNECTION)
+        memcpy(err->sqlstate, "08006", 6);
+}
+
+static void *pg_connect(void *vctx, double deadline, nc_error *err)
+{
+    nc_pg_ctx *ctx = vctx;
+    /* Later keywords override what the connection string says: we need UTF-8
+     * text and ISO dates to decode values. */
+    const char *keys[] = {"dbname", "client_encoding", "fallback_application_name", NULL};
+    const char *vals[] = {ctx->conninfo, "UTF8", "noodlecore", NULL};
+    PGconn *pg = PQconnectStartParams(keys, vals, 1);
+    if (!pg || PQstatus(pg) == CONNECTION_BAD) {
+        set_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
+        PQfinish(pg);
+        return NULL;
+    }
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    for (;;) {
+        if (st == PGRES_POLLING_OK)
+            break;
+        if (st == PGRES_POLLING_FAILED) {
+            set_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
+            PQfinish(pg);
+            return NULL;
+        }
+        int rc = wait_socket(PQsocket(pg), st == PGRES_POLLING_WRITING, deadline);
+        if (rc <= 0) {
+            nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL,
+                         "%s: %s", ctx->display, rc == 0 ? "timeout expired while connecting" : strerror(errno));
+            memcpy(err->sqlstate, "08001", 6);
+            PQfinish(pg);
+            return NULL;
+        }
+        st = PQconnectPoll(pg);
+    }
+    if (PQsetnonblocking(pg, 1) != 0) {
+        set_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
+        PQfinish(pg);
+        return NULL;
+    }
+    nc_pg_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        PQfinish(pg);
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        return NULL;
+    }
+    c->pg = pg;
+    const char *ds = PQparameterStatus(pg, "DateStyle");
+    if (!ds || strncmp(ds, "ISO", 3) != 0) {
+        if (nc_pg_command(c, "SET DateStyle TO ISO", deadline, err) < 0) {
+            nc_error_prefix(err, "%s", ctx->display);
+            PQfinish(pg);
+            free(c);
+            return NULL;
+        }
+    }
+    return c;
+}
+
+static int pg_looks_alive(void *vctx, void *vconn)
+{
+    (void)vctx;
+    nc_pg_conn *c = vconn;
+    if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
+        return 0;
+    /* An idle connection has nothing to say.  Anything readable means the
+     * server closed it (EOF, reset) or sent a FATAL before closing, as
+     * pg_terminate_backend and a shutting-down server do. */
+    struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
+    int rc = poll(&pfd, 1, 0);
+    if (rc < 0)
+        return errno == EINTR;
+    if (rc > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)))
+        return 0;
+    return 1;
+}
+
+/* ---- cancel ------------------------------------------------------------ */
+
+static void *cancel_main(void *arg)
+{
+    PGcancel *cancel = arg;
+    char buf[256];
+    PQcancel(cancel, buf, sizeof buf);
+    PQfreeCancel(cancel);
+    return NULL;
+}
+
+static void start_cancel(nc_pg_conn *c)
+{
+    PGcancel *cancel = PQgetCancel(c->pg);
+    if (!cancel)
+        return;
+    pthread_t t;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 128 * 1024);
+    if (pthread_create(&t, &a, cancel_main, cancel) != 0)
+        PQfreeCancel(cancel);
+    pthread_attr_destroy(&a);
+}
+
+/* ---- statements -------------------------------------------------------- */
+
+static void set_result_error(nc_error *err, PGresult *res)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+    char buf[NC_ERRMSG_MAX];
+    if (primary)
+        snprintf(buf, sizeof buf, "%s%s%s", primary, detail ? " DETAIL: " : "", detail ? detail : "");
+    else
+        copy_trimmed(buf, sizeof buf, PQresultErrorMessage(res));
+    int kind = nc_kind_for_sqlstate(state);
+    nc_error_set(err, NC_E_QUERY, kind, "%s", buf);
+    if (state)
+        snprintf(err->sqlstate, sizeof err->sqlstate, "%s", state);
+}
+
+/* Send everything queued, within deadline.  0 ok, -1 err (broken). */
+static int flush_out(nc_pg_conn *c, double deadline, nc_error *err)
+{
+    for (;;) {
+        int rc = PQflush(c->pg);
+        if (rc == 0)
+            return 0;
+        if (rc < 0) {
+            c->broken = 1;
+            set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost while sending");
+            return -1;
+        }
+        int w = wait_socket(PQsocket(c->pg), 1, deadline);
+        if (w == 0) {
+            /* Half a message is on the wire: this connection cannot be reused. */
+            c->broken = 1;
+            nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
+                         "statement deadline passed while sending it; connection discarded");
+            memcpy(err->sqlstate, "57014", 6);
+            return -1;
+        }
+        if (w < 0 || PQconsumeInput(c->pg) == 0) {
+            c->broken = 1;
+            set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost while sending");
+            return -1;
+        }
+    }
+}
+
+/* Collect results until libpq says the statement is done.  Keeps the last
+ * result, or the first error. */
+static PGresult *collect(nc_pg_conn *c, double deadline, nc_error *err)
+{
+    PGresult *keep = NULL, *error = NULL;
+    int cancelled = 0;
+    double wait_until = deadline;
+    for (;;) {
+        while (PQisBusy(c->pg)) {
+            int w = wait_socket(PQsocket(c->pg), 0, wait_until);
+            if (w == 0) {
+                if (!cancelled) {
+                    cancelled = 1;
+                    start_cancel(c);
+                    wait_until = nc_now() + NC_PG_CANCEL_GRACE;
+                    continue;
+                }
+                /* The server did not answer the cancel in time. */
+                c->broken = 1;
+                PQclear(keep);
+                PQclear(error);
+                nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
+                             "statement deadline passed and the server did not answer the cancel "
+                             "within %.1f s; connection discarded", NC_PG_CANCEL_GRACE);
+                memcpy(err->sqlstate, "57014", 6);
+                return NULL;
+            }
+            if (w < 0 || PQconsumeInput(c->pg) == 0) {
+                c->broken = 1;
+                PQclear(keep);
+                PQclear(error);
+                set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+                return NULL;
+            }
+        }
+        PGresult *r = PQgetResult(c->pg);
+        if (!r)
+            break;
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR) {
+            if (!error)
+                error = r;
+            else
+                PQclear(r);
+        } else if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+            /* COPY needs its own API; refuse cleanly by ending it. */
+            PQclear(r);
+            c->broken = 1;
+            PQclear(keep);
+            PQclear(error);
+            nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED,
+                         "COPY is not supported through execute_query");
+            return NULL;
+        } else {
+            PQclear(keep);
+            keep = r;
+        }
+    }
+    if (PQstatus(c->pg) != CONNECTION_OK)
+        c->broken = 1;
+    if (error) {
+        PQclear(keep);
+        const char *state = PQresultErrorField(error, PG_DIAG_SQLSTATE);
+        if (cancelled && state && !strcmp(state, "57014")) {
+            nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
+                         "statement deadline passed; the statement was cancelled on the server");
+            memcpy(err->sqlstate, "57014", 6);
+        } else {
+            set_result_error(err, error);
+        }
+        PQclear(error);
+        return NULL;
+    }
+    if (!keep) {
+        if (c->broken) {
+            set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+            return NULL;
+        }
+        nc_error_set(err, NC_E_QUERY, NC_K_INTERNAL, "the server returned no result");
+        return NULL;
+    }
+    if (cancelled) {
+        /* Finished just as the cancel went out: the result is good. */
+    }
+    return keep;
+}
+
+PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                     const char *const *values, const int *lengths, const int *formats,
+                     double deadline, nc_error *err)
+{
+    if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
+        c->broken = 1;
+        set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+        return NULL;
+    }
+    int ok = nparams < 0 ? PQsendQuery(c->pg, sql)
+                         : PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
+    if (!ok) {
+        if (PQstatus(c->pg) != CONNECTION_OK) {
+            c->broken = 1;
+            set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+        } else {
+            char buf[512];
+            copy_trimmed(buf, sizeof buf, PQerrorMessage(c->pg));
+            nc_error_set(err, NC_E_QUERY, NC_K_PROGRAMMING, "%s", buf);
+        }
+        return NULL;
+    }
+    if (flush_out(c, deadline, err) < 0)
+        return NULL;
+    return collect(c, deadline, err);
+}
+
+int nc_pg_command(nc_pg_conn *c, const char *sql, double deadline, nc_error *err)
+{
+    PGresult *r = nc_pg_exec(c, sql, -1, NULL, NULL, NULL, NULL, deadline, err);
+    if (!r)
+        return -1;
+    PQclear(r);
+    return 0;
+}
+
+int nc_pg_backend_pid(nc_pg_conn *c)
+{
+    return c && c->pg ? PQbackendPID(c->pg) : 0;
+}
+
+/* ---- the ops ----------------------------------------------------------- */
+
+static int pg_ping(void *vctx, void *vconn, double deadline, nc_error *err)
+{
+    (void)vctx;
+    nc_pg_conn *c = vconn;
+    /* An empty query is the cheapest full round trip. */
+    PGresult *r = nc_pg_exec(c, "", -1, NULL, NULL, NULL, NULL, deadline, err);
+    if (!r) {
+        c->broken = 1;
+        return -1;
+    }
+    PQclear(r);
+    return 0;
+}
+
+static int pg_return_state(void *vctx, void *vconn)
+{
+    (void)vctx;
+    nc_pg_conn *c = vconn;
+    if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
+        return -1;
+    switch (PQtransactionStatus(c->pg)) {
+    case PQTRANS_IDLE:
+        return 0;
+    case PQTRANS_INTRANS:
+    case PQTRANS_INERROR:
+        return 1;
+    default:
+        return -1;
+    }
+}
+
+static int pg_reset(void *vctx, void *vconn, double deadline, nc_error *err)
+{
+    (void)vctx;
+    nc_pg_conn *c = vconn;
+    if (nc_pg_command(c, "ROLLBACK", deadline, err) < 0)
+        return -1;
+    return PQtransactionStatus(c->pg) == PQTRANS_IDLE ? 0 : -1;
+}
+
+static void pg_close(void *vctx, void *vconn)
+{
+    (void)vctx;
+    nc_pg_conn *c = vconn;
+    if (!c)
+        return;
+    PQfinish(c->pg);
+    free(c);
+}
+
+const nc_backend_ops nc_pg_ops = {
+    .kind = "postgresql",
+    .ping_new = 0,
+    .connect = pg_connect,
+    .looks_alive = pg_looks_alive,
+    .ping = pg_ping,
+    .return_state = pg_return_state,
+    .reset = pg_reset,
+    .close = pg_close,
+    .ctx_free = pg_ctx_free,
+};

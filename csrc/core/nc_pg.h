@@ -1,0 +1,40 @@
+/* nc_pg.h - the libpq backend: connections with deadlines, statements with
+ * deadlines and server-side cancel. */
+#ifndef NC_PG_H
+#define NC_PG_H
+
+#include <libpq-fe.h>
+#include "nc_backend.h"
+
+typedef struct nc_pg_conn {
+    PGconn *pg;
+    int broken;         /* lost, or a cancel that never came back: discard */
+} nc_pg_conn;
+
+extern const nc_backend_ops nc_pg_ops;
+
+/* Check conninfo (URI or key=value) and keep it for connecting.  NULL with
+ * err (NC_E_CONFIG, libpq's reason; never the password) on a bad string. */
+void *nc_pg_ctx_new(const char *conninfo, nc_error *err);
+
+/* "host:port/dbname" for messages (no password). */
+const char *nc_pg_ctx_display(void *ctx);
+
+/* Run sql before deadline.  With nparams < 0 the simple protocol is used
+ * (several statements allowed, no parameters).  Returns a PGresult whose
+ * status is TUPLES_OK, COMMAND_OK or EMPTY_QUERY (caller PQclear()s it), or
+ * NULL with err: NC_E_QUERY (+ sqlstate) for a server error,
+ * NC_E_QUERY_TIMEOUT when the deadline passed (the statement was cancelled;
+ * if the server did not answer the cancel the connection is marked broken),
+ * NC_E_CONNECTION when the connection was lost (marked broken). */
+PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                     const char *const *values, const int *lengths, const int *formats,
+                     double deadline, nc_error *err);
+
+/* Run a parameterless command (BEGIN, COMMIT, ...).  0 ok, -1 err. */
+int nc_pg_command(nc_pg_conn *c, const char *sql, double deadline, nc_error *err);
+
+/* Backend process id of the server session (0 when not connected). */
+int nc_pg_backend_pid(nc_pg_conn *c);
+
+#endif

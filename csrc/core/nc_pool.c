@@ -1,0 +1,734 @@
+/* nc_pool.c - borrowing and returning connections.
+ *
+ * One mutex guards the slots, the idle stack and the FIFO of waiters.  No
+ * backend call (connect, ping, rollback, close) is made with the mutex held:
+ * a slot being worked on is marked OPENING or CHECKING, which reserves it.
+ * A connection coming back, or a slot freed, is handed straight to the oldest
+ * waiter so waiters are served first come, first served and a late arrival
+ * cannot overtake them.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "nc_pool_internal.h"
+#include "nc_time.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+void nc_pool_config_defaults(nc_pool_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->max_connections = 20;
+    c->min_connections = 0;
+    c->acquire_timeout = 30.0;
+    c->retry_attempts = 3;
+    c->retry_backoff = 0.05;
+    c->validate = 1;
+    c->validation_interval = 30.0;
+    c->validation_timeout = 5.0;
+    c->connect_timeout = 10.0;
+    c->idle_timeout = 600.0;
+    c->max_lifetime = 3600.0;
+    c->lifetime_jitter = 0.1;
+    c->ping_after_idle = 1.0;
+}
+
+static void lock(nc_pool *p) { pthread_mutex_lock(&p->mu); }
+static void unlock(nc_pool *p) { pthread_mutex_unlock(&p->mu); }
+
+static int cond_init_monotonic(pthread_cond_t *cv)
+{
+    pthread_condattr_t a;
+    if (pthread_condattr_init(&a))
+        return -1;
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    int rc = pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+    return rc ? -1 : 0;
+}
+
+nc_pool *nc_pool_new(const nc_pool_config *cfg, const nc_backend_ops *ops, void *ctx, nc_error *err)
+{
+    if (cfg->max_connections < 1 || cfg->min_connections < 0 ||
+        cfg->min_connections > cfg->max_connections || cfg->retry_attempts < 1) {
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "invalid pool sizes");
+        if (ops->ctx_free)
+            ops->ctx_free(ctx);
+        return NULL;
+    }
+    nc_pool *p = calloc(1, sizeof *p);
+    nc_conn *slots = calloc((size_t)cfg->max_connections, sizeof *slots);
+    if (!p || !slots) {
+        free(p);
+        free(slots);
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory creating the pool");
+        if (ops->ctx_free)
+            ops->ctx_free(ctx);
+        return NULL;
+    }
+    p->cfg = *cfg;
+    p->ops = ops;
+    p->ctx = ctx;
+    p->slots = slots;
+    p->idle_top = -1;
+    p->rng = (unsigned)((uintptr_t)p ^ (unsigned)(nc_now() * 1e6));
+    for (int i = 0; i < cfg->max_connections; i++) {
+        slots[i].index = i;
+        slots[i].next_idle = -1;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    if (cond_init_monotonic(&p->changed) || cond_init_monotonic(&p->janitor_cv)) {
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot create condition variables");
+        nc_pool_free(p);
+        return NULL;
+    }
+    if (nc_janitor_start(p, err) < 0) {
+        nc_pool_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+int nc_pool_total_locked(nc_pool *p)
+{
+    return p->nidle + p->nlent + p->nbusy;
+}
+
+/* ---- slots ------------------------------------------------------------- */
+
+nc_conn *nc_pool_reserve_locked(nc_pool *p)
+{
+    if (nc_pool_total_locked(p) >= p->cfg.max_connections)
+        return NULL;
+    for (int i = 0; i < p->cfg.max_connections; i++) {
+        nc_conn *c = &p->slots[i];
+        if (c->state == NC_SLOT_EMPTY) {
+            c->state = NC_SLOT_OPENING;
+            p->nbusy++;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+static double lifetime_for(nc_pool *p)
+{
+    if (p->cfg.max_lifetime <= 0)
+        return INFINITY;
+    /* Take up to jitter of the lifetime off at random, so that connections
+     * opened together do not all expire in the same janitor round. */
+    double r = (double)rand_r(&p->rng) / (double)RAND_MAX;
+    return p->cfg.max_lifetime * (1.0 - p->cfg.lifetime_jitter * r);
+}
+
+void nc_pool_slot_fill_locked(nc_pool *p, nc_conn *c, void *raw)
+{
+    double now = nc_now();
+    c->raw = raw;
+    c->serial = ++p->serial;
+    c->created = now;
+    c->expires = now + lifetime_for(p);
+    c->last_used = now;
+    c->last_checked = now;
+    p->opened++;
+}
+
+static void dequeue_waiter_locked(nc_pool *p, nc_waiter *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        p->wait_head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        p->wait_tail = w->prev;
+    w->next = w->prev = NULL;
+    p->nwaiting--;
+}
+
+void nc_pool_put_idle_locked(nc_pool *p, nc_conn *c)
+{
+    /* c is OPENING, CHECKING or LENT here; it leaves that count. */
+    if (c->state == NC_SLOT_LENT)
+        p->nlent--;
+    else
+        p->nbusy--;
+    if (p->wait_head && !p->closed) {
+        nc_waiter *w = p->wait_head;
+        dequeue_waiter_locked(p, w);
+        c->state = NC_SLOT_LENT;
+        c->lease++;
+        p->nlent++;
+        w->conn = c;
+        w->result = NC_WAIT_GOT;
+        pthread_cond_signal(&w->cv);
+        return;
+    }
+    c->state = NC_SLOT_IDLE;
+    c->next_idle = p->idle_top;
+    p->idle_top = c->index;
+    p->nidle++;
+    pthread_cond_broadcast(&p->changed);
+}
+
+void nc_pool_slot_free_locked(nc_pool *p, nc_conn *c)
+{
+    if (c->state == NC_SLOT_LENT)
+        p->nlent--;
+    else if (c->state == NC_SLOT_IDLE)
+        p->nidle--;   /* callers take it off the idle stack first */
+    else if (c->state != NC_SLOT_EMPTY)
+        p->nbusy--;
+    c->state = NC_SLOT_EMPTY;
+    c->raw = NULL;
+    c->lease++;
+    pthread_cond_broadcast(&p->changed);
+    if (p->closed)
+        return;
+    if (p->wait_head) {
+        /* A place became free: the oldest waiter may open a connection. */
+        nc_waiter *w = p->wait_head;
+        dequeue_waiter_locked(p, w);
+        c->state = NC_SLOT_OPENING;
+        p->nbusy++;
+        w->conn = c;
+        w->result = NC_WAIT_MAY_OPEN;
+        pthread_cond_signal(&w->cv);
+    } else if (nc_pool_total_locked(p) < p->cfg.min_connections && p->janitor_started) {
+        p->janitor_kick = 1;
+        pthread_cond_signal(&p->janitor_cv);
+    }
+}
+
+int nc_pool_take_idle_locked(nc_pool *p, nc_conn *c)
+{
+    int *link = &p->idle_top;
+    while (*link >= 0) {
+        if (*link == c->index) {
+            *link = c->next_idle;
+            c->next_idle = -1;
+            c->state = NC_SLOT_CHECKING;
+            p->nidle--;
+            p->nbusy++;
+            return 1;
+        }
+        link = &p->slots[*link].next_idle;
+    }
+    return 0;
+}
+
+static nc_conn *pop_idle_locked(nc_pool *p)
+{
+    if (p->idle_top < 0)
+        return NULL;
+    nc_conn *c = &p->slots[p->idle_top];
+    nc_pool_take_idle_locked(p, c);
+    return c;
+}
+
+/* Close c's raw connection (no lock held) and free its slot. */
+static void close_slot(nc_pool *p, nc_conn *c)
+{
+    void *raw = c->raw;
+    if (raw)
+        p->ops->close(p->ctx, raw);
+    lock(p);
+    if (raw)
+        p->closed_count++;
+    nc_pool_slot_free_locked(p, c);
+    unlock(p);
+}
+
+/* ---- opening ----------------------------------------------------------- */
+
+static void sleep_until(double until)
+{
+    double left = until - nc_now();
+    if (left <= 0)
+        return;
+    struct timespec ts = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_code, nc_error *err)
+{
+    double backoff = p->cfg.retry_backoff;
+    nc_error last;
+    nc_error_clear(&last);
+    int attempts = 0;
+    for (int attempt = 1; attempt <= p->cfg.retry_attempts; attempt++) {
+        if (p->closed)
+            break;
+        attempts = attempt;
+        double now = nc_now();
+        double cdl = now + p->cfg.connect_timeout;
+        if (deadline < cdl)
+            cdl = deadline;
+        void *raw = p->ops->connect(p->ctx, cdl, &last);
+        if (raw) {
+            if (p->ops->ping_new && p->cfg.validate) {
+                double pdl = nc_now() + p->cfg.validation_timeout;
+                if (p->ops->ping(p->ctx, raw, pdl < deadline ? pdl : deadline, &last) == 0)
+                    return raw;
+                p->ops->close(p->ctx, raw);
+                lock(p);
+                p->validation_failures++;
+                unlock(p);
+                nc_error_set(err, invalid_code, NC_K_OPERATIONAL, "%s: %s",
+                             nc_error_describe(invalid_code), last.message);
+                return NULL;
+            }
+            return raw;
+        }
+        lock(p);
+        p->connect_failures++;
+        unlock(p);
+        if (attempt == p->cfg.retry_attempts || nc_now() >= deadline)
+            break;
+        double until = nc_now() + backoff;
+        sleep_until(until < deadline ? until : deadline);
+        backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
+    }
+    if (p->closed && !last.code) {
+        nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
+        return NULL;
+    }
+    nc_error_set(err, fail_code, NC_K_OPERATIONAL, "%s after %d attempt%s: %s",
+                 nc_error_describe(fail_code), attempts, attempts == 1 ? "" : "s",
+                 last.code ? last.message : "no time left");
+    return NULL;
+}
+
+/* Open a connection into reserved slot c and lend it.  0 ok, -1 err set. */
+static int open_into(nc_pool *p, nc_conn *c, double deadline, int fail_code, int invalid_code,
+                     nc_error *err)
+{
+    void *raw = nc_pool_open_raw(p, deadline, fail_code, invalid_code, err);
+    lock(p);
+    if (!raw) {
+        nc_pool_slot_free_locked(p, c);
+        unlock(p);
+        return -1;
+    }
+    nc_pool_slot_fill_locked(p, c, raw);
+    if (p->closed) {
+        unlock(p);
+        close_slot(p, c);
+        nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
+        return -1;
+    }
+    c->state = NC_SLOT_LENT;
+    c->lease++;
+    p->nbusy--;
+    p->nlent++;
+    unlock(p);
+    return 0;
+}
+
+/* ---- borrowing --------------------------------------------------------- */
+
+static void record_wait_locked(nc_pool *p, double waited)
+{
+    p->acquires++;
+    p->wait_total += waited;
+    double us = waited * 1e6;
+    int b = 0;
+    if (us > 1.0) {
+        b = (int)(4.0 * log2(us));
+        if (b >= NC_HIST_BUCKETS)
+            b = NC_HIST_BUCKETS - 1;
+    }
+    p->hist[b]++;
+}
+
+/* 1 when an idle connection can be lent without a round trip. */
+static int fresh_enough(nc_pool *p, nc_conn *c, double now)
+{
+    if (now >= c->expires)
+        return 0;
+    if (!p->cfg.validate)
+        return 1;
+    if (now - c->last_used > p->cfg.ping_after_idle)
+        return 0;
+    return p->ops->looks_alive(p->ctx, c->raw);
+}
+
+int nc_pool_try_acquire(nc_pool *p, nc_conn **out, uint64_t *lease, nc_error *err)
+{
+    lock(p);
+    if (p->closed) {
+        unlock(p);
+        nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
+        return -1;
+    }
+    if (p->wait_head || p->idle_top < 0) {
+        unlock(p);
+        return 0;
+    }
+    nc_conn *c = &p->slots[p->idle_top];
+    /* looks_alive is a zero-timeout poll(): cheap enough under the mutex. */
+    if (!fresh_enough(p, c, nc_now())) {
+        unlock(p);
+        return 0;
+    }
+    nc_pool_take_idle_locked(p, c);
+    p->nbusy--;
+    p->nlent++;
+    c->state = NC_SLOT_LENT;
+    c->lease++;
+    record_wait_locked(p, 0.0);
+    *out = c;
+    *lease = c->lease;
+    unlock(p);
+    return 1;
+}
+
+/* Check an idle connection taken for a borrower (state CHECKING, no lock). */
+static int check_for_borrow(nc_pool *p, nc_conn *c, double deadline)
+{
+    double now = nc_now();
+    if (now >= c->expires)
+        return 0;
+    if (!p->cfg.validate)
+        return 1;
+    if (!p->ops->looks_alive(p->ctx, c->raw))
+        return 0;
+    if (now - c->last_used > p->cfg.ping_after_idle) {
+        nc_error ignored;
+        double pdl = now + p->cfg.validation_timeout;
+        if (p->ops->ping(p->ctx, c->raw, pdl < deadline ? pdl : deadline, &ignored) < 0)
+            return 0;
+        c->last_checked = nc_now();
+    }
+    return 1;
+}
+
+static void timeout_message(nc_pool *p, double timeout, nc_error *err)
+{
+    nc_error_set(err, NC_E_POOL_TIMEOUT, NC_K_OPERATIONAL,
+                 "no connection available within %.3g s: %d of %d connections in use, "
+                 "%d caller%s waiting",
+                 timeout, p->nlent + p->nbusy, p->cfg.max_connections, p->nwaiting,
+                 p->nwaiting == 1 ? "" : "s");
+}
+
+int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, nc_error *err)
+{
+    double start = nc_now();
+    if (timeout < 0)
+        timeout = p->cfg.acquire_timeout;
+    double deadline = start + timeout;
+    int replacing = 0;   /* a dead connection was dropped on the way: codes 2010/2011 */
+
+    lock(p);
+    for (;;) {
+        if (p->closed) {
+            unlock(p);
+            nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
+            return -1;
+        }
+        nc_conn *c = NULL;
+        int may_open = 0;
+        if (!p->wait_head) {
+            c = pop_idle_locked(p);
+            if (!c) {
+                c = nc_pool_reserve_locked(p);
+                may_open = c != NULL;
+            }
+        }
+        if (!c) {
+            /* Queue up, oldest first. */
+            nc_waiter w;
+            memset(&w, 0, sizeof w);
+            if (cond_init_monotonic(&w.cv)) {
+                unlock(p);
+                nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot create a condition variable");
+                return -1;
+            }
+            w.prev = p->wait_tail;
+            if (p->wait_tail)
+                p->wait_tail->next = &w;
+            else
+                p->wait_head = &w;
+            p->wait_tail = &w;
+            p->nwaiting++;
+            struct timespec ts = nc_abstime(deadline);
+            while (w.result == NC_WAIT_PENDING && !p->closed) {
+                if (isinf(deadline)) {
+                    pthread_cond_wait(&w.cv, &p->mu);
+                } else if (pthread_cond_timedwait(&w.cv, &p->mu, &ts) == ETIMEDOUT) {
+                    break;
+                }
+            }
+            pthread_cond_destroy(&w.cv);
+            if (w.result == NC_WAIT_PENDING) {
+                dequeue_waiter_locked(p, &w);
+                if (p->closed)
+                    continue;
+                p->acquire_timeouts++;
+                timeout_message(p, timeout, err);
+                unlock(p);
+                return -1;
+            }
+            if (w.result == NC_WAIT_CLOSED)
+                continue;
+            if (w.result == NC_WAIT_GOT) {
+                /* Straight from another borrower: it was in use a moment ago. */
+                record_wait_locked(p, nc_now() - start);
+                *out = w.conn;
+                *lease = w.conn->lease;
+                unlock(p);
+                return 0;
+            }
+            c = w.conn;          /* NC_WAIT_MAY_OPEN: a reserved slot */
+            may_open = 1;
+        }
+        unlock(p);
+
+        if (may_open) {
+            int fail = replacing ? NC_E_REPLACE_FAILED : NC_E_NEW_FAILED;
+            int invalid = replacing ? NC_E_REPLACE_INVALID : NC_E_NEW_INVALID;
+            if (open_into(p, c, deadline, fail, invalid, err) < 0)
+                return -1;
+            lock(p);
+            if (replacing)
+                p->replaced++;
+            record_wait_locked(p, nc_now() - start);
+            *out = c;
+            *lease = c->lease;
+            unlock(p);
+            return 0;
+        }
+
+        /* An idle connection, now CHECKING. */
+        if (check_for_borrow(p, c, deadline)) {
+            lock(p);
+            p->nbusy--;
+            p->nlent++;
+            c->state = NC_SLOT_LENT;
+            c->lease++;
+            record_wait_locked(p, nc_now() - start);
+            *out = c;
+            *lease = c->lease;
+            unlock(p);
+            return 0;
+        }
+        /* Dead or expired: drop it and go round again (another idle one, or
+         * open a replacement in its place). */
+        int expired = nc_now() >= c->expires;
+        void *raw = c->raw;
+        p->ops->close(p->ctx, raw);
+        lock(p);
+        p->closed_count++;
+        if (!expired)
+            p->validation_failures++;
+        replacing = 1;
+        /* Reuse the slot ourselves rather than passing it to a waiter: we are
+         * older than anyone who queued while we were checking. */
+        c->raw = NULL;
+        c->lease++;
+        c->state = NC_SLOT_OPENING;   /* stays counted in nbusy */
+        unlock(p);
+        if (open_into(p, c, deadline, NC_E_REPLACE_FAILED, NC_E_REPLACE_INVALID, err) < 0)
+            return -1;
+        lock(p);
+        p->replaced++;
+        record_wait_locked(p, nc_now() - start);
+        *out = c;
+        *lease = c->lease;
+        unlock(p);
+        return 0;
+    }
+}
+
+/* ---- returning --------------------------------------------------------- */
+
+int nc_pool_release_blocks(nc_pool *p, nc_conn *c)
+{
+    return p->ops->return_state(p->ctx, c->raw) == 1;
+}
+
+int nc_pool_lease_valid(nc_pool *p, nc_conn *c, uint64_t lease)
+{
+    (void)p;
+    /* lease is only changed under the mutex, but the borrower is the only
+     * one that may change a LENT slot, so a plain read is enough here. */
+    return c->lease == lease && c->state == NC_SLOT_LENT;
+}
+
+void nc_pool_release(nc_pool *p, nc_conn *c, int discard)
+{
+    if (!discard) {
+        int st = p->ops->return_state(p->ctx, c->raw);
+        if (st < 0) {
+            discard = 1;
+        } else if (st == 1) {
+            nc_error ignored;
+            if (p->ops->reset(p->ctx, c->raw, nc_now() + p->cfg.validation_timeout, &ignored) < 0)
+                discard = 1;
+        }
+    }
+    double now = nc_now();
+    lock(p);
+    c->lease++;   /* the borrower's handle is dead from here on */
+    if (discard || p->closed || now >= c->expires) {
+        if (!discard && !p->closed)
+            p->replaced++;  /* retired by lifetime: the next borrow opens afresh */
+        c->state = NC_SLOT_CHECKING;
+        p->nlent--;
+        p->nbusy++;
+        unlock(p);
+        close_slot(p, c);
+        return;
+    }
+    c->last_used = now;
+    nc_pool_put_idle_locked(p, c);
+    unlock(p);
+}
+
+/* ---- shutting down ----------------------------------------------------- */
+
+static void close_idle(nc_pool *p)
+{
+    for (;;) {
+        lock(p);
+        nc_conn *c = pop_idle_locked(p);
+        unlock(p);
+        if (!c)
+            return;
+        close_slot(p, c);
+    }
+}
+
+void nc_pool_drain(nc_pool *p, int discard_lent)
+{
+    (void)discard_lent;   /* lent ones are retired by expiring them */
+    lock(p);
+    if (discard_lent) {
+        for (int i = 0; i < p->cfg.max_connections; i++)
+            if (p->slots[i].state == NC_SLOT_LENT)
+                p->slots[i].expires = 0;   /* closed when given back */
+    }
+    unlock(p);
+    close_idle(p);
+}
+
+int nc_pool_shutdown(nc_pool *p, double timeout)
+{
+    lock(p);
+    if (!p->closed) {
+        p->closed = 1;
+        while (p->wait_head) {
+            nc_waiter *w = p->wait_head;
+            dequeue_waiter_locked(p, w);
+            w->result = NC_WAIT_CLOSED;
+            pthread_cond_signal(&w->cv);
+        }
+    }
+    unlock(p);
+    nc_janitor_stop(p);
+    close_idle(p);
+
+    double deadline = nc_now() + (timeout > 0 ? timeout : 0);
+    struct timespec ts = nc_abstime(deadline);
+    lock(p);
+    while ((p->nlent > 0 || p->nbusy > 0) && nc_now() < deadline) {
+        if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT)
+            break;
+    }
+    int left = p->nlent + p->nbusy;
+    unlock(p);
+    /* A connection that went idle while we waited (an open finishing) */
+    close_idle(p);
+    return left;
+}
+
+int nc_pool_is_closed(nc_pool *p)
+{
+    lock(p);
+    int c = p->closed;
+    unlock(p);
+    return c;
+}
+
+static double hist_quantile(const uint64_t *h, uint64_t n, double q)
+{
+    if (n == 0)
+        return 0.0;
+    uint64_t want = (uint64_t)ceil(q * (double)n), seen = 0;
+    for (int b = 0; b < NC_HIST_BUCKETS; b++) {
+        seen += h[b];
+        if (seen >= want && h[b]) {
+            if (b == 0)
+                return 0.0;
+            /* the geometric middle of the bucket [2^(b/4), 2^((b+1)/4)) us */
+            return pow(2.0, ((double)b + 0.5) / 4.0) * 1e-6;
+        }
+    }
+    return 0.0;
+}
+
+void nc_pool_get_stats(nc_pool *p, nc_pool_stats *s)
+{
+    memset(s, 0, sizeof *s);
+    lock(p);
+    s->max_connections = p->cfg.max_connections;
+    s->min_connections = p->cfg.min_connections;
+    s->idle = p->nidle;
+    s->active = p->nlent;
+    s->opening = p->nbusy;
+    s->total = p->nidle + p->nlent + p->nbusy;
+    s->waiting = p->nwaiting;
+    s->closed_flag = p->closed;
+    s->acquires = p->acquires;
+    s->acquire_timeouts = p->acquire_timeouts;
+    s->opened = p->opened;
+    s->closed = p->closed_count;
+    s->replaced = p->replaced;
+    s->connect_failures = p->connect_failures;
+    s->validation_failures = p->validation_failures;
+    s->wait_total = p->wait_total;
+    s->wait_p50 = hist_quantile(p->hist, p->acquires, 0.50);
+    s->wait_p99 = hist_quantile(p->hist, p->acquires, 0.99);
+    unlock(p);
+    s->queries = __atomic_load_n(&p->queries, __ATOMIC_RELAXED);
+    s->query_errors = __atomic_load_n(&p->query_errors, __ATOMIC_RELAXED);
+}
+
+void nc_pool_count_query(nc_pool *p, int failed)
+{
+    __atomic_fetch_add(&p->queries, 1, __ATOMIC_RELAXED);
+    if (failed)
+        __atomic_fetch_add(&p->query_errors, 1, __ATOMIC_RELAXED);
+}
+
+const nc_pool_config *nc_pool_config_of(nc_pool *p) { return &p->cfg; }
+void *nc_pool_ctx(nc_pool *p) { return p->ctx; }
+const nc_backend_ops *nc_pool_ops(nc_pool *p) { return p->ops; }
+
+void nc_pool_free(nc_pool *p)
+{
+    if (!p)
+        return;
+    lock(p);
+    p->closed = 1;
+    unlock(p);
+    nc_janitor_stop(p);
+    for (int i = 0; i < p->cfg.max_connections; i++) {
+        nc_conn *c = &p->slots[i];
+        if (c->raw && c->state != NC_SLOT_EMPTY)
+            p->ops->close(p->ctx, c->raw);
+        c->raw = NULL;
+    }
+    if (p->ops->ctx_free)
+        p->ops->ctx_free(p->ctx);
+    pthread_cond_destroy(&p->changed);
+    pthread_cond_destroy(&p->janitor_cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p->slots);
+    free(p);
+}

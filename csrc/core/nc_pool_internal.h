@@ -1,0 +1,71 @@
+/* nc_pool_internal.h - the pool's insides, shared by nc_pool.c (borrowing and
+ * returning) and nc_janitor.c (the maintenance thread).  Not for the binding. */
+#ifndef NC_POOL_INTERNAL_H
+#define NC_POOL_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include "nc_pool.h"
+
+#define NC_HIST_BUCKETS 128     /* acquire-wait histogram, 4 buckets per octave from 1 us */
+
+enum nc_wait_result { NC_WAIT_PENDING = 0, NC_WAIT_GOT, NC_WAIT_MAY_OPEN, NC_WAIT_CLOSED };
+
+typedef struct nc_waiter {
+    struct nc_waiter *next, *prev;
+    pthread_cond_t cv;
+    int result;                 /* enum nc_wait_result */
+    nc_conn *conn;              /* GOT: lent to the waiter; MAY_OPEN: slot reserved */
+} nc_waiter;
+
+struct nc_pool {
+    nc_pool_config cfg;
+    const nc_backend_ops *ops;
+    void *ctx;
+
+    pthread_mutex_t mu;
+    pthread_cond_t changed;     /* a connection came back / closed: shutdown waits on it */
+    nc_conn *slots;
+    int idle_top;               /* LIFO stack of idle slots; -1 when empty */
+    int nidle, nlent, nbusy;    /* nbusy: OPENING or CHECKING */
+    nc_waiter *wait_head, *wait_tail;
+    int nwaiting;
+    int closed;
+    unsigned rng;               /* lifetime jitter */
+    uint64_t serial;
+
+    /* janitor */
+    pthread_t janitor;
+    pthread_cond_t janitor_cv;
+    int janitor_started;
+    int janitor_stop;
+    int janitor_kick;           /* a slot emptied below min: refill now */
+
+    /* stats, under mu */
+    uint64_t acquires, acquire_timeouts, opened, closed_count, replaced;
+    uint64_t connect_failures, validation_failures;
+    double wait_total;
+    uint64_t hist[NC_HIST_BUCKETS];
+    /* counted without the mutex */
+    uint64_t queries, query_errors;
+};
+
+/* Open one connection with retries and backoff, within deadline.
+ * Returns the raw connection or NULL with err set (code is fail_code). */
+void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_code, nc_error *err);
+/* Fill a reserved slot (state OPENING) with a new raw connection; under mu. */
+void nc_pool_slot_fill_locked(nc_pool *p, nc_conn *c, void *raw);
+/* Make c idle, or hand it to the oldest waiter; under mu. */
+void nc_pool_put_idle_locked(nc_pool *p, nc_conn *c);
+/* Empty slot c (its raw connection already closed); under mu. */
+void nc_pool_slot_free_locked(nc_pool *p, nc_conn *c);
+/* Reserve an empty slot as OPENING; under mu.  NULL when the pool is full. */
+nc_conn *nc_pool_reserve_locked(nc_pool *p);
+/* Remove slot index i from the idle stack; under mu.  0 if it was not idle. */
+int nc_pool_take_idle_locked(nc_pool *p, nc_conn *c);
+int nc_pool_total_locked(nc_pool *p);
+
+int nc_janitor_start(nc_pool *p, nc_error *err);
+void nc_janitor_stop(nc_pool *p);   /* joins; call without mu held */
+
+#endif

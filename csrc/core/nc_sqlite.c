@@ -1,0 +1,252 @@
+/* nc_sqlite.c - the SQLite backend.
+ *
+ * Connections are opened with SQLITE_OPEN_NOMUTEX: the pool lends each one
+ * to one thread at a time, so SQLite's own per-connection mutex is not
+ * needed.  Waiting on a locked database is bounded by the statement's
+ * deadline through a busy handler of our own (sqlite3_busy_timeout knows no
+ * absolute deadline), and a long statement is interrupted by a progress
+ * handler once the deadline has passed.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "nc_sqlite.h"
+#include "nc_time.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct nc_sqlite_ctx {
+    char *path;         /* what sqlite3_open_v2 gets (a file: URI for memory) */
+    char display[256];
+    sqlite3 *keeper;    /* keeps a shared in-memory database alive */
+} nc_sqlite_ctx;
+
+static unsigned long memory_counter;
+
+void *nc_sqlite_ctx_new(const char *url, nc_error *err)
+{
+    const char *prefix = "sqlite:///";
+    size_t plen = strlen(prefix);
+    if (strncmp(url, prefix, plen) != 0 || url[plen] == '\0') {
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE,
+                     "invalid SQLite URL (expected sqlite:///relative.db, sqlite:////abs/path.db "
+                     "or sqlite:///:memory:)");
+        return NULL;
+    }
+    const char *path = url + plen;
+    nc_sqlite_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) {
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        return NULL;
+    }
+    char buf[128];
+    if (!strcmp(path, ":memory:")) {
+        /* Every pooled connection must see the same database, so a plain
+         * :memory: (one database per handle) would not do. */
+        unsigned long n = __atomic_add_fetch(&memory_counter, 1, __ATOMIC_RELAXED);
+        snprintf(buf, sizeof buf, "file:noodlecore-mem-%ld-%lu?mode=memory&cache=shared",
+                 (long)getpid(), n);
+        path = buf;
+    }
+    ctx->path = strdup(path);
+    snprintf(ctx->display, sizeof ctx->display, "sqlite:%s", url + plen);
+    if (!ctx->path) {
+        free(ctx);
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        return NULL;
+    }
+    if (path == buf) {
+        if (sqlite3_open_v2(ctx->path, &ctx->keeper,
+                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_URI, NULL) != SQLITE_OK) {
+            nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "%s: %s", ctx->display,
+                         ctx->keeper ? sqlite3_errmsg(ctx->keeper) : "out of memory");
+            sqlite3_close_v2(ctx->keeper);
+            free(ctx->path);
+            free(ctx);
+            return NULL;
+        }
+    }
+    return ctx;
+}
+
+const char *nc_sqlite_ctx_display(void *vctx)
+{
+    return ((nc_sqlite_ctx *)vctx)->display;
+}
+
+static void sq_ctx_free(void *vctx)
+{
+    nc_sqlite_ctx *ctx = vctx;
+    if (!ctx)
+        return;
+    if (ctx->keeper)
+        sqlite3_close_v2(ctx->keeper);
+    free(ctx->path);
+    free(ctx);
+}
+
+static int busy_handler(void *arg, int count)
+{
+    nc_sqlite_conn *c = arg;
+    double left = c->deadline - nc_now();
+    if (left <= 0) {
+        c->timed_out = 1;
+        return 0;
+    }
+    /* Back off from 1 ms to 20 ms, never past the deadline. */
+    double step = 0.001 * (double)(1 << (count < 5 ? count : 5));
+    if (step > 0.02)
+        step = 0.02;
+    if (step > left)
+        step = left;
+    struct timespec ts = {0, (long)(step * 1e9)};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+    return 1;
+}
+
+static int progress_handler(void *arg)
+{
+    nc_sqlite_conn *c = arg;
+    if (nc_now() >= c->deadline) {
+        c->timed_out = 1;
+        return 1;   /* interrupts the statement */
+    }
+    return 0;
+}
+
+static void *sq_connect(void *vctx, double deadline, nc_error *err)
+{
+    nc_sqlite_ctx *ctx = vctx;
+    nc_sqlite_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        return NULL;
+    }
+    int rc = sqlite3_open_v2(ctx->path, &c->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
+                                 SQLITE_OPEN_URI, NULL);
+    if (rc != SQLITE_OK) {
+        nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "%s: %s", ctx->display,
+                     c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+        sqlite3_close_v2(c->db);
+        free(c);
+        return NULL;
+    }
+    sqlite3_extended_result_codes(c->db, 1);
+    c->deadline = deadline;
+    sqlite3_busy_handler(c->db, busy_handler, c);
+    sqlite3_progress_handler(c->db, 1000, progress_handler, c);
+    return c;
+}
+
+void nc_sqlite_begin(nc_sqlite_conn *c, double deadline)
+{
+    c->deadline = deadline;
+    c->timed_out = 0;
+}
+
+void nc_sqlite_error(nc_sqlite_conn *c, int rc, nc_error *err)
+{
+    int primary = rc & 0xff;
+    const char *msg = sqlite3_errmsg(c->db);
+    if (c->timed_out && (primary == SQLITE_INTERRUPT || primary == SQLITE_BUSY || primary == SQLITE_LOCKED)) {
+        nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
+                     "statement deadline passed (%s); the statement was stopped",
+                     primary == SQLITE_INTERRUPT ? "interrupted" : msg);
+        return;
+    }
+    int kind;
+    switch (primary) {
+    case SQLITE_CONSTRAINT:
+        kind = NC_K_INTEGRITY;
+        break;
+    case SQLITE_MISMATCH:
+    case SQLITE_TOOBIG:
+    case SQLITE_RANGE:
+        kind = NC_K_DATA;
+        break;
+    case SQLITE_ERROR:
+        kind = NC_K_PROGRAMMING;
+        break;
+    case SQLITE_INTERNAL:
+    case SQLITE_NOMEM:
+        kind = NC_K_INTERNAL;
+        break;
+    default:
+        kind = NC_K_OPERATIONAL;
+    }
+    nc_error_set(err, NC_E_QUERY, kind, "%s (SQLite error %d)", msg, rc);
+    if (primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB || primary == SQLITE_IOERR)
+        c->broken = 1;
+}
+
+int nc_sqlite_command(nc_sqlite_conn *c, const char *sql, double deadline, nc_error *err)
+{
+    nc_sqlite_begin(c, deadline);
+    int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        nc_sqlite_error(c, rc, err);
+        return -1;
+    }
+    return 0;
+}
+
+static int sq_looks_alive(void *vctx, void *vconn)
+{
+    (void)vctx;
+    nc_sqlite_conn *c = vconn;
+    return !c->broken;
+}
+
+static int sq_ping(void *vctx, void *vconn, double deadline, nc_error *err)
+{
+    (void)vctx;
+    /* Reads the schema cookie: touches the file, so a deleted or corrupt
+     * database shows up. */
+    return nc_sqlite_command(vconn, "PRAGMA schema_version", deadline, err);
+}
+
+static int sq_return_state(void *vctx, void *vconn)
+{
+    (void)vctx;
+    nc_sqlite_conn *c = vconn;
+    if (c->broken)
+        return -1;
+    return sqlite3_get_autocommit(c->db) ? 0 : 1;
+}
+
+static int sq_reset(void *vctx, void *vconn, double deadline, nc_error *err)
+{
+    (void)vctx;
+    nc_sqlite_conn *c = vconn;
+    if (nc_sqlite_command(c, "ROLLBACK", deadline, err) < 0)
+        return -1;
+    return sqlite3_get_autocommit(c->db) ? 0 : -1;
+}
+
+static void sq_close(void *vctx, void *vconn)
+{
+    (void)vctx;
+    nc_sqlite_conn *c = vconn;
+    if (!c)
+        return;
+    sqlite3_close_v2(c->db);
+    free(c);
+}
+
+const nc_backend_ops nc_sqlite_ops = {
+    .kind = "sqlite",
+    .ping_new = 0,
+    .connect = sq_connect,
+    .looks_alive = sq_looks_alive,
+    .ping = sq_ping,
+    .return_state = sq_return_state,
+    .reset = sq_reset,
+    .close = sq_close,
+    .ctx_free = sq_ctx_free,
+};

@@ -1,0 +1,35 @@
+/* nc_sqlite.h - the SQLite backend: one sqlite3 handle per pooled
+ * connection, with a per-statement deadline enforced by a busy handler (a
+ * locked database) and a progress handler (a long statement). */
+#ifndef NC_SQLITE_H
+#define NC_SQLITE_H
+
+#include <sqlite3.h>
+#include "nc_backend.h"
+
+typedef struct nc_sqlite_conn {
+    sqlite3 *db;
+    double deadline;        /* absolute, for the statement being run */
+    int timed_out;          /* the progress or busy handler gave up */
+    int broken;
+} nc_sqlite_conn;
+
+extern const nc_backend_ops nc_sqlite_ops;
+
+/* url is "sqlite:///relative.db", "sqlite:////abs/path.db" or
+ * "sqlite:///:memory:" (one in-memory database shared by the pool's
+ * connections).  NULL with err (NC_E_CONFIG) on a bad URL. */
+void *nc_sqlite_ctx_new(const char *url, nc_error *err);
+const char *nc_sqlite_ctx_display(void *ctx);
+
+/* Set the deadline for what runs next on c. */
+void nc_sqlite_begin(nc_sqlite_conn *c, double deadline);
+
+/* Fill err from a failed SQLite call (rc) on c: NC_E_QUERY_TIMEOUT when the
+ * deadline made it give up, else NC_E_QUERY with a kind for the code. */
+void nc_sqlite_error(nc_sqlite_conn *c, int rc, nc_error *err);
+
+/* Run parameterless SQL (BEGIN, COMMIT, ...).  0 ok, -1 err. */
+int nc_sqlite_command(nc_sqlite_conn *c, const char *sql, double deadline, nc_error *err);
+
+#endif
