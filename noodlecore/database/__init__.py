@@ -1,0 +1,31 @@
+"""noodlecore.database: a C-core connection pool for PostgreSQL and SQLite.
+
+The names users need are re-exported here; see connection_pool for the pool
+and errors for the exception classes and error codes.
+"""
+
+from .connection_pool import DatabaseConnectionPool, PooledConnection, PoolStats
+from .errors import (
+    ERROR_CODES,
+    ConfigurationError,
+    ConnectionPoolError,
+    DatabaseError,
+    DataError,
+    Error,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    PoolClosedError,
+    PoolTimeoutError,
+    ProgrammingError,
+    QueryTimeoutError,
+)
+
+__all__ = [
+    "DatabaseConnectionPool", "PooledConnection", "PoolStats", "ERROR_CODES",
+    "ConfigurationError", "ConnectionPoolError", "DatabaseError", "DataError", "Error",
+    "IntegrityError", "InterfaceError", "InternalError", "NotSupportedError", "OperationalError",
+    "PoolClosedError", "PoolTimeoutError", "ProgrammingError", "QueryTimeoutError",
+]
