@@ -1,0 +1,172 @@
+/* adapt_sqlite.c - binding Python values to SQLite statement parameters.
+ *
+ * SQLite's storage classes: None -> NULL, bool/int -> INTEGER (64-bit),
+ * float -> REAL, str -> TEXT, bytes-likes -> BLOB.  Other supported types are
+ * stored as TEXT: Decimal as str(), date/datetime/time in the sqlite3
+ * module's form ("YYYY-MM-DD HH:MM:SS[.ffffff][+HH:MM]", i.e. str()), UUID as
+ * str(), dict/list as JSON.  Text and blobs are bound SQLITE_TRANSIENT
+ * (SQLite copies them), so nothing needs to outlive the call.
+ */
+#include "adapt.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* ---- shared declarations (defined in adapt_common.c; keep identical) ---- */
+
+enum nc_vkind {
+    NC_V_NONE, NC_V_BOOL, NC_V_INT, NC_V_FLOAT, NC_V_STR,
+    NC_V_BYTES,         /* bytes (immutable: may be referenced) */
+    NC_V_BUFFER,        /* bytearray, memoryview (mutable: copy) */
+    NC_V_DECIMAL, NC_V_DATETIME, NC_V_DATE, NC_V_TIME, NC_V_TIMEDELTA,
+    NC_V_UUID,
+    NC_V_JSON,          /* dict, list */
+    NC_V_OTHER
+};
+int nc_adapt_kind(PyObject *v);
+int nc_adapt_format_temporal(PyObject *v, int kind, char *buf, size_t size, int *has_offset);
+PyObject *nc_adapt_raisef(int code, int kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+PyObject *nc_adapt_reraise(int code, int kind, const char *msg);
+PyObject *nc_adapt_type_error(const char *what, PyObject *v);
+PyObject *nc_adapt_json_dumps(PyObject *v, const char *what);
+const char *nc_adapt_utf8(PyObject *s, Py_ssize_t *len, const char *what);
+PyObject *nc_adapt_tz(int offset_seconds);
+PyObject *nc_adapt_new_date(int y, int m, int d);
+PyObject *nc_adapt_new_time(int h, int mi, int s, int us, PyObject *tz);
+PyObject *nc_adapt_new_datetime(int y, int mo, int d, int h, int mi, int s, int us, PyObject *tz);
+
+/* ----------------------------------------------------------------------- */
+
+static int bind_text(sqlite3_stmt *stmt, int i, const char *u, Py_ssize_t len)
+{
+    /* an empty string must not be bound from a NULL pointer (that is NULL) */
+    return sqlite3_bind_text64(stmt, i, len ? u : "", (sqlite3_uint64)len, SQLITE_TRANSIENT,
+                               SQLITE_UTF8);
+}
+
+static int bind_blob(sqlite3_stmt *stmt, int i, const void *p, Py_ssize_t len)
+{
+    if (len == 0)
+        return sqlite3_bind_zeroblob(stmt, i, 0);   /* x'' rather than NULL */
+    return sqlite3_bind_blob64(stmt, i, p, (sqlite3_uint64)len, SQLITE_TRANSIENT);
+}
+
+/* Bind the str s (stolen) as TEXT.  1 on a bind error code in *rc, -1 on a
+ * Python error, 0 on success. */
+static int bind_str(sqlite3_stmt *stmt, int i, PyObject *s, const char *what, int *rc)
+{
+    Py_ssize_t len;
+    const char *u = nc_adapt_utf8(s, &len, what);
+    if (!u) {
+        Py_DECREF(s);
+        return -1;
+    }
+    *rc = bind_text(stmt, i, u, len);
+    Py_DECREF(s);
+    return 0;
+}
+
+int nc_sqlite_bind(sqlite3_stmt *stmt, int i, PyObject *value, const char *what)
+{
+    int rc = SQLITE_OK, kind, has_offset, len;
+    char buf[64];
+    PyObject *s;
+
+    if (!what)
+        what = "parameter";
+    kind = nc_adapt_kind(value);
+    switch (kind) {
+    case NC_V_NONE:
+        rc = sqlite3_bind_null(stmt, i);
+        break;
+
+    case NC_V_BOOL:
+        rc = sqlite3_bind_int64(stmt, i, value == Py_True);
+        break;
+
+    case NC_V_INT: {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow) {
+            nc_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
+                            "%s: int value out of range for SQLite (64-bit signed integers)",
+                            what);
+            return -1;
+        }
+        if (x == -1 && PyErr_Occurred())
+            return -1;
+        rc = sqlite3_bind_int64(stmt, i, (sqlite3_int64)x);
+        break;
+    }
+
+    case NC_V_FLOAT:
+        rc = sqlite3_bind_double(stmt, i, PyFloat_AS_DOUBLE(value));
+        break;
+
+    case NC_V_STR:
+        if (bind_str(stmt, i, Py_NewRef(value), what, &rc) < 0)
+            return -1;
+        break;
+
+    case NC_V_BYTES:
+        rc = bind_blob(stmt, i, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
+        break;
+
+    case NC_V_BUFFER: {
+        Py_buffer view;
+        if (PyObject_GetBuffer(value, &view, PyBUF_SIMPLE) == 0) {
+            rc = bind_blob(stmt, i, view.buf, view.len);
+            PyBuffer_Release(&view);
+            break;
+        }
+        /* a non-contiguous memoryview: copy it */
+        if (!PyErr_ExceptionMatches(PyExc_BufferError))
+            return -1;
+        PyErr_Clear();
+        s = PyBytes_FromObject(value);
+        if (!s)
+            return -1;
+        rc = bind_blob(stmt, i, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s));
+        Py_DECREF(s);
+        break;
+    }
+
+    case NC_V_DECIMAL:
+    case NC_V_UUID:
+        s = PyObject_Str(value);
+        if (!s || bind_str(stmt, i, s, what, &rc) < 0)
+            return -1;
+        break;
+
+    case NC_V_JSON:
+        s = nc_adapt_json_dumps(value, what);
+        if (!s || bind_str(stmt, i, s, what, &rc) < 0)
+            return -1;
+        break;
+
+    case NC_V_DATETIME:
+    case NC_V_DATE:
+    case NC_V_TIME:
+        len = nc_adapt_format_temporal(value, kind, buf, sizeof buf, &has_offset);
+        if (len < 0)
+            return -1;
+        rc = bind_text(stmt, i, buf, len);
+        break;
+
+    case NC_V_TIMEDELTA:    /* no SQLite convention for durations */
+    case NC_V_OTHER:
+        nc_adapt_type_error(what, value);
+        return -1;
+
+    default:                /* -1: error set by nc_adapt_kind */
+        return -1;
+    }
+
+    if (rc != SQLITE_OK) {
+        nc_adapt_raisef(NC_E_QUERY, NC_K_PROGRAMMING, "%s: cannot bind the value: %s", what,
+                        sqlite3_errstr(rc));
+        return -1;
+    }
+    return 0;
+}
