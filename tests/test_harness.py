@@ -1,0 +1,239 @@
+"""Tests of the test harness itself: real PostgreSQL 15 servers and the TCP fault proxy."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+import pgharness
+from pgharness import PgCluster, SqlError, SqlTimeout, popen_psql, run_psql, sweep_stale
+from tcpproxy import TcpProxy
+
+
+def _wait_for(cond, timeout=5, interval=0.01, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+def _background_sleeper(node, host, port, appname):
+    """A psql through host:port sitting in pg_sleep; returns (popen, backend pid)."""
+    p = popen_psql(host, port, "select pg_sleep(30)", appname=appname)
+    q = "select pid from pg_stat_activity where application_name = '%s' and state = 'active'" % appname
+    _wait_for(lambda: node.sql(q) or p.poll() is not None, what="background psql")
+    assert p.poll() is None, p.stderr.read()
+    return p, int(node.sql(q)[0][0])
+
+
+# ---------------------------------------------------------------------------
+# servers
+# ---------------------------------------------------------------------------
+
+def test_primary_starts_and_sql_works(pg):
+    assert pg.is_running()
+    assert not pg.in_recovery()
+    assert pg.postmaster_pid() > 0
+    assert 20000 <= pg.port <= 31999
+    assert pg.dsn(connect_timeout=2) == \
+        "postgresql://postgres@127.0.0.1:%d/postgres?connect_timeout=2" % pg.port
+    assert pg.kv_dsn() == "host=127.0.0.1 port=%d user=postgres dbname=postgres" % pg.port
+    assert pg.sql("select 1, 'a b', null") == [["1", "a b", ""]]
+    assert pg.sql("select 1 where false") == []
+    assert pg.sql("select E'two\\nlines', 'x' union all select 'y', 'z'") == \
+        [["two\nlines", "x"], ["y", "z"]]
+    assert pg.sql("show max_connections") == [["200"]]
+    assert pg.sql("show port", tcp=True) == [[str(pg.port)]]
+    with pytest.raises(SqlError, match="does_not_exist"):
+        pg.sql("select * from does_not_exist")
+
+
+def test_standby_replicates_and_sync(pg_factory):
+    p = pg_factory.primary()
+    s = pg_factory.standby(p)
+    s2 = pg_factory.standby(p, name="sync1", sync=True)
+    assert s.in_recovery() and s2.in_recovery()
+    p.sql("create table t (id int primary key, v text); insert into t values (1, 'one')")
+    s.wait_replayed(p)
+    assert s.sql("select v from t where id = 1") == [["one"]]
+    state = p.replication_state()
+    assert state[s.name] == ("streaming", "async")
+    assert state[s2.name] == ("streaming", "sync")
+    # synchronous commit: the row is on the sync standby's disk once the insert returns
+    p.sql("insert into t values (2, 'two')")
+    s2.wait_replayed(p)
+    assert s2.sql("select count(*) from t") == [["2"]]
+
+
+def test_promote_crash_and_rewind(pg_factory):
+    p = pg_factory.primary()
+    s = pg_factory.standby(p)
+    p.sql("create table t (id int); insert into t values (1)")
+    s.wait_replayed(p)
+
+    t0 = time.monotonic()
+    p.crash()
+    assert not p.is_running()
+    s.promote()
+    assert time.monotonic() - t0 < 5
+    assert not s.in_recovery()
+    s.sql("insert into t values (2)")
+
+    # old primary comes back as a standby of the promoted one
+    pg_factory.rewind_as_standby(p, s)
+    assert p.in_recovery()
+    s.sql("insert into t values (3)")
+    p.wait_replayed(s)
+    assert p.sql("select array_agg(id order by id) from t") == [["{1,2,3}"]]
+
+
+def test_crash_and_start(pg_factory):
+    n = pg_factory.primary()
+    n.sql("create table t (id int); insert into t select generate_series(1, 100)")
+    old_pid = n.postmaster_pid()
+    n.crash()
+    assert not n.is_running()
+    assert not os.path.exists(os.path.join(n.datadir, "postmaster.pid"))
+    with pytest.raises(SqlError):
+        n.sql("select 1", timeout=2)
+    n.start()
+    assert n.postmaster_pid() != old_pid
+    assert n.sql("select count(*) from t") == [["100"]]   # committed rows survived
+    n.restart()
+    assert n.sql("select count(*) from t") == [["100"]]
+
+
+def test_freeze_and_thaw(pg):
+    pg.freeze()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(SqlTimeout):
+            pg.sql("select 1", timeout=0.5)
+        assert time.monotonic() - t0 < 2
+        with pytest.raises(SqlError):   # a TCP client gets in the kernel's backlog only
+            run_psql(pg.host, pg.port, "select 1", timeout=5, connect_timeout=2)
+    finally:
+        pg.thaw()
+    assert pg.sql("select 1") == [["1"]]
+
+
+def test_terminate_all_clients(pg):
+    p, pid = _background_sleeper(pg, pg.host, pg.port, "harness_term")
+    try:
+        assert pid in pg.backend_pids()
+        assert pid in pg.terminate_all_clients()
+        assert pid not in pg.backend_pids()
+        assert p.wait(5) != 0
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_sweep_stale_kills_orphaned_servers(pg_cluster):
+    # a root whose owner pid is dead, with a running server in it
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    import tempfile
+    root = tempfile.mkdtemp(prefix="%s%d-" % (pgharness.ROOT_PREFIX, dead.pid), dir=pgharness.SHM_DIR)
+    orphan = PgCluster(root=root, template_from=pg_cluster)
+    try:
+        n = orphan.primary()
+        pm = n.postmaster_pid()
+        kids = pgharness._children(pm)
+        assert kids
+        assert sweep_stale() >= 1
+        assert not pgharness._alive(pm)
+        assert not any(pgharness._alive(k) for k in kids)
+        assert not os.path.exists(root)
+    finally:
+        orphan.close()
+    # our own live root is never swept
+    assert os.path.isdir(pg_cluster.root)
+
+
+# ---------------------------------------------------------------------------
+# TCP proxy
+# ---------------------------------------------------------------------------
+
+def test_proxy_forwards_psql(pg):
+    with TcpProxy(pg.host, pg.port) as px:
+        assert run_psql("127.0.0.1", px.port, "show port") == [[str(pg.port)]]
+        assert run_psql("127.0.0.1", px.port, "select repeat('x', 200000)")[0][0] == "x" * 200000
+        assert px.accepted == 2
+
+
+def test_proxy_delay(pg):
+    with TcpProxy(pg.host, pg.port) as px:
+        t0 = time.monotonic()
+        run_psql("127.0.0.1", px.port, "select 1")
+        base = time.monotonic() - t0
+        px.set_delay(0.3)
+        t0 = time.monotonic()
+        assert run_psql("127.0.0.1", px.port, "select 1") == [["1"]]
+        slow = time.monotonic() - t0
+        assert slow >= 0.3 and slow > base + 0.25, (base, slow)
+        px.set_delay(0)
+        px.set_connect_delay(0.3)
+        t0 = time.monotonic()
+        run_psql("127.0.0.1", px.port, "select 1")
+        assert time.monotonic() - t0 >= 0.3
+
+
+def test_proxy_blackhole(pg):
+    with TcpProxy(pg.host, pg.port) as px:
+        px.blackhole(True)
+        t0 = time.monotonic()
+        with pytest.raises(SqlError, match="timeout"):
+            run_psql("127.0.0.1", px.port, "select 1", timeout=10, connect_timeout=2)
+        took = time.monotonic() - t0
+        assert 1.5 <= took < 5, took
+        px.blackhole(False)
+        assert run_psql("127.0.0.1", px.port, "select 1") == [["1"]]
+
+
+def test_proxy_blackhole_freezes_established_connection(pg):
+    with TcpProxy(pg.host, pg.port) as px:
+        p = popen_psql("127.0.0.1", px.port, "select pg_sleep(0.3), 'done'")
+        try:
+            time.sleep(0.1)              # connected, query running
+            px.blackhole(True)
+            time.sleep(0.6)              # the answer is held by the proxy
+            assert p.poll() is None
+            px.blackhole(False)          # partition heals: the answer arrives
+            out, err = p.communicate(timeout=5)
+            assert p.returncode == 0, err
+            assert b"done" in out
+        finally:
+            p.kill()
+            p.wait()
+
+
+def test_proxy_reject_reset_redirect(pg, pg_factory):
+    other = pg_factory.primary("other")
+    with TcpProxy(pg.host, pg.port) as px:
+        px.reject(True)
+        t0 = time.monotonic()
+        with pytest.raises(SqlError):
+            run_psql("127.0.0.1", px.port, "select 1", timeout=5)
+        assert time.monotonic() - t0 < 1
+        px.reject(False)
+
+        p, pid = _background_sleeper(pg, "127.0.0.1", px.port, "harness_reset")
+        try:
+            assert px.active_connections == 1
+            px.reset_all()
+            out, err = p.communicate(timeout=5)
+            assert p.returncode != 0
+            assert b"reset" in err or b"closed" in err, err
+            assert px.active_connections == 0
+        finally:
+            p.kill()
+            p.wait()
+        # the backend notices the dead connection at its next write; don't wait for it
+        pg.sql("select pg_terminate_backend(%d)" % pid)
+
+        px.redirect(other.host, other.port)
+        assert run_psql("127.0.0.1", px.port, "show port") == [[str(other.port)]]
