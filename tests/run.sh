@@ -71,10 +71,13 @@ make_env() {
     if [ ! -x "$venv/bin/python" ]; then
         "$python" -m venv "$venv"
     fi
-    "$venv/bin/python" -m pip install -q --upgrade "setuptools>=61" wheel "pytest>=7" >/dev/null
+    local log="$WORK/pip-$name.log"
+    "$venv/bin/python" -m pip install -q --upgrade "setuptools>=61" wheel "pytest>=7" >"$log" 2>&1 \
+        || { cat "$log" >&2; return 1; }
     fresh_source "$src"
     NOODLE_CFLAGS="-Werror $cflags" NOODLE_LDFLAGS="$ldflags" \
-        "$venv/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$src" >/dev/null
+        "$venv/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$src" \
+        >>"$log" 2>&1 || { cat "$log" >&2; return 1; }
     echo "$venv"
 }
 

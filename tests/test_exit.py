@@ -9,14 +9,15 @@ import time
 
 import pytest
 
+from helpers import subprocess_env
+
 
 
 def run_program(code, env_extra=None):
-    env = dict(os.environ)
-    env.update(env_extra or {})
+    env = subprocess_env(**(env_extra or {}))
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=30, env=env)
+                          text=True, timeout=30, env=env, cwd="/")
     elapsed = time.monotonic() - t0
     return proc, elapsed
 
