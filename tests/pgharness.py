@@ -144,8 +144,14 @@ def _write_pg_file(path, text, mode=0o600):
     _chown_pg(path)
 
 
+# The sanitizer pass preloads libasan into the test process; the servers and
+# psql must not inherit that (initdb hangs under it).
+_NOT_FOR_SERVERS = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "PYTHONMALLOC", "LSAN_OPTIONS")
+
+
 def _clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PG") and k not in _NOT_FOR_SERVERS}
     env.setdefault("LC_ALL", "C")
     env.update(extra)
     return env
