@@ -174,13 +174,15 @@ int nc_janitor_start(nc_pool *p, nc_error *err)
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setstacksize(&a, 256 * 1024);
+    /* Set before the thread exists: the janitor reads it (under mu). */
+    p->janitor_started = 1;
     int rc = pthread_create(&p->janitor, &a, janitor_main, p);
     pthread_attr_destroy(&a);
     if (rc) {
+        p->janitor_started = 0;
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot start the pool maintenance thread");
         return -1;
     }
-    p->janitor_started = 1;
     return 0;
 }
 

@@ -261,7 +261,7 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
     nc_error_clear(&last);
     int attempts = 0;
     for (int attempt = 1; attempt <= p->cfg.retry_attempts; attempt++) {
-        if (p->closed)
+        if (nc_pool_is_closed(p))   /* under mu: shutdown writes it concurrently */
             break;
         attempts = attempt;
         double now = nc_now();
@@ -293,7 +293,7 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
         sleep_until(until < deadline ? until : deadline);
         backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
     }
-    if (p->closed && !last.code) {
+    if (!last.code && nc_pool_is_closed(p)) {
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
         return NULL;
     }
@@ -554,10 +554,12 @@ int nc_pool_release_blocks(nc_pool *p, nc_conn *c)
 
 int nc_pool_lease_valid(nc_pool *p, nc_conn *c, uint64_t lease)
 {
-    (void)p;
-    /* lease is only changed under the mutex, but the borrower is the only
-     * one that may change a LENT slot, so a plain read is enough here. */
-    return c->lease == lease && c->state == NC_SLOT_LENT;
+    /* Under the mutex: a stale handle's slot may be being lent or returned
+     * by another thread right now (that is what this check is for). */
+    lock(p);
+    int ok = c->lease == lease && c->state == NC_SLOT_LENT;
+    unlock(p);
+    return ok;
 }
 
 void nc_pool_release(nc_pool *p, nc_conn *c, int discard)
@@ -634,10 +636,12 @@ int nc_pool_shutdown(nc_pool *p, double timeout)
     close_idle(p);
 
     double deadline = nc_now() + (timeout > 0 ? timeout : 0);
-    struct timespec ts = nc_abstime(deadline);
+    struct timespec ts = isinf(deadline) ? (struct timespec){0, 0} : nc_abstime(deadline);
     lock(p);
     while ((p->nlent > 0 || p->nbusy > 0) && nc_now() < deadline) {
-        if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT)
+        if (isinf(deadline))
+            pthread_cond_wait(&p->changed, &p->mu);
+        else if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT)
             break;
     }
     int left = p->nlent + p->nbusy;

@@ -1,0 +1,1555 @@
+/* test_pool.c - unit tests for the connection pool (csrc/core/nc_pool.c and
+ * nc_janitor.c) with a fake backend whose behaviour the tests control.
+ *
+ * Plain C, no framework: every check counts as one case, a failure prints one
+ * line, and the last line is "N passed, N failed"; the exit status is non-zero
+ * when anything failed.  Checks run on the main thread only; helper threads
+ * record what happened and the main thread checks it after joining them.
+ *
+ * The fake backend (struct fake) counts every call and can be told to fail
+ * connects (a number of times or always), to take time connecting (honouring
+ * the deadline it is given), to fail pings, to report a connection dead
+ * (looks_alive 0), to ask for a reset on return and to fail that reset.  Every
+ * field shared between threads is read and written with __atomic builtins so
+ * that ThreadSanitizer only reports races inside the pool.
+ *
+ * Intervals are short (tens of milliseconds) so the program runs in a few
+ * seconds, also under ThreadSanitizer.
+ */
+#include "nc_pool.h"
+#include "nc_time.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int passed, failed;
+
+#define CHECK(cond, ...)                                                  \
+    do {                                                                  \
+        if (cond) {                                                       \
+            passed++;                                                     \
+        } else {                                                          \
+            failed++;                                                     \
+            printf("FAIL %s (line %d): %s: ", __func__, __LINE__, #cond); \
+            printf(__VA_ARGS__);                                          \
+            printf("\n");                                                 \
+            fflush(stdout);                                               \
+        }                                                                 \
+    } while (0)
+
+#define LD(x) __atomic_load_n(&(x), __ATOMIC_SEQ_CST)
+#define ST(x, v) __atomic_store_n(&(x), (v), __ATOMIC_SEQ_CST)
+#define INC(x) __atomic_add_fetch(&(x), 1, __ATOMIC_SEQ_CST)
+
+/* Scheduling slack allowed on top of a deadline (sanitizers slow things down). */
+#define SLACK 0.08
+
+static void sleep_s(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* ---- the fake backend ---------------------------------------------------- */
+
+typedef struct fconn {
+    int id;         /* 1, 2, ... in order of opening */
+    int dead;       /* looks_alive says 0 */
+    int ping_fail;  /* ping fails */
+    int in_txn;     /* return_state 1 until reset */
+    int in_use;     /* set by the stress test while it holds the connection */
+} fconn;
+
+typedef struct fake {
+    /* behaviour */
+    int connect_fail_next;   /* fail this many connects, then succeed */
+    int connect_fail_always;
+    double connect_delay;    /* seconds (written before the pool runs) */
+    int ping_fail_all;
+    int forced_return_state; /* 0: from in_txn; -1 or 1 forced */
+    int reset_fail;
+    int ping_new;
+    /* counts */
+    int connect_calls, connects, closes, pings, resets, looks;
+    int next_id;
+    int last_id;
+    fconn *last;             /* the connection opened last (may be closed since) */
+} fake;
+
+static int ctx_frees;
+
+static void *f_connect(void *ctx, double deadline, nc_error *err)
+{
+    fake *f = ctx;
+    INC(f->connect_calls);
+    double delay = f->connect_delay;
+    if (delay > 0) {
+        double now = nc_now();
+        if (now + delay > deadline) {
+            if (deadline > now)
+                sleep_s(deadline - now);
+            nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "fake connect timed out");
+            return NULL;
+        }
+        sleep_s(delay);
+    }
+    if (LD(f->connect_fail_always)) {
+        nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "fake connect refused");
+        return NULL;
+    }
+    int n = LD(f->connect_fail_next);
+    while (n > 0) {
+        if (__atomic_compare_exchange_n(&f->connect_fail_next, &n, n - 1, 0, __ATOMIC_SEQ_CST,
+                                        __ATOMIC_SEQ_CST)) {
+            nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "fake connect refused (transient)");
+            return NULL;
+        }
+    }
+    fconn *c = calloc(1, sizeof *c);
+    if (!c) {
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        return NULL;
+    }
+    c->id = INC(f->next_id);
+    INC(f->connects);
+    ST(f->last_id, c->id);
+    ST(f->last, c);
+    return c;
+}
+
+static int f_looks_alive(void *ctx, void *conn)
+{
+    fake *f = ctx;
+    fconn *c = conn;
+    INC(f->looks);
+    return !LD(c->dead);
+}
+
+static int f_ping(void *ctx, void *conn, double deadline, nc_error *err)
+{
+    (void)deadline;
+    fake *f = ctx;
+    fconn *c = conn;
+    INC(f->pings);
+    if (LD(f->ping_fail_all) || LD(c->ping_fail) || LD(c->dead)) {
+        nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "fake ping failed");
+        return -1;
+    }
+    return 0;
+}
+
+static int f_return_state(void *ctx, void *conn)
+{
+    fake *f = ctx;
+    fconn *c = conn;
+    int forced = LD(f->forced_return_state);
+    if (forced)
+        return forced;
+    return LD(c->in_txn) ? 1 : 0;
+}
+
+static int f_reset(void *ctx, void *conn, double deadline, nc_error *err)
+{
+    (void)deadline;
+    fake *f = ctx;
+    fconn *c = conn;
+    INC(f->resets);
+    if (LD(f->reset_fail)) {
+        nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "fake rollback failed");
+        return -1;
+    }
+    ST(c->in_txn, 0);
+    return 0;
+}
+
+static void f_close(void *ctx, void *conn)
+{
+    fake *f = ctx;
+    INC(f->closes);
+    free(conn);
+}
+
+static void f_ctx_free(void *ctx)
+{
+    (void)ctx;
+    INC(ctx_frees);
+}
+
+static const nc_backend_ops fake_ops = {
+    .kind = "fake",
+    .ping_new = 0,
+    .connect = f_connect,
+    .looks_alive = f_looks_alive,
+    .ping = f_ping,
+    .return_state = f_return_state,
+    .reset = f_reset,
+    .close = f_close,
+    .ctx_free = f_ctx_free,
+};
+
+static const nc_backend_ops fake_ops_ping_new = {
+    .kind = "fake",
+    .ping_new = 1,
+    .connect = f_connect,
+    .looks_alive = f_looks_alive,
+    .ping = f_ping,
+    .return_state = f_return_state,
+    .reset = f_reset,
+    .close = f_close,
+    .ctx_free = f_ctx_free,
+};
+
+static fconn *raw(nc_conn *c) { return c->raw; }
+
+/* ---- helpers ------------------------------------------------------------- */
+
+/* A configuration where nothing happens in the background unless a test asks:
+ * the janitor runs (validate = 1) but its round is far away. */
+static void base_cfg(nc_pool_config *cfg, int max)
+{
+    nc_pool_config_defaults(cfg);
+    cfg->max_connections = max;
+    cfg->min_connections = 0;
+    cfg->acquire_timeout = 2.0;
+    cfg->retry_attempts = 1;
+    cfg->retry_backoff = 0.01;
+    cfg->validate = 1;
+    cfg->validation_interval = 30.0;
+    cfg->validation_timeout = 1.0;
+    cfg->connect_timeout = 1.0;
+    cfg->idle_timeout = 0;
+    cfg->max_lifetime = 0;
+    cfg->lifetime_jitter = 0;
+    cfg->ping_after_idle = 30.0;
+}
+
+static nc_pool *mkpool(const nc_pool_config *cfg, fake *f)
+{
+    nc_error err;
+    nc_error_clear(&err);
+    nc_pool *p = nc_pool_new(cfg, &fake_ops, f, &err);
+    if (!p) {
+        printf("FATAL: nc_pool_new: %d %s\n", err.code, err.message);
+        exit(2);
+    }
+    return p;
+}
+
+static nc_pool_stats stats(nc_pool *p)
+{
+    nc_pool_stats s;
+    nc_pool_get_stats(p, &s);
+    return s;
+}
+
+/* Poll until pred(p) or timeout seconds; 1 when it came true. */
+typedef int (*pred_fn)(nc_pool *p, int arg);
+
+static int wait_for(nc_pool *p, pred_fn pred, int arg, double timeout)
+{
+    double until = nc_now() + timeout;
+    for (;;) {
+        if (pred(p, arg))
+            return 1;
+        if (nc_now() >= until)
+            return 0;
+        sleep_s(0.001);
+    }
+}
+
+static int waiting_is(nc_pool *p, int n) { return stats(p).waiting == n; }
+static int total_is(nc_pool *p, int n) { return stats(p).total == n; }
+static int idle_is(nc_pool *p, int n) { return stats(p).idle == n; }
+static int active_is(nc_pool *p, int n) { return stats(p).active == n; }
+static int valfail_at_least(nc_pool *p, int n) { return stats(p).validation_failures >= (uint64_t)n; }
+
+static int get(nc_pool *p, double timeout, nc_conn **c, uint64_t *lease, nc_error *err)
+{
+    nc_error_clear(err);
+    return nc_pool_acquire(p, timeout, c, lease, err);
+}
+
+/* A borrower thread: acquires, notes when and what it got, optionally gives
+ * the connection back at once (after holding it hold seconds). */
+typedef struct borrower {
+    pthread_t th;
+    nc_pool *p;
+    double timeout;
+    int release;            /* give it back before returning */
+    double hold;
+    int *order_counter;     /* shared: order in which borrowers were served */
+    /* results */
+    int rc;
+    nc_error err;
+    nc_conn *c;
+    uint64_t lease;
+    uint64_t serial;
+    int order;
+    double started, finished;
+} borrower;
+
+static void *borrower_main(void *arg)
+{
+    borrower *b = arg;
+    b->started = nc_now();
+    b->rc = get(b->p, b->timeout, &b->c, &b->lease, &b->err);
+    b->finished = nc_now();
+    b->order = -1;
+    if (b->rc == 0) {
+        b->serial = b->c->serial;
+        if (b->order_counter)
+            b->order = INC(*b->order_counter) - 1;
+        if (b->hold > 0)
+            sleep_s(b->hold);
+        if (b->release)
+            nc_pool_release(b->p, b->c, 0);
+    }
+    return NULL;
+}
+
+static void start_borrower_ex(borrower *b, nc_pool *p, double timeout, int release, double hold,
+                              int *order_counter)
+{
+    memset(b, 0, sizeof *b);
+    b->p = p;
+    b->timeout = timeout;
+    b->release = release;
+    b->hold = hold;
+    b->order_counter = order_counter;
+    if (pthread_create(&b->th, NULL, borrower_main, b)) {
+        printf("FATAL: pthread_create\n");
+        exit(2);
+    }
+}
+
+static void start_borrower(borrower *b, nc_pool *p, double timeout, int release)
+{
+    start_borrower_ex(b, p, timeout, release, 0, NULL);
+}
+
+/* ---- tests --------------------------------------------------------------- */
+
+static void test_config(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    cfg.min_connections = 3;
+    nc_error err;
+    nc_error_clear(&err);
+    int before = LD(ctx_frees);
+    nc_pool *p = nc_pool_new(&cfg, &fake_ops, &f, &err);
+    CHECK(p == NULL, "min > max accepted");
+    CHECK(err.code == NC_E_CONFIG, "code %d", err.code);
+    CHECK(LD(ctx_frees) == before + 1, "ctx not freed on failure");
+
+    base_cfg(&cfg, 2);
+    p = mkpool(&cfg, &f);
+    CHECK(nc_pool_ctx(p) == &f, "ctx");
+    CHECK(nc_pool_ops(p) == &fake_ops, "ops");
+    CHECK(nc_pool_config_of(p)->max_connections == 2, "config_of");
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+    CHECK(LD(ctx_frees) == before + 2, "ctx not freed by nc_pool_free");
+    CHECK(f.connect_calls == 0, "connected %d times without a borrow", f.connect_calls);
+}
+
+static void test_reuse_lifo(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 3);
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a, *b, *c;
+    uint64_t la, lb, lc;
+
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    CHECK(get(p, 1, &b, &lb, &err) == 0, "%s", err.message);
+    CHECK(a != b && a->serial != b->serial, "two borrows got the same connection");
+    uint64_t sa = a->serial, sb = b->serial;
+    nc_pool_release(p, a, 0);
+    nc_pool_release(p, b, 0);
+    nc_pool_stats s = stats(p);
+    CHECK(s.idle == 2 && s.active == 0 && s.total == 2, "idle %d active %d total %d", s.idle, s.active, s.total);
+
+    /* LIFO: the one returned last comes out first. */
+    CHECK(get(p, 1, &c, &lc, &err) == 0, "%s", err.message);
+    CHECK(c->serial == sb, "got serial %llu, want %llu (last returned)", (unsigned long long)c->serial,
+          (unsigned long long)sb);
+    nc_conn *d;
+    uint64_t ld;
+    CHECK(get(p, 1, &d, &ld, &err) == 0, "%s", err.message);
+    CHECK(d->serial == sa, "got serial %llu, want %llu", (unsigned long long)d->serial, (unsigned long long)sa);
+    nc_pool_release(p, d, 0);
+    nc_pool_release(p, c, 0);
+
+    /* try_acquire takes the top of the idle stack without blocking. */
+    nc_conn *e = NULL;
+    uint64_t le = 0;
+    nc_error_clear(&err);
+    CHECK(nc_pool_try_acquire(p, &e, &le, &err) == 1, "try_acquire: %s", err.message);
+    CHECK(e && e->serial == sb, "try_acquire did not take the last returned");
+    CHECK(e && nc_pool_lease_valid(p, e, le), "try_acquire lease not valid");
+    nc_pool_release(p, e, 0);
+
+    s = stats(p);
+    CHECK(s.opened == 2, "opened %llu, want 2", (unsigned long long)s.opened);
+    CHECK(s.acquires == 5, "acquires %llu, want 5", (unsigned long long)s.acquires);
+    CHECK(s.closed == 0, "closed %llu", (unsigned long long)s.closed);
+    CHECK(f.connects == 2, "connects %d", f.connects);
+    CHECK(f.pings == 0, "pinged %d times with ping_after_idle 30 s", f.pings);
+
+    nc_pool_count_query(p, 0);
+    nc_pool_count_query(p, 1);
+    s = stats(p);
+    CHECK(s.queries == 2 && s.query_errors == 1, "queries %llu errors %llu", (unsigned long long)s.queries,
+          (unsigned long long)s.query_errors);
+
+    CHECK(nc_pool_shutdown(p, 0) == 0, "shutdown with all idle");
+    CHECK(f.closes == 2, "closes %d after shutdown", f.closes);
+    nc_pool_free(p);
+}
+
+static void test_max_and_timeout(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a, *b, *x;
+    uint64_t la, lb, lx;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    CHECK(get(p, 1, &b, &lb, &err) == 0, "%s", err.message);
+
+    /* try_acquire does not wait and does not open. */
+    nc_error_clear(&err);
+    CHECK(nc_pool_try_acquire(p, &x, &lx, &err) == 0, "try_acquire on a full pool");
+
+    /* One other caller queued with a long timeout. */
+    borrower w;
+    start_borrower(&w, p, 5.0, 1);
+    CHECK(wait_for(p, waiting_is, 1, 2.0), "the borrower never queued");
+
+    double t0 = nc_now();
+    int rc = get(p, 0.2, &x, &lx, &err);
+    double el = nc_now() - t0;
+    CHECK(rc == -1, "acquire on a full pool succeeded");
+    CHECK(err.code == NC_E_POOL_TIMEOUT, "code %d: %s", err.code, err.message);
+    CHECK(el >= 0.2 - 0.002 && el < 0.2 + SLACK, "timed out after %.3f s, want 0.2", el);
+    CHECK(strstr(err.message, "2 of 2 connections in use") != NULL, "message: %s", err.message);
+    CHECK(strstr(err.message, "1 caller waiting") != NULL, "message: %s", err.message);
+    printf("  (2003 message: %s; after %.3f s)\n", err.message, el);
+
+    /* Default timeout (< 0): the configured acquire_timeout. */
+    nc_pool_config cfg2;
+    base_cfg(&cfg2, 1);
+    cfg2.acquire_timeout = 0.1;
+    fake f2 = {0};
+    nc_pool *p2 = mkpool(&cfg2, &f2);
+    nc_conn *y, *z;
+    uint64_t ly, lz;
+    CHECK(get(p2, -1, &y, &ly, &err) == 0, "%s", err.message);
+    t0 = nc_now();
+    rc = get(p2, -1, &z, &lz, &err);
+    el = nc_now() - t0;
+    CHECK(rc == -1 && err.code == NC_E_POOL_TIMEOUT, "rc %d code %d", rc, err.code);
+    CHECK(el >= 0.1 - 0.002 && el < 0.1 + SLACK, "default timeout fired after %.3f s, want 0.1", el);
+    CHECK(strstr(err.message, "1 of 1 connections in use") && strstr(err.message, "0 callers waiting"),
+          "message: %s", err.message);
+    /* timeout 0: fails at once */
+    t0 = nc_now();
+    rc = get(p2, 0, &z, &lz, &err);
+    el = nc_now() - t0;
+    CHECK(rc == -1 && err.code == NC_E_POOL_TIMEOUT && el < 0.05, "timeout 0: rc %d code %d after %.3f", rc,
+          err.code, el);
+    nc_pool_release(p2, y, 0);
+    nc_pool_shutdown(p2, 0);
+    nc_pool_free(p2);
+
+    nc_pool_stats s = stats(p);
+    CHECK(s.total == 2 && s.active == 2 && s.waiting == 1, "total %d active %d waiting %d", s.total, s.active,
+          s.waiting);
+    CHECK(s.acquire_timeouts == 1, "acquire_timeouts %llu", (unsigned long long)s.acquire_timeouts);
+    CHECK(s.opened == 2 && f.connect_calls == 2, "opened %llu connect calls %d (max is 2)",
+          (unsigned long long)s.opened, f.connect_calls);
+
+    nc_pool_release(p, a, 0);   /* goes to the queued borrower */
+    pthread_join(w.th, NULL);
+    CHECK(w.rc == 0, "queued borrower: %s", w.err.message);
+    nc_pool_release(p, b, 0);
+    s = stats(p);
+    CHECK(s.total == 2 && s.idle == 2 && s.opened == 2, "total %d idle %d opened %llu", s.total, s.idle,
+          (unsigned long long)s.opened);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+#define NFIFO 6
+
+static void test_fifo(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 1);
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    uint64_t serial = a->serial;
+
+    int counter = 0;
+    borrower w[NFIFO];
+    for (int i = 0; i < NFIFO; i++) {
+        start_borrower_ex(&w[i], p, 5.0, 1, 0, &counter);
+        CHECK(wait_for(p, waiting_is, i + 1, 2.0), "borrower %d never queued", i);
+    }
+    /* A late arrival must not overtake the queue, not even with try_acquire. */
+    nc_conn *x;
+    uint64_t lx;
+    nc_error_clear(&err);
+    nc_pool_release(p, a, 0);   /* each borrower gives it back: served one by one */
+    int r = nc_pool_try_acquire(p, &x, &lx, &err);
+    if (r == 1)
+        nc_pool_release(p, x, 0);
+    for (int i = 0; i < NFIFO; i++)
+        pthread_join(w[i].th, NULL);
+    for (int i = 0; i < NFIFO; i++) {
+        CHECK(w[i].rc == 0, "borrower %d: %s", i, w[i].err.message);
+        CHECK(w[i].order == i, "borrower %d was served as number %d", i, w[i].order);
+        CHECK(w[i].serial == serial, "borrower %d got serial %llu, want the one connection %llu", i,
+              (unsigned long long)w[i].serial, (unsigned long long)serial);
+    }
+    nc_pool_stats s = stats(p);
+    CHECK(s.opened == 1, "opened %llu", (unsigned long long)s.opened);
+    CHECK(s.acquires >= NFIFO + 1, "acquires %llu", (unsigned long long)s.acquires);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+static void test_handoff_and_lease(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 1);
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    CHECK(nc_pool_lease_valid(p, a, la), "fresh lease not valid");
+    uint64_t serial = a->serial;
+
+    borrower w;
+    start_borrower(&w, p, 5.0, 0);
+    CHECK(wait_for(p, waiting_is, 1, 2.0), "borrower never queued");
+    nc_pool_release(p, a, 0);
+    CHECK(!nc_pool_lease_valid(p, a, la), "lease still valid after release");
+    pthread_join(w.th, NULL);
+    CHECK(w.rc == 0, "%s", w.err.message);
+    CHECK(w.c == a && w.serial == serial, "the waiter did not get the returned connection");
+    CHECK(w.lease != la, "same lease number for the next borrower");
+    CHECK(nc_pool_lease_valid(p, w.c, w.lease), "handed-off lease not valid");
+    CHECK(!nc_pool_lease_valid(p, a, la), "old lease valid again after handoff");
+    nc_pool_stats s = stats(p);
+    CHECK(s.idle == 0 && s.active == 1 && s.opened == 1, "idle %d active %d opened %llu", s.idle, s.active,
+          (unsigned long long)s.opened);
+
+    nc_pool_release(p, w.c, 0);
+    CHECK(!nc_pool_lease_valid(p, w.c, w.lease), "lease valid after release");
+    nc_conn *b;
+    uint64_t lb;
+    CHECK(get(p, 1, &b, &lb, &err) == 0, "%s", err.message);
+    CHECK(b == a, "single slot");
+    CHECK(nc_pool_lease_valid(p, b, lb) && !nc_pool_lease_valid(p, a, la) &&
+              !nc_pool_lease_valid(p, w.c, w.lease),
+          "leases mixed up");
+    nc_pool_release(p, b, 1);   /* discard */
+    CHECK(!nc_pool_lease_valid(p, b, lb), "lease valid after discard");
+    s = stats(p);
+    CHECK(s.total == 0 && s.closed == 1 && f.closes == 1, "total %d closed %llu", s.total,
+          (unsigned long long)s.closed);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+static void test_discard_frees_place(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 1);
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    uint64_t serial = a->serial;
+    borrower w;
+    start_borrower(&w, p, 5.0, 0);
+    CHECK(wait_for(p, waiting_is, 1, 2.0), "borrower never queued");
+    double t0 = nc_now();
+    nc_pool_release(p, a, 1);
+    pthread_join(w.th, NULL);
+    CHECK(w.rc == 0, "waiter: %s", w.err.message);
+    CHECK(w.serial != serial, "waiter got the discarded connection");
+    CHECK(w.finished - t0 < 0.1, "waiter served %.3f s after the discard", w.finished - t0);
+    nc_pool_stats s = stats(p);
+    CHECK(s.opened == 2 && s.closed == 1 && s.total == 1 && s.active == 1, "opened %llu closed %llu total %d",
+          (unsigned long long)s.opened, (unsigned long long)s.closed, s.total);
+    CHECK(f.connects == 2 && f.closes == 1, "connects %d closes %d", f.connects, f.closes);
+
+    /* The waiter's own open fails: the place passes on to the next waiter. */
+    ST(f.connect_fail_always, 1);
+    borrower w2, w3;
+    start_borrower(&w2, p, 5.0, 0);
+    CHECK(wait_for(p, waiting_is, 1, 2.0), "w2 never queued");
+    start_borrower(&w3, p, 5.0, 0);
+    CHECK(wait_for(p, waiting_is, 2, 2.0), "w3 never queued");
+    nc_pool_release(p, w.c, 1);
+    pthread_join(w2.th, NULL);
+    CHECK(w2.rc == -1 && w2.err.code == NC_E_NEW_FAILED, "w2 rc %d code %d", w2.rc, w2.err.code);
+    ST(f.connect_fail_always, 0);
+    pthread_join(w3.th, NULL);  /* may have failed too if it tried while connects failed */
+    if (w3.rc == 0) {
+        passed++;
+        nc_pool_release(p, w3.c, 0);
+    } else {
+        CHECK(w3.err.code == NC_E_NEW_FAILED, "w3 code %d: %s", w3.err.code, w3.err.message);
+    }
+    s = stats(p);
+    CHECK(s.waiting == 0 && s.active == 0 && s.opening == 0, "waiting %d active %d opening %d", s.waiting,
+          s.active, s.opening);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+static void test_return_state(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    uint64_t serial = a->serial;
+    CHECK(nc_pool_release_blocks(p, a) == 0, "clean connection said to block");
+    ST(raw(a)->in_txn, 1);
+    CHECK(nc_pool_release_blocks(p, a) == 1, "open transaction not said to block");
+    nc_pool_release(p, a, 0);
+    CHECK(f.resets == 1, "resets %d", f.resets);
+    nc_pool_stats s = stats(p);
+    CHECK(s.idle == 1 && s.closed == 0, "a reset connection was not kept: idle %d closed %llu", s.idle,
+          (unsigned long long)s.closed);
+    CHECK(get(p, 1, &a, &la, &err) == 0 && a->serial == serial, "the reset connection was not reused");
+
+    /* a failing reset discards */
+    ST(raw(a)->in_txn, 1);
+    ST(f.reset_fail, 1);
+    nc_pool_release(p, a, 0);
+    ST(f.reset_fail, 0);
+    s = stats(p);
+    CHECK(f.resets == 2 && s.total == 0 && s.closed == 1, "failed reset: resets %d total %d closed %llu",
+          f.resets, s.total, (unsigned long long)s.closed);
+
+    /* return_state -1 (broken) discards without a reset */
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    ST(f.forced_return_state, -1);
+    CHECK(nc_pool_release_blocks(p, a) == 0, "broken connection said to block");
+    nc_pool_release(p, a, 0);
+    ST(f.forced_return_state, 0);
+    s = stats(p);
+    CHECK(f.resets == 2 && s.total == 0 && s.closed == 2, "broken: resets %d total %d closed %llu", f.resets,
+          s.total, (unsigned long long)s.closed);
+
+    /* discard=1 closes without asking */
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    ST(f.forced_return_state, 1);
+    nc_pool_release(p, a, 1);
+    ST(f.forced_return_state, 0);
+    CHECK(f.resets == 2, "discard ran a reset");
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+static void test_dead_on_borrow(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a, *x;
+    uint64_t la, lx;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    uint64_t serial = a->serial;
+    fconn *fa = raw(a);
+    nc_pool_release(p, a, 0);
+    ST(fa->dead, 1);
+
+    /* The fast path will not lend it ... */
+    nc_error_clear(&err);
+    CHECK(nc_pool_try_acquire(p, &x, &lx, &err) == 0, "try_acquire lent a dead connection");
+    /* ... and acquire replaces it without troubling the caller. */
+    nc_error_clear(&err);
+    int rc = get(p, 1, &a, &la, &err);
+    CHECK(rc == 0, "acquire failed on a dead idle connection: %d %s", err.code, err.message);
+    CHECK(err.code == 0, "error left set: %d", err.code);
+    CHECK(rc == 0 && a->serial != serial, "the dead connection was lent");
+    CHECK(rc == 0 && !LD(raw(a)->dead), "lent a dead connection");
+    nc_pool_stats s = stats(p);
+    CHECK(s.validation_failures == 1, "validation_failures %llu", (unsigned long long)s.validation_failures);
+    CHECK(s.replaced == 1, "replaced %llu", (unsigned long long)s.replaced);
+    CHECK(s.closed == 1 && s.opened == 2 && s.total == 1, "closed %llu opened %llu total %d",
+          (unsigned long long)s.closed, (unsigned long long)s.opened, s.total);
+    CHECK(f.closes == 1, "closes %d", f.closes);
+    if (rc == 0)
+        nc_pool_release(p, a, 0);
+
+    /* Replacement fails: 2011 (failed to create a replacement). */
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    fa = raw(a);
+    nc_pool_release(p, a, 0);
+    ST(fa->dead, 1);
+    ST(f.connect_fail_always, 1);
+    rc = get(p, 1, &a, &la, &err);
+    ST(f.connect_fail_always, 0);
+    CHECK(rc == -1 && err.code == NC_E_REPLACE_FAILED, "rc %d code %d: %s", rc, err.code, err.message);
+    s = stats(p);
+    CHECK(s.total == 0 && s.opening == 0, "slot not freed after a failed replacement: total %d", s.total);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+static void test_ping_after_idle(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    cfg.ping_after_idle = 0.05;
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    uint64_t serial = a->serial;
+    nc_pool_release(p, a, 0);
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    CHECK(f.pings == 0, "pinged a connection idle for less than ping_after_idle");
+    nc_pool_release(p, a, 0);
+    sleep_s(0.08);
+    /* idle longer than ping_after_idle: the fast path declines, acquire pings */
+    nc_conn *x;
+    uint64_t lx;
+    nc_error_clear(&err);
+    CHECK(nc_pool_try_acquire(p, &x, &lx, &err) == 0, "try_acquire lent one that needs a ping");
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    CHECK(f.pings == 1, "pings %d, want 1", f.pings);
+    CHECK(a->serial == serial, "a healthy connection was replaced");
+    nc_pool_release(p, a, 0);
+
+    /* The ping fails: replaced, no error for the caller. */
+    fconn *fa = raw(a);
+    ST(fa->ping_fail, 1);
+    sleep_s(0.08);
+    nc_error_clear(&err);
+    int rc = get(p, 1, &a, &la, &err);
+    CHECK(rc == 0 && err.code == 0, "rc %d code %d %s", rc, err.code, err.message);
+    CHECK(rc == 0 && a->serial != serial, "the connection that failed its ping was lent");
+    CHECK(f.pings == 2, "pings %d, want 2", f.pings);
+    nc_pool_stats s = stats(p);
+    CHECK(s.validation_failures == 1 && s.replaced == 1, "validation_failures %llu replaced %llu",
+          (unsigned long long)s.validation_failures, (unsigned long long)s.replaced);
+    if (rc == 0)
+        nc_pool_release(p, a, 0);
+
+    /* validate = 0: no looks_alive, no ping */
+    fake g = {0};
+    base_cfg(&cfg, 1);
+    cfg.validate = 0;
+    cfg.ping_after_idle = 0.0;
+    nc_pool *q = mkpool(&cfg, &g);
+    CHECK(get(q, 1, &a, &la, &err) == 0, "%s", err.message);
+    nc_pool_release(q, a, 0);
+    sleep_s(0.01);
+    CHECK(get(q, 1, &a, &la, &err) == 0, "%s", err.message);
+    CHECK(g.pings == 0 && g.looks == 0, "validate=0 still checked: pings %d looks %d", g.pings, g.looks);
+    nc_pool_release(q, a, 0);
+    nc_pool_shutdown(q, 0);
+    nc_pool_free(q);
+
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+static void test_connect_retry(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    cfg.retry_attempts = 3;
+    cfg.retry_backoff = 0.01;
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+
+    /* Two transient failures, success on the third attempt. */
+    ST(f.connect_fail_next, 2);
+    double t0 = nc_now();
+    int rc = get(p, 2, &a, &la, &err);
+    double el = nc_now() - t0;
+    CHECK(rc == 0, "third attempt should succeed: %d %s", err.code, err.message);
+    CHECK(f.connect_calls == 3, "connect calls %d, want 3", f.connect_calls);
+    nc_pool_stats s = stats(p);
+    CHECK(s.connect_failures == 2 && s.opened == 1, "connect_failures %llu opened %llu",
+          (unsigned long long)s.connect_failures, (unsigned long long)s.opened);
+    /* backoff 0.01 then 0.02 */
+    CHECK(el >= 0.03 - 0.002 && el < 0.03 + SLACK, "retries took %.3f s, want about 0.03", el);
+    if (rc == 0)
+        nc_pool_release(p, a, 0);
+
+    /* Permanent failure: 2009 naming the attempts. */
+    ST(f.connect_fail_always, 1);
+    nc_conn *b;
+    uint64_t lb;
+    CHECK(get(p, 2, &a, &la, &err) == 0, "idle one");   /* take the idle one so a new one is needed */
+    int calls = f.connect_calls;
+    rc = get(p, 2, &b, &lb, &err);
+    CHECK(rc == -1 && err.code == NC_E_NEW_FAILED, "rc %d code %d", rc, err.code);
+    CHECK(strstr(err.message, "after 3 attempts") != NULL, "message: %s", err.message);
+    CHECK(strstr(err.message, "fake connect refused") != NULL, "last error not in message: %s", err.message);
+    CHECK(f.connect_calls - calls == 3, "connect calls %d, want 3", f.connect_calls - calls);
+    printf("  (2009 message: %s)\n", err.message);
+    s = stats(p);
+    CHECK(s.connect_failures == 5, "connect_failures %llu", (unsigned long long)s.connect_failures);
+    CHECK(s.total == 1 && s.opening == 0, "the failed open kept its slot: total %d opening %d", s.total,
+          s.opening);
+    ST(f.connect_fail_always, 0);
+    rc = get(p, 2, &b, &lb, &err);
+    CHECK(rc == 0, "slot not reusable after a failed open: %s", err.message);
+    if (rc == 0)
+        nc_pool_release(p, b, 0);
+    nc_pool_release(p, a, 0);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+
+    /* One attempt only: "after 1 attempt". */
+    fake g = {0};
+    base_cfg(&cfg, 1);
+    cfg.retry_attempts = 1;
+    nc_pool *q = mkpool(&cfg, &g);
+    ST(g.connect_fail_always, 1);
+    rc = get(q, 1, &a, &la, &err);
+    CHECK(rc == -1 && err.code == NC_E_NEW_FAILED && strstr(err.message, "after 1 attempt:"), "%d %s",
+          err.code, err.message);
+    nc_pool_shutdown(q, 0);
+    nc_pool_free(q);
+
+    /* ping_new backend: a new connection failing its ping is 2008. */
+    fake h = {0};
+    base_cfg(&cfg, 1);
+    nc_error_clear(&err);
+    nc_pool *r = nc_pool_new(&cfg, &fake_ops_ping_new, &h, &err);
+    CHECK(r != NULL, "%s", err.message);
+    if (r) {
+        ST(h.ping_fail_all, 1);
+        rc = get(r, 1, &a, &la, &err);
+        CHECK(rc == -1 && err.code == NC_E_NEW_INVALID, "rc %d code %d %s", rc, err.code, err.message);
+        CHECK(h.connects == 1 && h.closes == 1, "connects %d closes %d", h.connects, h.closes);
+        ST(h.ping_fail_all, 0);
+        rc = get(r, 1, &a, &la, &err);
+        CHECK(rc == 0 && h.pings == 2, "rc %d pings %d", rc, h.pings);
+        if (rc == 0)
+            nc_pool_release(r, a, 0);
+        nc_pool_shutdown(r, 0);
+        nc_pool_free(r);
+    }
+}
+
+static void test_retry_deadline(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 1);
+    cfg.retry_attempts = 20;
+    cfg.retry_backoff = 0.5;
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+
+    /* Failing at once, long backoff: the backoff stops at the deadline. */
+    ST(f.connect_fail_always, 1);
+    double t0 = nc_now();
+    int rc = get(p, 0.25, &a, &la, &err);
+    double el = nc_now() - t0;
+    CHECK(rc == -1 && err.code == NC_E_NEW_FAILED, "rc %d code %d", rc, err.code);
+    CHECK(el < 0.25 + SLACK, "gave up after %.3f s, deadline was 0.25 s", el);
+    CHECK(f.connect_calls < 20, "connect calls %d", f.connect_calls);
+    printf("  (backoff past the deadline: gave up after %.3f s, %d connect calls: %s)\n", el, f.connect_calls,
+           err.message);
+    ST(f.connect_fail_always, 0);
+
+    /* Slow connects: each attempt bounded by connect_timeout, all by the deadline. */
+    f.connect_delay = 1.0;
+    cfg.connect_timeout = 0.1;
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+    cfg.retry_backoff = 0.01;
+    p = mkpool(&cfg, &f);
+    int calls = f.connect_calls;
+    t0 = nc_now();
+    rc = get(p, 0.35, &a, &la, &err);
+    el = nc_now() - t0;
+    CHECK(rc == -1 && err.code == NC_E_NEW_FAILED, "rc %d code %d", rc, err.code);
+    CHECK(el >= 0.3 && el < 0.35 + SLACK, "gave up after %.3f s, deadline was 0.35 s", el);
+    CHECK(f.connect_calls - calls >= 3, "connect calls %d, want >= 3 of 0.1 s each",
+          f.connect_calls - calls);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+static void test_janitor_min(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 4);
+    cfg.min_connections = 2;
+    cfg.validation_interval = 0.05;
+    nc_pool *p = mkpool(&cfg, &f);
+    CHECK(wait_for(p, idle_is, 2, 1.0), "min_connections not opened in the background");
+    nc_pool_stats s = stats(p);
+    CHECK(s.total == 2 && s.opened == 2 && s.acquires == 0, "total %d opened %llu acquires %llu", s.total,
+          (unsigned long long)s.opened, (unsigned long long)s.acquires);
+
+    /* A discarded one is refilled at once (the janitor is kicked). */
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    double t0 = nc_now();
+    nc_pool_release(p, a, 1);
+    CHECK(wait_for(p, idle_is, 2, 1.0), "not refilled to min after a discard");
+    double el = nc_now() - t0;
+    CHECK(el < 0.04, "refill took %.3f s (should not wait for the next round)", el);
+    s = stats(p);
+    CHECK(s.opened == 3 && s.closed == 1 && s.total == 2, "opened %llu closed %llu total %d",
+          (unsigned long long)s.opened, (unsigned long long)s.closed, s.total);
+    /* More rounds do not open more than min */
+    sleep_s(0.15);
+    s = stats(p);
+    CHECK(s.total == 2 && s.opened == 3, "total %d opened %llu", s.total, (unsigned long long)s.opened);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+    CHECK(f.connects == f.closes, "connects %d closes %d", f.connects, f.closes);
+}
+
+static void test_idle_timeout(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 3);
+    cfg.min_connections = 1;
+    cfg.validation_interval = 0.05;
+    cfg.idle_timeout = 0.15;
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *c[3];
+    uint64_t l[3];
+    for (int i = 0; i < 3; i++)
+        CHECK(get(p, 1, &c[i], &l[i], &err) == 0, "%s", err.message);
+    double t0 = nc_now();
+    for (int i = 0; i < 3; i++)
+        nc_pool_release(p, c[i], 0);
+    CHECK(stats(p).idle == 3, "not idle");
+    CHECK(wait_for(p, total_is, 1, 1.5), "idle connections above min not closed");
+    double el = nc_now() - t0;
+    CHECK(el >= 0.15 && el < 0.15 + 0.05 + SLACK, "closed after %.3f s, idle_timeout 0.15", el);
+    nc_pool_stats s = stats(p);
+    CHECK(s.closed == 2 && s.idle == 1, "closed %llu idle %d", (unsigned long long)s.closed, s.idle);
+    /* min stays */
+    sleep_s(0.25);
+    s = stats(p);
+    CHECK(s.total == 1 && s.closed == 2 && s.opened == 3, "total %d closed %llu opened %llu", s.total,
+          (unsigned long long)s.closed, (unsigned long long)s.opened);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+static int serial_changed(nc_pool *p, int old_id)
+{
+    fake *f = nc_pool_ctx(p);
+    nc_pool_stats s = stats(p);
+    return LD(f->last_id) != old_id && s.idle == 1 && s.total == 1;
+}
+
+static void test_max_lifetime(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    cfg.min_connections = 1;
+    cfg.validation_interval = 0.05;
+    cfg.max_lifetime = 0.2;
+    cfg.lifetime_jitter = 0;
+    nc_pool *p = mkpool(&cfg, &f);
+    CHECK(wait_for(p, idle_is, 1, 1.0), "min not opened");
+    double t0 = nc_now();
+    int first = LD(f.last_id);
+    CHECK(wait_for(p, serial_changed, first, 1.5), "connection not retired after max_lifetime");
+    double el = nc_now() - t0;
+    CHECK(el >= 0.2 - 0.01 && el < 0.2 + 0.05 + SLACK, "retired after %.3f s, max_lifetime 0.2", el);
+    nc_pool_stats s = stats(p);
+    CHECK(s.closed >= 1 && s.replaced >= 1, "closed %llu replaced %llu", (unsigned long long)s.closed,
+          (unsigned long long)s.replaced);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+
+    /* A lent connection past its lifetime is closed when it comes back. */
+    fake g = {0};
+    base_cfg(&cfg, 2);
+    cfg.max_lifetime = 0.1;
+    nc_pool *q = mkpool(&cfg, &g);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(q, 1, &a, &la, &err) == 0, "%s", err.message);
+    sleep_s(0.15);
+    nc_pool_release(q, a, 0);
+    s = stats(q);
+    CHECK(s.total == 0 && s.closed == 1 && g.closes == 1, "expired connection kept: total %d closed %llu",
+          s.total, (unsigned long long)s.closed);
+    /* and an idle one past its lifetime is not lent */
+    CHECK(get(q, 1, &a, &la, &err) == 0, "%s", err.message);
+    uint64_t serial = a->serial;
+    nc_pool_release(q, a, 0);
+    sleep_s(0.15);
+    CHECK(get(q, 1, &a, &la, &err) == 0, "%s", err.message);
+    CHECK(a->serial != serial, "an expired idle connection was lent");
+    nc_pool_release(q, a, 0);
+    nc_pool_shutdown(q, 0);
+    nc_pool_free(q);
+}
+
+static void test_background_validation(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    cfg.min_connections = 1;
+    cfg.validation_interval = 0.05;
+    nc_pool *p = mkpool(&cfg, &f);
+    CHECK(wait_for(p, idle_is, 1, 1.0), "min not opened");
+    /* healthy: pinged in the background, kept */
+    sleep_s(0.2);
+    CHECK(LD(f.pings) >= 1, "no background ping in 0.2 s with validation_interval 0.05");
+    nc_pool_stats s = stats(p);
+    CHECK(s.opened == 1 && s.closed == 0, "a healthy connection was replaced");
+
+    int first = LD(f.last_id);
+    fconn *fc = LD(f.last);
+    ST(fc->ping_fail, 1);   /* fc is freed when the pool closes it: not touched after this */
+    double t0 = nc_now();
+    CHECK(wait_for(p, valfail_at_least, 1, 1.0), "failing ping not noticed in the background");
+    CHECK(wait_for(p, serial_changed, first, 1.0), "the connection failing its ping was not replaced");
+    double el = nc_now() - t0;
+    CHECK(el < 0.05 + 0.05 + SLACK, "replaced after %.3f s", el);
+    s = stats(p);
+    CHECK(s.validation_failures == 1 && s.replaced >= 1 && s.closed == 1 && s.acquires == 0,
+          "validation_failures %llu replaced %llu closed %llu", (unsigned long long)s.validation_failures,
+          (unsigned long long)s.replaced, (unsigned long long)s.closed);
+
+    /* looks_alive 0 in the background: replaced too */
+    first = LD(f.last_id);
+    fc = LD(f.last);
+    ST(fc->dead, 1);
+    CHECK(wait_for(p, valfail_at_least, 2, 1.0), "dead connection not noticed in the background");
+    CHECK(wait_for(p, serial_changed, first, 1.0), "dead connection not replaced");
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+    CHECK(f.connects == f.closes, "connects %d closes %d", f.connects, f.closes);
+}
+
+static void test_shutdown(void)
+{
+    nc_error err;
+    nc_conn *a, *b, *c, *x;
+    uint64_t la, lb, lc, lx;
+    nc_pool_config cfg;
+
+    /* Waiters are told at once; lent ones are counted and closed on return. */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 2);
+        nc_pool *p = mkpool(&cfg, &f);
+        CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+        CHECK(get(p, 1, &b, &lb, &err) == 0, "%s", err.message);
+        borrower w1, w2;
+        start_borrower(&w1, p, 5.0, 0);
+        CHECK(wait_for(p, waiting_is, 1, 2.0), "w1 never queued");
+        start_borrower(&w2, p, 5.0, 0);
+        CHECK(wait_for(p, waiting_is, 2, 2.0), "w2 never queued");
+        double t0 = nc_now();
+        int left = nc_pool_shutdown(p, 0);
+        double el = nc_now() - t0;
+        CHECK(left == 2, "shutdown says %d still lent, want 2", left);
+        CHECK(el < 0.05, "shutdown(0) took %.3f s", el);
+        pthread_join(w1.th, NULL);
+        pthread_join(w2.th, NULL);
+        CHECK(w1.rc == -1 && w1.err.code == NC_E_POOL_CLOSED, "w1 rc %d code %d", w1.rc, w1.err.code);
+        CHECK(w2.rc == -1 && w2.err.code == NC_E_POOL_CLOSED, "w2 rc %d code %d", w2.rc, w2.err.code);
+        CHECK(w1.finished - t0 < 0.05 && w2.finished - t0 < 0.05, "waiters told after %.3f / %.3f s",
+              w1.finished - t0, w2.finished - t0);
+        CHECK(nc_pool_is_closed(p), "not closed");
+        CHECK(get(p, 1, &x, &lx, &err) == -1 && err.code == NC_E_POOL_CLOSED, "acquire after shutdown: %d",
+              err.code);
+        nc_error_clear(&err);
+        CHECK(nc_pool_try_acquire(p, &x, &lx, &err) == -1 && err.code == NC_E_POOL_CLOSED,
+              "try_acquire after shutdown: %d", err.code);
+        CHECK(nc_pool_lease_valid(p, a, la), "lent connection's lease died at shutdown");
+        CHECK(f.closes == 0, "a lent connection was closed under its borrower");
+        nc_pool_release(p, a, 0);
+        CHECK(f.closes == 1, "lent connection not closed on return after shutdown");
+        CHECK(!nc_pool_lease_valid(p, a, la), "lease valid after return");
+        nc_pool_release(p, b, 0);
+        nc_pool_stats s = stats(p);
+        CHECK(f.closes == 2 && s.total == 0 && s.idle == 0 && s.closed_flag, "closes %d total %d", f.closes,
+              s.total);
+        CHECK(nc_pool_shutdown(p, 0) == 0, "second shutdown");
+        nc_pool_free(p);
+        CHECK(f.closes == 2, "closed twice");
+    }
+
+    /* Idle ones closed at once, the lent one when it comes back. */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 3);
+        nc_pool *p = mkpool(&cfg, &f);
+        CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+        CHECK(get(p, 1, &b, &lb, &err) == 0, "%s", err.message);
+        CHECK(get(p, 1, &c, &lc, &err) == 0, "%s", err.message);
+        nc_pool_release(p, a, 0);
+        nc_pool_release(p, b, 0);
+        int left = nc_pool_shutdown(p, 0);
+        CHECK(left == 1, "left %d", left);
+        CHECK(f.closes == 2, "idle not closed at shutdown: closes %d", f.closes);
+        nc_pool_release(p, c, 0);
+        CHECK(f.closes == 3, "closes %d", f.closes);
+        nc_pool_free(p);
+    }
+
+    /* shutdown waits for a return within its timeout ... */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 1);
+        nc_pool *p = mkpool(&cfg, &f);
+        borrower h;
+        start_borrower_ex(&h, p, 1.0, 1, 0.15, NULL);
+        CHECK(wait_for(p, active_is, 1, 1.0), "holder never borrowed");
+        double t0 = nc_now();
+        int left = nc_pool_shutdown(p, 2.0);
+        double el = nc_now() - t0;
+        pthread_join(h.th, NULL);
+        CHECK(left == 0, "left %d", left);
+        CHECK(el > 0.1 && el < 0.15 + SLACK, "shutdown returned after %.3f s, the return came at 0.15", el);
+        CHECK(f.closes == 1, "closes %d", f.closes);
+        nc_pool_free(p);
+    }
+
+    /* ... also without a limit (timeout INFINITY) */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 1);
+        nc_pool *p = mkpool(&cfg, &f);
+        borrower h;
+        start_borrower_ex(&h, p, 1.0, 1, 0.15, NULL);
+        CHECK(wait_for(p, active_is, 1, 1.0), "holder never borrowed");
+        double t0 = nc_now();
+        int left = nc_pool_shutdown(p, INFINITY);
+        double el = nc_now() - t0;
+        pthread_join(h.th, NULL);
+        CHECK(left == 0, "shutdown(INFINITY) gave up with %d lent after %.3f s", left, el);
+        CHECK(el > 0.1 && el < 0.15 + SLACK, "shutdown(INFINITY) returned after %.3f s, the return came at 0.15",
+              el);
+        nc_pool_free(p);
+    }
+
+    /* ... and gives up at its timeout */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 1);
+        nc_pool *p = mkpool(&cfg, &f);
+        CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+        double t0 = nc_now();
+        int left = nc_pool_shutdown(p, 0.1);
+        double el = nc_now() - t0;
+        CHECK(left == 1, "left %d", left);
+        CHECK(el >= 0.1 - 0.002 && el < 0.1 + SLACK, "shutdown(0.1) took %.3f s", el);
+        nc_pool_release(p, a, 0);
+        CHECK(f.closes == 1, "closes %d", f.closes);
+        nc_pool_free(p);
+    }
+
+    /* A still-lent connection is closed by nc_pool_free. */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 1);
+        nc_pool *p = mkpool(&cfg, &f);
+        CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+        CHECK(nc_pool_shutdown(p, 0) == 1, "left");
+        nc_pool_free(p);
+        CHECK(f.closes == 1, "lent connection not closed by nc_pool_free");
+    }
+
+    /* A connection being opened when shutdown starts is closed, the opener told. */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 1);
+        f.connect_delay = 0.15;
+        nc_pool *p = mkpool(&cfg, &f);
+        borrower w;
+        start_borrower(&w, p, 2.0, 0);
+        while (LD(f.connect_calls) == 0)
+            sleep_s(0.001);
+        double t0 = nc_now();
+        int left = nc_pool_shutdown(p, 2.0);
+        double el = nc_now() - t0;
+        pthread_join(w.th, NULL);
+        CHECK(left == 0, "left %d", left);
+        CHECK(el < 0.15 + SLACK, "shutdown took %.3f s", el);
+        CHECK(w.rc == -1 && w.err.code == NC_E_POOL_CLOSED, "opener rc %d code %d", w.rc, w.err.code);
+        CHECK(f.connects == 1 && f.closes == 1, "connects %d closes %d", f.connects, f.closes);
+        nc_pool_free(p);
+    }
+
+    /* drain: idle closed now, lent ones when they come back */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 2);
+        nc_pool *p = mkpool(&cfg, &f);
+        CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+        CHECK(get(p, 1, &b, &lb, &err) == 0, "%s", err.message);
+        nc_pool_release(p, a, 0);
+        nc_pool_drain(p, 1);
+        CHECK(f.closes == 1 && stats(p).total == 1, "drain: closes %d", f.closes);
+        nc_pool_release(p, b, 0);
+        CHECK(f.closes == 2 && stats(p).total == 0, "drained lent one kept: closes %d", f.closes);
+        CHECK(!nc_pool_is_closed(p), "drain closed the pool");
+        CHECK(get(p, 1, &a, &la, &err) == 0, "after drain: %s", err.message);
+        nc_pool_release(p, a, 0);
+        nc_pool_shutdown(p, 0);
+        nc_pool_free(p);
+    }
+}
+
+/* ---- races (meant for ThreadSanitizer; functional checks elsewhere) ------ */
+
+static void *stale_lease_checker(void *arg)
+{
+    borrower *b = arg;   /* c and lease: a borrow given back before this started */
+    int seen_valid = 0;
+    for (int i = 0; i < 20000; i++)
+        if (nc_pool_lease_valid(b->p, b->c, b->lease))
+            seen_valid++;
+    b->rc = seen_valid;
+    return NULL;
+}
+
+static void test_races(void)
+{
+    nc_pool_config cfg;
+    nc_error err;
+
+    /* A stale handle checked from one thread while another borrows and
+     * returns the same slot (the binding's lease check on a released
+     * PooledConnection). */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 1);
+        nc_pool *p = mkpool(&cfg, &f);
+        borrower b;
+        memset(&b, 0, sizeof b);
+        b.p = p;
+        CHECK(get(p, 1, &b.c, &b.lease, &err) == 0, "%s", err.message);
+        nc_pool_release(p, b.c, 0);
+        pthread_t th;
+        pthread_create(&th, NULL, stale_lease_checker, &b);
+        int bad = 0;
+        for (int i = 0; i < 2000; i++) {
+            nc_conn *c;
+            uint64_t l;
+            if (get(p, 1, &c, &l, &err) < 0 || !nc_pool_lease_valid(p, c, l))
+                bad++;
+            else
+                nc_pool_release(p, c, 0);
+        }
+        pthread_join(th, NULL);
+        CHECK(bad == 0, "%d failed borrows", bad);
+        CHECK(b.rc == 0, "a stale lease was seen valid %d times", b.rc);
+        nc_pool_shutdown(p, 0);
+        nc_pool_free(p);
+    }
+
+    /* Shutdown while a borrower sleeps between connect attempts. */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 2);
+        cfg.retry_attempts = 3;
+        cfg.retry_backoff = 0.1;
+        f.connect_fail_always = 1;
+        nc_pool *p = mkpool(&cfg, &f);
+        borrower b;
+        start_borrower(&b, p, 2.0, 0);
+        while (LD(f.connect_calls) == 0)
+            sleep_s(0.001);
+        sleep_s(0.02);
+        double t0 = nc_now();
+        int left = nc_pool_shutdown(p, 1.0);
+        pthread_join(b.th, NULL);
+        double el = nc_now() - t0;
+        CHECK(left == 0, "left %d", left);
+        CHECK(b.rc == -1 && (b.err.code == NC_E_POOL_CLOSED || b.err.code == NC_E_NEW_FAILED), "rc %d code %d %s",
+              b.rc, b.err.code, b.err.message);
+        CHECK(el < 0.1 + SLACK, "the retrying borrower gave up %.3f s after shutdown", el);
+        CHECK(LD(f.connect_calls) <= 2, "connect attempted %d times after shutdown", LD(f.connect_calls));
+        nc_pool_free(p);
+    }
+
+    /* The janitor's first open fails at once (database down at start-up). */
+    for (int i = 0; i < 5; i++) {
+        fake f = {0};
+        base_cfg(&cfg, 2);
+        cfg.min_connections = 1;
+        f.connect_fail_always = 1;
+        nc_pool *p = mkpool(&cfg, &f);
+        while (LD(f.connect_calls) == 0)   /* not stats(): its mutex would order the janitor's start */
+            sleep_s(0.001);
+        sleep_s(0.005);
+        CHECK(wait_for(p, total_is, 0, 1.0), "a failed background open kept its slot");
+        CHECK(stats(p).connect_failures >= 1, "no connect failure counted");
+        nc_pool_shutdown(p, 0);
+        nc_pool_free(p);
+    }
+}
+
+/* ---- known bugs, not fixed here (run with NC_TEST_KNOWN_BUGS=1) ----------- */
+
+static void *release_after(void *arg)
+{
+    borrower *b = arg;
+    sleep_s(b->hold);
+    nc_pool_release(b->p, b->c, 0);
+    return NULL;
+}
+
+static void known_bugs(void)
+{
+    nc_pool_config cfg;
+    nc_error err;
+
+    /* A huge finite timeout ("forever") must wait, not fail at once:
+     * nc_abstime() converts deadlines >= 2^63 s to a negative time_t. */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 1);
+        nc_pool *p = mkpool(&cfg, &f);
+        borrower h;
+        memset(&h, 0, sizeof h);
+        h.p = p;
+        h.hold = 0.1;
+        CHECK(get(p, 1, &h.c, &h.lease, &err) == 0, "%s", err.message);
+        pthread_t th;
+        pthread_create(&th, NULL, release_after, &h);
+        nc_conn *c;
+        uint64_t l;
+        double t0 = nc_now();
+        int rc = get(p, 1e19, &c, &l, &err);
+        double el = nc_now() - t0;
+        pthread_join(th, NULL);
+        CHECK(rc == 0, "acquire(timeout=1e19) failed after %.3f s: %d %s", el, err.code, err.message);
+        if (rc == 0)
+            nc_pool_release(p, c, 0);
+        nc_pool_shutdown(p, 0);
+        nc_pool_free(p);
+    }
+
+    /* shutdown(0) must not wait for the janitor's connect retries (the
+     * database is down, min_connections > 0): it joins the janitor, which
+     * sleeps its backoff (and waits its connects) without looking at
+     * janitor_stop. */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 2);
+        cfg.min_connections = 1;
+        cfg.retry_attempts = 5;
+        cfg.retry_backoff = 0.5;
+        f.connect_fail_always = 1;
+        nc_pool *p = mkpool(&cfg, &f);
+        while (LD(f.connect_calls) == 0)
+            sleep_s(0.001);
+        sleep_s(0.01);
+        double t0 = nc_now();
+        nc_pool_shutdown(p, 0);
+        double el = nc_now() - t0;
+        CHECK(el < 0.1, "shutdown(0) took %.3f s waiting for the janitor's retry backoff", el);
+        nc_pool_free(p);
+    }
+}
+
+/* ---- stress -------------------------------------------------------------- */
+
+#define STRESS_THREADS 16
+#define STRESS_OPS 5000
+
+typedef struct stress_arg {
+    pthread_t th;
+    nc_pool *p;
+    int id;
+    int ops_done;
+    int errors;
+    int double_lent;
+    int try_hits;
+    nc_error last_err;
+} stress_arg;
+
+static void *stress_main(void *arg)
+{
+    stress_arg *s = arg;
+    unsigned seed = (unsigned)s->id * 7919u + 1;
+    for (int i = 0; i < STRESS_OPS; i++) {
+        nc_conn *c = NULL;
+        uint64_t lease = 0;
+        nc_error err;
+        nc_error_clear(&err);
+        int r = 0;
+        if ((i & 7) == 0)
+            r = nc_pool_try_acquire(s->p, &c, &lease, &err);
+        if (r == 1)
+            s->try_hits++;
+        else if (r == 0)
+            r = nc_pool_acquire(s->p, 10.0, &c, &lease, &err) == 0 ? 1 : -1;
+        if (r < 0) {
+            s->errors++;
+            s->last_err = err;
+            continue;
+        }
+        s->ops_done++;
+        fconn *fc = c->raw;
+        if (__atomic_exchange_n(&fc->in_use, 1, __ATOMIC_SEQ_CST) != 0)
+            s->double_lent++;
+        if (!nc_pool_lease_valid(s->p, c, lease))
+            s->errors++;
+        if ((rand_r(&seed) & 3) == 0)
+            sched_yield();
+        int discard = rand_r(&seed) % 211 == 0;
+        if (rand_r(&seed) % 97 == 0)
+            ST(fc->in_txn, 1);
+        __atomic_store_n(&fc->in_use, 0, __ATOMIC_SEQ_CST);
+        nc_pool_release(s->p, c, discard);
+    }
+    return NULL;
+}
+
+static void test_stress(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 4);
+    cfg.validation_interval = 0.02;   /* the janitor checks idle ones meanwhile */
+    cfg.ping_after_idle = 0.001;
+    nc_pool *p = mkpool(&cfg, &f);
+    stress_arg a[STRESS_THREADS];
+    double t0 = nc_now();
+    for (int i = 0; i < STRESS_THREADS; i++) {
+        memset(&a[i], 0, sizeof a[i]);
+        a[i].p = p;
+        a[i].id = i;
+        if (pthread_create(&a[i].th, NULL, stress_main, &a[i])) {
+            printf("FATAL: pthread_create\n");
+            exit(2);
+        }
+    }
+    int done = 0, errors = 0, dbl = 0, tries = 0;
+    for (int i = 0; i < STRESS_THREADS; i++) {
+        pthread_join(a[i].th, NULL);
+        done += a[i].ops_done;
+        errors += a[i].errors;
+        dbl += a[i].double_lent;
+        tries += a[i].try_hits;
+        if (a[i].errors)
+            printf("  thread %d: %d errors, last: %d %s\n", i, a[i].errors, a[i].last_err.code,
+                   a[i].last_err.message);
+    }
+    double el = nc_now() - t0;
+    nc_pool_stats s = stats(p);
+    printf("  (stress: %d ops in %.2f s, %d by try_acquire, opened %llu closed %llu, p50 %.1f us p99 %.1f us)\n",
+           done, el, tries, (unsigned long long)s.opened, (unsigned long long)s.closed, s.wait_p50 * 1e6,
+           s.wait_p99 * 1e6);
+    CHECK(dbl == 0, "%d times a connection was lent to two threads at once", dbl);
+    CHECK(errors == 0, "%d errors", errors);
+    CHECK(done == STRESS_THREADS * STRESS_OPS, "%d ops done", done);
+    CHECK(s.acquires == (uint64_t)(STRESS_THREADS * STRESS_OPS), "acquires %llu, want %d",
+          (unsigned long long)s.acquires, STRESS_THREADS * STRESS_OPS);
+    CHECK(s.active == 0 && s.waiting == 0 && s.opening == 0, "active %d waiting %d opening %d", s.active,
+          s.waiting, s.opening);
+    CHECK(s.total <= 4, "total %d > max", s.total);
+    CHECK(s.opened - s.closed == (uint64_t)s.total, "opened %llu - closed %llu != total %d",
+          (unsigned long long)s.opened, (unsigned long long)s.closed, s.total);
+    CHECK((int)s.opened == LD(f.connects) && (int)s.closed == LD(f.closes), "pool %llu/%llu fake %d/%d",
+          (unsigned long long)s.opened, (unsigned long long)s.closed, f.connects, f.closes);
+    CHECK(s.wait_p50 <= s.wait_p99, "p50 %g > p99 %g", s.wait_p50, s.wait_p99);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+    CHECK(f.connects == f.closes, "leaked: connects %d closes %d", f.connects, f.closes);
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    double t0 = nc_now();
+    struct { const char *name; void (*fn)(void); } tests[] = {
+        {"config", test_config},
+        {"reuse_lifo", test_reuse_lifo},
+        {"max_and_timeout", test_max_and_timeout},
+        {"fifo", test_fifo},
+        {"handoff_and_lease", test_handoff_and_lease},
+        {"discard_frees_place", test_discard_frees_place},
+        {"return_state", test_return_state},
+        {"dead_on_borrow", test_dead_on_borrow},
+        {"ping_after_idle", test_ping_after_idle},
+        {"connect_retry", test_connect_retry},
+        {"retry_deadline", test_retry_deadline},
+        {"janitor_min", test_janitor_min},
+        {"idle_timeout", test_idle_timeout},
+        {"max_lifetime", test_max_lifetime},
+        {"background_validation", test_background_validation},
+        {"shutdown", test_shutdown},
+        {"races", test_races},
+        {"stress", test_stress},
+    };
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+        double t = nc_now();
+        int f0 = failed;
+        tests[i].fn();
+        printf("%-24s %s %.2f s\n", tests[i].name, failed == f0 ? "ok  " : "FAIL", nc_now() - t);
+    }
+    if (getenv("NC_TEST_KNOWN_BUGS") && *getenv("NC_TEST_KNOWN_BUGS") == '1') {
+        int f0 = failed;
+        known_bugs();
+        printf("%-24s %s\n", "known_bugs", failed == f0 ? "ok  " : "FAIL");
+    } else {
+        printf("(known-bug checks skipped; NC_TEST_KNOWN_BUGS=1 runs them)\n");
+    }
+    printf("(total %.2f s)\n", nc_now() - t0);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
