@@ -164,6 +164,7 @@ static void *janitor_main(void *arg)
         pthread_mutex_lock(&p->mu);
     }
     pthread_mutex_unlock(&p->mu);
+    nc_pool_unref(p);   /* may free the pool: touch nothing after this */
     return NULL;
 }
 
@@ -174,19 +175,21 @@ int nc_janitor_start(nc_pool *p, nc_error *err)
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setstacksize(&a, 256 * 1024);
-    /* Set before the thread exists: the janitor reads it (under mu). */
+    /* Set before the thread exists: the janitor reads them (under mu). */
     p->janitor_started = 1;
+    p->refs++;
     int rc = pthread_create(&p->janitor, &a, janitor_main, p);
     pthread_attr_destroy(&a);
     if (rc) {
         p->janitor_started = 0;
+        p->refs--;
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot start the pool maintenance thread");
         return -1;
     }
     return 0;
 }
 
-void nc_janitor_stop(nc_pool *p)
+void nc_janitor_stop(nc_pool *p, double max_wait)
 {
     pthread_mutex_lock(&p->mu);
     int started = p->janitor_started;
@@ -194,6 +197,18 @@ void nc_janitor_stop(nc_pool *p)
     p->janitor_stop = 1;
     pthread_cond_signal(&p->janitor_cv);
     pthread_mutex_unlock(&p->mu);
-    if (started && !pthread_equal(pthread_self(), p->janitor))
-        pthread_join(p->janitor, NULL);
+    if (!started)
+        return;
+    if (pthread_equal(pthread_self(), p->janitor)) {
+        pthread_detach(p->janitor);
+        return;
+    }
+    /* pthread_timedjoin_np takes a CLOCK_REALTIME deadline. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double until = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + (max_wait > 0 ? max_wait : 0);
+    ts.tv_sec = (time_t)until;
+    ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
+    if (pthread_timedjoin_np(p->janitor, NULL, &ts) != 0)
+        pthread_detach(p->janitor);   /* it frees what it holds when it ends */
 }

@@ -52,8 +52,9 @@ static int cond_init_monotonic(pthread_cond_t *cv)
 nc_pool *nc_pool_new(const nc_pool_config *cfg, const nc_backend_ops *ops, void *ctx, nc_error *err)
 {
     if (cfg->max_connections < 1 || cfg->min_connections < 0 ||
-        cfg->min_connections > cfg->max_connections || cfg->retry_attempts < 1) {
-        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "invalid pool sizes");
+        cfg->min_connections > cfg->max_connections || cfg->retry_attempts < 1 ||
+        !(cfg->validation_interval > 0) || !(cfg->validation_timeout > 0) || !(cfg->connect_timeout > 0)) {
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "invalid pool configuration");
         if (ops->ctx_free)
             ops->ctx_free(ctx);
         return NULL;
@@ -74,6 +75,7 @@ nc_pool *nc_pool_new(const nc_pool_config *cfg, const nc_backend_ops *ops, void 
     p->slots = slots;
     p->idle_top = -1;
     p->rng = (unsigned)((uintptr_t)p ^ (unsigned)(nc_now() * 1e6));
+    p->refs = 1;
     for (int i = 0; i < cfg->max_connections; i++) {
         slots[i].index = i;
         slots[i].next_idle = -1;
@@ -244,14 +246,16 @@ static void close_slot(nc_pool *p, nc_conn *c)
 
 /* ---- opening ----------------------------------------------------------- */
 
-static void sleep_until(double until)
+/* Sleep until `until`, or less if the pool is shut down meanwhile. */
+static void backoff_wait(nc_pool *p, double until)
 {
-    double left = until - nc_now();
-    if (left <= 0)
-        return;
-    struct timespec ts = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
+    struct timespec ts = nc_abstime(until);
+    lock(p);
+    while (!p->closed && nc_now() < until) {
+        if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT)
+            break;
+    }
+    unlock(p);
 }
 
 void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_code, nc_error *err)
@@ -290,7 +294,7 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
         if (attempt == p->cfg.retry_attempts || nc_now() >= deadline)
             break;
         double until = nc_now() + backoff;
-        sleep_until(until < deadline ? until : deadline);
+        backoff_wait(p, until < deadline ? until : deadline);
         backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
     }
     if (!last.code && nc_pool_is_closed(p)) {
@@ -466,11 +470,12 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
             }
             pthread_cond_destroy(&w.cv);
             if (w.result == NC_WAIT_PENDING) {
+                if (!p->closed)
+                    timeout_message(p, timeout, err);   /* counts us among the waiters */
                 dequeue_waiter_locked(p, &w);
                 if (p->closed)
                     continue;
                 p->acquire_timeouts++;
-                timeout_message(p, timeout, err);
                 unlock(p);
                 return -1;
             }
@@ -578,8 +583,6 @@ void nc_pool_release(nc_pool *p, nc_conn *c, int discard)
     lock(p);
     c->lease++;   /* the borrower's handle is dead from here on */
     if (discard || p->closed || now >= c->expires) {
-        if (!discard && !p->closed)
-            p->replaced++;  /* retired by lifetime: the next borrow opens afresh */
         c->state = NC_SLOT_CHECKING;
         p->nlent--;
         p->nbusy++;
@@ -624,6 +627,7 @@ int nc_pool_shutdown(nc_pool *p, double timeout)
     lock(p);
     if (!p->closed) {
         p->closed = 1;
+        pthread_cond_broadcast(&p->changed);   /* wakes connect backoffs */
         while (p->wait_head) {
             nc_waiter *w = p->wait_head;
             dequeue_waiter_locked(p, w);
@@ -632,7 +636,9 @@ int nc_pool_shutdown(nc_pool *p, double timeout)
         }
     }
     unlock(p);
-    nc_janitor_stop(p);
+    /* Wait a little for the janitor; one stuck in a connect is left to
+     * finish on its own (it holds a reference). */
+    nc_janitor_stop(p, timeout < 0.1 ? 0.1 : timeout > 1.0 ? 1.0 : timeout);
     close_idle(p);
 
     double deadline = nc_now() + (timeout > 0 ? timeout : 0);
@@ -714,14 +720,8 @@ const nc_pool_config *nc_pool_config_of(nc_pool *p) { return &p->cfg; }
 void *nc_pool_ctx(nc_pool *p) { return p->ctx; }
 const nc_backend_ops *nc_pool_ops(nc_pool *p) { return p->ops; }
 
-void nc_pool_free(nc_pool *p)
+static void pool_destroy(nc_pool *p)
 {
-    if (!p)
-        return;
-    lock(p);
-    p->closed = 1;
-    unlock(p);
-    nc_janitor_stop(p);
     for (int i = 0; i < p->cfg.max_connections; i++) {
         nc_conn *c = &p->slots[i];
         if (c->raw && c->state != NC_SLOT_EMPTY)
@@ -735,4 +735,27 @@ void nc_pool_free(nc_pool *p)
     pthread_mutex_destroy(&p->mu);
     free(p->slots);
     free(p);
+}
+
+void nc_pool_unref(nc_pool *p)
+{
+    lock(p);
+    int last = --p->refs == 0;
+    unlock(p);
+    if (last)
+        pool_destroy(p);
+}
+
+void nc_pool_free(nc_pool *p)
+{
+    if (!p)
+        return;
+    lock(p);
+    p->closed = 1;
+    pthread_cond_broadcast(&p->changed);
+    unlock(p);
+    nc_janitor_stop(p, 0.1);
+    /* The borrowers are gone (the caller guarantees it); the janitor may not
+     * be, in which case it frees the pool when it ends. */
+    nc_pool_unref(p);
 }

@@ -40,6 +40,10 @@ struct nc_pool {
     int janitor_started;
     int janitor_stop;
     int janitor_kick;           /* a slot emptied below min: refill now */
+    /* Who still uses this struct: the owner, and the janitor thread while it
+     * runs.  The last one out frees it, so a janitor stuck in a slow connect
+     * never holds up shutdown or interpreter exit. */
+    int refs;
 
     /* stats, under mu */
     uint64_t acquires, acquire_timeouts, opened, closed_count, replaced;
@@ -66,6 +70,11 @@ int nc_pool_take_idle_locked(nc_pool *p, nc_conn *c);
 int nc_pool_total_locked(nc_pool *p);
 
 int nc_janitor_start(nc_pool *p, nc_error *err);
-void nc_janitor_stop(nc_pool *p);   /* joins; call without mu held */
+/* Tell the janitor to stop and wait up to max_wait seconds for it; past that
+ * it is detached and frees the pool itself if it is the last user.  Call
+ * without mu held. */
+void nc_janitor_stop(nc_pool *p, double max_wait);
+/* Drop one reference (under no lock); frees everything on the last. */
+void nc_pool_unref(nc_pool *p);
 
 #endif

@@ -48,8 +48,11 @@ void *nc_sqlite_ctx_new(const char *url, nc_error *err)
         /* Every pooled connection must see the same database, so a plain
          * :memory: (one database per handle) would not do. */
         unsigned long n = __atomic_add_fetch(&memory_counter, 1, __ATOMIC_RELAXED);
-        snprintf(buf, sizeof buf, "file:noodlecore-mem-%ld-%lu?mode=memory&cache=shared",
-                 (long)getpid(), n);
+        /* The memdb VFS shares one database between connections with
+         * ordinary file locking, so the busy handler (and with it the
+         * statement deadline) works; a shared-cache :memory: database
+         * uses table locks that fail at once with SQLITE_LOCKED. */
+        snprintf(buf, sizeof buf, "file:/noodlecore-mem-%ld-%lu?vfs=memdb", (long)getpid(), n);
         path = buf;
     }
     ctx->path = strdup(path);

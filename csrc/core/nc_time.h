@@ -39,6 +39,10 @@ static inline int nc_ms_left(double deadline)
 static inline struct timespec nc_abstime(double deadline)
 {
     struct timespec ts;
+    /* Far-off (or infinite) deadlines would overflow time_t: a thousand
+     * years is forever enough. */
+    if (!(deadline < 3.2e10))
+        deadline = 3.2e10;
     ts.tv_sec = (time_t)deadline;
     ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
     if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
