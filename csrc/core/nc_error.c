@@ -77,6 +77,7 @@ static const struct { int code; const char *text; } table[] = {
     {NC_E_ENV, "invalid environment variable value"},
     {NC_E_BACKEND, "backend object failed or broke the backend protocol"},
     {NC_E_NOT_SUPPORTED, "not supported by this backend"},
+    {NC_E_IN_USE, "connection in use by another thread"},
     {NC_E_INTERNAL, "internal error"},
 };
 

@@ -34,6 +34,7 @@ enum nc_code {
     NC_E_ENV = 2019,                /* bad NOODLE_DB_* environment value */
     NC_E_BACKEND = 2020,            /* a Python backend raised or broke the protocol */
     NC_E_NOT_SUPPORTED = 2021,      /* feature not supported by this backend */
+    NC_E_IN_USE = 2022,             /* PooledConnection used by two threads at once */
     NC_E_INTERNAL = 2099            /* out of memory, thread creation failed, ... */
 };
 

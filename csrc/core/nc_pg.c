@@ -199,19 +199,44 @@ static void *cancel_main(void *arg)
     return NULL;
 }
 
-static void start_cancel(nc_pg_conn *c)
+/* Cancel threads still waiting for a server to answer (a frozen one never
+ * does): bounded, so a stream of timeouts against a dead server cannot pile
+ * up threads. */
+static int cancels_in_flight;
+#define NC_PG_MAX_CANCELS 16
+
+static void *cancel_main_counted(void *arg)
 {
+    cancel_main(arg);
+    __atomic_fetch_sub(&cancels_in_flight, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+/* 0 when a cancel request is on its way, -1 when none could be sent. */
+static int start_cancel(nc_pg_conn *c)
+{
+    if (__atomic_add_fetch(&cancels_in_flight, 1, __ATOMIC_RELAXED) > NC_PG_MAX_CANCELS) {
+        __atomic_fetch_sub(&cancels_in_flight, 1, __ATOMIC_RELAXED);
+        return -1;
+    }
     PGcancel *cancel = PQgetCancel(c->pg);
-    if (!cancel)
-        return;
+    if (!cancel) {
+        __atomic_fetch_sub(&cancels_in_flight, 1, __ATOMIC_RELAXED);
+        return -1;
+    }
     pthread_t t;
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&a, 128 * 1024);
-    if (pthread_create(&t, &a, cancel_main, cancel) != 0)
-        PQfreeCancel(cancel);
+    int rc = pthread_create(&t, &a, cancel_main_counted, cancel);
     pthread_attr_destroy(&a);
+    if (rc != 0) {
+        PQfreeCancel(cancel);
+        __atomic_fetch_sub(&cancels_in_flight, 1, __ATOMIC_RELAXED);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- statements -------------------------------------------------------- */
@@ -244,7 +269,15 @@ static int flush_out(nc_pg_conn *c, double deadline, nc_error *err)
             set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost while sending");
             return -1;
         }
-        int w = wait_socket(PQsocket(c->pg), 1, deadline);
+        /* Wait for either direction: the server may be blocked sending to
+         * us (notices) until we read. */
+        struct pollfd pfd = {PQsocket(c->pg), POLLIN | POLLOUT, 0};
+        int w;
+        for (;;) {
+            w = poll(&pfd, 1, nc_ms_left(deadline));
+            if (w >= 0 || errno != EINTR)
+                break;
+        }
         if (w == 0) {
             /* Half a message is on the wire: this connection cannot be reused. */
             c->broken = 1;
@@ -274,7 +307,8 @@ static PGresult *collect(nc_pg_conn *c, double deadline, nc_error *err)
             if (w == 0) {
                 if (!cancelled) {
                     cancelled = 1;
-                    start_cancel(c);
+                    if (start_cancel(c) < 0)
+                        c->broken = 1;   /* cannot cancel: the connection must go */
                     wait_until = nc_now() + NC_PG_CANCEL_GRACE;
                     continue;
                 }
@@ -343,7 +377,10 @@ static PGresult *collect(nc_pg_conn *c, double deadline, nc_error *err)
         return NULL;
     }
     if (cancelled) {
-        /* Finished just as the cancel went out: the result is good. */
+        /* Finished just as the cancel went out: the result is good, but the
+         * cancel may still reach the server and hit the next statement, so
+         * this connection is not reused. */
+        c->broken = 1;
     }
     return keep;
 }

@@ -95,7 +95,7 @@ static void sq_ctx_free(void *vctx)
 static int busy_handler(void *arg, int count)
 {
     nc_sqlite_conn *c = arg;
-    double left = c->deadline - nc_now();
+    double left = c->busy_deadline - nc_now();
     if (left <= 0) {
         c->timed_out = 1;
         return 0;
@@ -142,14 +142,16 @@ static void *sq_connect(void *vctx, double deadline, nc_error *err)
     }
     sqlite3_extended_result_codes(c->db, 1);
     c->deadline = deadline;
+    c->busy_deadline = deadline;
     sqlite3_busy_handler(c->db, busy_handler, c);
     sqlite3_progress_handler(c->db, 1000, progress_handler, c);
     return c;
 }
 
-void nc_sqlite_begin(nc_sqlite_conn *c, double deadline)
+void nc_sqlite_begin(nc_sqlite_conn *c, double deadline, double busy_deadline)
 {
     c->deadline = deadline;
+    c->busy_deadline = busy_deadline;
     c->timed_out = 0;
 }
 
@@ -190,7 +192,7 @@ void nc_sqlite_error(nc_sqlite_conn *c, int rc, nc_error *err)
 
 int nc_sqlite_command(nc_sqlite_conn *c, const char *sql, double deadline, nc_error *err)
 {
-    nc_sqlite_begin(c, deadline);
+    nc_sqlite_begin(c, deadline, deadline);
     int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
         nc_sqlite_error(c, rc, err);

@@ -10,6 +10,7 @@
 typedef struct nc_sqlite_conn {
     sqlite3 *db;
     double deadline;        /* absolute, for the statement being run */
+    double busy_deadline;   /* absolute, for waiting on a locked database */
     int timed_out;          /* the progress or busy handler gave up */
     int broken;
 } nc_sqlite_conn;
@@ -22,8 +23,9 @@ extern const nc_backend_ops nc_sqlite_ops;
 void *nc_sqlite_ctx_new(const char *url, nc_error *err);
 const char *nc_sqlite_ctx_display(void *ctx);
 
-/* Set the deadline for what runs next on c. */
-void nc_sqlite_begin(nc_sqlite_conn *c, double deadline);
+/* Set the deadlines for what runs next on c: deadline bounds the statement
+ * (progress handler), busy_deadline the wait for a lock (busy handler). */
+void nc_sqlite_begin(nc_sqlite_conn *c, double deadline, double busy_deadline);
 
 /* Fill err from a failed SQLite call (rc) on c: NC_E_QUERY_TIMEOUT when the
  * deadline made it give up, else NC_E_QUERY with a kind for the code. */

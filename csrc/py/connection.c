@@ -23,10 +23,46 @@ static int check_live(NcConnection *self)
     return 0;
 }
 
+/* One operation at a time per PooledConnection.  A statement runs with the
+ * GIL released, so without this a second thread using (or releasing) the
+ * same object could reach a connection that is in use or being closed. */
+static int op_begin(NcConnection *self)
+{
+    if (check_live(self) < 0)
+        return -1;
+    if (self->busy) {
+        nc_raise(NC_E_IN_USE, NC_K_INTERFACE, NULL,
+                 "this connection is in use by another thread; borrow one per thread");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+
+static void op_end(NcConnection *self)
+{
+    self->busy = 0;
+    if (self->pending_release) {
+        int discard = self->pending_release == 2;
+        self->pending_release = 0;
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        nc_connection_release(self, discard);
+        PyErr_Restore(et, ev, tb);
+    }
+}
+
 void nc_connection_release(NcConnection *self, int discard)
 {
     if (self->released)
         return;
+    if (self->busy) {
+        /* Another thread is inside a method: it gives the connection back
+         * when it finishes. */
+        if (discard || !self->pending_release)
+            self->pending_release = discard ? 2 : 1;
+        return;
+    }
     self->released = 1;
     self->in_txn = 0;
     NcPool *pool = self->pool;
@@ -38,14 +74,15 @@ void nc_connection_release(NcConnection *self, int discard)
         const nc_backend_ops *ops = nc_pool_ops(pool->pool);
         nc_error err;
         if (ops->ping(nc_pool_ctx(pool->pool), c->raw,
-                      nc_now() + nc_pool_config_of(pool->pool)->validation_timeout, &err) < 0) {
-            PyErr_Clear();
+                      nc_now() + nc_pool_config_of(pool->pool)->validation_timeout, &err) < 0)
             discard = 1;
-        }
     }
-    if (!discard && nc_pool_release_blocks(pool->pool, c)) {
+    /* Rolling back or closing is I/O: not with the GIL held.  A clean
+     * return is a few instructions under the pool mutex. */
+    if (pool->kind != NC_BACKEND_PY && (discard || nc_pool_release_blocks(pool->pool, c))) {
+        nc_pool *p = pool->pool;
         Py_BEGIN_ALLOW_THREADS
-        nc_pool_release(pool->pool, c, 0);
+        nc_pool_release(p, c, discard);
         Py_END_ALLOW_THREADS
     } else {
         nc_pool_release(pool->pool, c, discard);
@@ -74,6 +111,12 @@ static double deadline_for(NcConnection *self, PyObject *timeout, int *bad)
             return 0;
         }
         t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            nc_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout is too large");
+            *bad = 1;
+            return 0;
+        }
         if (!(t > 0)) {
             nc_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout must be a positive number of seconds");
             *bad = 1;
@@ -141,8 +184,13 @@ static PyObject *ordered_params(const nc_sql *q, PyObject *params)
         return out;
     }
     if (is_map) {
-        if (q->style == NC_STYLE_NONE && PyObject_Length(params) == 0)
-            return PyList_New(0);
+        if (q->style == NC_STYLE_NONE) {
+            Py_ssize_t len = PyObject_Length(params);
+            if (len < 0)
+                return NULL;
+            if (len == 0)
+                return PyList_New(0);
+        }
         return nc_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL,
                         q->style == NC_STYLE_NONE
                             ? "params were given but the query has no placeholders"
@@ -375,9 +423,10 @@ static PyObject *sqlite_execute(NcConnection *self, PyObject *query, PyObject *p
         }
         sql = q.sql;
     }
-    if (isinf(deadline))
-        deadline = nc_now() + self->pool->busy_wait;
-    nc_sqlite_begin(sc, deadline);
+    /* Waiting on a lock is bounded by busy_timeout even without a statement
+     * deadline; running is bounded by the statement deadline alone. */
+    double busy_until = nc_now() + self->pool->busy_wait;
+    nc_sqlite_begin(sc, deadline, busy_until < deadline ? busy_until : deadline);
 
     PyObject *result = NULL;
     const char *tail = sql;
@@ -540,8 +589,6 @@ static PyObject *py_execute(NcConnection *self, PyObject *query, PyObject *param
 static PyObject *execute_one(NcConnection *self, PyObject *query, PyObject *params, PyObject *timeout,
                              PyObject *row_format)
 {
-    if (check_live(self) < 0)
-        return NULL;
     if (!PyUnicode_Check(query))
         return nc_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "query must be a str, not %s",
                         Py_TYPE(query)->tp_name);
@@ -565,7 +612,11 @@ static PyObject *conn_execute_query(NcConnection *self, PyObject *args, PyObject
     PyObject *query, *params = Py_None, *timeout = Py_None, *rf = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOO:execute_query", kwlist, &query, &params, &timeout, &rf))
         return NULL;
-    return execute_one(self, query, params, timeout, rf);
+    if (op_begin(self) < 0)
+        return NULL;
+    PyObject *r = execute_one(self, query, params, timeout, rf);
+    op_end(self);
+    return r;
 }
 
 static int run_command(NcConnection *self, const char *sql)
@@ -606,11 +657,8 @@ static int run_command(NcConnection *self, const char *sql)
     return 0;
 }
 
-static PyObject *conn_begin(NcConnection *self, PyObject *unused)
+static PyObject *begin_impl(NcConnection *self)
 {
-    (void)unused;
-    if (check_live(self) < 0)
-        return NULL;
     if (self->in_txn)
         return nc_raise(NC_E_TXN_STATE, NC_K_PROGRAMMING, NULL, "a transaction is already open on this connection");
     if (run_command(self, "BEGIN") < 0)
@@ -619,10 +667,18 @@ static PyObject *conn_begin(NcConnection *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *conn_end(NcConnection *self, const char *sql)
+static PyObject *conn_begin(NcConnection *self, PyObject *unused)
 {
-    if (check_live(self) < 0)
+    (void)unused;
+    if (op_begin(self) < 0)
         return NULL;
+    PyObject *r = begin_impl(self);
+    op_end(self);
+    return r;
+}
+
+static PyObject *end_impl(NcConnection *self, const char *sql)
+{
     /* Outside begin() every statement has already committed: nothing to do,
      * as with DB-API drivers in autocommit mode. */
     int open = self->in_txn;
@@ -638,6 +694,15 @@ static PyObject *conn_end(NcConnection *self, const char *sql)
     Py_RETURN_NONE;
 }
 
+static PyObject *conn_end(NcConnection *self, const char *sql)
+{
+    if (op_begin(self) < 0)
+        return NULL;
+    PyObject *r = end_impl(self, sql);
+    op_end(self);
+    return r;
+}
+
 static PyObject *conn_commit(NcConnection *self, PyObject *unused)
 {
     (void)unused;
@@ -650,14 +715,23 @@ static PyObject *conn_rollback(NcConnection *self, PyObject *unused)
     return conn_end(self, "ROLLBACK");
 }
 
+static PyObject *execute_many_impl(NcConnection *self, PyObject *query, PyObject *seq, PyObject *timeout);
+
 static PyObject *conn_execute_many(NcConnection *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"query", "seq_of_params", "timeout", NULL};
     PyObject *query, *seq, *timeout = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:execute_many", kwlist, &query, &seq, &timeout))
         return NULL;
-    if (check_live(self) < 0)
+    if (op_begin(self) < 0)
         return NULL;
+    PyObject *r = execute_many_impl(self, query, seq, timeout);
+    op_end(self);
+    return r;
+}
+
+static PyObject *execute_many_impl(NcConnection *self, PyObject *query, PyObject *seq, PyObject *timeout)
+{
     PyObject *it = PyObject_GetIter(seq);
     if (!it)
         return NULL;
@@ -717,7 +791,7 @@ static PyObject *conn_release(NcConnection *self, PyObject *unused)
 static PyObject *conn_ping(NcConnection *self, PyObject *unused)
 {
     (void)unused;
-    if (check_live(self) < 0)
+    if (op_begin(self) < 0)
         return NULL;
     const nc_backend_ops *ops = nc_pool_ops(self->pool->pool);
     void *ctx = nc_pool_ctx(self->pool->pool), *raw = self->c->raw;
@@ -731,6 +805,7 @@ static PyObject *conn_ping(NcConnection *self, PyObject *unused)
         rc = ops->ping(ctx, raw, deadline, &err);
         Py_END_ALLOW_THREADS
     }
+    op_end(self);
     return PyBool_FromLong(rc == 0);
 }
 

@@ -140,6 +140,18 @@ PyMODINIT_FUNC PyInit__native(void)
         return NULL;
     }
     PyModule_AddIntConstant(m, "libpq_version", PQlibVersion());
+    /* Stop the pools' native threads before the interpreter finalizes,
+     * however the module was imported. */
+    PyObject *hook = PyObject_GetAttrString(m, "_atexit");
+    PyObject *atexit = hook ? PyImport_ImportModule("atexit") : NULL;
+    PyObject *r = atexit ? PyObject_CallMethod(atexit, "register", "O", hook) : NULL;
+    Py_XDECREF(r);
+    Py_XDECREF(atexit);
+    Py_XDECREF(hook);
+    if (!r) {
+        Py_DECREF(m);
+        return NULL;
+    }
     PyModule_AddStringConstant(m, "sqlite_version", sqlite3_libversion());
     return m;
 }

@@ -144,7 +144,7 @@ static int pool_init(NcPool *self, PyObject *args, PyObject *kwds)
         ops = &nc_pg_ops;
         self->kind = NC_BACKEND_PG;
         if (ctx)
-            self->display = PyUnicode_FromString(nc_pg_ctx_display(ctx));
+            Py_XSETREF(self->display, PyUnicode_FromString(nc_pg_ctx_display(ctx)));
     } else if (!strcmp(kind, "sqlite")) {
         const char *url = PyUnicode_AsUTF8(target);
         if (!url)
@@ -153,7 +153,7 @@ static int pool_init(NcPool *self, PyObject *args, PyObject *kwds)
         ops = &nc_sqlite_ops;
         self->kind = NC_BACKEND_SQLITE;
         if (ctx)
-            self->display = PyUnicode_FromString(nc_sqlite_ctx_display(ctx));
+            Py_XSETREF(self->display, PyUnicode_FromString(nc_sqlite_ctx_display(ctx)));
     } else if (!strcmp(kind, "python")) {
         if (!PyCallable_Check(target)) {
             nc_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "backend_factory must be callable");
@@ -162,7 +162,7 @@ static int pool_init(NcPool *self, PyObject *args, PyObject *kwds)
         ctx = nc_py_ctx_new(target);
         ops = &nc_py_ops;
         self->kind = NC_BACKEND_PY;
-        self->display = PyUnicode_FromString("python backend");
+        Py_XSETREF(self->display, PyUnicode_FromString("python backend"));
         if (!ctx) {
             PyErr_NoMemory();
             return -1;
@@ -175,8 +175,10 @@ static int pool_init(NcPool *self, PyObject *args, PyObject *kwds)
         nc_raise_error(&err);
         return -1;
     }
-    if (!self->display)
+    if (!self->display) {
+        ops->ctx_free(ctx);
         return -1;
+    }
     nc_pool *pool;
     Py_BEGIN_ALLOW_THREADS
     pool = nc_pool_new(&cfg, ops, ctx, &err);
@@ -213,8 +215,9 @@ static void pool_dealloc(NcPool *self)
 
 static int pool_traverse(NcPool *self, visitproc visit, void *arg)
 {
+    /* Not the type: NcPool_Type is static, and a heap subclass's
+     * subtype_traverse visits the type itself. */
     Py_VISIT(self->dict);
-    Py_VISIT(Py_TYPE(self));
     return 0;
 }
 
@@ -244,6 +247,12 @@ static double timeout_arg(PyObject *t, int *bad)
         return 0;
     }
     double d = PyFloat_AsDouble(t);
+    if (d == -1.0 && PyErr_Occurred()) {
+        PyErr_Clear();
+        nc_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout is too large");
+        *bad = 1;
+        return 0;
+    }
     if (d < 0 || d != d) {
         nc_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout must not be negative");
         *bad = 1;
@@ -263,6 +272,8 @@ NcConnection *nc_pool_lend(NcPool *self, double timeout)
     conn->released = 1;
     conn->in_txn = 0;
     conn->suspect = 0;
+    conn->busy = 0;
+    conn->pending_release = 0;
     conn->row_tuple = self->row_tuple;
     nc_error err;
     nc_conn *c = NULL;
@@ -444,8 +455,12 @@ PyTypeObject NcPool_Type = {
 static void lease_dealloc(NcLease *self)
 {
     if (self->conn) {
+        /* Often freed while an exception unwinds: keep it intact. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
         nc_connection_release(self->conn, 0);
         Py_CLEAR(self->conn);
+        PyErr_Restore(et, ev, tb);
     }
     Py_CLEAR(self->pool);
     PyObject_Free(self);

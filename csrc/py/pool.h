@@ -31,6 +31,8 @@ typedef struct NcConnection {
     int released;
     int in_txn;             /* inside begin()/transaction() */
     int suspect;            /* a Python backend raised: ping before reuse */
+    int busy;               /* a method is running (maybe with the GIL released) */
+    int pending_release;    /* release asked for while busy: 1 return, 2 discard */
     int row_tuple;
 } NcConnection;
 

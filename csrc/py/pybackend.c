@@ -49,6 +49,8 @@ static void take_exception(nc_error *err, int code, const char *what)
     }
     nc_error_set(err, code, NC_K_OPERATIONAL, "%s: %s: %s", what,
                  et ? ((PyTypeObject *)et)->tp_name : "Error", text);
+    if (!s)
+        PyErr_Clear();
     Py_XDECREF(s);
     Py_XDECREF(et);
     Py_XDECREF(ev);
@@ -64,6 +66,8 @@ static void *py_connect(void *vctx, double deadline, nc_error *err)
         return NULL;
     }
     PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *et, *ev, *tb;   /* whatever the calling thread had pending */
+    PyErr_Fetch(&et, &ev, &tb);
     py_conn *c = NULL;
     PyObject *obj = PyObject_CallNoArgs(ctx->factory);
     if (!obj) {
@@ -81,6 +85,7 @@ static void *py_connect(void *vctx, double deadline, nc_error *err)
         obj = NULL;
     }
     Py_XDECREF(obj);
+    PyErr_Restore(et, ev, tb);
     PyGILState_Release(g);
     return c;
 }
@@ -101,6 +106,8 @@ static int py_ping(void *vctx, void *vconn, double deadline, nc_error *err)
         return -1;
     }
     PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
     int rc = -1;
     PyObject *res;
     /* The API contract's health check: execute_query("SELECT 1", {}) when
@@ -125,6 +132,7 @@ static int py_ping(void *vctx, void *vconn, double deadline, nc_error *err)
         PyErr_Clear();
     if (rc < 0)
         c->broken = 1;
+    PyErr_Restore(et, ev, tb);
     PyGILState_Release(g);
     return rc;
 }
@@ -156,6 +164,8 @@ static void py_close(void *vctx, void *vconn)
         return;
     }
     PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
     const char *name = PyObject_HasAttrString(c->obj, "close") ? "close"
                        : PyObject_HasAttrString(c->obj, "disconnect") ? "disconnect" : NULL;
     if (name) {
@@ -165,6 +175,7 @@ static void py_close(void *vctx, void *vconn)
         Py_XDECREF(r);
     }
     Py_DECREF(c->obj);
+    PyErr_Restore(et, ev, tb);
     PyGILState_Release(g);
     PyMem_RawFree(c);
 }
@@ -176,7 +187,10 @@ static void py_ctx_free(void *vctx)
         return;
     if (!nc_python_gone()) {
         PyGILState_STATE g = PyGILState_Ensure();
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
         Py_DECREF(ctx->factory);
+        PyErr_Restore(et, ev, tb);
         PyGILState_Release(g);
     }
     PyMem_RawFree(ctx);

@@ -75,7 +75,7 @@ static long long scalar(nc_sqlite_conn *c, const char *sql)
 {
     sqlite3_stmt *st = NULL;
     long long v = -1;
-    nc_sqlite_begin(c, nc_now() + 2.0);
+    nc_sqlite_begin(c, nc_now() + 2.0, nc_now() + 2.0);
     if (sqlite3_prepare_v2(c->db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
         v = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
@@ -268,7 +268,7 @@ static void test_lock_deadline(const char *url)
 
     /* b through nc_sqlite_begin and plain sqlite3 calls, as the binding runs statements */
     sqlite3_stmt *st = NULL;
-    nc_sqlite_begin(b, nc_now() + 0.2);
+    nc_sqlite_begin(b, nc_now() + 0.2, nc_now() + 0.2);
     t0 = nc_now();
     rc = sqlite3_prepare_v2(b->db, "INSERT INTO w VALUES (3)", -1, &st, NULL);
     CHECK(rc == SQLITE_OK, "prepare: %s", sqlite3_errmsg(b->db));
@@ -282,7 +282,7 @@ static void test_lock_deadline(const char *url)
     sqlite3_finalize(st);
 
     /* the same SQLite BUSY without the deadline having passed is a plain 2005 */
-    nc_sqlite_begin(b, nc_now() + 5.0);
+    nc_sqlite_begin(b, nc_now() + 5.0, nc_now() + 5.0);
     nc_error_clear(&err);
     nc_sqlite_error(b, SQLITE_BUSY, &err);
     CHECK(err.code == NC_E_QUERY, "BUSY before the deadline: code %d", err.code);

@@ -177,9 +177,8 @@ class DatabaseConnectionPool(_native.Pool):
 
 
 def _install() -> None:
+    # (the extension registers its own atexit hook when it is imported)
     _native._set_error_factory(errors._native_error)
-    import atexit
-    atexit.register(_native._atexit)
 
 
 _install()

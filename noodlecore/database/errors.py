@@ -59,6 +59,7 @@ ERROR_CODES = {
     2019: "invalid environment variable value",
     2020: "backend object failed or broke the backend protocol",
     2021: "not supported by this backend",
+    2022: "connection in use by another thread",
     2099: "internal error",
     # manager
     3001: "manager: connect failed",
@@ -228,6 +229,7 @@ _CODE_CLASS = {
     2019: ConfigurationError,
     2020: InterfaceError,
     2021: NotSupportedError,
+    2022: InterfaceError,
     2099: InternalError,
 }
 

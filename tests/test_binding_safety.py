@@ -1,0 +1,110 @@
+"""Misuse that must not crash or corrupt: one PooledConnection shared by
+threads, pools in garbage cycles, exceptions unwinding through a borrow,
+absurd timeouts."""
+
+import gc
+import threading
+import time
+
+import pytest
+
+from noodlecore.database import (
+    ConfigurationError, DatabaseConnectionPool, InterfaceError, QueryTimeoutError,
+)
+
+LONG_CTE = ("WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < %d) "
+            "SELECT count(*) AS n FROM r")
+
+
+def test_second_thread_on_same_connection_is_refused_and_release_waits(tmp_path):
+    with DatabaseConnectionPool(f"sqlite:///{tmp_path}/a.db", max_connections=2) as pool:
+        conn = pool.acquire()
+        cid = conn.connection_id
+        done = {}
+
+        def long_query():
+            done["rows"] = conn.execute_query(LONG_CTE % 3_000_000, ())
+
+        t = threading.Thread(target=long_query)
+        t.start()
+        time.sleep(0.05)
+        with pytest.raises(InterfaceError) as ei:
+            conn.execute_query("SELECT 1")
+        assert ei.value.error_code == 2022
+        # releasing while the statement runs: the connection goes back only
+        # when the statement is done, so nobody else gets it meanwhile
+        conn.release()
+        other = pool.acquire()
+        assert other.connection_id != cid
+        t.join(30)
+        assert done["rows"] == [{"n": 3_000_000}]
+        with pytest.raises(InterfaceError):
+            conn.execute_query("SELECT 1")
+        other.release()
+        assert pool.get_stats().active_connections == 0
+
+
+def test_pool_subclass_in_a_garbage_cycle_is_collected_cleanly(tmp_path):
+    class MyPool(DatabaseConnectionPool):
+        pass
+    for _ in range(3):
+        p = MyPool(f"sqlite:///{tmp_path}/b.db")
+        p.me = p            # a cycle through the instance dict
+        del p
+        gc.collect()
+    assert MyPool.__mro__[0] is MyPool
+    q = MyPool(f"sqlite:///{tmp_path}/b.db")
+    with q.get_connection() as c:
+        assert c.execute_query("SELECT 1 AS x") == [{"x": 1}]
+    q.shutdown()
+
+
+def test_exception_unwinding_through_a_borrow_is_kept():
+    class Flaky:
+        def __init__(self):
+            self.calls = 0
+
+        def execute_query(self, sql, params=None):
+            self.calls += 1
+            if sql == "boom":
+                raise RuntimeError("backend failure")
+            return []
+
+    with DatabaseConnectionPool(Flaky) as pool:
+        def work():
+            lease = pool.get_connection()
+            conn = lease.__enter__()
+            conn.execute_query("boom")     # the lease dies while this unwinds
+        with pytest.raises(RuntimeError, match="backend failure"):
+            work()
+        with pytest.raises(ZeroDivisionError):
+            with pool.get_connection() as c:
+                c.execute_query("boom") if False else None
+                1 / 0
+
+
+def test_long_sqlite_statement_without_deadline_is_not_cut_by_busy_timeout(tmp_path):
+    with DatabaseConnectionPool(f"sqlite:///{tmp_path}/c.db", busy_timeout=0.2) as pool:
+        with pool.get_connection() as c:
+            t0 = time.monotonic()
+            rows = c.execute_query(LONG_CTE % 2_000_000, ())
+            assert rows == [{"n": 2_000_000}]
+            assert time.monotonic() - t0 > 0.2, "the statement must outlast busy_timeout for this test"
+            with pytest.raises(QueryTimeoutError):
+                c.execute_query(LONG_CTE % 50_000_000, (), timeout=0.1)
+
+
+@pytest.mark.parametrize("bad", [10 ** 400, -1, float("nan"), "3", True])
+def test_absurd_timeouts_are_configuration_errors(bad):
+    with DatabaseConnectionPool("sqlite:///:memory:") as pool:
+        with pytest.raises(ConfigurationError):
+            pool.get_connection(timeout=bad)
+        with pool.get_connection() as c:
+            with pytest.raises(ConfigurationError):
+                c.execute_query("SELECT 1", timeout=bad)
+
+
+def test_huge_but_finite_timeout_works():
+    with DatabaseConnectionPool("sqlite:///:memory:", max_connections=1) as pool:
+        with pool.get_connection(timeout=1e20) as c:
+            assert c.execute_query("SELECT 1 AS x", timeout=1e20) == [{"x": 1}]
