@@ -47,7 +47,8 @@ typedef struct nc_conn {
     double created;             /* monotonic */
     double expires;             /* monotonic, created + lifetime - jitter */
     double last_used;           /* monotonic, when it went idle */
-    double last_checked;        /* monotonic, last successful check */
+    double last_checked;        /* monotonic, last successful ping */
+    double last_polled;         /* monotonic, last no-round-trip liveness check */
     int next_idle;              /* idle stack link (slot index, -1 end) */
 } nc_conn;
 

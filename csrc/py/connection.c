@@ -606,12 +606,52 @@ static PyObject *execute_one(NcConnection *self, PyObject *query, PyObject *para
     }
 }
 
-static PyObject *conn_execute_query(NcConnection *self, PyObject *args, PyObject *kwds)
+/* Vectorcall argument parsing by hand: execute_query is the hot path, and
+ * PyArg_ParseTupleAndKeywords costs a noticeable share of a local round trip. */
+static int parse_execute_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **out)
 {
-    static char *kwlist[] = {"query", "params", "timeout", "row_format", NULL};
-    PyObject *query, *params = Py_None, *timeout = Py_None, *rf = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOO:execute_query", kwlist, &query, &params, &timeout, &rf))
+    static const char *const names[] = {"query", "params", "timeout", "row_format"};
+    const Py_ssize_t nnames = 4;
+    if (nargs > nnames) {
+        PyErr_Format(PyExc_TypeError, "execute_query() takes at most 4 arguments (%zd given)", nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nnames; i++)
+        out[i] = i < nargs ? args[i] : NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t i = 0;
+        for (; i < nnames; i++)
+            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0)
+                break;
+        if (i == nnames) {
+            PyErr_Format(PyExc_TypeError, "execute_query() got an unexpected keyword argument '%U'", key);
+            return -1;
+        }
+        if (out[i]) {
+            PyErr_Format(PyExc_TypeError, "execute_query() got multiple values for argument '%s'", names[i]);
+            return -1;
+        }
+        out[i] = args[nargs + k];
+    }
+    if (!out[0]) {
+        PyErr_SetString(PyExc_TypeError, "execute_query() missing required argument 'query'");
+        return -1;
+    }
+    for (Py_ssize_t i = 1; i < nnames; i++)
+        if (!out[i])
+            out[i] = Py_None;
+    return 0;
+}
+
+static PyObject *conn_execute_query(NcConnection *self, PyObject *const *args, Py_ssize_t nargs,
+                                    PyObject *kwnames)
+{
+    PyObject *a[4];
+    if (parse_execute_args(args, nargs, kwnames, a) < 0)
         return NULL;
+    PyObject *query = a[0], *params = a[1], *timeout = a[2], *rf = a[3];
     if (op_begin(self) < 0)
         return NULL;
     PyObject *r = execute_one(self, query, params, timeout, rf);
@@ -892,7 +932,7 @@ static PyObject *conn_repr(NcConnection *self)
 }
 
 static PyMethodDef conn_methods[] = {
-    {"execute_query", (PyCFunction)(void (*)(void))conn_execute_query, METH_VARARGS | METH_KEYWORDS,
+    {"execute_query", (PyCFunction)(void (*)(void))conn_execute_query, METH_FASTCALL | METH_KEYWORDS,
      "execute_query(query, params=None, timeout=None, row_format=None)\n--\n\n"
      "Run one statement. Placeholders: %s with a sequence, %(name)s with a mapping, %% for a\n"
      "literal %. Values are bound by the server. Returns a list of rows (dicts, or tuples with\n"
