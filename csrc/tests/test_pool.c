@@ -695,6 +695,8 @@ static void test_dead_on_borrow(void)
     fconn *fa = raw(a);
     nc_pool_release(p, a, 0);
     ST(fa->dead, 1);
+    /* Past the window in which a just-polled connection is lent unpolled. */
+    sleep_s(0.006);
 
     /* The fast path will not lend it ... */
     nc_error_clear(&err);
