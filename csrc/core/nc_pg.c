@@ -26,10 +26,57 @@
  * connection is given up on. */
 #define NC_PG_CANCEL_GRACE 0.5
 
+#define NC_PG_MAX_HOSTS 16
+
 typedef struct nc_pg_ctx {
     char *conninfo;
     char display[256];
+    /* A multi-host string ("host=a,b port=1,2") is tried one host at a time
+     * by us, each with its share of the deadline: in asynchronous mode libpq
+     * does not enforce connect_timeout per host, so one silent host would
+     * use up the whole attempt. */
+    int nhosts;
+    char *hosts[NC_PG_MAX_HOSTS];
+    char *hostaddrs[NC_PG_MAX_HOSTS];
+    char *ports[NC_PG_MAX_HOSTS];
 } nc_pg_ctx;
+
+/* Split a comma-separated libpq list into at most NC_PG_MAX_HOSTS strdup'd
+ * items.  Returns the count, -1 on allocation failure. */
+static int split_list(const char *s, char **out)
+{
+    int n = 0;
+    if (!s)
+        return 0;
+    const char *start = s;
+    for (;;) {
+        const char *comma = strchr(start, ',');
+        size_t len = comma ? (size_t)(comma - start) : strlen(start);
+        if (n == NC_PG_MAX_HOSTS)
+            return n;
+        out[n] = strndup(start, len);
+        if (!out[n])
+            return -1;
+        n++;
+        if (!comma)
+            return n;
+        start = comma + 1;
+    }
+}
+
+static void pg_ctx_free(void *vctx)
+{
+    nc_pg_ctx *ctx = vctx;
+    if (!ctx)
+        return;
+    for (int i = 0; i < NC_PG_MAX_HOSTS; i++) {
+        free(ctx->hosts[i]);
+        free(ctx->hostaddrs[i]);
+        free(ctx->ports[i]);
+    }
+    free(ctx->conninfo);
+    free(ctx);
+}
 
 static void copy_trimmed(char *dst, size_t cap, const char *src)
 {
@@ -57,10 +104,14 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
         return NULL;
     }
-    const char *host = NULL, *port = NULL, *db = NULL, *user = NULL;
+    const char *host = NULL, *port = NULL, *db = NULL, *user = NULL, *hostaddr = NULL, *hostlist = NULL;
     for (PQconninfoOption *o = opts; o->keyword; o++) {
         if (!o->val)
             continue;
+        if (!strcmp(o->keyword, "hostaddr"))
+            hostaddr = o->val;
+        if (!strcmp(o->keyword, "host"))
+            hostlist = o->val;
         if (!strcmp(o->keyword, "host") || (!host && !strcmp(o->keyword, "hostaddr")))
             host = o->val;
         else if (!strcmp(o->keyword, "port"))
@@ -72,7 +123,21 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
     }
     snprintf(ctx->display, sizeof ctx->display, "%s%s%s:%s/%s", user ? user : "", user ? "@" : "",
              host ? host : "localhost", port ? port : "5432", db ? db : (user ? user : ""));
+    int nh = split_list(hostlist, ctx->hosts), na = split_list(hostaddr, ctx->hostaddrs);
+    int np = split_list(port, ctx->ports);
     PQconninfoFree(opts);
+    if (nh < 0 || na < 0 || np < 0) {
+        pg_ctx_free(ctx);
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        return NULL;
+    }
+    ctx->nhosts = nh > na ? nh : na;
+    if (ctx->nhosts > 1 && ((nh && na && nh != na) || (np > 1 && np != ctx->nhosts))) {
+        pg_ctx_free(ctx);
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE,
+                     "invalid PostgreSQL connection string: host, hostaddr and port lists differ in length");
+        return NULL;
+    }
     return ctx;
 }
 
@@ -81,14 +146,7 @@ const char *nc_pg_ctx_display(void *vctx)
     return ((nc_pg_ctx *)vctx)->display;
 }
 
-static void pg_ctx_free(void *vctx)
-{
-    nc_pg_ctx *ctx = vctx;
-    if (!ctx)
-        return;
-    free(ctx->conninfo);
-    free(ctx);
-}
+
 
 /* Wait for the socket; 1 ready, 0 deadline passed, -1 error. */
 static int wait_socket(int fd, int for_write, double deadline)
@@ -114,13 +172,31 @@ static void set_conn_error(nc_error *err, int code, PGconn *pg, const char *what
         memcpy(err->sqlstate, "08006", 6);
 }
 
-static void *pg_connect(void *vctx, double deadline, nc_error *err)
+/* Connect to host i of a multi-host string (i < 0: the string as it is). */
+static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *err)
 {
-    nc_pg_ctx *ctx = vctx;
     /* Later keywords override what the connection string says: we need UTF-8
      * text and ISO dates to decode values. */
-    const char *keys[] = {"dbname", "client_encoding", "fallback_application_name", NULL};
-    const char *vals[] = {ctx->conninfo, "UTF8", "noodlecore", NULL};
+    const char *keys[8] = {"dbname", "client_encoding", "fallback_application_name"};
+    const char *vals[8] = {ctx->conninfo, "UTF8", "noodlecore"};
+    int k = 3;
+    if (i >= 0) {
+        if (ctx->hosts[i]) {
+            keys[k] = "host";
+            vals[k++] = ctx->hosts[i];
+        }
+        if (ctx->hostaddrs[i]) {
+            keys[k] = "hostaddr";
+            vals[k++] = ctx->hostaddrs[i];
+        }
+        const char *port = ctx->ports[i] ? ctx->ports[i] : ctx->ports[0];
+        if (port) {
+            keys[k] = "port";
+            vals[k++] = port;
+        }
+    }
+    keys[k] = NULL;
+    vals[k] = NULL;
     PGconn *pg = PQconnectStartParams(keys, vals, 1);
     if (!pg || PQstatus(pg) == CONNECTION_BAD) {
         set_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
@@ -168,6 +244,29 @@ static void *pg_connect(void *vctx, double deadline, nc_error *err)
         }
     }
     return c;
+}
+
+static void *pg_connect(void *vctx, double deadline, nc_error *err)
+{
+    nc_pg_ctx *ctx = vctx;
+    if (ctx->nhosts <= 1)
+        return pg_connect_one(ctx, -1, deadline, err);
+    /* One host after the other, each with an equal share of what is left,
+     * as libpq does with connect_timeout; the last error is reported. */
+    nc_error last;
+    nc_error_clear(&last);
+    for (int i = 0; i < ctx->nhosts; i++) {
+        double now = nc_now();
+        if (now >= deadline && i > 0)
+            break;
+        double share = isinf(deadline) ? deadline : now + (deadline - now) / (double)(ctx->nhosts - i);
+        void *c = pg_connect_one(ctx, i, share, &last);
+        if (c)
+            return c;
+    }
+    if (err)
+        *err = last;
+    return NULL;
 }
 
 static int pg_looks_alive(void *vctx, void *vconn)
@@ -295,8 +394,11 @@ static int flush_out(nc_pg_conn *c, double deadline, nc_error *err)
 }
 
 /* Collect results until libpq says the statement is done.  Keeps the last
- * result, or the first error. */
-static PGresult *collect(nc_pg_conn *c, double deadline, nc_error *err)
+ * result, or the first error.  cancel: on the deadline send a cancel and
+ * wait a grace period for the statement to stop (the connection stays
+ * usable); without it the connection is given up at the deadline (pings and
+ * rollbacks, where the connection is dropped anyway). */
+static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *err)
 {
     PGresult *keep = NULL, *error = NULL;
     int cancelled = 0;
@@ -305,20 +407,24 @@ static PGresult *collect(nc_pg_conn *c, double deadline, nc_error *err)
         while (PQisBusy(c->pg)) {
             int w = wait_socket(PQsocket(c->pg), 0, wait_until);
             if (w == 0) {
-                if (!cancelled) {
+                if (!cancelled && cancel) {
                     cancelled = 1;
                     if (start_cancel(c) < 0)
                         c->broken = 1;   /* cannot cancel: the connection must go */
                     wait_until = nc_now() + NC_PG_CANCEL_GRACE;
                     continue;
                 }
-                /* The server did not answer the cancel in time. */
+                /* The server did not answer (the cancel) in time. */
                 c->broken = 1;
                 PQclear(keep);
                 PQclear(error);
-                nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
-                             "statement deadline passed and the server did not answer the cancel "
-                             "within %.1f s; connection discarded", NC_PG_CANCEL_GRACE);
+                if (cancel)
+                    nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
+                                 "statement deadline passed and the server did not answer the cancel "
+                                 "within %.1f s; connection discarded", NC_PG_CANCEL_GRACE);
+                else
+                    nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
+                                 "the server did not answer before the deadline; connection discarded");
                 memcpy(err->sqlstate, "57014", 6);
                 return NULL;
             }
@@ -385,9 +491,9 @@ static PGresult *collect(nc_pg_conn *c, double deadline, nc_error *err)
     return keep;
 }
 
-PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
-                     const char *const *values, const int *lengths, const int *formats,
-                     double deadline, nc_error *err)
+static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                        const char *const *values, const int *lengths, const int *formats,
+                        double deadline, int cancel, nc_error *err)
 {
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
         c->broken = 1;
@@ -409,7 +515,14 @@ PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *typ
     }
     if (flush_out(c, deadline, err) < 0)
         return NULL;
-    return collect(c, deadline, err);
+    return collect(c, deadline, cancel, err);
+}
+
+PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                     const char *const *values, const int *lengths, const int *formats,
+                     double deadline, nc_error *err)
+{
+    return pg_exec(c, sql, nparams, types, values, lengths, formats, deadline, 1, err);
 }
 
 int nc_pg_command(nc_pg_conn *c, const char *sql, double deadline, nc_error *err)
@@ -432,8 +545,9 @@ static int pg_ping(void *vctx, void *vconn, double deadline, nc_error *err)
 {
     (void)vctx;
     nc_pg_conn *c = vconn;
-    /* An empty query is the cheapest full round trip. */
-    PGresult *r = nc_pg_exec(c, "", -1, NULL, NULL, NULL, NULL, deadline, err);
+    /* An empty query is the cheapest full round trip.  No cancel on the
+     * deadline: a connection that does not answer a ping is dropped. */
+    PGresult *r = pg_exec(c, "", -1, NULL, NULL, NULL, NULL, deadline, 0, err);
     if (!r) {
         c->broken = 1;
         return -1;
@@ -463,8 +577,11 @@ static int pg_reset(void *vctx, void *vconn, double deadline, nc_error *err)
 {
     (void)vctx;
     nc_pg_conn *c = vconn;
-    if (nc_pg_command(c, "ROLLBACK", deadline, err) < 0)
+    /* No cancel grace: a connection that cannot roll back in time is dropped. */
+    PGresult *r = pg_exec(c, "ROLLBACK", -1, NULL, NULL, NULL, NULL, deadline, 0, err);
+    if (!r)
         return -1;
+    PQclear(r);
     return PQtransactionStatus(c->pg) == PQTRANS_IDLE ? 0 : -1;
 }
 

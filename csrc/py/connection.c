@@ -196,7 +196,8 @@ static PyObject *ordered_params(const nc_sql *q, PyObject *params)
                             ? "params were given but the query has no placeholders"
                             : "the query uses %%s placeholders, so params must be a sequence, not a mapping");
     }
-    if (PyUnicode_Check(params) || PyBytes_Check(params) || PyByteArray_Check(params))
+    if (PyUnicode_Check(params) || PyBytes_Check(params) || PyByteArray_Check(params) ||
+        !PySequence_Check(params))
         return nc_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL,
                         "params must be a sequence or a mapping, not %s (wrap one value as (value,))",
                         Py_TYPE(params)->tp_name);
@@ -592,6 +593,14 @@ static PyObject *execute_one(NcConnection *self, PyObject *query, PyObject *para
     if (!PyUnicode_Check(query))
         return nc_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "query must be a str, not %s",
                         Py_TYPE(query)->tp_name);
+    Py_ssize_t qlen;
+    const char *qtext = PyUnicode_AsUTF8AndSize(query, &qlen);
+    if (!qtext)
+        return NULL;
+    /* Both libpq and SQLite stop reading at a NUL: the server would run a
+     * cut-down statement. */
+    if (memchr(qtext, '\0', (size_t)qlen))
+        return nc_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "the query contains a NUL character");
     int bad = 0, tuple;
     double deadline = deadline_for(self, timeout, &bad);
     if (bad || row_format_arg(self, row_format, &tuple) < 0)

@@ -152,6 +152,25 @@ def redact_dsn(dsn: str) -> str:
     return _KV_PASSWORD.sub(r"\1***", dsn)
 
 
+def _passwords(dsn: str) -> list:
+    found = []
+    m = re.search(r"://[^:/@\[]*:(.*)@", dsn)
+    if m and m.group(1):
+        found.append(m.group(1))
+    for m in re.finditer(r"password\s*=\s*('(?:[^'\\]|\\.)*'|[^\s&]+)", dsn, re.IGNORECASE):
+        found.append(m.group(1).strip("'"))
+    return [p for p in found if p]
+
+
+def scrub_password(message: str, dsn: str) -> str:
+    """``message`` with any password found in ``dsn`` (and the raw DSN
+    itself) replaced by ``***``."""
+    out = message.replace(dsn, redact_dsn(dsn)) if dsn else message
+    for pw in sorted(_passwords(dsn), key=len, reverse=True):
+        out = out.replace(pw, "***")
+    return out
+
+
 def backend_kind(backend_factory: Any) -> str:
     """'postgresql', 'sqlite' or 'python' for what DatabaseConnectionPool was given."""
     if isinstance(backend_factory, str):

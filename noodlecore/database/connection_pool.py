@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from .. import _native
 from . import errors
-from .config import backend_kind, redact_dsn, resolve_pool_options
+from .config import backend_kind, redact_dsn, resolve_pool_options, scrub_password
 
 __all__ = ["DatabaseConnectionPool", "PooledConnection", "PoolStats"]
 
@@ -113,7 +113,16 @@ class DatabaseConnectionPool(_native.Pool):
             opts["busy_timeout"] = opts["timeout"]
         self._options = opts
         target = backend_factory.strip() if isinstance(backend_factory, str) else backend_factory
-        super().__init__(kind, target, opts)
+        try:
+            super().__init__(kind, target, opts)
+        except errors.Error as exc:
+            if isinstance(target, str):
+                # libpq quotes the part of a DSN it cannot parse: keep the
+                # password out of what we show.
+                clean = scrub_password(exc.message, target)
+                if clean != exc.message:
+                    raise type(exc)(clean, exc.error_code, exc.sqlstate) from None
+            raise
         self._dsn = redact_dsn(target) if isinstance(target, str) else None
         log.debug("pool created", extra={"backend": kind, "target": self.target,
                                          "max_connections": opts["max_connections"]})
