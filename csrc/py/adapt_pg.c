@@ -243,7 +243,11 @@ int nc_pg_params_set(nc_pg_params *pp, int i, PyObject *value, const char *what)
         if (!overflow) {
             if (x == -1 && PyErr_Occurred())
                 return -1;
-            return set_text(pp, i, buf, format_ll(buf, x), OID_INT8);
+            /* int4 when it fits, as psycopg 3 chooses by value: functions
+             * such as repeat(text, int4) and date + int4 have no int8
+             * variant; int8 beyond, numeric beyond that. */
+            Oid oid = (x >= -2147483648LL && x <= 2147483647LL) ? OID_INT4 : OID_INT8;
+            return set_text(pp, i, buf, format_ll(buf, x), oid);
         }
         s = PyNumber_ToBase(value, 10);     /* beyond int8: send as numeric */
         if (!s)
