@@ -79,6 +79,11 @@ static const struct { int code; const char *text; } table[] = {
     {NC_E_NOT_SUPPORTED, "not supported by this backend"},
     {NC_E_IN_USE, "connection in use by another thread"},
     {NC_E_INTERNAL, "internal error"},
+    {NC_E_FO_START, "failover: start monitoring failed"},
+    {NC_E_FO_MANUAL, "failover: manual failover failed"},
+    {NC_E_FO_RECOVERY, "failover: manual recovery failed"},
+    {NC_E_FO_NO_ENDPOINT, "failover: no usable endpoint"},
+    {NC_E_FO_UNKNOWN_ENDPOINT, "failover: unknown endpoint"},
 };
 
 const char *nc_error_describe(int code)

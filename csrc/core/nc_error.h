@@ -35,7 +35,13 @@ enum nc_code {
     NC_E_BACKEND = 2020,            /* a Python backend raised or broke the protocol */
     NC_E_NOT_SUPPORTED = 2021,      /* feature not supported by this backend */
     NC_E_IN_USE = 2022,             /* PooledConnection used by two threads at once */
-    NC_E_INTERNAL = 2099            /* out of memory, thread creation failed, ... */
+    NC_E_INTERNAL = 2099,           /* out of memory, thread creation failed, ... */
+    /* failover range 4010-4099 */
+    NC_E_FO_START = 4010,           /* start monitoring failed */
+    NC_E_FO_MANUAL = 4012,          /* manual failover failed */
+    NC_E_FO_RECOVERY = 4013,        /* manual recovery failed */
+    NC_E_FO_NO_ENDPOINT = 4015,     /* no usable endpoint */
+    NC_E_FO_UNKNOWN_ENDPOINT = 4016 /* trigger_failover(target=) names no endpoint */
 };
 
 /* Which PEP 249 class a core error belongs to when no SQLSTATE decides it. */

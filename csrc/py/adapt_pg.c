@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <locale.h>
 #include <string.h>
 
 /* ---- shared declarations (defined in adapt_common.c; keep identical) ---- */
@@ -464,26 +465,24 @@ static PyObject *dec_int4(const char *v, int len) { return dec_int_impl(v, len, 
 static PyObject *dec_int2(const char *v, int len) { return dec_int_impl(v, len, OID_INT2, "int2"); }
 static PyObject *dec_oid(const char *v, int len) { return dec_int_impl(v, len, OID_OID, "oid"); }
 
+/* The "C" locale for strtod_l: decoding must not depend on the process
+ * locale, and PyOS_string_to_double switches the x87 control word on every
+ * call, which made it the top cost of fetching float columns. */
+static locale_t c_locale;
+
 static inline PyObject *dec_float_impl(const char *v, int len, Oid oid, const char *tname)
 {
-    char sbuf[64], *buf = sbuf, *end;
+    char *end;
     if (len <= 0)
         return decode_error(oid, tname, v, len, "not a number");
-    if (len >= (int)sizeof sbuf) {
-        buf = malloc((size_t)len + 1);
-        if (!buf)
-            return PyErr_NoMemory();
-    }
-    memcpy(buf, v, (size_t)len);
-    buf[len] = '\0';
-    /* accepts "NaN", "Infinity", "-Infinity" (case-insensitive) */
-    double d = PyOS_string_to_double(buf, &end, NULL);
-    int bad = end != buf + len;
-    if (buf != sbuf)
-        free(buf);
+    if (!c_locale)
+        c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0);
+    /* libpq's values are NUL-terminated; glibc's strtod rounds correctly and
+     * reads "NaN", "Infinity" and "-Infinity". */
+    double d = c_locale ? strtod_l(v, &end, c_locale) : PyOS_string_to_double(v, &end, NULL);
     if (d == -1.0 && PyErr_Occurred())
         return decode_error(oid, tname, v, len, "not a number");
-    if (bad)
+    if (end != v + len)
         return decode_error(oid, tname, v, len, "not a number");
     return PyFloat_FromDouble(d);
 }

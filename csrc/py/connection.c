@@ -341,6 +341,7 @@ static PGresult *pg_run(NcConnection *self, const char *sql, Py_ssize_t sqllen, 
     }
     if (!res) {
         nc_pool_count_query(self->pool->pool, 1);
+        nc_failover_report(self->pool, &err);
         nc_raise_error(&err);
         return NULL;
     }
@@ -561,6 +562,7 @@ static PyObject *sqlite_execute(NcConnection *self, PyObject *query, PyObject *p
         return PyLong_FromLong(-1);
     return result;
 error:
+    nc_failover_report(self->pool, &err);
     nc_raise_error(&err);
 error_raised:
     Py_XDECREF(result);
@@ -579,6 +581,7 @@ static PyObject *py_execute(NcConnection *self, PyObject *query, PyObject *param
     if (!res) {
         self->suspect = 1;
         nc_pool_count_query(self->pool->pool, 1);
+        nc_failover_report_exception(self->pool);
         return NULL;
     }
     nc_pool_count_query(self->pool->pool, 0);
@@ -700,6 +703,7 @@ static int run_command(NcConnection *self, const char *sql)
         return 0;
     }
     if (rc < 0) {
+        nc_failover_report(self->pool, &err);
         nc_raise_error(&err);
         return -1;
     }
@@ -837,6 +841,13 @@ static PyObject *conn_release(NcConnection *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static PyObject *conn_discard(NcConnection *self, PyObject *unused)
+{
+    (void)unused;
+    nc_connection_release(self, 1);
+    Py_RETURN_NONE;
+}
+
 static PyObject *conn_ping(NcConnection *self, PyObject *unused)
 {
     (void)unused;
@@ -963,6 +974,8 @@ static PyMethodDef conn_methods[] = {
     {"release", (PyCFunction)conn_release, METH_NOARGS,
      "Give the connection back to the pool; this object is dead afterwards."},
     {"close", (PyCFunction)conn_release, METH_NOARGS, "Same as release()."},
+    {"discard", (PyCFunction)conn_discard, METH_NOARGS,
+     "Give the connection back to be closed, not reused; this object is dead afterwards."},
     {"__enter__", (PyCFunction)conn_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))conn_exit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},

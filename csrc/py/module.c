@@ -123,7 +123,8 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__native(void)
 {
     if (PyType_Ready(&NcPool_Type) < 0 || PyType_Ready(&NcLease_Type) < 0 ||
-        PyType_Ready(&NcConnection_Type) < 0 || PyType_Ready(&NcTransaction_Type) < 0)
+        PyType_Ready(&NcConnection_Type) < 0 || PyType_Ready(&NcTransaction_Type) < 0 ||
+        PyType_Ready(&NcFailover_Type) < 0)
         return NULL;
     if (nc_adapt_init() < 0)
         return NULL;
@@ -134,6 +135,7 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddObject(m, "PooledConnection", Py_NewRef((PyObject *)&NcConnection_Type)) < 0 ||
         PyModule_AddObject(m, "ConnectionLease", Py_NewRef((PyObject *)&NcLease_Type)) < 0 ||
         PyModule_AddObject(m, "Transaction", Py_NewRef((PyObject *)&NcTransaction_Type)) < 0 ||
+        PyModule_AddObject(m, "FailoverMonitor", Py_NewRef((PyObject *)&NcFailover_Type)) < 0 ||
         PyModule_AddIntConstant(m, "DIALECT_PG", NC_DIALECT_PG) < 0 ||
         PyModule_AddIntConstant(m, "DIALECT_SQLITE", NC_DIALECT_SQLITE) < 0) {
         Py_DECREF(m);

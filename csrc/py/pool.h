@@ -21,6 +21,8 @@ typedef struct NcPool {
     PyObject *dict;         /* instance __dict__, for the Python subclass */
     struct NcPool *reg_next, *reg_prev;
     int registered;
+    PyObject *failover;     /* borrowed: the FailoverMonitor watching this endpoint, or NULL */
+    int monitor_index;
 } NcPool;
 
 typedef struct NcConnection {
@@ -58,6 +60,12 @@ NcConnection *nc_pool_lend(NcPool *self, double timeout);
 void nc_connection_release(NcConnection *conn, int discard);
 /* Shut down every live pool (the atexit hook). */
 void nc_pools_shutdown_all(void);
+
+/* Passive failure detection (failover.c): report an error seen on pool's
+ * connection to its failover monitor, if any.  Keeps any pending exception. */
+void nc_failover_report(NcPool *pool, const nc_error *err);
+void nc_failover_report_exception(NcPool *pool);
+extern PyTypeObject NcFailover_Type;
 
 /* The Python-object backend (pybackend.c). */
 extern const nc_backend_ops nc_py_ops;

@@ -5,6 +5,15 @@ and errors for the exception classes and error codes.
 """
 
 from .connection_pool import DatabaseConnectionPool, PooledConnection, PoolStats
+from .failover_manager import (
+    DatabaseEndpoint,
+    DatabaseFailoverManager,
+    FailoverConfig,
+    FailoverEvent,
+    FailoverMode,
+    FailoverPolicy,
+    FailoverState,
+)
 from .errors import (
     ERROR_CODES,
     ConfigurationError,
@@ -25,6 +34,8 @@ from .errors import (
 
 __all__ = [
     "DatabaseConnectionPool", "PooledConnection", "PoolStats", "ERROR_CODES",
+    "DatabaseEndpoint", "DatabaseFailoverManager", "FailoverConfig", "FailoverEvent", "FailoverMode",
+    "FailoverPolicy", "FailoverState",
     "ConfigurationError", "ConnectionPoolError", "DatabaseError", "DataError", "Error",
     "IntegrityError", "InterfaceError", "InternalError", "NotSupportedError", "OperationalError",
     "PoolClosedError", "PoolTimeoutError", "ProgrammingError", "QueryTimeoutError",

@@ -106,6 +106,8 @@ ERROR_CODES = {
     4012: "failover: manual failover failed",
     4013: "failover: manual recovery failed",
     4014: "failover: shutdown failed",
+    4015: "failover: no usable endpoint",
+    4016: "failover: unknown endpoint",
 }
 
 
@@ -231,6 +233,13 @@ _CODE_CLASS = {
     2021: NotSupportedError,
     2022: InterfaceError,
     2099: InternalError,
+    4010: ConnectionPoolError,
+    4011: ConnectionPoolError,
+    4012: ConnectionPoolError,
+    4013: ConnectionPoolError,
+    4014: ConnectionPoolError,
+    4015: OperationalError,
+    4016: ConfigurationError,
 }
 
 # kind hints from the C core (nc_error.h enum nc_kind)

@@ -1,0 +1,114 @@
+/* nc_monitor.h - the native health monitor and failover executor.
+ *
+ * One probe thread per endpoint probes it every health_check_interval within
+ * health_check_timeout (reachability, latency, role) and reports to the
+ * decision logic (nc_failover.h) under the monitor's mutex; a decision
+ * thread wakes on every report (and on passive failures from the query
+ * path), asks nc_fo_decide what to do and carries it out: it verifies the
+ * target with a fresh probe bounded by failover_timeout, then switches the
+ * current endpoint atomically (a generation number changes with it) and
+ * calls on_switch so the binding can drain the abandoned endpoint's pool.
+ * Every decision that did something is kept as an event in a bounded ring,
+ * which the binding's Python thread reads with nc_monitor_wait_event.
+ *
+ * No Python here.  Probing a Python-backed endpoint is done by the probe
+ * callback the binding supplies (it takes the GIL itself, and refuses once
+ * the interpreter is going away).
+ */
+#ifndef NC_MONITOR_H
+#define NC_MONITOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "nc_error.h"
+#include "nc_failover.h"
+
+/* Probe endpoint i before deadline.  Returns 0 when it answered (fill
+ * *latency in seconds and *role), -1 when not (fill errbuf).  Called from the
+ * endpoint's probe thread and from the decision thread (verification), never
+ * with the monitor mutex held, possibly at the same time for one endpoint
+ * (the callback must allow that, e.g. by a lock per endpoint). */
+typedef int (*nc_probe_fn)(void *arg, int i, double deadline, double *latency, int *role,
+                           char *errbuf, size_t errlen);
+
+/* Called by the decision thread after the current endpoint changed from
+ * `from` to `to` (no monitor lock held). */
+typedef void (*nc_switch_fn)(void *arg, int from, int to);
+
+typedef struct nc_monitor_config {
+    nc_fo_config fo;
+    double health_check_interval;   /* seconds between probes of one endpoint */
+    double health_check_timeout;    /* deadline of one probe */
+    double failover_timeout;        /* deadline of verifying a target during a switch */
+} nc_monitor_config;
+
+enum nc_event_kind {
+    NC_EV_FAILOVER = 1,     /* a switch away from a failing endpoint (or a manual one) */
+    NC_EV_FAILBACK = 2,     /* a switch back to the preferred endpoint */
+    NC_EV_SPLIT_BRAIN = 3,  /* a switch was held because two endpoints accept writes */
+    NC_EV_NO_TARGET = 4,    /* the current endpoint failed and nothing could take over */
+    NC_EV_RESUMED = 5       /* service came back after NO_TARGET without a switch */
+};
+
+typedef struct nc_event {
+    uint64_t id;            /* 1, 2, ... */
+    int kind;               /* enum nc_event_kind */
+    int from, to;           /* endpoint indices, -1 none */
+    int success;
+    int fired;              /* policy bit, 0 none */
+    int manual;
+    double timestamp;       /* wall clock (seconds since the epoch) when it started */
+    double duration;        /* seconds from the decision to the switch (or failure) */
+    double detected_at;     /* monotonic time the deciding failure was seen, 0 none */
+    double switched_at;     /* monotonic time the switch took effect, 0 none */
+    char reason[256];
+} nc_event;
+
+#define NC_EVENT_RING 256
+
+typedef struct nc_monitor nc_monitor;
+
+nc_monitor *nc_monitor_new(const nc_monitor_config *cfg, int n, const int *priority, int primary,
+                           nc_probe_fn probe, void *probe_arg, nc_switch_fn on_switch, void *switch_arg,
+                           nc_error *err);
+/* Start the probe and decision threads (idempotent).  Before this, passive
+ * reports still drive decisions: they are evaluated in the reporting thread's
+ * call to nc_monitor_passive (which then may switch, bounded by
+ * failover_timeout). */
+int nc_monitor_start(nc_monitor *m, nc_error *err);
+/* Stop and join the threads (bounded: a probe stuck past its deadline is
+ * left to finish; the monitor is freed by whoever is last). */
+void nc_monitor_stop(nc_monitor *m);
+void nc_monitor_free(nc_monitor *m);
+int nc_monitor_running(nc_monitor *m);
+
+/* The endpoint to borrow from, and the generation of that choice.
+ * Returns -1 when no endpoint is usable (state UNAVAILABLE). */
+int nc_monitor_current(nc_monitor *m, uint64_t *generation);
+uint64_t nc_monitor_generation(nc_monitor *m);
+
+/* The query path saw endpoint i fail (kind: enum nc_fo_passive_kind). */
+void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error);
+
+/* trigger_failover / trigger_recovery: decide and carry out in the calling
+ * thread (call without the GIL).  1 when a switch happened, 0 when not
+ * (reason in err->message, code 0), -1 on error. */
+int nc_monitor_trigger_failover(nc_monitor *m, int target, const char *reason, nc_error *err);
+int nc_monitor_trigger_recovery(nc_monitor *m, nc_error *err);
+
+/* Copy events with id > after (oldest first) into out[0..cap); returns the
+ * count.  With timeout > 0, waits up to timeout seconds for one to arrive
+ * (or the monitor to be freed/stopped). */
+int nc_monitor_wait_events(nc_monitor *m, uint64_t after, nc_event *out, int cap, double timeout);
+
+/* A consistent snapshot: state, current, statistics and each endpoint's
+ * health (health must have room for n entries). */
+typedef struct nc_monitor_status {
+    int state, current, preferred, n;
+    nc_fo_stats stats;
+    uint64_t generation;
+    int running;
+} nc_monitor_status;
+void nc_monitor_get_status(nc_monitor *m, nc_monitor_status *st, nc_fo_health *health);
+
+#endif
