@@ -9,6 +9,7 @@ void nc_error_clear(nc_error *err)
     if (!err)
         return;
     err->code = 0;
+    err->sent = NC_SENT_UNKNOWN;
     err->kind = NC_K_NONE;
     err->sqlstate[0] = '\0';
     err->message[0] = '\0';
@@ -19,6 +20,7 @@ void nc_error_vset(nc_error *err, int code, int kind, const char *fmt, va_list a
     if (!err)
         return;
     err->code = code;
+    err->sent = NC_SENT_UNKNOWN;
     err->kind = kind;
     err->sqlstate[0] = '\0';
     vsnprintf(err->message, sizeof err->message, fmt, ap);

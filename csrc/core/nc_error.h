@@ -58,8 +58,12 @@ enum nc_kind {
 
 #define NC_ERRMSG_MAX 768
 
+/* Whether the failed statement reached the server (for safe retries). */
+enum nc_sent { NC_SENT_UNKNOWN = 0, NC_SENT_NO = 1, NC_SENT_YES = 2 };
+
 typedef struct nc_error {
     int code;                   /* enum nc_code, 0 when no error */
+    int sent;                   /* enum nc_sent */
     int kind;                   /* enum nc_kind hint for the binding layer */
     char sqlstate[6];           /* "" when not a server error */
     char message[NC_ERRMSG_MAX];

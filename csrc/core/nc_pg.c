@@ -498,6 +498,7 @@ static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid 
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
         c->broken = 1;
         set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+        err->sent = NC_SENT_NO;
         return NULL;
     }
     int ok = nparams < 0 ? PQsendQuery(c->pg, sql)
@@ -511,11 +512,15 @@ static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid 
             copy_trimmed(buf, sizeof buf, PQerrorMessage(c->pg));
             nc_error_set(err, NC_E_QUERY, NC_K_PROGRAMMING, "%s", buf);
         }
+        err->sent = NC_SENT_NO;
         return NULL;
     }
     if (flush_out(c, deadline, err) < 0)
-        return NULL;
-    return collect(c, deadline, cancel, err);
+        return NULL;   /* partly written, maybe: unknown */
+    PGresult *r = collect(c, deadline, cancel, err);
+    if (!r)
+        err->sent = NC_SENT_YES;
+    return r;
 }
 
 PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,

@@ -49,8 +49,18 @@ PyObject *nc_raise(int code, int kind, const char *sqlstate, const char *fmt, ..
 
 PyObject *nc_raise_error(const nc_error *err)
 {
-    return nc_raise(err->code ? err->code : NC_E_INTERNAL, err->kind, err->sqlstate, "%s",
-                    err->message[0] ? err->message : "unknown error");
+    nc_raise(err->code ? err->code : NC_E_INTERNAL, err->kind, err->sqlstate, "%s",
+             err->message[0] ? err->message : "unknown error");
+    if (err->sent != NC_SENT_UNKNOWN && PyErr_Occurred()) {
+        /* Tell a retrying caller whether the statement reached the server. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        if (ev && PyObject_SetAttrString(ev, "statement_sent", err->sent == NC_SENT_YES ? Py_True : Py_False) < 0)
+            PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+    }
+    return NULL;
 }
 
 /* ---- module functions ---------------------------------------------------- */

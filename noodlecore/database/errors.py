@@ -131,6 +131,11 @@ class Error(Exception):
 
     default_code = 2001
 
+    #: For errors of a statement: False when it certainly never reached the
+    #: server (safe to run again elsewhere), True when it did (its outcome
+    #: may be unknown if the connection was lost), None when not known.
+    statement_sent = None
+
     def __init__(self, message: str = "", error_code: Optional[int] = None,
                  sqlstate: Optional[str] = None, server_message: Optional[str] = None):
         self.error_code = int(error_code if error_code is not None else self.default_code)
