@@ -72,7 +72,7 @@ make_env() {
         "$python" -m venv "$venv"
     fi
     local log="$WORK/pip-$name.log"
-    "$venv/bin/python" -m pip install -q --upgrade "setuptools>=61" wheel "pytest>=7" >"$log" 2>&1 \
+    "$venv/bin/python" -m pip install -q --upgrade "setuptools>=61" wheel "pytest>=7" prometheus_client >"$log" 2>&1 \
         || { cat "$log" >&2; return 1; }
     fresh_source "$src"
     NOODLE_CFLAGS="-Werror $cflags" NOODLE_LDFLAGS="$ldflags" \
