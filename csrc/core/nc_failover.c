@@ -298,7 +298,16 @@ static int recent_failures(const nc_fo *fo, int i, double now)
     return c;
 }
 
+static void record_failure_ex(nc_fo *fo, int i, double now, const char *error, int mark_down);
+
 static void record_failure(nc_fo *fo, int i, double now, const char *error)
+{
+    record_failure_ex(fo, i, now, error, 1);
+}
+
+/* mark_down: a probe failed (the endpoint is unavailable); a passive report
+ * only counts the failure and leaves availability to the probe it causes. */
+static void record_failure_ex(nc_fo *fo, int i, double now, const char *error, int mark_down)
 {
     nc_fo_health *h = &fo->h[i];
     /* oldest first; when full, the oldest goes */
@@ -309,8 +318,10 @@ static void record_failure(nc_fo *fo, int i, double now, const char *error)
     h->fail_times[h->nfail++] = now;
     if (fo->since_ok[i] < h->nfail)
         fo->since_ok[i]++;
-    h->probed = 1;
-    h->available = 0;
+    if (mark_down) {
+        h->probed = 1;
+        h->available = 0;
+    }
     h->last_failure = now;
     copy_text(h->last_error, sizeof h->last_error, error);
     h->consecutive_failures = recent_failures(fo, i, now);
@@ -362,22 +373,13 @@ void nc_fo_passive(nc_fo *fo, int i, double now, int kind, const char *error)
 {
     if (!fo || i < 0 || i >= fo->n)
         return;
-    nc_fo_health *h = &fo->h[i];
-    if (kind == NC_FO_PASSIVE_LOST) {
-        record_failure(fo, i, now, error);
-    } else if (kind == NC_FO_PASSIVE_READ_ONLY) {
-        /* The server answered (25006), so a never-probed endpoint is
-         * reachable; otherwise availability stays what the probes said. */
-        if (!h->probed) {
-            h->probed = 1;
-            h->available = 1;
-        }
-        h->role = NC_ROLE_READ_ONLY;
-        if (fo->cfg.require_writable) {
-            fo->healthy[i] = 0;
-            h->healthy_since = 0;
-        }
-    }
+    /* A report from the query path counts towards FAILURE_COUNT, but one
+     * terminated session or one client's READ ONLY transaction does not
+     * make a server unusable: the monitor probes the endpoint at once and
+     * the probe decides availability and role (HEALTH_CHECK). */
+    (void)fo->h;
+    if (kind == NC_FO_PASSIVE_LOST)
+        record_failure_ex(fo, i, now, error, 0);
 }
 
 /* ---- evaluation ---------------------------------------------------------------- */

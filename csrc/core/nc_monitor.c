@@ -42,6 +42,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define NC_MONITOR_MAX 64          /* endpoints per monitor */
+
 struct nc_monitor {
     pthread_mutex_t mu;
     pthread_cond_t probe_cv;    /* probe threads sleep here between probes */
@@ -72,6 +74,7 @@ struct nc_monitor {
     double started_at;          /* monotonic time of the last start */
 
     double *last_bad;           /* per endpoint: monotonic time of the latest failure report */
+    unsigned char probe_now[NC_MONITOR_MAX];  /* a passive report asks for a probe now */
     int sb_active, sb_from, sb_to;  /* the previous decision was SPLIT_BRAIN for this pair */
     int outage;                 /* a NO_TARGET event was recorded and service has not resumed */
 
@@ -379,6 +382,7 @@ static void *probe_main(void *varg)
     char eb[256];
     pthread_mutex_lock(&m->mu);
     while (m->run == run) {
+        m->probe_now[i] = 0;
         pthread_mutex_unlock(&m->mu);
         double start = nc_now();
         double latency = 0;
@@ -399,7 +403,7 @@ static void *probe_main(void *varg)
         kick_locked(m);
         double wake = start + m->cfg.health_check_interval;
         struct timespec ts = nc_abstime(wake);
-        while (m->run == run && nc_now() < wake) {
+        while (m->run == run && nc_now() < wake && !m->probe_now[i]) {
             if (pthread_cond_timedwait(&m->probe_cv, &m->mu, &ts) == ETIMEDOUT)
                 break;
         }
@@ -442,6 +446,10 @@ nc_monitor *nc_monitor_new(const nc_monitor_config *cfg, int n, const int *prior
 {
     if (!cfg || n < 1 || !priority || !probe) {
         nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "monitor: no endpoints or no probe function");
+        return NULL;
+    }
+    if (n > NC_MONITOR_MAX) {
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "monitor: at most %d endpoints", NC_MONITOR_MAX);
         return NULL;
     }
     if (!(cfg->health_check_interval > 0) || !(cfg->health_check_timeout > 0) || !(cfg->failover_timeout > 0)) {
@@ -656,12 +664,34 @@ void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error)
     double now = nc_now();
     nc_fo_passive(m->fo, i, now, kind, error);
     m->last_bad[i] = now;
+    /* The report is a reason to look now, not a verdict: one terminated
+     * session or one READ ONLY transaction must not take a healthy server
+     * out of service.  The probe it causes decides. */
     if (m->running) {
-        kick_locked(m);
+        m->probe_now[i] = 1;
+        pthread_cond_broadcast(&m->probe_cv);   /* its probe thread probes at once */
     } else if (m->busy) {
         m->recheck = 1;   /* the one carrying out a switch decides again after it */
     } else {
-        /* No monitor thread: decide and act here (bounded by failover_timeout). */
+        /* No monitor thread: probe it here, then decide and act here
+         * (bounded by health_check_timeout + failover_timeout). */
+        m->busy = 1;
+        pthread_mutex_unlock(&m->mu);
+        double latency = 0;
+        int role = NC_ROLE_UNKNOWN;
+        char eb[256];
+        eb[0] = '\0';
+        int rc = m->probe(m->probe_arg, i, nc_now() + m->cfg.health_check_timeout, &latency, &role, eb,
+                          sizeof eb);
+        pthread_mutex_lock(&m->mu);
+        now = nc_now();
+        if (rc != 0 && !eb[0])
+            snprintf(eb, sizeof eb, "probe failed");
+        nc_fo_probe(m->fo, i, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
+        if (rc != 0 || (m->cfg.fo.require_writable && role == NC_ROLE_READ_ONLY))
+            m->last_bad[i] = now;
+        m->busy = 0;
+        pthread_cond_broadcast(&m->idle_cv);
         m->recheck = 1;
         recheck_locked(m);
     }
@@ -717,6 +747,22 @@ int nc_monitor_trigger_failover(nc_monitor *m, int target, const char *reason, n
         probe_unknown_locked(m, 1);
     nc_fo_decision d = nc_fo_manual_failover(m->fo, nc_now(), target, reason ? reason : "");
     return finish_manual_unlock(m, &d, err);
+}
+
+int nc_monitor_recheck(nc_monitor *m)
+{
+    if (!m)
+        return -1;
+    nc_error ignored;
+    if (lock_idle(m, &ignored) < 0)
+        return -1;
+    if (!m->running)
+        probe_unknown_locked(m, 1);
+    decide_and_act_locked(m, 0, !m->running);
+    recheck_locked(m);
+    int usable = nc_fo_current_usable(m->fo);
+    pthread_mutex_unlock(&m->mu);
+    return usable;
 }
 
 int nc_monitor_trigger_recovery(nc_monitor *m, nc_error *err)

@@ -96,6 +96,11 @@ void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error);
 int nc_monitor_trigger_failover(nc_monitor *m, int target, const char *reason, nc_error *err);
 int nc_monitor_trigger_recovery(nc_monitor *m, nc_error *err);
 
+/* Without monitor threads: probe what is unknown or failed, then take the
+ * automatic decision (mode respected) in the calling thread.  1 when the
+ * current endpoint is usable afterwards, 0 not, -1 busy. */
+int nc_monitor_recheck(nc_monitor *m);
+
 /* Copy events with id > after (oldest first) into out[0..cap); returns the
  * count.  With timeout > 0, waits up to timeout seconds for one to arrive
  * (or the monitor to be freed/stopped). */

@@ -222,7 +222,7 @@ static void release_targets(NcFailover *self)
         t->raw = NULL;
         pthread_mutex_destroy(&t->mu);
     }
-    PyMem_Free(self->targets);
+    PyMem_RawFree(self->targets);   /* may run without the GIL */
     self->targets = NULL;
 }
 
@@ -294,8 +294,8 @@ static int fo_init(NcFailover *self, PyObject *args, PyObject *kwds)
     }
     self->n = (int)n;
     self->pools = Py_NewRef(pools);
-    self->cpools = PyMem_Calloc((size_t)n, sizeof *self->cpools);
-    self->targets = PyMem_Calloc((size_t)n, sizeof *self->targets);
+    self->cpools = PyMem_RawCalloc((size_t)n, sizeof *self->cpools);
+    self->targets = PyMem_RawCalloc((size_t)n, sizeof *self->targets);
     if (!self->cpools || !self->targets) {
         PyErr_NoMemory();
         return -1;
@@ -355,7 +355,7 @@ static void fo_dealloc(NcFailover *self)
 {
     close_monitor(self);
     Py_CLEAR(self->pools);
-    PyMem_Free(self->cpools);
+    PyMem_RawFree(self->cpools);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -409,13 +409,13 @@ static PyObject *fo_lend(NcFailover *self, PyObject *arg)
             return nc_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "the failover manager is shut down");
         int idx = nc_monitor_current(m, &gen);
         if (idx < 0 && !resumed && !nc_monitor_running(m)) {
-            /* Nobody is watching: look once whether an endpoint came back. */
+            /* Nobody is watching: look once whether an endpoint came back
+             * (the automatic decision, so MANUAL mode only resumes on the
+             * same endpoint). */
             resumed = 1;
-            nc_error err;
-            nc_error_clear(&err);
             get_monitor(self);
             Py_BEGIN_ALLOW_THREADS
-            nc_monitor_trigger_failover(m, -1, "service resumed on demand", &err);
+            nc_monitor_recheck(m);
             Py_END_ALLOW_THREADS
             put_monitor(self);
             if (!self->mon)

@@ -514,14 +514,26 @@ static void test_passive(void)
     nc_fo *fo = mk2(&c);
     ok(fo, 1, 100, 0.01, W);
 
-    /* LOST before any probe of the current endpoint: health check at once */
+    /* LOST counts at once but is no verdict: the probe it causes decides
+     * (one terminated session must not take a healthy server away). */
     nc_fo_passive(fo, 0, 101, NC_FO_PASSIVE_LOST, "server closed the connection unexpectedly");
     const nc_fo_health *h = nc_fo_health_of(fo, 0);
-    CHECK(h->probed && !h->available && h->consecutive_failures == 1 && h->last_failure == 101,
+    CHECK(!h->probed && h->consecutive_failures == 1 && h->last_failure == 101,
           "LOST: probed %d available %d cf %d", h->probed, h->available, h->consecutive_failures);
     nc_fo_decision d = nc_fo_decide(fo, 101);
+    CHECK_D(d, NC_FO_NONE, 0, -1, 0);
+    bad(fo, 0, 101.5);   /* the probe confirms it */
+    d = nc_fo_decide(fo, 101.5);
     CHECK_D(d, NC_FO_DO_FAILOVER, 0, 1, NC_FO_HEALTH_CHECK);
-    CHECK_REASON(d, "server closed the connection unexpectedly");
+    nc_fo_free(fo);
+    /* ... and a good probe after it clears it */
+    fo = mk2(&c);
+    ok(fo, 1, 100, 0.01, W);
+    ok(fo, 0, 100, 0.01, W);
+    nc_fo_passive(fo, 0, 101, NC_FO_PASSIVE_LOST, "terminating connection due to administrator command");
+    ok(fo, 0, 101.5, 0.01, W);
+    d = nc_fo_decide(fo, 102);
+    CHECK_D(d, NC_FO_NONE, 0, -1, 0);
     nc_fo_free(fo);
 
     /* LOST counts towards the failure count like a failed probe */
@@ -553,6 +565,9 @@ static void test_passive(void)
     CHECK_D(d, NC_FO_NONE, 0, -1, 0); /* two writable, no switch due: no split-brain alarm */
     ok(fo, 1, 101, 0.01, RO);
     nc_fo_passive(fo, 0, 102, NC_FO_PASSIVE_READ_ONLY, "cannot execute INSERT in a read-only transaction");
+    d = nc_fo_decide(fo, 102);
+    CHECK_D(d, NC_FO_NONE, 0, -1, 0);   /* one READ ONLY transaction proves nothing */
+    ok(fo, 0, 102, 0.01, RO);             /* the probe it causes: the server is read-only */
     h = nc_fo_health_of(fo, 0);
     CHECK(h->role == RO && h->healthy_since == 0 && h->available, "READ_ONLY: role %d since %g", h->role,
           h->healthy_since);
@@ -574,11 +589,14 @@ static void test_passive(void)
     CHECK_D(d, NC_FO_NONE, 0, -1, 0);
     nc_fo_free(fo);
 
-    /* READ_ONLY before any probe: the server answered */
+    /* READ_ONLY before any probe: the probe it causes decides */
     c.require_writable = 1;
     fo = mk2(&c);
     ok(fo, 1, 100, 0.01, W);
     nc_fo_passive(fo, 0, 101, NC_FO_PASSIVE_READ_ONLY, "25006");
+    d = nc_fo_decide(fo, 101);
+    CHECK_D(d, NC_FO_NONE, 0, -1, 0);
+    ok(fo, 0, 101, 0.01, RO);
     d = nc_fo_decide(fo, 101);
     CHECK_D(d, NC_FO_DO_FAILOVER, 0, 1, NC_FO_HEALTH_CHECK);
     CHECK_REASON(d, "read-only");
@@ -1045,7 +1063,7 @@ static void test_failback_interval(void)
     d = nc_fo_decide(fo, 262);
     CHECK_D(d, NC_FO_DO_FAILBACK, 1, 0, 0);
     /* so does a read-only spell (with require_writable), and a slow preferred is not taken */
-    nc_fo_passive(fo, 0, 263, NC_FO_PASSIVE_READ_ONLY, "25006");
+    ok(fo, 0, 263, 0.01, RO);
     ok(fo, 0, 264, 0.01, W);
     d = nc_fo_decide(fo, 293);
     CHECK_D(d, NC_FO_NONE, 1, -1, 0);
