@@ -98,7 +98,9 @@ run_suite() {
 
 say "building and installing noodlecore for $PY"
 V1=$(make_env main "$PY")
-run_suite "$(basename "$PY")" "$V1"
+# PYTHONMALLOC=debug makes CPython abort on any allocator call made without
+# the GIL (a native thread bug that the release build would hide).
+run_suite "$(basename "$PY")" "$V1" PYTHONMALLOC=debug
 
 if [ -z "${NOODLE_TEST_QUICK:-}" ]; then
     # The newest CPython newer than python3 that pyenv has, if any.

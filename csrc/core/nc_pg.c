@@ -172,6 +172,12 @@ static void set_conn_error(nc_error *err, int code, PGconn *pg, const char *what
         memcpy(err->sqlstate, "08006", 6);
 }
 
+static void discard_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 /* Connect to host i of a multi-host string (i < 0: the string as it is). */
 static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *err)
 {
@@ -222,6 +228,9 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
         }
         st = PQconnectPoll(pg);
     }
+    /* libpq prints notices (and errors that arrive on an idle connection)
+     * to stderr by default; a library must not write there. */
+    PQsetNoticeProcessor(pg, discard_notice, NULL);
     if (PQsetnonblocking(pg, 1) != 0) {
         set_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
         PQfinish(pg);

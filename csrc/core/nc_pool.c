@@ -248,11 +248,11 @@ static void close_slot(nc_pool *p, nc_conn *c)
 /* ---- opening ----------------------------------------------------------- */
 
 /* Sleep until `until`, or less if the pool is shut down meanwhile. */
-static void backoff_wait(nc_pool *p, double until)
+static void backoff_wait(nc_pool *p, double until, uint64_t drains)
 {
     struct timespec ts = nc_abstime(until);
     lock(p);
-    while (!p->closed && nc_now() < until) {
+    while (!p->closed && p->drains == drains && nc_now() < until) {
         if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT)
             break;
     }
@@ -265,9 +265,21 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
     nc_error last;
     nc_error_clear(&last);
     int attempts = 0;
+    lock(p);
+    uint64_t drains = p->drains;
+    unlock(p);
     for (int attempt = 1; attempt <= p->cfg.retry_attempts; attempt++) {
         if (nc_pool_is_closed(p))   /* under mu: shutdown writes it concurrently */
             break;
+        if (attempt > 1) {
+            /* Drained meanwhile (a failover left this endpoint): stop
+             * retrying a server that has been given up on. */
+            lock(p);
+            int drained = p->drains != drains;
+            unlock(p);
+            if (drained)
+                break;
+        }
         attempts = attempt;
         double now = nc_now();
         double cdl = now + p->cfg.connect_timeout;
@@ -295,7 +307,7 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
         if (attempt == p->cfg.retry_attempts || nc_now() >= deadline)
             break;
         double until = nc_now() + backoff;
-        backoff_wait(p, until < deadline ? until : deadline);
+        backoff_wait(p, until < deadline ? until : deadline, drains);
         backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
     }
     if (!last.code && nc_pool_is_closed(p)) {
@@ -624,8 +636,9 @@ static void close_idle(nc_pool *p)
 
 void nc_pool_drain(nc_pool *p, int discard_lent)
 {
-    (void)discard_lent;   /* lent ones are retired by expiring them */
     lock(p);
+    p->drains++;
+    pthread_cond_broadcast(&p->changed);   /* wakes connect backoffs */
     if (discard_lent) {
         for (int i = 0; i < p->cfg.max_connections; i++)
             if (p->slots[i].state == NC_SLOT_LENT)

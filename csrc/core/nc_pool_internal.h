@@ -33,6 +33,7 @@ struct nc_pool {
     int closed;
     unsigned rng;               /* lifetime jitter */
     uint64_t serial;
+    uint64_t drains;            /* nc_pool_drain calls: an open in progress gives up its retries */
 
     /* janitor */
     pthread_t janitor;

@@ -244,7 +244,12 @@ class DatabaseFailoverManager:
         self._last_event_id = 0
 
         cfg = self.config
-        pool_opts = dict(max_connections=cfg.pool_max_connections, timeout=cfg.pool_timeout)
+        # One connect attempt per borrow: a server that refuses is reported
+        # to the monitor at once (which may switch) instead of being retried
+        # with backoff while a healthy endpoint waits.  pool_options may say
+        # otherwise.
+        pool_opts = dict(max_connections=cfg.pool_max_connections, timeout=cfg.pool_timeout,
+                         retry_attempts=1)
         pool_opts.update(cfg.pool_options)
         self._pools: List[DatabaseConnectionPool] = []
         targets = []
