@@ -743,8 +743,10 @@ int nc_monitor_trigger_failover(nc_monitor *m, int target, const char *reason, n
     }
     if (lock_idle(m, err) < 0)
         return 0;
-    if (!m->running)
-        probe_unknown_locked(m, 1);
+    /* Endpoints nothing is known about yet (just started, or no monitor
+     * threads) are probed now, so an operator's request is judged on facts;
+     * without monitor threads, failed ones are looked at again too. */
+    probe_unknown_locked(m, !m->running);
     nc_fo_decision d = nc_fo_manual_failover(m->fo, nc_now(), target, reason ? reason : "");
     return finish_manual_unlock(m, &d, err);
 }
@@ -774,8 +776,7 @@ int nc_monitor_trigger_recovery(nc_monitor *m, nc_error *err)
     }
     if (lock_idle(m, err) < 0)
         return 0;
-    if (!m->running)
-        probe_unknown_locked(m, 1);
+    probe_unknown_locked(m, !m->running);
     nc_fo_decision d = nc_fo_manual_recovery(m->fo, nc_now());
     return finish_manual_unlock(m, &d, err);
 }
