@@ -235,7 +235,10 @@ class Workload:
                     if now - first_error < self.give_up_after:
                         self._stop.wait(0.02)
                         continue
-                    c["failures"] += 1
+                    c["failures"] += 1       # given up: the next operation
+                    first_error = None
+                    i += 1
+                    continue
                 first_error = None
                 c["ops"] += 1
                 c["inserts"] += ins
@@ -250,6 +253,7 @@ class Workload:
             t.start()
 
     def stop(self) -> None:
+        """Stop the workers and wait for them (idempotent)."""
         self._stop.set()
         deadline = time.monotonic() + STOP_WORKERS_TIMEOUT
         for t in self._threads:
@@ -458,7 +462,7 @@ def _final_lines(stats: dict, per: Dict[str, dict], elapsed: float, work: Worklo
     q = stats["query_count"]
     lines = [
         f"queries: {q:,} in {elapsed:.1f} s ({q / max(elapsed, 1e-9):,.0f}/s), errors: {stats['error_count']}, "
-        f"operations retried: {work.total('retried')}, failed: {work.total('failures')}, "
+        f"worker errors (retried): {work.total('retried')}, operations given up: {work.total('failures')}, "
         f"connections opened: {stats['connections_opened']}, acquire wait p50/p99: "
         f"{stats['acquire_wait_p50'] * 1e6:.0f}/{stats['acquire_wait_p99'] * 1e6:.0f} us, "
         f"health: {stats['pool_health_score']}",
@@ -504,10 +508,14 @@ def _demo_sqlite(args: argparse.Namespace, style: Style) -> int:
             "connections and fail health checks (nothing crashes, no server is involved); the failover and "
             "the failback are real decisions of the native monitor.  `demo --postgres` does it with a real "
             "crash.")
-        with DatabaseFailoverManager(endpoints, lambda cs: servers[cs[-1]].factory(cs), cfg) as mgr:
+        with DatabaseFailoverManager(endpoints, lambda cs: servers[cs[-1]].factory(cs), cfg) as mgr, \
+                contextlib.ExitStack() as cleanup:
             work = Workload(mgr.get_connection, args.threads)
             display = Display(live=_isatty() and not args.json, quiet=args.json, style=style,
                               progress=lambda: "")
+            # also on Ctrl-C or SIGTERM: workers stopped and the display closed before the manager
+            cleanup.callback(display.close)
+            cleanup.callback(work.stop)
             refs: Dict[str, Optional[float]] = {"down": None, "up": None}
             events: List[dict] = []
 
@@ -527,8 +535,8 @@ def _demo_sqlite(args: argparse.Namespace, style: Style) -> int:
             display.start()
             t0 = time.monotonic()
             display.progress = _manager_progress(mgr, work, t0, style)
-            work.start()
             display.note("load", f"{args.threads} workers start (1 INSERT in 4, else a SELECT)")
+            work.start()
 
             def kinds() -> List[str]:
                 return [e["kind"] for e in events]
@@ -573,8 +581,10 @@ def _demo_sqlite(args: argparse.Namespace, style: Style) -> int:
         _print_json({
             "mode": "sqlite", "simulated": True,
             "outage": {"simulated": True, "endpoint": "a",
-                       "how": "a flag in the demo's SQLite backend: endpoint a refuses connections and fails "
-                              "health checks; nothing crashes",
+                       "how": "a flag in the demo's SQLite backend: endpoint a refuses new connections and "
+                              "fails health checks (the monitor's probes, the pool's checks of idle "
+                              "connections); a statement already running on a borrowed session completes; "
+                              "nothing crashes",
                        "start": display.at(refs["down"]), "end": display.at(refs["up"])},
             "events": events, "failover": failover, "recovery": failback, "timeline": display.timeline,
             "stats": stats, "endpoints": per_d, "result": result, "result_by_endpoint": by_ep,
@@ -683,16 +693,16 @@ def _demo_postgres(args: argparse.Namespace, style: Style) -> int:
         display.start()
         t0 = time.monotonic()
         display.progress = _manager_progress(mgr, work, t0, style)
-        work.start()
         display.note("load", f"{args.threads} workers start (1 INSERT in 4, else a SELECT) on a")
+        work.start()
         _sleep_until(t0 + max(1.0, 0.25 * s))
 
         # 1. crash a, promote b
         pm = a.proc.pid if a.proc else None
         refs["crash"] = time.time()
-        a.crash()
         display.note("crash", f"CRASH: SIGKILL to a's postmaster (pid {pm}) and all its backends at once",
                      wall=refs["crash"], colour="red", simulated=False)
+        a.crash()
         display.note("promote", "promoting b: pg_ctl promote", colour="cyan")
         t = time.monotonic()
         b.promote()
@@ -972,7 +982,7 @@ class Endpoint:
                     r.update(role="embedded", writable=True, version=sqlite3.sqlite_version)
             r.update(state="up", up=True)
         except Error as exc:
-            r["error"] = exc.message
+            r["error"] = " ".join(str(exc.message).split())
             r["error_code"] = exc.error_code
         except Exception as exc:   # pragma: no cover - defensive
             r["error"] = f"{type(exc).__name__}: {exc}"
@@ -1080,7 +1090,7 @@ def _lag_text(r: dict) -> str:
             + (f" / {secs:.2f} s" if secs is not None else ""))
 
 
-def _status_rows(results: List[dict], style: Style) -> List[dict]:
+def _status_rows(results: List[dict], style: Style, detail_width: Optional[int] = None) -> List[dict]:
     rows = []
     for r in results:
         up = r["up"]
@@ -1092,13 +1102,22 @@ def _status_rows(results: List[dict], style: Style) -> List[dict]:
             "replication lag": _lag_text(r) if up else "-",
             "detail": (f"PostgreSQL {r.get('version')}" if r["backend"] == "postgresql" else
                        f"SQLite {r.get('version')}") if up else
-                      style((f"[{r['error_code']}] " if r["error_code"] else "") + str(r["error"]), "red"),
+                      style(_clip((f"[{r['error_code']}] " if r["error_code"] else "") + str(r["error"]),
+                                  detail_width), "red"),
         })
     return rows
 
 
+def _clip(text: str, width: Optional[int]) -> str:
+    return text if width is None or len(text) <= width else text[:max(1, width - 3)] + "..."
+
+
 def _status_table(results: List[dict], style: Style) -> str:
-    return _table(_status_rows(results, style), style)
+    width = None
+    if _isatty():       # on a terminal, keep each endpoint on one line
+        import shutil
+        width = max(30, shutil.get_terminal_size().columns - 75)
+    return _table(_status_rows(results, style, width), style)
 
 
 def _status_json(results: List[dict]) -> dict:
@@ -1300,6 +1319,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # the parser
 # ---------------------------------------------------------------------------
 
+def _wrap(text: str, width: int = 79) -> str:
+    """Fill the prose paragraphs of a help text; keep indented or option lines as written."""
+    import textwrap
+    out = []
+    for para in text.split("\n\n"):
+        if any(line.startswith((" ", "-")) for line in para.splitlines()):
+            out.append(para)
+        else:
+            out.append("\n".join(textwrap.fill(line, width) for line in para.splitlines()))
+    return "\n\n".join(out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable JSON on stdout only")
@@ -1308,16 +1339,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: warning; error for demo, which narrates the events itself)")
     fmt = argparse.RawDescriptionHelpFormatter
     ap = argparse.ArgumentParser(prog=PROG, formatter_class=fmt,
-                                 description="noodlecore database pool tools: a demo of pooling and "
-                                             "failover, one-off queries, endpoint status, the bench.",
-                                 epilog="exit status: 0 ok, 1 database/server failure (e.g. an endpoint "
+                                 description=_wrap("noodlecore database pool tools: a demo of pooling and "
+                                             "failover, one-off queries, endpoint status, the bench."),
+                                 epilog=_wrap("exit status: 0 ok, 1 database/server failure (e.g. an endpoint "
                                         "down), 2 bad usage or input, 130 interrupted.\n"
-                                        f"`{PROG} COMMAND --help` describes a command.")
+                                        f"`{PROG} COMMAND --help` describes a command."))
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", parents=[common], formatter_class=fmt,
                        help="pooling under load, an outage, failover and failback (no server needed)",
-                       description="Worker threads run INSERTs and SELECTs through pools while the preferred "
+                       description=_wrap("Worker threads run INSERTs and SELECTs through pools while the preferred "
                                    "endpoint has an outage; the native monitor fails over and back, and the "
                                    "events are shown with their timings, then the final stats.\n\n"
                                    "default      two embedded SQLite files; the outage is SIMULATED "
@@ -1328,7 +1359,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "primary\n"
                                    "             rejoining and a switchover back; everything removed at "
                                    "the end\n"
-                                   "--db DSN     a single pool on DSN, no outage")
+                                   "--db DSN     a single pool on DSN, no outage"))
     d.add_argument("--postgres", action="store_true",
                    help="real servers (needs the PostgreSQL server binaries; as root they run as postgres)")
     d.add_argument("--db", metavar="DSN", help="run the workload on one pool to DSN instead (no failover)")
@@ -1338,7 +1369,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     q = sub.add_parser("query", parents=[common], help="run one statement and print the rows",
-                       description="Run one statement and print the rows as a table (or JSON).")
+                       description=_wrap("Run one statement and print the rows as a table (or JSON)."))
     q.add_argument("dsn", help="postgresql://..., key=value, or sqlite:///path")
     q.add_argument("sql")
     q.add_argument("--param", action="append", metavar="NAME=VALUE", help="a %%(name)s parameter (repeatable)")
@@ -1349,19 +1380,19 @@ def build_parser() -> argparse.ArgumentParser:
                "ep1, ep2, ...")
     st = sub.add_parser("status", parents=[common], formatter_class=fmt,
                         help="probe endpoints once: up/down, role, latency, replication lag",
-                        description="One probe per endpoint (in parallel): up or down, role (primary, "
+                        description=_wrap("One probe per endpoint (in parallel): up or down, role (primary, "
                                     "standby; embedded for SQLite), latency of a SELECT 1, and replication "
                                     "lag: for a standby the WAL received but not replayed and the age of "
                                     "the last replayed transaction; for a primary the largest lag in "
-                                    "pg_stat_replication.\nExit status 1 when any endpoint is down.")
+                                    "pg_stat_replication.\nExit status 1 when any endpoint is down."))
     st.add_argument("--endpoint", action="append", metavar="ID=DSN", help=ep_help)
     st.add_argument("--timeout", type=float, default=3.0, help="deadline of each probe (default 3 s)")
     st.set_defaults(func=cmd_status)
 
     w = sub.add_parser("watch", parents=[common], help="the status, refreshed",
-                       description="Probe the endpoints every --interval seconds: a live screen on a "
+                       description=_wrap("Probe the endpoints every --interval seconds: a live screen on a "
                                    "terminal, one line per endpoint and round otherwise, JSON Lines with "
-                                   "--json. Exit status: that of the last round.")
+                                   "--json. Exit status: that of the last round."))
     w.add_argument("--endpoint", action="append", metavar="ID=DSN", help=ep_help)
     w.add_argument("--interval", type=float, default=2.0, help="seconds between rounds (default 2)")
     w.add_argument("--count", type=int, help="stop after N rounds (default: until Ctrl-C)")
@@ -1369,11 +1400,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_watch)
 
     b = sub.add_parser("bench", parents=[common], formatter_class=fmt, help="the pool benchmark",
-                       description="In a source checkout: bench/run.py (noodlecore against psycopg_pool, "
+                       description=_wrap("In a source checkout: bench/run.py (noodlecore against psycopg_pool, "
                                    "SQLAlchemy, psycopg2 and raw libpq on a throwaway PostgreSQL; about 2 "
                                    "minutes).\nOtherwise, or with --builtin / --dsn: a built-in micro-bench "
                                    "of borrow/return, borrow+SELECT 1, and SELECT 1 from several threads, "
-                                   "against --dsn or a temporary SQLite file.\nThe output says which ran.")
+                                   "against --dsn or a temporary SQLite file.\nThe output says which ran."))
     b.add_argument("--builtin", action="store_true", help="the built-in micro-bench even in a checkout")
     b.add_argument("--dsn", help="micro-bench against this DSN (implies --builtin)")
     b.add_argument("--seconds", type=float, default=3.0, help="micro-bench duration (default 3 s)")

@@ -47,7 +47,8 @@ noodlecore_recoveries_failed_total              counter
 
 The acquire wait is a summary (the pool keeps a histogram in C and reports
 its median and 99th percentile, the total wait and the number of borrows).
-A closed pool or manager is dropped from the collector at the next scrape.
+A closed pool or failover manager is dropped from the collector at the next
+scrape; a DatabaseManager stays registered and is exposed while connected.
 """
 
 from __future__ import annotations
@@ -143,18 +144,32 @@ def _failover_metrics(mgr: DatabaseFailoverManager) -> Dict[str, Any]:
     }
 
 
+def _is_manager(obj: Any) -> bool:
+    try:
+        from .database_manager import DatabaseManager
+    except ImportError:     # pragma: no cover - the package always has it
+        return False
+    return isinstance(obj, DatabaseManager)
+
+
+def _check(obj: Any) -> None:
+    if not (isinstance(obj, (DatabaseConnectionPool, DatabaseFailoverManager)) or _is_manager(obj)):
+        raise errors.ConfigurationError(
+            f"metrics need a DatabaseConnectionPool, a DatabaseFailoverManager or a DatabaseManager, "
+            f"not {type(obj).__name__}")
+
+
 def _resolve(obj: Any) -> Any:
-    """The pool or failover manager behind ``obj`` (a DatabaseManager holds one)."""
+    """The pool or failover manager behind ``obj``: itself, or what a
+    DatabaseManager uses right now (None while it is not connected)."""
+    _check(obj)
     if isinstance(obj, (DatabaseConnectionPool, DatabaseFailoverManager)):
         return obj
-    # A DatabaseManager (or anything like it) holding a failover manager or a pool.
-    for attr in ("failover_manager", "_failover_manager", "_failover", "pool", "_pool"):
-        inner = getattr(obj, attr, None)
-        if isinstance(inner, (DatabaseConnectionPool, DatabaseFailoverManager)):
-            return inner
-    raise errors.ConfigurationError(
-        f"get_metrics() needs a DatabaseConnectionPool, a DatabaseFailoverManager or a DatabaseManager "
-        f"(connected), not {type(obj).__name__}")
+    fo = obj.failover_manager
+    if fo is not None:
+        return fo
+    source = getattr(obj, "_source", None)
+    return getattr(source, "pool", None)
 
 
 def get_metrics(obj: Any) -> Dict[str, Any]:
@@ -174,12 +189,19 @@ def get_metrics(obj: Any) -> Dict[str, Any]:
     ``recoveries_total`` / ``_successful`` / ``_failed``,
     ``average_failover_seconds``.
 
+    DatabaseManager: the dict of the pool or failover manager it uses, with
+    ``manager`` set to ``{"connected": True, "failover_enabled": ...}``; not
+    connected: ``{"kind": "manager", "manager": {"connected": False, ...}}``.
+
     Raises ConfigurationError (2013) for anything else.
     """
     target = _resolve(obj)
-    if isinstance(target, DatabaseFailoverManager):
-        return _failover_metrics(target)
-    return _pool_metrics(target)
+    if target is None:
+        return {"kind": "manager", "manager": {"connected": False, "failover_enabled": obj.enable_failover}}
+    out = _failover_metrics(target) if isinstance(target, DatabaseFailoverManager) else _pool_metrics(target)
+    if target is not obj:
+        out["manager"] = {"connected": True, "failover_enabled": obj.enable_failover}
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -288,15 +310,19 @@ class NoodlecoreCollector:
         for name, obj in objects:
             try:
                 target = _resolve(obj)
+                if target is None:       # a DatabaseManager not connected (yet, or any more)
+                    continue
                 if isinstance(target, DatabaseFailoverManager):
                     if getattr(target, "_closed", False):
-                        dead.append(name)
+                        if target is obj:
+                            dead.append(name)
                         continue
                     self._add_failover(f, name, _failover_metrics(target))
                 else:
                     m = _pool_metrics(target)
                     if m["closed"]:
-                        dead.append(name)
+                        if target is obj:      # a manager may connect again: keep it
+                            dead.append(name)
                         continue
                     self._add_pool(f, name, "", m)
             except Exception:   # a scrape must not fail because one object did
@@ -380,7 +406,7 @@ def register_prometheus(obj: Any, registry: Any = None, name: str = "default") -
     the same registry raises ConfigurationError; so does a missing
     prometheus_client.  ``unregister_prometheus(name, registry)`` removes it.
     """
-    _resolve(obj)   # refuse what we cannot describe now, not at the first scrape
+    _check(obj)   # refuse what we cannot describe now, not at the first scrape
     if not isinstance(name, str) or not name:
         raise errors.ConfigurationError("register_prometheus(): name must be a non-empty string")
     _, _, _, default_registry = _prometheus()
