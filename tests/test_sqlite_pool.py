@@ -224,3 +224,13 @@ def test_script_without_params(db):
         assert c.execute_query("SELECT sum(a) AS s FROM s") == [{"s": 3}]
         with pytest.raises(ProgrammingError):
             c.execute_query("INSERT INTO s VALUES (%s); INSERT INTO s VALUES (%s)", (1, 2))
+
+
+def test_misspelled_quoted_column_is_an_error_not_a_string(db):
+    with db.get_connection() as c:
+        c.execute_query("INSERT INTO items (name) VALUES ('keep')")
+        with pytest.raises(ProgrammingError):
+            c.execute_query('SELECT "nope" FROM items')
+        with pytest.raises(ProgrammingError):
+            c.execute_query('DELETE FROM items WHERE "nope" = \'nope\'')
+        assert c.execute_query("SELECT count(*) AS n FROM items") == [{"n": 1}]

@@ -141,6 +141,11 @@ static void *sq_connect(void *vctx, double deadline, nc_error *err)
         return NULL;
     }
     sqlite3_extended_result_codes(c->db, 1);
+    /* A misspelled "column" must be an error, not a string literal (SQLite's
+     * legacy double-quoted-string behaviour turns WHERE "nope" = 'nope' into
+     * a condition that matches every row). */
+    sqlite3_db_config(c->db, SQLITE_DBCONFIG_DQS_DML, 0, (int *)0);
+    sqlite3_db_config(c->db, SQLITE_DBCONFIG_DQS_DDL, 0, (int *)0);
     c->deadline = deadline;
     c->busy_deadline = deadline;
     sqlite3_busy_handler(c->db, busy_handler, c);

@@ -5,6 +5,14 @@ and errors for the exception classes and error codes.
 """
 
 from .connection_pool import DatabaseConnectionPool, PooledConnection, PoolStats
+from .database_manager import (
+    DatabaseConfig,
+    DatabaseManager,
+    FailoverNotEnabledError,
+    NotConnectedError,
+    OutcomeUnknownError,
+    TransactionError,
+)
 from .failover_manager import (
     DatabaseEndpoint,
     DatabaseFailoverManager,
@@ -34,6 +42,8 @@ from .errors import (
 
 __all__ = [
     "DatabaseConnectionPool", "PooledConnection", "PoolStats", "ERROR_CODES",
+    "DatabaseConfig", "DatabaseManager", "FailoverNotEnabledError", "NotConnectedError",
+    "OutcomeUnknownError", "TransactionError",
     "DatabaseEndpoint", "DatabaseFailoverManager", "FailoverConfig", "FailoverEvent", "FailoverMode",
     "FailoverPolicy", "FailoverState",
     "ConfigurationError", "ConnectionPoolError", "DatabaseError", "DataError", "Error",

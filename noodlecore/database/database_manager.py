@@ -292,9 +292,14 @@ class DatabaseConfig:
     to "noodlecore") in the current directory, made absolute.  ``ssl_mode``
     is stored as a libpq sslmode: 'true' -> 'require', 'false' -> 'disable'.
 
+    The string is built once, when the object is made: changing a field
+    later (or ``dataclasses.replace``) keeps it; pass
+    ``connection_string=""`` to have it built again.
+
     A bad environment value raises ConfigurationError 2019 naming the
     variable; a bad field 2013 naming the field.  Neither ``repr()`` nor
-    ``to_dict()`` shows the password.
+    ``to_dict()`` shows the password (``dataclasses.asdict()`` does: it
+    copies every field).
     """
 
     host: str = field(default_factory=_env_str("NOODLE_DB_HOST", "localhost"))
@@ -381,14 +386,16 @@ def quote_identifier(name: Any, what: str = "identifier", max_bytes: Optional[in
 
 
 _WORD = r"[A-Za-z_][A-Za-z0-9_]*"
-_TYPE_WORD = r"(?!(?:NOT|NULL|PRIMARY|UNIQUE|DEFAULT|KEY)\b)" + _WORD
+# Words that start a constraint or clause cannot be part of the type.
+_TYPE_WORD = (r"(?!(?:NOT|NULL|PRIMARY|UNIQUE|DEFAULT|KEY|REFERENCES|CHECK|COLLATE|GENERATED|CONSTRAINT|AS|ON"
+              r"|USING|FOREIGN|AUTOINCREMENT)\b)" + _WORD)
 _TYPE_ARGS = r"\(\s*\d+\s*(?:,\s*\d+\s*)?\)"
 _SQL_TYPE = re.compile(
     r"^\s*" + _TYPE_WORD + r"(?:\s+" + _TYPE_WORD + r")*"
     + r"(?:\s*" + _TYPE_ARGS + r")?"
     + r"(?:\s+" + _TYPE_WORD + r")*"
     + r"(?:\s*\[\s*\d*\s*\])*"
-    + r"(?:\s+(?:NOT\s+NULL|NULL|PRIMARY\s+KEY|UNIQUE"
+    + r"(?:\s+(?:NOT\s+NULL|NULL|PRIMARY\s+KEY(?:\s+AUTOINCREMENT)?|UNIQUE"
     + r"|DEFAULT\s+(?:[-+]?\d+(?:\.\d+)?|TRUE|FALSE|NULL|CURRENT_TIMESTAMP|CURRENT_DATE|CURRENT_TIME)))*"
     + r"\s*$", re.IGNORECASE)
 
@@ -583,9 +590,10 @@ class DatabaseManager:
     """Queries, transactions and table helpers over a pool, with or without
     failover; see the module docstring.
 
-    ``backend_factory``: None, a DSN string (same as ``config=``), or a callable handed to the pool (called with
-    no arguments) or, with failover, to the DatabaseFailoverManager (called
-    with an endpoint's connection string).  ``config``: a DatabaseConfig, a
+    ``backend_factory``: None, a DSN string (same as ``config=``), or a
+    callable handed to the pool (called with no arguments) or, with
+    failover, to the DatabaseFailoverManager (called with an endpoint's
+    connection string).  ``config``: a DatabaseConfig, a
     DSN string, or None for ``DatabaseConfig()``.  ``enable_failover=True``
     needs ``failover_endpoints`` (DatabaseEndpoint objects or dicts of their
     fields); ``failover_config`` is a FailoverConfig.  ``failover_retry_wait``
@@ -798,8 +806,20 @@ class DatabaseManager:
             fo = source.failover
             cm = fo.get_connection(timeout)
             conn = cm.__enter__()
+            # The lend hands out only connections of the endpoint current at
+            # that moment: read it now (a switch in between is rare and only
+            # affects what the logs and messages name).
             eid = fo.current_endpoint
-            kind = fo.get_pool(eid).backend_kind if eid is not None else "unknown"
+            try:
+                if conn.backend is not None:
+                    kind = "python"
+                elif conn.backend_pid is not None:
+                    kind = "postgresql"
+                else:
+                    kind = "sqlite"
+            except BaseException:
+                cm.__exit__(None, None, None)
+                raise
             return _Lease(conn, eid, kind, lambda: cm.__exit__(None, None, None))
         pool = source.pool
         conn = pool.acquire(timeout)
@@ -1093,8 +1113,7 @@ class DatabaseManager:
             except BaseException as exc:
                 tx._done = True
                 self._quiet_rollback(lease.conn)
-                self._log(logging.DEBUG if not isinstance(exc, TransactionError) else logging.WARNING,
-                          "transaction rolled back: %s", exc.__class__.__name__, op=op, cid=cid,
+                self._log(logging.DEBUG, "transaction rolled back: %s", exc.__class__.__name__, op=op, cid=cid,
                           endpoint=lease.endpoint, t0=t0, code=_code_of(exc))
                 raise
             tx._done = True
@@ -1109,7 +1128,8 @@ class DatabaseManager:
                            f"PostgreSQL transaction; nothing of it was applied (cause: {cause})")
                 new = TransactionError(msg, 3009)
                 new.endpoint, new.correlation_id = lease.endpoint, cid
-                self._log(logging.WARNING if tx._failed is not None else logging.DEBUG, "%s", msg, op=op, cid=cid, endpoint=lease.endpoint, t0=t0, code=3009)
+                self._log(logging.WARNING if tx._failed is not None else logging.DEBUG, "%s", msg, op=op,
+                          cid=cid, endpoint=lease.endpoint, t0=t0, code=3009)
                 raise new from cause
             try:
                 lease.conn.commit()
@@ -1192,6 +1212,13 @@ class DatabaseManager:
         """The DatabaseFailoverManager while connected with failover, else None."""
         source = self._source
         return source.failover if source is not None else None
+
+    @property
+    def pool(self) -> Optional[DatabaseConnectionPool]:
+        """The DatabaseConnectionPool while connected without failover, else
+        None (with failover: ``failover_manager.get_pool(endpoint_id)``)."""
+        source = self._source
+        return source.pool if source is not None else None
 
     # -- health and stats ------------------------------------------------------------
 
@@ -1327,7 +1354,12 @@ class DatabaseManager:
         except errors.ProgrammingError as exc:
             raise self._bad_arg(op, exc.message) from None
 
-    def _where(self, op: str, conditions: Optional[Mapping[str, Any]], required: bool) -> Tuple[str, list]:
+    def _where(self, op: str, qt: str, conditions: Optional[Mapping[str, Any]],
+               required: bool) -> Tuple[str, list]:
+        # Column references are qualified with the table: SQLite takes an
+        # unqualified "name" that is no column for a string literal, so
+        # {"nmae": "x"} would otherwise compare 'nmae' = 'x' (or match every
+        # row); "table"."nmae" is an error instead.
         if conditions is None or (isinstance(conditions, Mapping) and not conditions):
             if required:
                 raise self._bad_arg(op, "conditions are required (a non-empty mapping of column to value); "
@@ -1338,7 +1370,7 @@ class DatabaseManager:
                                     f"{type(conditions).__name__}")
         parts, values = [], []
         for col, val in conditions.items():
-            q = self._ident(op, col, "column name")
+            q = f'{qt}.{self._ident(op, col, "column name")}'
             if val is None:
                 parts.append(f"{q} IS NULL")
             else:
@@ -1395,7 +1427,7 @@ class DatabaseManager:
         if not isinstance(data, Mapping) or not data:
             raise self._bad_arg(op, "data must be a non-empty mapping of column to value")
         sets = [f"{self._ident(op, c, 'column name')} = %s" for c in data]
-        where, wvals = self._where(op, conditions, required=True)
+        where, wvals = self._where(op, qt, conditions, required=True)
         sql = f"UPDATE {qt} SET {', '.join(sets)}{where}"
         params = tuple(data.values()) + tuple(wvals)
 
@@ -1409,7 +1441,7 @@ class DatabaseManager:
         op = "delete"
         self._require(op)
         qt = self._ident(op, table, "table name")
-        where, wvals = self._where(op, conditions, required=True)
+        where, wvals = self._where(op, qt, conditions, required=True)
         sql = f"DELETE FROM {qt}{where}"
         params = tuple(wvals)
 
@@ -1435,8 +1467,9 @@ class DatabaseManager:
             names = list(names)
             if not names:
                 raise self._bad_arg(op, "columns must not be empty (None selects every column)")
-            cols = ", ".join(self._ident(op, c, "column name") for c in names)
-        where, params = self._where(op, conditions, required=False)
+            qcols = [self._ident(op, c, "column name") for c in names]
+            cols = ", ".join(f"{qt}.{qc} AS {qc}" for qc in qcols)      # qualified: see _where
+        where, params = self._where(op, qt, conditions, required=False)
         sql = f"SELECT {cols} FROM {qt}{where}"
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:

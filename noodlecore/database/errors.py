@@ -100,6 +100,7 @@ ERROR_CODES = {
     3036: "manager: close failed",
     3037: "failover is not enabled (trigger_failover)",
     3038: "failover is not enabled (trigger_recovery)",
+    3039: "manager: outcome of the statement is unknown (connection lost after it was sent)",
     # failover
     4010: "failover: start monitoring failed",
     4011: "failover: stop monitoring failed",

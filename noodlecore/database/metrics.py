@@ -168,8 +168,7 @@ def _resolve(obj: Any) -> Any:
     fo = obj.failover_manager
     if fo is not None:
         return fo
-    source = getattr(obj, "_source", None)
-    return getattr(source, "pool", None)
+    return obj.pool
 
 
 def get_metrics(obj: Any) -> Dict[str, Any]:
