@@ -112,3 +112,26 @@ int nc_kind_for_sqlstate(const char *s)
         return NC_K_INTERNAL;
     return NC_K_OPERATIONAL;
 }
+
+void nc_utf8_fix_tail(char *s)
+{
+    size_t len = strlen(s), p = len, back = 0;
+    while (p > 0 && back < 4 && (((unsigned char)s[p - 1]) & 0xC0) == 0x80) {
+        p--;
+        back++;
+    }
+    if (p == 0)
+        return;
+    unsigned c = (unsigned char)s[p - 1];
+    size_t need;
+    if (c >= 0xF0)
+        need = 4;
+    else if (c >= 0xE0)
+        need = 3;
+    else if (c >= 0xC0)
+        need = 2;
+    else
+        return;
+    if (len - (p - 1) < need)
+        s[p - 1] = '\0';
+}

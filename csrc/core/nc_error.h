@@ -78,6 +78,9 @@ void nc_error_vset(nc_error *err, int code, int kind, const char *fmt, va_list a
 void nc_error_prefix(nc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The contract's short description of a code ("pool is shut down"), or NULL. */
 const char *nc_error_describe(int code);
+/* After a truncating snprintf of UTF-8 text: drop a split last character,
+ * so the binding can always decode messages strictly. */
+void nc_utf8_fix_tail(char *s);
 /* The PEP 249 kind a SQLSTATE implies (class 23 integrity, 42 programming ...). */
 int nc_kind_for_sqlstate(const char *sqlstate);
 

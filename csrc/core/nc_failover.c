@@ -52,6 +52,7 @@
  *     with a policy without that bit a read-only current endpoint is kept.
  */
 #include "nc_failover.h"
+#include "nc_error.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -148,31 +149,6 @@ static void copy_text(char *dst, size_t cap, const char *src)
     dst[o] = '\0';
 }
 
-/* After a truncating snprintf of valid UTF-8: drop a split last character. */
-static void utf8_fix_tail(char *s)
-{
-    size_t len = strlen(s), p = len, back = 0;
-    while (p > 0 && back < 4 && (((unsigned char)s[p - 1]) & 0xC0) == 0x80) {
-        p--;
-        back++;
-    }
-    if (p == 0)
-        return;
-    unsigned c = (unsigned char)s[p - 1];
-    size_t need;
-    if (c < 0x80)
-        return;
-    else if (c >= 0xF0)
-        need = 4;
-    else if (c >= 0xE0)
-        need = 3;
-    else if (c >= 0xC0)
-        need = 2;
-    else
-        return;
-    if (len - (p - 1) < need)
-        s[p - 1] = '\0';
-}
 
 static void set_reason(nc_fo_decision *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_reason(nc_fo_decision *d, const char *fmt, ...)
@@ -184,7 +160,7 @@ static void set_reason(nc_fo_decision *d, const char *fmt, ...)
     if (r < 0)
         d->reason[0] = '\0';
     else if ((size_t)r >= sizeof d->reason)
-        utf8_fix_tail(d->reason);
+        nc_utf8_fix_tail(d->reason);
 }
 
 /* ---- configuration and life cycle ------------------------------------------ */
@@ -413,7 +389,7 @@ static int fired_on(const nc_fo *fo, int i, double now, char *why, size_t cap)
     if (r < 0 && cap)
         why[0] = '\0';
     else if ((size_t)r >= cap && cap)
-        utf8_fix_tail(why);
+        nc_utf8_fix_tail(why);
     return bit;
 }
 
@@ -504,7 +480,7 @@ static void why_not(const nc_fo *fo, int i, char *buf, size_t cap)
     if (r < 0)
         buf[0] = '\0';
     else if ((size_t)r >= cap)
-        utf8_fix_tail(buf);
+        nc_utf8_fix_tail(buf);
 }
 
 static nc_fo_decision decide_unavailable(const nc_fo *fo, double now)

@@ -101,29 +101,6 @@ static int cond_init_monotonic(pthread_cond_t *cv)
     return rc ? -1 : 0;
 }
 
-/* After a truncating snprintf of UTF-8 text: drop a split last character. */
-static void utf8_fix_tail(char *s)
-{
-    size_t len = strlen(s), p = len, back = 0;
-    while (p > 0 && back < 4 && (((unsigned char)s[p - 1]) & 0xC0) == 0x80) {
-        p--;
-        back++;
-    }
-    if (p == 0)
-        return;
-    unsigned c = (unsigned char)s[p - 1];
-    size_t need;
-    if (c >= 0xF0)
-        need = 4;
-    else if (c >= 0xE0)
-        need = 3;
-    else if (c >= 0xC0)
-        need = 2;
-    else
-        return;
-    if (len - (p - 1) < need)
-        s[p - 1] = '\0';
-}
 
 static void text_set(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void text_set(char *dst, size_t cap, const char *fmt, ...)
@@ -135,7 +112,7 @@ static void text_set(char *dst, size_t cap, const char *fmt, ...)
     if (r < 0)
         dst[0] = '\0';
     else if ((size_t)r >= cap)
-        utf8_fix_tail(dst);
+        nc_utf8_fix_tail(dst);
 }
 
 static void monitor_destroy(nc_monitor *m)

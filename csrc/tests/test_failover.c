@@ -14,20 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                  \
-    do {                                                                  \
-        if (cond) {                                                       \
-            passed++;                                                     \
-        } else {                                                          \
-            failed++;                                                     \
-            printf("FAIL %s (line %d): %s: ", __func__, __LINE__, #cond); \
-            printf(__VA_ARGS__);                                          \
-            printf("\n");                                                 \
-            fflush(stdout);                                               \
-        }                                                                 \
-    } while (0)
+#include "check.h"
 
 #define W NC_ROLE_WRITABLE
 #define RO NC_ROLE_READ_ONLY

@@ -18,20 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int passed, failed;
-
-#define CHECK(cond, ...)                                                  \
-    do {                                                                  \
-        if (cond) {                                                       \
-            passed++;                                                     \
-        } else {                                                          \
-            failed++;                                                     \
-            printf("FAIL %s (line %d): %s: ", __func__, __LINE__, #cond); \
-            printf(__VA_ARGS__);                                          \
-            printf("\n");                                                 \
-            fflush(stdout);                                               \
-        }                                                                 \
-    } while (0)
+#include "check.h"
 
 /* Scheduling slack allowed on top of a deadline (sanitizers slow things down). */
 #define SLACK 0.08
