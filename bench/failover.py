@@ -622,8 +622,10 @@ close()
 
 
 def rss_run(impl, dsn, n, env):
+    # cwd "/": "python -c" puts the working directory first on sys.path, and
+    # a source checkout there would shadow the installed noodlecore.
     r = subprocess.run([sys.executable, "-c", RSS_SCRIPT, impl, dsn, str(n)], capture_output=True,
-                       text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+                       text=True, timeout=60, env=env, stdin=subprocess.DEVNULL, cwd="/")
     if r.returncode != 0:
         raise RuntimeError("memory measurement (%s) failed: %s" % (impl, r.stderr[-2000:]))
     d = json.loads(r.stdout.strip().splitlines()[-1])
