@@ -54,8 +54,10 @@ def test_help_everywhere(command):
 
 
 def test_python_dash_m_is_the_same_command():
+    # cwd "/": "python -m" puts the working directory first on sys.path, and
+    # the source tree there must not shadow the noodlecore under test.
     proc = subprocess.run([sys.executable, "-m", "noodlecore.database", "--help"], capture_output=True,
-                          text=True, timeout=60, env=env())
+                          text=True, timeout=60, env=env(), cwd="/")
     assert proc.returncode == 0 and "demo" in proc.stdout and "status" in proc.stdout
 
 
