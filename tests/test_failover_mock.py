@@ -269,3 +269,45 @@ def test_connection_pooling_off_closes_each_connection():
         for _ in range(3):
             server_of(m)
         assert m.get_pool("db0").get_stats().connections_opened == 1
+
+
+def test_pool_size_and_timeout_fields_shape_the_endpoint_pools():
+    from noodlecore.database import PoolTimeoutError
+    cl = Cluster()
+    with DatabaseFailoverManager(endpoints(), cl.factory, fast(pool_max_connections=1, pool_timeout=0.2)) as m:
+        with m.get_connection():
+            t0 = time.monotonic()
+            with pytest.raises(PoolTimeoutError):
+                with m.get_connection():
+                    pass
+            assert 0.15 < time.monotonic() - t0 < 1.5
+        assert m.get_pool("db0").get_stats().max_connections == 1
+
+
+def test_event_history_is_bounded():
+    cl = Cluster()
+    with DatabaseFailoverManager(endpoints(), cl.factory, fast(event_history=2, auto_recovery=False)) as m:
+        m.start_monitoring()
+        time.sleep(0.2)
+        for target in ("db1", "db0", "db1"):
+            assert m.trigger_failover("rotate", target=target) is True
+        evs = m.get_events()
+        assert len(evs) == 2 and evs[-1].to_endpoint == "db1"
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_max_failure_count_sets_how_many_failed_probes_it_takes(count):
+    cl = Cluster()
+    cfg = fast(policy=FailoverPolicy.FAILURE_COUNT, max_failure_count=count, health_check_interval=0.1,
+               auto_recovery=False)
+    with DatabaseFailoverManager(endpoints(), cl.factory, cfg) as m:
+        m.start_monitoring()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        cl.down.add("mock://0")
+        assert wait_for(lambda: m.get_status()["current_endpoint"] == "db1", timeout=5)
+        took = time.monotonic() - t0
+        if count == 1:
+            assert took < 0.35, took
+        else:
+            assert took >= 0.35, took   # at least four more probe intervals
