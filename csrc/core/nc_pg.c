@@ -148,10 +148,9 @@ const char *nc_pg_ctx_display(void *vctx)
 
 
 
-/* Wait for the socket; 1 ready, 0 deadline passed, -1 error. */
-static int wait_socket(int fd, int for_write, double deadline)
+int nc_pg_wait(int fd, short events, double deadline)
 {
-    struct pollfd pfd = {fd, (short)(for_write ? POLLOUT : POLLIN), 0};
+    struct pollfd pfd = {fd, events, 0};
     for (;;) {
         int rc = poll(&pfd, 1, nc_ms_left(deadline));
         if (rc > 0)
@@ -218,7 +217,7 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
             PQfinish(pg);
             return NULL;
         }
-        int rc = wait_socket(PQsocket(pg), st == PGRES_POLLING_WRITING, deadline);
+        int rc = nc_pg_wait(PQsocket(pg), st == PGRES_POLLING_WRITING ? POLLOUT : POLLIN, deadline);
         if (rc <= 0) {
             nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL,
                          "%s: %s", ctx->display, rc == 0 ? "timeout expired while connecting" : strerror(errno));
@@ -379,13 +378,7 @@ static int flush_out(nc_pg_conn *c, double deadline, nc_error *err)
         }
         /* Wait for either direction: the server may be blocked sending to
          * us (notices) until we read. */
-        struct pollfd pfd = {PQsocket(c->pg), POLLIN | POLLOUT, 0};
-        int w;
-        for (;;) {
-            w = poll(&pfd, 1, nc_ms_left(deadline));
-            if (w >= 0 || errno != EINTR)
-                break;
-        }
+        int w = nc_pg_wait(PQsocket(c->pg), POLLIN | POLLOUT, deadline);
         if (w == 0) {
             /* Half a message is on the wire: this connection cannot be reused. */
             c->broken = 1;
@@ -414,7 +407,7 @@ static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *e
     double wait_until = deadline;
     for (;;) {
         while (PQisBusy(c->pg)) {
-            int w = wait_socket(PQsocket(c->pg), 0, wait_until);
+            int w = nc_pg_wait(PQsocket(c->pg), POLLIN, wait_until);
             if (w == 0) {
                 if (!cancelled && cancel) {
                     cancelled = 1;

@@ -34,6 +34,10 @@ PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *typ
 /* Run a parameterless command (BEGIN, COMMIT, ...).  0 ok, -1 err. */
 int nc_pg_command(nc_pg_conn *c, const char *sql, double deadline, nc_error *err);
 
+/* Wait until the socket is ready for events (POLLIN/POLLOUT) before
+ * deadline: 1 ready, 0 deadline passed, -1 error.  Retries on EINTR. */
+int nc_pg_wait(int fd, short events, double deadline);
+
 /* Backend process id of the server session (0 when not connected). */
 int nc_pg_backend_pid(nc_pg_conn *c);
 

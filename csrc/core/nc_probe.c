@@ -116,21 +116,6 @@ static int lock_until(pthread_mutex_t *mu, double deadline)
     }
 }
 
-/* Wait for the socket before deadline: 1 ready, 0 deadline, -1 error. */
-static int wait_fd(int fd, short events, double deadline)
-{
-    struct pollfd pfd = {fd, events, 0};
-    for (;;) {
-        int rc = poll(&pfd, 1, nc_ms_left(deadline));
-        if (rc > 0)
-            return 1;
-        if (rc == 0)
-            return 0;
-        if (errno != EINTR)
-            return -1;
-    }
-}
-
 static void conn_error(char *errbuf, size_t errlen, PGconn *pg, const char *what)
 {
     const char *m = pg ? PQerrorMessage(pg) : "";
@@ -159,7 +144,7 @@ static int run_probe_query(PGconn *pg, double deadline, int *role, char *errbuf,
             conn_error(errbuf, errlen, pg, "connection lost");
             return -1;
         }
-        int w = wait_fd(PQsocket(pg), POLLIN | POLLOUT, deadline);
+        int w = nc_pg_wait(PQsocket(pg), POLLIN | POLLOUT, deadline);
         if (w == 0) {
             snprintf(errbuf, errlen, "probe timed out");
             return -1;
@@ -173,7 +158,7 @@ static int run_probe_query(PGconn *pg, double deadline, int *role, char *errbuf,
     int failed = 0;
     for (;;) {
         while (PQisBusy(pg)) {
-            int w = wait_fd(PQsocket(pg), POLLIN, deadline);
+            int w = nc_pg_wait(PQsocket(pg), POLLIN, deadline);
             if (w == 0) {
                 PQclear(keep);
                 snprintf(errbuf, errlen, "probe timed out");
