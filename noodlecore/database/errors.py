@@ -31,6 +31,10 @@ __all__ = [
     "PoolClosedError",
     "ConfigurationError",
     "QueryTimeoutError",
+    "OutcomeUnknownError",
+    "TransactionError",
+    "FailoverNotEnabledError",
+    "NotConnectedError",
     "describe",
 ]
 
@@ -305,3 +309,33 @@ def _native_error(code: int, kind: int, sqlstate: Optional[str], message: str) -
     cls = class_for(code, kind, sqlstate)
     server_message = message if sqlstate else None
     return cls(message, code, sqlstate, server_message)
+
+
+# ---------------------------------------------------------------------------
+# DatabaseManager's errors (raised by noodlecore.database.database_manager)
+# ---------------------------------------------------------------------------
+
+class OutcomeUnknownError(OperationalError):
+    """The connection was lost after a statement that may change data was sent:
+    it may or may not have been applied.  It was not run again.  Attributes:
+    ``endpoint`` (where it was sent), ``correlation_id``."""
+    default_code = 3039
+
+
+class TransactionError(OperationalError):
+    """A transaction was rolled back as a whole (its connection was lost, a
+    failover happened inside it, or a failed statement aborted it)."""
+    default_code = 3009
+
+
+class FailoverNotEnabledError(InterfaceError):
+    """trigger_failover (3037) or trigger_recovery (3038) on a manager made
+    without ``enable_failover=True``."""
+    default_code = 3037
+
+
+class NotConnectedError(InterfaceError):
+    """An operation on a manager that is not connected (connect() not called,
+    or after disconnect()/close()); the code is the operation's "no
+    connection" code (3003 for execute_query)."""
+    default_code = 3003
