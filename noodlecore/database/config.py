@@ -1,15 +1,23 @@
-"""Pool options: their types, limits, defaults and NOODLE_DB_* variables.
+"""Options: their types, limits, defaults and NOODLE_DB_* variables.
 
-Precedence: a value passed explicitly (keyword or config dict) beats the
-environment, which beats the default.  Every problem raises
+``POOL_OPTIONS`` describes the pool's options, ``DATABASE_OPTIONS`` the
+fields of :class:`DatabaseConfig` (DatabaseManager's connection settings,
+sharing the pool's max_connections, timeout and retry_attempts); one checker
+(``_check_value``) and one environment reader (``env_value``) serve both.
+Also here: DSN helpers (kind of backend, password redaction).
+
+Precedence: a value passed explicitly (keyword, config dict or field) beats
+the environment, which beats the default.  Every problem raises
 ConfigurationError naming the option or the variable; nothing is guessed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-from dataclasses import dataclass
+import urllib.parse
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from .errors import ConfigurationError
@@ -18,7 +26,7 @@ from .errors import ConfigurationError
 @dataclass(frozen=True)
 class Option:
     name: str
-    kind: str                      # "int", "float", "bool", "choice"
+    kind: str                      # "int", "float", "bool", "choice", "str", "sslmode"
     default: Any
     env: Optional[str] = None
     minimum: Optional[float] = None
@@ -26,6 +34,8 @@ class Option:
     nullable: bool = False         # None allowed (and means "none")
     choices: tuple = ()
     doc: str = ""
+    maximum: Optional[float] = None
+    secret: bool = False           # taken from the environment as it is; never shown in a message
 
 
 POOL_OPTIONS = {o.name: o for o in [
@@ -54,6 +64,11 @@ POOL_OPTIONS = {o.name: o for o in [
 ]}
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
 def _check_value(opt: Option, value: Any, source: str) -> Any:
     """Validate one value; ``source`` names it in the error ("option 'x'" or "NOODLE_DB_X")."""
     if value is None:
@@ -68,6 +83,14 @@ def _check_value(opt: Option, value: Any, source: str) -> Any:
         if value not in opt.choices:
             raise ConfigurationError(f"{source} must be one of {', '.join(map(repr, opt.choices))}, not {value!r}")
         return value
+    if opt.kind == "str":
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{source} must be a string, not {type(value).__name__}")
+        if "\0" in value:
+            raise ConfigurationError(f"{source} must not contain a NUL character")
+        return value
+    if opt.kind == "sslmode":
+        return _sslmode(value, source)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             opt.kind == "int" and not isinstance(value, int)):
         want = "an integer" if opt.kind == "int" else "a number"
@@ -81,11 +104,32 @@ def _check_value(opt: Option, value: Any, source: str) -> Any:
             raise ConfigurationError(f"{source} must be greater than {opt.minimum:g}, not {value!r}")
         if not opt.exclusive_min and value < opt.minimum:
             raise ConfigurationError(f"{source} must be at least {opt.minimum:g}, not {value!r}")
+    if opt.maximum is not None and value > opt.maximum:
+        raise ConfigurationError(f"{source} must be at most {opt.maximum:g}, not {value!r}")
     return value
 
 
+def _sslmode(value: Any, source: str) -> str:
+    """A libpq sslmode: True/'true' (and the other boolean spellings) mean
+    'require', False/'false'/'' 'disable'; libpq's own modes pass through."""
+    if isinstance(value, bool):
+        return "require" if value else "disable"
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{source} must be a string, not {type(value).__name__}")
+    low = value.strip().lower()
+    if low in _TRUE:
+        return "require"
+    if low in _FALSE or low == "":
+        return "disable"
+    if low in _SSL_MODES:
+        return low
+    raise ConfigurationError(f"{source} must be true/false or a libpq sslmode ({', '.join(_SSL_MODES)}), "
+                             f"not {value!r}")
+
+
 def _from_env(opt: Option, raw: str) -> Any:
-    text = raw.strip()
+    text = raw if opt.secret else raw.strip()
+    shown = opt.env if opt.secret else f"{opt.env}={raw!r}"
     try:
         if opt.kind == "int":
             if not re.fullmatch(r"[+-]?\d+", text):
@@ -95,19 +139,30 @@ def _from_env(opt: Option, raw: str) -> Any:
             value = float(text)
         elif opt.kind == "bool":
             low = text.lower()
-            if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            if low not in _TRUE + _FALSE:
                 raise ValueError
-            value = low in ("1", "true", "yes", "on")
+            value = low in _TRUE
         else:
             value = text
     except ValueError:
         want = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(opt.kind, "a value")
-        raise ConfigurationError(f"environment variable {opt.env}={raw!r} is not {want}",
-                                 error_code=2019) from None
+        raise ConfigurationError(f"environment variable {shown} is not {want}", error_code=2019) from None
     try:
-        return _check_value(opt, value, f"environment variable {opt.env}={raw!r}")
+        return _check_value(opt, value, f"environment variable {shown}")
     except ConfigurationError as exc:
         raise ConfigurationError(exc.message, error_code=2019) from None
+
+
+def env_value(opt: Option, environ: Optional[Mapping[str, str]] = None) -> Any:
+    """``opt``'s value from its environment variable (checked; a bad one is
+    ConfigurationError 2019 naming the variable), or its default when the
+    variable is unset or blank.  A secret is taken as it is: its spaces may
+    be part of it."""
+    env = os.environ if environ is None else environ
+    raw = env.get(opt.env) if opt.env else None
+    if raw is None or (raw == "" if opt.secret else raw.strip() == ""):
+        return opt.default
+    return _from_env(opt, raw)
 
 
 def resolve_pool_options(config: Optional[Mapping[str, Any]] = None,
@@ -128,10 +183,8 @@ def resolve_pool_options(config: Optional[Mapping[str, Any]] = None,
     for name, opt in POOL_OPTIONS.items():
         if name in explicit:
             out[name] = _check_value(opt, explicit[name], f"option {name!r}")
-        elif opt.env and env.get(opt.env, "").strip() != "":
-            out[name] = _from_env(opt, env[opt.env])
         else:
-            out[name] = opt.default
+            out[name] = env_value(opt, env)
     if out["min_connections"] > out["max_connections"]:
         raise ConfigurationError(
             f"option 'min_connections' ({out['min_connections']}) must not exceed "
@@ -195,3 +248,117 @@ def backend_kind(backend_factory: Any) -> str:
 
 
 Factory = Callable[[], Any]
+
+
+# ---------------------------------------------------------------------------
+# DatabaseConfig: DatabaseManager's connection settings
+# ---------------------------------------------------------------------------
+
+#: The fields of DatabaseConfig.  max_connections, timeout and retry_attempts
+#: are the pool's own options (same variables, defaults and limits).
+DATABASE_OPTIONS = {o.name: o for o in [
+    Option("host", "str", "localhost", "NOODLE_DB_HOST", doc="PostgreSQL host name, address or socket directory"),
+    Option("port", "int", 5432, "NOODLE_DB_PORT", 1, maximum=65535, doc="PostgreSQL port"),
+    Option("database", "str", "noodlecore", "NOODLE_DB_NAME",
+           doc="PostgreSQL database, or the name of the embedded SQLite file"),
+    Option("username", "str", "", "NOODLE_DB_USER", doc="PostgreSQL user"),
+    Option("password", "str", "", "NOODLE_DB_PASSWORD", secret=True, doc="PostgreSQL password"),
+    Option("ssl_mode", "sslmode", "disable", "NOODLE_DB_SSL", doc="true/false or a libpq sslmode"),
+    POOL_OPTIONS["max_connections"],
+    POOL_OPTIONS["timeout"],
+    POOL_OPTIONS["retry_attempts"],
+    Option("connection_string", "str", "", doc="the DSN; built from the other fields when empty"),
+]}
+
+
+def _from_environment(name: str) -> Any:
+    """A dataclass field whose default is read from the environment when the object is made."""
+    opt = DATABASE_OPTIONS[name]
+    return field(default_factory=lambda: env_value(opt))
+
+
+def _url_host(host: str) -> str:
+    if host.startswith("/") or host.startswith("@"):
+        return urllib.parse.quote(host, safe="")          # a Unix socket directory
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"                                 # IPv6
+    return urllib.parse.quote(host, safe="[]:.-_~")
+
+
+def _sqlite_url(database: str) -> str:
+    name = database or "noodlecore"
+    if name == ":memory:":
+        return "sqlite:///:memory:"
+    if not name.lower().endswith((".db", ".sqlite", ".sqlite3")):
+        name += ".db"
+    return "sqlite:///" + os.path.abspath(name)
+
+
+@dataclass(repr=False)
+class DatabaseConfig:
+    """Connection settings; unset fields come from the NOODLE_DB_* variables
+    when the object is made (HOST, PORT, NAME, USER, PASSWORD, SSL,
+    MAX_CONNECTIONS, TIMEOUT, RETRY_ATTEMPTS), then the defaults.
+
+    ``connection_string`` is built when empty: a PostgreSQL URL (user and
+    password percent-encoded, ``sslmode`` from ``ssl_mode``) when
+    ``database``, ``username`` and ``password`` are all set; otherwise the
+    embedded default, a SQLite file ``<database>.db`` (``database`` defaults
+    to "noodlecore") in the current directory, made absolute.  ``ssl_mode``
+    is stored as a libpq sslmode: 'true' -> 'require', 'false' -> 'disable'.
+
+    The string is built once, when the object is made: changing a field
+    later (or ``dataclasses.replace``) keeps it; pass
+    ``connection_string=""`` to have it built again.
+
+    A bad environment value raises ConfigurationError 2019 naming the
+    variable; a bad field 2013 naming the field.  Neither ``repr()`` nor
+    ``to_dict()`` shows the password (``dataclasses.asdict()`` does: it
+    copies every field).
+    """
+
+    host: str = _from_environment("host")
+    port: int = _from_environment("port")
+    database: str = _from_environment("database")
+    username: str = _from_environment("username")
+    password: str = _from_environment("password")
+    ssl_mode: str = _from_environment("ssl_mode")
+    max_connections: int = _from_environment("max_connections")
+    timeout: float = _from_environment("timeout")
+    retry_attempts: int = _from_environment("retry_attempts")
+    connection_string: str = ""
+
+    def __post_init__(self) -> None:
+        for name, opt in DATABASE_OPTIONS.items():
+            value = getattr(self, name)
+            if value is None and opt.kind == "str":
+                value = ""                  # None has always meant "not set" for the text fields
+            setattr(self, name, _check_value(opt, value, f"DatabaseConfig.{name}"))
+        if not self.connection_string.strip():
+            self.connection_string = self.build_connection_string()
+
+    @property
+    def uses_postgresql(self) -> bool:
+        """True when the fields name a PostgreSQL server (database, user and password set)."""
+        return bool(self.database and self.username and self.password)
+
+    def build_connection_string(self) -> str:
+        """The DSN the fields describe (ignores ``connection_string``)."""
+        if not self.uses_postgresql:
+            return _sqlite_url(self.database)
+        q = urllib.parse.quote
+        return (f"postgresql://{q(self.username, safe='')}:{q(self.password, safe='')}@{_url_host(self.host)}"
+                f":{self.port}/{q(self.database, safe='')}?sslmode={self.ssl_mode}")
+
+    def to_dict(self) -> dict:
+        """The fields as a dict, the password masked ("***" when set)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["password"] = "***" if self.password else ""
+        d["connection_string"] = redact_dsn(self.connection_string)
+        return d
+
+    def __repr__(self) -> str:
+        d = self.to_dict()
+        return "DatabaseConfig(" + ", ".join(f"{k}={v!r}" for k, v in d.items()) + ")"
+
+    __str__ = __repr__
