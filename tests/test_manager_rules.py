@@ -1,7 +1,8 @@
 """The manager's decisions as single functions: which failures count as a
-lost connection (the native ``connection_failure`` attribute first, then the
-codes), and DatabaseConfig reading the environment through the pool's own
-options.  The end-to-end behaviour is in test_database_manager.py."""
+lost connection (what the exception says: ``connection_failure`` and
+``not_applied``, set from the C core's tables), and DatabaseConfig reading
+the environment through the pool's own options.  The end-to-end behaviour is
+in test_database_manager.py."""
 
 import pytest
 
@@ -24,7 +25,7 @@ def _flagged(exc, connection_failure):
 
 
 @pytest.mark.parametrize("exc,connection,not_applied", [
-    # without the attribute: the codes, SQLSTATEs and classes
+    # errors made in Python: the core's tables by code and SQLSTATE
     (errors.OperationalError("lost", 2004), True, False),
     (errors.ConnectionPoolError("no endpoint", 4015), True, False),
     (errors.OperationalError("server closed", 2005, "08006"), True, False),
@@ -32,16 +33,18 @@ def _flagged(exc, connection_failure):
     (errors.QueryTimeoutError("slow", 2012, "57014"), False, False),
     (errors.PoolTimeoutError("busy"), False, False),
     (errors.IntegrityError("dup", 2005, "23505"), False, False),
-    (ConnectionResetError("python backend"), True, False),
+    # another exception is one only when marked (the binding marks what a
+    # Python backend raises through the pool: see test_mock_backend.py)
+    (ConnectionResetError("never went through the binding"), False, False),
     (ValueError("python backend"), False, False),
-    # the attribute, when present, decides
+    # the attribute decides
     (_flagged(ValueError("python backend"), True), True, False),
     (_flagged(ConnectionResetError("python backend"), False), False, False),
     (_flagged(errors.OperationalError("lost", 2004), False), False, False),
     (_flagged(errors.IntegrityError("dup", 2005, "23505"), True), True, False),
-    # a read-only refusal is connection-class and certainly not applied, whatever the attribute says
+    # a read-only refusal is connection-class and certainly not applied
     (errors.InternalError("read-only", 2005, "25006"), True, True),
-    (_flagged(errors.InternalError("read-only", 2005, "25006"), False), True, True),
+    (_flagged(errors.InternalError("read-only", 2005, "25006"), False), False, True),
 ])
 def test_classify_failure(exc, connection, not_applied):
     f = classify_failure(exc)
@@ -49,11 +52,29 @@ def test_classify_failure(exc, connection, not_applied):
 
 
 def test_statement_sent_false_means_not_applied():
-    exc = errors.OperationalError("lost", 2004)
-    exc.statement_sent = False
-    assert classify_failure(exc).not_applied is True
-    exc.statement_sent = True
-    assert classify_failure(exc).not_applied is False
+    exc = errors._native_error(2004, 0, None, "lost", statement_sent=False)
+    assert exc.statement_sent is False and classify_failure(exc) == (True, True)
+    exc = errors._native_error(2004, 0, None, "lost", statement_sent=True)
+    assert exc.statement_sent is True and classify_failure(exc) == (True, False)
+
+
+def test_a_python_backends_connection_error_is_marked_by_the_binding():
+    class Gone:
+        def execute_query(self, sql, params=None):
+            if sql == "SELECT 1" and params == {}:
+                return [{"?column?": 1}]
+            raise ConnectionResetError("socket closed")
+
+        def close(self):
+            pass
+
+    from noodlecore.database import DatabaseConnectionPool
+    with DatabaseConnectionPool(Gone, max_connections=1) as pool:
+        with pool.get_connection() as conn:
+            with pytest.raises(ConnectionResetError) as ei:
+                conn.execute_query("SELECT now()")
+    assert ei.value.connection_failure is True
+    assert classify_failure(ei.value) == (True, False)
 
 
 class _LostMidWrite(Exception):

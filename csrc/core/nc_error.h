@@ -1,10 +1,12 @@
-/* nc_error.h - the error record the C core fills in, and the table of codes.
+/* nc_error.h - the error record the C core fills in, and the tables that
+ * say what an error is: its code's meaning, its PEP 249 class, whether it is
+ * a connection failure, whether the statement could have had an effect.
  *
  * The core never raises anything: every fallible call takes an nc_error * and
- * returns -1 (or NULL) after filling it.  The binding layer turns the record
- * into the Python exception class that noodlecore.database.errors maps the
- * code (and, for server errors, the SQLSTATE) to.  Codes are the 4-digit codes
- * of the API contract; one code, one meaning.
+ * returns -1 (or NULL) after filling it.  The binding turns the record into
+ * the Python exception these tables name (errors.py defines the classes and
+ * reads every table from here; nothing is written down twice).  Codes are the
+ * 4-digit codes of the API contract; one code, one meaning.
  */
 #ifndef NC_ERROR_H
 #define NC_ERROR_H
@@ -36,15 +38,40 @@ enum nc_code {
     NC_E_NOT_SUPPORTED = 2021,      /* feature not supported by this backend */
     NC_E_IN_USE = 2022,             /* PooledConnection used by two threads at once */
     NC_E_INTERNAL = 2099,           /* out of memory, thread creation failed, ... */
+    /* manager range 3001-3099: raised by the Python DatabaseManager only; the
+     * table (nc_error.c) names the operation of each */
     /* failover range 4010-4099 */
     NC_E_FO_START = 4010,           /* start monitoring failed */
+    NC_E_FO_STOP = 4011,            /* stop monitoring failed */
     NC_E_FO_MANUAL = 4012,          /* manual failover failed */
     NC_E_FO_RECOVERY = 4013,        /* manual recovery failed */
+    NC_E_FO_SHUTDOWN = 4014,        /* shutdown failed */
     NC_E_FO_NO_ENDPOINT = 4015,     /* no usable endpoint */
     NC_E_FO_UNKNOWN_ENDPOINT = 4016 /* trigger_failover(target=) names no endpoint */
 };
 
-/* Which PEP 249 class a core error belongs to when no SQLSTATE decides it. */
+/* The exception class of an error.  The names (nc_class_name) are the class
+ * names of noodlecore.database.errors; the binding raises exactly these. */
+enum nc_class {
+    NC_C_ERROR = 0,
+    NC_C_INTERFACE,
+    NC_C_DATABASE,
+    NC_C_DATA,
+    NC_C_OPERATIONAL,
+    NC_C_INTEGRITY,
+    NC_C_INTERNAL,
+    NC_C_PROGRAMMING,
+    NC_C_NOT_SUPPORTED,
+    NC_C_POOL,                  /* ConnectionPoolError */
+    NC_C_POOL_TIMEOUT,
+    NC_C_POOL_CLOSED,
+    NC_C_CONFIGURATION,
+    NC_C_QUERY_TIMEOUT,
+    NC_C_COUNT
+};
+
+/* The class an error has when neither its SQLSTATE nor its code decides
+ * (SQLite result codes, a server error without a SQLSTATE). */
 enum nc_kind {
     NC_K_NONE = 0,
     NC_K_INTERFACE,
@@ -61,27 +88,70 @@ enum nc_kind {
 /* Whether the failed statement reached the server (for safe retries). */
 enum nc_sent { NC_SENT_UNKNOWN = 0, NC_SENT_NO = 1, NC_SENT_YES = 2 };
 
+/* What an error says about the endpoint it happened on. */
+enum nc_failure {
+    NC_FAIL_NONE = 0,
+    NC_FAIL_LOST = 1,           /* the connection was lost or could not be made */
+    NC_FAIL_READ_ONLY = 2,      /* the server refused a write: it is read-only now */
+    NC_FAIL_NO_ENDPOINT = 3     /* no endpoint is usable at all (failover) */
+};
+
 typedef struct nc_error {
     int code;                   /* enum nc_code, 0 when no error */
     int sent;                   /* enum nc_sent */
-    int kind;                   /* enum nc_kind hint for the binding layer */
+    int kind;                   /* enum nc_kind hint for the class */
     char sqlstate[6];           /* "" when not a server error */
     char message[NC_ERRMSG_MAX];
 } nc_error;
 
 void nc_error_clear(nc_error *err);
-/* Fill err; printf-style message.  err may be NULL (then nothing happens). */
+/* Fill err; printf-style message.  err may be NULL (then nothing happens).
+ * A message cut at NC_ERRMSG_MAX never ends in half a UTF-8 character. */
 void nc_error_set(nc_error *err, int code, int kind, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void nc_error_vset(nc_error *err, int code, int kind, const char *fmt, va_list ap);
 /* Prefix the existing message with "<prefix>: " (used to name an endpoint). */
 void nc_error_prefix(nc_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* The contract's short description of a code ("pool is shut down"), or NULL. */
-const char *nc_error_describe(int code);
 /* After a truncating snprintf of UTF-8 text: drop a split last character,
  * so the binding can always decode messages strictly. */
 void nc_utf8_fix_tail(char *s);
-/* The PEP 249 kind a SQLSTATE implies (class 23 integrity, 42 programming ...). */
-int nc_kind_for_sqlstate(const char *sqlstate);
+
+/* ---- the tables ---------------------------------------------------------- */
+
+typedef struct nc_code_info {
+    int code;
+    const char *text;           /* the contract's short description */
+    int cls;                    /* enum nc_class of the code, -1: decided by SQLSTATE / kind */
+    const char *op;             /* manager codes: the operation ("insert"), else NULL */
+    int op_failed;              /* manager codes: 0 "no connection", 1 "<op> failed" */
+} nc_code_info;
+
+/* Every code, in ascending order; *n gets the count. */
+const nc_code_info *nc_code_table(int *n);
+/* The entry of code, or NULL. */
+const nc_code_info *nc_code_lookup(int code);
+/* The contract's short description of a code ("pool is shut down"), or NULL. */
+const char *nc_error_describe(int code);
+
+/* "InterfaceError" ... for enum nc_class; NULL out of range. */
+const char *nc_class_name(int cls);
+/* The code a class stands for when raised without one (PoolTimeoutError: 2003). */
+int nc_class_default_code(int cls);
+/* The class of a SQLSTATE by its first two characters (23 integrity, 42
+ * programming, 25 internal ...); NC_C_OPERATIONAL for an unknown class,
+ * -1 for no SQLSTATE. */
+int nc_sqlstate_class(const char *sqlstate);
+/* The class of an error: the SQLSTATE's for a server error (codes 2004,
+ * 2005), else the code's, else the kind hint's, else DatabaseError. */
+int nc_error_class(int code, int kind, const char *sqlstate);
+
+/* Whether an error is a failure of the connection or endpoint rather than of
+ * the SQL (enum nc_failure): lost (2004, a failed or invalid new connection,
+ * SQLSTATE class 08, 57P01-57P03), read-only (25006), no endpoint (4015). */
+int nc_error_failure(int code, const char *sqlstate);
+const char *nc_failure_name(int failure);   /* "lost", "read_only", ...; NULL for none */
+/* 1 when the statement certainly had no effect: it never reached the
+ * server, or the server refused it as read-only before running it. */
+int nc_error_not_applied(const nc_error *err);
 
 #endif

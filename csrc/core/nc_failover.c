@@ -74,6 +74,10 @@ struct nc_fo {
     int *since_ok;      /* ring entries (newest) since the last good probe */
     int *healthy;       /* healthy_since is running (robust against a time of 0) */
     nc_fo_health *h;
+    double grace_until; /* nc_fo_set_grace */
+    int sb_active;      /* the previous automatic decision was a split-brain hold ... */
+    int sb_from, sb_to; /* ... of this pair */
+    int outage;         /* a NO_TARGET was noted and service has not resumed since */
 };
 
 /* ---- text ----------------------------------------------------------------- */
@@ -299,6 +303,7 @@ static void record_failure_ex(nc_fo *fo, int i, double now, const char *error, i
         h->available = 0;
     }
     h->last_failure = now;
+    h->last_bad = now;
     copy_text(h->last_error, sizeof h->last_error, error);
     h->consecutive_failures = recent_failures(fo, i, now);
     h->consecutive_slow = 0;
@@ -334,6 +339,11 @@ void nc_fo_probe(nc_fo *fo, int i, double now, int ok, double latency, int role,
     h->consecutive_failures = 0;
     fo->since_ok[i] = 0;        /* the ring keeps the history */
     h->consecutive_slow = latency > fo->cfg.response_time_threshold ? h->consecutive_slow + 1 : 0;
+    /* Slow (when that is a policy) or read-only (when that matters) is bad
+     * news too: a failover it leads to was detected now. */
+    if (((fo->cfg.policy & NC_FO_RESPONSE_TIME) && latency > fo->cfg.response_time_threshold) ||
+        !role_ok(fo, i))
+        h->last_bad = now;
     if (role_ok(fo, i)) {
         if (!fo->healthy[i]) {
             fo->healthy[i] = 1;
@@ -353,9 +363,9 @@ void nc_fo_passive(nc_fo *fo, int i, double now, int kind, const char *error)
      * terminated session or one client's READ ONLY transaction does not
      * make a server unusable: the monitor probes the endpoint at once and
      * the probe decides availability and role (HEALTH_CHECK). */
-    (void)fo->h;
     if (kind == NC_FO_PASSIVE_LOST)
         record_failure_ex(fo, i, now, error, 0);
+    fo->h[i].last_bad = now;
 }
 
 /* ---- evaluation ---------------------------------------------------------------- */
@@ -435,6 +445,17 @@ static int writable_count(const nc_fo *fo, char *list, size_t cap)
         c++;
     }
     return c;
+}
+
+/* During the start-up grace: an endpoint not probed yet, else -1. */
+static int unprobed_in_grace(const nc_fo *fo, double now)
+{
+    if (!(now < fo->grace_until))
+        return -1;
+    for (int i = 0; i < fo->n; i++)
+        if (!fo->h[i].probed)
+            return i;
+    return -1;
 }
 
 static int hold_down_active(const nc_fo *fo, double now)
@@ -569,6 +590,13 @@ nc_fo_decision nc_fo_decide(const nc_fo *fo, double now)
         if (cand < 0) {
             if (!unusable) {
                 set_reason(&d, "%s; no endpoint can take over, staying on endpoint %d", why, cur);
+                return d;
+            }
+            int waiting = unprobed_in_grace(fo, now);
+            if (waiting >= 0) {
+                /* Its probe thread reports within the grace and wakes the
+                 * decision thread: no verdict before it has. */
+                set_reason(&d, "%s; waiting for the first probe of endpoint %d", why, waiting);
                 return d;
             }
             d.action = NC_FO_NO_TARGET;
@@ -721,6 +749,42 @@ nc_fo_decision nc_fo_manual_recovery(nc_fo *fo, double now)
     return d;
 }
 
+/* ---- noting automatic decisions ------------------------------------------------------ */
+
+void nc_fo_set_grace(nc_fo *fo, double until)
+{
+    if (fo)
+        fo->grace_until = until;
+}
+
+int nc_fo_note(nc_fo *fo, const nc_fo_decision *d, double now)
+{
+    if (!fo || !d)
+        return 0;
+    int news = 0;
+    int same_sb = fo->sb_active && fo->sb_from == d->from && fo->sb_to == d->to;
+    fo->sb_active = d->action == NC_FO_SPLIT_BRAIN;
+    fo->sb_from = d->from;
+    fo->sb_to = d->to;
+    if (d->action == NC_FO_SPLIT_BRAIN) {
+        news = !same_sb;
+    } else if (d->action == NC_FO_NO_TARGET) {
+        nc_fo_done(fo, d, now, 0, 0);
+        news = !fo->outage;
+        fo->outage = 1;
+    }
+    if (nc_fo_current_usable(fo))
+        fo->outage = 0;
+    return news;
+}
+
+double nc_fo_detected_at(const nc_fo *fo, const nc_fo_decision *d)
+{
+    if (!fo || !d || d->manual || !d->fired || d->from < 0 || d->from >= fo->n)
+        return 0;
+    return fo->h[d->from].last_bad;
+}
+
 /* ---- carrying out ------------------------------------------------------------------ */
 
 void nc_fo_begin(nc_fo *fo, const nc_fo_decision *d, double now)
@@ -739,7 +803,16 @@ static int settled_state(const nc_fo *fo)
     return fo->current == fo->preferred ? NC_FO_PRIMARY : NC_FO_SECONDARY;
 }
 
+static void done_impl(nc_fo *fo, const nc_fo_decision *d, double now, double duration, int success);
+
 void nc_fo_done(nc_fo *fo, const nc_fo_decision *d, double now, double duration, int success)
+{
+    done_impl(fo, d, now, duration, success);
+    if (fo && nc_fo_current_usable(fo) && !in_switch(fo))
+        fo->outage = 0;   /* service is back: the next NO_TARGET is a new outage */
+}
+
+static void done_impl(nc_fo *fo, const nc_fo_decision *d, double now, double duration, int success)
 {
     if (!fo || !d)
         return;
@@ -855,27 +928,54 @@ void nc_fo_get_stats(const nc_fo *fo, nc_fo_stats *out)
     *out = fo->stats;
 }
 
+/* ---- names ------------------------------------------------------------------------- */
+
+static const char *const state_names[NC_FO_STATE_COUNT] = {
+    "primary", "failing_over", "secondary", "failing_back", "recovering", "unavailable"};
+static const char *const mode_names[NC_FO_MODE_COUNT] = {"manual", "automatic", "semi_automatic"};
+static const char *const role_names[NC_ROLE_COUNT] = {"unknown", "primary", "standby"};
+static const struct { int bits; const char *name; } policy_names[] = {
+    {NC_FO_FAILURE_COUNT, "failure_count"},
+    {NC_FO_RESPONSE_TIME, "response_time"},
+    {NC_FO_HEALTH_CHECK, "health_check"},
+    {NC_FO_COMBINED, "combined"},
+};
+
 const char *nc_fo_state_name(int state)
 {
-    static const char *const names[] = {"primary", "failing_over", "secondary",
-                                        "failing_back", "recovering", "unavailable"};
-    if (state < 0 || state >= (int)(sizeof names / sizeof names[0]))
-        return "unknown";
-    return names[state];
+    return state >= 0 && state < NC_FO_STATE_COUNT ? state_names[state] : "unknown";
 }
 
-const char *nc_fo_policy_name(int bit)
+const char *nc_fo_mode_name(int mode)
 {
-    switch (bit) {
-    case NC_FO_FAILURE_COUNT:
-        return "failure_count";
-    case NC_FO_RESPONSE_TIME:
-        return "response_time";
-    case NC_FO_HEALTH_CHECK:
-        return "health_check";
-    case NC_FO_COMBINED:
-        return "combined";
-    default:
-        return "unknown";
-    }
+    return mode >= 0 && mode < NC_FO_MODE_COUNT ? mode_names[mode] : "unknown";
+}
+
+const char *nc_role_name(int role)
+{
+    return role >= 0 && role < NC_ROLE_COUNT ? role_names[role] : "unknown";
+}
+
+const char *nc_fo_policy_name(int bits)
+{
+    for (size_t i = 0; i < sizeof policy_names / sizeof policy_names[0]; i++)
+        if (policy_names[i].bits == bits)
+            return policy_names[i].name;
+    return "unknown";
+}
+
+int nc_fo_mode_from_name(const char *name)
+{
+    for (int i = 0; name && i < NC_FO_MODE_COUNT; i++)
+        if (!strcmp(mode_names[i], name))
+            return i;
+    return -1;
+}
+
+int nc_fo_policy_from_name(const char *name)
+{
+    for (size_t i = 0; name && i < sizeof policy_names / sizeof policy_names[0]; i++)
+        if (!strcmp(policy_names[i].name, name))
+            return policy_names[i].bits;
+    return -1;
 }

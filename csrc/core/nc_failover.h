@@ -13,7 +13,7 @@
 #ifndef NC_FAILOVER_H
 #define NC_FAILOVER_H
 
-enum nc_fo_mode { NC_FO_MANUAL = 0, NC_FO_AUTOMATIC = 1, NC_FO_SEMI_AUTOMATIC = 2 };
+enum nc_fo_mode { NC_FO_MANUAL = 0, NC_FO_AUTOMATIC = 1, NC_FO_SEMI_AUTOMATIC = 2, NC_FO_MODE_COUNT };
 
 /* Policies are bits; COMBINED is all of them. */
 enum nc_fo_policy {
@@ -29,10 +29,11 @@ enum nc_fo_state {
     NC_FO_SECONDARY,            /* on another endpoint */
     NC_FO_FAILING_BACK,
     NC_FO_RECOVERING,           /* (reserved: a failback being verified) */
-    NC_FO_UNAVAILABLE           /* the current endpoint is unusable and no target exists */
+    NC_FO_UNAVAILABLE,          /* the current endpoint is unusable and no target exists */
+    NC_FO_STATE_COUNT
 };
 
-enum nc_role { NC_ROLE_UNKNOWN = 0, NC_ROLE_WRITABLE = 1, NC_ROLE_READ_ONLY = 2 };
+enum nc_role { NC_ROLE_UNKNOWN = 0, NC_ROLE_WRITABLE = 1, NC_ROLE_READ_ONLY = 2, NC_ROLE_COUNT };
 
 enum nc_fo_passive_kind {
     NC_FO_PASSIVE_LOST = 1,      /* connection lost, SQLSTATE 08xxx, 57P01-57P03 */
@@ -66,6 +67,9 @@ typedef struct nc_fo_health {
     int consecutive_failures;   /* failures since the last good probe, within failure_timeout */
     int consecutive_slow;       /* good probes over the threshold in a row */
     double last_failure;        /* time of the last failure, 0 never */
+    double last_bad;            /* time of the last bad news of any kind (a failure, a slow or
+                                   read-only probe, a passive report), 0 never: when a
+                                   failover's cause was first seen */
     char last_error[256];
     double healthy_since;       /* since when good (and writable if required) without a break; 0 not */
     double fail_times[NC_FO_MAX_FAILS]; /* ring of failure times, for the window */
@@ -112,9 +116,27 @@ void nc_fo_probe(nc_fo *fo, int i, double now, int ok, double latency, int role,
 void nc_fo_passive(nc_fo *fo, int i, double now, int kind, const char *error);
 
 /* What should happen now, given everything reported.  Pure: changes
- * nothing (call nc_fo_begin/nc_fo_done to act).  Respects mode, policy,
- * hold-down, split brain, recovery_check_interval and suspension. */
+ * nothing (call nc_fo_note, then nc_fo_begin/nc_fo_done to act).  Respects
+ * mode, policy, hold-down, split brain, recovery_check_interval, suspension
+ * and the start-up grace. */
 nc_fo_decision nc_fo_decide(const nc_fo *fo, double now);
+
+/* Monitoring started: until `until`, "no endpoint can take over" is not
+ * concluded while some endpoint has not answered its first probe (its probe
+ * is on its way).  0 ends the grace (monitoring stopped). */
+void nc_fo_set_grace(nc_fo *fo, double until);
+
+/* Take note of an automatic decision before acting on it.  Remembers a
+ * split-brain hold (so that a run of identical holds is one event), carries
+ * out NO_TARGET (state UNAVAILABLE, counted once per outage) and returns 1
+ * when the decision is news worth an event of its own (the first of a run of
+ * split-brain holds, the start of an outage), else 0.  A switch (DO_*)
+ * returns 0: carrying it out records its own event. */
+int nc_fo_note(nc_fo *fo, const nc_fo_decision *d, double now);
+
+/* When the failure that made d necessary was first seen (last_bad of the
+ * endpoint it leaves), 0 when no failure did (manual, failback, resume). */
+double nc_fo_detected_at(const nc_fo *fo, const nc_fo_decision *d);
 
 /* trigger_failover(): to target, or (target < 0) the best candidate other
  * than the current one.  Ignores mode and hold-down but never picks an
@@ -147,7 +169,13 @@ int nc_fo_state(const nc_fo *fo);
 int nc_fo_count(const nc_fo *fo);
 const nc_fo_health *nc_fo_health_of(const nc_fo *fo, int i);
 void nc_fo_get_stats(const nc_fo *fo, nc_fo_stats *out);
+/* Names, as the Python enums spell them (the binding exports these tables). */
 const char *nc_fo_state_name(int state);   /* "primary", "failing_over", ... "unavailable" */
-const char *nc_fo_policy_name(int bit);    /* "failure_count", "response_time", "health_check" */
+const char *nc_fo_mode_name(int mode);     /* "manual", "automatic", "semi_automatic" */
+const char *nc_fo_policy_name(int bits);   /* "failure_count", "response_time", "health_check", "combined" */
+const char *nc_role_name(int role);        /* "unknown", "primary" (writable), "standby" (read-only) */
+/* The value of a name (mode, or policy bits), -1 when there is none. */
+int nc_fo_mode_from_name(const char *name);
+int nc_fo_policy_from_name(const char *name);
 
 #endif

@@ -58,6 +58,8 @@ struct nc_monitor {
     void *probe_arg;
     nc_switch_fn on_switch;
     void *switch_arg;
+    void (*release)(void *arg);  /* nc_monitor_on_free */
+    void *release_arg;
 
     int refs;
     int freed;                  /* nc_monitor_free was called */
@@ -71,12 +73,8 @@ struct nc_monitor {
     int busy;                   /* a switch is being carried out */
     int recheck;                /* a report came while busy and no thread runs */
     uint64_t generation;
-    double started_at;          /* monotonic time of the last start */
 
-    double *last_bad;           /* per endpoint: monotonic time of the latest failure report */
     unsigned char probe_now[NC_MONITOR_MAX];  /* a passive report asks for a probe now */
-    int sb_active, sb_from, sb_to;  /* the previous decision was SPLIT_BRAIN for this pair */
-    int outage;                 /* a NO_TARGET event was recorded and service has not resumed */
 
     uint64_t last_id;           /* id of the newest event, 0 none */
     nc_event ring[NC_EVENT_RING];
@@ -117,8 +115,9 @@ static void text_set(char *dst, size_t cap, const char *fmt, ...)
 
 static void monitor_destroy(nc_monitor *m)
 {
+    if (m->release)
+        m->release(m->release_arg);
     nc_fo_free(m->fo);
-    free(m->last_bad);
     free(m->threads);
     pthread_cond_destroy(&m->probe_cv);
     pthread_cond_destroy(&m->decide_cv);
@@ -163,14 +162,6 @@ static void record_locked(nc_monitor *m, int kind, const nc_fo_decision *d, int 
     pthread_cond_broadcast(&m->event_cv);
 }
 
-/* The time of the failure that made d necessary (0 when none did). */
-static double detected_for(const nc_monitor *m, const nc_fo_decision *d)
-{
-    if (d->manual || !d->fired || d->from < 0 || d->from >= m->n)
-        return 0;
-    return m->last_bad[d->from];
-}
-
 /* Wait until no switch is being carried out, before deadline.  0 ok, -1 not. */
 static int wait_idle_locked(nc_monitor *m, double deadline)
 {
@@ -193,7 +184,7 @@ static int wait_idle_locked(nc_monitor *m, double deadline)
 static int execute_locked(nc_monitor *m, const nc_fo_decision *d, uint64_t run, char *why, size_t whylen)
 {
     double t0 = nc_now(), wall = nc_wall();
-    double detected = detected_for(m, d);
+    double detected = nc_fo_detected_at(m->fo, d);
     int from = d->from, to = d->to;
     int kind = from == to ? NC_EV_RESUMED : d->action == NC_FO_DO_FAILBACK ? NC_EV_FAILBACK : NC_EV_FAILOVER;
     m->busy = 1;
@@ -214,8 +205,6 @@ static int execute_locked(nc_monitor *m, const nc_fo_decision *d, uint64_t run, 
     if (rc != 0 && !eb[0])
         snprintf(eb, sizeof eb, "probe failed");
     nc_fo_probe(m->fo, to, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
-    if (rc != 0)
-        m->last_bad[to] = now;
     int read_only = rc == 0 && m->cfg.fo.require_writable && role == NC_ROLE_READ_ONLY;
     int ok = rc == 0 && !read_only;
     char reason[256];
@@ -231,8 +220,6 @@ static int execute_locked(nc_monitor *m, const nc_fo_decision *d, uint64_t run, 
     nc_fo_done(m->fo, d, now, duration, ok);
     if (ok)
         m->generation++;
-    if (nc_fo_current_usable(m->fo))
-        m->outage = 0;
     record_locked(m, kind, d, ok, wall, duration, detected, reason);
     if (ok)
         m->ring[(m->last_id - 1) % NC_EVENT_RING].switched_at = now;
@@ -282,8 +269,6 @@ static int probe_unknown_locked(nc_monitor *m, int also_failed)
         if (rc != 0 && !eb[0])
             snprintf(eb, sizeof eb, "probe failed");
         nc_fo_probe(m->fo, i, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
-        if (rc != 0)
-            m->last_bad[i] = now;
         count++;
     }
     m->busy = 0;
@@ -302,39 +287,14 @@ static void decide_and_act_locked(nc_monitor *m, uint64_t run, int in_caller)
         now = nc_now();
         d = nc_fo_decide(m->fo, now);
     }
-    if (!in_caller && d.action == NC_FO_NO_TARGET && now < m->started_at + m->cfg.health_check_timeout + 0.1) {
-        /* Just started and some endpoint has not answered its first probe
-         * yet: no verdict "nothing can take over" before it has (its probe
-         * thread reports within health_check_timeout and wakes us). */
-        for (int i = 0; i < m->n; i++)
-            if (!nc_fo_health_of(m->fo, i)->probed)
-                return;
+    /* The state machine remembers split-brain holds and outages, so each
+     * gets one event however often it is decided again. */
+    if (nc_fo_note(m->fo, &d, now)) {
+        int kind = d.action == NC_FO_SPLIT_BRAIN ? NC_EV_SPLIT_BRAIN : NC_EV_NO_TARGET;
+        record_locked(m, kind, &d, 0, nc_wall(), 0, nc_fo_detected_at(m->fo, &d), d.reason);
     }
-    int same_sb = m->sb_active && m->sb_from == d.from && m->sb_to == d.to;
-    m->sb_active = d.action == NC_FO_SPLIT_BRAIN;
-    m->sb_from = d.from;
-    m->sb_to = d.to;
-    switch (d.action) {
-    case NC_FO_SPLIT_BRAIN:
-        if (!same_sb)
-            record_locked(m, NC_EV_SPLIT_BRAIN, &d, 0, nc_wall(), 0, detected_for(m, &d), d.reason);
-        break;
-    case NC_FO_NO_TARGET:
-        nc_fo_done(m->fo, &d, now, 0, 0);
-        if (!m->outage) {
-            m->outage = 1;
-            record_locked(m, NC_EV_NO_TARGET, &d, 0, nc_wall(), 0, detected_for(m, &d), d.reason);
-        }
-        break;
-    case NC_FO_DO_FAILOVER:
-    case NC_FO_DO_FAILBACK:
+    if (d.action == NC_FO_DO_FAILOVER || d.action == NC_FO_DO_FAILBACK)
         execute_locked(m, &d, run, NULL, 0);
-        break;
-    default:
-        break;
-    }
-    if (nc_fo_current_usable(m->fo))
-        m->outage = 0;
 }
 
 /* In a caller's thread while no monitor thread runs: decide again for
@@ -373,10 +333,6 @@ static void *probe_main(void *varg)
         if (rc != 0 && !eb[0])
             snprintf(eb, sizeof eb, "probe failed");
         nc_fo_probe(m->fo, i, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
-        const nc_fo_config *fc = &m->cfg.fo;
-        if (rc != 0 || ((fc->policy & NC_FO_RESPONSE_TIME) && latency > fc->response_time_threshold) ||
-            (fc->require_writable && role == NC_ROLE_READ_ONLY))
-            m->last_bad[i] = now;
         kick_locked(m);
         double wake = start + m->cfg.health_check_interval;
         struct timespec ts = nc_abstime(wake);
@@ -417,6 +373,31 @@ static void *decide_main(void *varg)
 
 /* ---- the API ------------------------------------------------------------------------ */
 
+void nc_monitor_config_defaults(nc_monitor_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    nc_fo_config_defaults(&cfg->fo);
+    cfg->health_check_interval = 10.0;
+    cfg->health_check_timeout = 5.0;
+    cfg->failover_timeout = 60.0;
+}
+
+const char *nc_event_kind_name(int kind)
+{
+    static const char *const names[NC_EV_COUNT] = {
+        [NC_EV_FAILOVER] = "failover", [NC_EV_FAILBACK] = "failback", [NC_EV_SPLIT_BRAIN] = "split_brain",
+        [NC_EV_NO_TARGET] = "no_target", [NC_EV_RESUMED] = "resumed"};
+    return kind > 0 && kind < NC_EV_COUNT ? names[kind] : "unknown";
+}
+
+void nc_monitor_on_free(nc_monitor *m, void (*release)(void *arg), void *arg)
+{
+    pthread_mutex_lock(&m->mu);
+    m->release = release;
+    m->release_arg = arg;
+    pthread_mutex_unlock(&m->mu);
+}
+
 nc_monitor *nc_monitor_new(const nc_monitor_config *cfg, int n, const int *priority, int primary,
                            nc_probe_fn probe, void *probe_arg, nc_switch_fn on_switch, void *switch_arg,
                            nc_error *err)
@@ -440,10 +421,7 @@ nc_monitor *nc_monitor_new(const nc_monitor_config *cfg, int n, const int *prior
         return NULL;
     }
     nc_monitor *m = calloc(1, sizeof *m);
-    double *last_bad = calloc((size_t)n, sizeof *last_bad);
-    if (!m || !last_bad) {
-        free(m);
-        free(last_bad);
+    if (!m) {
         nc_fo_free(fo);
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
         return NULL;
@@ -473,7 +451,6 @@ nc_monitor *nc_monitor_new(const nc_monitor_config *cfg, int n, const int *prior
         if (inited >= 1)
             pthread_mutex_destroy(&m->mu);
         free(m);
-        free(last_bad);
         nc_fo_free(fo);
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "monitor: cannot create its locks");
         return NULL;
@@ -485,7 +462,6 @@ nc_monitor *nc_monitor_new(const nc_monitor_config *cfg, int n, const int *prior
     m->probe_arg = probe_arg;
     m->on_switch = on_switch;
     m->switch_arg = switch_arg;
-    m->last_bad = last_bad;
     m->refs = 1;
     return m;
 }
@@ -534,7 +510,8 @@ int nc_monitor_start(nc_monitor *m, nc_error *err)
     m->nthreads = 0;
     uint64_t run = ++m->run;
     m->running = 1;
-    m->started_at = nc_now();
+    /* Endpoints get health_check_timeout to answer their first probe. */
+    nc_fo_set_grace(m->fo, nc_now() + m->cfg.health_check_timeout + 0.1);
     m->kick = 1;   /* the decision thread looks once at what was reported before */
     int ok = 1;
     for (int i = 0; ok && i < m->n; i++)
@@ -562,6 +539,7 @@ void nc_monitor_stop(nc_monitor *m)
     m->running = 0;
     m->run++;
     m->stops++;
+    nc_fo_set_grace(m->fo, 0);
     pthread_t *threads = m->threads;
     int nthreads = m->nthreads;
     m->threads = NULL;
@@ -640,7 +618,6 @@ void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error)
     pthread_mutex_lock(&m->mu);
     double now = nc_now();
     nc_fo_passive(m->fo, i, now, kind, error);
-    m->last_bad[i] = now;
     /* The report is a reason to look now, not a verdict: one terminated
      * session or one READ ONLY transaction must not take a healthy server
      * out of service.  The probe it causes decides. */
@@ -665,8 +642,6 @@ void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error)
         if (rc != 0 && !eb[0])
             snprintf(eb, sizeof eb, "probe failed");
         nc_fo_probe(m->fo, i, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
-        if (rc != 0 || (m->cfg.fo.require_writable && role == NC_ROLE_READ_ONLY))
-            m->last_bad[i] = now;
         m->busy = 0;
         pthread_cond_broadcast(&m->idle_cv);
         m->recheck = 1;

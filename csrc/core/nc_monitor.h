@@ -42,13 +42,21 @@ typedef struct nc_monitor_config {
     double failover_timeout;        /* deadline of verifying a target during a switch */
 } nc_monitor_config;
 
+/* Defaults: nc_fo_config_defaults, probes every 10 s within 5 s, a switch
+ * verified within 60 s. */
+void nc_monitor_config_defaults(nc_monitor_config *cfg);
+
 enum nc_event_kind {
     NC_EV_FAILOVER = 1,     /* a switch away from a failing endpoint (or a manual one) */
     NC_EV_FAILBACK = 2,     /* a switch back to the preferred endpoint */
     NC_EV_SPLIT_BRAIN = 3,  /* a switch was held because two endpoints accept writes */
     NC_EV_NO_TARGET = 4,    /* the current endpoint failed and nothing could take over */
-    NC_EV_RESUMED = 5       /* service came back after NO_TARGET without a switch */
+    NC_EV_RESUMED = 5,      /* service came back after NO_TARGET without a switch */
+    NC_EV_COUNT
 };
+
+/* "failover", "failback", "split_brain", "no_target", "resumed"; "unknown". */
+const char *nc_event_kind_name(int kind);
 
 typedef struct nc_event {
     uint64_t id;            /* 1, 2, ... */
@@ -71,6 +79,12 @@ typedef struct nc_monitor nc_monitor;
 nc_monitor *nc_monitor_new(const nc_monitor_config *cfg, int n, const int *priority, int primary,
                            nc_probe_fn probe, void *probe_arg, nc_switch_fn on_switch, void *switch_arg,
                            nc_error *err);
+/* Call release(arg) once the monitor's memory is freed, that is when
+ * nc_monitor_free was called and no thread of it (nor a caller inside it)
+ * is left: then nothing calls the probe or switch callbacks any more, and
+ * what they use may go. */
+void nc_monitor_on_free(nc_monitor *m, void (*release)(void *arg), void *arg);
+
 /* Start the probe and decision threads (idempotent).  Before this, passive
  * reports still drive decisions: they are evaluated in the reporting thread's
  * call to nc_monitor_passive (which then may switch, bounded by

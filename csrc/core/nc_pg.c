@@ -358,8 +358,8 @@ static void set_result_error(nc_error *err, PGresult *res)
         snprintf(buf, sizeof buf, "%s%s%s", primary, detail ? " DETAIL: " : "", detail ? detail : "");
     else
         copy_trimmed(buf, sizeof buf, PQresultErrorMessage(res));
-    int kind = nc_kind_for_sqlstate(state);
-    nc_error_set(err, NC_E_QUERY, kind, "%s", buf);
+    /* The class comes from the SQLSTATE (nc_error_class). */
+    nc_error_set(err, NC_E_QUERY, NC_K_NONE, "%s", buf);
     if (state)
         snprintf(err->sqlstate, sizeof err->sqlstate, "%s", state);
 }

@@ -735,11 +735,38 @@ void nc_pool_get_stats(nc_pool *p, nc_pool_stats *s)
     s->query_errors = __atomic_load_n(&p->query_errors, __ATOMIC_RELAXED);
 }
 
-void nc_pool_count_query(nc_pool *p, int failed)
+void nc_pool_statement_done(nc_pool *p, const nc_error *err)
 {
     __atomic_fetch_add(&p->queries, 1, __ATOMIC_RELAXED);
-    if (failed)
-        __atomic_fetch_add(&p->query_errors, 1, __ATOMIC_RELAXED);
+    if (!err)
+        return;
+    __atomic_fetch_add(&p->query_errors, 1, __ATOMIC_RELAXED);
+    nc_pool_report(p, err);
+}
+
+void nc_pool_report(nc_pool *p, const nc_error *err)
+{
+    int failure = nc_error_failure(err->code, err->sqlstate);
+    if (failure != NC_FAIL_LOST && failure != NC_FAIL_READ_ONLY)
+        return;
+    lock(p);
+    const nc_pool_observer *obs = p->observer;
+    void *arg = p->observer_arg;
+    if (obs)
+        obs->ref(arg);
+    unlock(p);
+    if (obs) {
+        obs->on_failure(arg, failure, err);
+        obs->unref(arg);
+    }
+}
+
+void nc_pool_set_observer(nc_pool *p, const nc_pool_observer *obs, void *arg)
+{
+    lock(p);
+    p->observer = obs;
+    p->observer_arg = obs ? arg : NULL;
+    unlock(p);
 }
 
 const nc_pool_config *nc_pool_config_of(nc_pool *p) { return &p->cfg; }
@@ -761,6 +788,13 @@ static void pool_destroy(nc_pool *p)
     pthread_mutex_destroy(&p->mu);
     free(p->slots);
     free(p);
+}
+
+void nc_pool_ref(nc_pool *p)
+{
+    lock(p);
+    p->refs++;
+    unlock(p);
 }
 
 void nc_pool_unref(nc_pool *p)

@@ -103,14 +103,40 @@ void nc_pool_drain(nc_pool *p, int discard_lent);
 
 int nc_pool_is_closed(nc_pool *p);
 void nc_pool_get_stats(nc_pool *p, nc_pool_stats *out);
-/* Counted by whoever runs statements on a borrowed connection. */
-void nc_pool_count_query(nc_pool *p, int failed);
+/* Whoever runs a statement on a borrowed connection reports its end here,
+ * once: err NULL when it succeeded.  It is counted, and a failure that says
+ * something about the endpoint (nc_error_failure: a lost connection, a
+ * read-only server) goes to the pool's observer, if any, in the calling
+ * thread: it may wait (a failover decision), so call it without locks and,
+ * from the binding, with the GIL released when err is not NULL. */
+void nc_pool_statement_done(nc_pool *p, const nc_error *err);
+/* The same report without counting a statement (BEGIN, COMMIT, ROLLBACK). */
+void nc_pool_report(nc_pool *p, const nc_error *err);
+
+/* Who hears of a pool's endpoint failures (the failover route).  ref/unref
+ * keep arg alive while a report is delivered, so that clearing the observer
+ * never waits for one in flight. */
+typedef struct nc_pool_observer {
+    void (*on_failure)(void *arg, int failure, const nc_error *err);   /* failure: enum nc_failure */
+    void (*ref)(void *arg);
+    void (*unref)(void *arg);
+} nc_pool_observer;
+
+/* Install (obs != NULL) or remove (obs NULL) the observer. */
+void nc_pool_set_observer(nc_pool *p, const nc_pool_observer *obs, void *arg);
 const nc_pool_config *nc_pool_config_of(nc_pool *p);
 void *nc_pool_ctx(nc_pool *p);
 const nc_backend_ops *nc_pool_ops(nc_pool *p);
 
-/* Free everything.  Call after nc_pool_shutdown; any still-lent connection is
- * closed here, so no borrower may use one afterwards. */
+/* Give up the owner's use: the pool is closed (as by nc_pool_shutdown with
+ * no wait) and freed when its last reference goes (see nc_pool_ref).  Any
+ * connection still lent is closed then, so no borrower may use one after
+ * the owner let go. */
 void nc_pool_free(nc_pool *p);
+
+/* More users of the pool's memory: a prober, the failover route, the
+ * janitor thread.  The last nc_pool_unref frees it (after nc_pool_free). */
+void nc_pool_ref(nc_pool *p);
+void nc_pool_unref(nc_pool *p);
 
 #endif

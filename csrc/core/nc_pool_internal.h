@@ -41,10 +41,15 @@ struct nc_pool {
     int janitor_started;
     int janitor_stop;
     int janitor_kick;           /* a slot emptied below min: refill now */
-    /* Who still uses this struct: the owner, and the janitor thread while it
-     * runs.  The last one out frees it, so a janitor stuck in a slow connect
-     * never holds up shutdown or interpreter exit. */
+    /* Who still uses this struct: the owner, the janitor thread while it
+     * runs, probers and the failover route.  The last one out frees it, so a
+     * janitor stuck in a slow connect never holds up shutdown or interpreter
+     * exit. */
     int refs;
+
+    /* who hears of endpoint failures (nc_pool_set_observer), under mu */
+    const nc_pool_observer *observer;
+    void *observer_arg;
 
     /* stats, under mu */
     uint64_t acquires, acquire_timeouts, opened, closed_count, replaced;
@@ -75,7 +80,5 @@ int nc_janitor_start(nc_pool *p, nc_error *err);
  * it is detached and frees the pool itself if it is the last user.  Call
  * without mu held. */
 void nc_janitor_stop(nc_pool *p, double max_wait);
-/* Drop one reference (under no lock); frees everything on the last. */
-void nc_pool_unref(nc_pool *p);
 
 #endif

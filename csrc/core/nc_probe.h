@@ -1,9 +1,14 @@
-/* nc_probe.h - health probes of one PostgreSQL endpoint for the monitor.
+/* nc_probe.h - health probes of one endpoint: the one prober the monitor,
+ * the failover route and the command line's status all use.
  *
- * A prober keeps its own probe connection open (not from any pool) and asks
- * the server, within a deadline, whether it is reachable, how long a round
- * trip takes and whether it accepts writes.  A probe that fails or runs out
- * of time drops the connection (no cancel, no grace); the next one connects
+ * A prober belongs to a pool (it holds a reference to it) and keeps its own
+ * probe connection, opened through the pool's backend ops but never lent by
+ * the pool.  Each probe answers, within a deadline, whether the endpoint is
+ * reachable and how long a round trip takes; on PostgreSQL also whether it
+ * accepts writes (pg_is_in_recovery(), default_transaction_read_only) and,
+ * with detail, its version and replication state.  Other backends are pinged
+ * through their ops (role unknown).  A probe that fails or runs out of time
+ * drops the probe connection (no cancel, no grace); the next one connects
  * again.
  */
 #ifndef NC_PROBE_H
@@ -11,28 +16,57 @@
 
 #include <stddef.h>
 #include "nc_error.h"
+#include "nc_failover.h"   /* enum nc_role */
+#include "nc_pool.h"
 
-typedef struct nc_pg_prober nc_pg_prober;
+#define NC_PROBE_MAX_STANDBYS 16
 
-/* Check conninfo (nc_pg_ctx_new) and keep it.  No connection is opened yet.
- * NULL with err (NC_E_CONFIG for a bad string) on failure. */
-nc_pg_prober *nc_pg_prober_new(const char *conninfo, nc_error *err);
+typedef struct nc_probe_standby {
+    char name[64];              /* application_name */
+    char client_addr[64];
+    char state[32];             /* "streaming", "catchup" ... */
+    char sync_state[16];
+    double lag_bytes;           /* NAN unknown */
+    double lag_seconds;         /* NAN unknown */
+} nc_probe_standby;
 
-/* One probe before deadline (absolute CLOCK_MONOTONIC seconds): connects if
- * needed, runs "SELECT pg_is_in_recovery(),
- * current_setting('default_transaction_read_only')" and reports *role
- * NC_ROLE_READ_ONLY (in recovery, or read-only by default) or
- * NC_ROLE_WRITABLE, and *latency: the query round trip in seconds, plus the
- * connect time when it had to connect.  Returns 0, or -1 with a short text in
- * errbuf (the probe connection is then closed).  Thread-safe: concurrent
- * probes of one prober run one after the other, a waiting caller never
- * waiting past its own deadline. */
-int nc_pg_prober_probe(nc_pg_prober *p, double deadline, double *latency, int *role, char *errbuf,
-                       size_t errlen);
+typedef struct nc_probe_result {
+    int ok;
+    double latency;             /* the round trip, plus connecting when it had to */
+    double connect_time;        /* seconds spent connecting (0: the connection was reused) */
+    double query_time;          /* seconds of the probe's round trip alone */
+    int role;                   /* enum nc_role */
+    int error_code;             /* a failure's code (NC_E_CONNECTION, NC_E_QUERY_TIMEOUT ...) */
+    char error[256];            /* one line */
+    /* with detail, PostgreSQL only: */
+    int detailed;
+    char server_version[32];
+    int in_recovery;
+    double replay_lag_bytes;    /* standby: received but not replayed; NAN unknown */
+    double replay_delay;        /* standby: seconds since the last replayed transaction; NAN */
+    char receiver_status[32];   /* standby: the WAL receiver's status, "" none */
+    char upstream[128];         /* standby: "host:port" it streams from, "" none */
+    int nstandbys;              /* primary: its standbys (at most NC_PROBE_MAX_STANDBYS) */
+    nc_probe_standby standbys[NC_PROBE_MAX_STANDBYS];
+} nc_probe_result;
 
-/* Close the probe connection and free the prober.  A probe still running in
- * another thread (one the monitor gave up waiting for) keeps it alive until
- * it returns; it frees it then. */
-void nc_pg_prober_free(nc_pg_prober *p);
+typedef struct nc_prober nc_prober;
+
+/* A prober of pool's endpoint (takes a reference to the pool).  detail: a
+ * PostgreSQL probe also reads the version and replication state (costlier:
+ * for status displays, not for the monitor).  No connection is opened yet.
+ * NULL with err on failure. */
+nc_prober *nc_prober_new(nc_pool *pool, int detail, nc_error *err);
+
+/* One probe before deadline (absolute CLOCK_MONOTONIC seconds).  Returns 0
+ * (out->ok = 1) or -1 (out->ok = 0, out->error set; the probe connection is
+ * closed).  Thread-safe: concurrent probes of one prober run one after the
+ * other, a waiting caller never waiting past its own deadline. */
+int nc_prober_probe(nc_prober *p, double deadline, nc_probe_result *out);
+
+/* Close the probe connection and drop the caller's reference.  A probe still
+ * running in another thread keeps the prober (and its pool) alive until it
+ * returns. */
+void nc_prober_free(nc_prober *p);
 
 #endif

@@ -1,54 +1,43 @@
-/* adapt.h - converting values between Python and the two backends.
- *
- * PostgreSQL: parameters go as text (bytes as binary bytea) with an explicit
- * type OID where the Python type implies one; results come back as text and
- * are decoded by the column's type OID.  SQLite: its own storage classes.
+/* adapt.h - what the PostgreSQL and SQLite value converters share:
+ * classifying a Python value, formatting dates and times, building them
+ * (the datetime C API lives in adapt.c only), error helpers, and matching
+ * the params a caller gave to the placeholders the core found.
  */
-#ifndef NC_PY_ADAPT_H
-#define NC_PY_ADAPT_H
+#ifndef NPY_ADAPT_H
+#define NPY_ADAPT_H
 
-#include "module.h"
-#include <libpq-fe.h>
-#include <sqlite3.h>
+#include "errors.h"
+#include "../core/nc_params.h"
 
-/* ---- PostgreSQL parameters ------------------------------------------- */
+/* Initialise the caches (Decimal, UUID, json, the datetime C API). -1 on error. */
+int npy_adapt_init(void);
 
-typedef struct nc_pg_params {
-    int n;
-    Oid *types;
-    const char **values;    /* NULL entry = SQL NULL */
-    int *lengths;
-    int *formats;           /* 0 text, 1 binary */
-    PyObject **keep;        /* objects owning the buffers values[] point into (n entries, may be NULL) */
-    char **owned;           /* malloc'd buffers to free (n entries, may be NULL) */
-} nc_pg_params;
+/* What a Python value is, for choosing a conversion. */
+enum npy_vkind {
+    NPY_V_NONE, NPY_V_BOOL, NPY_V_INT, NPY_V_FLOAT, NPY_V_STR,
+    NPY_V_BYTES,        /* bytes (immutable: may be referenced) */
+    NPY_V_BUFFER,       /* bytearray, memoryview (mutable: copy) */
+    NPY_V_DECIMAL, NPY_V_DATETIME, NPY_V_DATE, NPY_V_TIME, NPY_V_TIMEDELTA,
+    NPY_V_UUID,
+    NPY_V_JSON,         /* dict, list */
+    NPY_V_OTHER
+};
+int npy_adapt_kind(PyObject *v);
+int npy_adapt_format_temporal(PyObject *v, int kind, char *buf, size_t size, int *has_offset);
+PyObject *npy_adapt_raisef(int code, int kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+PyObject *npy_adapt_reraise(int code, int kind, const char *msg);
+PyObject *npy_adapt_type_error(const char *what, PyObject *v);
+PyObject *npy_adapt_json_dumps(PyObject *v, const char *what);
+const char *npy_adapt_utf8(PyObject *s, Py_ssize_t *len, const char *what);
+PyObject *npy_adapt_tz(int offset_seconds);
+PyObject *npy_adapt_new_date(int y, int m, int d);
+PyObject *npy_adapt_new_time(int h, int mi, int s, int us, PyObject *tz);
+PyObject *npy_adapt_new_datetime(int y, int mo, int d, int h, int mi, int s, int us, PyObject *tz);
 
-/* Allocate room for n parameters.  -1 with MemoryError set. */
-int nc_pg_params_init(nc_pg_params *pp, int n);
-
-/* Convert value for slot i (0-based).  what names the parameter in an error
- * message ("parameter 2", "parameter 'name'").  -1 with ProgrammingError
- * (code 2015, unsupported type) or another exception set. */
-int nc_pg_params_set(nc_pg_params *pp, int i, PyObject *value, const char *what);
-
-void nc_pg_params_free(nc_pg_params *pp);
-
-/* ---- PostgreSQL results ---------------------------------------------- */
-
-/* Decodes one non-NULL text value of a column. New reference or NULL with
- * DataError (code 2018) set. */
-typedef PyObject *(*nc_pg_decoder)(const char *value, int len);
-
-/* The decoder for a type OID (unknown types decode to str). Never NULL. */
-nc_pg_decoder nc_pg_decoder_for(Oid type);
-
-/* ---- SQLite ------------------------------------------------------------ */
-
-/* Bind value to parameter i (1-based) of stmt.  -1 with ProgrammingError
- * (2015) for an unsupported type, or another exception. */
-int nc_sqlite_bind(sqlite3_stmt *stmt, int i, PyObject *value, const char *what);
-
-/* Initialise caches (Decimal, UUID, json, datetime C API). -1 on error. */
-int nc_adapt_init(void);
+/* params resolved against q's placeholders: a new list of values in slot
+ * order, or NULL with ProgrammingError (2014) naming the mismatch. */
+PyObject *npy_params_ordered(const nc_sql *q, PyObject *params);
+/* "parameter 2" / "parameter 'name'", for messages about slot i. */
+void npy_param_name(const nc_sql *q, int i, char *buf, size_t cap);
 
 #endif

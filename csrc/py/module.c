@@ -1,79 +1,65 @@
-/* module.c - noodlecore._native: module init, the error bridge, and the
- * interpreter-exit hook that stops every pool's native threads before
- * Python finalizes. */
-#include "module.h"
+/* module.c - noodlecore._native: module init, the module functions, the
+ * core's tables as constants, and the interpreter-exit hook that stops every
+ * pool's native threads before Python finalizes.
+ *
+ * The root of the binding: it includes every type; nothing includes it.
+ */
+#include "state.h"
 #include "adapt.h"
+#include "connection.h"
+#include "errors.h"
+#include "failover.h"
+#include "lease.h"
 #include "pool.h"
+#include "transaction.h"
+#include "../core/nc_params.h"
 
-#include <stdarg.h>
-
-static nc_state state_storage;
-nc_state *nc_st = &state_storage;
-
-/* Set once our atexit hook has run: from then on native threads must not
- * take the GIL (the interpreter may be finalizing). */
-static volatile int python_gone;
-
-int nc_python_gone(void)
-{
-    if (__atomic_load_n(&python_gone, __ATOMIC_ACQUIRE))
-        return 1;
-#if PY_VERSION_HEX >= 0x030D0000
-    return Py_IsFinalizing();
-#else
-    return _Py_IsFinalizing();
-#endif
-}
-
-PyObject *nc_raise(int code, int kind, const char *sqlstate, const char *fmt, ...)
-{
-    char buf[NC_ERRMSG_MAX + 256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    PyObject *exc = NULL;
-    if (nc_st->error_factory) {
-        exc = PyObject_CallFunction(nc_st->error_factory, "iizs", code, kind,
-                                    sqlstate && sqlstate[0] ? sqlstate : NULL, buf);
-    }
-    if (!exc) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_RuntimeError, "[%d] %s", code, buf);
-        return NULL;
-    }
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-    Py_DECREF(exc);
-    return NULL;
-}
-
-PyObject *nc_raise_error(const nc_error *err)
-{
-    nc_raise(err->code ? err->code : NC_E_INTERNAL, err->kind, err->sqlstate, "%s",
-             err->message[0] ? err->message : "unknown error");
-    if (err->sent != NC_SENT_UNKNOWN && PyErr_Occurred()) {
-        /* Tell a retrying caller whether the statement reached the server. */
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        PyErr_NormalizeException(&et, &ev, &tb);
-        if (ev && PyObject_SetAttrString(ev, "statement_sent", err->sent == NC_SENT_YES ? Py_True : Py_False) < 0)
-            PyErr_Clear();
-        PyErr_Restore(et, ev, tb);
-    }
-    return NULL;
-}
+#include <libpq-fe.h>
+#include <sqlite3.h>
 
 /* ---- module functions ---------------------------------------------------- */
 
-static PyObject *set_error_factory(PyObject *mod, PyObject *f)
+static PyObject *set_error_classes(PyObject *mod, PyObject *mapping)
 {
     (void)mod;
-    if (!PyCallable_Check(f)) {
-        PyErr_SetString(PyExc_TypeError, "error factory must be callable");
+    return npy_set_error_classes(mapping);
+}
+
+static PyObject *make_error(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int code, kind;
+    const char *sqlstate, *message;
+    PyObject *sent = Py_None;
+    if (!PyArg_ParseTuple(args, "iizs|O", &code, &kind, &sqlstate, &message, &sent))
         return NULL;
-    }
-    Py_XSETREF(nc_st->error_factory, Py_NewRef(f));
-    Py_RETURN_NONE;
+    int s = sent == Py_None ? NC_SENT_UNKNOWN : PyObject_IsTrue(sent) ? NC_SENT_YES : NC_SENT_NO;
+    return npy_error_new(code, kind, sqlstate, message, s);
+}
+
+static PyObject *error_facts(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int code;
+    const char *sqlstate = NULL;
+    if (!PyArg_ParseTuple(args, "i|z", &code, &sqlstate))
+        return NULL;
+    nc_error e;
+    nc_error_clear(&e);
+    if (sqlstate)
+        snprintf(e.sqlstate, sizeof e.sqlstate, "%s", sqlstate);
+    return Py_BuildValue("(OO)", nc_error_failure(code, sqlstate) != NC_FAIL_NONE ? Py_True : Py_False,
+                         nc_error_not_applied(&e) ? Py_True : Py_False);
+}
+
+static PyObject *error_class(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int code, kind = 0;
+    const char *sqlstate = NULL;
+    if (!PyArg_ParseTuple(args, "i|iz", &code, &kind, &sqlstate))
+        return NULL;
+    return PyUnicode_FromString(nc_class_name(nc_error_class(code, kind, sqlstate)));
 }
 
 static PyObject *atexit_hook(PyObject *mod, PyObject *unused)
@@ -83,8 +69,8 @@ static PyObject *atexit_hook(PyObject *mod, PyObject *unused)
     /* Stop every pool's threads and close idle connections while Python is
      * still whole; borrowed connections are left to the process exit (their
      * threads may still be inside a statement). */
-    nc_pools_shutdown_all();
-    __atomic_store_n(&python_gone, 1, __ATOMIC_RELEASE);
+    npy_pools_shutdown_all();
+    npy_set_python_gone();
     Py_RETURN_NONE;
 }
 
@@ -99,7 +85,7 @@ static PyObject *translate(PyObject *mod, PyObject *args)
     nc_sql out;
     nc_error err;
     if (nc_sql_translate(sql, (size_t)len, dialect, &out, &err) < 0)
-        return nc_raise_error(&err);
+        return npy_raise_error(&err);
     PyObject *names = PyList_New(0);
     for (int i = 0; names && out.names && i < out.nslots; i++) {
         PyObject *s = PyUnicode_FromString(out.names[i]);
@@ -117,41 +103,53 @@ static PyObject *translate(PyObject *mod, PyObject *args)
 }
 
 static PyMethodDef module_methods[] = {
-    {"_set_error_factory", set_error_factory, METH_O, "Install errors._native_error (internal)."},
+    {"_set_error_classes", set_error_classes, METH_O,
+     "Install errors.py's classes, a mapping of class name to class (internal)."},
+    {"make_error", make_error, METH_VARARGS,
+     "make_error(code, kind, sqlstate, message, sent=None) -> the exception the core would raise for it."},
+    {"error_facts", error_facts, METH_VARARGS,
+     "error_facts(code, sqlstate=None) -> (connection_failure, not_applied) by the core's tables."},
+    {"error_class", error_class, METH_VARARGS,
+     "error_class(code, kind=0, sqlstate=None) -> the name of the exception class of such an error."},
     {"_atexit", atexit_hook, METH_NOARGS, "Shut down every pool before the interpreter exits (internal)."},
     {"translate", translate, METH_VARARGS,
-     "translate(sql, dialect=1) -> (sql, style, nslots, names): the placeholder rewrite, for tests."},
+     "translate(sql, dialect=DIALECT_PG) -> (sql, style, nslots, names): the placeholder rewrite."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "noodlecore._native",
-    "The C core of noodlecore: pools, backends and connections.", -1, module_methods,
+    "The C core of noodlecore: pools, backends, connections and failover.", -1, module_methods,
     NULL, NULL, NULL, NULL,
 };
 
+static int add_type(PyObject *m, const char *name, PyTypeObject *t)
+{
+    return PyModule_AddObject(m, name, Py_NewRef((PyObject *)t)) < 0 ? -1 : 0;
+}
+
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (PyType_Ready(&NcPool_Type) < 0 || PyType_Ready(&NcLease_Type) < 0 ||
-        PyType_Ready(&NcConnection_Type) < 0 || PyType_Ready(&NcTransaction_Type) < 0 ||
-        PyType_Ready(&NcFailover_Type) < 0)
+    if (PyType_Ready(&NpyPool_Type) < 0 || PyType_Ready(&NpyLease_Type) < 0 ||
+        PyType_Ready(&NpyConnection_Type) < 0 || PyType_Ready(&NpyTransaction_Type) < 0 ||
+        PyType_Ready(&NpyFailover_Type) < 0)
         return NULL;
-    if (nc_adapt_init() < 0)
+    if (npy_adapt_init() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
-    if (PyModule_AddObject(m, "Pool", Py_NewRef((PyObject *)&NcPool_Type)) < 0 ||
-        PyModule_AddObject(m, "PooledConnection", Py_NewRef((PyObject *)&NcConnection_Type)) < 0 ||
-        PyModule_AddObject(m, "ConnectionLease", Py_NewRef((PyObject *)&NcLease_Type)) < 0 ||
-        PyModule_AddObject(m, "Transaction", Py_NewRef((PyObject *)&NcTransaction_Type)) < 0 ||
-        PyModule_AddObject(m, "FailoverMonitor", Py_NewRef((PyObject *)&NcFailover_Type)) < 0 ||
+    if (add_type(m, "Pool", &NpyPool_Type) < 0 || add_type(m, "PooledConnection", &NpyConnection_Type) < 0 ||
+        add_type(m, "ConnectionLease", &NpyLease_Type) < 0 || add_type(m, "Transaction", &NpyTransaction_Type) < 0 ||
+        add_type(m, "FailoverMonitor", &NpyFailover_Type) < 0 ||
         PyModule_AddIntConstant(m, "DIALECT_PG", NC_DIALECT_PG) < 0 ||
-        PyModule_AddIntConstant(m, "DIALECT_SQLITE", NC_DIALECT_SQLITE) < 0) {
+        PyModule_AddIntConstant(m, "DIALECT_SQLITE", NC_DIALECT_SQLITE) < 0 ||
+        PyModule_AddIntConstant(m, "libpq_version", PQlibVersion()) < 0 ||
+        PyModule_AddStringConstant(m, "sqlite_version", sqlite3_libversion()) < 0 || npy_add_error_tables(m) < 0 ||
+        npy_pool_add_constants(m) < 0 || npy_failover_add_constants(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
-    PyModule_AddIntConstant(m, "libpq_version", PQlibVersion());
     /* Stop the pools' native threads before the interpreter finalizes,
      * however the module was imported. */
     PyObject *hook = PyObject_GetAttrString(m, "_atexit");
@@ -164,6 +162,5 @@ PyMODINIT_FUNC PyInit__native(void)
         Py_DECREF(m);
         return NULL;
     }
-    PyModule_AddStringConstant(m, "sqlite_version", sqlite3_libversion());
     return m;
 }

@@ -1,22 +1,30 @@
-/* pool.c - the Pool type (the native base of DatabaseConnectionPool) and
- * the lease object get_connection() returns.
+/* pool.c - the Pool type (the native base of DatabaseConnectionPool): its
+ * options, borrowing through a lease or acquire(), stats, shutdown, a probe
+ * of its endpoint, and the registry the exit hook shuts down.
  *
  * Borrowing first tries the core's non-blocking fast path with the GIL held
  * (no wait is involved); only when it has to wait, validate with a round
- * trip, or open a connection does it release the GIL.
+ * trip, or open a connection does it release the GIL (connection.c).
  */
 #include "pool.h"
+#include "errors.h"
+#include "lease.h"
+#include "options.h"
+#include "pybackend.h"
 #include "../core/nc_pg.h"
 #include "../core/nc_sqlite.h"
 #include "../core/nc_time.h"
 
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
 #include <structmember.h>
 
 /* ---- registry of live pools, for the exit hook (touched with the GIL) ---- */
 
-static NcPool *registry;
+static NpyPool *registry;
 
-static void registry_add(NcPool *p)
+static void registry_add(NpyPool *p)
 {
     p->reg_next = registry;
     p->reg_prev = NULL;
@@ -26,7 +34,7 @@ static void registry_add(NcPool *p)
     p->registered = 1;
 }
 
-static void registry_remove(NcPool *p)
+static void registry_remove(NpyPool *p)
 {
     if (!p->registered)
         return;
@@ -39,23 +47,24 @@ static void registry_remove(NcPool *p)
     p->registered = 0;
 }
 
-void nc_pools_shutdown_all(void)
+void npy_pools_shutdown_all(void)
 {
     Py_ssize_t n = 0;
-    for (NcPool *p = registry; p; p = p->reg_next)
+    for (NpyPool *p = registry; p; p = p->reg_next)
         n++;
     if (n == 0)
         return;
-    NcPool **all = PyMem_Calloc((size_t)n, sizeof *all);
+    NpyPool **all = PyMem_Calloc((size_t)n, sizeof *all);
     if (!all)
         return;
     Py_ssize_t i = 0;
-    for (NcPool *p = registry; p && i < n; p = p->reg_next)
-        all[i++] = (NcPool *)Py_NewRef((PyObject *)p);
+    for (NpyPool *p = registry; p && i < n; p = p->reg_next)
+        all[i++] = (NpyPool *)Py_NewRef((PyObject *)p);
     for (Py_ssize_t k = 0; k < i; k++) {
-        if (all[k]->pool) {
+        nc_pool *p = all[k]->s.pool;
+        if (p) {
             Py_BEGIN_ALLOW_THREADS
-            nc_pool_shutdown(all[k]->pool, 0.0);
+            nc_pool_shutdown(p, 0.0);
             Py_END_ALLOW_THREADS
         }
     }
@@ -64,73 +73,90 @@ void nc_pools_shutdown_all(void)
     PyMem_Free(all);
 }
 
+/* ---- options ---------------------------------------------------------------- */
+
+/* The pool options of the binding: the core's config and what only the
+ * binding uses.  Defaults: nc_pool_config_defaults and options_defaults. */
+typedef struct pool_options {
+    nc_pool_config core;
+    double query_timeout;   /* < 0 none */
+    double busy_timeout;    /* < 0: the acquire timeout */
+    int row_tuple;
+} pool_options;
+
+static int row_format_from_name(const char *s)
+{
+    return !strcmp(s, "tuple") ? 1 : !strcmp(s, "dict") ? 0 : -1;
+}
+
+static const char *row_format_name(int tuple)
+{
+    return tuple ? "tuple" : "dict";
+}
+
+#define CORE(f) offsetof(pool_options, core.f)
+static const npy_option pool_option_table[] = {
+    {"max_connections", NPY_OPT_INT, CORE(max_connections), NULL, NULL},
+    {"min_connections", NPY_OPT_INT, CORE(min_connections), NULL, NULL},
+    {"timeout", NPY_OPT_DOUBLE, CORE(acquire_timeout), NULL, NULL},
+    {"retry_attempts", NPY_OPT_INT, CORE(retry_attempts), NULL, NULL},
+    {"retry_backoff", NPY_OPT_DOUBLE, CORE(retry_backoff), NULL, NULL},
+    {"validate_connections", NPY_OPT_BOOL, CORE(validate), NULL, NULL},
+    {"validation_interval", NPY_OPT_DOUBLE, CORE(validation_interval), NULL, NULL},
+    {"validation_timeout", NPY_OPT_DOUBLE, CORE(validation_timeout), NULL, NULL},
+    {"connect_timeout", NPY_OPT_DOUBLE, CORE(connect_timeout), NULL, NULL},
+    {"idle_timeout", NPY_OPT_DOUBLE, CORE(idle_timeout), NULL, NULL},
+    {"max_lifetime", NPY_OPT_DOUBLE, CORE(max_lifetime), NULL, NULL},
+    {"lifetime_jitter", NPY_OPT_DOUBLE, CORE(lifetime_jitter), NULL, NULL},
+    {"ping_after_idle", NPY_OPT_DOUBLE, CORE(ping_after_idle), NULL, NULL},
+    {"query_timeout", NPY_OPT_SECONDS, offsetof(pool_options, query_timeout), NULL, NULL},
+    {"busy_timeout", NPY_OPT_SECONDS, offsetof(pool_options, busy_timeout), NULL, NULL},
+    {"row_format", NPY_OPT_NAME, offsetof(pool_options, row_tuple), row_format_from_name, row_format_name},
+    {NULL, 0, 0, NULL, NULL},
+};
+#undef CORE
+
+static void options_defaults(pool_options *o)
+{
+    nc_pool_config_defaults(&o->core);
+    o->query_timeout = -1.0;
+    o->busy_timeout = -1.0;
+    o->row_tuple = 0;
+}
+
+int npy_pool_add_constants(PyObject *module)
+{
+    pool_options o;
+    options_defaults(&o);
+    PyObject *d = npy_options_export(pool_option_table, &o);
+    if (!d || PyModule_AddObject(module, "POOL_DEFAULTS", d) < 0) {
+        Py_XDECREF(d);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- Pool ---------------------------------------------------------------- */
 
-static double opt_double(PyObject *opts, const char *key, double dflt, int *bad)
-{
-    PyObject *v = PyDict_GetItemString(opts, key);   /* borrowed */
-    if (!v || v == Py_None)
-        return dflt;
-    double d = PyFloat_AsDouble(v);
-    if (d == -1.0 && PyErr_Occurred()) {
-        *bad = 1;
-        return dflt;
-    }
-    return d;
-}
-
-static long opt_long(PyObject *opts, const char *key, long dflt, int *bad)
-{
-    PyObject *v = PyDict_GetItemString(opts, key);
-    if (!v || v == Py_None)
-        return dflt;
-    long l = PyLong_AsLong(v);
-    if (l == -1 && PyErr_Occurred()) {
-        *bad = 1;
-        return dflt;
-    }
-    return l;
-}
-
-static int pool_init(NcPool *self, PyObject *args, PyObject *kwds)
+static int pool_init(NpyPool *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"kind", "target", "options", NULL};
     const char *kind;
     PyObject *target, *opts;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "sOO!:Pool", kwlist, &kind, &target, &PyDict_Type, &opts))
         return -1;
-    if (self->pool) {
+    if (self->s.pool) {
         PyErr_SetString(PyExc_RuntimeError, "Pool.__init__ called twice");
         return -1;
     }
-    nc_pool_config cfg;
-    nc_pool_config_defaults(&cfg);
-    int bad = 0;
-    cfg.max_connections = (int)opt_long(opts, "max_connections", cfg.max_connections, &bad);
-    cfg.min_connections = (int)opt_long(opts, "min_connections", cfg.min_connections, &bad);
-    cfg.acquire_timeout = opt_double(opts, "timeout", cfg.acquire_timeout, &bad);
-    cfg.retry_attempts = (int)opt_long(opts, "retry_attempts", cfg.retry_attempts, &bad);
-    cfg.retry_backoff = opt_double(opts, "retry_backoff", cfg.retry_backoff, &bad);
-    PyObject *v = PyDict_GetItemString(opts, "validate_connections");
-    if (v) {
-        int t = PyObject_IsTrue(v);
-        if (t < 0)
-            return -1;
-        cfg.validate = t;
-    }
-    cfg.validation_interval = opt_double(opts, "validation_interval", cfg.validation_interval, &bad);
-    cfg.validation_timeout = opt_double(opts, "validation_timeout", cfg.validation_timeout, &bad);
-    cfg.connect_timeout = opt_double(opts, "connect_timeout", cfg.connect_timeout, &bad);
-    cfg.idle_timeout = opt_double(opts, "idle_timeout", cfg.idle_timeout, &bad);
-    cfg.max_lifetime = opt_double(opts, "max_lifetime", cfg.max_lifetime, &bad);
-    cfg.lifetime_jitter = opt_double(opts, "lifetime_jitter", cfg.lifetime_jitter, &bad);
-    cfg.ping_after_idle = opt_double(opts, "ping_after_idle", cfg.ping_after_idle, &bad);
-    self->query_timeout = opt_double(opts, "query_timeout", -1.0, &bad);
-    self->busy_wait = opt_double(opts, "busy_timeout", cfg.acquire_timeout, &bad);
-    if (bad)
+    pool_options opt;
+    options_defaults(&opt);
+    if (npy_options_read(opts, pool_option_table, &opt, "pool") < 0)
         return -1;
-    PyObject *rf = PyDict_GetItemString(opts, "row_format");
-    self->row_tuple = rf && PyUnicode_Check(rf) && PyUnicode_CompareWithASCIIString(rf, "tuple") == 0;
+    nc_pool_config cfg = opt.core;
+    self->s.query_timeout = opt.query_timeout;
+    self->s.busy_wait = opt.busy_timeout < 0 ? cfg.acquire_timeout : opt.busy_timeout;
+    self->s.row_tuple = opt.row_tuple;
 
     nc_error err;
     nc_error_clear(&err);
@@ -142,40 +168,40 @@ static int pool_init(NcPool *self, PyObject *args, PyObject *kwds)
             return -1;
         ctx = nc_pg_ctx_new(dsn, &err);
         ops = &nc_pg_ops;
-        self->kind = NC_BACKEND_PG;
+        self->s.kind = NPY_BACKEND_PG;
         if (ctx)
-            Py_XSETREF(self->display, PyUnicode_FromString(nc_pg_ctx_display(ctx)));
+            Py_XSETREF(self->s.display, PyUnicode_FromString(nc_pg_ctx_display(ctx)));
     } else if (!strcmp(kind, "sqlite")) {
         const char *url = PyUnicode_AsUTF8(target);
         if (!url)
             return -1;
         ctx = nc_sqlite_ctx_new(url, &err);
         ops = &nc_sqlite_ops;
-        self->kind = NC_BACKEND_SQLITE;
+        self->s.kind = NPY_BACKEND_SQLITE;
         if (ctx)
-            Py_XSETREF(self->display, PyUnicode_FromString(nc_sqlite_ctx_display(ctx)));
+            Py_XSETREF(self->s.display, PyUnicode_FromString(nc_sqlite_ctx_display(ctx)));
     } else if (!strcmp(kind, "python")) {
         if (!PyCallable_Check(target)) {
-            nc_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "backend_factory must be callable");
+            npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "backend_factory must be callable");
             return -1;
         }
-        ctx = nc_py_ctx_new(target);
-        ops = &nc_py_ops;
-        self->kind = NC_BACKEND_PY;
-        Py_XSETREF(self->display, PyUnicode_FromString("python backend"));
+        ctx = npy_py_ctx_new(target);
+        ops = &npy_py_ops;
+        self->s.kind = NPY_BACKEND_PY;
+        Py_XSETREF(self->s.display, PyUnicode_FromString("python backend"));
         if (!ctx) {
             PyErr_NoMemory();
             return -1;
         }
     } else {
-        nc_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "unknown backend kind '%s'", kind);
+        npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "unknown backend kind '%s'", kind);
         return -1;
     }
     if (!ctx) {
-        nc_raise_error(&err);
+        npy_raise_error(&err);
         return -1;
     }
-    if (!self->display) {
+    if (!self->s.display) {
         ops->ctx_free(ctx);
         return -1;
     }
@@ -184,23 +210,30 @@ static int pool_init(NcPool *self, PyObject *args, PyObject *kwds)
     pool = nc_pool_new(&cfg, ops, ctx, &err);
     Py_END_ALLOW_THREADS
     if (!pool) {
-        nc_raise_error(&err);
+        npy_raise_error(&err);
         return -1;
     }
-    self->pool = pool;
+    self->s.pool = pool;
     registry_add(self);
     return 0;
 }
 
-static void pool_dealloc(NcPool *self)
+static void pool_dealloc(NpyPool *self)
 {
     PyObject_GC_UnTrack(self);
     registry_remove(self);
     if (self->weakreflist)
         PyObject_ClearWeakRefs((PyObject *)self);
-    if (self->pool) {
-        nc_pool *p = self->pool;
-        self->pool = NULL;
+    if (self->prober) {
+        nc_prober *pr = self->prober;
+        self->prober = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        nc_prober_free(pr);
+        Py_END_ALLOW_THREADS
+    }
+    if (self->s.pool) {
+        nc_pool *p = self->s.pool;
+        self->s.pool = NULL;
         /* No PooledConnection is alive (each holds a reference to us), so
          * nothing can be using the connections any more. */
         Py_BEGIN_ALLOW_THREADS
@@ -208,29 +241,29 @@ static void pool_dealloc(NcPool *self)
         nc_pool_free(p);
         Py_END_ALLOW_THREADS
     }
-    Py_CLEAR(self->display);
+    Py_CLEAR(self->s.display);
     Py_CLEAR(self->dict);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int pool_traverse(NcPool *self, visitproc visit, void *arg)
+static int pool_traverse(NpyPool *self, visitproc visit, void *arg)
 {
-    /* Not the type: NcPool_Type is static, and a heap subclass's
+    /* Not the type: NpyPool_Type is static, and a heap subclass's
      * subtype_traverse visits the type itself. */
     Py_VISIT(self->dict);
     return 0;
 }
 
-static int pool_clear(NcPool *self)
+static int pool_clear(NpyPool *self)
 {
     Py_CLEAR(self->dict);
     return 0;
 }
 
-static int check_pool(NcPool *self)
+static int check_pool(NpyPool *self)
 {
-    if (!self->pool) {
-        nc_raise(NC_E_POOL, NC_K_INTERFACE, NULL, "the pool was not initialised");
+    if (!self->s.pool) {
+        npy_raise(NC_E_POOL, NC_K_INTERFACE, NULL, "the pool was not initialised");
         return -1;
     }
     return 0;
@@ -241,7 +274,7 @@ static double timeout_arg(PyObject *t, int *bad)
     if (!t || t == Py_None)
         return -1.0;
     if (PyBool_Check(t) || !(PyLong_Check(t) || PyFloat_Check(t))) {
-        nc_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout must be a number of seconds or None, not %s",
+        npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout must be a number of seconds or None, not %s",
                  Py_TYPE(t)->tp_name);
         *bad = 1;
         return 0;
@@ -249,53 +282,18 @@ static double timeout_arg(PyObject *t, int *bad)
     double d = PyFloat_AsDouble(t);
     if (d == -1.0 && PyErr_Occurred()) {
         PyErr_Clear();
-        nc_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout is too large");
+        npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout is too large");
         *bad = 1;
         return 0;
     }
     if (d < 0 || d != d) {
-        nc_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout must not be negative");
+        npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout must not be negative");
         *bad = 1;
     }
     return d;
 }
 
-NcConnection *nc_pool_lend(NcPool *self, double timeout)
-{
-    if (check_pool(self) < 0)
-        return NULL;
-    NcConnection *conn = PyObject_New(NcConnection, &NcConnection_Type);
-    if (!conn)
-        return NULL;
-    conn->pool = (NcPool *)Py_NewRef((PyObject *)self);
-    conn->c = NULL;
-    conn->released = 1;
-    conn->in_txn = 0;
-    conn->suspect = 0;
-    conn->busy = 0;
-    conn->pending_release = 0;
-    conn->row_tuple = self->row_tuple;
-    nc_error err;
-    nc_conn *c = NULL;
-    uint64_t lease = 0;
-    int rc = nc_pool_try_acquire(self->pool, &c, &lease, &err);
-    if (rc == 0) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = nc_pool_acquire(self->pool, timeout, &c, &lease, &err) == 0 ? 1 : -1;
-        Py_END_ALLOW_THREADS
-    }
-    if (rc < 0) {
-        Py_DECREF(conn);
-        nc_raise_error(&err);
-        return NULL;
-    }
-    conn->c = c;
-    conn->lease = lease;
-    conn->released = 0;
-    return conn;
-}
-
-static PyObject *pool_get_connection(NcPool *self, PyObject *args, PyObject *kwds)
+static PyObject *pool_get_connection(NpyPool *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"timeout", NULL};
     PyObject *t = Py_None;
@@ -305,16 +303,10 @@ static PyObject *pool_get_connection(NcPool *self, PyObject *args, PyObject *kwd
     double timeout = timeout_arg(t, &bad);
     if (bad || check_pool(self) < 0)
         return NULL;
-    NcLease *l = PyObject_New(NcLease, &NcLease_Type);
-    if (!l)
-        return NULL;
-    l->pool = (NcPool *)Py_NewRef((PyObject *)self);
-    l->timeout = timeout;
-    l->conn = NULL;
-    return (PyObject *)l;
+    return npy_lease_new((PyObject *)self, &self->s, timeout);
 }
 
-static PyObject *pool_acquire(NcPool *self, PyObject *args, PyObject *kwds)
+static PyObject *pool_acquire(NpyPool *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"timeout", NULL};
     PyObject *t = Py_None;
@@ -324,10 +316,12 @@ static PyObject *pool_acquire(NcPool *self, PyObject *args, PyObject *kwds)
     double timeout = timeout_arg(t, &bad);
     if (bad)
         return NULL;
-    return (PyObject *)nc_pool_lend(self, timeout);
+    if (check_pool(self) < 0)
+        return NULL;
+    return (PyObject *)npy_connection_lend((PyObject *)self, &self->s, timeout);
 }
 
-static PyObject *pool_shutdown(NcPool *self, PyObject *args, PyObject *kwds)
+static PyObject *pool_shutdown(NpyPool *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"timeout", NULL};
     PyObject *t = Py_None;
@@ -340,32 +334,32 @@ static PyObject *pool_shutdown(NcPool *self, PyObject *args, PyObject *kwds)
     if (timeout < 0)
         timeout = 5.0;
     int left;
-    nc_pool *p = self->pool;
+    nc_pool *p = self->s.pool;
     Py_BEGIN_ALLOW_THREADS
     left = nc_pool_shutdown(p, timeout);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(left);
 }
 
-static PyObject *pool_drain(NcPool *self, PyObject *arg)
+static PyObject *pool_drain(NpyPool *self, PyObject *arg)
 {
     int discard = PyObject_IsTrue(arg);
     if (discard < 0 || check_pool(self) < 0)
         return NULL;
-    nc_pool *p = self->pool;
+    nc_pool *p = self->s.pool;
     Py_BEGIN_ALLOW_THREADS
     nc_pool_drain(p, discard);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
-static PyObject *pool_raw_stats(NcPool *self, PyObject *unused)
+static PyObject *pool_raw_stats(NpyPool *self, PyObject *unused)
 {
     (void)unused;
     if (check_pool(self) < 0)
         return NULL;
     nc_pool_stats s;
-    nc_pool_get_stats(self->pool, &s);
+    nc_pool_get_stats(self->s.pool, &s);
     return Py_BuildValue(
         "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:O,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:d,s:d}",
         "max_connections", s.max_connections, "min_connections", s.min_connections,
@@ -385,29 +379,113 @@ static PyObject *pool_raw_stats(NcPool *self, PyObject *unused)
         "acquire_wait_p99", s.wait_p99);
 }
 
-static PyObject *pool_get_closed(NcPool *self, void *c)
+static PyObject *pool_get_closed(NpyPool *self, void *c)
 {
     (void)c;
-    return PyBool_FromLong(!self->pool || nc_pool_is_closed(self->pool));
+    return PyBool_FromLong(!self->s.pool || nc_pool_is_closed(self->s.pool));
 }
 
-static PyObject *pool_get_kind(NcPool *self, void *c)
+static PyObject *pool_get_kind(NpyPool *self, void *c)
 {
     (void)c;
-    switch (self->kind) {
-    case NC_BACKEND_PG: return PyUnicode_FromString("postgresql");
-    case NC_BACKEND_SQLITE: return PyUnicode_FromString("sqlite");
-    case NC_BACKEND_PY: return PyUnicode_FromString("python");
+    switch (self->s.kind) {
+    case NPY_BACKEND_PG: return PyUnicode_FromString("postgresql");
+    case NPY_BACKEND_SQLITE: return PyUnicode_FromString("sqlite");
+    case NPY_BACKEND_PY: return PyUnicode_FromString("python");
     default: Py_RETURN_NONE;
     }
 }
 
-static PyObject *pool_get_display(NcPool *self, void *c)
+static PyObject *pool_get_display(NpyPool *self, void *c)
 {
     (void)c;
-    if (!self->display)
+    if (!self->s.display)
         Py_RETURN_NONE;
-    return Py_NewRef(self->display);
+    return Py_NewRef(self->s.display);
+}
+
+/* ---- probing the endpoint (noodlecore-db status) -------------------------------- */
+
+static int put(PyObject *d, const char *key, PyObject *v)
+{
+    if (!v)
+        return -1;
+    int rc = PyDict_SetItemString(d, key, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+static PyObject *number_or_none(double x)
+{
+    return isnan(x) ? Py_NewRef(Py_None) : PyFloat_FromDouble(x);
+}
+
+static PyObject *text_or_none(const char *s)
+{
+    return s[0] ? PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace") : Py_NewRef(Py_None);
+}
+
+static PyObject *probe_dict(const nc_probe_result *r)
+{
+    PyObject *d = PyDict_New();
+    if (!d)
+        return NULL;
+    int bad = put(d, "ok", PyBool_FromLong(r->ok)) < 0 || put(d, "latency", PyFloat_FromDouble(r->latency)) < 0 ||
+              put(d, "connect_time", PyFloat_FromDouble(r->connect_time)) < 0 ||
+              put(d, "query_time", PyFloat_FromDouble(r->query_time)) < 0 ||
+              put(d, "role", PyUnicode_FromString(nc_role_name(r->role))) < 0 ||
+              put(d, "error", text_or_none(r->error)) < 0 ||
+              put(d, "error_code", r->ok ? Py_NewRef(Py_None) : PyLong_FromLong(r->error_code)) < 0;
+    if (!bad && r->detailed) {
+        PyObject *standbys = PyList_New(r->nstandbys);
+        for (int i = 0; standbys && i < r->nstandbys; i++) {
+            const nc_probe_standby *sb = &r->standbys[i];
+            PyObject *row = Py_BuildValue("{s:N,s:N,s:N,s:N,s:N,s:N}", "application_name", text_or_none(sb->name),
+                                          "client_addr", text_or_none(sb->client_addr), "state",
+                                          text_or_none(sb->state), "sync_state", text_or_none(sb->sync_state),
+                                          "lag_bytes", number_or_none(sb->lag_bytes), "lag_seconds",
+                                          number_or_none(sb->lag_seconds));
+            if (!row)
+                Py_CLEAR(standbys);
+            else
+                PyList_SET_ITEM(standbys, i, row);
+        }
+        bad = put(d, "server_version", text_or_none(r->server_version)) < 0 ||
+              put(d, "in_recovery", PyBool_FromLong(r->in_recovery)) < 0 ||
+              put(d, "replay_lag_bytes", number_or_none(r->replay_lag_bytes)) < 0 ||
+              put(d, "replay_delay", number_or_none(r->replay_delay)) < 0 ||
+              put(d, "receiver_status", text_or_none(r->receiver_status)) < 0 ||
+              put(d, "upstream", text_or_none(r->upstream)) < 0 || put(d, "standbys", standbys) < 0;
+    }
+    if (bad) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static PyObject *pool_probe(NpyPool *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    double timeout = 5.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|d:_probe", kwlist, &timeout) || check_pool(self) < 0)
+        return NULL;
+    if (!(timeout > 0))
+        return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout must be a positive number of seconds");
+    if (!self->prober) {
+        nc_error err;
+        /* The same prober the failover monitor uses, with the replication
+         * detail a status display shows. */
+        self->prober = nc_prober_new(self->s.pool, 1, &err);
+        if (!self->prober)
+            return npy_raise_error(&err);
+    }
+    nc_prober *pr = self->prober;
+    nc_probe_result r;
+    Py_BEGIN_ALLOW_THREADS
+    nc_prober_probe(pr, nc_now() + timeout, &r);
+    Py_END_ALLOW_THREADS
+    return probe_dict(&r);
 }
 
 static PyMethodDef pool_methods[] = {
@@ -423,6 +501,8 @@ static PyMethodDef pool_methods[] = {
      "Core shutdown; returns how many borrowed connections were not back in time."},
     {"_drain", (PyCFunction)pool_drain, METH_O, "Close idle connections (and borrowed ones on return)."},
     {"_raw_stats", (PyCFunction)pool_raw_stats, METH_NOARGS, "Counters of the core pool, as a dict."},
+    {"_probe", (PyCFunction)(void (*)(void))pool_probe, METH_VARARGS | METH_KEYWORDS,
+     "_probe(timeout=5.0) -> dict: one health probe of the endpoint (the monitor's prober, with detail)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -433,79 +513,20 @@ static PyGetSetDef pool_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-PyTypeObject NcPool_Type = {
+PyTypeObject NpyPool_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "noodlecore._native.Pool",
-    .tp_basicsize = sizeof(NcPool),
+    .tp_basicsize = sizeof(NpyPool),
     .tp_dealloc = (destructor)pool_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "The native connection pool (base of DatabaseConnectionPool).",
     .tp_traverse = (traverseproc)pool_traverse,
     .tp_clear = (inquiry)pool_clear,
-    .tp_weaklistoffset = offsetof(NcPool, weakreflist),
-    .tp_dictoffset = offsetof(NcPool, dict),
+    .tp_weaklistoffset = offsetof(NpyPool, weakreflist),
+    .tp_dictoffset = offsetof(NpyPool, dict),
     .tp_methods = pool_methods,
     .tp_getset = pool_getset,
     .tp_init = (initproc)pool_init,
     .tp_new = PyType_GenericNew,
 };
 
-/* ---- the lease (what get_connection() returns) ---------------------------- */
-
-static void lease_dealloc(NcLease *self)
-{
-    if (self->conn) {
-        /* Often freed while an exception unwinds: keep it intact. */
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        nc_connection_release(self->conn, 0);
-        Py_CLEAR(self->conn);
-        PyErr_Restore(et, ev, tb);
-    }
-    Py_CLEAR(self->pool);
-    PyObject_Free(self);
-}
-
-static PyObject *lease_enter(NcLease *self, PyObject *unused)
-{
-    (void)unused;
-    if (self->conn) {
-        nc_raise(NC_E_POOL, NC_K_INTERFACE, NULL, "this get_connection() context is already in use");
-        return NULL;
-    }
-    NcConnection *c = nc_pool_lend(self->pool, self->timeout);
-    if (!c)
-        return NULL;
-    self->conn = c;
-    return Py_NewRef((PyObject *)c);
-}
-
-static PyObject *lease_exit(NcLease *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)args;
-    (void)nargs;
-    NcConnection *c = self->conn;
-    if (c) {
-        self->conn = NULL;
-        nc_connection_release(c, 0);
-        Py_DECREF(c);
-    }
-    Py_RETURN_FALSE;
-}
-
-static PyMethodDef lease_methods[] = {
-    {"__enter__", (PyCFunction)lease_enter, METH_NOARGS, "Borrow the connection."},
-    {"__exit__", (PyCFunction)(void (*)(void))lease_exit, METH_FASTCALL,
-     "Give the connection back (an open transaction is rolled back)."},
-    {NULL, NULL, 0, NULL},
-};
-
-PyTypeObject NcLease_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "noodlecore._native.ConnectionLease",
-    .tp_basicsize = sizeof(NcLease),
-    .tp_dealloc = (destructor)lease_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Context manager returned by get_connection(): borrows on entry, returns on exit.",
-    .tp_methods = lease_methods,
-};

@@ -1,9 +1,6 @@
-/* pybackend.c - a backend made of Python objects: backend_factory() returns
- * an object with execute_query(sql, params), optionally ping(), and close()
- * or disconnect().  The pool core calls these ops from any thread, the
- * maintenance thread included, so each op takes the GIL itself — and does
- * nothing at all once the interpreter is going away. */
-#include "pool.h"
+/* pybackend.c - the Python-object backend (see pybackend.h). */
+#include "pybackend.h"
+#include "errors.h"
 
 typedef struct py_ctx {
     PyObject *factory;
@@ -12,9 +9,10 @@ typedef struct py_ctx {
 typedef struct py_conn {
     PyObject *obj;
     int broken;
+    int suspect;        /* it raised while lent: ping it before it is lent again */
 } py_conn;
 
-void *nc_py_ctx_new(PyObject *factory)
+void *npy_py_ctx_new(PyObject *factory)
 {
     py_ctx *ctx = PyMem_RawCalloc(1, sizeof *ctx);
     if (!ctx)
@@ -23,14 +21,9 @@ void *nc_py_ctx_new(PyObject *factory)
     return ctx;
 }
 
-PyObject *nc_py_conn_object(void *raw)
+PyObject *npy_py_conn_object(void *raw)
 {
     return ((py_conn *)raw)->obj;
-}
-
-void nc_py_conn_mark_broken(void *raw)
-{
-    ((py_conn *)raw)->broken = 1;
 }
 
 /* Describe the pending Python exception into err and clear it. */
@@ -61,7 +54,7 @@ static void *py_connect(void *vctx, double deadline, nc_error *err)
 {
     (void)deadline;   /* a Python factory cannot be interrupted; it runs to completion */
     py_ctx *ctx = vctx;
-    if (nc_python_gone()) {
+    if (npy_python_gone()) {
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the interpreter is shutting down");
         return NULL;
     }
@@ -101,7 +94,7 @@ static int py_ping(void *vctx, void *vconn, double deadline, nc_error *err)
     (void)vctx;
     (void)deadline;
     py_conn *c = vconn;
-    if (nc_python_gone()) {
+    if (npy_python_gone()) {
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the interpreter is shutting down");
         return -1;
     }
@@ -140,16 +133,18 @@ static int py_ping(void *vctx, void *vconn, double deadline, nc_error *err)
 static int py_return_state(void *vctx, void *vconn)
 {
     (void)vctx;
-    return ((py_conn *)vconn)->broken ? -1 : 0;
+    py_conn *c = vconn;
+    return c->broken ? -1 : c->suspect ? 1 : 0;
 }
 
+/* Giving back a connection whose backend raised: it must answer a ping. */
 static int py_reset(void *vctx, void *vconn, double deadline, nc_error *err)
 {
-    (void)vctx;
-    (void)vconn;
-    (void)deadline;
-    (void)err;
-    return 0;
+    py_conn *c = vconn;
+    if (!c->suspect)
+        return 0;
+    c->suspect = 0;
+    return py_ping(vctx, vconn, deadline, err);
 }
 
 static void py_close(void *vctx, void *vconn)
@@ -158,7 +153,7 @@ static void py_close(void *vctx, void *vconn)
     py_conn *c = vconn;
     if (!c)
         return;
-    if (nc_python_gone()) {
+    if (npy_python_gone()) {
         /* Leak the object: touching it now could crash the process. */
         PyMem_RawFree(c);
         return;
@@ -185,7 +180,7 @@ static void py_ctx_free(void *vctx)
     py_ctx *ctx = vctx;
     if (!ctx)
         return;
-    if (!nc_python_gone()) {
+    if (!npy_python_gone()) {
         PyGILState_STATE g = PyGILState_Ensure();
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
@@ -196,7 +191,7 @@ static void py_ctx_free(void *vctx)
     PyMem_RawFree(ctx);
 }
 
-const nc_backend_ops nc_py_ops = {
+const nc_backend_ops npy_py_ops = {
     .kind = "python",
     .ping_new = 1,
     .connect = py_connect,
@@ -207,3 +202,52 @@ const nc_backend_ops nc_py_ops = {
     .close = py_close,
     .ctx_free = py_ctx_free,
 };
+
+/* ---- statements (GIL held) ------------------------------------------------- */
+
+/* The backend raised: mark the connection for a check before reuse (a
+ * failed ping discards it), count a failed statement and tell the
+ * observer.  The exception stays pending. */
+static void backend_failed(nc_pool *pool, void *raw, int statement)
+{
+    ((py_conn *)raw)->suspect = 1;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    nc_error err;
+    npy_error_from_backend(ev, &err);
+    /* A failover decision may follow: not with the GIL held. */
+    Py_BEGIN_ALLOW_THREADS
+    if (statement)
+        nc_pool_statement_done(pool, &err);
+    else
+        nc_pool_report(pool, &err);
+    Py_END_ALLOW_THREADS
+    PyErr_Restore(et, ev, tb);
+}
+
+PyObject *npy_py_execute(nc_pool *pool, void *raw, PyObject *query, PyObject *params)
+{
+    PyObject *res = PyObject_CallMethod(((py_conn *)raw)->obj, "execute_query", "OO", query, params);
+    if (!res) {
+        backend_failed(pool, raw, 1);
+        return NULL;
+    }
+    nc_pool_statement_done(pool, NULL);
+    return res;
+}
+
+int npy_py_command(nc_pool *pool, void *raw, const char *sql)
+{
+    PyObject *backend = ((py_conn *)raw)->obj;
+    const char *meth = !strcmp(sql, "BEGIN") ? "begin" : !strcmp(sql, "COMMIT") ? "commit" : "rollback";
+    PyObject *res = PyObject_HasAttrString(backend, meth) ? PyObject_CallMethod(backend, meth, NULL)
+                                                          : PyObject_CallMethod(backend, "execute_query", "sO", sql,
+                                                                                Py_None);
+    if (!res) {
+        backend_failed(pool, raw, 0);
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}

@@ -178,6 +178,18 @@ static void test_names(void)
     CHECK(strcmp(nc_fo_policy_name(NC_FO_RESPONSE_TIME), "response_time") == 0, "response_time");
     CHECK(strcmp(nc_fo_policy_name(NC_FO_HEALTH_CHECK), "health_check") == 0, "health_check");
     CHECK(nc_fo_policy_name(0) != NULL && nc_fo_policy_name(3) != NULL, "never NULL");
+
+    /* the names are the Python enums' values, and parse back */
+    static const char *modes[] = {"manual", "automatic", "semi_automatic"};
+    for (int i = 0; i < 3; i++)
+        CHECK(!strcmp(nc_fo_mode_name(i), modes[i]) && nc_fo_mode_from_name(modes[i]) == i, "mode %d", i);
+    CHECK(nc_fo_mode_from_name("Automatic") == -1 && nc_fo_mode_from_name(NULL) == -1, "bad mode names");
+    CHECK(nc_fo_policy_from_name("combined") == NC_FO_COMBINED &&
+              nc_fo_policy_from_name("health_check") == NC_FO_HEALTH_CHECK && nc_fo_policy_from_name("x") == -1,
+          "policy names");
+    CHECK(!strcmp(nc_role_name(NC_ROLE_WRITABLE), "primary") && !strcmp(nc_role_name(NC_ROLE_READ_ONLY), "standby") &&
+              !strcmp(nc_role_name(NC_ROLE_UNKNOWN), "unknown") && !strcmp(nc_role_name(7), "unknown"),
+          "role names");
 }
 
 /* ---- health bookkeeping ------------------------------------------------------ */
@@ -1217,6 +1229,133 @@ static void test_stats_and_transitions(void)
     nc_fo_free(fo);
 }
 
+
+/* ---- what the executor used to remember: split-brain runs, outages, the
+ * start-up grace, when a failure was first seen -------------------------------- */
+
+static void test_note_split_brain_once(void)
+{
+    nc_fo_config c = defaults();
+    int prio[] = {1, 2, 3};
+    nc_fo *fo = mk(&c, 3, prio, -1);
+    bad(fo, 0, 100);
+    ok(fo, 1, 100, 0.01, W);
+    ok(fo, 2, 100, 0.01, W);
+    nc_fo_decision d = nc_fo_decide(fo, 100);
+    CHECK_D(d, NC_FO_SPLIT_BRAIN, 0, 1, NC_FO_HEALTH_CHECK);
+    CHECK(nc_fo_note(fo, &d, 100) == 1, "the first split-brain hold is news");
+    d = nc_fo_decide(fo, 101);
+    CHECK(nc_fo_note(fo, &d, 101) == 0, "the same hold again is not");
+    d = nc_fo_decide(fo, 102);
+    CHECK(nc_fo_note(fo, &d, 102) == 0, "nor a third time");
+    /* another pair is news again */
+    ok(fo, 1, 103, 0.01, UNK);
+    ok(fo, 0, 103, 0.01, W);
+    bad(fo, 0, 104);
+    ok(fo, 1, 104, 0.01, W);
+    d = nc_fo_decide(fo, 104);
+    CHECK_D(d, NC_FO_SPLIT_BRAIN, 0, 1, NC_FO_HEALTH_CHECK);
+    ok(fo, 2, 104, 0.01, UNK);
+    d = nc_fo_decide(fo, 104);
+    CHECK(d.action == NC_FO_DO_FAILOVER, "2 is no longer writable: %s", act_name(d.action));
+    CHECK(nc_fo_note(fo, &d, 104) == 0, "a switch records its own event");
+    /* a hold after something else in between is news again */
+    ok(fo, 2, 105, 0.01, W);
+    d = nc_fo_decide(fo, 105);
+    CHECK_D(d, NC_FO_SPLIT_BRAIN, 0, 1, NC_FO_HEALTH_CHECK);
+    CHECK(nc_fo_note(fo, &d, 105) == 1, "a new run of holds is news");
+    nc_fo_free(fo);
+}
+
+static void test_note_outage_once(void)
+{
+    nc_fo_config c = defaults();
+    nc_fo *fo = mk2(&c);
+    bad(fo, 1, 100);
+    bad(fo, 0, 101);
+    nc_fo_decision d = nc_fo_decide(fo, 101);
+    CHECK_D(d, NC_FO_NO_TARGET, 0, -1, NC_FO_HEALTH_CHECK);
+    CHECK(nc_fo_note(fo, &d, 101) == 1, "the start of an outage is news");
+    CHECK(nc_fo_state(fo) == NC_FO_UNAVAILABLE, "noting NO_TARGET did not carry it out: %d", nc_fo_state(fo));
+    nc_fo_stats st;
+    nc_fo_get_stats(fo, &st);
+    CHECK(st.failed_failovers == 1, "failed_failovers %d", st.failed_failovers);
+    /* still down: decided again (NONE in UNAVAILABLE), no news, counted once */
+    d = nc_fo_decide(fo, 102);
+    CHECK(nc_fo_note(fo, &d, 102) == 0, "a running outage is not news again");
+    /* service resumes on 0; a later outage is news again */
+    ok(fo, 0, 110, 0.01, W);
+    d = nc_fo_decide(fo, 110);
+    CHECK_D(d, NC_FO_DO_FAILOVER, 0, 0, 0);
+    CHECK(nc_fo_note(fo, &d, 110) == 0, "a resume is no outage");
+    run(fo, &d, 110, 0.01, 1);
+    CHECK(nc_fo_current_usable(fo), "not resumed");
+    bad(fo, 0, 120);
+    d = nc_fo_decide(fo, 120);
+    CHECK_D(d, NC_FO_NO_TARGET, 0, -1, NC_FO_HEALTH_CHECK);
+    CHECK(nc_fo_note(fo, &d, 120) == 1, "the second outage is news");
+    nc_fo_get_stats(fo, &st);
+    CHECK(st.failed_failovers == 2, "failed_failovers %d", st.failed_failovers);
+    nc_fo_free(fo);
+}
+
+static void test_start_grace(void)
+{
+    nc_fo_config c = defaults();
+    nc_fo *fo = mk2(&c);
+    nc_fo_set_grace(fo, 105);
+    bad(fo, 0, 101);   /* 1 has not answered yet */
+    nc_fo_decision d = nc_fo_decide(fo, 101);
+    CHECK_D(d, NC_FO_NONE, 0, -1, NC_FO_HEALTH_CHECK);
+    CHECK_REASON(d, "waiting for the first probe of endpoint 1");
+    /* once 1 answered, the verdict comes at once (inside the grace) */
+    ok(fo, 1, 102, 0.01, W);
+    d = nc_fo_decide(fo, 102);
+    CHECK_D(d, NC_FO_DO_FAILOVER, 0, 1, NC_FO_HEALTH_CHECK);
+    nc_fo_free(fo);
+
+    /* past the grace, an endpoint that never answered does not hold it up */
+    fo = mk2(&c);
+    nc_fo_set_grace(fo, 105);
+    bad(fo, 0, 106);
+    d = nc_fo_decide(fo, 106);
+    CHECK_D(d, NC_FO_NO_TARGET, 0, -1, NC_FO_HEALTH_CHECK);
+    /* and with the grace ended early (monitoring stopped) neither */
+    nc_fo_set_grace(fo, 200);
+    nc_fo_set_grace(fo, 0);
+    d = nc_fo_decide(fo, 107);
+    CHECK_D(d, NC_FO_NO_TARGET, 0, -1, NC_FO_HEALTH_CHECK);
+    nc_fo_free(fo);
+}
+
+static void test_detected_at(void)
+{
+    nc_fo_config c = defaults();
+    nc_fo *fo = mk2(&c);
+    ok(fo, 1, 100, 0.01, W);
+    nc_fo_passive(fo, 0, 100.5, NC_FO_PASSIVE_LOST, "server closed the connection");
+    bad(fo, 0, 101);
+    nc_fo_decision d = nc_fo_decide(fo, 101);
+    CHECK_D(d, NC_FO_DO_FAILOVER, 0, 1, NC_FO_HEALTH_CHECK);
+    CHECK(nc_fo_detected_at(fo, &d) == 101, "detected_at %g, want the latest bad news 101", nc_fo_detected_at(fo, &d));
+    nc_fo_decision m = nc_fo_manual_failover(fo, 101, 1, "planned");
+    CHECK(nc_fo_detected_at(fo, &m) == 0, "a manual switch has no detection time");
+    nc_fo_free(fo);
+
+    /* a slow probe (RESPONSE_TIME) and a read-only one (require_writable) are bad news too */
+    fo = mk2(&c);
+    ok(fo, 1, 100, 0.01, UNK);
+    ok(fo, 0, 100, 3.0, W);
+    ok(fo, 0, 102, 3.0, W);
+    d = nc_fo_decide(fo, 102);
+    CHECK_D(d, NC_FO_DO_FAILOVER, 0, 1, NC_FO_RESPONSE_TIME);
+    CHECK(nc_fo_detected_at(fo, &d) == 102, "slow: detected_at %g", nc_fo_detected_at(fo, &d));
+    CHECK(nc_fo_health_of(fo, 1)->last_bad == 0, "a healthy endpoint has no bad news");
+    ok(fo, 0, 103, 0.01, RO);
+    CHECK(nc_fo_health_of(fo, 0)->last_bad == 103, "read-only: last_bad %g", nc_fo_health_of(fo, 0)->last_bad);
+    nc_fo_free(fo);
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1239,6 +1378,10 @@ int main(void)
         {"failback_interval", test_failback_interval},
         {"recovery_suspension", test_recovery_suspension},
         {"stats_and_transitions", test_stats_and_transitions},
+        {"note_split_brain_once", test_note_split_brain_once},
+        {"note_outage_once", test_note_outage_once},
+        {"start_grace", test_start_grace},
+        {"detected_at", test_detected_at},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         int f0 = failed;

@@ -388,8 +388,10 @@ static void test_reuse_lifo(void)
     CHECK(f.connects == 2, "connects %d", f.connects);
     CHECK(f.pings == 0, "pinged %d times with ping_after_idle 30 s", f.pings);
 
-    nc_pool_count_query(p, 0);
-    nc_pool_count_query(p, 1);
+    nc_error qe;
+    nc_error_set(&qe, NC_E_QUERY, NC_K_NONE, "syntax error");
+    nc_pool_statement_done(p, NULL);
+    nc_pool_statement_done(p, &qe);
     s = stats(p);
     CHECK(s.queries == 2 && s.query_errors == 1, "queries %llu errors %llu", (unsigned long long)s.queries,
           (unsigned long long)s.query_errors);
@@ -1499,6 +1501,86 @@ static void test_stress(void)
     CHECK(f.connects == f.closes, "leaked: connects %d closes %d", f.connects, f.closes);
 }
 
+
+/* ---- the observer and references ------------------------------------------ */
+
+typedef struct obs_log {
+    int calls, refs, unrefs;
+    int last_failure;
+    char last_message[64];
+} obs_log;
+
+static void obs_on_failure(void *arg, int failure, const nc_error *err)
+{
+    obs_log *o = arg;
+    o->calls++;
+    o->last_failure = failure;
+    snprintf(o->last_message, sizeof o->last_message, "%.63s", err->message);
+}
+static void obs_ref(void *arg) { ((obs_log *)arg)->refs++; }
+static void obs_unref(void *arg) { ((obs_log *)arg)->unrefs++; }
+static const nc_pool_observer test_observer = {obs_on_failure, obs_ref, obs_unref};
+
+static void test_observer_and_refs(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    nc_pool *p = mkpool(&cfg, &f);
+    obs_log o = {0};
+    nc_pool_set_observer(p, &test_observer, &o);
+    nc_error e;
+
+    /* Failures of the SQL say nothing about the endpoint: not reported. */
+    nc_error_set(&e, NC_E_QUERY, NC_K_NONE, "syntax error");
+    memcpy(e.sqlstate, "42601", 6);
+    nc_pool_statement_done(p, &e);
+    nc_error_set(&e, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL, "cancelled");
+    memcpy(e.sqlstate, "57014", 6);
+    nc_pool_statement_done(p, &e);
+    nc_pool_statement_done(p, NULL);
+    CHECK(o.calls == 0, "observer told of %d non-endpoint failures", o.calls);
+
+    /* A lost connection, a terminated session and a read-only refusal are. */
+    nc_error_set(&e, NC_E_CONNECTION, NC_K_OPERATIONAL, "server closed the connection");
+    nc_pool_statement_done(p, &e);
+    CHECK(o.calls == 1 && o.last_failure == NC_FAIL_LOST && !strcmp(o.last_message, "server closed the connection"),
+          "lost: calls %d failure %d", o.calls, o.last_failure);
+    nc_error_set(&e, NC_E_QUERY, NC_K_NONE, "terminating connection due to administrator command");
+    memcpy(e.sqlstate, "57P01", 6);
+    nc_pool_statement_done(p, &e);
+    CHECK(o.calls == 2 && o.last_failure == NC_FAIL_LOST, "57P01: calls %d failure %d", o.calls, o.last_failure);
+    nc_error_set(&e, NC_E_QUERY, NC_K_NONE, "cannot execute INSERT in a read-only transaction");
+    memcpy(e.sqlstate, "25006", 6);
+    nc_pool_statement_done(p, &e);
+    CHECK(o.calls == 3 && o.last_failure == NC_FAIL_READ_ONLY, "25006: calls %d failure %d", o.calls,
+          o.last_failure);
+    CHECK(o.refs == 3 && o.unrefs == 3, "arg held around each report: refs %d unrefs %d", o.refs, o.unrefs);
+
+    nc_pool_stats s = stats(p);
+    CHECK(s.queries == 6 && s.query_errors == 5, "queries %llu errors %llu", (unsigned long long)s.queries,
+          (unsigned long long)s.query_errors);
+
+    /* Removed: no more reports. */
+    nc_pool_set_observer(p, NULL, NULL);
+    nc_error_set(&e, NC_E_CONNECTION, NC_K_OPERATIONAL, "lost again");
+    nc_pool_statement_done(p, &e);
+    CHECK(o.calls == 3, "a removed observer was called");
+
+    /* A reference keeps the pool (and its backend context) after the
+     * owner let go; the last unref frees it. */
+    int frees = LD(ctx_frees);
+    nc_pool_ref(p);
+    nc_pool_free(p);
+    CHECK(LD(ctx_frees) == frees, "the context was freed while a reference was held");
+    CHECK(nc_pool_is_closed(p), "nc_pool_free did not close the pool");
+    nc_conn *c;
+    uint64_t l;
+    CHECK(nc_pool_acquire(p, 0, &c, &l, &e) < 0 && e.code == NC_E_POOL_CLOSED, "borrowed from a freed pool");
+    nc_pool_unref(p);
+    CHECK(LD(ctx_frees) == frees + 1, "the last reference did not free the pool");
+}
+
 int main(void)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1522,6 +1604,7 @@ int main(void)
         {"shutdown", test_shutdown},
         {"races", test_races},
         {"stress", test_stress},
+        {"observer_and_refs", test_observer_and_refs},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         double t = nc_now();

@@ -20,6 +20,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from .. import _native
 from .errors import ConfigurationError
 
 
@@ -38,29 +39,35 @@ class Option:
     secret: bool = False           # taken from the environment as it is; never shown in a message
 
 
+def _pool(name: str, kind: str, env: Optional[str] = None, minimum: Optional[float] = None,
+          exclusive_min: bool = False, **more: Any) -> Option:
+    # Every default is the C core's (nc_pool_config_defaults and the
+    # binding's option table), exported as _native.POOL_DEFAULTS.
+    return Option(name, kind, _native.POOL_DEFAULTS[name], env, minimum, exclusive_min, **more)
+
+
 POOL_OPTIONS = {o.name: o for o in [
-    Option("max_connections", "int", 20, "NOODLE_DB_MAX_CONNECTIONS", 1,
-           doc="most connections open at once"),
-    Option("min_connections", "int", 0, None, 0, doc="connections kept open and warm in the background"),
-    Option("timeout", "float", 30.0, "NOODLE_DB_TIMEOUT", 0, True, doc="seconds get_connection() waits"),
-    Option("retry_attempts", "int", 3, "NOODLE_DB_RETRY_ATTEMPTS", 1,
-           doc="attempts to open one connection, with exponential backoff"),
-    Option("retry_backoff", "float", 0.05, None, 0, doc="first backoff between connect attempts, seconds"),
-    Option("validate_connections", "bool", True, doc="check connections on borrow and in the background"),
-    Option("validation_interval", "float", 30.0, None, 0, True, doc="seconds between background checks"),
-    Option("validation_timeout", "float", 5.0, None, 0, True, doc="deadline of one health check, seconds"),
-    Option("connect_timeout", "float", 10.0, None, 0, True, doc="deadline of one connect attempt, seconds"),
-    Option("idle_timeout", "float", 600.0, None, 0, doc="close idle connections above min after this (0: never)"),
-    Option("max_lifetime", "float", 3600.0, None, 0, doc="retire connections after this, with jitter (0: never)"),
-    Option("lifetime_jitter", "float", 0.1, None, 0, doc="fraction of max_lifetime taken off at random"),
-    Option("ping_after_idle", "float", 1.0, None, 0,
-           doc="a borrow pings the server when the connection sat idle longer than this"),
-    Option("query_timeout", "float", None, None, 0, True, nullable=True,
-           doc="default statement deadline, seconds (None: none)"),
-    Option("busy_timeout", "float", None, None, 0, True, nullable=True,
-           doc="SQLite: how long a statement without a deadline waits on a locked database "
-               "(default: timeout)"),
-    Option("row_format", "choice", "dict", choices=("dict", "tuple"), doc="rows as dicts or tuples"),
+    _pool("max_connections", "int", "NOODLE_DB_MAX_CONNECTIONS", 1, doc="most connections open at once"),
+    _pool("min_connections", "int", None, 0, doc="connections kept open and warm in the background"),
+    _pool("timeout", "float", "NOODLE_DB_TIMEOUT", 0, True, doc="seconds get_connection() waits"),
+    _pool("retry_attempts", "int", "NOODLE_DB_RETRY_ATTEMPTS", 1,
+          doc="attempts to open one connection, with exponential backoff"),
+    _pool("retry_backoff", "float", None, 0, doc="first backoff between connect attempts, seconds"),
+    _pool("validate_connections", "bool", doc="check connections on borrow and in the background"),
+    _pool("validation_interval", "float", None, 0, True, doc="seconds between background checks"),
+    _pool("validation_timeout", "float", None, 0, True, doc="deadline of one health check, seconds"),
+    _pool("connect_timeout", "float", None, 0, True, doc="deadline of one connect attempt, seconds"),
+    _pool("idle_timeout", "float", None, 0, doc="close idle connections above min after this (0: never)"),
+    _pool("max_lifetime", "float", None, 0, doc="retire connections after this, with jitter (0: never)"),
+    _pool("lifetime_jitter", "float", None, 0, doc="fraction of max_lifetime taken off at random"),
+    _pool("ping_after_idle", "float", None, 0,
+          doc="a borrow pings the server when the connection sat idle longer than this"),
+    _pool("query_timeout", "float", None, 0, True, nullable=True,
+          doc="default statement deadline, seconds (None: none)"),
+    _pool("busy_timeout", "float", None, 0, True, nullable=True,
+          doc="SQLite: how long a statement without a deadline waits on a locked database "
+              "(None: the pool's timeout)"),
+    _pool("row_format", "choice", choices=("dict", "tuple"), doc="rows as dicts or tuples"),
 ]}
 
 

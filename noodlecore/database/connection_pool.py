@@ -109,8 +109,6 @@ class DatabaseConnectionPool(_native.Pool):
                  config: Optional[Mapping[str, Any]] = None, **options: Any):
         kind = backend_kind(backend_factory)
         opts = resolve_pool_options(config, options)
-        if opts["busy_timeout"] is None:
-            opts["busy_timeout"] = opts["timeout"]
         self._options = opts
         target = backend_factory.strip() if isinstance(backend_factory, str) else backend_factory
         try:
@@ -184,10 +182,3 @@ class DatabaseConnectionPool(_native.Pool):
         state = "closed" if self.closed else "open"
         return f"<DatabaseConnectionPool {self.backend_kind} {self.target} {state}>"
 
-
-def _install() -> None:
-    # (the extension registers its own atexit hook when it is imported)
-    _native._set_error_factory(errors._native_error)
-
-
-_install()

@@ -7,12 +7,17 @@ character SQLSTATE) and the server's own message in ``server_message``; its
 class follows the SQLSTATE class (23 integrity, 42 programming, 08
 operational, ...).
 
-The table ``ERROR_CODES`` is the single list of codes: one code, one meaning.
+The tables (codes and their meanings, which class each error gets, what
+counts as a connection failure) are the C core's (csrc/core/nc_error.c);
+this module defines the classes and reads the rest from ``_native``:
+``ERROR_CODES`` is that table, one code, one meaning.
 """
 
 from __future__ import annotations
 
 from typing import Optional
+
+from .. import _native
 
 __all__ = [
     "ERROR_CODES",
@@ -38,82 +43,30 @@ __all__ = [
     "describe",
 ]
 
-#: code -> what it means.  The first block is the API contract's; codes after
-#: a contract block are the conditions this implementation added in the same
-#: range.
-ERROR_CODES = {
-    # pool
-    2001: "pool error",
-    2002: "pool is shut down",
-    2003: "no connection available within the timeout",
-    2004: "connection failed",
-    2005: "query failed",
-    2006: "connection wait timeout",
-    2008: "new connection failed validation",
-    2009: "failed to create a new connection",
-    2010: "replacement connection failed validation",
-    2011: "failed to create a replacement connection",
-    2012: "statement timeout: the statement was cancelled",
-    2013: "invalid configuration",
-    2014: "query parameters do not match the placeholders",
-    2015: "unsupported parameter type",
-    2016: "connection used after it was returned to the pool",
-    2017: "invalid transaction state",
-    2018: "a value from the database could not be decoded",
-    2019: "invalid environment variable value",
-    2020: "backend object failed or broke the backend protocol",
-    2021: "not supported by this backend",
-    2022: "connection in use by another thread",
-    2099: "internal error",
-    # manager
-    3001: "manager: connect failed",
-    3002: "manager: disconnect failed",
-    3003: "manager: no connection",
-    3004: "manager: query timeout",
-    3005: "manager: query failed",
-    3006: "manager: execute_batch: no connection",
-    3007: "manager: execute_batch failed",
-    3008: "manager: transaction: no connection",
-    3009: "manager: transaction failed",
-    3010: "manager: insert: no connection",
-    3011: "manager: insert failed",
-    3012: "manager: update: no connection",
-    3013: "manager: update failed",
-    3014: "manager: delete: no connection",
-    3015: "manager: delete failed",
-    3016: "manager: select: no connection",
-    3017: "manager: select failed",
-    3018: "manager: table_exists: no connection",
-    3019: "manager: table_exists failed",
-    3020: "manager: create_table: no connection",
-    3021: "manager: create_table failed",
-    3022: "manager: drop_table: no connection",
-    3023: "manager: drop_table failed",
-    3024: "manager: get_table_schema: no connection",
-    3025: "manager: get_table_schema failed",
-    3026: "manager: backup: no connection",
-    3027: "manager: backup failed",
-    3028: "manager: restore: no connection",
-    3029: "manager: restore failed",
-    3030: "manager: optimize: no connection",
-    3031: "manager: optimize failed",
-    3032: "manager: stats: no connection",
-    3033: "manager: stats failed",
-    3034: "manager: health_check: no connection",
-    3035: "manager: health_check failed",
-    3036: "manager: close failed",
-    3037: "failover is not enabled (trigger_failover)",
-    3038: "failover is not enabled (trigger_recovery)",
-    3039: "manager: outcome of the statement is unknown (connection lost after it was sent)",
-    # failover
-    4010: "failover: start monitoring failed",
-    4011: "failover: stop monitoring failed",
-    4012: "failover: manual failover failed",
-    4013: "failover: manual recovery failed",
-    4014: "failover: shutdown failed",
-    4015: "failover: no usable endpoint",
-    4016: "failover: unknown endpoint",
-}
+#: code -> what it means: the C core's table (csrc/core/nc_error.c), the
+#: one copy.  Pool codes 2001-2099, manager codes 3001-3099, failover codes
+#: 4010-4099.
+ERROR_CODES = {code: text for code, text, _cls, _op, _failed in _native.ERROR_TABLE}
+
+
+def operation_codes() -> dict:
+    """The manager's codes per operation, from the core's table:
+    ``{"insert": (3010, 3011), ...}`` -- the "no connection" code, then the
+    "<operation> failed" code (the same code twice when there is one)."""
+    ops: dict = {}
+    for code, _text, _cls, op, failed in _native.ERROR_TABLE:
+        if op is not None:
+            pair = ops.setdefault(op, [code, code])
+            if failed:
+                pair[1] = code
+            else:
+                pair[0] = code
+    return {op: tuple(pair) for op, pair in ops.items()}
+
+
+def _default(name: str) -> int:
+    # the code a core class stands for when raised without one (nc_error.c)
+    return _native.ERROR_CLASSES[name]
 
 
 def describe(code: int) -> str:
@@ -131,15 +84,24 @@ class Error(Exception):
     """Base of every noodlecore database error.
 
     Attributes: ``error_code`` (4-digit int), ``sqlstate`` (str or None),
-    ``server_message`` (the server's message or None).
+    ``server_message`` (the server's message or None), and what the C core
+    says of an error it raised: ``statement_sent``, ``connection_failure``,
+    ``not_applied``.
     """
 
-    default_code = 2001
+    default_code = _default("Error")
 
     #: For errors of a statement: False when it certainly never reached the
     #: server (safe to run again elsewhere), True when it did (its outcome
     #: may be unknown if the connection was lost), None when not known.
     statement_sent = None
+
+    #: (set per instance) ``connection_failure``: True when the error is a
+    #: failure of the connection or the endpoint (lost, refused, no usable
+    #: endpoint, the server read-only now), not of the SQL; the C core marks
+    #: a Python backend's own exceptions with it too.  ``not_applied``: True
+    #: when the statement certainly had no effect (it never reached the
+    #: server, or the server refused it as read-only before running it).
 
     def __init__(self, message: str = "", error_code: Optional[int] = None,
                  sqlstate: Optional[str] = None, server_message: Optional[str] = None):
@@ -147,168 +109,97 @@ class Error(Exception):
         self.sqlstate = sqlstate or None
         self.server_message = server_message
         self.message = message or describe(self.error_code)
+        # What the code and SQLSTATE say, by the core's tables (an error the
+        # core raises gets them, and statement_sent, from the core itself).
+        self.connection_failure, self.not_applied = _native.error_facts(self.error_code, self.sqlstate)
         super().__init__(self.message)
 
     def __str__(self) -> str:
         return f"[{self.error_code}] {self.message}"
 
     def __reduce__(self):
-        return (self.__class__, (self.message, self.error_code, self.sqlstate, self.server_message))
+        # the state keeps the attributes set after construction (endpoint,
+        # statement_sent, connection_failure ...)
+        return (self.__class__, (self.message, self.error_code, self.sqlstate, self.server_message),
+                dict(self.__dict__))
 
 
 class InterfaceError(Error):
     """Misuse of the library's interface (for example a connection used after return)."""
-    default_code = 2016
+    default_code = _default("InterfaceError")
 
 
 class DatabaseError(Error):
     """An error reported by, or about, the database."""
-    default_code = 2005
+    default_code = _default("DatabaseError")
 
 
 class DataError(DatabaseError):
     """Bad data: a value out of range, or one that cannot be decoded (SQLSTATE class 22)."""
-    default_code = 2018
+    default_code = _default("DataError")
 
 
 class OperationalError(DatabaseError):
     """The database could not be reached or the connection was lost (class 08, 57, 53 ...)."""
-    default_code = 2004
+    default_code = _default("OperationalError")
 
 
 class IntegrityError(DatabaseError):
     """A constraint was violated (SQLSTATE class 23)."""
-    default_code = 2005
+    default_code = _default("IntegrityError")
 
 
 class InternalError(DatabaseError):
     """The database or this library reached an internal error state (class XX)."""
-    default_code = 2099
+    default_code = _default("InternalError")
 
 
 class ProgrammingError(DatabaseError):
     """Bad SQL or bad parameters (SQLSTATE class 42, placeholder mismatches)."""
-    default_code = 2014
+    default_code = _default("ProgrammingError")
 
 
 class NotSupportedError(DatabaseError):
     """A feature the backend does not support (SQLSTATE class 0A)."""
-    default_code = 2021
+    default_code = _default("NotSupportedError")
 
 
 class ConnectionPoolError(OperationalError):
     """An error of the connection pool itself."""
-    default_code = 2001
+    default_code = _default("ConnectionPoolError")
 
 
 class PoolTimeoutError(ConnectionPoolError):
     """No connection could be borrowed within the timeout (2003)."""
-    default_code = 2003
+    default_code = _default("PoolTimeoutError")
 
 
 class PoolClosedError(ConnectionPoolError):
     """The pool was shut down (2002)."""
-    default_code = 2002
+    default_code = _default("PoolClosedError")
 
 
 class ConfigurationError(InterfaceError):
     """An invalid option, DSN or environment value; the message names it."""
-    default_code = 2013
+    default_code = _default("ConfigurationError")
 
 
 class QueryTimeoutError(OperationalError):
     """A statement ran past its deadline and was cancelled (2012)."""
-    default_code = 2012
-
-
-_CODE_CLASS = {
-    2002: PoolClosedError,
-    2003: PoolTimeoutError,
-    2006: ConnectionPoolError,
-    2001: ConnectionPoolError,
-    2004: OperationalError,
-    2008: ConnectionPoolError,
-    2009: ConnectionPoolError,
-    2010: ConnectionPoolError,
-    2011: ConnectionPoolError,
-    2012: QueryTimeoutError,
-    2013: ConfigurationError,
-    2014: ProgrammingError,
-    2015: ProgrammingError,
-    2016: InterfaceError,
-    2017: ProgrammingError,
-    2018: DataError,
-    2019: ConfigurationError,
-    2020: InterfaceError,
-    2021: NotSupportedError,
-    2022: InterfaceError,
-    2099: InternalError,
-    4010: ConnectionPoolError,
-    4011: ConnectionPoolError,
-    4012: ConnectionPoolError,
-    4013: ConnectionPoolError,
-    4014: ConnectionPoolError,
-    4015: OperationalError,
-    4016: ConfigurationError,
-}
-
-# kind hints from the C core (nc_error.h enum nc_kind)
-_KIND_CLASS = {
-    1: InterfaceError,
-    2: OperationalError,
-    3: ProgrammingError,
-    4: IntegrityError,
-    5: DataError,
-    6: NotSupportedError,
-    7: InternalError,
-}
-
-_SQLSTATE_CLASS = {
-    "08": OperationalError,   # connection exception
-    "0A": NotSupportedError,  # feature not supported
-    "21": ProgrammingError,   # cardinality violation
-    "22": DataError,          # data exception
-    "23": IntegrityError,     # integrity constraint violation
-    "24": InternalError,      # invalid cursor state
-    "25": InternalError,      # invalid transaction state
-    "26": ProgrammingError,   # invalid SQL statement name
-    "27": OperationalError,   # triggered data change violation
-    "28": OperationalError,   # invalid authorization
-    "2B": InternalError,
-    "2D": InternalError,
-    "2F": InternalError,
-    "34": ProgrammingError,   # invalid cursor name
-    "3D": ProgrammingError,   # invalid catalog name
-    "3F": ProgrammingError,   # invalid schema name
-    "40": OperationalError,   # transaction rollback (serialization, deadlock)
-    "42": ProgrammingError,   # syntax error or access rule violation
-    "44": ProgrammingError,   # with check option violation
-    "53": OperationalError,   # insufficient resources
-    "54": OperationalError,   # program limit exceeded
-    "55": OperationalError,   # object not in prerequisite state
-    "57": OperationalError,   # operator intervention (57014 is cancel)
-    "58": OperationalError,   # system error
-    "XX": InternalError,
-}
+    default_code = _default("QueryTimeoutError")
 
 
 def class_for(code: int, kind: int = 0, sqlstate: Optional[str] = None) -> type:
-    """The exception class for a code, a C-core kind hint and a SQLSTATE."""
-    if sqlstate and code in (2004, 2005):
-        cls = _SQLSTATE_CLASS.get(sqlstate[:2])
-        if cls is not None:
-            return cls
-    cls = _CODE_CLASS.get(code)
-    if cls is not None and not (code == 2005 and kind):
-        return cls
-    return _KIND_CLASS.get(kind, DatabaseError)
+    """The exception class of an error with this code, C-core kind hint and
+    SQLSTATE (the core's rule: the SQLSTATE's class for a server error, else
+    the code's, else the kind's)."""
+    return _CLASSES[_native.error_class(code, kind, sqlstate)]
 
 
-def _native_error(code: int, kind: int, sqlstate: Optional[str], message: str) -> Error:
-    """Build the exception for an error from the C core (called from C)."""
-    cls = class_for(code, kind, sqlstate)
-    server_message = message if sqlstate else None
-    return cls(message, code, sqlstate, server_message)
+def _native_error(code: int, kind: int, sqlstate: Optional[str], message: str,
+                  statement_sent: Optional[bool] = None) -> Error:
+    """The exception the C core raises for such an error, with its attributes."""
+    return _native.make_error(code, kind, sqlstate, message, statement_sent)
 
 
 # ---------------------------------------------------------------------------
@@ -338,4 +229,9 @@ class NotConnectedError(InterfaceError):
     """An operation on a manager that is not connected (connect() not called,
     or after disconnect()/close()); the code is the operation's "no
     connection" code (3003 for execute_query)."""
-    default_code = 3003
+    default_code = _default("Error")
+
+
+# The classes the C core raises, by the names its tables use.
+_CLASSES = {name: globals()[name] for name in _native.ERROR_CLASSES}
+_native._set_error_classes(_CLASSES)

@@ -53,34 +53,28 @@ __all__ = [
 log = logging.getLogger("noodlecore.database.failover")
 
 
-class FailoverMode(enum.Enum):
-    MANUAL = "manual"
-    AUTOMATIC = "automatic"
-    SEMI_AUTOMATIC = "semi_automatic"
+def _names_enum(name: str, names: tuple, doc: str) -> type:
+    # The members are the C core's names (csrc/core/nc_failover.c), the one
+    # copy: MANUAL = "manual", and so on.
+    cls = enum.Enum(name, [(n.upper(), n) for n in names], module=__name__)
+    cls.__doc__ = doc
+    return cls
 
 
-class FailoverPolicy(enum.Enum):
-    FAILURE_COUNT = "failure_count"
-    RESPONSE_TIME = "response_time"
-    HEALTH_CHECK = "health_check"
-    COMBINED = "combined"
+FailoverMode = _names_enum(
+    "FailoverMode", _native.FAILOVER_MODES,
+    "MANUAL (switch only on trigger_failover()), AUTOMATIC, SEMI_AUTOMATIC (fail back only on "
+    "trigger_recovery()).")
+FailoverPolicy = _names_enum(
+    "FailoverPolicy", _native.FAILOVER_POLICIES,
+    "What makes the current endpoint failing: FAILURE_COUNT, RESPONSE_TIME, HEALTH_CHECK, or COMBINED (any).")
+FailoverState = _names_enum(
+    "FailoverState", _native.FAILOVER_STATES,
+    "PRIMARY, FAILING_OVER, SECONDARY, FAILING_BACK, RECOVERING, UNAVAILABLE (no usable endpoint).")
 
-
-class FailoverState(enum.Enum):
-    PRIMARY = "primary"
-    FAILING_OVER = "failing_over"
-    SECONDARY = "secondary"
-    FAILING_BACK = "failing_back"
-    RECOVERING = "recovering"
-    UNAVAILABLE = "unavailable"     # no usable endpoint
-
-
-_MODE_CODE = {FailoverMode.MANUAL: 0, FailoverMode.AUTOMATIC: 1, FailoverMode.SEMI_AUTOMATIC: 2}
-_POLICY_CODE = {FailoverPolicy.FAILURE_COUNT: 1, FailoverPolicy.RESPONSE_TIME: 2,
-                FailoverPolicy.HEALTH_CHECK: 4, FailoverPolicy.COMBINED: 7}
-_POLICY_NAME = {1: "failure_count", 2: "response_time", 4: "health_check"}
-_EVENT_KIND = {1: "failover", 2: "failback", 3: "split_brain", 4: "no_target", 5: "resumed"}
-_ROLE = {0: "unknown", 1: "primary", 2: "standby"}
+#: The defaults of the failover settings: the C core's (nc_monitor_config_defaults).
+_FO_DEFAULTS = _native.FAILOVER_DEFAULTS
+_POOL_DEFAULTS = _native.POOL_DEFAULTS
 
 
 @dataclass
@@ -98,23 +92,23 @@ class FailoverConfig:
     DatabaseConnectionPool.
     """
 
-    mode: FailoverMode = FailoverMode.AUTOMATIC
-    policy: FailoverPolicy = FailoverPolicy.COMBINED
-    max_failure_count: int = 3
-    failure_timeout: float = 30
-    response_time_threshold: float = 2.0
-    health_check_interval: float = 10
-    failover_timeout: float = 60
-    recovery_check_interval: float = 30
-    max_recovery_attempts: int = 5
+    mode: FailoverMode = FailoverMode(_FO_DEFAULTS["mode"])
+    policy: FailoverPolicy = FailoverPolicy(_FO_DEFAULTS["policy"])
+    max_failure_count: int = _FO_DEFAULTS["max_failure_count"]
+    failure_timeout: float = _FO_DEFAULTS["failure_timeout"]
+    response_time_threshold: float = _FO_DEFAULTS["response_time_threshold"]
+    health_check_interval: float = _FO_DEFAULTS["health_check_interval"]
+    failover_timeout: float = _FO_DEFAULTS["failover_timeout"]
+    recovery_check_interval: float = _FO_DEFAULTS["recovery_check_interval"]
+    max_recovery_attempts: int = _FO_DEFAULTS["max_recovery_attempts"]
     enable_connection_pooling: bool = True
-    pool_max_connections: int = 20
-    pool_timeout: float = 30
-    health_check_timeout: float = 5.0
-    auto_recovery: bool = True
-    require_writable: bool = True
-    slow_probe_count: int = 2
-    hold_down: float = 5.0
+    pool_max_connections: int = _POOL_DEFAULTS["max_connections"]
+    pool_timeout: float = _POOL_DEFAULTS["timeout"]
+    health_check_timeout: float = _FO_DEFAULTS["health_check_timeout"]
+    auto_recovery: bool = _FO_DEFAULTS["auto_recovery"]
+    require_writable: bool = _FO_DEFAULTS["require_writable"]
+    slow_probe_count: int = _FO_DEFAULTS["slow_probe_count"]
+    hold_down: float = _FO_DEFAULTS["hold_down"]
     event_history: int = 100
     pool_options: Dict[str, Any] = field(default_factory=dict)
 
@@ -252,7 +246,6 @@ class DatabaseFailoverManager:
                          retry_attempts=1)
         pool_opts.update(cfg.pool_options)
         self._pools: List[DatabaseConnectionPool] = []
-        targets = []
         try:
             for e in self.endpoints:
                 if backend_factory is None:
@@ -260,29 +253,18 @@ class DatabaseFailoverManager:
                     if kind == "python":
                         raise errors.ConfigurationError(f"endpoint {e.id!r}: no backend for its connection string")
                     pool = DatabaseConnectionPool(e.connection_string, **pool_opts)
-                    targets.append(e.connection_string)
                 else:
                     if not callable(backend_factory):
                         raise errors.ConfigurationError("backend_factory must be callable or None")
                     factory = (lambda cs=e.connection_string: backend_factory(cs))
                     pool = DatabaseConnectionPool(factory, **pool_opts)
-                    targets.append(factory)
                 self._pools.append(pool)
-            native_cfg = {
-                "mode": _MODE_CODE[cfg.mode], "policy": _POLICY_CODE[cfg.policy],
-                "max_failure_count": cfg.max_failure_count, "failure_timeout": float(cfg.failure_timeout),
-                "response_time_threshold": float(cfg.response_time_threshold),
-                "slow_probe_count": cfg.slow_probe_count,
-                "recovery_check_interval": float(cfg.recovery_check_interval),
-                "max_recovery_attempts": cfg.max_recovery_attempts, "auto_recovery": cfg.auto_recovery,
-                "require_writable": cfg.require_writable, "hold_down": float(cfg.hold_down),
-                "health_check_interval": float(cfg.health_check_interval),
-                "health_check_timeout": float(cfg.health_check_timeout),
-                "failover_timeout": float(cfg.failover_timeout),
-            }
+            # The settings the C core reads: those it has defaults for.
+            native_cfg = {name: getattr(cfg, name) for name in _FO_DEFAULTS}
+            native_cfg.update(mode=cfg.mode.value, policy=cfg.policy.value)
             primary = primaries[0] if primaries else -1
             self._native = _native.FailoverMonitor(
-                self._pools, [e.priority for e in self.endpoints], primary, targets, native_cfg)
+                self._pools, [e.priority for e in self.endpoints], primary, native_cfg)
         except BaseException:
             for p in self._pools:
                 p.shutdown(timeout=0)
@@ -456,18 +438,17 @@ class DatabaseFailoverManager:
 
     def _refresh_endpoint(self, e: DatabaseEndpoint, h: dict) -> None:
         e.is_available = bool(h["available"]) if h["probed"] else e.is_available
-        e.role = _ROLE.get(h["role"], "unknown")
+        e.role = h["role"]
         e.failure_count = h["consecutive_failures"]
         e.response_time = h["response_time"]
         e.last_health_check = _iso(h["last_check"])
         e.last_failure = _iso(h["last_failure"])
 
     def _make_event(self, raw: tuple) -> FailoverEvent:
-        (eid, kind, frm, to, success, fired, manual, ts, duration, detected_ago, reason) = raw
-        meta = {"kind": _EVENT_KIND.get(kind, str(kind)), "manual": bool(manual),
-                "triggered_by": "operator" if manual else "monitor"}
-        if fired:
-            meta["policy"] = _POLICY_NAME.get(fired, str(fired))
+        (eid, kind, frm, to, success, policy, manual, ts, duration, detected_ago, reason) = raw
+        meta = {"kind": kind, "manual": manual, "triggered_by": "operator" if manual else "monitor"}
+        if policy is not None:
+            meta["policy"] = policy
         if detected_ago is not None:
             meta["detection_to_switch"] = detected_ago
         return FailoverEvent(

@@ -23,23 +23,8 @@ from ._dialect import connection_kind
 
 log = logging.getLogger("noodlecore.database.manager")
 
-# operation -> ("no connection" code, "failed" code), as in the API contract
-OP_CODES = {
-    "connect": (3001, 3001),
-    "query": (3003, 3005),
-    "execute_batch": (3006, 3007),
-    "transaction": (3008, 3009),
-    "insert": (3010, 3011),
-    "update": (3012, 3013),
-    "delete": (3014, 3015),
-    "select": (3016, 3017),
-    "table_exists": (3018, 3019),
-    "create_table": (3020, 3021),
-    "drop_table": (3022, 3023),
-    "get_table_schema": (3024, 3025),
-    "stats": (3032, 3033),
-    "health_check": (3034, 3035),
-}
+# operation -> ("no connection" code, "failed" code): the core's code table
+OP_CODES = errors.operation_codes()
 
 
 # ---------------------------------------------------------------------------
@@ -51,37 +36,17 @@ class Failure(NamedTuple):
     not_applied: bool    # the statement certainly took no effect (never sent, or refused as read-only)
 
 
-# connection failed; a new or replacement connection failed (validation or
-# creation); the failover manager has no usable endpoint
-_LOST_CODES = frozenset((2004, 2008, 2009, 2010, 2011, 4015))
-# admin shutdown, crash shutdown, cannot connect now
-_LOST_SQLSTATES = ("57P01", "57P02", "57P03")
-
-
 def classify_failure(exc: BaseException) -> Failure:
-    """What a failure of a borrow or a statement means for the retry rules.
-
-    A lost connection: the exception's own ``connection_failure`` when it has
-    one (set by the native core, which owns that table), else the codes and
-    SQLSTATEs above; an OSError (a Python backend's ConnectionError) is one,
-    a statement timeout and the pool's own closed/timeout errors are not.
-    SQLSTATE 25006 (the server refused a write as read-only: a demoted
-    primary) is not a lost connection, but it counts as a connection-class
-    failure all the same (the endpoint, not the SQL, is wrong) and the
-    statement was certainly not applied."""
-    read_only = isinstance(exc, errors.Error) and exc.sqlstate == "25006"
-    lost = getattr(exc, "connection_failure", None)
-    if lost is None:
-        if isinstance(exc, OSError):
-            lost = True
-        elif not isinstance(exc, errors.Error) or isinstance(
-                exc, (errors.QueryTimeoutError, errors.PoolClosedError, errors.PoolTimeoutError)):
-            lost = False
-        else:
-            st = exc.sqlstate or ""
-            lost = exc.error_code in _LOST_CODES or st.startswith("08") or st in _LOST_SQLSTATES
-    sent = getattr(exc, "statement_sent", None)
-    return Failure(connection=bool(lost) or read_only, not_applied=sent is False or read_only)
+    """What a failure of a borrow or a statement means for the retry rules,
+    as the exception says it: the C core marks every error it raises (and
+    every exception a Python backend raises through a pool) with
+    ``connection_failure`` and ``not_applied`` from its tables
+    (csrc/core/nc_error.c: a lost or refused connection, no usable endpoint,
+    a write refused as read-only; never sent, or refused before running);
+    errors made in Python get them from the same tables.  Anything else is no
+    connection failure."""
+    return Failure(connection=bool(getattr(exc, "connection_failure", False)),
+                   not_applied=bool(getattr(exc, "not_applied", False)))
 
 
 # ---------------------------------------------------------------------------
@@ -194,8 +159,10 @@ def rewrap(exc: BaseException, code: int, message: str, endpoint: Optional[str],
         new = cls(message, code, exc.sqlstate, exc.server_message)
     except Exception:
         new = errors.DatabaseError(message, code, exc.sqlstate, exc.server_message)
-    if "statement_sent" in vars(exc):
-        new.statement_sent = exc.statement_sent
+    # what the core said of the cause stays true of the rewrapped error
+    for name in ("statement_sent", "connection_failure", "not_applied"):
+        if name in vars(exc):
+            setattr(new, name, getattr(exc, name))
     new.endpoint = endpoint
     new.correlation_id = cid
     return new

@@ -1,4 +1,4 @@
-/* adapt_sqlite.c - binding Python values to SQLite statement parameters.
+/* sqlite_adapt.c - binding Python values to SQLite statement parameters.
  *
  * SQLite's storage classes: None -> NULL, bool/int -> INTEGER (64-bit),
  * float -> REAL, str -> TEXT, bytes-likes -> BLOB.  Other supported types are
@@ -7,7 +7,7 @@
  * str(), dict/list as JSON.  Text and blobs are bound SQLITE_TRANSIENT
  * (SQLite copies them), so nothing needs to outlive the call.
  */
-#include "adapt_common.h"
+#include "sqlite_adapt.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -32,7 +32,7 @@ static int bind_blob(sqlite3_stmt *stmt, int i, const void *p, Py_ssize_t len)
 static int bind_str(sqlite3_stmt *stmt, int i, PyObject *s, const char *what, int *rc)
 {
     Py_ssize_t len;
-    const char *u = nc_adapt_utf8(s, &len, what);
+    const char *u = npy_adapt_utf8(s, &len, what);
     if (!u) {
         Py_DECREF(s);
         return -1;
@@ -42,7 +42,7 @@ static int bind_str(sqlite3_stmt *stmt, int i, PyObject *s, const char *what, in
     return 0;
 }
 
-int nc_sqlite_bind(sqlite3_stmt *stmt, int i, PyObject *value, const char *what)
+int npy_sqlite_bind(sqlite3_stmt *stmt, int i, PyObject *value, const char *what)
 {
     int rc = SQLITE_OK, kind, has_offset, len;
     char buf[64];
@@ -50,21 +50,21 @@ int nc_sqlite_bind(sqlite3_stmt *stmt, int i, PyObject *value, const char *what)
 
     if (!what)
         what = "parameter";
-    kind = nc_adapt_kind(value);
+    kind = npy_adapt_kind(value);
     switch (kind) {
-    case NC_V_NONE:
+    case NPY_V_NONE:
         rc = sqlite3_bind_null(stmt, i);
         break;
 
-    case NC_V_BOOL:
+    case NPY_V_BOOL:
         rc = sqlite3_bind_int64(stmt, i, value == Py_True);
         break;
 
-    case NC_V_INT: {
+    case NPY_V_INT: {
         int overflow;
         long long x = PyLong_AsLongLongAndOverflow(value, &overflow);
         if (overflow) {
-            nc_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
+            npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
                             "%s: int value out of range for SQLite (64-bit signed integers)",
                             what);
             return -1;
@@ -75,20 +75,20 @@ int nc_sqlite_bind(sqlite3_stmt *stmt, int i, PyObject *value, const char *what)
         break;
     }
 
-    case NC_V_FLOAT:
+    case NPY_V_FLOAT:
         rc = sqlite3_bind_double(stmt, i, PyFloat_AS_DOUBLE(value));
         break;
 
-    case NC_V_STR:
+    case NPY_V_STR:
         if (bind_str(stmt, i, Py_NewRef(value), what, &rc) < 0)
             return -1;
         break;
 
-    case NC_V_BYTES:
+    case NPY_V_BYTES:
         rc = bind_blob(stmt, i, PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value));
         break;
 
-    case NC_V_BUFFER: {
+    case NPY_V_BUFFER: {
         Py_buffer view;
         if (PyObject_GetBuffer(value, &view, PyBUF_SIMPLE) == 0) {
             rc = bind_blob(stmt, i, view.buf, view.len);
@@ -107,41 +107,63 @@ int nc_sqlite_bind(sqlite3_stmt *stmt, int i, PyObject *value, const char *what)
         break;
     }
 
-    case NC_V_DECIMAL:
-    case NC_V_UUID:
+    case NPY_V_DECIMAL:
+    case NPY_V_UUID:
         s = PyObject_Str(value);
         if (!s || bind_str(stmt, i, s, what, &rc) < 0)
             return -1;
         break;
 
-    case NC_V_JSON:
-        s = nc_adapt_json_dumps(value, what);
+    case NPY_V_JSON:
+        s = npy_adapt_json_dumps(value, what);
         if (!s || bind_str(stmt, i, s, what, &rc) < 0)
             return -1;
         break;
 
-    case NC_V_DATETIME:
-    case NC_V_DATE:
-    case NC_V_TIME:
-        len = nc_adapt_format_temporal(value, kind, buf, sizeof buf, &has_offset);
+    case NPY_V_DATETIME:
+    case NPY_V_DATE:
+    case NPY_V_TIME:
+        len = npy_adapt_format_temporal(value, kind, buf, sizeof buf, &has_offset);
         if (len < 0)
             return -1;
         rc = bind_text(stmt, i, buf, len);
         break;
 
-    case NC_V_TIMEDELTA:    /* no SQLite convention for durations */
-    case NC_V_OTHER:
-        nc_adapt_type_error(what, value);
+    case NPY_V_TIMEDELTA:    /* no SQLite convention for durations */
+    case NPY_V_OTHER:
+        npy_adapt_type_error(what, value);
         return -1;
 
-    default:                /* -1: error set by nc_adapt_kind */
+    default:                /* -1: error set by npy_adapt_kind */
         return -1;
     }
 
     if (rc != SQLITE_OK) {
-        nc_adapt_raisef(NC_E_QUERY, NC_K_PROGRAMMING, "%s: cannot bind the value: %s", what,
+        npy_adapt_raisef(NC_E_QUERY, NC_K_PROGRAMMING, "%s: cannot bind the value: %s", what,
                         sqlite3_errstr(rc));
         return -1;
     }
     return 0;
+}
+
+PyObject *npy_sqlite_value(sqlite3_stmt *st, int j)
+{
+    switch (sqlite3_column_type(st, j)) {
+    case SQLITE_INTEGER:
+        return PyLong_FromLongLong(sqlite3_column_int64(st, j));
+    case SQLITE_FLOAT:
+        return PyFloat_FromDouble(sqlite3_column_double(st, j));
+    case SQLITE_TEXT: {
+        const char *t = (const char *)sqlite3_column_text(st, j);
+        int n = sqlite3_column_bytes(st, j);
+        return PyUnicode_DecodeUTF8(t ? t : "", n, "replace");
+    }
+    case SQLITE_BLOB: {
+        const void *b = sqlite3_column_blob(st, j);
+        int n = sqlite3_column_bytes(st, j);
+        return PyBytes_FromStringAndSize(b ? b : "", n);
+    }
+    default:
+        Py_RETURN_NONE;
+    }
 }

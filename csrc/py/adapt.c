@@ -1,28 +1,24 @@
-/* adapt_common.c - what adapt_pg.c and adapt_sqlite.c share: the caches set
- * up by nc_adapt_init(), classifying a Python value, error helpers, and every
- * use of the datetime C API.
+/* adapt.c - what pg_adapt.c and sqlite_adapt.c share: the caches set up by
+ * npy_adapt_init(), classifying a Python value, error helpers, matching
+ * params to placeholders, and every use of the datetime C API.
  *
  * The datetime C API is reached through PyDateTimeAPI, which <datetime.h>
  * declares as a *static* variable: each file that uses the PyDateTime_* macros
  * has its own copy and must run PyDateTime_IMPORT itself.  So this is the only
- * file of the adapters that includes <datetime.h>; nc_adapt_init() imports the
+ * file of the adapters that includes <datetime.h>; npy_adapt_init() imports the
  * capsule here, and the other files go through the functions below (formatting
  * date/time values, building them from parsed fields, fixed-offset tzinfos).
- *
- * The declarations of the nc_adapt_* helpers are repeated at the top of
- * adapt_pg.c and adapt_sqlite.c (there is no private header); keep the three
- * copies identical.
  */
-#include "adapt_common.h"
+#include "adapt.h"
 #include <datetime.h>
 
 #include <stdio.h>
 #include <string.h>
 
 
-#define NC_TZ_CACHE_MAX 256
+#define NPY_TZ_CACHE_MAX 256
 
-/* offset seconds (int) -> datetime.timezone; bounded, see nc_adapt_tz(). */
+/* offset seconds (int) -> datetime.timezone; bounded, see npy_adapt_tz(). */
 static PyObject *tz_cache;
 
 static int import_attr(const char *module, const char *name, PyObject **out)
@@ -38,13 +34,13 @@ static int import_attr(const char *module, const char *name, PyObject **out)
     return 0;
 }
 
-int nc_adapt_init(void)
+int npy_adapt_init(void)
 {
     PyObject *Decimal = NULL, *UUID = NULL, *loads = NULL, *dumps = NULL;
     PyObject *timezone = NULL, *utc = NULL, *cache = NULL;
 
-    if (!nc_st) {
-        PyErr_SetString(PyExc_SystemError, "nc_adapt_init: module state not allocated");
+    if (!npy_st) {
+        PyErr_SetString(PyExc_SystemError, "npy_adapt_init: module state not allocated");
         return -1;
     }
     PyDateTime_IMPORT;
@@ -57,7 +53,7 @@ int nc_adapt_init(void)
         || import_attr("datetime", "timezone", &timezone) < 0)
         goto error;
     if (!PyType_Check(Decimal) || !PyType_Check(UUID) || !PyType_Check(timezone)) {
-        PyErr_SetString(PyExc_TypeError, "nc_adapt_init: decimal.Decimal, uuid.UUID or "
+        PyErr_SetString(PyExc_TypeError, "npy_adapt_init: decimal.Decimal, uuid.UUID or "
                         "datetime.timezone is not a type");
         goto error;
     }
@@ -68,12 +64,12 @@ int nc_adapt_init(void)
     if (!cache)
         goto error;
 
-    Py_XSETREF(nc_st->Decimal, Decimal);
-    Py_XSETREF(nc_st->UUID, UUID);
-    Py_XSETREF(nc_st->json_loads, loads);
-    Py_XSETREF(nc_st->json_dumps, dumps);
-    Py_XSETREF(nc_st->timezone, timezone);
-    Py_XSETREF(nc_st->utc, utc);
+    Py_XSETREF(npy_st->Decimal, Decimal);
+    Py_XSETREF(npy_st->UUID, UUID);
+    Py_XSETREF(npy_st->json_loads, loads);
+    Py_XSETREF(npy_st->json_dumps, dumps);
+    Py_XSETREF(npy_st->timezone, timezone);
+    Py_XSETREF(npy_st->utc, utc);
     Py_XSETREF(tz_cache, cache);
     return 0;
 
@@ -90,16 +86,16 @@ error:
 
 /* ---- errors -------------------------------------------------------------- */
 
-PyObject *nc_adapt_raisef(int code, int kind, const char *fmt, ...)
+PyObject *npy_adapt_raisef(int code, int kind, const char *fmt, ...)
 {
     /* Format here and pass "%s": the message may hold anything (type names,
-     * parameter names, value prefixes) whatever printf flavour nc_raise uses. */
+     * parameter names, value prefixes) whatever printf flavour npy_raise uses. */
     char msg[NC_ERRMSG_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return nc_raise(code, kind, NULL, "%s", msg);
+    return npy_raise(code, kind, NULL, "%s", msg);
 }
 
 static PyObject *fetch_exception(void)
@@ -129,14 +125,14 @@ static void restore_exception(PyObject *exc)
 #endif
 }
 
-/* Replace the pending exception with nc_raise(code, kind, "msg: <original>"),
+/* Replace the pending exception with npy_raise(code, kind, "msg: <original>"),
  * chained from the original (__cause__).  MemoryError and exceptions that are
  * not Exception subclasses (KeyboardInterrupt ...) are left as they are.
  * Always returns NULL. */
-PyObject *nc_adapt_reraise(int code, int kind, const char *msg)
+PyObject *npy_adapt_reraise(int code, int kind, const char *msg)
 {
     if (!PyErr_Occurred())
-        return nc_adapt_raisef(code, kind, "%s", msg);
+        return npy_adapt_raisef(code, kind, "%s", msg);
     if (!PyErr_ExceptionMatches(PyExc_Exception) || PyErr_ExceptionMatches(PyExc_MemoryError))
         return NULL;
     PyObject *old = fetch_exception();
@@ -146,7 +142,7 @@ PyObject *nc_adapt_reraise(int code, int kind, const char *msg)
         PyErr_Clear();
         d = old ? Py_TYPE(old)->tp_name : "error";
     }
-    nc_adapt_raisef(code, kind, "%s: %s", msg, d);
+    npy_adapt_raisef(code, kind, "%s: %s", msg, d);
     Py_XDECREF(detail);
     if (old) {
         PyObject *exc = fetch_exception();
@@ -160,39 +156,39 @@ PyObject *nc_adapt_reraise(int code, int kind, const char *msg)
     return NULL;
 }
 
-PyObject *nc_adapt_type_error(const char *what, PyObject *v)
+PyObject *npy_adapt_type_error(const char *what, PyObject *v)
 {
-    return nc_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
+    return npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
                            "%s: cannot send a value of type '%s'",
                            what ? what : "parameter", Py_TYPE(v)->tp_name);
 }
 
 /* UTF-8 of a str; an unencodable str (lone surrogates) becomes 2015. */
-const char *nc_adapt_utf8(PyObject *s, Py_ssize_t *len, const char *what)
+const char *npy_adapt_utf8(PyObject *s, Py_ssize_t *len, const char *what)
 {
     const char *u = PyUnicode_AsUTF8AndSize(s, len);
     if (!u && PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
         char msg[256];
         snprintf(msg, sizeof msg, "%s: str value cannot be encoded as UTF-8",
                  what ? what : "parameter");
-        nc_adapt_reraise(NC_E_PARAM_TYPE, NC_K_PROGRAMMING, msg);
+        npy_adapt_reraise(NC_E_PARAM_TYPE, NC_K_PROGRAMMING, msg);
     }
     return u;
 }
 
 /* json.dumps(v) as a new str; a value json cannot serialise becomes 2015. */
-PyObject *nc_adapt_json_dumps(PyObject *v, const char *what)
+PyObject *npy_adapt_json_dumps(PyObject *v, const char *what)
 {
-    PyObject *s = PyObject_CallOneArg(nc_st->json_dumps, v);
+    PyObject *s = PyObject_CallOneArg(npy_st->json_dumps, v);
     if (!s) {
         char msg[256];
         snprintf(msg, sizeof msg, "%s: cannot send a value of type '%s' as JSON",
                  what ? what : "parameter", Py_TYPE(v)->tp_name);
-        return nc_adapt_reraise(NC_E_PARAM_TYPE, NC_K_PROGRAMMING, msg);
+        return npy_adapt_reraise(NC_E_PARAM_TYPE, NC_K_PROGRAMMING, msg);
     }
     if (!PyUnicode_Check(s)) {
         Py_DECREF(s);
-        return nc_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
+        return npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
                                "%s: json.dumps did not return a str", what ? what : "parameter");
     }
     return s;
@@ -200,56 +196,56 @@ PyObject *nc_adapt_json_dumps(PyObject *v, const char *what)
 
 /* ---- classifying values -------------------------------------------------- */
 
-/* The enum nc_vkind of v, or -1 (SystemError) before nc_adapt_init().
+/* The enum npy_vkind of v, or -1 (SystemError) before npy_adapt_init().
  * Exact builtin types are tested first (the common case), then subclasses;
  * bool before int and datetime before date. */
-int nc_adapt_kind(PyObject *v)
+int npy_adapt_kind(PyObject *v)
 {
     PyTypeObject *t = Py_TYPE(v);
 
     if (v == Py_None)
-        return NC_V_NONE;
+        return NPY_V_NONE;
     if (t == &PyLong_Type)
-        return NC_V_INT;
+        return NPY_V_INT;
     if (t == &PyUnicode_Type)
-        return NC_V_STR;
+        return NPY_V_STR;
     if (t == &PyFloat_Type)
-        return NC_V_FLOAT;
+        return NPY_V_FLOAT;
     if (t == &PyBool_Type)
-        return NC_V_BOOL;
+        return NPY_V_BOOL;
     if (t == &PyBytes_Type)
-        return NC_V_BYTES;
-    if (!PyDateTimeAPI || !nc_st || !nc_st->Decimal || !nc_st->UUID) {
-        PyErr_SetString(PyExc_SystemError, "noodlecore: nc_adapt_init() was not called");
+        return NPY_V_BYTES;
+    if (!PyDateTimeAPI || !npy_st || !npy_st->Decimal || !npy_st->UUID) {
+        PyErr_SetString(PyExc_SystemError, "noodlecore: npy_adapt_init() was not called");
         return -1;
     }
-    if (t == (PyTypeObject *)nc_st->Decimal)
-        return NC_V_DECIMAL;
+    if (t == (PyTypeObject *)npy_st->Decimal)
+        return NPY_V_DECIMAL;
     if (PyLong_Check(v))            /* bool is final: no subclass gets here */
-        return NC_V_INT;
+        return NPY_V_INT;
     if (PyUnicode_Check(v))
-        return NC_V_STR;
+        return NPY_V_STR;
     if (PyFloat_Check(v))
-        return NC_V_FLOAT;
+        return NPY_V_FLOAT;
     if (PyBytes_Check(v))
-        return NC_V_BYTES;
+        return NPY_V_BYTES;
     if (PyByteArray_Check(v) || PyMemoryView_Check(v))
-        return NC_V_BUFFER;
+        return NPY_V_BUFFER;
     if (PyDateTime_Check(v))
-        return NC_V_DATETIME;
+        return NPY_V_DATETIME;
     if (PyDate_Check(v))
-        return NC_V_DATE;
+        return NPY_V_DATE;
     if (PyTime_Check(v))
-        return NC_V_TIME;
+        return NPY_V_TIME;
     if (PyDelta_Check(v))
-        return NC_V_TIMEDELTA;
-    if (PyObject_TypeCheck(v, (PyTypeObject *)nc_st->Decimal))
-        return NC_V_DECIMAL;
-    if (PyObject_TypeCheck(v, (PyTypeObject *)nc_st->UUID))
-        return NC_V_UUID;
+        return NPY_V_TIMEDELTA;
+    if (PyObject_TypeCheck(v, (PyTypeObject *)npy_st->Decimal))
+        return NPY_V_DECIMAL;
+    if (PyObject_TypeCheck(v, (PyTypeObject *)npy_st->UUID))
+        return NPY_V_UUID;
     if (PyDict_Check(v) || PyList_Check(v))
-        return NC_V_JSON;
-    return NC_V_OTHER;
+        return NPY_V_JSON;
+    return NPY_V_OTHER;
 }
 
 /* ---- formatting date/time values ----------------------------------------- */
@@ -335,7 +331,7 @@ static char *put_offset(char *p, PyObject *off)
 }
 
 /* Write the text form of a datetime/date/time/timedelta (kind from
- * nc_adapt_kind) into buf (size >= 64), NUL-terminated:
+ * npy_adapt_kind) into buf (size >= 64), NUL-terminated:
  *   datetime  "YYYY-MM-DD HH:MM:SS[.ffffff][+HH:MM[:SS[.ffffff]]]"
  *   date      "YYYY-MM-DD"
  *   time      "HH:MM:SS[.ffffff][+HH:MM...]"
@@ -343,25 +339,25 @@ static char *put_offset(char *p, PyObject *off)
  * i.e. str() / isoformat(' ') of the value, which is also what the sqlite3
  * module stores.  *has_offset = 1 when utcoffset() gave an offset.  Returns
  * the length, or -1 with an exception set (utcoffset() may raise). */
-int nc_adapt_format_temporal(PyObject *v, int kind, char *buf, size_t size, int *has_offset)
+int npy_adapt_format_temporal(PyObject *v, int kind, char *buf, size_t size, int *has_offset)
 {
     char *p = buf;
     PyObject *off = NULL;
 
     *has_offset = 0;
     if (size < 64) {
-        PyErr_SetString(PyExc_SystemError, "nc_adapt_format_temporal: buffer too small");
+        PyErr_SetString(PyExc_SystemError, "npy_adapt_format_temporal: buffer too small");
         return -1;
     }
     switch (kind) {
-    case NC_V_DATETIME:
-    case NC_V_DATE:
+    case NPY_V_DATETIME:
+    case NPY_V_DATE:
         p = put_n(p, PyDateTime_GET_YEAR(v), 4);
         *p++ = '-';
         p = put2(p, PyDateTime_GET_MONTH(v));
         *p++ = '-';
         p = put2(p, PyDateTime_GET_DAY(v));
-        if (kind == NC_V_DATE)
+        if (kind == NPY_V_DATE)
             break;
         if (get_offset(v, PyDateTime_DATE_GET_TZINFO(v) != Py_None, &off) < 0)
             return -1;
@@ -369,19 +365,19 @@ int nc_adapt_format_temporal(PyObject *v, int kind, char *buf, size_t size, int 
         p = put_time(p, PyDateTime_DATE_GET_HOUR(v), PyDateTime_DATE_GET_MINUTE(v),
                      PyDateTime_DATE_GET_SECOND(v), PyDateTime_DATE_GET_MICROSECOND(v));
         break;
-    case NC_V_TIME:
+    case NPY_V_TIME:
         if (get_offset(v, PyDateTime_TIME_GET_TZINFO(v) != Py_None, &off) < 0)
             return -1;
         p = put_time(p, PyDateTime_TIME_GET_HOUR(v), PyDateTime_TIME_GET_MINUTE(v),
                      PyDateTime_TIME_GET_SECOND(v), PyDateTime_TIME_GET_MICROSECOND(v));
         break;
-    case NC_V_TIMEDELTA:
+    case NPY_V_TIMEDELTA:
         p += snprintf(p, size, "%d days %d seconds %d microseconds",
                       PyDateTime_DELTA_GET_DAYS(v), PyDateTime_DELTA_GET_SECONDS(v),
                       PyDateTime_DELTA_GET_MICROSECONDS(v));
         break;
     default:
-        PyErr_SetString(PyExc_SystemError, "nc_adapt_format_temporal: not a date/time value");
+        PyErr_SetString(PyExc_SystemError, "npy_adapt_format_temporal: not a date/time value");
         return -1;
     }
     if (off) {
@@ -397,11 +393,11 @@ int nc_adapt_format_temporal(PyObject *v, int kind, char *buf, size_t size, int 
 
 /* A datetime.timezone for a fixed UTC offset in seconds (new reference);
  * timezone.utc for 0.  Cached: a result set has few distinct offsets, and the
- * cache stops growing at NC_TZ_CACHE_MAX entries. */
-PyObject *nc_adapt_tz(int offset_seconds)
+ * cache stops growing at NPY_TZ_CACHE_MAX entries. */
+PyObject *npy_adapt_tz(int offset_seconds)
 {
     if (offset_seconds == 0)
-        return Py_NewRef(nc_st->utc);
+        return Py_NewRef(npy_st->utc);
     PyObject *key = PyLong_FromLong(offset_seconds);
     if (!key)
         return NULL;
@@ -421,24 +417,104 @@ PyObject *nc_adapt_tz(int offset_seconds)
     }
     tz = PyTimeZone_FromOffset(delta);
     Py_DECREF(delta);
-    if (tz && PyDict_GET_SIZE(tz_cache) < NC_TZ_CACHE_MAX && PyDict_SetItem(tz_cache, key, tz) < 0)
+    if (tz && PyDict_GET_SIZE(tz_cache) < NPY_TZ_CACHE_MAX && PyDict_SetItem(tz_cache, key, tz) < 0)
         Py_CLEAR(tz);
     Py_DECREF(key);
     return tz;
 }
 
-PyObject *nc_adapt_new_date(int y, int m, int d)
+PyObject *npy_adapt_new_date(int y, int m, int d)
 {
     return PyDateTimeAPI->Date_FromDate(y, m, d, PyDateTimeAPI->DateType);
 }
 
-PyObject *nc_adapt_new_time(int h, int mi, int s, int us, PyObject *tz)
+PyObject *npy_adapt_new_time(int h, int mi, int s, int us, PyObject *tz)
 {
     return PyDateTimeAPI->Time_FromTime(h, mi, s, us, tz ? tz : Py_None, PyDateTimeAPI->TimeType);
 }
 
-PyObject *nc_adapt_new_datetime(int y, int mo, int d, int h, int mi, int s, int us, PyObject *tz)
+PyObject *npy_adapt_new_datetime(int y, int mo, int d, int h, int mi, int s, int us, PyObject *tz)
 {
     return PyDateTimeAPI->DateTime_FromDateAndTime(y, mo, d, h, mi, s, us, tz ? tz : Py_None,
                                                    PyDateTimeAPI->DateTimeType);
+}
+
+/* ---- params against placeholders -------------------------------------- */
+
+PyObject *npy_params_ordered(const nc_sql *q, PyObject *params)
+{
+    int is_map = PyDict_Check(params) || (!PyList_Check(params) && !PyTuple_Check(params) &&
+                                          PyMapping_Check(params) && !PyUnicode_Check(params) &&
+                                          !PyBytes_Check(params));
+    if (q->style == NC_STYLE_NAMED) {
+        if (!is_map)
+            return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL,
+                            "the query uses %%(name)s placeholders, so params must be a mapping, not %s",
+                            Py_TYPE(params)->tp_name);
+        PyObject *out = PyList_New(q->nslots);
+        if (!out)
+            return NULL;
+        for (int i = 0; i < q->nslots; i++) {
+            PyObject *key = PyUnicode_FromString(q->names[i]);
+            if (!key) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyObject *v = PyObject_GetItem(params, key);
+            Py_DECREF(key);
+            if (!v) {
+                if (PyErr_ExceptionMatches(PyExc_KeyError)) {
+                    PyErr_Clear();
+                    npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL,
+                             "query parameter '%s' is missing from params", q->names[i]);
+                }
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyList_SET_ITEM(out, i, v);
+        }
+        return out;
+    }
+    if (is_map) {
+        if (q->style == NC_STYLE_NONE) {
+            Py_ssize_t len = PyObject_Length(params);
+            if (len < 0)
+                return NULL;
+            if (len == 0)
+                return PyList_New(0);
+        }
+        return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL,
+                        q->style == NC_STYLE_NONE
+                            ? "params were given but the query has no placeholders"
+                            : "the query uses %%s placeholders, so params must be a sequence, not a mapping");
+    }
+    if (PyUnicode_Check(params) || PyBytes_Check(params) || PyByteArray_Check(params) ||
+        !PySequence_Check(params))
+        return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL,
+                        "params must be a sequence or a mapping, not %s (wrap one value as (value,))",
+                        Py_TYPE(params)->tp_name);
+    PyObject *seq = PySequence_Fast(params, "params must be a sequence or a mapping");
+    if (!seq) {
+        PyErr_Clear();
+        return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "params must be a sequence or a mapping, not %s",
+                        Py_TYPE(params)->tp_name);
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n != q->nslots) {
+        Py_DECREF(seq);
+        return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL,
+                        "the query has %d placeholder%s but %zd parameter%s given", q->nslots,
+                        q->nslots == 1 ? "" : "s", n, n == 1 ? " was" : "s were");
+    }
+    PyObject *out = PySequence_List(seq);
+    Py_DECREF(seq);
+    return out;
+}
+
+void npy_param_name(const nc_sql *q, int i, char *buf, size_t cap)
+{
+    if (q->style == NC_STYLE_NAMED)
+        snprintf(buf, cap, "parameter '%s'", q->names[i]);
+    else
+        snprintf(buf, cap, "parameter %d", i + 1);
 }

@@ -1,4 +1,4 @@
-/* adapt_pg.c - Python values to PostgreSQL parameters, and PostgreSQL text
+/* pg_adapt.c - Python values to PostgreSQL parameters, and PostgreSQL text
  * results to Python values.
  *
  * Parameters are sent in text format with the type OID the Python type
@@ -14,7 +14,7 @@
  *   - BC dates (" BC" suffix) and years above 9999,
  *   - time[tz] '24:00:00' (PostgreSQL allows it, datetime.time does not).
  */
-#include "adapt_common.h"
+#include "pg_adapt.h"
 
 #include <limits.h>
 #include <math.h>
@@ -57,23 +57,23 @@
 /* Parameters                                                               */
 /* ======================================================================== */
 
-/* nc_pg_params_init makes one allocation holding every array plus, per slot,
+/* npy_pg_params_init makes one allocation holding every array plus, per slot,
  * NC_PG_SCRATCH bytes where short values (numbers, dates, times ...) are
  * formatted, so the common types need no allocation of their
  * own.  Layout: values | keep | owned (pointers) | types | lengths | formats
  * | scratch.  pp->values is the start of the block. */
 #define NC_PG_SCRATCH 64
 
-static char *scratch_of(nc_pg_params *pp, int i)
+static char *scratch_of(npy_pg_params *pp, int i)
 {
     return (char *)(pp->formats + pp->n) + (size_t)i * NC_PG_SCRATCH;
 }
 
-int nc_pg_params_init(nc_pg_params *pp, int n)
+int npy_pg_params_init(npy_pg_params *pp, int n)
 {
     memset(pp, 0, sizeof *pp);
     if (n < 0) {
-        PyErr_SetString(PyExc_SystemError, "nc_pg_params_init: negative count");
+        PyErr_SetString(PyExc_SystemError, "npy_pg_params_init: negative count");
         return -1;
     }
     if (n == 0)
@@ -99,7 +99,7 @@ int nc_pg_params_init(nc_pg_params *pp, int n)
     return 0;
 }
 
-static void slot_clear(nc_pg_params *pp, int i)
+static void slot_clear(npy_pg_params *pp, int i)
 {
     Py_CLEAR(pp->keep[i]);
     free(pp->owned[i]);
@@ -110,7 +110,7 @@ static void slot_clear(nc_pg_params *pp, int i)
     pp->types[i] = 0;
 }
 
-void nc_pg_params_free(nc_pg_params *pp)
+void npy_pg_params_free(npy_pg_params *pp)
 {
     if (!pp)
         return;
@@ -124,7 +124,7 @@ void nc_pg_params_free(nc_pg_params *pp)
     memset(pp, 0, sizeof *pp);
 }
 
-static int set_text(nc_pg_params *pp, int i, const char *text, int len, Oid type)
+static int set_text(npy_pg_params *pp, int i, const char *text, int len, Oid type)
 {
     pp->values[i] = text;
     pp->lengths[i] = len;
@@ -134,24 +134,24 @@ static int set_text(nc_pg_params *pp, int i, const char *text, int len, Oid type
 }
 
 /* Send the str s (a reference we own, stolen) as text of the given type. */
-static int set_str(nc_pg_params *pp, int i, PyObject *s, Oid type, const char *what)
+static int set_str(npy_pg_params *pp, int i, PyObject *s, Oid type, const char *what)
 {
     Py_ssize_t len;
-    const char *u = nc_adapt_utf8(s, &len, what);
+    const char *u = npy_adapt_utf8(s, &len, what);
     if (!u) {
         Py_DECREF(s);
         return -1;
     }
     if (len > INT_MAX) {
         Py_DECREF(s);
-        nc_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING, "%s: str value too long (%zd bytes)",
+        npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING, "%s: str value too long (%zd bytes)",
                         what, len);
         return -1;
     }
     /* text parameters travel NUL-terminated: a NUL would cut the value short */
     if (memchr(u, '\0', (size_t)len)) {
         Py_DECREF(s);
-        nc_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
+        npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
                         "%s: str value contains NUL (\\x00) characters, which PostgreSQL "
                         "text cannot store", what);
         return -1;
@@ -161,12 +161,12 @@ static int set_str(nc_pg_params *pp, int i, PyObject *s, Oid type, const char *w
 }
 
 /* Send the bytes object b (stolen) as binary bytea. */
-static int set_bytes(nc_pg_params *pp, int i, PyObject *b, const char *what)
+static int set_bytes(npy_pg_params *pp, int i, PyObject *b, const char *what)
 {
     Py_ssize_t len = PyBytes_GET_SIZE(b);
     if (len > INT_MAX) {
         Py_DECREF(b);
-        nc_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
+        npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
                         "%s: bytes value too long (%zd bytes)", what, len);
         return -1;
     }
@@ -196,12 +196,12 @@ static int format_ll(char *buf, long long x)
     return len;
 }
 
-int nc_pg_params_set(nc_pg_params *pp, int i, PyObject *value, const char *what)
+int npy_pg_params_set(npy_pg_params *pp, int i, PyObject *value, const char *what)
 {
     if (!what)
         what = "parameter";
     if (i < 0 || i >= pp->n) {
-        PyErr_Format(PyExc_IndexError, "nc_pg_params_set: slot %d out of range (%d)", i, pp->n);
+        PyErr_Format(PyExc_IndexError, "npy_pg_params_set: slot %d out of range (%d)", i, pp->n);
         return -1;
     }
     slot_clear(pp, i);
@@ -209,13 +209,13 @@ int nc_pg_params_set(nc_pg_params *pp, int i, PyObject *value, const char *what)
     char *buf = scratch_of(pp, i);
     int has_offset, len;
     PyObject *s;
-    int kind = nc_adapt_kind(value);
+    int kind = npy_adapt_kind(value);
 
     switch (kind) {
-    case NC_V_NONE:
+    case NPY_V_NONE:
         return 0;
 
-    case NC_V_INT: {
+    case NPY_V_INT: {
         int overflow;
         long long x = PyLong_AsLongLongAndOverflow(value, &overflow);
         if (!overflow) {
@@ -233,10 +233,10 @@ int nc_pg_params_set(nc_pg_params *pp, int i, PyObject *value, const char *what)
         return set_str(pp, i, s, OID_NUMERIC, what);
     }
 
-    case NC_V_STR:
+    case NPY_V_STR:
         return set_str(pp, i, Py_NewRef(value), 0, what);
 
-    case NC_V_FLOAT: {
+    case NPY_V_FLOAT: {
         double d = PyFloat_AS_DOUBLE(value);
         if (isnan(d))
             return set_text(pp, i, "NaN", 3, OID_FLOAT8);
@@ -257,13 +257,13 @@ int nc_pg_params_set(nc_pg_params *pp, int i, PyObject *value, const char *what)
         return set_text(pp, i, buf, (int)rl, OID_FLOAT8);
     }
 
-    case NC_V_BOOL:
+    case NPY_V_BOOL:
         return set_text(pp, i, value == Py_True ? "t" : "f", 1, OID_BOOL);
 
-    case NC_V_BYTES:
+    case NPY_V_BYTES:
         return set_bytes(pp, i, Py_NewRef(value), what);
 
-    case NC_V_BUFFER:
+    case NPY_V_BUFFER:
         /* bytearray / memoryview: copy, the original may change (or be
          * resized) while the statement runs without the GIL */
         s = PyBytes_FromObject(value);
@@ -271,7 +271,7 @@ int nc_pg_params_set(nc_pg_params *pp, int i, PyObject *value, const char *what)
             return -1;
         return set_bytes(pp, i, s, what);
 
-    case NC_V_DECIMAL: {
+    case NPY_V_DECIMAL: {
         s = PyObject_Str(value);
         if (!s)
             return -1;
@@ -284,7 +284,7 @@ int nc_pg_params_set(nc_pg_params *pp, int i, PyObject *value, const char *what)
             u++;
         if (*u == 's' || *u == 'S') {
             Py_DECREF(s);
-            nc_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
+            npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
                             "%s: a signaling NaN Decimal cannot be sent", what);
             return -1;
         }
@@ -295,37 +295,37 @@ int nc_pg_params_set(nc_pg_params *pp, int i, PyObject *value, const char *what)
         return set_str(pp, i, s, OID_NUMERIC, what);
     }
 
-    case NC_V_DATETIME:
-    case NC_V_DATE:
-    case NC_V_TIME:
-    case NC_V_TIMEDELTA: {
-        len = nc_adapt_format_temporal(value, kind, buf, NC_PG_SCRATCH, &has_offset);
+    case NPY_V_DATETIME:
+    case NPY_V_DATE:
+    case NPY_V_TIME:
+    case NPY_V_TIMEDELTA: {
+        len = npy_adapt_format_temporal(value, kind, buf, NC_PG_SCRATCH, &has_offset);
         if (len < 0)
             return -1;
-        Oid type = kind == NC_V_DATETIME ? (has_offset ? OID_TIMESTAMPTZ : OID_TIMESTAMP)
-                 : kind == NC_V_DATE ? OID_DATE
-                 : kind == NC_V_TIME ? (has_offset ? OID_TIMETZ : OID_TIME)
+        Oid type = kind == NPY_V_DATETIME ? (has_offset ? OID_TIMESTAMPTZ : OID_TIMESTAMP)
+                 : kind == NPY_V_DATE ? OID_DATE
+                 : kind == NPY_V_TIME ? (has_offset ? OID_TIMETZ : OID_TIME)
                  : OID_INTERVAL;
         return set_text(pp, i, buf, len, type);
     }
 
-    case NC_V_UUID:
+    case NPY_V_UUID:
         s = PyObject_Str(value);
         if (!s)
             return -1;
         return set_str(pp, i, s, OID_UUID, what);
 
-    case NC_V_JSON:
-        s = nc_adapt_json_dumps(value, what);
+    case NPY_V_JSON:
+        s = npy_adapt_json_dumps(value, what);
         if (!s)
             return -1;
         return set_str(pp, i, s, OID_JSON, what);
 
-    case NC_V_OTHER:
-        nc_adapt_type_error(what, value);
+    case NPY_V_OTHER:
+        npy_adapt_type_error(what, value);
         return -1;
 
-    default:                            /* -1: error set by nc_adapt_kind */
+    default:                            /* -1: error set by npy_adapt_kind */
         return -1;
     }
 }
@@ -367,8 +367,8 @@ static PyObject *decode_error(Oid oid, const char *tname, const char *v, int len
         snprintf(msg, sizeof msg, "cannot decode a value (%s)%s%s: '%s'",
                  tname, why ? ": " : "", why ? why : "", pfx);
     if (PyErr_Occurred())
-        return nc_adapt_reraise(NC_E_DECODE, NC_K_DATA, msg);
-    return nc_adapt_raisef(NC_E_DECODE, NC_K_DATA, "%s", msg);
+        return npy_adapt_reraise(NC_E_DECODE, NC_K_DATA, msg);
+    return npy_adapt_raisef(NC_E_DECODE, NC_K_DATA, "%s", msg);
 }
 
 /* ---- str -------------------------------------------------------------- */
@@ -482,7 +482,7 @@ static PyObject *dec_bool(const char *v, int len)
 static PyObject *dec_via(PyObject *factory, const char *v, int len, Oid oid, const char *tname)
 {
     if (!factory) {
-        PyErr_SetString(PyExc_SystemError, "noodlecore: nc_adapt_init() was not called");
+        PyErr_SetString(PyExc_SystemError, "noodlecore: npy_adapt_init() was not called");
         return NULL;
     }
     PyObject *s = PyUnicode_DecodeUTF8(v, len, NULL);
@@ -497,22 +497,22 @@ static PyObject *dec_via(PyObject *factory, const char *v, int len, Oid oid, con
 
 static PyObject *dec_numeric(const char *v, int len)
 {
-    return dec_via(nc_st->Decimal, v, len, OID_NUMERIC, "numeric");
+    return dec_via(npy_st->Decimal, v, len, OID_NUMERIC, "numeric");
 }
 
 static PyObject *dec_uuid(const char *v, int len)
 {
-    return dec_via(nc_st->UUID, v, len, OID_UUID, "uuid");
+    return dec_via(npy_st->UUID, v, len, OID_UUID, "uuid");
 }
 
 static PyObject *dec_json(const char *v, int len)
 {
-    return dec_via(nc_st->json_loads, v, len, OID_JSON, "json");
+    return dec_via(npy_st->json_loads, v, len, OID_JSON, "json");
 }
 
 static PyObject *dec_jsonb(const char *v, int len)
 {
-    return dec_via(nc_st->json_loads, v, len, OID_JSONB, "jsonb");
+    return dec_via(npy_st->json_loads, v, len, OID_JSONB, "jsonb");
 }
 
 /* ---- bytea -------------------------------------------------------------- */
@@ -721,7 +721,7 @@ static PyObject *dec_date(const char *v, int len)
         return as_str(v, len);
     if (rc != P_OK || p != end)
         return decode_error(OID_DATE, "date", v, len, "malformed");
-    PyObject *r = nc_adapt_new_date(y, m, d);
+    PyObject *r = npy_adapt_new_date(y, m, d);
     CHECK_BUILT(r, OID_DATE, "date");
     return r;
 }
@@ -738,9 +738,9 @@ static PyObject *dec_time_impl(const char *v, int len, int tz)
     if (rc == P_STR)
         return as_str(v, len);
     PyObject *tzinfo = NULL;
-    if (tz && !(tzinfo = nc_adapt_tz(off)))
+    if (tz && !(tzinfo = npy_adapt_tz(off)))
         return decode_error(oid, tname, v, len, "bad offset");
-    PyObject *r = nc_adapt_new_time(h, mi, s, us, tzinfo);
+    PyObject *r = npy_adapt_new_time(h, mi, s, us, tzinfo);
     Py_XDECREF(tzinfo);
     CHECK_BUILT(r, oid, tname);
     return r;
@@ -766,9 +766,9 @@ static PyObject *dec_timestamp_impl(const char *v, int len, int tz)
     if (rc2 != P_OK || (tz && parse_offset(&p, end, &off) != P_OK) || p != end)
         return decode_error(oid, tname, v, len, "malformed");
     PyObject *tzinfo = NULL;
-    if (tz && !(tzinfo = nc_adapt_tz(off)))
+    if (tz && !(tzinfo = npy_adapt_tz(off)))
         return decode_error(oid, tname, v, len, "bad offset");
-    PyObject *r = nc_adapt_new_datetime(y, mo, d, h, mi, s, us, tzinfo);
+    PyObject *r = npy_adapt_new_datetime(y, mo, d, h, mi, s, us, tzinfo);
     Py_XDECREF(tzinfo);
     CHECK_BUILT(r, oid, tname);
     return r;
@@ -779,7 +779,7 @@ static PyObject *dec_timestamptz(const char *v, int len) { return dec_timestamp_
 
 /* ---- the table ---------------------------------------------------------- */
 
-nc_pg_decoder nc_pg_decoder_for(Oid type)
+npy_pg_decoder npy_pg_decoder_for(Oid type)
 {
     switch (type) {
     case OID_BOOL: return dec_bool;

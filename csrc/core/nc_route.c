@@ -1,0 +1,303 @@
+/* nc_route.c - lending from the current endpoint (see nc_route.h).
+ *
+ * Counting: refs keeps the struct (owner, the monitor's memory, failure
+ * reports in flight); users counts calls inside the monitor (lends, enter/
+ * leave pairs, failure reports).  Closing stops the monitor's threads at
+ * once, but frees the monitor only when no call is inside it: the last user
+ * out does.  The monitor drops its reference when its own memory goes (no
+ * thread of it left), and the last reference frees the probers and drops
+ * the pools.
+ */
+#include "nc_route.h"
+#include "nc_probe.h"
+#include "nc_time.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct route_ep {
+    nc_route *r;
+    int i;
+} route_ep;
+
+struct nc_route {
+    pthread_mutex_t mu;         /* guards refs, users, closed, freeing */
+    int refs;
+    int users;
+    int closed;
+    int freeing;                /* the monitor is to be freed by the last user */
+    int n;
+    nc_pool **pools;            /* referenced */
+    nc_prober **probers;
+    route_ep *eps;              /* observer args, one per pool */
+    nc_monitor *mon;
+};
+
+/* ---- counting ----------------------------------------------------------------- */
+
+static void route_destroy(nc_route *r)
+{
+    for (int i = 0; i < r->n; i++) {
+        nc_prober_free(r->probers[i]);
+        nc_pool_unref(r->pools[i]);
+    }
+    free(r->probers);
+    free(r->pools);
+    free(r->eps);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+static void route_ref(nc_route *r)
+{
+    pthread_mutex_lock(&r->mu);
+    r->refs++;
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void route_unref(nc_route *r)
+{
+    pthread_mutex_lock(&r->mu);
+    int last = --r->refs == 0;
+    pthread_mutex_unlock(&r->mu);
+    if (last)
+        route_destroy(r);
+}
+
+nc_monitor *nc_route_enter(nc_route *r)
+{
+    pthread_mutex_lock(&r->mu);
+    nc_monitor *m = r->closed ? NULL : r->mon;
+    if (m) {
+        r->users++;
+        r->refs++;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return m;
+}
+
+void nc_route_leave(nc_route *r)
+{
+    pthread_mutex_lock(&r->mu);
+    int free_monitor = --r->users == 0 && r->freeing;
+    if (free_monitor)
+        r->freeing = 0;
+    pthread_mutex_unlock(&r->mu);
+    if (free_monitor)
+        nc_monitor_free(r->mon);   /* its memory, when it goes, drops the monitor's reference */
+    route_unref(r);
+}
+
+/* ---- what the monitor calls (monitor threads or a caller's, no GIL) ------------ */
+
+static int route_probe(void *arg, int i, double deadline, double *latency, int *role, char *errbuf,
+                       size_t errlen)
+{
+    nc_route *r = arg;
+    nc_probe_result res;
+    int rc = nc_prober_probe(r->probers[i], deadline, &res);
+    *latency = res.latency;
+    *role = res.role;
+    if (rc < 0)
+        snprintf(errbuf, errlen, "%s", res.error);
+    return rc;
+}
+
+static void route_switched(void *arg, int from, int to)
+{
+    nc_route *r = arg;
+    /* The abandoned endpoint's idle connections go now, lent ones when they
+     * come back: no borrower gets one of them again. */
+    if (from >= 0 && from < r->n && from != to)
+        nc_pool_drain(r->pools[from], 1);
+}
+
+static void route_monitor_gone(void *arg)
+{
+    route_unref(arg);
+}
+
+/* ---- what the pools report (the statement path, no GIL) ------------------------ */
+
+static void ep_failure(void *arg, int failure, const nc_error *err)
+{
+    route_ep *ep = arg;
+    nc_monitor *m = nc_route_enter(ep->r);
+    if (!m)
+        return;
+    int kind = failure == NC_FAIL_READ_ONLY ? NC_FO_PASSIVE_READ_ONLY : NC_FO_PASSIVE_LOST;
+    /* May decide and switch right here when no monitor thread runs. */
+    nc_monitor_passive(m, ep->i, kind, err->message);
+    nc_route_leave(ep->r);
+}
+
+static void ep_ref(void *arg) { route_ref(((route_ep *)arg)->r); }
+static void ep_unref(void *arg) { route_unref(((route_ep *)arg)->r); }
+
+static const nc_pool_observer ep_observer = {ep_failure, ep_ref, ep_unref};
+
+/* ---- the API --------------------------------------------------------------------- */
+
+nc_route *nc_route_new(nc_pool *const *pools, int n, const int *priority, int primary,
+                       const nc_monitor_config *cfg, nc_error *err)
+{
+    if (n < 1 || !pools) {
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "failover: no endpoints");
+        return NULL;
+    }
+    nc_route *r = calloc(1, sizeof *r);
+    if (!r || pthread_mutex_init(&r->mu, NULL) != 0) {
+        free(r);
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        return NULL;
+    }
+    r->refs = 1;
+    r->pools = calloc((size_t)n, sizeof *r->pools);
+    r->probers = calloc((size_t)n, sizeof *r->probers);
+    r->eps = calloc((size_t)n, sizeof *r->eps);
+    if (!r->pools || !r->probers || !r->eps) {
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        route_destroy(r);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        r->probers[i] = nc_prober_new(pools[i], 0, err);
+        if (!r->probers[i]) {
+            route_destroy(r);   /* r->n covers the probers and pools made so far */
+            return NULL;
+        }
+        nc_pool_ref(pools[i]);
+        r->pools[i] = pools[i];
+        r->eps[i] = (route_ep){r, i};
+        r->n = i + 1;
+    }
+    r->mon = nc_monitor_new(cfg, n, priority, primary, route_probe, r, route_switched, r, err);
+    if (!r->mon) {
+        route_destroy(r);
+        return NULL;
+    }
+    r->refs++;   /* the monitor's, dropped when its memory goes */
+    nc_monitor_on_free(r->mon, route_monitor_gone, r);
+    for (int i = 0; i < n; i++)
+        nc_pool_set_observer(r->pools[i], &ep_observer, &r->eps[i]);
+    return r;
+}
+
+nc_pool *nc_route_pool(nc_route *r, int i)
+{
+    return i >= 0 && i < r->n ? r->pools[i] : NULL;
+}
+
+int nc_route_count(nc_route *r)
+{
+    return r->n;
+}
+
+int nc_route_lend(nc_route *r, double timeout, int flags, int *endpoint, nc_conn **out, uint64_t *lease,
+                  nc_error *err)
+{
+    nc_monitor *m = nc_route_enter(r);
+    if (!m) {
+        nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the failover manager is shut down");
+        return -1;
+    }
+    int nowait = flags & NC_LEND_NOWAIT;
+    double start = nc_now();
+    int resumed = 0, rc;
+    for (int attempt = 0;; attempt++) {
+        uint64_t gen;
+        int idx = nc_monitor_current(m, &gen);
+        if (idx < 0 && !resumed && !nc_monitor_running(m)) {
+            if (nowait) {
+                rc = 0;
+                break;
+            }
+            /* Nobody is watching: look once whether an endpoint came back
+             * (the automatic decision, so MANUAL mode only resumes on the
+             * same endpoint). */
+            resumed = 1;
+            nc_monitor_recheck(m);
+            idx = nc_monitor_current(m, &gen);
+        }
+        if (idx < 0) {
+            nc_error_set(err, NC_E_FO_NO_ENDPOINT, NC_K_OPERATIONAL,
+                         "no usable database endpoint: every endpoint failed its health check or is "
+                         "read-only; service resumes when one comes back");
+            rc = -1;
+            break;
+        }
+        nc_pool *p = r->pools[idx];
+        nc_conn *c;
+        uint64_t l;
+        if (nowait) {
+            rc = nc_pool_try_acquire(p, &c, &l, err);
+            if (rc <= 0)
+                break;
+        } else {
+            double left = timeout;
+            if (timeout >= 0) {
+                left = timeout - (nc_now() - start);
+                if (left < 0)
+                    left = 0;
+            }
+            if (nc_pool_acquire(p, left, &c, &l, err) < 0) {
+                /* Could not even connect: that is a failure of the endpoint
+                 * (the monitor may switch right away); then try the endpoint
+                 * it chose instead. */
+                if (attempt < r->n && nc_error_failure(err->code, err->sqlstate) == NC_FAIL_LOST) {
+                    uint64_t before = nc_monitor_generation(m);
+                    nc_monitor_passive(m, idx, NC_FO_PASSIVE_LOST, err->message);
+                    if (nc_monitor_generation(m) != before || nc_monitor_current(m, NULL) != idx)
+                        continue;
+                }
+                rc = -1;
+                break;
+            }
+        }
+        if (nc_monitor_generation(m) == gen || attempt >= 8) {
+            *endpoint = idx;
+            *out = c;
+            *lease = l;
+            rc = 1;
+            break;
+        }
+        /* The endpoint changed while we borrowed: never hand out a
+         * connection of the abandoned one.  (Closing it is I/O; with NOWAIT
+         * it happens under the caller's lock, but only around a switch.) */
+        nc_pool_release(p, c, 1);
+    }
+    nc_route_leave(r);
+    return rc;
+}
+
+void nc_route_close(nc_route *r)
+{
+    if (!r)
+        return;
+    pthread_mutex_lock(&r->mu);
+    int first = !r->closed;
+    r->closed = 1;
+    pthread_mutex_unlock(&r->mu);
+    if (!first)
+        return;
+    for (int i = 0; i < r->n; i++)
+        nc_pool_set_observer(r->pools[i], NULL, NULL);
+    nc_monitor_stop(r->mon);   /* safe while calls are inside it; bounded */
+    pthread_mutex_lock(&r->mu);
+    int now = r->users == 0;
+    if (!now)
+        r->freeing = 1;   /* the last user frees it */
+    pthread_mutex_unlock(&r->mu);
+    if (now)
+        nc_monitor_free(r->mon);
+}
+
+void nc_route_free(nc_route *r)
+{
+    if (!r)
+        return;
+    nc_route_close(r);
+    route_unref(r);
+}

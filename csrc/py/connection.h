@@ -1,0 +1,60 @@
+/* connection.h - PooledConnection: a borrowed connection, and what it needs
+ * of the pool that lent it.
+ *
+ * A PooledConnection is a (slot, lease) pair plus a strong reference to the
+ * Python object that owns the pool (a Pool): after the connection went back
+ * the object is dead (InterfaceError 2016) and can never reach a connection
+ * now lent to someone else.
+ */
+#ifndef NPY_CONNECTION_H
+#define NPY_CONNECTION_H
+
+#include <stdint.h>
+#include "state.h"
+#include "../core/nc_pool.h"
+
+enum npy_backend { NPY_BACKEND_PG = 1, NPY_BACKEND_SQLITE = 2, NPY_BACKEND_PY = 3 };
+
+/* What a connection reads of its pool; filled by pool.c, lives in the Pool
+ * object (which every PooledConnection of it keeps alive). */
+typedef struct npy_pool_settings {
+    nc_pool *pool;          /* the core pool; NULL until the Pool is initialised */
+    int kind;               /* enum npy_backend */
+    int row_tuple;          /* default row format: 1 tuple, 0 dict */
+    double query_timeout;   /* seconds, < 0 none */
+    double busy_wait;       /* SQLite: how long to wait on a lock without a query timeout */
+    PyObject *display;      /* where it connects, no password (owned by the Pool) */
+} npy_pool_settings;
+
+typedef struct NpyConnection {
+    PyObject_HEAD
+    PyObject *owner;                /* strong: the Pool whose settings ps points into */
+    const npy_pool_settings *ps;
+    nc_conn *c;
+    uint64_t lease;
+    int released;
+    int in_txn;             /* inside begin()/transaction() */
+    int busy;               /* a method is running (maybe with the GIL released) */
+    int pending_release;    /* release asked for while busy: 1 return, 2 discard */
+    int row_tuple;
+} NpyConnection;
+
+extern PyTypeObject NpyConnection_Type;
+
+/* Borrow from ps->pool (waiting up to timeout, < 0 the pool's own), as a new
+ * PooledConnection.  The non-waiting fast path runs with the GIL held; a
+ * wait, a round trip or a connect runs without it.  NULL with the exception
+ * set. */
+NpyConnection *npy_connection_lend(PyObject *owner, const npy_pool_settings *ps, double timeout);
+
+/* For a lender of its own (the failover route): a PooledConnection holding
+ * nothing yet (allocate it before borrowing, so that nothing can fail after
+ * the borrow), then attach the borrow to it. */
+NpyConnection *npy_connection_alloc(void);
+void npy_connection_attach(NpyConnection *conn, PyObject *owner, const npy_pool_settings *ps, nc_conn *c,
+                           uint64_t lease);
+
+/* Give conn back (idempotent).  discard closes it instead. */
+void npy_connection_release(NpyConnection *conn, int discard);
+
+#endif

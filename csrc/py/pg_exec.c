@@ -1,0 +1,154 @@
+/* pg_exec.c - statements on a PostgreSQL connection (see pg_exec.h). */
+#include "pg_exec.h"
+
+static PyObject *pg_rows(PGresult *res, int tuple)
+{
+    int nrows = PQntuples(res), ncols = PQnfields(res);
+    npy_pg_decoder dec[ncols > 0 ? ncols : 1];
+    PyObject *names = NULL;
+    PyObject *rows = PyList_New(nrows);
+    if (!rows)
+        return NULL;
+    for (int j = 0; j < ncols; j++)
+        dec[j] = npy_pg_decoder_for(PQftype(res, j));
+    if (!tuple) {
+        names = PyTuple_New(ncols);
+        if (!names)
+            goto fail;
+        for (int j = 0; j < ncols; j++) {
+            PyObject *s = PyUnicode_FromString(PQfname(res, j));
+            if (!s)
+                goto fail;
+            PyUnicode_InternInPlace(&s);
+            PyTuple_SET_ITEM(names, j, s);
+        }
+    }
+    for (int i = 0; i < nrows; i++) {
+        PyObject *row = tuple ? PyTuple_New(ncols) : PyDict_New();
+        if (!row)
+            goto fail;
+        PyList_SET_ITEM(rows, i, row);
+        for (int j = 0; j < ncols; j++) {
+            PyObject *v;
+            if (PQgetisnull(res, i, j))
+                v = Py_NewRef(Py_None);
+            else
+                v = dec[j](PQgetvalue(res, i, j), PQgetlength(res, i, j));
+            if (!v)
+                goto fail;
+            if (tuple) {
+                PyTuple_SET_ITEM(row, j, v);
+            } else {
+                int rc = PyDict_SetItem(row, PyTuple_GET_ITEM(names, j), v);
+                Py_DECREF(v);
+                if (rc < 0)
+                    goto fail;
+            }
+        }
+    }
+    Py_XDECREF(names);
+    return rows;
+fail:
+    Py_XDECREF(names);
+    Py_DECREF(rows);
+    return NULL;
+}
+
+static PyObject *pg_result_value(PGresult *res, int tuple)
+{
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        return pg_rows(res, tuple);
+    const char *n = PQcmdTuples(res);
+    if (n && *n)
+        return PyLong_FromString(n, NULL, 10);
+    return PyLong_FromLong(-1);
+}
+
+/* Run one statement; returns a new PGresult or NULL with the exception set. */
+static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize_t sqllen, PyObject *params,
+                        double deadline)
+{
+    nc_error err;
+    nc_error_clear(&err);
+    PGresult *res = NULL;
+    if (params == Py_None) {
+        Py_BEGIN_ALLOW_THREADS
+        res = nc_pg_exec(pc, sql, -1, NULL, NULL, NULL, NULL, deadline, &err);
+        Py_END_ALLOW_THREADS
+    } else {
+        nc_sql q;
+        if (nc_sql_translate(sql, (size_t)sqllen, NC_DIALECT_PG, &q, &err) < 0) {
+            npy_raise_error(&err);
+            return NULL;
+        }
+        PyObject *vals = npy_params_ordered(&q, params);
+        if (!vals) {
+            nc_sql_free(&q);
+            return NULL;
+        }
+        npy_pg_params pp;
+        if (npy_pg_params_init(&pp, q.nslots) < 0) {
+            Py_DECREF(vals);
+            nc_sql_free(&q);
+            return NULL;
+        }
+        for (int i = 0; i < q.nslots; i++) {
+            char what[160];
+            npy_param_name(&q, i, what, sizeof what);
+            if (npy_pg_params_set(&pp, i, PyList_GET_ITEM(vals, i), what) < 0) {
+                npy_pg_params_free(&pp);
+                Py_DECREF(vals);
+                nc_sql_free(&q);
+                return NULL;
+            }
+        }
+        Py_BEGIN_ALLOW_THREADS
+        res = nc_pg_exec(pc, q.sql, q.nslots, pp.types, (const char *const *)pp.values, pp.lengths,
+                         pp.formats, deadline, &err);
+        Py_END_ALLOW_THREADS
+        npy_pg_params_free(&pp);
+        Py_DECREF(vals);
+        nc_sql_free(&q);
+    }
+    if (!res) {
+        /* Counted, and told to the pool's observer: a failover decision may
+         * follow, so not with the GIL held. */
+        Py_BEGIN_ALLOW_THREADS
+        nc_pool_statement_done(pool, &err);
+        Py_END_ALLOW_THREADS
+        npy_raise_error(&err);
+        return NULL;
+    }
+    nc_pool_statement_done(pool, NULL);
+    return res;
+}
+
+PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *params, double deadline,
+                         int tuple)
+{
+    Py_ssize_t len;
+    const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
+    if (!sql)
+        return NULL;
+    PGresult *res = pg_run(pool, pc, sql, len, params, deadline);
+    if (!res)
+        return NULL;
+    PyObject *out = pg_result_value(res, tuple);
+    PQclear(res);
+    return out;
+}
+
+int npy_pg_command(nc_pool *pool, nc_pg_conn *pc, const char *sql, double deadline)
+{
+    nc_error err;
+    nc_error_clear(&err);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = nc_pg_command(pc, sql, deadline, &err);
+    if (rc < 0)
+        nc_pool_report(pool, &err);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        npy_raise_error(&err);
+    return rc;
+}

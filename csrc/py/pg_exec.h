@@ -1,0 +1,20 @@
+/* pg_exec.h - running statements on a PostgreSQL connection: placeholders
+ * rewritten by the core, values converted by pg_adapt, the round trip with
+ * the GIL released, the result as Python rows or a row count. */
+#ifndef NPY_PG_EXEC_H
+#define NPY_PG_EXEC_H
+
+#include "pg_adapt.h"
+#include "../core/nc_pg.h"
+#include "../core/nc_pool.h"
+
+/* Run query (str) with params (None: sent as is, several statements
+ * allowed) before deadline.  Rows (tuples or dicts) or the affected row
+ * count (-1 none); NULL with the exception set.  A failure of the server or
+ * the connection is counted in pool and reported to its observer. */
+PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *params, double deadline,
+                         int tuple);
+/* BEGIN / COMMIT / ROLLBACK.  0, or -1 with the exception set. */
+int npy_pg_command(nc_pool *pool, nc_pg_conn *pc, const char *sql, double deadline);
+
+#endif

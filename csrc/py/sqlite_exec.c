@@ -1,0 +1,211 @@
+/* sqlite_exec.c - statements on a SQLite connection (see sqlite_exec.h). */
+#include "sqlite_exec.h"
+#include "../core/nc_time.h"
+
+static int blank(const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '-' && s[1] == '-') {
+            while (*s && *s != '\n')
+                s++;
+            if (!*s)
+                break;
+        } else if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r' && *s != ';') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,
+                             double deadline, double busy_wait, int tuple)
+{
+    Py_ssize_t len;
+    const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
+    if (!sql)
+        return NULL;
+    nc_error err;
+    nc_error_clear(&err);
+    nc_sql q;
+    memset(&q, 0, sizeof q);
+    PyObject *vals = NULL;
+    if (params != Py_None) {
+        if (nc_sql_translate(sql, (size_t)len, NC_DIALECT_SQLITE, &q, &err) < 0)
+            return npy_raise_error(&err);
+        vals = npy_params_ordered(&q, params);
+        if (!vals) {
+            nc_sql_free(&q);
+            return NULL;
+        }
+        sql = q.sql;
+    }
+    /* Waiting on a lock is bounded by busy_timeout even without a statement
+     * deadline; running is bounded by the statement deadline alone. */
+    double busy_until = nc_now() + busy_wait;
+    nc_sqlite_begin(sc, deadline, busy_until < deadline ? busy_until : deadline);
+
+    PyObject *result = NULL;
+    const char *tail = sql;
+    int first = 1;
+    while (tail && *tail) {
+        if (!first && blank(tail))
+            break;
+        sqlite3_stmt *st = NULL;
+        const char *next = NULL;
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = sqlite3_prepare_v2(sc->db, tail, -1, &st, &next);
+        Py_END_ALLOW_THREADS
+        if (rc != SQLITE_OK) {
+            nc_sqlite_error(sc, rc, &err);
+            goto error;
+        }
+        if (!st) {   /* only whitespace or a comment */
+            tail = next;
+            continue;
+        }
+        if (vals) {
+            if (!blank(next)) {
+                sqlite3_finalize(st);
+                npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL,
+                         "only one statement can run when params are given");
+                goto error_raised;
+            }
+            if (sqlite3_bind_parameter_count(st) > q.nslots) {
+                sqlite3_finalize(st);
+                npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL,
+                         "the statement has SQLite parameters of its own (?, :name); use %%s placeholders");
+                goto error_raised;
+            }
+            for (int i = 0; i < q.nslots; i++) {
+                char what[160];
+                npy_param_name(&q, i, what, sizeof what);
+                if (npy_sqlite_bind(st, i + 1, PyList_GET_ITEM(vals, i), what) < 0) {
+                    sqlite3_finalize(st);
+                    goto error_raised;
+                }
+            }
+        }
+        int ncols = sqlite3_column_count(st);
+        PyObject *rows = NULL, *names = NULL;
+        if (ncols > 0) {
+            rows = PyList_New(0);
+            if (!tuple) {
+                names = PyTuple_New(ncols);
+                for (int j = 0; names && j < ncols; j++) {
+                    const char *nm = sqlite3_column_name(st, j);
+                    PyObject *s = PyUnicode_FromString(nm ? nm : "?column?");
+                    if (!s) {
+                        Py_CLEAR(names);
+                        break;
+                    }
+                    PyTuple_SET_ITEM(names, j, s);
+                }
+            }
+            if (!rows || (!tuple && !names)) {
+                Py_XDECREF(rows);
+                Py_XDECREF(names);
+                sqlite3_finalize(st);
+                goto error_raised;
+            }
+        }
+        sqlite3_int64 before = sqlite3_total_changes64(sc->db);
+        for (;;) {
+            Py_BEGIN_ALLOW_THREADS
+            rc = sqlite3_step(st);
+            Py_END_ALLOW_THREADS
+            if (rc != SQLITE_ROW)
+                break;
+            if (!rows)
+                continue;
+            PyObject *row = tuple ? PyTuple_New(ncols) : PyDict_New();
+            if (!row || PyList_Append(rows, row) < 0) {
+                Py_XDECREF(row);
+                rc = -1;
+                break;
+            }
+            Py_DECREF(row);
+            for (int j = 0; j < ncols; j++) {
+                PyObject *v = npy_sqlite_value(st, j);
+                if (!v) {
+                    rc = -1;
+                    break;
+                }
+                if (tuple) {
+                    PyTuple_SET_ITEM(row, j, v);
+                } else {
+                    int r2 = PyDict_SetItem(row, PyTuple_GET_ITEM(names, j), v);
+                    Py_DECREF(v);
+                    if (r2 < 0) {
+                        rc = -1;
+                        break;
+                    }
+                }
+            }
+            if (rc == -1)
+                break;
+        }
+        Py_XDECREF(names);
+        if (rc == -1) {
+            Py_XDECREF(rows);
+            sqlite3_finalize(st);
+            goto error_raised;
+        }
+        if (rc != SQLITE_DONE) {
+            Py_XDECREF(rows);
+            nc_sqlite_error(sc, rc, &err);
+            sqlite3_finalize(st);
+            goto error;
+        }
+        Py_XSETREF(result, rows);
+        if (!rows) {
+            sqlite3_int64 delta = sqlite3_total_changes64(sc->db) - before;
+            int dml = !sqlite3_stmt_readonly(st) && delta > 0;
+            result = PyLong_FromLongLong(dml ? sqlite3_changes64(sc->db) : (delta == 0 && !sqlite3_stmt_readonly(st) ? 0 : -1));
+        }
+        sqlite3_finalize(st);
+        if (!result)
+            goto error_raised;
+        first = 0;
+        tail = next;
+    }
+    Py_XDECREF(vals);
+    nc_sql_free(&q);
+    nc_pool_statement_done(pool, NULL);
+    if (!result)
+        return PyLong_FromLong(-1);
+    return result;
+error:
+    /* Counted and told to the pool's observer (maybe a failover decision:
+     * not with the GIL held). */
+    Py_BEGIN_ALLOW_THREADS
+    nc_pool_statement_done(pool, &err);
+    Py_END_ALLOW_THREADS
+    npy_raise_error(&err);
+    goto cleanup;
+error_raised:
+    /* A binding or conversion error: a failed statement, nothing to tell
+     * about the endpoint (a query error carries no failure). */
+    nc_error_set(&err, NC_E_QUERY, NC_K_NONE, "statement failed in the binding");
+    nc_pool_statement_done(pool, &err);
+cleanup:
+    Py_XDECREF(result);
+    Py_XDECREF(vals);
+    nc_sql_free(&q);
+    return NULL;
+}
+
+int npy_sqlite_command(nc_pool *pool, nc_sqlite_conn *sc, const char *sql, double deadline)
+{
+    nc_error err;
+    nc_error_clear(&err);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = nc_sqlite_command(sc, sql, deadline, &err);
+    if (rc < 0)
+        nc_pool_report(pool, &err);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        npy_raise_error(&err);
+    return rc;
+}

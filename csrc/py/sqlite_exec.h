@@ -1,0 +1,20 @@
+/* sqlite_exec.h - running statements on a SQLite connection: placeholders
+ * rewritten by the core, values bound by sqlite_adapt, each step with the
+ * GIL released, the result as Python rows or a row count. */
+#ifndef NPY_SQLITE_EXEC_H
+#define NPY_SQLITE_EXEC_H
+
+#include "sqlite_adapt.h"
+#include "../core/nc_pool.h"
+#include "../core/nc_sqlite.h"
+
+/* Run query (str) with params (None: as is, several statements allowed)
+ * before deadline; waiting on a locked database is bounded by busy_wait
+ * seconds even without a deadline.  Rows or a row count (-1 none); NULL
+ * with the exception set (failures counted in pool and reported). */
+PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,
+                             double deadline, double busy_wait, int tuple);
+/* BEGIN / COMMIT / ROLLBACK.  0, or -1 with the exception set. */
+int npy_sqlite_command(nc_pool *pool, nc_sqlite_conn *sc, const char *sql, double deadline);
+
+#endif

@@ -1,0 +1,320 @@
+/* test_route.c - unit tests for the failover route (csrc/core/nc_route.c):
+ * endpoint pools, their probers and the monitor as one unit, over a fake
+ * backend whose endpoints can be taken down.
+ *
+ * No monitor threads are started (except where said): decisions are taken
+ * in the calling thread, as before start_monitoring(), so every step is
+ * deterministic and nothing waits on a clock.
+ */
+#include "nc_route.h"
+#include "nc_probe.h"
+#include "nc_time.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+
+/* ---- a fake backend: one per endpoint ---------------------------------------- */
+
+typedef struct endpoint {
+    int id;
+    int down;           /* connects refused, pings fail */
+    int connects, closes, pings;
+} endpoint;
+
+typedef struct fconn {
+    endpoint *ep;
+} fconn;
+
+static void *f_connect(void *ctx, double deadline, nc_error *err)
+{
+    (void)deadline;
+    endpoint *ep = ctx;
+    if (LD(ep->down)) {
+        nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "endpoint %d: connection refused", ep->id);
+        return NULL;
+    }
+    fconn *c = calloc(1, sizeof *c);
+    c->ep = ep;
+    INC(ep->connects);
+    return c;
+}
+
+static int f_looks_alive(void *ctx, void *conn)
+{
+    (void)conn;
+    return !LD(((endpoint *)ctx)->down);
+}
+
+static int f_ping(void *ctx, void *conn, double deadline, nc_error *err)
+{
+    (void)conn;
+    (void)deadline;
+    endpoint *ep = ctx;
+    INC(ep->pings);
+    if (LD(ep->down)) {
+        nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "endpoint %d: no answer", ep->id);
+        return -1;
+    }
+    return 0;
+}
+
+static int f_return_state(void *ctx, void *conn)
+{
+    (void)ctx;
+    (void)conn;
+    return 0;
+}
+
+static int f_reset(void *ctx, void *conn, double deadline, nc_error *err)
+{
+    (void)ctx;
+    (void)conn;
+    (void)deadline;
+    (void)err;
+    return 0;
+}
+
+static void f_close(void *ctx, void *conn)
+{
+    INC(((endpoint *)ctx)->closes);
+    free(conn);
+}
+
+static const nc_backend_ops fake_ops = {
+    .kind = "fake",
+    .connect = f_connect,
+    .looks_alive = f_looks_alive,
+    .ping = f_ping,
+    .return_state = f_return_state,
+    .reset = f_reset,
+    .close = f_close,
+    .ctx_free = NULL,
+};
+
+typedef struct setup {
+    endpoint eps[3];
+    nc_pool *pools[3];
+    nc_route *r;
+    int n;
+} setup;
+
+static void make(setup *s, int n, int mode)
+{
+    memset(s, 0, sizeof *s);
+    s->n = n;
+    nc_pool_config pc;
+    nc_pool_config_defaults(&pc);
+    pc.max_connections = 2;
+    pc.retry_attempts = 1;
+    pc.validate = 0;          /* no janitor thread */
+    pc.max_lifetime = 0;
+    nc_error err;
+    int prio[3];
+    for (int i = 0; i < n; i++) {
+        s->eps[i].id = i;
+        s->pools[i] = nc_pool_new(&pc, &fake_ops, &s->eps[i], &err);
+        prio[i] = i + 1;
+        if (!s->pools[i]) {
+            printf("FATAL: nc_pool_new: %s\n", err.message);
+            exit(2);
+        }
+    }
+    nc_monitor_config mc;
+    nc_monitor_config_defaults(&mc);
+    mc.fo.mode = mode;
+    mc.fo.hold_down = 0;
+    mc.health_check_interval = 0.05;
+    mc.health_check_timeout = 1;
+    mc.failover_timeout = 2;
+    s->r = nc_route_new(s->pools, n, prio, -1, &mc, &err);
+    if (!s->r) {
+        printf("FATAL: nc_route_new: %s\n", err.message);
+        exit(2);
+    }
+}
+
+static void finish(setup *s)
+{
+    nc_route_free(s->r);
+    for (int i = 0; i < s->n; i++) {
+        nc_pool_shutdown(s->pools[i], 0);
+        nc_pool_free(s->pools[i]);
+    }
+}
+
+static int current(setup *s)
+{
+    nc_monitor *m = nc_route_enter(s->r);
+    int c = m ? nc_monitor_current(m, NULL) : -2;
+    if (m)
+        nc_route_leave(s->r);
+    return c;
+}
+
+/* ---- tests ----------------------------------------------------------------------- */
+
+static void test_lend_current(void)
+{
+    setup s;
+    make(&s, 2, NC_FO_AUTOMATIC);
+    CHECK(nc_route_count(s.r) == 2 && nc_route_pool(s.r, 1) == s.pools[1] && !nc_route_pool(s.r, 2), "pools");
+    int ep = -1;
+    nc_conn *c;
+    uint64_t l;
+    nc_error err;
+    /* nothing idle yet: the non-waiting path says it would have to wait */
+    CHECK(nc_route_lend(s.r, 1, NC_LEND_NOWAIT, &ep, &c, &l, &err) == 0, "NOWAIT lent from an empty pool");
+    CHECK(nc_route_lend(s.r, 1, NC_LEND_WAIT, &ep, &c, &l, &err) == 1 && ep == 0, "lend: %d %s", ep, err.message);
+    nc_pool_release(s.pools[0], c, 0);
+    /* now one is idle: the non-waiting path takes it */
+    CHECK(nc_route_lend(s.r, 1, NC_LEND_NOWAIT, &ep, &c, &l, &err) == 1 && ep == 0, "NOWAIT: %d", ep);
+    nc_pool_release(s.pools[0], c, 0);
+    CHECK(s.eps[1].connects == 0, "endpoint 1 was connected to");
+    finish(&s);
+}
+
+static void test_connect_failure_switches_in_one_call(void)
+{
+    setup s;
+    make(&s, 2, NC_FO_AUTOMATIC);
+    ST(s.eps[0].down, 1);
+    int ep = -1;
+    nc_conn *c;
+    uint64_t l;
+    nc_error err;
+    /* One call: endpoint 0 refuses, the monitor probes it, switches to 1
+     * (verified by a probe) and the borrow is served there. */
+    int rc = nc_route_lend(s.r, 5, NC_LEND_WAIT, &ep, &c, &l, &err);
+    CHECK(rc == 1 && ep == 1, "lend after a refused connect: rc %d ep %d (%s)", rc, ep, err.message);
+    if (rc == 1)
+        nc_pool_release(s.pools[ep], c, 0);
+    CHECK(current(&s) == 1, "current %d", current(&s));
+    nc_monitor *m = nc_route_enter(s.r);
+    nc_event e[4];
+    int k = nc_monitor_wait_events(m, 0, e, 4, 0);
+    nc_route_leave(s.r);
+    CHECK(k == 1 && e[0].kind == NC_EV_FAILOVER && e[0].from == 0 && e[0].to == 1 && e[0].success,
+          "events %d kind %d", k, k ? e[0].kind : 0);
+    CHECK(!strcmp(nc_event_kind_name(e[0].kind), "failover"), "event name %s", nc_event_kind_name(e[0].kind));
+
+    /* everything down: no usable endpoint, at once */
+    ST(s.eps[1].down, 1);
+    nc_pool_drain(s.pools[1], 1);
+    rc = nc_route_lend(s.r, 5, NC_LEND_WAIT, &ep, &c, &l, &err);
+    CHECK(rc == -1 && err.code == NC_E_FO_NO_ENDPOINT, "all down: rc %d code %d (%s)", rc, err.code, err.message);
+    /* endpoint 0 comes back: the next borrow rechecks and resumes there */
+    ST(s.eps[0].down, 0);
+    rc = nc_route_lend(s.r, 5, NC_LEND_WAIT, &ep, &c, &l, &err);
+    CHECK(rc == 1 && ep == 0, "resume: rc %d ep %d (%s)", rc, ep, err.message);
+    if (rc == 1)
+        nc_pool_release(s.pools[ep], c, 0);
+    finish(&s);
+}
+
+static void test_statement_failure_reaches_the_monitor(void)
+{
+    setup s;
+    make(&s, 2, NC_FO_AUTOMATIC);
+    int ep = -1;
+    nc_conn *c;
+    uint64_t l;
+    nc_error err;
+    CHECK(nc_route_lend(s.r, 5, NC_LEND_WAIT, &ep, &c, &l, &err) == 1 && ep == 0, "lend");
+    /* the server goes away under a borrowed connection: the statement path
+     * makes one call, and the route's monitor probes, decides and switches */
+    ST(s.eps[0].down, 1);
+    nc_error lost;
+    nc_error_set(&lost, NC_E_CONNECTION, NC_K_OPERATIONAL, "server closed the connection unexpectedly");
+    nc_pool_statement_done(s.pools[0], &lost);
+    CHECK(current(&s) == 1, "no switch after a lost connection: current %d", current(&s));
+    /* the abandoned endpoint's borrowed connection is closed when it comes back */
+    int closes = LD(s.eps[0].closes);
+    nc_pool_release(s.pools[0], c, 0);
+    CHECK(LD(s.eps[0].closes) == closes + 1, "the abandoned connection was kept");
+    /* a SQL error says nothing about the endpoint */
+    nc_error syntax;
+    nc_error_set(&syntax, NC_E_QUERY, NC_K_NONE, "syntax error");
+    memcpy(syntax.sqlstate, "42601", 6);
+    nc_pool_statement_done(s.pools[1], &syntax);
+    CHECK(current(&s) == 1, "a syntax error moved the route");
+    finish(&s);
+}
+
+static void test_closed(void)
+{
+    setup s;
+    make(&s, 2, NC_FO_AUTOMATIC);
+    nc_monitor *m = nc_route_enter(s.r);
+    nc_error err;
+    CHECK(m && nc_monitor_start(m, &err) == 0, "start");
+    nc_route_leave(s.r);
+    nc_route_close(s.r);
+    nc_route_close(s.r);   /* idempotent */
+    int ep;
+    nc_conn *c;
+    uint64_t l;
+    CHECK(nc_route_lend(s.r, 1, NC_LEND_WAIT, &ep, &c, &l, &err) == -1 && err.code == NC_E_POOL_CLOSED,
+          "lend after close: code %d", err.code);
+    CHECK(nc_route_enter(s.r) == NULL, "enter after close");
+    /* a failure reported after close goes nowhere (the observer is gone) */
+    nc_error lost;
+    nc_error_set(&lost, NC_E_CONNECTION, NC_K_OPERATIONAL, "lost");
+    nc_pool_statement_done(s.pools[0], &lost);
+    finish(&s);
+}
+
+/* A probe that outlives close: the prober and pool it uses stay alive. */
+typedef struct slow_arg {
+    setup *s;
+    int done;
+} slow_arg;
+
+static void *report_in_thread(void *arg)
+{
+    slow_arg *a = arg;
+    nc_error lost;
+    nc_error_set(&lost, NC_E_CONNECTION, NC_K_OPERATIONAL, "lost");
+    nc_pool_statement_done(a->s->pools[0], &lost);   /* probes and may switch, in this thread */
+    ST(a->done, 1);
+    return NULL;
+}
+
+static void test_close_during_report(void)
+{
+    setup s;
+    make(&s, 2, NC_FO_AUTOMATIC);
+    ST(s.eps[0].down, 1);
+    slow_arg a = {&s, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, report_in_thread, &a);
+    nc_route_free(s.r);   /* whenever the report runs: no use after free (ASan) */
+    pthread_join(t, NULL);
+    CHECK(LD(a.done) == 1, "report thread");
+    for (int i = 0; i < s.n; i++) {
+        nc_pool_shutdown(s.pools[i], 0);
+        nc_pool_free(s.pools[i]);
+    }
+}
+
+int main(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    struct { const char *name; void (*fn)(void); } tests[] = {
+        {"lend_current", test_lend_current},
+        {"connect_failure_switches", test_connect_failure_switches_in_one_call},
+        {"statement_failure", test_statement_failure_reaches_the_monitor},
+        {"closed", test_closed},
+        {"close_during_report", test_close_during_report},
+    };
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+        int f0 = failed;
+        tests[i].fn();
+        printf("%-28s %s\n", tests[i].name, failed == f0 ? "ok" : "FAIL");
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
