@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-import pgharness
-from pgharness import PgCluster, SqlError, SqlTimeout, popen_psql, run_psql, sweep_stale
-from tcpproxy import TcpProxy
+from noodlecore.testing import PgCluster, SqlError, SqlTimeout, TcpProxy, popen_psql, run_psql, sweep_stale
+from noodlecore.testing import processes
+from noodlecore.testing.cluster import ROOT_PREFIX
 
 
 def _wait_for(cond, timeout=5, interval=0.01, what="condition"):
@@ -137,16 +137,16 @@ def test_sweep_stale_kills_orphaned_servers(pg_cluster):
     dead = subprocess.Popen(["true"])
     dead.wait()
     import tempfile
-    root = tempfile.mkdtemp(prefix="%s%d-" % (pgharness.ROOT_PREFIX, dead.pid), dir=pgharness.SHM_DIR)
+    root = tempfile.mkdtemp(prefix="%s%d-" % (ROOT_PREFIX, dead.pid), dir=processes.SHM_DIR)
     orphan = PgCluster(root=root, template_from=pg_cluster)
     try:
         n = orphan.primary()
         pm = n.postmaster_pid()
-        kids = pgharness._children(pm)
+        kids = processes.children(pm)
         assert kids
         assert sweep_stale() >= 1
-        assert not pgharness._alive(pm)
-        assert not any(pgharness._alive(k) for k in kids)
+        assert not processes.alive(pm)
+        assert not any(processes.alive(k) for k in kids)
         assert not os.path.exists(root)
     finally:
         orphan.close()
