@@ -109,9 +109,17 @@ class PgNode:
         if reload and self.is_running():
             self.reload()
 
-    def reload(self):
+    def reload(self, timeout=10):
+        """SIGHUP the postmaster and wait until it has re-read its configuration: a new session
+        inherits the postmaster's pg_conf_load_time(), which moves on when it has."""
+        q = "select pg_conf_load_time()"
+        before = self.scalar(q)
         kill(self.postmaster_pid(), signal.SIGHUP)
-        time.sleep(0.05)
+        deadline = time.monotonic() + timeout
+        while self.scalar(q) == before:
+            if time.monotonic() > deadline:
+                raise self._err("reload(): the configuration was not re-read within %ss" % timeout)
+            time.sleep(0.005)
 
     def log_tail(self, nbytes=4000):
         return log_tail(self.logfile, nbytes)
