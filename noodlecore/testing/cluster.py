@@ -32,6 +32,7 @@ from .node import PgNode, conf_text
 from .processes import (SHM_DIR, PgHarnessError, all_pids, check_binaries, chown_pg, free_port, kill_all_hard,
                         pidfile_shmid, pids_in, proc_stat, read_pidfile, release_port, run, shm_remove,
                         tail_msg, write_pg_file)
+from .proxy import TcpProxy
 
 __all__ = ["PgCluster", "PgFactory", "sweep_stale", "BASE_SETTINGS", "ROOT_PREFIX"]
 
@@ -104,6 +105,8 @@ class PgCluster:
     # ---- template ---------------------------------------------------------
     def _ensure_template(self):
         with self._lock:
+            if self._closed:
+                raise PgHarnessError("cluster is closed")
             if self._template_ready:
                 return
             t0 = time.monotonic()
@@ -311,7 +314,6 @@ class PgFactory:
 
     def proxy(self, target, port=None):
         """A started TcpProxy in front of a PgNode (or a (host, port) tuple)."""
-        from .proxy import TcpProxy
         host, tport = (target.host, target.port) if isinstance(target, PgNode) else target
         px = TcpProxy(host, tport, port=port or 0).start()
         self.proxies.append(px)

@@ -174,7 +174,7 @@ class PgNode:
             if stale:
                 self._remove_stale_lock_files()
         with open(self.logfile, "ab") as logf:
-            logf.write(("\n=== pgharness start %s port %d at %s ===\n"
+            logf.write(("\n=== noodlecore.testing: start %s port %d at %s ===\n"
                         % (self.name, self.port, time.strftime("%H:%M:%S"))).encode())
             logf.flush()
             self._proc = subprocess.Popen(

@@ -18,7 +18,7 @@ __all__ = ["SqlError", "SqlTimeout", "run_psql", "popen_psql", "HARNESS_APPNAME"
 
 FIELD_SEP = "\x1f"
 RECORD_SEP = "\x1e"
-HARNESS_APPNAME = "pgharness"
+HARNESS_APPNAME = "noodlecore_testing"
 
 
 class SqlError(PgHarnessError):
