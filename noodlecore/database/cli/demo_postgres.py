@@ -56,7 +56,7 @@ def run_postgres_demo(args: argparse.Namespace, style: Style) -> int:
         who = " as the postgres user" if os.geteuid() == 0 else ""
         say(f"  starting PostgreSQL ({bindir}){who}: primary a and streaming standby b, data in {cluster.root}")
         a = cluster.primary("a")
-        version = a.scalar("SHOW server_version")
+        version = a.scalar("SHOW server_version").split()[0]    # "15.18", without the packager's note
         a.sql(CREATE_SQL)
         b = cluster.standby(a, "b")
         setup = time.monotonic() - t_setup
