@@ -11,7 +11,7 @@ co., and a noodlecore wheel built from a snapshot of the repo), then re-exec
 this script with the venv's python.
 
 Stage 2 (the venv): one throwaway primary + async hot standby (PostgreSQL 15
-through tests/pgharness.py), then, round by round (--runs, default 5):
+through noodlecore.testing), then, round by round (--runs, default 5):
 
   noodlecore   a DatabaseFailoverManager [primary (preferred), standby] with
                monitoring on; a steady client thread does SELECT / INSERT
@@ -150,30 +150,14 @@ def _on_signal(signum, frame):
     raise Interrupted("signal %d" % signum)
 
 
-pgharness = None            # tests/pgharness.py, imported in stage 2
-KILL_TIMES = []             # monotonic time of every SIGKILL the harness sends
-
-
-def install_kill_clock():
-    """node.crash() SIGSTOPs the postmaster, lists its children, then SIGKILLs them
-    and the postmaster.  Record when the first SIGKILL goes out: that is the crash."""
-    orig = pgharness._kill
-
-    def timed_kill(pid, sig):
-        if sig == signal.SIGKILL:
-            KILL_TIMES.append(time.monotonic())
-        return orig(pid, sig)
-
-    pgharness._kill = timed_kill
-
-
 def crash(node):
-    """SIGKILL node (pgharness crash()); returns the monotonic time of the first SIGKILL."""
-    del KILL_TIMES[:]
-    node.crash()
-    if not KILL_TIMES:
-        raise RuntimeError("crash(%s): no SIGKILL seen" % node.name)
-    return KILL_TIMES[0]
+    """SIGKILL node; returns the monotonic time of the first SIGKILL.  node.crash() SIGSTOPs
+    the postmaster, lists its children, then SIGKILLs them and the postmaster: the first
+    SIGKILL is the crash."""
+    t_kill = node.crash()
+    if t_kill is None:
+        raise RuntimeError("crash(%s): the server was not running" % node.name)
+    return t_kill
 
 
 def wall_offset():
@@ -949,7 +933,6 @@ def meta_info(pri, args):
 
 
 def stage2(args):
-    global pgharness
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
@@ -958,10 +941,7 @@ def stage2(args):
         os.environ["PYTHONPATH"] = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     else:
         os.environ.pop("PYTHONPATH", None)
-    sys.path.insert(0, str(REPO / "tests"))
-    import pgharness as _pgh
-    pgharness = _pgh
-    install_kill_clock()
+    from noodlecore.testing import PgCluster     # the installed (or --noodle-from inplace) noodlecore
     for name in ("noodlecore", "psycopg"):      # their warnings during the crashes are expected
         lg = logging.getLogger(name)
         lg.addHandler(logging.NullHandler())
@@ -971,8 +951,8 @@ def stage2(args):
     cl = None
     rc = 0
     try:
-        say("starting a primary and a standby (pgharness)")
-        cl = pgharness.PgCluster()
+        say("starting a primary and a standby (noodlecore.testing)")
+        cl = PgCluster()
         pri = cl.primary("fo_a")
         sby = cl.standby(pri, "fo_b")
         pri.sql("CREATE TABLE bench_fo (id bigserial PRIMARY KEY, v int, at timestamptz DEFAULT now())")

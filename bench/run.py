@@ -14,7 +14,7 @@ sources (in a temp dir, so the work tree is not touched) and install it, then
 re-exec this script with the venv's python.
 
 Stage 2 (the venv): build bench/raw_libpq.c, start PostgreSQL through
-tests/pgharness.py, create the 100k-row table and pgbench's tables, run
+noodlecore.testing, create the 100k-row table and pgbench's tables, run
 bench/worker.py once per implementation (each in a fresh process), the raw
 libpq loops and pgbench -S, then print a Markdown report and write
 bench/results.json and bench/results.md.  The server is removed at the end,
@@ -50,7 +50,6 @@ RAW_SRC = BENCH / "raw_libpq.c"
 RAW_BIN = VENV / "raw_libpq"
 PEERS = ["psycopg[binary]", "psycopg_pool", "SQLAlchemy", "psycopg2-binary"]
 BUILD_DEPS = ["setuptools>=61", "wheel"]
-PG_BIN = os.environ.get("NOODLE_PG_BIN", "/usr/lib/postgresql/15/bin")
 IMPL_ORDER = ["noodlecore", "psycopg_pool", "sqlalchemy", "psycopg2"]
 COLUMNS = [
     ("noodlecore", "noodlecore"),
@@ -283,7 +282,7 @@ def git_info():
 def run_pgbench(node, args):
     base = ["-h", node.host, "-p", str(node.port), "-U", node.user]
     env = clean_env(LC_ALL="C")
-    cmd = [os.path.join(PG_BIN, "pgbench"), "-S", "-c", str(args.threads), "-j", str(args.pgbench_jobs),
+    cmd = [node.cluster.bin("pgbench"), "-S", "-c", str(args.threads), "-j", str(args.pgbench_jobs),
            "-T", str(args.pgbench_duration), "-n", *base, node.dbname]
     r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
                        timeout=args.pgbench_duration + 60)
@@ -305,7 +304,7 @@ def setup_data(node, args):
              % args.rows, timeout=120)
     node.sql("VACUUM ANALYZE bench_rows", timeout=120)
     if not args.no_pgbench:
-        r = subprocess.run([os.path.join(PG_BIN, "pgbench"), "-i", "-s", "1", "-q", "-h", node.host,
+        r = subprocess.run([node.cluster.bin("pgbench"), "-i", "-s", "1", "-q", "-h", node.host,
                             "-p", str(node.port), "-U", node.user, node.dbname],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
                            env=clean_env(LC_ALL="C"), timeout=180)
@@ -669,8 +668,7 @@ def stage2(args):
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    sys.path.insert(0, str(REPO / "tests"))
-    from pgharness import PgCluster  # noqa: E402
+    from noodlecore.testing import PgCluster     # installed into the venv with noodlecore
 
     if not args.no_raw:
         build_raw()
@@ -691,7 +689,7 @@ def stage2(args):
     cl = None
     rc = 0
     try:
-        say("starting PostgreSQL (pgharness)")
+        say("starting PostgreSQL (noodlecore.testing)")
         cl = PgCluster()
         node = cl.primary("bench")
         say("server up on port %d" % node.port)

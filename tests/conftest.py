@@ -16,7 +16,7 @@ if _TESTS_DIR not in sys.path:
 
 
 # ===========================================================================
-# PostgreSQL harness fixtures (tests/pgharness.py, tests/tcpproxy.py)
+# PostgreSQL harness fixtures (noodlecore.testing, shipped in the package)
 #
 #   pg_cluster  session   PgCluster: sweeps stale servers of killed runs, owns the
 #                         /dev/shm root + template, stops and removes all at the end
@@ -29,16 +29,16 @@ if _TESTS_DIR not in sys.path:
 # Missing PostgreSQL binaries are an error, never a skip.
 # ===========================================================================
 
-import pgharness  # noqa: E402
+from noodlecore.testing import PgCluster, PgFactory, check_binaries, sweep_stale  # noqa: E402
 
 _PG_SHARED = {"pg": None}
 
 
 @pytest.fixture(scope="session")
 def pg_cluster():
-    pgharness.check_binaries()          # raises PgHarnessError: fail loudly, never skip
-    pgharness.sweep_stale()
-    cluster = pgharness.PgCluster()
+    check_binaries()          # raises PgHarnessError: fail loudly, never skip
+    sweep_stale()
+    cluster = PgCluster()
     try:
         yield cluster
     finally:
@@ -69,7 +69,7 @@ def _pg_shared_guard(request):
 
 @pytest.fixture
 def pg_factory(pg_cluster):
-    factory = pgharness.PgFactory(pg_cluster)
+    factory = PgFactory(pg_cluster)
     try:
         yield factory
     finally:

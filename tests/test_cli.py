@@ -437,15 +437,15 @@ def test_bench_says_what_it_would_run():
     ("local=sqlite:///app.db", ("local", "sqlite:///app.db")),
 ])
 def test_parse_endpoint(spec, expected):
-    from noodlecore.database.__main__ import parse_endpoint
+    from noodlecore.database.cli.status import parse_endpoint
     assert parse_endpoint(spec, 3) == expected
 
 
 def test_demo_postgres_without_server_binaries_says_so(monkeypatch, capsys):
     import logging
-    from noodlecore.database import _pgdemo
-    from noodlecore.database.__main__ import main
-    monkeypatch.setattr(_pgdemo, "REQUIRED", ("no-such-postgres-binary",))
+    from noodlecore.database.cli.main import main
+    from noodlecore.testing import processes
+    monkeypatch.setattr(processes, "REQUIRED", ("no-such-postgres-binary",))
     lg = logging.getLogger("noodlecore")
     saved = (lg.handlers[:], lg.level, lg.propagate)
     try:

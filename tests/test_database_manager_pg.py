@@ -1,4 +1,4 @@
-"""DatabaseManager against real PostgreSQL 15 servers (tests/pgharness.py).
+"""DatabaseManager against real PostgreSQL 15 servers (noodlecore.testing).
 
 Without failover, on the shared ``pg`` primary (a database of this module's
 own): DatabaseConfig fields turned into a URL libpq accepts, every table

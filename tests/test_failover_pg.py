@@ -1,4 +1,4 @@
-"""DatabaseFailoverManager against real PostgreSQL 15 servers (tests/pgharness.py).
+"""DatabaseFailoverManager against real PostgreSQL 15 servers (noodlecore.testing).
 
 Native libpq pools per endpoint (backend_factory=None) and the native monitor:
 a primary crash with the standby promoted, writes through a failover with

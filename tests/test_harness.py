@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-import pgharness
-from pgharness import PgCluster, SqlError, SqlTimeout, popen_psql, run_psql, sweep_stale
-from tcpproxy import TcpProxy
+from noodlecore.testing import PgCluster, SqlError, SqlTimeout, TcpProxy, popen_psql, run_psql, sweep_stale
+from noodlecore.testing import processes
+from noodlecore.testing.cluster import ROOT_PREFIX
 
 
 def _wait_for(cond, timeout=5, interval=0.01, what="condition"):
@@ -77,6 +77,8 @@ def test_promote_crash_and_rewind(pg_factory):
     t0 = time.monotonic()
     p.crash()
     assert not p.is_running()
+    # the standby now signals its postmaster every 200 ms (walreceiver restarts), and each
+    # signal makes it consume a promote file at once: the race write_pg_file closes
     s.promote()
     assert time.monotonic() - t0 < 5
     assert not s.in_recovery()
@@ -88,6 +90,25 @@ def test_promote_crash_and_rewind(pg_factory):
     s.sql("insert into t values (3)")
     p.wait_replayed(s)
     assert p.sql("select array_agg(id order by id) from t") == [["{1,2,3}"]]
+
+
+def test_files_for_the_server_appear_whole_and_owned(tmp_path):
+    # A running server may consume a file (the promote trigger) the moment it exists, so it
+    # must appear in one step, already with its mode and owner: a new inode renamed into
+    # place, never an existing file rewritten (a reader holding the old one keeps it whole).
+    path = tmp_path / "node.conf"
+    processes.write_pg_file(str(path), "port = 1\n")
+    with open(path) as old_reader:
+        first_inode = os.stat(path).st_ino
+        processes.write_pg_file(str(path), "port = 2\n", mode=0o640)
+        st = os.stat(path)
+        assert st.st_ino != first_inode
+        assert old_reader.read() == "port = 1\n"
+    assert path.read_text() == "port = 2\n"
+    assert st.st_mode & 0o777 == 0o640
+    ids = processes.pg_ids()
+    assert (st.st_uid, st.st_gid) == (ids if ids else (os.geteuid(), os.getegid()))
+    assert os.listdir(tmp_path) == ["node.conf"]        # no temporary file left behind
 
 
 def test_crash_and_start(pg_factory):
@@ -137,16 +158,16 @@ def test_sweep_stale_kills_orphaned_servers(pg_cluster):
     dead = subprocess.Popen(["true"])
     dead.wait()
     import tempfile
-    root = tempfile.mkdtemp(prefix="%s%d-" % (pgharness.ROOT_PREFIX, dead.pid), dir=pgharness.SHM_DIR)
+    root = tempfile.mkdtemp(prefix="%s%d-" % (ROOT_PREFIX, dead.pid), dir=processes.SHM_DIR)
     orphan = PgCluster(root=root, template_from=pg_cluster)
     try:
         n = orphan.primary()
         pm = n.postmaster_pid()
-        kids = pgharness._children(pm)
+        kids = processes.children(pm)
         assert kids
         assert sweep_stale() >= 1
-        assert not pgharness._alive(pm)
-        assert not any(pgharness._alive(k) for k in kids)
+        assert not processes.alive(pm)
+        assert not any(processes.alive(k) for k in kids)
         assert not os.path.exists(root)
     finally:
         orphan.close()

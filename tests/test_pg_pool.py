@@ -1,4 +1,4 @@
-"""The connection pool against a real PostgreSQL 15 server (tests/pgharness.py).
+"""The connection pool against a real PostgreSQL 15 server (noodlecore.testing).
 
 Borrowing, reuse, limits, validation (on borrow and in the background),
 min/idle/lifetime management, shutdown, stats, a many-thread stress run,
@@ -23,13 +23,13 @@ import time
 
 import pytest
 
-import pgharness
 from helpers import subprocess_env
 from noodlecore.database import (
     ConfigurationError, ConnectionPoolError, DatabaseConnectionPool, DatabaseError, DataError,
     IntegrityError, InterfaceError, InternalError, OperationalError, PoolClosedError,
     PoolTimeoutError, ProgrammingError, QueryTimeoutError,
 )
+from noodlecore.testing import free_port
 
 
 # ---------------------------------------------------------------------------
@@ -1253,7 +1253,7 @@ def test_exit_with_pg_pool_on_a_frozen_server(pg, app):
 # ---------------------------------------------------------------------------
 
 def test_dead_port(make_pool):
-    port = pgharness.free_port()
+    port = free_port()
     dsn = "postgresql://postgres:secretpw42@127.0.0.1:%d/postgres" % port
     pool = make_pool(dsn=dsn, max_connections=2, timeout=5, retry_attempts=2, retry_backoff=0.05)
     assert "secretpw42" not in repr(pool) and "secretpw42" not in pool.target
@@ -1313,7 +1313,7 @@ def test_multi_host_dsn_falls_back_past_an_unresponsive_host(pg, make_pool, app)
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)                                   # accepted by the kernel, never answered
     try:
-        dead = pgharness.free_port()
+        dead = free_port()
         for first in (dead, silent.getsockname()[1]):
             dsn = ("host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres "
                    "application_name=%s" % (first, pg.port, app))

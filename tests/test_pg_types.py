@@ -1,4 +1,4 @@
-"""Values between Python and a real PostgreSQL 15 server (tests/pgharness.py).
+"""Values between Python and a real PostgreSQL 15 server (noodlecore.testing).
 
 Results arrive in text format and are decoded by column type; parameters go
 with the type their Python type implies (str as "unknown", bytes-likes as

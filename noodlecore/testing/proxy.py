@@ -1,6 +1,8 @@
-"""A small TCP fault-injection proxy for tests (standard library only).
+"""TcpProxy: a TCP fault-injection proxy on a loopback port (standard library only).
 
-One daemon thread runs a selector loop that owns every socket, so faults are
+Owns every network fault that needs no root tools: delay, blackhole (a
+partition or a hung server), refused and reset connections, redirection.  One
+daemon thread runs a selector loop that owns every socket, so faults are
 applied atomically with respect to forwarding::
 
     proxy = TcpProxy("127.0.0.1", node.port).start()
@@ -67,6 +69,8 @@ class _Conn:
 
 
 class TcpProxy:
+    """A proxy from 127.0.0.1:`port` (0: any free one) to target_host:target_port."""
+
     def __init__(self, target_host, target_port, listen_host="127.0.0.1", port=0):
         self.target = (target_host, int(target_port))
         self.listen_host = listen_host

@@ -1,0 +1,322 @@
+"""``noodlecore-db status`` and ``watch``: probe endpoints and show what was found.
+
+Owns: ``ID=DSN`` endpoint arguments, the probe of one endpoint
+(probe_endpoint: up or down, role, latency, replication lag; its SQL is the
+only place the CLI asks a server about itself), probing several in parallel
+(Prober), and the status as a table, as JSON and as log-like lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import sqlite3
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from ..config import redact_dsn
+from ..connection_pool import DatabaseConnectionPool
+from ..errors import Error
+from .output import (EXIT_FAIL, EXIT_OK, PROG, Style, UsageError, fmt_bytes, fmt_ms, is_tty, print_error,
+                     print_json, render_table)
+
+_LIBPQ_KEYS = {"host", "hostaddr", "port", "dbname", "user", "password", "passfile", "connect_timeout",
+               "sslmode", "application_name", "options", "service", "target_session_attrs", "sslrootcert",
+               "sslcert", "sslkey", "client_encoding", "keepalives", "gssencmode", "krbsrvname"}
+_ID = re.compile(r"^([A-Za-z0-9_.:-]+)=(.+)$", re.S)
+
+
+def parse_endpoint(value: str, n: int) -> tuple:
+    """``ID=DSN`` (or a bare DSN, named ep<n>) -> (id, dsn)."""
+    value = value.strip()
+    m = _ID.match(value)
+    if m and m.group(1).lower() not in _LIBPQ_KEYS:
+        eid, dsn = m.group(1), m.group(2).strip()
+        if "://" in eid:
+            raise UsageError(f"--endpoint {redact_dsn(value)!r} is not ID=DSN")
+        return eid, dsn
+    if "://" in value or "=" in value:
+        return f"ep{n}", value
+    raise UsageError(f"--endpoint {redact_dsn(value)!r} is not ID=DSN (e.g. primary=postgresql://host/db)")
+
+
+_PG_PROBE = """SELECT pg_is_in_recovery() AS in_recovery,
+  current_setting('default_transaction_read_only') = 'on' AS read_only,
+  current_setting('server_version') AS version,
+  CASE WHEN pg_is_in_recovery()
+       THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END AS replay_delay,
+  CASE WHEN pg_is_in_recovery()
+       THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 END AS replay_lag_bytes,
+  CASE WHEN pg_is_in_recovery()
+       THEN (SELECT status FROM pg_stat_wal_receiver LIMIT 1) END AS receiver_status,
+  CASE WHEN pg_is_in_recovery()
+       THEN (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver LIMIT 1) END AS upstream"""
+
+_PG_REPLICAS = """SELECT application_name, client_addr::text AS client_addr, state, sync_state,
+  pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 AS lag_bytes,
+  extract(epoch FROM replay_lag)::float8 AS lag_seconds
+FROM pg_stat_replication ORDER BY application_name"""
+
+
+class Endpoint:
+    """One probed endpoint; keeps its pool (one connection) between probes."""
+
+    def __init__(self, eid: str, dsn: str, timeout: float):
+        self.id = eid
+        self.dsn = dsn
+        self.timeout = timeout
+        self.shown = redact_dsn(dsn)
+        self.pool: Optional[DatabaseConnectionPool] = None
+        self.sqlite_path: Optional[str] = None
+        low = dsn.lower()
+        if low.startswith("sqlite:"):
+            path = dsn[len("sqlite:///"):]
+            self.sqlite_path = None if path == ":memory:" else path
+        # raises ConfigurationError (2013) for a malformed DSN: bad input, before any probe
+        self.pool = DatabaseConnectionPool(dsn, max_connections=1, retry_attempts=1, connect_timeout=timeout,
+                                           timeout=timeout, validation_timeout=timeout, query_timeout=timeout,
+                                           ping_after_idle=0.0)
+
+    def probe(self) -> dict:
+        return probe_endpoint(self)
+
+    def down(self, error: Optional[str] = None) -> dict:
+        """A result row for this endpoint saying it is down (the fields every row has)."""
+        return {"id": self.id, "dsn": self.shown, "backend": self.pool.backend_kind, "state": "down",
+                "up": False, "role": None, "writable": None, "latency_ms": None, "connect_ms": None,
+                "replication": None, "error": error, "error_code": None}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(timeout=0)
+
+
+def probe_endpoint(ep: Endpoint) -> dict:
+    """One probe of one endpoint, through its one-connection pool: connect time, the
+    latency of a SELECT 1, and for PostgreSQL the role (pg_is_in_recovery, read-only),
+    the version and the replication lag (a standby's WAL received but not replayed and
+    the age of its last replayed transaction; a primary's pg_stat_replication).  Every
+    figure status and watch show comes from here; an error makes the row "down"."""
+    r: Dict[str, Any] = ep.down()
+    if ep.sqlite_path is not None and not os.path.exists(ep.sqlite_path):
+        # never create a database file by probing it
+        r["error"] = f"no such database file: {ep.sqlite_path}"
+        return r
+    t0 = time.perf_counter()
+    try:
+        with ep.pool.get_connection(timeout=ep.timeout) as conn:
+            r["connect_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+            t1 = time.perf_counter()
+            conn.execute_query("SELECT 1")
+            r["latency_ms"] = round((time.perf_counter() - t1) * 1e3, 3)
+            if ep.pool.backend_kind != "postgresql":
+                r.update(role="embedded", writable=True, version=sqlite3.sqlite_version)
+            else:
+                info = conn.execute_query(_PG_PROBE)[0]
+                standby = bool(info["in_recovery"])
+                r["role"] = "standby" if standby else "primary"
+                r["writable"] = not standby and not info["read_only"]
+                r["version"] = info["version"]
+                if standby:
+                    r["replication"] = {
+                        "lag_bytes": info["replay_lag_bytes"],
+                        "lag_seconds": info["replay_delay"],
+                        "receiver": info["receiver_status"],
+                        "upstream": info["upstream"],
+                    }
+                else:
+                    reps = conn.execute_query(_PG_REPLICAS)
+                    lags = [x["lag_bytes"] for x in reps if x["lag_bytes"] is not None]
+                    secs = [x["lag_seconds"] for x in reps if x["lag_seconds"] is not None]
+                    r["replication"] = {
+                        "standbys": reps,
+                        "lag_bytes": max(lags) if lags else None,
+                        "lag_seconds": max(secs) if secs else (0.0 if reps else None),
+                    }
+        r.update(state="up", up=True)
+    except Error as exc:
+        r["error"] = " ".join(str(exc.message).split())
+        r["error_code"] = exc.error_code
+    except Exception as exc:   # pragma: no cover - defensive
+        r["error"] = f"{type(exc).__name__}: {exc}"
+    return r
+
+
+class Prober:
+    """The endpoints given on the command line, probed in parallel by probe_all()."""
+
+    def __init__(self, specs: List[str], timeout: float):
+        if not specs:
+            raise UsageError("give at least one --endpoint ID=DSN")
+        if timeout <= 0:
+            raise UsageError("--timeout must be above 0")
+        self.endpoints: List[Endpoint] = []
+        seen = set()
+        try:
+            for n, spec in enumerate(specs, 1):
+                eid, dsn = parse_endpoint(spec, n)
+                if eid in seen:
+                    raise UsageError(f"endpoint id {eid!r} given twice")
+                seen.add(eid)
+                self.endpoints.append(Endpoint(eid, dsn, timeout))
+        except BaseException:
+            self.close()
+            raise
+        self.timeout = timeout
+
+    def probe_all(self) -> List[dict]:
+        results: List[Optional[dict]] = [None] * len(self.endpoints)
+
+        def run(i: int, e: Endpoint) -> None:
+            results[i] = e.probe()
+
+        threads = [threading.Thread(target=run, args=(i, e), daemon=True) for i, e in enumerate(self.endpoints)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + self.timeout * 2 + 2
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for i, e in enumerate(self.endpoints):
+            if results[i] is None:
+                results[i] = e.down(f"no answer within {self.timeout * 2 + 2:g} s")
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for e in self.endpoints:
+            e.close()
+
+
+def probe_once(eid: str, dsn: str, timeout: float) -> dict:
+    e = Endpoint(eid, dsn, timeout)
+    try:
+        return e.probe()
+    finally:
+        e.close()
+
+
+def _lag_text(r: dict) -> str:
+    rep = r.get("replication")
+    if not rep:
+        return "-"
+    if r.get("role") == "standby":
+        secs = rep.get("lag_seconds")
+        s = f"{fmt_bytes(rep.get('lag_bytes'))} to replay"
+        if secs is not None:
+            s += f", last replayed xact {secs:.1f} s ago"
+        if rep.get("receiver") != "streaming":
+            s += f" (wal receiver: {rep.get('receiver') or 'not running'})"
+        return s
+    n = len(rep.get("standbys") or [])
+    if not n:
+        return "no standbys"
+    secs = rep.get("lag_seconds")
+    return (f"{n} standby{'s' if n > 1 else ''}, max {fmt_bytes(rep.get('lag_bytes'))}"
+            + (f" / {secs:.2f} s" if secs is not None else ""))
+
+
+def _status_rows(results: List[dict], style: Style, detail_width: Optional[int] = None) -> List[dict]:
+    rows = []
+    for r in results:
+        up = r["up"]
+        rows.append({
+            "endpoint": r["id"],
+            "state": style("up", "green", "bold") if up else style("down", "red", "bold"),
+            "role": (style(r["role"], "cyan") if r["role"] == "primary" else r["role"]) if r["role"] else "-",
+            "latency": fmt_ms(r["latency_ms"] / 1e3) if r["latency_ms"] is not None else "-",
+            "replication lag": _lag_text(r) if up else "-",
+            "detail": (f"PostgreSQL {r.get('version')}" if r["backend"] == "postgresql" else
+                       f"SQLite {r.get('version')}") if up else
+                      style(_clip((f"[{r['error_code']}] " if r["error_code"] else "") + str(r["error"]),
+                                  detail_width), "red"),
+        })
+    return rows
+
+
+def _clip(text: str, width: Optional[int]) -> str:
+    return text if width is None or len(text) <= width else text[:max(1, width - 3)] + "..."
+
+
+def status_table(results: List[dict], style: Style) -> str:
+    width = None
+    if is_tty():       # on a terminal, keep each endpoint on one line
+        import shutil
+        width = max(30, shutil.get_terminal_size().columns - 75)
+    return render_table(_status_rows(results, style, width), style)
+
+
+def _status_json(results: List[dict]) -> dict:
+    return {"checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "all_up": all(r["up"] for r in results), "endpoints": results}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    prober = Prober(args.endpoint or [], args.timeout)
+    try:
+        results = prober.probe_all()
+    finally:
+        prober.close()
+    if args.json:
+        print_json(_status_json(results))
+    else:
+        print(status_table(results, Style.for_stdout()))
+    down = [r["id"] for r in results if not r["up"]]
+    if down:
+        if not args.json:
+            print_error(f"{len(down)} of {len(results)} endpoint(s) down: {', '.join(down)}")
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError("--interval must be above 0")
+    if args.count is not None and args.count < 1:
+        raise UsageError("--count must be at least 1")
+    prober = Prober(args.endpoint or [], args.timeout)
+    style = Style.for_stdout(args.json)
+    live = is_tty() and not args.json
+    rc = EXIT_OK
+    n = 0
+    try:
+        while True:
+            n += 1
+            started = time.monotonic()
+            results = prober.probe_all()
+            rc = EXIT_OK if all(r["up"] for r in results) else EXIT_FAIL
+            now = datetime.datetime.now().astimezone()
+            if args.json:
+                doc = _status_json(results)
+                doc["round"] = n
+                print_json(doc)
+            elif live:
+                sys.stdout.write("\x1b[H\x1b[2J")
+                up = sum(r["up"] for r in results)
+                head = (f"{PROG} watch  {now:%H:%M:%S}  every {args.interval:g} s  round {n}"
+                        f"{'/' + str(args.count) if args.count else ''}  ")
+                summary = style(f"{up}/{len(results)} up", "green" if up == len(results) else "red", "bold")
+                sys.stdout.write(style(head, "bold") + summary + "   (Ctrl-C to stop)\n\n")
+                sys.stdout.write(status_table(results, style) + "\n")
+                sys.stdout.flush()
+            else:
+                stamp = now.isoformat(timespec="seconds")
+                for r in results:
+                    lat = f"{r['latency_ms']:.2f}ms" if r["latency_ms"] is not None else "-"
+                    extra = _lag_text(r) if r["up"] else (
+                        (f"[{r['error_code']}] " if r["error_code"] else "") + str(r["error"]))
+                    print(f"{stamp} round={n} endpoint={r['id']} state={r['state']} role={r['role'] or '-'} "
+                          f"latency={lat} {extra}", flush=True)
+            if args.count and n >= args.count:
+                return rc
+            time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        if live:
+            sys.stdout.write("\n")
+        return rc
+    finally:
+        prober.close()
+
+
