@@ -57,6 +57,7 @@ import logging
 import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from .. import _native
 from . import errors
 from .connection_pool import DatabaseConnectionPool
 from .failover_manager import DatabaseFailoverManager, FailoverState
@@ -65,7 +66,8 @@ __all__ = ["get_metrics", "register_prometheus", "unregister_prometheus", "Noodl
 
 log = logging.getLogger("noodlecore.database.metrics")
 
-_ROLES = ("primary", "standby", "unknown")
+#: the roles an endpoint may report: the C core's names
+_ROLES = _native.ROLES
 
 
 # ---------------------------------------------------------------------------

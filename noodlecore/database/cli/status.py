@@ -1,8 +1,8 @@
 """``noodlecore-db status`` and ``watch``: probe endpoints and show what was found.
 
 Owns: ``ID=DSN`` endpoint arguments, the probe of one endpoint
-(probe_endpoint: up or down, role, latency, replication lag; its SQL is the
-only place the CLI asks a server about itself), probing several in parallel
+(probe_endpoint: up or down, role, latency, replication lag, as measured by
+the C core's prober, the monitor's), probing several in parallel
 (Prober), and the status as a table, as JSON and as log-like lines.
 """
 
@@ -44,26 +44,8 @@ def parse_endpoint(value: str, n: int) -> tuple:
     raise UsageError(f"--endpoint {redact_dsn(value)!r} is not ID=DSN (e.g. primary=postgresql://host/db)")
 
 
-_PG_PROBE = """SELECT pg_is_in_recovery() AS in_recovery,
-  current_setting('default_transaction_read_only') = 'on' AS read_only,
-  current_setting('server_version') AS version,
-  CASE WHEN pg_is_in_recovery()
-       THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END AS replay_delay,
-  CASE WHEN pg_is_in_recovery()
-       THEN pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::float8 END AS replay_lag_bytes,
-  CASE WHEN pg_is_in_recovery()
-       THEN (SELECT status FROM pg_stat_wal_receiver LIMIT 1) END AS receiver_status,
-  CASE WHEN pg_is_in_recovery()
-       THEN (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver LIMIT 1) END AS upstream"""
-
-_PG_REPLICAS = """SELECT application_name, client_addr::text AS client_addr, state, sync_state,
-  pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 AS lag_bytes,
-  extract(epoch FROM replay_lag)::float8 AS lag_seconds
-FROM pg_stat_replication ORDER BY application_name"""
-
-
 class Endpoint:
-    """One probed endpoint; keeps its pool (one connection) between probes."""
+    """One probed endpoint; its pool's prober keeps its connection between probes."""
 
     def __init__(self, eid: str, dsn: str, timeout: float):
         self.id = eid
@@ -96,53 +78,43 @@ class Endpoint:
 
 
 def probe_endpoint(ep: Endpoint) -> dict:
-    """One probe of one endpoint, through its one-connection pool: connect time, the
-    latency of a SELECT 1, and for PostgreSQL the role (pg_is_in_recovery, read-only),
-    the version and the replication lag (a standby's WAL received but not replayed and
-    the age of its last replayed transaction; a primary's pg_stat_replication).  Every
-    figure status and watch show comes from here; an error makes the row "down"."""
+    """One probe of one endpoint with the C core's prober, the one the failover
+    monitor uses (its probe connection is kept between rounds): connect time,
+    the probe's round trip, and for PostgreSQL the role (pg_is_in_recovery,
+    read-only), the version and the replication lag (a standby's WAL received
+    but not replayed and the age of its last replayed transaction; a
+    primary's pg_stat_replication).  Every figure status and watch show comes
+    from here; a failed probe makes the row "down"."""
     r: Dict[str, Any] = ep.down()
     if ep.sqlite_path is not None and not os.path.exists(ep.sqlite_path):
         # never create a database file by probing it
         r["error"] = f"no such database file: {ep.sqlite_path}"
         return r
-    t0 = time.perf_counter()
     try:
-        with ep.pool.get_connection(timeout=ep.timeout) as conn:
-            r["connect_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
-            t1 = time.perf_counter()
-            conn.execute_query("SELECT 1")
-            r["latency_ms"] = round((time.perf_counter() - t1) * 1e3, 3)
-            if ep.pool.backend_kind != "postgresql":
-                r.update(role="embedded", writable=True, version=sqlite3.sqlite_version)
-            else:
-                info = conn.execute_query(_PG_PROBE)[0]
-                standby = bool(info["in_recovery"])
-                r["role"] = "standby" if standby else "primary"
-                r["writable"] = not standby and not info["read_only"]
-                r["version"] = info["version"]
-                if standby:
-                    r["replication"] = {
-                        "lag_bytes": info["replay_lag_bytes"],
-                        "lag_seconds": info["replay_delay"],
-                        "receiver": info["receiver_status"],
-                        "upstream": info["upstream"],
-                    }
-                else:
-                    reps = conn.execute_query(_PG_REPLICAS)
-                    lags = [x["lag_bytes"] for x in reps if x["lag_bytes"] is not None]
-                    secs = [x["lag_seconds"] for x in reps if x["lag_seconds"] is not None]
-                    r["replication"] = {
-                        "standbys": reps,
-                        "lag_bytes": max(lags) if lags else None,
-                        "lag_seconds": max(secs) if secs else (0.0 if reps else None),
-                    }
-        r.update(state="up", up=True)
-    except Error as exc:
-        r["error"] = " ".join(str(exc.message).split())
-        r["error_code"] = exc.error_code
-    except Exception as exc:   # pragma: no cover - defensive
-        r["error"] = f"{type(exc).__name__}: {exc}"
+        p = ep.pool._probe(ep.timeout)
+    except Error as exc:   # the pool was shut down under us
+        r["error"], r["error_code"] = " ".join(str(exc.message).split()), exc.error_code
+        return r
+    if not p["ok"]:
+        r["error"], r["error_code"] = p["error"], p["error_code"]
+        return r
+    r.update(state="up", up=True, connect_ms=round(p["connect_time"] * 1e3, 3),
+             latency_ms=round(p["query_time"] * 1e3, 3))
+    if ep.pool.backend_kind != "postgresql":
+        r.update(role="embedded", writable=True, version=sqlite3.sqlite_version)
+        return r
+    standby = p["in_recovery"]
+    r.update(role="standby" if standby else "primary", writable=p["role"] == "primary",
+             version=p["server_version"])
+    if standby:
+        r["replication"] = {"lag_bytes": p["replay_lag_bytes"], "lag_seconds": p["replay_delay"],
+                            "receiver": p["receiver_status"], "upstream": p["upstream"]}
+    else:
+        reps = p["standbys"]
+        lags = [x["lag_bytes"] for x in reps if x["lag_bytes"] is not None]
+        secs = [x["lag_seconds"] for x in reps if x["lag_seconds"] is not None]
+        r["replication"] = {"standbys": reps, "lag_bytes": max(lags) if lags else None,
+                            "lag_seconds": max(secs) if secs else (0.0 if reps else None)}
     return r
 
 
