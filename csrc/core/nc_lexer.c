@@ -23,7 +23,7 @@ enum {
 #define CL_IS_WSTART(c) (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z') || (c) == '_' || (c) >= 0x80)
 #define CL_IS_SPECIAL(c)                                                                         \
     ((c) == '\'' || (c) == '"' || (c) == '`' || (c) == '-' || (c) == '/' || (c) == '$' || (c) == '%' || \
-     (c) == ';' || ((c) >= 0x1c && (c) <= 0x1f))
+     (c) == ';' || (c) == 0x0b || ((c) >= 0x1c && (c) <= 0x1f))
 #define CL_OF(c)                                                                           \
     ((CL_IS_SPACE(c) ? CL_SPACE : 0) | (CL_IS_WSTART(c) ? CL_WSTART | CL_WCONT : 0) |      \
      (CL_IS_DIGIT(c) ? CL_DIGIT | CL_WCONT : 0) | ((c) == '$' ? CL_WCONT : 0) |           \
@@ -32,9 +32,18 @@ enum {
 #define CL_R16(b) CL_R4(b), CL_R4((b) + 4), CL_R4((b) + 8), CL_R4((b) + 12)
 #define CL_R64(b) CL_R16(b), CL_R16((b) + 16), CL_R16((b) + 32), CL_R16((b) + 48)
 
-static const unsigned char cls[256] = {CL_R64(0), CL_R64(64), CL_R64(128), CL_R64(192)};
+static const unsigned char cls_pg[256] = {CL_R64(0), CL_R64(64), CL_R64(128), CL_R64(192)};
 
-#define CLASS(s, i) cls[(unsigned char)(s)[i]]
+/* SQLite's tokenizer does not start whitespace with a \v (it is an illegal
+ * character there) but lets a run of whitespace go on with one; so this
+ * table, PostgreSQL's otherwise, is only asked what a token starts with. */
+#undef CL_IS_SPACE
+#define CL_IS_SPACE(c) ((c) == ' ' || (c) == '\t' || (c) == '\n' || (c) == '\f' || (c) == '\r')
+static const unsigned char cls_sqlite[256] = {CL_R64(0), CL_R64(64), CL_R64(128), CL_R64(192)};
+#undef CL_IS_SPACE
+
+/* Everything but the start of whitespace reads the same in both dialects. */
+#define CLASS(s, i) cls_pg[(unsigned char)(s)[i]]
 
 size_t nc_lex_pyspace(const char *p, size_t n)
 {
@@ -43,7 +52,7 @@ size_t nc_lex_pyspace(const char *p, size_t n)
     const unsigned char *u = (const unsigned char *)p;
     unsigned char c = u[0];
     if (c < 0x80)
-        return CL_IS_SPACE(c) || (c >= 0x1c && c <= 0x1f);
+        return c == ' ' || (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x1f);
     if (c == 0xC2)                                      /* U+0085, U+00A0 */
         return n >= 2 && (u[1] == 0x85 || u[1] == 0xA0) ? 2 : 0;
     if (n < 3)
@@ -264,6 +273,7 @@ void nc_lex_init(nc_lexer *lx, const char *sql, size_t len, int dialect, unsigne
     lx->len = sql ? len : 0;
     lx->pos = 0;
     lx->pg = dialect != NC_DIALECT_SQLITE;
+    lx->cls = lx->pg ? cls_pg : cls_sqlite;
     lx->opts = opts;
 }
 
@@ -275,7 +285,7 @@ static inline int scan(const nc_lexer *lx, size_t i, size_t *end, unsigned *flag
     size_t j, k;
     int kind;
     unsigned char c = (unsigned char)s[i];
-    unsigned cl = cls[c];
+    unsigned cl = lx->cls[c];
     if (cl & CL_SPACE) {
         j = space_end(lx, i + 1);
         kind = NC_TOK_SPACE;
@@ -322,7 +332,8 @@ static inline int scan(const nc_lexer *lx, size_t i, size_t *end, unsigned *flag
             }
             break;
         case '/':
-            if (i + 1 < n && s[i + 1] == '*') {
+            /* SQLite reads a / * that ends the input as / and * */
+            if (i + 1 < n && s[i + 1] == '*' && (lx->pg || i + 2 < n)) {
                 j = skip_block_comment(s, n, i + 2, lx->pg, flags);
                 *flags |= NC_TOKF_BLOCK;
                 kind = NC_TOK_COMMENT;
@@ -345,7 +356,7 @@ static inline int scan(const nc_lexer *lx, size_t i, size_t *end, unsigned *flag
             kind = NC_TOK_SEMI;
             break;
         default:
-            if (c >= 0x1c && c <= 0x1f && (lx->opts & NC_LEX_UNICODE_SPACE)) {
+            if ((c == 0x0b || (c >= 0x1c && c <= 0x1f)) && (lx->opts & NC_LEX_UNICODE_SPACE)) {
                 j = space_end(lx, i + 1);
                 kind = NC_TOK_SPACE;
             }

@@ -28,7 +28,10 @@
  *
  * SQLite dialect (following SQLite's tokenizer rather than PostgreSQL's):
  *   '...', "..." and `...` with the doubled-quote escape, -- comments up to
- *   \n, and block comments that do NOT nest (the first * / ends them).  SQLite
+ *   \n, and block comments that do NOT nest (the first * / ends them; a / *
+ *   that ends the input is a / and a *, as SQLite reads it).  A \v only
+ *   continues whitespace: at the start of a token it is punctuation (SQLite
+ *   rejects it there).  SQLite
  *   has no E'...' strings and no dollar quotes (an E is a letter, a $ a
  *   punctuation byte).  [bracketed] identifiers are not recognised either
  *   (kept simple; a % inside them is rare).
@@ -43,7 +46,7 @@
  *              byte follows it: in 1e5x the number is 1 and e5x a word, which
  *              is how the placeholder rewrite has always read it (so a $ or
  *              an E' after it is part of that word).
- *   space      [ \t\n\v\f\r]+
+ *   space      [ \t\n\v\f\r]+  (in SQLite not starting with \v)
  *   ;          its own token, so a statement's end is easy to see.
  *   %...       with NC_LEX_PARAMS, a psycopg placeholder candidate (below);
  *              without it a % is punctuation.
@@ -104,6 +107,7 @@ typedef struct nc_lexer {
     size_t len;
     size_t pos;         /* where the next token starts */
     int pg;             /* dialect is PostgreSQL */
+    const unsigned char *cls;   /* the dialect's byte classes */
     unsigned opts;      /* NC_LEX_* */
 } nc_lexer;
 
