@@ -21,42 +21,12 @@
 #include <string.h>
 
 #include "check.h"
+#include "inputs.h"
 
 #define PG NC_DIALECT_PG
 #define SQ NC_DIALECT_SQLITE
 #define PARAMS NC_LEX_PARAMS
 #define USPACE NC_LEX_UNICODE_SPACE
-
-/* An exact-size heap copy of in[0..len) (freed by the caller). */
-static char *copy_of(const char *in, size_t len)
-{
-    char *p = malloc(len ? len : 1);
-    if (!p) {
-        perror("malloc");
-        exit(2);
-    }
-    if (len)
-        memcpy(p, in, len);
-    return p;
-}
-
-/* Printable rendering of bytes (static buffers, 4 in rotation). */
-static const char *show(const char *p, size_t n)
-{
-    static char buf[4][400];
-    static int k;
-    char *b = buf[k++ & 3];
-    size_t o = 0;
-    for (size_t i = 0; i < n && o < sizeof buf[0] - 8; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c >= 0x20 && c < 0x7f && c != '\\')
-            b[o++] = (char)c;
-        else
-            o += (size_t)sprintf(b + o, "\\x%02x", c);
-    }
-    b[o] = '\0';
-    return b;
-}
 
 /* ---- the token stream -------------------------------------------------------- */
 
@@ -109,7 +79,8 @@ static void test_tokens(void)
     TOKS(PG, 0, "_x \xc3\xa9t\xc3\xa9", "W[_x]S[ ]W[\\xc3\\xa9t\\xc3\\xa9]");
     /* numbers: a fraction, an exponent unless a word byte follows it */
     TOKS(PG, 0, "1 12.5 1.5e10 1e-3 1. .5", "N[1]S[ ]N[12.5]S[ ]N[1.5e10]S[ ]N[1e-3]S[ ]N[1].[.]S[ ].[.]N[5]");
-    TOKS(PG, 0, "1e5x 1e5$a$ 1e+5$a$ 1into 1e", "N[1]W[e5x]S[ ]N[1]W[e5$a$]S[ ]N[1]W[e].[+]N[5]Tud[$a$ 1into 1e]");
+    TOKS(PG, 0, "1e5x 1e5$a$ 1e+5$a$ 1into 1e",
+         "N[1]W[e5x]S[ ]N[1]W[e5$a$]S[ ]N[1]W[e].[+]N[5]Tud[$a$ 1into 1e]");
     /* operators are single bytes; -- and / * start comments even inside them */
     TOKS(PG, 0, "a<=b+-c", "W[a].[<].[=]W[b].[+].[-]W[c]");
     TOKS(PG, 0, "a+--x\nb", "W[a].[+]C[--x]S[\\x0a]W[b]");
@@ -156,7 +127,8 @@ static void test_tokens(void)
 
     /* Python's whitespace, on request only */
     TOKS(PG, 0, "a\xc2\xa0" "b\x1c", "W[a\\xc2\\xa0b].[\\x1c]");
-    TOKS(PG, USPACE, "a\xc2\xa0" "b\x1c\x1f c\xe3\x80\x80\xe2\x80\x8a", "W[a]S[\\xc2\\xa0]W[b]S[\\x1c\\x1f ]W[c]S[\\xe3\\x80\\x80\\xe2\\x80\\x8a]");
+    TOKS(PG, USPACE, "a\xc2\xa0" "b\x1c\x1f c\xe3\x80\x80\xe2\x80\x8a",
+         "W[a]S[\\xc2\\xa0]W[b]S[\\x1c\\x1f ]W[c]S[\\xe3\\x80\\x80\\xe2\\x80\\x8a]");
     TOKS(PG, USPACE, "\xe2\x80\x8b\xe2\x84\xaa", "W[\\xe2\\x80\\x8b\\xe2\\x84\\xaa]");
     TOKS(PG, USPACE, "\xc2\x85x\xe1\x9a\x80\xe2\x80\xa8\xe2\x80\xa9\xe2\x80\xaf\xe2\x81\x9f",
          "S[\\xc2\\x85]W[x]S[\\xe1\\x9a\\x80\\xe2\\x80\\xa8\\xe2\\x80\\xa9\\xe2\\x80\\xaf\\xe2\\x81\\x9f]");
@@ -187,15 +159,6 @@ static void test_tokens(void)
 
 /* Random byte soup: the tokens tile the input, nothing is read past len
  * (ASan), and nc_lex_find returns exactly the tokens nc_lex_next would. */
-static unsigned long long rng = 0x9E3779B97F4A7C15ULL;
-
-static unsigned rnd(unsigned n)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (unsigned)(rng % n);
-}
 
 static void test_random_tokens(void)
 {
@@ -348,18 +311,22 @@ static void test_blank_vs_sqlite(void)
     sqlite3_close(db);
 }
 
-/* ---- plain read ------------------------------------------------------------------ */
+/* ---- plain read and ROLLBACK TO -------------------------------------------------- */
 
-static int plain(const char *in, size_t len)
+/* f on an exact-size copy of in[0..len). */
+static int on_copy(int (*f)(const char *, size_t), const char *in, size_t len)
 {
     char *copy = copy_of(in, len);
-    int r = nc_sql_is_plain_select(copy, len);
+    int r = f(copy, len);
     free(copy);
     return r;
 }
 
-#define PLAIN(in, expect) \
-    CHECK(plain(in, sizeof(in) - 1) == (expect), "is_plain_select %s should be %d", show(in, sizeof(in) - 1), expect)
+#define ANSWER(f, in, expect)                                                                 \
+    CHECK(on_copy(f, in, sizeof(in) - 1) == (expect), #f " %s should be %d", show(in, sizeof(in) - 1), \
+          expect)
+#define PLAIN(in, expect) ANSWER(nc_sql_is_plain_select, in, expect)
+#define RBTO(in, expect) ANSWER(nc_sql_is_rollback_to, in, expect)
 
 static void test_plain_select(void)
 {
@@ -455,19 +422,6 @@ static void test_plain_select(void)
     PLAIN("SELECT %(a')s, nextval(1), %(b')s", 0);   /* with params the quotes are in names */
 }
 
-/* ---- ROLLBACK TO -------------------------------------------------------------- */
-
-static int rollback_to(const char *in, size_t len)
-{
-    char *copy = copy_of(in, len);
-    int r = nc_sql_is_rollback_to(copy, len);
-    free(copy);
-    return r;
-}
-
-#define RBTO(in, expect) \
-    CHECK(rollback_to(in, sizeof(in) - 1) == (expect), "is_rollback_to %s should be %d", show(in, sizeof(in) - 1), expect)
-
 static void test_rollback_to(void)
 {
     RBTO("ROLLBACK TO SAVEPOINT sp", 1);
@@ -553,7 +507,8 @@ static void test_column_type(void)
     TYPE_OK("INTEGER[]", "INTEGER[]");
     TYPE_OK("BLOB NULL", "BLOB NULL");
     TYPE_OK("NUMERIC(10, 2) NOT NULL DEFAULT 0", "NUMERIC(10, 2) NOT NULL DEFAULT 0");
-    TYPE_OK("TIMESTAMP(3) WITH TIME ZONE DEFAULT CURRENT_TIMESTAMP", "TIMESTAMP(3) WITH TIME ZONE DEFAULT CURRENT_TIMESTAMP");
+    TYPE_OK("TIMESTAMP(3) WITH TIME ZONE DEFAULT CURRENT_TIMESTAMP",
+            "TIMESTAMP(3) WITH TIME ZONE DEFAULT CURRENT_TIMESTAMP");
     TYPE_NO("TEXT; DROP TABLE sentinel");
     TYPE_NO("TEXT -- comment");
     TYPE_NO("TEXT /* x */");
@@ -573,7 +528,8 @@ static void test_column_type(void)
     /* normalization: " ".join(text.split()) */
     TYPE_OK("  varchar ( 10 ,2 )\t[ 5 ][]\n\nnot \x1c null  ", "varchar ( 10 ,2 ) [ 5 ][] not null");
     TYPE_OK("TEXT\xc2\xa0NOT\xe3\x80\x80NULL", "TEXT NOT NULL");
-    TYPE_OK("x_1 y (4) z [ ] DEFAULT +0.25 UNIQUE PRIMARY KEY", "x_1 y (4) z [ ] DEFAULT +0.25 UNIQUE PRIMARY KEY");
+    TYPE_OK("x_1 y (4) z [ ] DEFAULT +0.25 UNIQUE PRIMARY KEY",
+            "x_1 y (4) z [ ] DEFAULT +0.25 UNIQUE PRIMARY KEY");
     /* words are whole words; TRUE is a type word, NOTE is not NOT */
     TYPE_OK("NOTE NULLABLE KEYS", "NOTE NULLABLE KEYS");
     TYPE_OK("INTEGER TRUE", "INTEGER TRUE");
