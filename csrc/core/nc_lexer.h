@@ -102,6 +102,7 @@ typedef struct nc_token {
     size_t len;
 } nc_token;
 
+/* The cursor; its fields are the lexer's own (pos may be read). */
 typedef struct nc_lexer {
     const char *sql;
     size_t len;

@@ -25,7 +25,7 @@ int nc_sql_is_blank(const char *sql, size_t len, int dialect);
  * again is harmless (the retry-safety test): one statement, at most a
  * trailing ';', starting with SELECT or WITH, with no INTO, FOR (UPDATE /
  * SHARE), INSERT, UPDATE, DELETE or MERGE word, no schema-qualified call
- * (x.f(), and calling only well-known side-effect-free functions (or
+ * such as x.f(1), and calling only well-known side-effect-free functions (or
  * keywords that take a parenthesis, such as IN or OVER).  Refused outright:
  * any backslash, $, backtick, [, NUL byte, -- or / * anywhere (even inside a
  * literal), and an unterminated quote.  Dialect-free: with those refused,
