@@ -1,31 +1,11 @@
 /* nc_params.c - rewriting psycopg-style placeholders for the server.
  *
- * One pass over sql[0..len): runs of plain text are copied to the output in
- * bulk, each placeholder is replaced by $n (PostgreSQL) or ?n (SQLite), %%
- * by %.  Quoted regions and comments are skipped over as a whole (they become
- * part of the run being copied), so a % inside them is left alone.
- *
- * Regions, PostgreSQL dialect (following the server's lexer, scan.l):
- *   '...'      standard string, '' is a quote; a backslash is an ordinary
- *              character (standard_conforming_strings = on, the default).
- *              U&'...', B'...', X'...', N'...' are the same thing here.
- *   E'...'     escape string: \x escapes any x (so \' does not end it), ''
- *              too.  Only when the E starts a word: in  name'...'  it doesn't.
- *   "..."      quoted identifier, "" is a quote.
- *   $tag$...$tag$  dollar quote; tag empty or [A-Za-z_\200-\377] followed by
- *              [A-Za-z0-9_\200-\377]* (non-ASCII bytes count as letters, as
- *              in the server).  $1 is a parameter, not a quote; a $ inside a
- *              word (a$b$) belongs to the identifier.  The body ends at the
- *              first occurrence of the exact opening delimiter.
- *   -- ...     line comment, up to \n or \r.
- *   / * ... * /  block comment; they nest.
- *
- * SQLite dialect (following SQLite's tokenizer rather than PostgreSQL's):
- *   '...', "..." and `...` with the doubled-quote escape, -- comments up to
- *   \n, and block comments that do NOT nest (the first * / ends them).  SQLite
- *   has no E'...' strings and no dollar quotes, so those are not recognised
- *   (an E is a letter, a $ an ordinary character).  [bracketed] identifiers
- *   are not recognised either (kept simple; a % inside them is rare).
+ * One pass of the lexer (nc_lexer.h, which also holds the region rules:
+ * strings, quoted identifiers, dollar quotes, comments, per dialect) with
+ * NC_LEX_PARAMS: every token but a % one is plain text, copied to the output
+ * in bulk; each placeholder is replaced by $n (PostgreSQL) or ?n (SQLite),
+ * %% by %.  A % inside a quoted region or comment is part of that token, so
+ * it is left alone.
  *
  * An unterminated region runs to the end of the input and is copied as is;
  * the server reports the syntax error.
@@ -49,35 +29,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- character classes -------------------------------------------------- */
-
-static int is_alpha_or_high(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
-}
-
-static int is_digit(unsigned char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-/* Characters that may start / continue an identifier (keyword) in PostgreSQL. */
-static int is_ident_start(unsigned char c)
-{
-    return is_alpha_or_high(c);
-}
-
-static int is_ident_cont(unsigned char c)
-{
-    return is_alpha_or_high(c) || is_digit(c) || c == '$';
-}
-
-/* Characters of a dollar-quote tag after the first (no $). */
-static int is_dolq_cont(unsigned char c)
-{
-    return is_alpha_or_high(c) || is_digit(c);
-}
 
 /* ---- output buffer ------------------------------------------------------ */
 
@@ -244,113 +195,6 @@ static void names_free(names_t *nt, int nslots)
     nt->tab = NULL;
 }
 
-/* ---- skipping quoted regions and comments -------------------------------
- * Each takes the index just after the opening delimiter and returns the index
- * just after the closing one, or len when the region is unterminated. */
-
-/* '...', "..." or `...` with the doubled-quote escape. */
-static size_t skip_quoted(const char *s, size_t len, size_t i, char q)
-{
-    while (i < len) {
-        const char *p = memchr(s + i, q, len - i);
-        if (!p)
-            return len;
-        size_t j = (size_t)(p - s) + 1;
-        if (j < len && s[j] == q) {
-            i = j + 1;      /* doubled quote: part of the text */
-            continue;
-        }
-        return j;
-    }
-    return len;
-}
-
-/* E'...': backslash escapes the next byte, '' is a quote too. */
-static size_t skip_estring(const char *s, size_t len, size_t i)
-{
-    while (i < len) {
-        char c = s[i];
-        if (c == '\\') {
-            i += 2;
-            continue;
-        }
-        if (c == '\'') {
-            if (i + 1 < len && s[i + 1] == '\'') {
-                i += 2;
-                continue;
-            }
-            return i + 1;
-        }
-        i++;
-    }
-    return len;
-}
-
-/* -- comment: up to (not including) the end of line. */
-static size_t skip_line_comment(const char *s, size_t len, size_t i, int cr_too)
-{
-    for (; i < len; i++)
-        if (s[i] == '\n' || (cr_too && s[i] == '\r'))
-            return i;
-    return len;
-}
-
-/* Block comment; nested ones counted when nest. */
-static size_t skip_block_comment(const char *s, size_t len, size_t i, int nest)
-{
-    size_t depth = 1;
-    while (i + 1 < len) {
-        if (s[i] == '*' && s[i + 1] == '/') {
-            i += 2;
-            if (--depth == 0)
-                return i;
-        } else if (nest && s[i] == '/' && s[i + 1] == '*') {
-            i += 2;
-            depth++;
-        } else {
-            i++;
-        }
-    }
-    return len;
-}
-
-/* If a dollar-quote delimiter $tag$ starts at s[i] (s[i] == '$'), return its
- * length, else 0. */
-static size_t dollar_delim_len(const char *s, size_t len, size_t i)
-{
-    size_t j = i + 1;
-    if (j < len && is_ident_start((unsigned char)s[j])) {
-        j++;
-        while (j < len && is_dolq_cont((unsigned char)s[j]))
-            j++;
-    }
-    if (j < len && s[j] == '$')
-        return j - i + 1;
-    return 0;
-}
-
-/* The body of a dollar quote whose delimiter is s[d .. d+dlen), starting at
- * i: ends after the first occurrence of the same delimiter.  Linear: the tag
- * holds no $, so a comparison from one $ never reads past the next $. */
-static size_t skip_dollar_body(const char *s, size_t len, size_t i, size_t d, size_t dlen)
-{
-    while (i < len) {
-        const char *p = memchr(s + i, '$', len - i);
-        if (!p)
-            return len;
-        size_t k = (size_t)(p - s);
-        if (len - k < dlen)
-            return len;
-        size_t m = 1;
-        while (m < dlen && s[k + m] == s[d + m])
-            m++;
-        if (m == dlen)
-            return k + dlen;
-        i = k + 1;
-    }
-    return len;
-}
-
 /* ---- errors -------------------------------------------------------------- */
 
 /* Printable-ASCII rendering of up to 32 bytes of p[0..n), for messages. */
@@ -409,15 +253,15 @@ int nc_sql_translate(const char *sql, size_t len, int dialect, nc_sql *out, nc_e
         }
     }
 
-    const int pg = dialect == NC_DIALECT_PG;
-    const char marker = pg ? '$' : '?';
+    const char marker = dialect == NC_DIALECT_PG ? '$' : '?';
     outbuf ob = {NULL, 0, 0};
     names_t nt;
     memset(&nt, 0, sizeof nt);
     int style = NC_STYLE_NONE, nslots = 0;
-    int in_word = 0;        /* previous byte continues an identifier (PG lexer view) */
-    size_t i = 0, run = 0;  /* sql[run..i) is plain text not yet copied */
+    size_t run = 0;         /* sql[run..) is plain text not yet copied */
     char pv[160];
+    nc_lexer lx;
+    nc_token t;
 
     /* Room for the input plus some growth of $n over %s; grows as needed. */
     size_t want = len + len / 8 + 16;
@@ -426,145 +270,87 @@ int nc_sql_translate(const char *sql, size_t len, int dialect, nc_sql *out, nc_e
     if (ob_reserve(&ob, want) < 0)
         goto oom;
 
-    while (i < len) {
-        unsigned char c = (unsigned char)sql[i];
-        switch (c) {
-        case '\'':
-            i = skip_quoted(sql, len, i + 1, '\'');
-            in_word = 0;
-            continue;
-        case '"':
-            i = skip_quoted(sql, len, i + 1, '"');
-            in_word = 0;
-            continue;
-        case '`':
-            if (!pg) {
-                i = skip_quoted(sql, len, i + 1, '`');
-                in_word = 0;
-                continue;
-            }
-            break;
-        case '-':
-            if (i + 1 < len && sql[i + 1] == '-') {
-                i = skip_line_comment(sql, len, i + 2, pg);
-                in_word = 0;
-                continue;
-            }
-            break;
-        case '/':
-            if (i + 1 < len && sql[i + 1] == '*') {
-                i = skip_block_comment(sql, len, i + 2, pg);
-                in_word = 0;
-                continue;
-            }
-            break;
-        case 'E':
-        case 'e':
-            if (pg && !in_word && i + 1 < len && sql[i + 1] == '\'') {
-                i = skip_estring(sql, len, i + 2);
-                in_word = 0;
-                continue;
-            }
-            break;
-        case '$':
-            if (pg && !in_word) {
-                size_t dlen = dollar_delim_len(sql, len, i);
-                if (dlen) {
-                    i = skip_dollar_body(sql, len, i + dlen, i, dlen);
-                    in_word = 0;
-                    continue;
-                }
-            }
-            break;
-        case '%': {
-            size_t at = i, end;
-            int slot;
-            if (i + 1 >= len) {
-                PERR("incomplete placeholder: lone '%%' at the end of the query (offset %zu); "
-                     "use %%%% for a literal %%", at);
-                goto fail;
-            }
-            char n = sql[i + 1];
-            if (n == '%') {
-                if (ob_append(&ob, sql + run, i - run) < 0 || ob_append(&ob, "%", 1) < 0)
-                    goto oom;
-                i += 2;
-                run = i;
-                in_word = 0;
-                continue;
-            }
-            if (is_type_char(n)) {
-                if (style == NC_STYLE_NAMED) {
-                    PERR("query mixes %%s and %%(name)s placeholders (%%%c at offset %zu)", n, at);
-                    goto fail;
-                }
-                if (nslots == INT_MAX) {
-                    PERR("too many placeholders (more than %d) at offset %zu", INT_MAX, at);
-                    goto fail;
-                }
-                style = NC_STYLE_POSITIONAL;
-                slot = ++nslots;
-                end = i + 2;
-            } else if (n == '(') {
-                size_t name_off = i + 2;
-                const char *close = name_off < len ? memchr(sql + name_off, ')', len - name_off)
-                                                   : NULL;
-                if (!close) {
-                    PERR("unterminated placeholder '%%(' at offset %zu: no closing ')'", at);
-                    goto fail;
-                }
-                size_t name_len = (size_t)(close - sql) - name_off;
-                if (name_len == 0) {
-                    PERR("empty placeholder name '%%()' at offset %zu", at);
-                    goto fail;
-                }
-                end = (size_t)(close - sql) + 2;
-                if (end > len || !is_type_char(sql[end - 1])) {
-                    preview(pv, sizeof pv, sql + name_off, name_len);
-                    PERR("placeholder '%%(%s)' at offset %zu is not followed by s, b or t", pv, at);
-                    goto fail;
-                }
-                if (style == NC_STYLE_POSITIONAL) {
-                    PERR("query mixes %%s and %%(name)s placeholders (%%(...)%c at offset %zu)",
-                         sql[end - 1], at);
-                    goto fail;
-                }
-                if (nslots == INT_MAX) {
-                    PERR("too many placeholders (more than %d) at offset %zu", INT_MAX, at);
-                    goto fail;
-                }
-                style = NC_STYLE_NAMED;
-                slot = names_slot(&nt, sql, name_off, name_len, &nslots);
-                if (!slot)
-                    goto oom;
-            } else {
-                unsigned char u = (unsigned char)n;
-                if (u >= 0x20 && u < 0x7f)
-                    PERR("unsupported placeholder '%%%c' at offset %zu "
-                         "(use %%s, %%(name)s or %%%% for a literal %%)", n, at);
-                else
-                    PERR("unsupported placeholder: '%%' followed by byte 0x%02X at offset %zu "
-                         "(use %%s, %%(name)s or %%%% for a literal %%)", u, at);
-                goto fail;
-            }
-            if (end < len && is_digit((unsigned char)sql[end])) {
-                PERR("placeholder at offset %zu is directly followed by a digit, which would "
-                     "run into the parameter number; put a space between them", at);
-                goto fail;
-            }
-            if (ob_append(&ob, sql + run, i - run) < 0 || ob_append_slot(&ob, marker, slot) < 0)
+    nc_lex_init(&lx, sql, len, dialect, NC_LEX_PARAMS);
+    while (nc_lex_find(&lx, &t, NC_TOKS(NC_TOK_PARAM)) != NC_TOK_END) {
+        const size_t at = t.off;
+        size_t end;
+        int slot;
+        if (t.len == 1) {
+            PERR("incomplete placeholder: lone '%%' at the end of the query (offset %zu); "
+                 "use %%%% for a literal %%", at);
+            goto fail;
+        }
+        char n = sql[at + 1];
+        if (n == '%') {
+            if (ob_append(&ob, sql + run, at - run) < 0 || ob_append(&ob, "%", 1) < 0)
                 goto oom;
-            i = end;
-            run = i;
-            in_word = 0;
+            run = at + 2;
             continue;
         }
-        default:
-            break;
+        if (is_type_char(n)) {
+            if (style == NC_STYLE_NAMED) {
+                PERR("query mixes %%s and %%(name)s placeholders (%%%c at offset %zu)", n, at);
+                goto fail;
+            }
+            if (nslots == INT_MAX) {
+                PERR("too many placeholders (more than %d) at offset %zu", INT_MAX, at);
+                goto fail;
+            }
+            style = NC_STYLE_POSITIONAL;
+            slot = ++nslots;
+            end = at + 2;
+        } else if (n == '(') {
+            if (t.flags & NC_TOKF_UNTERMINATED) {
+                PERR("unterminated placeholder '%%(' at offset %zu: no closing ')'", at);
+                goto fail;
+            }
+            /* The token is %( name ) and the byte after, if any: the first
+             * ')' is inside it (names are short, a loop beats a call). */
+            size_t name_off = at + 2, close = name_off;
+            while (sql[close] != ')')
+                close++;
+            size_t name_len = close - name_off;
+            if (name_len == 0) {
+                PERR("empty placeholder name '%%()' at offset %zu", at);
+                goto fail;
+            }
+            end = close + 2;
+            if (end > len || !is_type_char(sql[end - 1])) {
+                preview(pv, sizeof pv, sql + name_off, name_len);
+                PERR("placeholder '%%(%s)' at offset %zu is not followed by s, b or t", pv, at);
+                goto fail;
+            }
+            if (style == NC_STYLE_POSITIONAL) {
+                PERR("query mixes %%s and %%(name)s placeholders (%%(...)%c at offset %zu)",
+                     sql[end - 1], at);
+                goto fail;
+            }
+            if (nslots == INT_MAX) {
+                PERR("too many placeholders (more than %d) at offset %zu", INT_MAX, at);
+                goto fail;
+            }
+            style = NC_STYLE_NAMED;
+            slot = names_slot(&nt, sql, name_off, name_len, &nslots);
+            if (!slot)
+                goto oom;
+        } else {
+            unsigned char u = (unsigned char)n;
+            if (u >= 0x20 && u < 0x7f)
+                PERR("unsupported placeholder '%%%c' at offset %zu "
+                     "(use %%s, %%(name)s or %%%% for a literal %%)", n, at);
+            else
+                PERR("unsupported placeholder: '%%' followed by byte 0x%02X at offset %zu "
+                     "(use %%s, %%(name)s or %%%% for a literal %%)", u, at);
+            goto fail;
         }
-        /* An ordinary byte of SQL text. */
-        in_word = in_word ? is_ident_cont(c) : is_ident_start(c);
-        i++;
+        if (end < len && sql[end] >= '0' && sql[end] <= '9') {
+            PERR("placeholder at offset %zu is directly followed by a digit, which would "
+                 "run into the parameter number; put a space between them", at);
+            goto fail;
+        }
+        if (ob_append(&ob, sql + run, at - run) < 0 || ob_append_slot(&ob, marker, slot) < 0)
+            goto oom;
+        run = end;
     }
     if (ob_append(&ob, sql + run, len - run) < 0)
         goto oom;

@@ -5,7 +5,8 @@
  * ?1..?n (SQLite) so the values are bound by the server, never pasted into the
  * SQL text.  What stands inside '...' and E'...' string literals, "quoted"
  * identifiers, $tag$ dollar-quoted bodies, -- line comments and nested block
- * comments is copied unchanged (a % there is not a placeholder).
+ * comments is copied unchanged (a % there is not a placeholder); the exact
+ * region rules, per dialect, are those of the lexer (nc_lexer.h).
  *
  * %b and %t (psycopg's binary/text hints) are accepted as synonyms of %s.
  * Any other character after % outside those regions is an error, as is a lone
@@ -16,8 +17,7 @@
 
 #include <stddef.h>
 #include "nc_error.h"
-
-enum nc_dialect { NC_DIALECT_PG = 1, NC_DIALECT_SQLITE = 2 };
+#include "nc_lexer.h"       /* enum nc_dialect */
 
 enum nc_param_style {
     NC_STYLE_NONE = 0,          /* no placeholders at all */

@@ -13,6 +13,7 @@
 #include "pool.h"
 #include "transaction.h"
 #include "../core/nc_params.h"
+#include "../core/nc_sqltext.h"
 
 #include <libpq-fe.h>
 #include <sqlite3.h>
@@ -102,6 +103,98 @@ static PyObject *translate(PyObject *mod, PyObject *args)
     return res;
 }
 
+/* ---- questions about SQL text (csrc/core/nc_sqltext.c) --------------------- */
+
+/* s as UTF-8.  A str with a lone surrogate has no UTF-8: it is encoded with
+ * surrogatepass, and *keep holds the bytes until the caller releases them;
+ * to the checks such a character is neither space nor letter, as it was to
+ * the Python code they replace. */
+static const char *sql_text(PyObject *s, Py_ssize_t *len, PyObject **keep)
+{
+    *keep = NULL;
+    const char *p = PyUnicode_AsUTF8AndSize(s, len);
+    if (p || !PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+        return p;
+    PyErr_Clear();
+    *keep = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass");
+    if (!*keep)
+        return NULL;
+    *len = PyBytes_GET_SIZE(*keep);
+    return PyBytes_AS_STRING(*keep);
+}
+
+/* f(sql) as a bool; anything but a str is False (like is_plain_select(None)). */
+static PyObject *sql_check(PyObject *sql, int (*f)(const char *, size_t))
+{
+    if (!PyUnicode_Check(sql))
+        Py_RETURN_FALSE;
+    Py_ssize_t len;
+    PyObject *keep;
+    const char *p = sql_text(sql, &len, &keep);
+    if (!p)
+        return NULL;
+    int r = f(p, (size_t)len);
+    Py_XDECREF(keep);
+    return PyBool_FromLong(r);
+}
+
+static PyObject *sql_is_plain_select(PyObject *mod, PyObject *sql)
+{
+    (void)mod;
+    return sql_check(sql, nc_sql_is_plain_select);
+}
+
+static PyObject *sql_is_rollback_to(PyObject *mod, PyObject *sql)
+{
+    (void)mod;
+    return sql_check(sql, nc_sql_is_rollback_to);
+}
+
+static PyObject *sql_is_blank(PyObject *mod, PyObject *args, PyObject *kwargs)
+{
+    (void)mod;
+    static char *kwlist[] = {"sql", "dialect", NULL};
+    PyObject *sql;
+    int dialect = NC_DIALECT_PG;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|i:sql_is_blank", kwlist, &sql, &dialect))
+        return NULL;
+    if (dialect != NC_DIALECT_PG && dialect != NC_DIALECT_SQLITE)
+        return PyErr_Format(PyExc_ValueError, "unknown SQL dialect %d", dialect);
+    Py_ssize_t len;
+    PyObject *keep;
+    const char *p = sql_text(sql, &len, &keep);
+    if (!p)
+        return NULL;
+    int r = nc_sql_is_blank(p, (size_t)len, dialect);
+    Py_XDECREF(keep);
+    return PyBool_FromLong(r);
+}
+
+static PyObject *sql_column_type(PyObject *mod, PyObject *text)
+{
+    (void)mod;
+    if (!PyUnicode_Check(text))
+        return PyErr_Format(PyExc_TypeError, "sql_column_type() argument must be str, not %.100s",
+                            Py_TYPE(text)->tp_name);
+    Py_ssize_t len;
+    PyObject *keep;
+    const char *p = sql_text(text, &len, &keep);
+    if (!p)
+        return NULL;
+    char *out = PyMem_Malloc((size_t)len + 1);
+    PyObject *res = NULL;
+    size_t n;
+    if (!out)
+        PyErr_NoMemory();
+    else if (!nc_sql_column_type(p, (size_t)len, out, &n))
+        res = Py_NewRef(Py_None);
+    else
+        res = PyUnicode_FromStringAndSize(out, (Py_ssize_t)n);    /* ASCII: spaces are made ' ' */
+    PyMem_Free(out);
+    Py_XDECREF(keep);
+    return res;
+}
+
 static PyMethodDef module_methods[] = {
     {"_set_error_classes", set_error_classes, METH_O,
      "Install errors.py's classes, a mapping of class name to class (internal)."},
@@ -114,6 +207,16 @@ static PyMethodDef module_methods[] = {
     {"_atexit", atexit_hook, METH_NOARGS, "Shut down every pool before the interpreter exits (internal)."},
     {"translate", translate, METH_VARARGS,
      "translate(sql, dialect=DIALECT_PG) -> (sql, style, nslots, names): the placeholder rewrite."},
+    {"sql_is_plain_select", sql_is_plain_select, METH_O,
+     "sql_is_plain_select(sql) -> bool: certainly one read without side effects (safe to run again); "
+     "False for anything but a str."},
+    {"sql_is_blank", (PyCFunction)(void (*)(void))sql_is_blank, METH_VARARGS | METH_KEYWORDS,
+     "sql_is_blank(sql, dialect=DIALECT_PG) -> bool: only whitespace, comments and ';'."},
+    {"sql_is_rollback_to", sql_is_rollback_to, METH_O,
+     "sql_is_rollback_to(sql) -> bool: ROLLBACK [WORK | TRANSACTION] TO ...; False for anything but a str."},
+    {"sql_column_type", sql_column_type, METH_O,
+     "sql_column_type(text) -> str | None: the column type normalized (whitespace runs made one space), "
+     "or None when it is not in the accepted grammar."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,20 +1,14 @@
 /* sqlite_exec.c - statements on a SQLite connection (see sqlite_exec.h). */
 #include "sqlite_exec.h"
+#include "../core/nc_sqltext.h"
 #include "../core/nc_time.h"
 
+#include <string.h>
+
+/* Only whitespace, comments and ';' from s on (SQLite's reading). */
 static int blank(const char *s)
 {
-    for (; *s; s++) {
-        if (*s == '-' && s[1] == '-') {
-            while (*s && *s != '\n')
-                s++;
-            if (!*s)
-                break;
-        } else if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r' && *s != ';') {
-            return 0;
-        }
-    }
-    return 1;
+    return nc_sql_is_blank(s, strlen(s), NC_DIALECT_SQLITE);
 }
 
 PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,

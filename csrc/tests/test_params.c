@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "inputs.h"
+
 static int passed, failed;
 
 #define PG NC_DIALECT_PG
@@ -28,28 +30,6 @@ static int passed, failed;
 static const char *dname(int d)
 {
     return d == PG ? "pg" : d == SQ ? "sqlite" : "?";
-}
-
-/* Printable rendering of a byte string for failure lines (static buffer). */
-static const char *show(const char *p, size_t n)
-{
-    static char buf[4][200];
-    static int k;
-    char *b = buf[k++ & 3];
-    size_t o = 0;
-    if (!p)
-        return "(null)";
-    for (size_t i = 0; i < n && o < sizeof buf[0] - 8; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c >= 0x20 && c < 0x7f && c != '\\')
-            b[o++] = (char)c;
-        else
-            o += (size_t)sprintf(b + o, "\\x%02x", c);
-    }
-    if (o >= sizeof buf[0] - 8)
-        o += (size_t)sprintf(b + o, "...");
-    b[o] = '\0';
-    return b;
 }
 
 static int fail(int line, const char *fmt, const char *a, const char *b)
@@ -69,13 +49,7 @@ static int is_zeroed(const nc_sql *s)
 /* Run nc_sql_translate on an exact-size copy of in[0..len). */
 static int run(int dialect, const char *in, size_t len, nc_sql *out, nc_error *err)
 {
-    char *copy = malloc(len ? len : 1);
-    if (!copy) {
-        perror("malloc");
-        exit(2);
-    }
-    if (len)
-        memcpy(copy, in, len);
+    char *copy = copy_of(in, len);
     memset(out, 0xAB, sizeof *out);     /* must come back filled or zeroed */
     nc_error_clear(err);
     int rc = nc_sql_translate(copy, len, dialect, out, err);
@@ -648,16 +622,6 @@ static void test_large(void)
 }
 
 /* ---- random inputs: no crash, invariants hold -------------------------------- */
-
-static unsigned long long rng = 0x9E3779B97F4A7C15ULL;
-
-static unsigned rnd(unsigned n)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (unsigned)(rng % n);
-}
 
 static void test_random(void)
 {
