@@ -94,7 +94,7 @@ DatabaseManager class (arguments, lifecycle, execute_query, failover, health
 and stats); ``_retry``, borrowing and the transparent-failover rules;
 ``_transactions``, execute_batch and transaction(); ``_tables``, the table
 helpers; ``_dialect``, what differs between PostgreSQL and SQLite;
-``_sqltext``, the only SQL text scanning.  DatabaseConfig lives in
+``_sqltext``, the questions about SQL text (answered by the C core's lexer).  DatabaseConfig lives in
 ``noodlecore.database.config``, the exceptions in ``noodlecore.database.errors``.
 """
 
