@@ -63,6 +63,7 @@ struct nc_monitor {
 
     int refs;
     int freed;                  /* nc_monitor_free was called */
+    int closed;                 /* nc_monitor_close (or free) was called: no more starts */
     int running;                /* threads started and not stopped */
     uint64_t run;               /* changes at every start and stop: a thread of an older run quits */
     uint64_t stops;             /* number of stops, wakes event waiters */
@@ -496,7 +497,7 @@ int nc_monitor_start(nc_monitor *m, nc_error *err)
         pthread_mutex_unlock(&m->mu);
         return 0;
     }
-    if (m->freed) {
+    if (m->freed || m->closed) {
         pthread_mutex_unlock(&m->mu);
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the monitor is closed");
         return -1;
@@ -563,11 +564,21 @@ void nc_monitor_stop(nc_monitor *m)
     free(threads);
 }
 
+void nc_monitor_close(nc_monitor *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->mu);
+    m->closed = 1;
+    pthread_mutex_unlock(&m->mu);
+    nc_monitor_stop(m);
+}
+
 void nc_monitor_free(nc_monitor *m)
 {
     if (!m)
         return;
-    nc_monitor_stop(m);
+    nc_monitor_close(m);
     pthread_mutex_lock(&m->mu);
     m->freed = 1;
     pthread_cond_broadcast(&m->event_cv);

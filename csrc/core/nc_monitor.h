@@ -93,6 +93,9 @@ int nc_monitor_start(nc_monitor *m, nc_error *err);
 /* Stop and join the threads (bounded: a probe stuck past its deadline is
  * left to finish; the monitor is freed by whoever is last). */
 void nc_monitor_stop(nc_monitor *m);
+/* Stop for good: nc_monitor_stop, and a later nc_monitor_start fails (a
+ * start racing the owner's close can no longer leave threads behind). */
+void nc_monitor_close(nc_monitor *m);
 void nc_monitor_free(nc_monitor *m);
 int nc_monitor_running(nc_monitor *m);
 

@@ -123,6 +123,7 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
     }
     snprintf(ctx->display, sizeof ctx->display, "%s%s%s:%s/%s", user ? user : "", user ? "@" : "",
              host ? host : "localhost", port ? port : "5432", db ? db : (user ? user : ""));
+    nc_utf8_fix_tail(ctx->display);   /* a long non-ASCII name cut mid-character */
     int nh = split_list(hostlist, ctx->hosts), na = split_list(hostaddr, ctx->hostaddrs);
     int np = split_list(port, ctx->ports);
     PQconninfoFree(opts);

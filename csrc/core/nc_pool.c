@@ -81,9 +81,23 @@ nc_pool *nc_pool_new(const nc_pool_config *cfg, const nc_backend_ops *ops, void 
         slots[i].next_idle = -1;
     }
     pthread_mutex_init(&p->mu, NULL);
-    if (cond_init_monotonic(&p->changed) || cond_init_monotonic(&p->janitor_cv)) {
+    if (cond_init_monotonic(&p->changed)) {
+        pthread_mutex_destroy(&p->mu);
+        free(slots);
+        free(p);
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot create condition variables");
-        nc_pool_free(p);
+        if (ops->ctx_free)
+            ops->ctx_free(ctx);
+        return NULL;
+    }
+    if (cond_init_monotonic(&p->janitor_cv)) {
+        pthread_cond_destroy(&p->changed);
+        pthread_mutex_destroy(&p->mu);
+        free(slots);
+        free(p);
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot create condition variables");
+        if (ops->ctx_free)
+            ops->ctx_free(ctx);
         return NULL;
     }
     if (nc_janitor_start(p, err) < 0) {
@@ -761,12 +775,16 @@ void nc_pool_report(nc_pool *p, const nc_error *err)
     }
 }
 
-void nc_pool_set_observer(nc_pool *p, const nc_pool_observer *obs, void *arg)
+int nc_pool_set_observer(nc_pool *p, const nc_pool_observer *obs, void *arg)
 {
     lock(p);
-    p->observer = obs;
-    p->observer_arg = obs ? arg : NULL;
+    int taken = obs && p->observer;
+    if (!taken) {
+        p->observer = obs;
+        p->observer_arg = obs ? arg : NULL;
+    }
     unlock(p);
+    return taken ? -1 : 0;
 }
 
 const nc_pool_config *nc_pool_config_of(nc_pool *p) { return &p->cfg; }

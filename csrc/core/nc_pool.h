@@ -122,8 +122,9 @@ typedef struct nc_pool_observer {
     void (*unref)(void *arg);
 } nc_pool_observer;
 
-/* Install (obs != NULL) or remove (obs NULL) the observer. */
-void nc_pool_set_observer(nc_pool *p, const nc_pool_observer *obs, void *arg);
+/* Install (obs != NULL) or remove (obs NULL) the observer.  A pool has one
+ * observer at most: installing a second fails (-1); 0 otherwise. */
+int nc_pool_set_observer(nc_pool *p, const nc_pool_observer *obs, void *arg);
 const nc_pool_config *nc_pool_config_of(nc_pool *p);
 void *nc_pool_ctx(nc_pool *p);
 const nc_backend_ops *nc_pool_ops(nc_pool *p);

@@ -100,8 +100,10 @@ static int route_probe(void *arg, int i, double deadline, double *latency, int *
     int rc = nc_prober_probe(r->probers[i], deadline, &res);
     *latency = res.latency;
     *role = res.role;
-    if (rc < 0)
+    if (rc < 0) {
         snprintf(errbuf, errlen, "%s", res.error);
+        nc_utf8_fix_tail(errbuf);
+    }
     return rc;
 }
 
@@ -173,6 +175,15 @@ nc_route *nc_route_new(nc_pool *const *pools, int n, const int *priority, int pr
         r->eps[i] = (route_ep){r, i};
         r->n = i + 1;
     }
+    for (int i = 0; i < n; i++) {
+        for (int k = 0; k < i; k++) {
+            if (pools[k] == pools[i]) {
+                nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "failover: endpoints %d and %d share a pool", k, i);
+                route_destroy(r);
+                return NULL;
+            }
+        }
+    }
     r->mon = nc_monitor_new(cfg, n, priority, primary, route_probe, r, route_switched, r, err);
     if (!r->mon) {
         route_destroy(r);
@@ -180,8 +191,17 @@ nc_route *nc_route_new(nc_pool *const *pools, int n, const int *priority, int pr
     }
     r->refs++;   /* the monitor's, dropped when its memory goes */
     nc_monitor_on_free(r->mon, route_monitor_gone, r);
-    for (int i = 0; i < n; i++)
-        nc_pool_set_observer(r->pools[i], &ep_observer, &r->eps[i]);
+    for (int i = 0; i < n; i++) {
+        if (nc_pool_set_observer(r->pools[i], &ep_observer, &r->eps[i]) < 0) {
+            /* Another route watches this pool: a pool has one route. */
+            for (int k = 0; k < i; k++)
+                nc_pool_set_observer(r->pools[k], NULL, NULL);
+            nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "failover: endpoint %d's pool already has a route", i);
+            nc_monitor_free(r->mon);   /* drops the monitor's reference (no thread runs yet) */
+            route_unref(r);
+            return NULL;
+        }
+    }
     return r;
 }
 
@@ -256,11 +276,21 @@ int nc_route_lend(nc_route *r, double timeout, int flags, int *endpoint, nc_conn
                 break;
             }
         }
-        if (nc_monitor_generation(m) == gen || attempt >= 8) {
+        if (nc_monitor_generation(m) == gen) {
             *endpoint = idx;
             *out = c;
             *lease = l;
             rc = 1;
+            break;
+        }
+        if (attempt >= 8) {
+            /* Never hand out a connection of an abandoned endpoint, not
+             * even when the endpoints flap faster than a borrow. */
+            nc_pool_release(p, c, 1);
+            nc_error_set(err, NC_E_FO_NO_ENDPOINT, NC_K_OPERATIONAL,
+                         "no stable database endpoint: the current endpoint changed %d times during one borrow",
+                         attempt + 1);
+            rc = -1;
             break;
         }
         /* The endpoint changed while we borrowed: never hand out a
@@ -284,7 +314,9 @@ void nc_route_close(nc_route *r)
         return;
     for (int i = 0; i < r->n; i++)
         nc_pool_set_observer(r->pools[i], NULL, NULL);
-    nc_monitor_stop(r->mon);   /* safe while calls are inside it; bounded */
+    /* Safe while calls are inside it (bounded); a start still inside one
+     * fails from here on, so no thread outlives the close. */
+    nc_monitor_close(r->mon);
     pthread_mutex_lock(&r->mu);
     int now = r->users == 0;
     if (!now)

@@ -93,8 +93,10 @@ PyObject *npy_adapt_raisef(int code, int kind, const char *fmt, ...)
     char msg[NC_ERRMSG_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    if (n >= (int)sizeof msg)
+        nc_utf8_fix_tail(msg);   /* a long name or value cut mid-character */
     return npy_raise(code, kind, NULL, "%s", msg);
 }
 
@@ -517,4 +519,5 @@ void npy_param_name(const nc_sql *q, int i, char *buf, size_t cap)
         snprintf(buf, cap, "parameter '%s'", q->names[i]);
     else
         snprintf(buf, cap, "parameter %d", i + 1);
+    nc_utf8_fix_tail(buf);   /* a long non-ASCII name cut mid-character */
 }

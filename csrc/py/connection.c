@@ -385,7 +385,9 @@ static PyObject *execute_many_impl(NpyConnection *self, PyObject *query, PyObjec
             goto fail;
         if (PyLong_Check(r)) {
             long long n = PyLong_AsLongLong(r);
-            if (n > 0)
+            if (n == -1 && PyErr_Occurred())
+                PyErr_Clear();   /* a Python backend's count past 64 bits: not added up */
+            else if (n > 0)
                 total += n;
         }
         Py_DECREF(r);

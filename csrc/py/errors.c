@@ -102,7 +102,7 @@ void npy_error_from_backend(PyObject *exc, nc_error *out)
         out->code = NC_E_CONNECTION;   /* ConnectionError and its kin */
     /* A backend may say so itself (the backend protocol). */
     PyObject *own = PyObject_GetAttrString(exc, "connection_failure");
-    int said = own ? PyObject_IsTrue(own) : -1;
+    int said = own && own != Py_None ? PyObject_IsTrue(own) : -1;   /* None: it does not know */
     Py_XDECREF(own);
     PyErr_Clear();
     if (said == 1)

@@ -17,7 +17,7 @@
 typedef struct NpyFailover {
     PyObject_HEAD
     nc_route *route;
-    PyObject *pools;            /* list of Pool, index = endpoint */
+    PyObject *pools;            /* tuple of Pool, index = endpoint (a copy: the caller's list may change) */
 } NpyFailover;
 
 /* ---- options ---------------------------------------------------------------- */
@@ -136,8 +136,13 @@ static int fo_init(NpyFailover *self, PyObject *args, PyObject *kwds)
         npy_raise_error(&err);
         return -1;
     }
+    PyObject *copy = PyList_AsTuple(pools);
+    if (!copy) {
+        nc_route_free(r);
+        return -1;
+    }
     self->route = r;
-    Py_XSETREF(self->pools, Py_NewRef(pools));
+    Py_XSETREF(self->pools, copy);
     return 0;
 }
 
@@ -198,7 +203,7 @@ static PyObject *fo_lend(NpyFailover *self, PyObject *arg)
         Py_DECREF(conn);
         return npy_raise_error(&err);
     }
-    NpyPool *pool = (NpyPool *)PyList_GET_ITEM(self->pools, ep);
+    NpyPool *pool = (NpyPool *)PyTuple_GET_ITEM(self->pools, ep);
     npy_connection_attach(conn, (PyObject *)pool, &pool->s, c, lease);
     return (PyObject *)conn;
 }

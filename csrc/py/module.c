@@ -34,8 +34,10 @@ static PyObject *make_error(PyObject *mod, PyObject *args)
     PyObject *sent = Py_None;
     if (!PyArg_ParseTuple(args, "iizs|O", &code, &kind, &sqlstate, &message, &sent))
         return NULL;
-    int s = sent == Py_None ? NC_SENT_UNKNOWN : PyObject_IsTrue(sent) ? NC_SENT_YES : NC_SENT_NO;
-    return npy_error_new(code, kind, sqlstate, message, s);
+    int t = sent == Py_None ? -2 : PyObject_IsTrue(sent);
+    if (t == -1)
+        return NULL;
+    return npy_error_new(code, kind, sqlstate, message, t == -2 ? NC_SENT_UNKNOWN : t ? NC_SENT_YES : NC_SENT_NO);
 }
 
 static PyObject *error_facts(PyObject *mod, PyObject *args)

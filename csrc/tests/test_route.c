@@ -267,6 +267,37 @@ static void test_closed(void)
     finish(&s);
 }
 
+/* A start that races the owner's close fails; a pool has one route. */
+static void test_close_refuses_a_late_start_and_pools_are_not_shared(void)
+{
+    setup s;
+    make(&s, 2, NC_FO_AUTOMATIC);
+    nc_error err;
+    /* a second route over the same pools is refused (and leaves them be) */
+    nc_monitor_config mc;
+    nc_monitor_config_defaults(&mc);
+    int prio[2] = {1, 2};
+    nc_route *other = nc_route_new(s.pools, 2, prio, -1, &mc, &err);
+    CHECK(other == NULL && err.code == NC_E_CONFIG, "a second route over a watched pool");
+    nc_pool *twice[2] = {s.pools[1], s.pools[1]};
+    other = nc_route_new(twice, 2, prio, -1, &mc, &err);
+    CHECK(other == NULL && err.code == NC_E_CONFIG && strstr(err.message, "share a pool"), "one pool twice: %s",
+          err.message);
+    /* the first route still hears its pools' failures */
+    ST(s.eps[0].down, 1);
+    nc_error lost;
+    nc_error_set(&lost, NC_E_CONNECTION, NC_K_OPERATIONAL, "lost");
+    nc_pool_statement_done(s.pools[0], &lost);
+    CHECK(current(&s) == 1, "the refused route took the observer: current %d", current(&s));
+
+    nc_monitor *m = nc_route_enter(s.r);   /* a start is on its way ... */
+    nc_route_close(s.r);                   /* ... when the owner closes */
+    CHECK(m && nc_monitor_start(m, &err) < 0 && err.code == NC_E_POOL_CLOSED, "a start after close ran");
+    CHECK(!nc_monitor_running(m), "threads left running after close");
+    nc_route_leave(s.r);
+    finish(&s);
+}
+
 /* A probe that outlives close: the prober and pool it uses stay alive. */
 typedef struct slow_arg {
     setup *s;
@@ -309,6 +340,7 @@ int main(void)
         {"statement_failure", test_statement_failure_reaches_the_monitor},
         {"closed", test_closed},
         {"close_during_report", test_close_during_report},
+        {"late_start_and_shared_pools", test_close_refuses_a_late_start_and_pools_are_not_shared},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         int f0 = failed;
