@@ -1219,8 +1219,7 @@ static void test_stats_and_transitions(void)
 
 int main(void)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    struct { const char *name; void (*fn)(void); } tests[] = {
+    static const nc_test_case cases[] = {
         {"config", test_config},
         {"names", test_names},
         {"probe_bookkeeping", test_probe_bookkeeping},
@@ -1240,11 +1239,5 @@ int main(void)
         {"recovery_suspension", test_recovery_suspension},
         {"stats_and_transitions", test_stats_and_transitions},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        int f0 = failed;
-        tests[i].fn();
-        printf("%-24s %s\n", tests[i].name, failed == f0 ? "ok" : "FAIL");
-    }
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return nc_run_cases("test_failover", cases, NC_NCASES(cases));
 }

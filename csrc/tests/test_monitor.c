@@ -919,12 +919,7 @@ static void test_passive_concurrent(void)
 
 int main(void)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    double t0 = nc_now();
-    struct {
-        const char *name;
-        void (*fn)(void);
-    } tests[] = {
+    static const nc_test_case cases[] = {
         {"config", test_config},
         {"probing", test_probing},
         {"auto_failover", test_auto_failover},
@@ -941,13 +936,5 @@ int main(void)
         {"ring", test_ring},
         {"passive_concurrent", test_passive_concurrent},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        double t = nc_now();
-        int f0 = failed;
-        tests[i].fn();
-        printf("%-24s %s %.2f s\n", tests[i].name, failed == f0 ? "ok  " : "FAIL", nc_now() - t);
-    }
-    printf("(total %.2f s)\n", nc_now() - t0);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return nc_run_cases("test_monitor", cases, NC_NCASES(cases));
 }

@@ -17,7 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
+#define NC_TEST_OWN_CHECK
+#include "check.h"
 
 #define PG NC_DIALECT_PG
 #define SQ NC_DIALECT_SQLITE
@@ -793,18 +794,19 @@ static void test_oom(void)
 
 int main(void)
 {
-    test_basic();
-    test_literals();
-    test_dollar();
-    test_comments();
-    test_bytes();
-    test_errors();
-    test_free();
-    test_large();
-    test_random();
+    static const nc_test_case cases[] = {
+        {"basic", test_basic},
+        {"literals", test_literals},
+        {"dollar", test_dollar},
+        {"comments", test_comments},
+        {"bytes", test_bytes},
+        {"errors", test_errors},
+        {"free", test_free},
+        {"large", test_large},
+        {"random", test_random},
 #ifdef NC_TEST_WRAP_ALLOC
-    test_oom();
+        {"oom", test_oom},
 #endif
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    };
+    return nc_run_cases("test_params", cases, NC_NCASES(cases));
 }

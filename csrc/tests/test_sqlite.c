@@ -370,28 +370,27 @@ static void rm_tmp(void)
     rmdir(tmpdir);
 }
 
+static char url1[256], url2[256];
+static void case_connect_ping_reset(void) { test_connect_ping_reset(url1); }
+static void case_lock_deadline(void) { test_lock_deadline(url2); }
+
 int main(void)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    double t0 = nc_now();
     snprintf(tmpdir, sizeof tmpdir, "/tmp/nc_test_sqlite.XXXXXX");
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
         return 2;
     }
-    char url1[256], url2[256];
     snprintf(url1, sizeof url1, "sqlite:///%s/t.db", tmpdir);   /* sqlite:////tmp/... */
     snprintf(url2, sizeof url2, "sqlite:///%s/l.db", tmpdir);
-
-    test_urls();
-    test_connect_ping_reset(url1);
-    test_lock_deadline(url2);
-    test_memory();
-
-    known_bugs();   /* regression tests of a fixed bug */
-
+    static const nc_test_case cases[] = {
+        {"urls", test_urls},
+        {"connect_ping_reset", case_connect_ping_reset},
+        {"lock_deadline", case_lock_deadline},
+        {"memory", test_memory},
+        {"former_bugs", known_bugs},   /* regression tests of a fixed bug */
+    };
+    int rc = nc_run_cases("test_sqlite", cases, NC_NCASES(cases));
     rm_tmp();
-    printf("(total %.2f s)\n", nc_now() - t0);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return rc;
 }
