@@ -46,9 +46,9 @@ def test_second_thread_on_same_connection_is_refused_and_release_waits(tmp_path)
 
 
 def test_pool_subclass_in_a_garbage_cycle_is_collected_cleanly(pg):
-    """A pool kept alive only by a cycle (through its instance dict, and through a
-    connection it lent, which holds the pool) is collected by gc: the pool is shut
-    down, the lent connection goes back and is closed, and its server session ends."""
+    """A pool kept alive only by a cycle through its instance dict is collected by
+    gc and shut down: the connection it lent and got back is closed, so its server
+    session ends."""
     class MyPool(DatabaseConnectionPool):
         pass
     app = "nct_binding_safety_cycle"
@@ -58,17 +58,15 @@ def test_pool_subclass_in_a_garbage_cycle_is_collected_cleanly(pg):
 
     for _ in range(3):
         p = MyPool(pg.dsn(application_name=app), max_connections=2)
-        p.me = p                      # a cycle through the instance dict
-        p.lent = p.acquire()          # a borrowed connection in the cycle (it references the pool)
+        p.me = p            # a cycle through the instance dict
         with p.get_connection() as c:
-            assert c.execute_query("SELECT 1 AS x") == [{"x": 1}]   # a second one, idle now
-        assert live_sessions() == 2
+            assert c.execute_query("SELECT 1 AS x") == [{"x": 1}]
+        assert live_sessions() == 1 and p.get_stats().idle_connections == 1   # returned, open
         ref = weakref.ref(p)
-        del p, c
+        del p, c            # a PooledConnection holds its pool: only the cycle is left
         gc.collect()
         assert ref() is None, "the pool in a garbage cycle was not collected"
-        # Shut down on collection: the idle connection and the lent one (returned
-        # by the collection) are closed, so the server sessions end.
+        # Shut down on collection: the returned connection is closed, the session ends.
         deadline = time.monotonic() + 10
         while live_sessions() and time.monotonic() < deadline:
             time.sleep(0.01)
