@@ -13,21 +13,11 @@ import logging
 import threading
 import time
 
+from helpers import wait_for
 from noodlecore.database import DatabaseConnectionPool, DatabaseError
 from noodlecore.database.failover_manager import (
     DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig, FailoverMode,
 )
-
-
-def wait_for(cond, timeout=10.0, interval=0.005, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(interval)
 
 
 def proxy_dsn(px, app):
@@ -195,23 +185,22 @@ def test_failover_events_are_logged_with_structured_fields(pg_factory, caplog):
         m.start_monitoring()
         wait_for(lambda: all(e["last_health_check"] for e in m.get_status()["endpoints"].values()),
                  what="first probes")
+        def check(kind, level, frm, to, by):
+            """The one successful record of kind: its level and fields, those of the event."""
+            [rec] = wait_for(lambda: records(kind), timeout=15, what="the %s record" % kind)
+            [ev] = events(kind)
+            assert rec.levelno == level
+            assert {f: getattr(rec, f) for f in FIELDS} == {
+                "event_id": ev.event_id, "event_kind": kind, "from_endpoint": frm, "to_endpoint": to,
+                "duration": ev.duration, "success": True, "triggered_by": by}
+            assert isinstance(rec.duration, float) and rec.duration >= 0
+            assert "%s -> %s" % (frm, to) in rec.getMessage()
+            return rec
+
         px.reject(True)
         px.reset_all()
-        [rec] = wait_for(lambda: records("failover"), timeout=15, what="the failover record")
-        [ev] = events("failover")
-        assert rec.levelno == logging.WARNING
-        assert {f: getattr(rec, f) for f in FIELDS} == {
-            "event_id": ev.event_id, "event_kind": "failover", "from_endpoint": "a", "to_endpoint": "b",
-            "duration": ev.duration, "success": True, "triggered_by": "monitor"}
-        assert isinstance(rec.duration, float) and rec.duration >= 0
-        assert "a -> b" in rec.getMessage()
-
+        first = check("failover", logging.WARNING, "a", "b", "monitor")
         px.clear()   # a answers again; SEMI_AUTOMATIC fails back only when asked
         wait_for(lambda: m.trigger_recovery(), timeout=15, interval=0.2, what="the failback")
-        [rec] = wait_for(lambda: records("failback"), timeout=15, what="the failback record")
-        [ev] = events("failback")
-        assert rec.levelno == logging.INFO
-        assert {f: getattr(rec, f) for f in FIELDS} == {
-            "event_id": ev.event_id, "event_kind": "failback", "from_endpoint": "b", "to_endpoint": "a",
-            "duration": ev.duration, "success": True, "triggered_by": "operator"}
-        assert rec.event_id != records("failover")[0].event_id
+        second = check("failback", logging.INFO, "b", "a", "operator")
+        assert second.event_id != first.event_id
