@@ -1,9 +1,10 @@
 /* test_failover.c - unit tests for the failover decision logic
  * (csrc/core/nc_failover.c), a pure state machine, with made-up times.
  *
- * Plain C, no framework: every check counts as one case, a failure prints one
- * line, and the last line is "N passed, N failed"; the exit status is non-zero
- * when anything failed.  No threads, no sleeping: it runs in milliseconds.
+ * Plain C with check.h: each test function is one test, each CHECK one check;
+ * a failed check prints one line, every test function reports its counts, and
+ * the exit status is non-zero when anything failed.
+ * No threads, no sleeping: it runs in milliseconds.
  *
  * Times are seconds on an imaginary monotonic clock starting at 100.
  */

@@ -2,9 +2,10 @@
  * (csrc/core/nc_monitor.c, with the real decision logic of nc_failover.c)
  * driven by a fake probe callback whose answers the tests control.
  *
- * Plain C, no framework: every check counts as one case, a failure prints one
- * line, and the last line is "N passed, N failed"; the exit status is non-zero
- * when anything failed.  Checks run on the main thread; callbacks record what
+ * Plain C with check.h: each test function is one test, each CHECK one check;
+ * a failed check prints one line, every test function reports its counts, and
+ * the exit status is non-zero when anything failed.
+ * Checks run on the main thread; callbacks record what
  * they saw and the main thread checks it.
  *
  * The fake (struct fake) has one struct fep per endpoint: answer or fail,

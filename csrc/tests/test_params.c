@@ -1,8 +1,9 @@
 /* test_params.c - unit tests for csrc/core/nc_params.c (placeholder rewrite).
  *
- * Plain C, no framework: every check counts as one case, a failure prints one
- * line, and the last line is "N passed, N failed"; the exit status is non-zero
- * when anything failed.  Every input is copied into a malloc'd buffer of
+ * Plain C with check.h: each test function is one test, each CHECK one check;
+ * a failed check prints one line, every test function reports its counts, and
+ * the exit status is non-zero when anything failed.
+ * Every input is copied into a malloc'd buffer of
  * exactly len bytes (no terminating NUL), so under AddressSanitizer a read
  * past len is caught.
  *

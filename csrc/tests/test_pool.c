@@ -1,9 +1,10 @@
 /* test_pool.c - unit tests for the connection pool (csrc/core/nc_pool.c and
  * nc_janitor.c) with a fake backend whose behaviour the tests control.
  *
- * Plain C, no framework: every check counts as one case, a failure prints one
- * line, and the last line is "N passed, N failed"; the exit status is non-zero
- * when anything failed.  Checks run on the main thread only; helper threads
+ * Plain C with check.h: each test function is one test, each CHECK one check;
+ * a failed check prints one line, every test function reports its counts, and
+ * the exit status is non-zero when anything failed.
+ * Checks run on the main thread only; helper threads
  * record what happened and the main thread checks it after joining them.
  *
  * The fake backend (struct fake) counts every call and can be told to fail
