@@ -20,7 +20,6 @@
 
 #include "check.h"
 
-/* Scheduling slack allowed on top of a deadline (sanitizers slow things down). */
 /* Scheduling slack on top of a deadline, scaled under the sanitizers (check.h). */
 #define SLACK (0.1 * nc_time_scale())
 
