@@ -266,8 +266,12 @@ make_env() {
     echo "$venv"
 }
 
-describe_python() {   # "CPython 3.11.7 (path)" with "debug build" when it is one
-    "$1" -c 'import platform, sys; print("%s %s%s (%s)" % (platform.python_implementation(), platform.python_version(), ", debug build" if hasattr(sys, "gettotalrefcount") else "", sys.executable))'
+describe_python() {   # "CPython 3.11.7 (path)", "debug build" when it is one, and a venv's base interpreter
+    "$1" -c 'import os, platform, sys
+base = getattr(sys, "_base_executable", sys.executable)
+print("%s %s%s (%s%s)" % (platform.python_implementation(), platform.python_version(),
+      ", debug build" if hasattr(sys, "gettotalrefcount") else "", sys.executable,
+      "" if os.path.realpath(base) == os.path.realpath(sys.executable) else ", venv of " + base))'
 }
 
 # -- 4. the pytest suite -----------------------------------------------------
