@@ -268,10 +268,10 @@ make_env() {
 
 describe_python() {   # "CPython 3.11.7 (path)", "debug build" when it is one, and a venv's base interpreter
     "$1" -c 'import os, platform, sys
-base = getattr(sys, "_base_executable", sys.executable)
+venv = sys.prefix != sys.base_prefix
 print("%s %s%s (%s%s)" % (platform.python_implementation(), platform.python_version(),
       ", debug build" if hasattr(sys, "gettotalrefcount") else "", sys.executable,
-      "" if os.path.realpath(base) == os.path.realpath(sys.executable) else ", venv of " + base))'
+      ", a venv of " + os.path.realpath(sys.executable) if venv else ""))'
 }
 
 # -- 4. the pytest suite -----------------------------------------------------
