@@ -29,8 +29,9 @@ through noodlecore.testing), then, round by round (--runs, default 5):
 
 then the probe cost (process CPU with monitoring on vs off) and the resident
 memory of 20 open connections (in fresh processes).  Prints a Markdown report
-and writes bench/failover_results.md.  The servers are removed at the end,
-also on an error, Ctrl-C, SIGTERM or SIGHUP.  See bench/README.md.
+and writes it with the raw results to bench/results/<date>-<commit>/failover.md
+and failover.json.  The servers are removed at the end, also on an error,
+Ctrl-C, SIGTERM or SIGHUP.  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ sys.path.insert(0, str(BENCH))
 import run as benchrun  # noqa: E402  (bench/run.py: the venv and report helpers)
 
 VENV, VENV_PY = benchrun.VENV, benchrun.VENV_PY
-OUT_DEFAULT = BENCH / "failover_results.md"
+# The report and the raw results go to bench/results/<date>-<commit>/failover.{md,json}
+# (benchrun.results_dir()) unless --out names the Markdown file.
 T0 = float(os.environ.get("NOODLE_BENCH_T0") or time.time())
 
 # the report's targets
@@ -93,7 +95,9 @@ def parse_args(argv):
                     help="wheel: build+install a wheel of the repo into bench/.venv (default, shared with "
                          "bench/run.py); inplace: import the repo's in-place build")
     ap.add_argument("--reinstall", action="store_true", help="re-install the peers and rebuild the wheel")
-    ap.add_argument("--out", default=str(OUT_DEFAULT), help="the Markdown report (default bench/failover_results.md)")
+    ap.add_argument("--out", default=None,
+                    help="the Markdown report; the raw results go beside it as .json "
+                         "(default bench/results/<date>-<commit>/failover.md)")
     ap.add_argument("--stage2", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.runs < 1:
@@ -997,11 +1001,14 @@ def stage2(args):
         say("memory: %s" % "; ".join("%s %.2f MB" % (i, med(values(res["rss"][i], "delta_mb"))) for i in impls))
         meta["load_end"] = benchrun.loadavg()
         md = render(meta, res, args)
-        out = Path(args.out)
+        out = Path(args.out) if args.out else benchrun.results_dir() / "failover.md"
         out.parent.mkdir(parents=True, exist_ok=True)
+        meta.update(benchrun.commit_info())
+        raw = {"meta": meta, "settings": {k: v for k, v in vars(args).items() if k != "stage2"}, "raw": res}
+        out.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=str) + "\n")
         out.write_text(md)
         print(md)
-        say("wrote %s" % out)
+        say("wrote %s and %s" % (out, out.with_suffix(".json")))
     except (KeyboardInterrupt, Interrupted) as e:
         say("interrupted (%s); cleaning up" % (str(e) or "Ctrl-C"))
         rc = 130

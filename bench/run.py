@@ -16,9 +16,9 @@ re-exec this script with the venv's python.
 Stage 2 (the venv): build bench/raw_libpq.c, start PostgreSQL through
 noodlecore.testing, create the 100k-row table and pgbench's tables, run
 bench/worker.py once per implementation (each in a fresh process), the raw
-libpq loops and pgbench -S, then print a Markdown report and write
-bench/results.json and bench/results.md.  The server is removed at the end,
-also on Ctrl-C, SIGTERM or an error.
+libpq loops and pgbench -S, then print a Markdown report and write it with the
+raw results to bench/results/<date>-<commit>/run.md and run.json.  The server
+is removed at the end, also on Ctrl-C, SIGTERM or an error.
 
 See bench/README.md.
 """
@@ -44,6 +44,34 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+
+
+def results_dir():
+    """bench/results/<UTC date>-<short commit>[-dirty]/: where a run keeps its raw
+    results, in the repo beside the commit it measured (-dirty: the work tree had
+    uncommitted changes to tracked files).  The README's tables name the file
+    they came from."""
+    date = time.strftime("%Y-%m-%d", time.gmtime())
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "nogit", ""
+    return BENCH / "results" / ("%s-%s%s" % (date, commit, "-dirty" if dirty else ""))
+
+
+def commit_info():
+    """The commit measured, for the results file."""
+    def git(*a):
+        try:
+            return subprocess.run(["git", "-C", str(REPO)] + list(a), capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+    return {"commit": git("rev-parse", "HEAD"),
+            "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}
 VENV = BENCH / ".venv"
 VENV_PY = VENV / "bin" / "python"
 RAW_SRC = BENCH / "raw_libpq.c"
@@ -95,7 +123,8 @@ def parse_args(argv):
                          "inplace: import the repo's in-place build (setup.py build_ext --inplace)")
     ap.add_argument("--reinstall", action="store_true",
                     help="re-install the peers and rebuild the noodlecore wheel")
-    ap.add_argument("--out-dir", default=str(BENCH), help="where results.json/.md go")
+    ap.add_argument("--out-dir", default=None,
+                    help="where run.json (raw results) and run.md go (default bench/results/<date>-<commit>/)")
     ap.add_argument("--stage2", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:
@@ -706,8 +735,9 @@ def stage2(args):
         vals = cell_values(results)
         targets = evaluate(vals, results["samples"])
         md = render(meta, results, vals, targets, args)
-        out_dir = Path(args.out_dir)
+        out_dir = Path(args.out_dir) if args.out_dir else results_dir()
         out_dir.mkdir(parents=True, exist_ok=True)
+        meta.update(commit_info())
         doc = {
             "meta": meta,
             "settings": {k: v for k, v in vars(args).items() if k != "stage2"},
@@ -715,10 +745,10 @@ def stage2(args):
             "targets": [{"target": t[0], "measured": t[1], "met": t[2], "ratio": t[3]} for t in targets],
             "raw": results,
         }
-        (out_dir / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (out_dir / "results.md").write_text(md)
+        (out_dir / "run.json").write_text(json.dumps(doc, indent=2) + "\n")
+        (out_dir / "run.md").write_text(md)
         print(md)
-        say("wrote %s and %s" % (out_dir / "results.json", out_dir / "results.md"))
+        say("wrote %s and %s" % (out_dir / "run.json", out_dir / "run.md"))
     except (KeyboardInterrupt, Interrupted) as e:
         say("interrupted (%s); cleaning up" % (str(e) or "Ctrl-C"))
         rc = 130

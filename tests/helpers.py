@@ -2,6 +2,19 @@
 
 import os
 import pathlib
+import time
+
+
+def wait_for(cond, timeout=5.0, interval=0.01, what="condition"):
+    """Poll cond() until it returns something true (returned) or timeout seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
+        time.sleep(interval)
 
 
 def subprocess_env(**extra):

@@ -1,111 +1,122 @@
 #!/usr/bin/env bash
-# The test command (see README):
-#   1. installs what is missing (Debian packages for libpq, SQLite and the
-#      PostgreSQL 15 server; pytest into fresh virtual environments),
-#   2. runs the C core's unit tests, plain and under AddressSanitizer+UBSan,
-#   3. pip-installs noodlecore (built with -Werror) into a fresh venv for
-#      python3 and for the newest newer CPython that pyenv has, and runs the
-#      pytest suite with each (the suite starts its own PostgreSQL servers),
-#   4. builds the extension with AddressSanitizer and UBSan and runs the
-#      suite once more; any sanitizer report fails the run.
-# Ends with one line "total: N passed, N failed, N skipped".
-# NOODLE_TEST_QUICK=1 runs only step 3 for python3 (for development).
-set -euo pipefail
+# The test command (see README).  Stages, each reporting its own counts:
+#
+#   c-plain         the C core's unit tests (csrc/tests), plain build
+#   c-sanitizers    the same under AddressSanitizer + LeakSanitizer + UBSan
+#   pytest-python3  the pytest suite on python3, PYTHONMALLOC=debug
+#   pytest-second   the suite on a second CPython: the newest pyenv CPython
+#                   newer than python3 if there is one, else Debian's debug
+#                   build python3-dbg (catches reference-count errors)
+#   pytest-asan     the suite with the extension built with ASan + UBSan,
+#                   leak detection on
+#
+# Before that it installs what is missing, as root with apt-get (python3,
+# python3-venv, python3-dev, python3-dbg when it is the second CPython,
+# libpq-dev, libsqlite3-dev, postgresql-15, gcc, libc6-dev, make), and makes
+# one virtual environment per interpreter with the exact versions of
+# tests/requirements.txt.  The suite starts its own PostgreSQL servers.
+#
+# A stage that cannot run FAILS the run.  To leave stages out say so:
+#   NOODLE_TEST_SKIP="pytest-second c-sanitizers"   (reported as opted out)
+#   NOODLE_TEST_QUICK=1                              only pytest-python3
+# Every pytest test has a timeout (NOODLE_TEST_TIMEOUT, default 300 s) and
+# every C test program too (NOODLE_C_TEST_TIMEOUT, default 300 s); a stage
+# that crashes or hangs is reported as CRASHED or HUNG with the test that was
+# running.  Other settings: NOODLE_TEST_WORK (work directory), PYTHON.
+#
+# Ends with one line "total: N passed, N failed, N skipped": the sum over the
+# stages that ran, where a C test is one test function of csrc/tests and a
+# pytest test counts once for each stage it ran in (the output says so too).
+set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 WORK=${NOODLE_TEST_WORK:-/tmp/noodlecore-test-work}
-PY=${PYTHON:-python3}
 PGBIN=/usr/lib/postgresql/15/bin
-mkdir -p "$WORK"
+TEST_TIMEOUT=${NOODLE_TEST_TIMEOUT:-300}
+C_TEST_TIMEOUT=${NOODLE_C_TEST_TIMEOUT:-300}
+# A whole pytest stage: far above its normal 1-4 minutes, below CI's limit.
+STAGE_TIMEOUT=${NOODLE_STAGE_TIMEOUT:-1800}
+STAGES=(c-plain c-sanitizers pytest-python3 pytest-second pytest-asan)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+mkdir -p "$WORK"
 
 say() { printf '\n== %s\n' "$*"; }
+die() { echo "tests/run.sh: $*" >&2; exit 2; }
+
+# -- which stages ------------------------------------------------------------
+declare -A SKIP=()
+SKIP_LIST=${NOODLE_TEST_SKIP:-}
+for s in ${SKIP_LIST//,/ }; do
+    [[ " ${STAGES[*]} " == *" $s "* ]] || die "NOODLE_TEST_SKIP: unknown stage '$s' (stages: ${STAGES[*]})"
+    SKIP[$s]="NOODLE_TEST_SKIP"
+done
+if [ -n "${NOODLE_TEST_QUICK:-}" ]; then
+    for s in "${STAGES[@]}"; do
+        [ "$s" = pytest-python3 ] || SKIP[$s]="NOODLE_TEST_QUICK"
+    done
+fi
+wanted() { [ -z "${SKIP[$1]:-}" ]; }
+
+# Per stage: status (ok, FAILED, CRASHED, HUNG, MISSING, opted out), counts, notes.
+declare -A ST_STATUS=() ST_PASS=() ST_FAIL=() ST_SKIP=() ST_NOTE=()
+record() {   # record STAGE STATUS PASSED FAILED SKIPPED NOTE
+    ST_STATUS[$1]=$2 ST_PASS[$1]=$3 ST_FAIL[$1]=$4 ST_SKIP[$1]=$5 ST_NOTE[$1]=$6
+    printf -- '-- stage %s: %s: %s passed, %s failed, %s skipped%s\n' "$1" "$2" "$3" "$4" "$5" "${6:+ ($6)}"
+}
 
 # -- 1. system packages ------------------------------------------------------
+PY=${PYTHON:-python3}
+APT_UPDATED=
+apt_install() {
+    [ $# -gt 0 ] || return 0
+    say "installing $*"
+    [ "$(id -u)" = 0 ] || die "missing $* and not root: install them first"
+    # Debian's postgresql-common makes and starts a "main" cluster when the
+    # server is installed; the suite starts its own servers, so ask for none.
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/50-noodlecore-tests.conf
+    if [ -z "$APT_UPDATED" ]; then
+        apt-get update -qq || die "apt-get update failed"
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >"$WORK/apt.log" 2>&1 \
+        || { cat "$WORK/apt.log" >&2; die "apt-get install $* failed"; }
+}
+
+py_has() {   # py_has PYTHON: the interpreter runs, makes venvs and has its headers
+    "$1" - <<'PYEOF' >/dev/null 2>&1
+import ensurepip, os, sysconfig, venv
+assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
+PYEOF
+}
+
 need=()
+if ! command -v "$PY" >/dev/null; then
+    [ "$PY" = python3 ] || die "PYTHON=$PY not found"
+    need+=(python3 python3-venv python3-dev)
+elif ! py_has "$PY"; then
+    # Debian splits venv/ensurepip and the headers out of python3.
+    [ "$(command -v "$PY")" = /usr/bin/python3 ] || die "$PY cannot make a venv or has no Python.h"
+    need+=(python3-venv python3-dev)
+fi
 [ -x "$PGBIN/initdb" ] || need+=(postgresql-15)
-[ -f "$(pg_config --includedir 2>/dev/null)/libpq-fe.h" ] || need+=(libpq-dev)
+command -v pg_config >/dev/null && [ -f "$(pg_config --includedir)/libpq-fe.h" ] || need+=(libpq-dev)
 [ -f /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)
 command -v gcc >/dev/null || need+=(gcc)
+[ -f /usr/include/stdio.h ] || need+=(libc6-dev)
 command -v make >/dev/null || need+=(make)
-if [ ${#need[@]} -gt 0 ]; then
-    say "installing ${need[*]}"
-    if [ "$(id -u)" = 0 ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" postgresql-common- >/dev/null \
-          || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-    else
-        echo "missing ${need[*]} and not root: install them first" >&2
-        exit 2
-    fi
-    # Debian's package starts a cluster of its own; the suite starts its own servers.
-    command -v pg_ctlcluster >/dev/null && pg_ctlcluster 15 main stop 2>/dev/null || true
-fi
+apt_install "${need[@]}"
+py_has "$PY" || die "$PY still cannot make a venv with headers after installing"
 
-SAN_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1"
-
-# -- 2. C unit tests ---------------------------------------------------------
-if [ -z "${NOODLE_TEST_QUICK:-}" ]; then
-    say "C core unit tests"
-    make -s -C csrc/tests clean check
-    say "C core unit tests under AddressSanitizer + UBSan"
-    make -s -C csrc/tests clean check SANFLAGS="$SAN_CFLAGS"
-    make -s -C csrc/tests clean
-fi
-
-# A copy of the source tree without build products, so every install builds
-# from scratch with the flags it is given.
-fresh_source() {
-    local dest=$1
-    rm -rf "$dest"
-    mkdir -p "$dest"
-    tar -C "$ROOT" --exclude=./.git --exclude=./build --exclude='./*.egg-info' \
-        --exclude='*.so' --exclude='*.o' --exclude='./bench/.venv' --exclude='__pycache__' \
-        --exclude='./csrc/tests/build' -cf - . | tar -C "$dest" -xf -
-}
-
-# make_env NAME PYTHON [CFLAGS [LDFLAGS]] -> venv with noodlecore installed
-make_env() {
-    local name=$1 python=$2 cflags=${3:-} ldflags=${4:-}
-    local venv="$WORK/venv-$name" src="$WORK/src-$name"
-    if [ ! -x "$venv/bin/python" ]; then
-        "$python" -m venv "$venv"
-    fi
-    local log="$WORK/pip-$name.log"
-    "$venv/bin/python" -m pip install -q --upgrade "setuptools>=61" wheel "pytest>=7" prometheus_client >"$log" 2>&1 \
-        || { cat "$log" >&2; return 1; }
-    fresh_source "$src"
-    NOODLE_CFLAGS="-Werror $cflags" NOODLE_LDFLAGS="$ldflags" \
-        "$venv/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$src" \
-        >>"$log" 2>&1 || { cat "$log" >&2; return 1; }
-    echo "$venv"
-}
-
-RESULTS=()
-FAILED=0
-run_suite() {
-    local name=$1 venv=$2
-    shift 2
-    local xml="$WORK/junit-$name.xml"
-    rm -f "$xml"
-    say "pytest suite: $name ($("$venv/bin/python" -c 'import sys; print(sys.version.split()[0])'))"
-    # The venv's pytest script, not "python -m pytest": the repo root must
-    # not be on sys.path, so the tests import the installed package.
-    ( cd "$ROOT" && env NOODLE_EXPECT_INSTALLED=1 "$@" "$venv/bin/pytest" -q -p no:cacheprovider \
-          --junitxml="$xml" tests ) || FAILED=1
-    RESULTS+=("$xml")
-}
-
-say "building and installing noodlecore for $PY"
-V1=$(make_env main "$PY")
-# PYTHONMALLOC=debug makes CPython abort on any allocator call made without
-# the GIL (a native thread bug that the release build would hide).
-run_suite "$(basename "$PY")" "$V1" PYTHONMALLOC=debug
-
-if [ -z "${NOODLE_TEST_QUICK:-}" ]; then
-    # The newest CPython newer than python3 that pyenv has, if any.
-    NEWER=$("$PY" - <<'PYEOF'
-import glob, os, re, subprocess, sys
+# The second CPython: the newest pyenv CPython newer than python3, else
+# Debian's debug build of its own CPython (a different build: Py_DEBUG, with
+# reference-count and allocator checks).
+SECOND=
+SECOND_WHY=
+if wanted pytest-second; then
+    SECOND=$("$PY" - <<'PYEOF'
+import glob, os, re, sys
 root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
 best = None
 for exe in glob.glob(os.path.join(root, "versions", "*", "bin", "python3")):
@@ -118,36 +129,292 @@ for exe in glob.glob(os.path.join(root, "versions", "*", "bin", "python3")):
 print(best[1] if best else "")
 PYEOF
 )
-    if [ -n "$NEWER" ]; then
-        say "building and installing noodlecore for $NEWER"
-        V2=$(make_env newer "$NEWER")
-        run_suite "python$("$NEWER" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" "$V2"
-    else
-        say "no newer CPython found under pyenv; skipping that run"
+    if [ -n "$SECOND" ]; then
+        SECOND_WHY="newest pyenv CPython newer than $PY"
+    elif [ -f /etc/debian_version ]; then
+        [ -x /usr/bin/python3-dbg ] || apt_install python3-dbg
+        SECOND=/usr/bin/python3-dbg
+        SECOND_WHY="no newer pyenv CPython: Debian's debug build"
     fi
-
-    say "building noodlecore with AddressSanitizer + UBSan"
-    V3=$(make_env asan "$PY" "$SAN_CFLAGS" "-fsanitize=address,undefined")
-    LIBASAN=$(gcc -print-file-name=libasan.so)
-    run_suite "asan+ubsan" "$V3" LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc \
-        ASAN_OPTIONS=detect_leaks=0:abort_on_error=0:halt_on_error=1:exitcode=99 \
-        UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=98 NOODLE_SANITIZER=1
 fi
 
-"$PY" - "${RESULTS[@]}" <<'PYEOF'
+# -- 2. C unit tests ---------------------------------------------------------
+SAN_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1"
+SAN_LDFLAGS="-fsanitize=address,undefined"
+# Leak detection on; every report goes to a file of the stage (log_path) so
+# reports of child processes are seen too, and any sanitizer exit is non-zero.
+asan_options() { echo "detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=99:log_path=$1/asan"; }
+LSAN_OPTS="suppressions=$ROOT/tests/lsan.supp:print_suppressions=0"
+ubsan_options() { echo "halt_on_error=1:print_stacktrace=1:exitcode=98:log_path=$1/ubsan"; }
+
+# run_c_stage STAGE SANFLAGS [ENV...]
+run_c_stage() {
+    local stage=$1 sanflags=$2
+    shift 2
+    say "$stage: C core unit tests${sanflags:+ built with $sanflags}"
+    local logdir="$WORK/$stage"
+    rm -rf "$logdir"
+    mkdir -p "$logdir"
+    if ! make -s -C csrc/tests clean all SANFLAGS="$sanflags" >"$logdir/build.log" 2>&1; then
+        cat "$logdir/build.log"
+        record "$stage" FAILED 0 0 0 "build failed"
+        return
+    fi
+    local progs status=ok tp=0 tf=0 checks=0 notes=()
+    progs=$(make -s -C csrc/tests list)
+    for t in $progs; do
+        local log="$logdir/$t.log" rc
+        env "$@" timeout -k 10 "$C_TEST_TIMEOUT" "csrc/tests/build/$t" >"$log" 2>&1
+        rc=$?
+        local sum cases cfail chk last what
+        sum=$(grep '^NCTEST summary ' "$log" | tail -1)
+        cases=$(grep -c '^NCTEST case .* ok ' "$log")
+        cfail=$(grep -c '^NCTEST case .* FAIL ' "$log")
+        chk=$(sed -n 's/^NCTEST summary .* checks=\([0-9]*\) .*/\1/p' "$log" | tail -1)
+        last=$(sed -n 's/^NCTEST start [^ ]* //p' "$log" | tail -1)
+        last=${last:-(before the first)}
+        tp=$((tp + cases)) tf=$((tf + cfail)) checks=$((checks + ${chk:-0}))
+        grep -E '^FAIL ' "$log" | head -20
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+            what="HUNG: killed after ${C_TEST_TIMEOUT} s in test function '$last'"
+            status=HUNG tf=$((tf + 1))
+        elif [ -z "$sum" ]; then
+            if [ "$rc" = 99 ] || [ "$rc" = 98 ]; then
+                what="stopped by a sanitizer report (exit $rc) in test function '$last'"
+            elif [ "$rc" -gt 128 ]; then
+                what="CRASHED (signal $((rc - 128))) in test function '$last'"
+            else
+                what="CRASHED (exit $rc, no summary) in test function '$last'"
+            fi
+            [ "$status" = HUNG ] || status=CRASHED
+            tf=$((tf + 1))
+        elif [ "$rc" != 0 ] && [ "$cfail" = 0 ]; then
+            what="exit $rc after all tests passed: a sanitizer report"
+            [ "$status" = ok ] && status=FAILED
+        elif [ "$rc" != 0 ]; then
+            what="$cfail test functions failed"
+            [ "$status" = ok ] && status=FAILED
+        else
+            what="ok"
+        fi
+        if [ "$what" != ok ]; then
+            notes+=("$t: $what")
+            grep -v '^NCTEST ' "$log" | tail -15
+            # the first sanitizer report in full, then the summary of each
+            cat "$(ls "$logdir"/asan.* "$logdir"/ubsan.* 2>/dev/null | head -1)" 2>/dev/null | head -40
+            grep -h 'SUMMARY:' "$logdir"/asan.* "$logdir"/ubsan.* 2>/dev/null
+            rm -f "$logdir"/asan.* "$logdir"/ubsan.*   # shown: the next program's are its own
+        fi
+        printf '  %-14s %3d test functions passed, %d failed, %5d checks  %s\n' "$t" "$cases" "$cfail" "${chk:-0}" "$what"
+    done
+    # Reports of the sanitizers that did not change an exit status (none expected).
+    if ls "$logdir"/asan.* "$logdir"/ubsan.* >/dev/null 2>&1 && [ "$status" = ok ]; then
+        cat "$logdir"/asan.* "$logdir"/ubsan.* | head -80
+        status=FAILED
+        notes+=("sanitizer reports in $logdir")
+    fi
+    local IFS=';'
+    record "$stage" "$status" "$tp" "$tf" 0 "$(echo $(wc -w <<<"$progs")) programs, $checks checks${notes[*]:+; ${notes[*]}}"
+}
+
+if wanted c-plain; then
+    run_c_stage c-plain ""
+fi
+if wanted c-sanitizers; then
+    mkdir -p "$WORK/c-sanitizers"
+    run_c_stage c-sanitizers "$SAN_CFLAGS" \
+        ASAN_OPTIONS="$(asan_options "$WORK/c-sanitizers")" LSAN_OPTIONS="$LSAN_OPTS" \
+        UBSAN_OPTIONS="$(ubsan_options "$WORK/c-sanitizers")"
+fi
+if wanted c-plain || wanted c-sanitizers; then
+    make -s -C csrc/tests clean
+fi
+
+# -- 3. virtual environments -------------------------------------------------
+# A copy of the source tree without build products, so every install builds
+# from scratch with the flags it is given.
+fresh_source() {
+    local dest=$1
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    tar -C "$ROOT" --exclude=./.git --exclude=./build --exclude='./*.egg-info' \
+        --exclude='*.so' --exclude='*.o' --exclude='./bench/.venv' --exclude='__pycache__' \
+        --exclude='./csrc/tests/build' -cf - . | tar -C "$dest" -xf -
+}
+
+# make_env NAME PYTHON [CFLAGS [LDFLAGS]] -> prints the venv with noodlecore
+# installed.  The venv is reused only when its stamp (written last, after every
+# install succeeded) names this interpreter and these requirements; anything
+# else is removed and made afresh, so a half-made venv is never used.
+make_env() {
+    local name=$1 python=$2 cflags=${3:-} ldflags=${4:-}
+    local venv="$WORK/venv-$name" src="$WORK/src-$name" log="$WORK/pip-$name.log"
+    local key
+    key="$(readlink -f "$(command -v "$python")") $("$python" -c 'import sys; print(sys.version.split()[0], sys.abiflags)') $(sha256sum tests/requirements.txt | cut -c1-16)"
+    if [ ! -f "$venv/.noodlecore-stamp" ] || [ "$(cat "$venv/.noodlecore-stamp")" != "$key" ] \
+        || ! "$venv/bin/python" -c 'import pytest, pytest_timeout' >/dev/null 2>&1; then
+        rm -rf "$venv"
+        { "$python" -m venv "$venv" \
+            && "$venv/bin/python" -m pip install -q --no-deps -r tests/requirements.txt \
+            && "$venv/bin/python" -m pip check; } >"$log" 2>&1 || { cat "$log" >&2; return 1; }
+        echo "$key" >"$venv/.noodlecore-stamp"
+    fi
+    fresh_source "$src"
+    NOODLE_CFLAGS="-Werror $cflags" NOODLE_LDFLAGS="$ldflags" \
+        "$venv/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$src" \
+        >>"$log" 2>&1 || { cat "$log" >&2; return 1; }
+    echo "$venv"
+}
+
+describe_python() {   # "CPython 3.11.7 (path)", "debug build" when it is one, and a venv's base interpreter
+    "$1" -c 'import os, platform, sys
+venv = sys.prefix != sys.base_prefix
+print("%s %s%s (%s%s)" % (platform.python_implementation(), platform.python_version(),
+      ", debug build" if hasattr(sys, "gettotalrefcount") else "", sys.executable,
+      ", a venv of " + os.path.realpath(sys.executable) if venv else ""))'
+}
+
+# -- 4. the pytest suite -----------------------------------------------------
+# run_pytest_stage STAGE VENV [ENV...]
+run_pytest_stage() {
+    local stage=$1 venv=$2
+    shift 2
+    local dir="$WORK/$stage"
+    local xml="$dir/junit.xml" log="$dir/pytest.log"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    say "$stage: pytest suite on $(describe_python "$venv/bin/python")"
+    # The venv's pytest script, not "python -m pytest": the repo root must
+    # not be on sys.path, so the tests import the installed package.  -v in
+    # the log names the test that was running if the stage dies.  The thread
+    # method of pytest-timeout works even when a test hangs in C code without
+    # the GIL: it dumps every thread's stack and ends the process.
+    ( cd "$ROOT" && env NOODLE_EXPECT_INSTALLED=1 "$@" timeout -k 30 "$STAGE_TIMEOUT" \
+          "$venv/bin/pytest" -v -rfEs -p no:cacheprovider --timeout="$TEST_TIMEOUT" --timeout-method=thread \
+          --junitxml="$xml" tests ) >"$log" 2>&1
+    local rc=$?
+    local counts
+    counts=$("$PY" - "$xml" <<'PYEOF'
 import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except Exception:
+    print("none")
+    sys.exit()
 p = f = s = 0
-for path in sys.argv[1:]:
-    try:
-        root = ET.parse(path).getroot()
-    except Exception:
-        f += 1
-        continue
-    for suite in root.iter("testsuite"):
-        t = int(suite.get("tests", 0)); fl = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
-        sk = int(suite.get("skipped", 0))
-        p += t - fl - sk; f += fl; s += sk
-print()
-print(f"total: {p} passed, {f} failed, {s} skipped")
+for suite in root.iter("testsuite"):
+    t = int(suite.get("tests", 0)); fl = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    sk = int(suite.get("skipped", 0))
+    p += t - fl - sk; f += fl; s += sk
+print(p, f, s)
 PYEOF
-exit $FAILED
+)
+    # Show the failures and the closing lines; the whole output is in the log.
+    if grep -q -E '^=+ (FAILURES|ERRORS) =+$' "$log"; then
+        sed -n '/^=* \(FAILURES\|ERRORS\) =*$/,$p' "$log" | head -400
+    else
+        grep -E '^(SKIPPED|FAILED|ERROR) |^=+ .*(passed|failed|error|skipped).* =+$' "$log" | tail -20
+    fi
+    local p f s status=ok note="log: $log"
+    if [ "$counts" = none ]; then
+        # No report: the process died or was killed.  From the -v lines, what
+        # finished and which test had started without a result.
+        read -r p f s < <(grep -E '^tests/.*::.* (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)' "$log" \
+            | awk '/ PASSED| XFAIL| XPASS/{p++} / FAILED| ERROR/{f++} / SKIPPED/{s++} END{print p+0, f+0, s+0}')
+        local last
+        last=$(grep -E '^tests/[^ ]*::' "$log" | tail -1 | awk '{print $1}')
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+            status=HUNG note="stage killed after ${STAGE_TIMEOUT} s; running: $last; $note"
+        elif grep -q -E '^\+{5,} Timeout \+{5,}$' "$log"; then
+            status=HUNG note="test timed out after ${TEST_TIMEOUT} s and the stage was ended: $last; $note"
+        else
+            status=CRASHED note="exit $rc$([ "$rc" -gt 128 ] && echo " (signal $((rc - 128)))") with no report; running: $last; $note"
+        fi
+        tail -60 "$log"
+        f=$((f + 1))
+    else
+        read -r p f s <<<"$counts"
+        if [ "$rc" != 0 ]; then
+            status=FAILED
+            [ "$f" = 0 ] && note="pytest exit $rc with no failed test; $note"
+        fi
+    fi
+    if [ -n "$(ls "$dir"/asan.* "$dir"/ubsan.* 2>/dev/null)" ]; then
+        # Fails on sanitizer errors and on leaks with a frame in our code;
+        # lists the leaks of others (see the script).
+        if ! "$PY" tests/sanitizer_report.py "$dir"; then
+            [ "$status" = ok ] && status=FAILED
+            note="sanitizer reports of our code; $note"
+        fi
+    fi
+    record "$stage" "$status" "$p" "$f" "$s" "$note"
+}
+
+INTERPRETERS=()
+env_or_fail() {   # env_or_fail STAGE NAME PYTHON [CFLAGS LDFLAGS] -> sets VENV or records a failure
+    local stage=$1
+    shift
+    say "$stage: building and installing noodlecore for $(describe_python "$2")"
+    if ! VENV=$(make_env "$@"); then
+        record "$stage" FAILED 0 0 0 "could not make the venv or build noodlecore (log: $WORK/pip-$1.log)"
+        return 1
+    fi
+}
+
+if wanted pytest-python3; then
+    # PYTHONMALLOC=debug makes CPython abort on any allocator call made without
+    # the GIL (a native thread bug that the release build would hide).
+    if env_or_fail pytest-python3 main "$PY"; then
+        INTERPRETERS+=("pytest-python3: $(describe_python "$VENV/bin/python"), PYTHONMALLOC=debug")
+        run_pytest_stage pytest-python3 "$VENV" PYTHONMALLOC=debug
+    fi
+fi
+
+if wanted pytest-second; then
+    if [ -z "$SECOND" ]; then
+        record pytest-second MISSING 0 0 0 "no second CPython: no pyenv CPython newer than $PY and not Debian; opt out with NOODLE_TEST_SKIP=pytest-second"
+    elif env_or_fail pytest-second second "$SECOND"; then
+        INTERPRETERS+=("pytest-second: $(describe_python "$VENV/bin/python") [$SECOND_WHY]")
+        run_pytest_stage pytest-second "$VENV"
+    fi
+fi
+
+if wanted pytest-asan; then
+    if env_or_fail pytest-asan asan "$PY" "$SAN_CFLAGS" "$SAN_LDFLAGS"; then
+        LIBASAN=$(gcc -print-file-name=libasan.so)
+        INTERPRETERS+=("pytest-asan: $(describe_python "$VENV/bin/python"), extension with ASan+UBSan, $LIBASAN preloaded")
+        run_pytest_stage pytest-asan "$VENV" LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc \
+            ASAN_OPTIONS="$(asan_options "$WORK/pytest-asan")" LSAN_OPTIONS="$LSAN_OPTS" \
+            UBSAN_OPTIONS="$(ubsan_options "$WORK/pytest-asan")" \
+            NOODLE_SANITIZER=1
+    fi
+fi
+
+# -- 5. summary --------------------------------------------------------------
+say "summary"
+TP=0 TF=0 TS=0 BAD=()
+for s in "${STAGES[@]}"; do
+    if [ -n "${SKIP[$s]:-}" ]; then
+        printf '  %-15s opted out (%s)\n' "$s" "${SKIP[$s]}"
+        continue
+    fi
+    if [ -z "${ST_STATUS[$s]:-}" ]; then
+        ST_STATUS[$s]=MISSING ST_PASS[$s]=0 ST_FAIL[$s]=0 ST_SKIP[$s]=0 ST_NOTE[$s]="did not run"
+    fi
+    printf '  %-15s %-8s %5d passed, %d failed, %d skipped\n' "$s" "${ST_STATUS[$s]}" "${ST_PASS[$s]}" \
+        "${ST_FAIL[$s]}" "${ST_SKIP[$s]}"
+    [ "${ST_STATUS[$s]}" = ok ] || BAD+=("$s: ${ST_STATUS[$s]} (${ST_NOTE[$s]})")
+    TP=$((TP + ST_PASS[$s])) TF=$((TF + ST_FAIL[$s])) TS=$((TS + ST_SKIP[$s]))
+done
+echo "interpreters:"
+for i in "${INTERPRETERS[@]}"; do
+    echo "  $i"
+done
+for b in "${BAD[@]}"; do
+    echo "NOT OK: $b"
+done
+echo "total = sum over the stages that ran; a C test is one test function of csrc/tests, a pytest"
+echo "test counts once per stage it ran in, and a test that crashed or hung its stage counts as failed."
+echo
+echo "total: $TP passed, $TF failed, $TS skipped"
+[ ${#BAD[@]} -eq 0 ]

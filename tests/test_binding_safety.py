@@ -5,6 +5,7 @@ absurd timeouts."""
 import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -44,16 +45,33 @@ def test_second_thread_on_same_connection_is_refused_and_release_waits(tmp_path)
         assert pool.get_stats().active_connections == 0
 
 
-def test_pool_subclass_in_a_garbage_cycle_is_collected_cleanly(tmp_path):
+def test_pool_subclass_in_a_garbage_cycle_is_collected_cleanly(pg):
+    """A pool kept alive only by a cycle through its instance dict is collected by
+    gc and shut down: the connection it lent and got back is closed, so its server
+    session ends."""
     class MyPool(DatabaseConnectionPool):
         pass
+    app = "nct_binding_safety_cycle"
+
+    def live_sessions():
+        return int(pg.scalar("select count(*) from pg_stat_activity where application_name = '%s'" % app))
+
     for _ in range(3):
-        p = MyPool(f"sqlite:///{tmp_path}/b.db")
+        p = MyPool(pg.dsn(application_name=app), max_connections=2)
         p.me = p            # a cycle through the instance dict
-        del p
+        with p.get_connection() as c:
+            assert c.execute_query("SELECT 1 AS x") == [{"x": 1}]
+        assert live_sessions() == 1 and p.get_stats().idle_connections == 1   # returned, open
+        ref = weakref.ref(p)
+        del p, c            # a PooledConnection holds its pool: only the cycle is left
         gc.collect()
-    assert MyPool.__mro__[0] is MyPool
-    q = MyPool(f"sqlite:///{tmp_path}/b.db")
+        assert ref() is None, "the pool in a garbage cycle was not collected"
+        # Shut down on collection: the returned connection is closed, the session ends.
+        deadline = time.monotonic() + 10
+        while live_sessions() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert live_sessions() == 0, "the collected pool left its connections open"
+    q = MyPool(pg.dsn(application_name=app))
     with q.get_connection() as c:
         assert c.execute_query("SELECT 1 AS x") == [{"x": 1}]
     q.shutdown()
@@ -70,17 +88,26 @@ def test_exception_unwinding_through_a_borrow_is_kept():
                 raise RuntimeError("backend failure")
             return []
 
-    with DatabaseConnectionPool(Flaky) as pool:
+    with DatabaseConnectionPool(Flaky, max_connections=1) as pool:
         def work():
             lease = pool.get_connection()
             conn = lease.__enter__()
             conn.execute_query("boom")     # the lease dies while this unwinds
         with pytest.raises(RuntimeError, match="backend failure"):
             work()
+        gc.collect()
+        # The lease died with work's frame: its connection went back (the only one).
+        assert pool.get_stats().active_connections == 0
+        with pool.get_connection(timeout=1) as c:
+            assert c.execute_query("SELECT 1") == []
+        # The caller's own exception leaves the with block intact, and the connection goes back.
         with pytest.raises(ZeroDivisionError):
-            with pool.get_connection() as c:
-                c.execute_query("boom") if False else None
+            with pool.get_connection(timeout=1) as c:
+                c.execute_query("SELECT 1")
                 1 / 0
+        assert pool.get_stats().active_connections == 0
+        with pool.get_connection(timeout=1) as c:
+            assert c.execute_query("SELECT 2") == []
 
 
 def test_long_sqlite_statement_without_deadline_is_not_cut_by_busy_timeout(tmp_path):

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from helpers import subprocess_env
+from helpers import subprocess_env, wait_for
 from noodlecore.database import (
     ConfigurationError, ConnectionPoolError, DatabaseConnectionPool, DatabaseError, DataError,
     IntegrityError, InterfaceError, InternalError, OperationalError, PoolClosedError,
@@ -35,17 +35,6 @@ from noodlecore.testing import free_port
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-def wait_for(cond, timeout=5.0, interval=0.01, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
-        time.sleep(interval)
-
 
 def app_name(request):
     name = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)

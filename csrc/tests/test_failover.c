@@ -1,9 +1,10 @@
 /* test_failover.c - unit tests for the failover decision logic
  * (csrc/core/nc_failover.c), a pure state machine, with made-up times.
  *
- * Plain C, no framework: every check counts as one case, a failure prints one
- * line, and the last line is "N passed, N failed"; the exit status is non-zero
- * when anything failed.  No threads, no sleeping: it runs in milliseconds.
+ * Plain C with check.h: each test function is one test, each CHECK one check;
+ * a failed check prints one line, every test function reports its counts, and
+ * the exit status is non-zero when anything failed.
+ * No threads, no sleeping: it runs in milliseconds.
  *
  * Times are seconds on an imaginary monotonic clock starting at 100.
  */
@@ -1358,8 +1359,7 @@ static void test_detected_at(void)
 
 int main(void)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    struct { const char *name; void (*fn)(void); } tests[] = {
+    static const nc_test_case cases[] = {
         {"config", test_config},
         {"names", test_names},
         {"probe_bookkeeping", test_probe_bookkeeping},
@@ -1383,11 +1383,5 @@ int main(void)
         {"start_grace", test_start_grace},
         {"detected_at", test_detected_at},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        int f0 = failed;
-        tests[i].fn();
-        printf("%-24s %s\n", tests[i].name, failed == f0 ? "ok" : "FAIL");
-    }
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return nc_run_cases("test_failover", cases, NC_NCASES(cases));
 }

@@ -578,14 +578,14 @@ static void test_column_type(void)
 
 int main(void)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    test_tokens();
-    test_random_tokens();
-    test_blank();
-    test_blank_vs_sqlite();
-    test_plain_select();
-    test_rollback_to();
-    test_column_type();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    static const nc_test_case cases[] = {
+        {"tokens", test_tokens},
+        {"random_tokens", test_random_tokens},
+        {"blank", test_blank},
+        {"blank_vs_sqlite", test_blank_vs_sqlite},
+        {"plain_select", test_plain_select},
+        {"rollback_to", test_rollback_to},
+        {"column_type", test_column_type},
+    };
+    return nc_run_cases("test_lexer", cases, NC_NCASES(cases));
 }

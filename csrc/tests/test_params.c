@@ -1,8 +1,9 @@
 /* test_params.c - unit tests for csrc/core/nc_params.c (placeholder rewrite).
  *
- * Plain C, no framework: every check counts as one case, a failure prints one
- * line, and the last line is "N passed, N failed"; the exit status is non-zero
- * when anything failed.  Every input is copied into a malloc'd buffer of
+ * Plain C with check.h: each test function is one test, each CHECK one check;
+ * a failed check prints one line, every test function reports its counts, and
+ * the exit status is non-zero when anything failed.
+ * Every input is copied into a malloc'd buffer of
  * exactly len bytes (no terminating NUL), so under AddressSanitizer a read
  * past len is caught.
  *
@@ -17,9 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define NC_TEST_OWN_CHECK
+#include "check.h"
 #include "inputs.h"
-
-static int passed, failed;
 
 #define PG NC_DIALECT_PG
 #define SQ NC_DIALECT_SQLITE
@@ -757,18 +758,19 @@ static void test_oom(void)
 
 int main(void)
 {
-    test_basic();
-    test_literals();
-    test_dollar();
-    test_comments();
-    test_bytes();
-    test_errors();
-    test_free();
-    test_large();
-    test_random();
+    static const nc_test_case cases[] = {
+        {"basic", test_basic},
+        {"literals", test_literals},
+        {"dollar", test_dollar},
+        {"comments", test_comments},
+        {"bytes", test_bytes},
+        {"errors", test_errors},
+        {"free", test_free},
+        {"large", test_large},
+        {"random", test_random},
 #ifdef NC_TEST_WRAP_ALLOC
-    test_oom();
+        {"oom", test_oom},
 #endif
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    };
+    return nc_run_cases("test_params", cases, NC_NCASES(cases));
 }

@@ -333,8 +333,7 @@ static void test_close_during_report(void)
 
 int main(void)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    struct { const char *name; void (*fn)(void); } tests[] = {
+    static const nc_test_case cases[] = {
         {"lend_current", test_lend_current},
         {"connect_failure_switches", test_connect_failure_switches_in_one_call},
         {"statement_failure", test_statement_failure_reaches_the_monitor},
@@ -342,11 +341,5 @@ int main(void)
         {"close_during_report", test_close_during_report},
         {"late_start_and_shared_pools", test_close_refuses_a_late_start_and_pools_are_not_shared},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        int f0 = failed;
-        tests[i].fn();
-        printf("%-28s %s\n", tests[i].name, failed == f0 ? "ok" : "FAIL");
-    }
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return nc_run_cases("test_route", cases, NC_NCASES(cases));
 }

@@ -3,9 +3,9 @@
  * nc_sqlite_error / nc_sqlite_command with plain sqlite3 calls as the binding
  * uses them.  Databases live in a fresh temporary directory, removed at the end.
  *
- * Plain C, no framework: every check counts as one case, a failure prints one
- * line, and the last line is "N passed, N failed"; the exit status is non-zero
- * when anything failed.
+ * Plain C with check.h: each test function is one test, each CHECK one check;
+ * a failed check prints one line, every test function reports its counts, and
+ * the exit status is non-zero when anything failed.
  */
 #include "nc_sqlite.h"
 #include "nc_time.h"
@@ -20,8 +20,8 @@
 
 #include "check.h"
 
-/* Scheduling slack allowed on top of a deadline (sanitizers slow things down). */
-#define SLACK 0.08
+/* Scheduling slack on top of a deadline, scaled under the sanitizers (check.h). */
+#define SLACK (0.1 * nc_time_scale())
 
 static const nc_backend_ops *ops = &nc_sqlite_ops;
 static char tmpdir[64];
@@ -370,28 +370,27 @@ static void rm_tmp(void)
     rmdir(tmpdir);
 }
 
+static char url1[256], url2[256];
+static void case_connect_ping_reset(void) { test_connect_ping_reset(url1); }
+static void case_lock_deadline(void) { test_lock_deadline(url2); }
+
 int main(void)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    double t0 = nc_now();
     snprintf(tmpdir, sizeof tmpdir, "/tmp/nc_test_sqlite.XXXXXX");
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
         return 2;
     }
-    char url1[256], url2[256];
     snprintf(url1, sizeof url1, "sqlite:///%s/t.db", tmpdir);   /* sqlite:////tmp/... */
     snprintf(url2, sizeof url2, "sqlite:///%s/l.db", tmpdir);
-
-    test_urls();
-    test_connect_ping_reset(url1);
-    test_lock_deadline(url2);
-    test_memory();
-
-    known_bugs();   /* regression tests of a fixed bug */
-
+    static const nc_test_case cases[] = {
+        {"urls", test_urls},
+        {"connect_ping_reset", case_connect_ping_reset},
+        {"lock_deadline", case_lock_deadline},
+        {"memory", test_memory},
+        {"former_bugs", known_bugs},   /* regression tests of a fixed bug */
+    };
+    int rc = nc_run_cases("test_sqlite", cases, NC_NCASES(cases));
     rm_tmp();
-    printf("(total %.2f s)\n", nc_now() - t0);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return rc;
 }
