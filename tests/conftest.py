@@ -5,6 +5,7 @@ own section below instead of mixing them into an existing one.
 """
 
 import os
+import re
 import sys
 import warnings
 
@@ -78,3 +79,69 @@ def pg_factory(pg_cluster):
 # ===========================================================================
 # (end of PostgreSQL harness fixtures)
 # ===========================================================================
+
+
+# ===========================================================================
+# PostgreSQL pool fixtures (test_pg_pool_*.py): every pool gets its own
+# application_name, so that pg_stat_activity can tell its sessions apart.
+#
+#   app         function  the test's application_name (nct_<test name>)
+#   make_pool   function  make_pool(**options) -> a pool on the shared `pg`
+#   table       function  a fresh table named after the test
+# ===========================================================================
+
+from noodlecore.database import DatabaseConnectionPool  # noqa: E402
+
+
+def app_name(request):
+    name = re.sub(r"[^A-Za-z0-9_]", "_", request.node.name)
+    return ("nct_" + name)[:60]
+
+
+@pytest.fixture
+def app(request):
+    return app_name(request)
+
+
+@pytest.fixture
+def make_pool(pg, app):
+    """make_pool(**options) -> a pool on the shared server, shut down at the end."""
+    pools = []
+
+    def make(node=None, dsn=None, **options):
+        node = node or pg
+        pool = DatabaseConnectionPool(dsn or node.dsn(application_name=app), **options)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for p in pools:
+        p.shutdown(timeout=0)
+
+
+@pytest.fixture
+def table(pg, app):
+    """A fresh table (id serial, v int unique, note text) named after the test."""
+    name = "t_" + app
+    pg.sql("drop table if exists %s; create table %s (id serial primary key, v int unique, note text)"
+           % (name, name))
+    yield name
+    pg.sql("drop table if exists %s" % name)
+
+
+# ===========================================================================
+# DatabaseManager without a server (test_database_manager_*.py)
+#
+#   clean_env   function  no NOODLE_DB_* variables, cwd in tmp_path; returns monkeypatch
+# ===========================================================================
+
+ENV_VARS = ["NOODLE_DB_HOST", "NOODLE_DB_PORT", "NOODLE_DB_NAME", "NOODLE_DB_USER", "NOODLE_DB_PASSWORD",
+            "NOODLE_DB_SSL", "NOODLE_DB_MAX_CONNECTIONS", "NOODLE_DB_TIMEOUT", "NOODLE_DB_RETRY_ATTEMPTS"]
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for v in ENV_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch

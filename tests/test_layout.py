@@ -1,9 +1,9 @@
 """The layout's rules, checked on the source tree (ARCHITECTURE.md states
 them): the core never includes Python.h, the binding files include and call
 each other without a loop and name their functions npy_*, no Python module
-of the package is over ~600 lines or lacks its opening docstring, the demo
-and the benchmarks import no test module, and ARCHITECTURE.md names files
-that exist."""
+of the package, the tests or the benchmarks is over ~600 lines or lacks its
+opening docstring, the demo and the benchmarks import no test module, and
+ARCHITECTURE.md names files that exist."""
 
 import ast
 import pathlib
@@ -69,7 +69,11 @@ def test_binding_calls_follow_the_includes():
 
 
 def test_package_modules_are_small_and_say_what_they_own():
-    for f in sorted((ROOT / "noodlecore").rglob("*.py")):
+    # the same rule for the tests and the benchmarks
+    files = (sorted((ROOT / "noodlecore").rglob("*.py")) + sorted((ROOT / "tests").glob("*.py"))
+             + sorted((ROOT / "bench").glob("*.py")))
+    assert len([f for f in files if f.parent.name in ("tests", "bench")]) > 20
+    for f in files:
         lines = f.read_text().count("\n")
         assert lines <= 620, f"{f.relative_to(ROOT)}: {lines} lines"
         if f.name != "__init__.py" or lines > 5:

@@ -2,7 +2,7 @@
 lost connection (what the exception says: ``connection_failure`` and
 ``not_applied``, set from the C core's tables), and DatabaseConfig reading
 the environment through the pool's own options.  The end-to-end behaviour is
-in test_database_manager.py."""
+in test_database_manager_*.py."""
 
 import pytest
 

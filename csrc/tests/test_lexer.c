@@ -330,7 +330,7 @@ static int on_copy(int (*f)(const char *, size_t), const char *in, size_t len)
 
 static void test_plain_select(void)
 {
-    /* tests/test_database_manager.py */
+    /* tests/test_database_manager_sqlite.py */
     PLAIN("SELECT 1", 1);
     PLAIN("select count(*) from t where a = %s", 1);
     PLAIN("WITH x AS (SELECT a FROM t) SELECT * FROM x;", 1);
@@ -490,7 +490,7 @@ static const char *coltype(const char *in, size_t len)
 
 static void test_column_type(void)
 {
-    /* tests/test_database_manager.py and _pg.py */
+    /* tests/test_database_manager_sqlite.py and test_database_manager_pg.py */
     TYPE_OK("INTEGER", "INTEGER");
     TYPE_OK("integer not null", "integer not null");
     TYPE_OK("VARCHAR(255)", "VARCHAR(255)");
