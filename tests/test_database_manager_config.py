@@ -3,11 +3,8 @@ no password in reprs), construction errors, the DSN or config argument, the
 embedded default, operations before connect, and connect / disconnect /
 reconnect on the SQLite backend.
 
-The ``clean_env`` fixture (conftest.py) clears the NOODLE_DB_* variables and
-runs the test in its own directory.  The other modules without a server:
-test_database_manager_config.py, test_database_manager_sqlite.py,
-test_database_manager_mock.py; the same scenarios on real PostgreSQL
-replication: test_database_manager_pg.py.
+``clean_env`` (conftest.py) clears the NOODLE_DB_* variables; the same scenarios
+on real PostgreSQL replication: test_database_manager_pg.py.
 """
 
 import urllib.parse

@@ -4,11 +4,8 @@ whose outcome is unknown never replayed, a write that never reached the server
 retried, the idempotent flag, transactions and batches across a lost
 connection, and no usable endpoint.
 
-The ``clean_env`` fixture (conftest.py) clears the NOODLE_DB_* variables and
-runs the test in its own directory.  The other modules without a server:
-test_database_manager_config.py, test_database_manager_sqlite.py,
-test_database_manager_mock.py; the same scenarios on real PostgreSQL
-replication: test_database_manager_pg.py.
+``clean_env`` (conftest.py) clears the NOODLE_DB_* variables; the same scenarios
+on real PostgreSQL replication: test_database_manager_pg.py.
 """
 
 import threading

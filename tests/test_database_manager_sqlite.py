@@ -3,11 +3,8 @@ transactions, every table helper with hostile identifiers and values, the
 failover operations when failover is off, health, stats, info and structured
 logging.
 
-The ``clean_env`` fixture (conftest.py) clears the NOODLE_DB_* variables and
-runs the test in its own directory.  The other modules without a server:
-test_database_manager_config.py, test_database_manager_sqlite.py,
-test_database_manager_mock.py; the same scenarios on real PostgreSQL
-replication: test_database_manager_pg.py.
+``clean_env`` (conftest.py) clears the NOODLE_DB_* variables; the same scenarios
+on real PostgreSQL replication: test_database_manager_pg.py.
 """
 
 import logging

@@ -5,13 +5,9 @@ a switchover with the old primary rewound as a read-only standby (role
 mismatch, no failback to it, failback once it is writable again), and split
 brain holding the failback.
 
-Native libpq pools per endpoint (backend_factory=None) and the native monitor.
-Every server is made by the function-scoped ``pg_factory`` fixture, which
-destroys them when the test ends; every manager is closed by its ``with``.
-Which server answered is told by ``inet_server_port()``.  The shared helpers
-(cfg, two, port_of, insert, ...) are in helpers.py; the other modules are
-test_failover_pg_switch.py, test_failover_pg_modes.py and
-test_failover_pg_passive.py.
+Native libpq pools per endpoint and the native monitor; servers come from
+``pg_factory`` (gone when the test ends), the helpers (cfg, two, port_of, ...)
+from helpers.py; ``inet_server_port()`` tells which server answered.
 """
 
 import threading

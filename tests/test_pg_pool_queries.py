@@ -4,13 +4,9 @@ anything is sent, autocommit, transactions (begin/commit/rollback, the
 transaction context, rollback on return, execute_many, an aborted
 transaction), and server errors mapped to their PEP 249 classes.
 
-Pools are made with the test's own application_name (the ``app`` and
-``make_pool`` fixtures in conftest.py), so that pg_stat_activity can tell
-their sessions apart from anyone else's.  The test_pg_pool_*.py modules: basics (borrowing,
-limits, validation, shutdown, stats, stress), queries (parameters,
-transactions, server errors), faults (terminated sessions, restart, a frozen
-server, statement deadlines, unreachable servers), threads (the GIL, use after
-return, one connection in several threads, interpreter exit).
+Pools carry the test's own application_name (``app``, ``make_pool``: conftest.py),
+so that pg_stat_activity tells their sessions apart.  Other pool topics are in
+the other test_pg_pool_*.py modules.
 """
 
 import threading
