@@ -27,6 +27,10 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 VENV = BENCH / ".venv"
 VENV_PY = VENV / "bin" / "python"
+# --baseline REV: a second venv with noodlecore built from that commit alone,
+# measured in the same run (interleaved) as the working tree's
+BASELINE_VENV = BENCH / ".venv-baseline"
+BASELINE_PY = BASELINE_VENV / "bin" / "python"
 PEERS = ["psycopg[binary]", "psycopg_pool", "SQLAlchemy", "psycopg2-binary"]
 BUILD_DEPS = ["setuptools>=61", "wheel"]
 T0 = float(os.environ.get("NOODLE_BENCH_T0") or time.time())   # carried over the re-exec
@@ -112,6 +116,32 @@ def build_noodle_wheel(files, attempts=3):
              "fix the build or use --noodle-from inplace with an existing in-place build")
 
 
+def prepare_baseline(rev):
+    """bench/.venv-baseline with noodlecore built from commit rev (git archive,
+    so the work tree's state does not matter).  Returns the full commit id."""
+    sha = run_checked(["git", "-C", str(REPO), "rev-parse", "--verify", rev + "^{commit}"],
+                      "git rev-parse").stdout.strip()
+    marker = BASELINE_VENV / ".bench-baseline"
+    if marker.exists() and marker.read_text().strip() == sha and BASELINE_PY.exists():
+        say("baseline noodlecore %s up to date" % sha[:12])
+        return sha
+    say("building baseline noodlecore from %s" % sha[:12])
+    run_checked([sys.executable, "-m", "venv", "--clear", str(BASELINE_VENV)], "python3 -m venv (baseline)")
+    run_checked([str(BASELINE_PY), "-m", "pip", "--disable-pip-version-check", "install", *BUILD_DEPS],
+                "pip install (baseline build deps)")
+    tmp = Path(tempfile.mkdtemp(prefix="noodlebase-"))
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", sha],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+        run_checked([str(BASELINE_PY), "-m", "pip", "--disable-pip-version-check", "install",
+                     "--no-build-isolation", "--no-deps", str(tmp)], "pip install (baseline noodlecore)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    marker.write_text(sha + "\n")
+    return sha
+
+
 def stage1(args, script):
     """Make or refresh bench/.venv, then re-exec script (the running bench command)
     with the venv's python and --stage2; does not return."""
@@ -142,6 +172,8 @@ def stage1(args, script):
             nmarker.write_text(fp + "\n")
         else:
             say("noodlecore wheel up to date (sources %s)" % fp)
+    if getattr(args, "baseline", None):
+        os.environ["NOODLE_BENCH_BASELINE"] = prepare_baseline(args.baseline)
     argv = [str(VENV_PY), str(Path(script).resolve()), "--stage2"] + sys.argv[1:]
     os.environ["NOODLE_BENCH_T0"] = repr(T0)
     sys.stderr.flush()

@@ -73,6 +73,9 @@ def parse_args(argv):
                          "inplace: import the repo's in-place build (setup.py build_ext --inplace)")
     ap.add_argument("--reinstall", action="store_true",
                     help="re-install the peers and rebuild the noodlecore wheel")
+    ap.add_argument("--baseline", metavar="REV", default=None,
+                    help="also measure noodlecore as built from commit REV (its own venv), interleaved with "
+                         "the working tree's in every scenario: before and after in one run")
     ap.add_argument("--out-dir", default=None,
                     help="where run.json (raw results) and run.md go (default bench/results/<date>-<commit>/)")
     ap.add_argument("--stage2", action="store_true", help=argparse.SUPPRESS)
@@ -103,6 +106,7 @@ def stage2(args):
         "git": git_info(),
         "peer_versions": peer_versions(),
         "noodle_from": args.noodle_from,
+        "baseline": os.environ.get("NOODLE_BENCH_BASELINE") if args.baseline else None,
     }
     nm = VENV / ".bench-noodle"
     meta["noodle_sources"] = (nm.read_text().strip() if (args.noodle_from == "wheel" and nm.exists())

@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 
-from benchlib import BENCH, REPO, VENV, VENV_PY, loadavg, run_checked, say
+from benchlib import BASELINE_PY, BENCH, REPO, VENV, VENV_PY, loadavg, run_checked, say
 from run_report import fmt
 
 RAW_SRC = BENCH / "raw_libpq.c"
@@ -161,6 +161,14 @@ def measure(node, args):
                 workers[impl] = Worker(impl, [str(VENV_PY), str(BENCH / "worker.py"), impl, dsn,
                                               "--threads", str(args.threads)], env=worker_env)
                 results["workers"][impl] = workers[impl].hello
+        if getattr(args, "baseline", None) and "noodlecore" in args.only:
+            # the same worker code, importing noodlecore as built from the baseline commit
+            say("starting worker baseline (noodlecore at %s)" % args.baseline)
+            env = dict(worker_env)
+            env.pop("PYTHONPATH", None)
+            workers["baseline"] = Worker("baseline", [str(BASELINE_PY), str(BENCH / "worker.py"), "noodlecore",
+                                                      dsn, "--threads", str(args.threads)], env=env)
+            results["workers"]["baseline"] = workers["baseline"].hello
         if not args.no_raw:
             workers["raw_libpq"] = Worker("raw_libpq", [str(RAW_BIN), dsn, "serve"])
             results["workers"]["raw_libpq"] = workers["raw_libpq"].hello
@@ -183,7 +191,7 @@ def measure(node, args):
                                         py(impl, name, n=n) if n else py(impl, name)))
             return out
 
-        pys = [i for i in IMPL_ORDER if i in workers]
+        pys = [i for i in IMPL_ORDER + ["baseline"] if i in workers]
         raw = workers.get("raw_libpq")
 
         results["load"]["start"] = loadavg()

@@ -27,7 +27,7 @@ def cell_values(results):
     """{scenario: {column: median}} in report units (us, us, qps, ms)."""
     s = results["samples"]
     out = {"a": {}, "b": {}, "c": {}, "d": {}}
-    for col, _ in COLUMNS:
+    for col, _ in COLUMNS + [("baseline", None)]:
         out["a"][col] = med(s, "a", col)
         out["b"][col] = med(s, "b", col)
         out["c"][col] = med(s, "c", col)
@@ -148,6 +148,10 @@ def render(meta, results, vals, targets, args):
              % (args.threads, args.duration, args.warmup, args.threads, pgcmd))
     L.append("- (d): `SELECT * FROM bench_rows` execute + fetch all, timed after the borrow; raw libpq: "
              "`PQexec` until the PGresult is complete (no conversion to values).")
+    base = baseline_lines(results, vals, meta.get("baseline"))
+    if base:
+        L.append("")
+        L += base
     ex = extras_lines(results)
     if ex:
         L.append("")
@@ -171,6 +175,28 @@ EXTRAS = [
     ("d", "raw_libpq.with_convert", 1e3, "raw libpq 100k-row fetch plus walking every value "
      "(strtol/strtod), ms"),
 ]
+
+
+def baseline_lines(results, vals, rev):
+    """noodlecore of the working tree against the same code at the baseline
+    commit, measured in the same rounds (per-round ratios: the host's drift
+    cancels out)."""
+    s = results["samples"]
+    if not s["a"].get("baseline"):
+        return []
+    kinds = {"a": ("borrow + return, µs/op", "us", False), "b": ("borrow + `SELECT 1` + return, µs/op", "us", False),
+             "c": ("`SELECT 1` queries/s, 8 threads", "qps", True), "d": ("fetch 100k rows, ms", "ms", False)}
+    out = ["noodlecore now against noodlecore at %s (the baseline), interleaved in the same rounds:" % (rev or "?")[:12],
+           "",
+           "| scenario | now | baseline | now / baseline (median of per-round ratios) | better is |",
+           "|---|---:|---:|---:|---|"]
+    for scen in "abcd":
+        label, kind, higher = kinds[scen]
+        r = paired(s, scen, "noodlecore", "baseline")
+        out.append("| (%s) %s | %s | %s | %s | %s |" % (
+            scen, label, fmt(vals[scen].get("noodlecore"), kind), fmt(vals[scen].get("baseline"), kind),
+            "%.3f" % r if r else "n/a", "higher" if higher else "lower"))
+    return out
 
 
 def extras_lines(results):
