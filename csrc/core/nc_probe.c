@@ -60,6 +60,7 @@ struct nc_prober {
     pthread_mutex_t ref_mu;     /* guards refs and freed */
     int refs;                   /* the owner + probes in flight */
     int freed;
+    int closed;                 /* nc_prober_close: no more probes, no kept connection */
 };
 
 nc_prober *nc_prober_new(nc_pool *pool, int detail, nc_error *err)
@@ -109,6 +110,31 @@ static void prober_unref(nc_prober *p)
         prober_destroy(p);
 }
 
+static int is_closed(nc_prober *p)
+{
+    pthread_mutex_lock(&p->ref_mu);
+    int c = p->closed;
+    pthread_mutex_unlock(&p->ref_mu);
+    return c;
+}
+
+void nc_prober_close(nc_prober *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->ref_mu);
+    p->closed = 1;
+    pthread_mutex_unlock(&p->ref_mu);
+    /* A probe holding mu closes the connection itself as it ends: never
+     * wait for it here. */
+    if (pthread_mutex_trylock(&p->mu) == 0) {
+        if (p->conn)
+            p->ops->close(p->ctx, p->conn);
+        p->conn = NULL;
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
 void nc_prober_free(nc_prober *p)
 {
     if (!p)
@@ -121,11 +147,11 @@ void nc_prober_free(nc_prober *p)
         prober_unref(p);
 }
 
-/* 0 when the caller may probe (then prober_unref), -1 when it is freed. */
+/* 0 when the caller may probe (then prober_unref), -1 when it is closed. */
 static int prober_enter(nc_prober *p)
 {
     pthread_mutex_lock(&p->ref_mu);
-    int ok = !p->freed;
+    int ok = !p->freed && !p->closed;
     if (ok)
         p->refs++;
     pthread_mutex_unlock(&p->ref_mu);
@@ -371,6 +397,14 @@ int nc_prober_probe(nc_prober *p, double deadline, nc_probe_result *out)
         nc_utf8_fix_tail(out->error);
     }
     pthread_mutex_unlock(&p->mu);
+    /* Closed while this probe ran: nc_prober_close could not take mu, so
+     * the connection is ours to close (closed was set before its try). */
+    if (is_closed(p) && pthread_mutex_trylock(&p->mu) == 0) {
+        if (p->conn)
+            p->ops->close(p->ctx, p->conn);
+        p->conn = NULL;
+        pthread_mutex_unlock(&p->mu);
+    }
     prober_unref(p);
     return rc;
 }

@@ -64,6 +64,11 @@ nc_prober *nc_prober_new(nc_pool *pool, int detail, nc_error *err);
  * other, a waiting caller never waiting past its own deadline. */
 int nc_prober_probe(nc_prober *p, double deadline, nc_probe_result *out);
 
+/* No more probes: the probe connection is closed now (or, when a probe is
+ * running in another thread, as that probe ends), and later probes fail at
+ * once.  The prober stays valid until nc_prober_free.  Idempotent. */
+void nc_prober_close(nc_prober *p);
+
 /* Close the probe connection and drop the caller's reference.  A probe still
  * running in another thread keeps the prober (and its pool) alive until it
  * returns. */

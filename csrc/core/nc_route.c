@@ -317,6 +317,10 @@ void nc_route_close(nc_route *r)
     /* Safe while calls are inside it (bounded); a start still inside one
      * fails from here on, so no thread outlives the close. */
     nc_monitor_close(r->mon);
+    /* The probe connections go now (a probe still running closes its own as
+     * it ends); the probers stay until the route's memory goes. */
+    for (int i = 0; i < r->n; i++)
+        nc_prober_close(r->probers[i]);
     pthread_mutex_lock(&r->mu);
     int now = r->users == 0;
     if (!now)

@@ -333,6 +333,8 @@ static PyObject *pool_shutdown(NpyPool *self, PyObject *args, PyObject *kwds)
         return NULL;
     if (timeout < 0)
         timeout = 5.0;
+    if (self->prober)
+        nc_prober_close(self->prober);   /* never waits: a running probe closes its own */
     int left;
     nc_pool *p = self->s.pool;
     Py_BEGIN_ALLOW_THREADS
@@ -472,6 +474,8 @@ static PyObject *pool_probe(NpyPool *self, PyObject *args, PyObject *kwds)
         return NULL;
     if (!(timeout > 0))
         return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout must be a positive number of seconds");
+    if (nc_pool_is_closed(self->s.pool))
+        return npy_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "pool is shut down");
     if (!self->prober) {
         nc_error err;
         /* The same prober the failover monitor uses, with the replication

@@ -252,8 +252,19 @@ static void test_closed(void)
     nc_error err;
     CHECK(m && nc_monitor_start(m, &err) == 0, "start");
     nc_route_leave(s.r);
+    /* let each endpoint's probe connection open (a manual trigger probes them) */
+    m = nc_route_enter(s.r);
+    nc_monitor_trigger_failover(m, -1, "open the probe connections", &err);
+    nc_route_leave(s.r);
+    int open_before = LD(s.eps[0].connects) - LD(s.eps[0].closes);
     nc_route_close(s.r);
     nc_route_close(s.r);   /* idempotent */
+    /* nothing is borrowed: what was open is the probe connection, and it goes
+     * with the close, not with the route's memory */
+    CHECK(open_before == 1, "endpoint 0 had %d connections open", open_before);
+    for (int i = 0; i < 2; i++)
+        CHECK(LD(s.eps[i].connects) == LD(s.eps[i].closes), "endpoint %d: %d connections open after close", i,
+              LD(s.eps[i].connects) - LD(s.eps[i].closes));
     int ep;
     nc_conn *c;
     uint64_t l;
