@@ -81,17 +81,11 @@ nc_pool *nc_pool_new(const nc_pool_config *cfg, const nc_backend_ops *ops, void 
         slots[i].next_idle = -1;
     }
     pthread_mutex_init(&p->mu, NULL);
-    if (cond_init_monotonic(&p->changed)) {
-        pthread_mutex_destroy(&p->mu);
-        free(slots);
-        free(p);
-        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot create condition variables");
-        if (ops->ctx_free)
-            ops->ctx_free(ctx);
-        return NULL;
-    }
-    if (cond_init_monotonic(&p->janitor_cv)) {
-        pthread_cond_destroy(&p->changed);
+    int changed_ok = cond_init_monotonic(&p->changed) == 0;
+    if (!changed_ok || cond_init_monotonic(&p->janitor_cv)) {
+        /* Undo only what was made (pool_destroy would destroy both). */
+        if (changed_ok)
+            pthread_cond_destroy(&p->changed);
         pthread_mutex_destroy(&p->mu);
         free(slots);
         free(p);

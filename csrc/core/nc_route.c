@@ -215,25 +215,19 @@ int nc_route_count(nc_route *r)
     return r->n;
 }
 
-int nc_route_lend(nc_route *r, double timeout, int flags, int *endpoint, nc_conn **out, uint64_t *lease,
-                  nc_error *err)
+int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uint64_t *lease, nc_error *err)
 {
     nc_monitor *m = nc_route_enter(r);
     if (!m) {
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the failover manager is shut down");
         return -1;
     }
-    int nowait = flags & NC_LEND_NOWAIT;
     double start = nc_now();
     int resumed = 0, rc;
     for (int attempt = 0;; attempt++) {
         uint64_t gen;
         int idx = nc_monitor_current(m, &gen);
         if (idx < 0 && !resumed && !nc_monitor_running(m)) {
-            if (nowait) {
-                rc = 0;
-                break;
-            }
             /* Nobody is watching: look once whether an endpoint came back
              * (the automatic decision, so MANUAL mode only resumes on the
              * same endpoint). */
@@ -251,36 +245,35 @@ int nc_route_lend(nc_route *r, double timeout, int flags, int *endpoint, nc_conn
         nc_pool *p = r->pools[idx];
         nc_conn *c;
         uint64_t l;
-        if (nowait) {
-            rc = nc_pool_try_acquire(p, &c, &l, err);
-            if (rc <= 0)
-                break;
-        } else {
-            double left = timeout;
-            if (timeout >= 0) {
-                left = timeout - (nc_now() - start);
-                if (left < 0)
-                    left = 0;
+        double left = timeout;
+        if (timeout >= 0) {
+            left = timeout - (nc_now() - start);
+            if (left < 0)
+                left = 0;
+        }
+        /* The pool's fast path first (an idle connection seen alive in the
+         * last few ms: no syscall), as a plain pool's borrow does. */
+        int got = nc_pool_try_acquire(p, &c, &l, err);
+        if (got == 0)
+            got = nc_pool_acquire(p, left, &c, &l, err) == 0 ? 1 : -1;
+        if (got < 0) {
+            /* Could not even connect: that is a failure of the endpoint (the
+             * monitor may switch right away); then try the endpoint it chose
+             * instead. */
+            if (attempt < r->n && nc_error_failure(err->code, err->sqlstate) == NC_FAIL_LOST) {
+                uint64_t before = nc_monitor_generation(m);
+                nc_monitor_passive(m, idx, NC_FO_PASSIVE_LOST, err->message);
+                if (nc_monitor_generation(m) != before || nc_monitor_current(m, NULL) != idx)
+                    continue;
             }
-            if (nc_pool_acquire(p, left, &c, &l, err) < 0) {
-                /* Could not even connect: that is a failure of the endpoint
-                 * (the monitor may switch right away); then try the endpoint
-                 * it chose instead. */
-                if (attempt < r->n && nc_error_failure(err->code, err->sqlstate) == NC_FAIL_LOST) {
-                    uint64_t before = nc_monitor_generation(m);
-                    nc_monitor_passive(m, idx, NC_FO_PASSIVE_LOST, err->message);
-                    if (nc_monitor_generation(m) != before || nc_monitor_current(m, NULL) != idx)
-                        continue;
-                }
-                rc = -1;
-                break;
-            }
+            rc = -1;
+            break;
         }
         if (nc_monitor_generation(m) == gen) {
             *endpoint = idx;
             *out = c;
             *lease = l;
-            rc = 1;
+            rc = 0;
             break;
         }
         if (attempt >= 8) {
@@ -294,8 +287,7 @@ int nc_route_lend(nc_route *r, double timeout, int flags, int *endpoint, nc_conn
             break;
         }
         /* The endpoint changed while we borrowed: never hand out a
-         * connection of the abandoned one.  (Closing it is I/O; with NOWAIT
-         * it happens under the caller's lock, but only around a switch.) */
+         * connection of the abandoned one. */
         nc_pool_release(p, c, 1);
     }
     nc_route_leave(r);

@@ -30,19 +30,14 @@ typedef struct nc_route nc_route;
 nc_route *nc_route_new(nc_pool *const *pools, int n, const int *priority, int primary,
                        const nc_monitor_config *cfg, nc_error *err);
 
-enum nc_lend_flags {
-    NC_LEND_WAIT = 0,
-    NC_LEND_NOWAIT = 1          /* never wait nor do I/O: 0 when it would have to */
-};
-
 /* Borrow a connection of the current endpoint, waiting up to timeout
- * seconds in all (< 0: each pool's own acquire timeout).  1: lent, with
+ * seconds in all (< 0: each pool's own acquire timeout).  0: lent, with
  * *endpoint, *c and *lease (give it back with nc_pool_release on
- * nc_route_pool(r, *endpoint)); 0: NC_LEND_NOWAIT and it would have to wait;
- * -1: err (NC_E_FO_NO_ENDPOINT when no endpoint is usable, the pool's error
- * otherwise, NC_E_POOL_CLOSED after nc_route_close). */
-int nc_route_lend(nc_route *r, double timeout, int flags, int *endpoint, nc_conn **c, uint64_t *lease,
-                  nc_error *err);
+ * nc_route_pool(r, *endpoint)); -1: err (NC_E_FO_NO_ENDPOINT when no
+ * endpoint is usable, the pool's error otherwise, NC_E_POOL_CLOSED after
+ * nc_route_close).  May wait and probe: call it without locks (and from
+ * the binding without the GIL). */
+int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **c, uint64_t *lease, nc_error *err);
 
 /* The pool of endpoint i (valid as long as the route). */
 nc_pool *nc_route_pool(nc_route *r, int i);

@@ -276,17 +276,27 @@ static PyObject *conn_execute_query(NpyConnection *self, PyObject *const *args, 
     return r;
 }
 
+/* BEGIN / COMMIT / ROLLBACK.  0, or -1 with the exception set. */
 static int run_command(NpyConnection *self, const char *sql)
 {
+    int kind = self->ps->kind;
+    nc_pool *pool = self->ps->pool;
+    void *raw = self->c->raw;
+    if (kind == NPY_BACKEND_PY)
+        return npy_py_command(pool, raw, sql);
     double deadline = self->ps->query_timeout < 0 ? nc_now() + 30.0 : nc_now() + self->ps->query_timeout;
-    switch (self->ps->kind) {
-    case NPY_BACKEND_PG:
-        return npy_pg_command(self->ps->pool, self->c->raw, sql, deadline);
-    case NPY_BACKEND_SQLITE:
-        return npy_sqlite_command(self->ps->pool, self->c->raw, sql, deadline);
-    default:
-        return npy_py_command(self->ps->pool, self->c->raw, sql);
-    }
+    nc_error err;
+    nc_error_clear(&err);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = kind == NPY_BACKEND_PG ? nc_pg_command(raw, sql, deadline, &err)
+                                : nc_sqlite_command(raw, sql, deadline, &err);
+    if (rc < 0)
+        nc_pool_report(pool, &err);   /* the pool's observer: maybe a failover decision */
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        npy_raise_error(&err);
+    return rc;
 }
 
 static PyObject *begin_impl(NpyConnection *self)

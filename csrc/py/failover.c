@@ -191,14 +191,13 @@ static PyObject *fo_lend(NpyFailover *self, PyObject *arg)
     int ep = -1;
     nc_conn *c = NULL;
     uint64_t lease = 0;
-    /* One call into the core; the first without waiting (and with the GIL),
-     * the second, when that would have to wait, without the GIL. */
-    int rc = nc_route_lend(r, timeout, NC_LEND_NOWAIT, &ep, &c, &lease, &err);
-    if (rc == 0) {
-        Py_BEGIN_ALLOW_THREADS
-        rc = nc_route_lend(r, timeout, NC_LEND_WAIT, &ep, &c, &lease, &err);
-        Py_END_ALLOW_THREADS
-    }
+    /* One call into the core, which decides everything (which endpoint,
+     * reporting one that cannot be reached, never one abandoned meanwhile);
+     * it may wait or probe, so without the GIL. */
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = nc_route_lend(r, timeout, &ep, &c, &lease, &err);
+    Py_END_ALLOW_THREADS
     if (rc < 0) {
         Py_DECREF(conn);
         return npy_raise_error(&err);

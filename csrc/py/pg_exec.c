@@ -137,18 +137,3 @@ PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObjec
     PQclear(res);
     return out;
 }
-
-int npy_pg_command(nc_pool *pool, nc_pg_conn *pc, const char *sql, double deadline)
-{
-    nc_error err;
-    nc_error_clear(&err);
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = nc_pg_command(pc, sql, deadline, &err);
-    if (rc < 0)
-        nc_pool_report(pool, &err);
-    Py_END_ALLOW_THREADS
-    if (rc < 0)
-        npy_raise_error(&err);
-    return rc;
-}

@@ -14,7 +14,5 @@
  * the connection is counted in pool and reported to its observer. */
 PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *params, double deadline,
                          int tuple);
-/* BEGIN / COMMIT / ROLLBACK.  0, or -1 with the exception set. */
-int npy_pg_command(nc_pool *pool, nc_pg_conn *pc, const char *sql, double deadline);
 
 #endif

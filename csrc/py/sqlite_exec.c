@@ -188,18 +188,3 @@ cleanup:
     nc_sql_free(&q);
     return NULL;
 }
-
-int npy_sqlite_command(nc_pool *pool, nc_sqlite_conn *sc, const char *sql, double deadline)
-{
-    nc_error err;
-    nc_error_clear(&err);
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = nc_sqlite_command(sc, sql, deadline, &err);
-    if (rc < 0)
-        nc_pool_report(pool, &err);
-    Py_END_ALLOW_THREADS
-    if (rc < 0)
-        npy_raise_error(&err);
-    return rc;
-}

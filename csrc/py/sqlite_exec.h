@@ -14,7 +14,5 @@
  * with the exception set (failures counted in pool and reported). */
 PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,
                              double deadline, double busy_wait, int tuple);
-/* BEGIN / COMMIT / ROLLBACK.  0, or -1 with the exception set. */
-int npy_sqlite_command(nc_pool *pool, nc_sqlite_conn *sc, const char *sql, double deadline);
 
 #endif

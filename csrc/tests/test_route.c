@@ -166,12 +166,11 @@ static void test_lend_current(void)
     nc_conn *c;
     uint64_t l;
     nc_error err;
-    /* nothing idle yet: the non-waiting path says it would have to wait */
-    CHECK(nc_route_lend(s.r, 1, NC_LEND_NOWAIT, &ep, &c, &l, &err) == 0, "NOWAIT lent from an empty pool");
-    CHECK(nc_route_lend(s.r, 1, NC_LEND_WAIT, &ep, &c, &l, &err) == 1 && ep == 0, "lend: %d %s", ep, err.message);
+    CHECK(nc_route_lend(s.r, 1, &ep, &c, &l, &err) == 0 && ep == 0, "lend: %d %s", ep, err.message);
+    uint64_t serial = c->serial;
     nc_pool_release(s.pools[0], c, 0);
-    /* now one is idle: the non-waiting path takes it */
-    CHECK(nc_route_lend(s.r, 1, NC_LEND_NOWAIT, &ep, &c, &l, &err) == 1 && ep == 0, "NOWAIT: %d", ep);
+    /* the idle one is lent again */
+    CHECK(nc_route_lend(s.r, 1, &ep, &c, &l, &err) == 0 && ep == 0 && c->serial == serial, "again: %d", ep);
     nc_pool_release(s.pools[0], c, 0);
     CHECK(s.eps[1].connects == 0, "endpoint 1 was connected to");
     finish(&s);
@@ -188,9 +187,9 @@ static void test_connect_failure_switches_in_one_call(void)
     nc_error err;
     /* One call: endpoint 0 refuses, the monitor probes it, switches to 1
      * (verified by a probe) and the borrow is served there. */
-    int rc = nc_route_lend(s.r, 5, NC_LEND_WAIT, &ep, &c, &l, &err);
-    CHECK(rc == 1 && ep == 1, "lend after a refused connect: rc %d ep %d (%s)", rc, ep, err.message);
-    if (rc == 1)
+    int rc = nc_route_lend(s.r, 5, &ep, &c, &l, &err);
+    CHECK(rc == 0 && ep == 1, "lend after a refused connect: rc %d ep %d (%s)", rc, ep, err.message);
+    if (rc == 0)
         nc_pool_release(s.pools[ep], c, 0);
     CHECK(current(&s) == 1, "current %d", current(&s));
     nc_monitor *m = nc_route_enter(s.r);
@@ -204,13 +203,13 @@ static void test_connect_failure_switches_in_one_call(void)
     /* everything down: no usable endpoint, at once */
     ST(s.eps[1].down, 1);
     nc_pool_drain(s.pools[1], 1);
-    rc = nc_route_lend(s.r, 5, NC_LEND_WAIT, &ep, &c, &l, &err);
+    rc = nc_route_lend(s.r, 5, &ep, &c, &l, &err);
     CHECK(rc == -1 && err.code == NC_E_FO_NO_ENDPOINT, "all down: rc %d code %d (%s)", rc, err.code, err.message);
     /* endpoint 0 comes back: the next borrow rechecks and resumes there */
     ST(s.eps[0].down, 0);
-    rc = nc_route_lend(s.r, 5, NC_LEND_WAIT, &ep, &c, &l, &err);
-    CHECK(rc == 1 && ep == 0, "resume: rc %d ep %d (%s)", rc, ep, err.message);
-    if (rc == 1)
+    rc = nc_route_lend(s.r, 5, &ep, &c, &l, &err);
+    CHECK(rc == 0 && ep == 0, "resume: rc %d ep %d (%s)", rc, ep, err.message);
+    if (rc == 0)
         nc_pool_release(s.pools[ep], c, 0);
     finish(&s);
 }
@@ -223,7 +222,7 @@ static void test_statement_failure_reaches_the_monitor(void)
     nc_conn *c;
     uint64_t l;
     nc_error err;
-    CHECK(nc_route_lend(s.r, 5, NC_LEND_WAIT, &ep, &c, &l, &err) == 1 && ep == 0, "lend");
+    CHECK(nc_route_lend(s.r, 5, &ep, &c, &l, &err) == 0 && ep == 0, "lend");
     /* the server goes away under a borrowed connection: the statement path
      * makes one call, and the route's monitor probes, decides and switches */
     ST(s.eps[0].down, 1);
@@ -268,7 +267,7 @@ static void test_closed(void)
     int ep;
     nc_conn *c;
     uint64_t l;
-    CHECK(nc_route_lend(s.r, 1, NC_LEND_WAIT, &ep, &c, &l, &err) == -1 && err.code == NC_E_POOL_CLOSED,
+    CHECK(nc_route_lend(s.r, 1, &ep, &c, &l, &err) == -1 && err.code == NC_E_POOL_CLOSED,
           "lend after close: code %d", err.code);
     CHECK(nc_route_enter(s.r) == NULL, "enter after close");
     /* a failure reported after close goes nowhere (the observer is gone) */
