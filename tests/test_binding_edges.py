@@ -93,3 +93,43 @@ def test_a_backends_own_unknown_verdict_does_not_hide_a_connection_error():
             with pytest.raises(Unsure) as ei:
                 conn.execute_query("SELECT 2")
     assert ei.value.connection_failure is True
+
+
+def test_the_binding_option_reader_names_the_bad_option():
+    # DatabaseConnectionPool checks options first; the binding's own reader
+    # (one policy for every option table) still refuses, naming the option.
+    with pytest.raises(errors.ConfigurationError) as ei:
+        _native.Pool("sqlite", "sqlite:///:memory:", {"max_connections": "many"})
+    assert ei.value.error_code == 2013 and "pool option 'max_connections' must be an integer" in str(ei.value)
+    pool = DatabaseConnectionPool("sqlite:///:memory:", max_connections=1)
+    try:
+        for bad in ({"mode": "sometimes"}, {"hold_down": "soon"}, {"auto_recovery": 1}):
+            with pytest.raises(errors.ConfigurationError) as ei:
+                _native.FailoverMonitor([pool], [1], 0, bad)
+            assert ei.value.error_code == 2013 and f"failover option '{next(iter(bad))}'" in str(ei.value)
+    finally:
+        pool.shutdown()
+
+
+def test_one_pool_twice_in_a_failover_monitor_is_refused():
+    pool = DatabaseConnectionPool("sqlite:///:memory:", max_connections=1)
+    try:
+        with pytest.raises(errors.ConfigurationError) as ei:
+            _native.FailoverMonitor([pool, pool], [1, 2], 0, {})
+        assert ei.value.error_code == 2013 and "share a pool" in str(ei.value)
+    finally:
+        pool.shutdown()
+
+
+def test_probe_of_a_pool(tmp_path):
+    pool = DatabaseConnectionPool(f"sqlite:///{tmp_path}/p.db", max_connections=1)
+    r = pool._probe(2.0)
+    assert r["ok"] is True and r["role"] == "unknown" and r["error"] is None and r["error_code"] is None
+    assert r["connect_time"] > 0 and r["query_time"] >= 0
+    with pytest.raises(errors.ConfigurationError) as ei:
+        pool._probe(0)
+    assert ei.value.error_code == 2013
+    pool.shutdown()
+    with pytest.raises(errors.PoolClosedError) as ei:
+        pool._probe(2.0)
+    assert ei.value.error_code == 2002

@@ -294,20 +294,6 @@ int nc_error_failure(int code, const char *s)
     return NC_FAIL_NONE;
 }
 
-const char *nc_failure_name(int failure)
-{
-    switch (failure) {
-    case NC_FAIL_LOST:
-        return "lost";
-    case NC_FAIL_READ_ONLY:
-        return "read_only";
-    case NC_FAIL_NO_ENDPOINT:
-        return "no_endpoint";
-    default:
-        return NULL;
-    }
-}
-
 int nc_error_not_applied(const nc_error *err)
 {
     return err && (err->sent == NC_SENT_NO || !strcmp(err->sqlstate, "25006"));

@@ -149,7 +149,6 @@ int nc_error_class(int code, int kind, const char *sqlstate);
  * the SQL (enum nc_failure): lost (2004, a failed or invalid new connection,
  * SQLSTATE class 08, 57P01-57P03), read-only (25006), no endpoint (4015). */
 int nc_error_failure(int code, const char *sqlstate);
-const char *nc_failure_name(int failure);   /* "lost", "read_only", ...; NULL for none */
 /* 1 when the statement certainly had no effect: it never reached the
  * server, or the server refused it as read-only before running it. */
 int nc_error_not_applied(const nc_error *err);
