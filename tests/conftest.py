@@ -145,3 +145,16 @@ def clean_env(monkeypatch, tmp_path):
         monkeypatch.delenv(v, raising=False)
     monkeypatch.chdir(tmp_path)
     return monkeypatch
+
+
+# ===========================================================================
+# Fault-matrix figures (tests/figures.py): printed at the end of the run
+# ===========================================================================
+
+def pytest_terminal_summary(terminalreporter):
+    from figures import FIGURES
+    if not FIGURES:
+        return
+    terminalreporter.section("fault matrix figures")
+    for row, text in FIGURES:
+        terminalreporter.write_line("FAULT-MATRIX %s: %s" % (row, text))
