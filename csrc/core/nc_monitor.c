@@ -163,6 +163,20 @@ static void record_locked(nc_monitor *m, int kind, const nc_fo_decision *d, int 
     pthread_cond_broadcast(&m->event_cv);
 }
 
+static double earlier(double a, double b)
+{
+    return a < b ? a : b;
+}
+
+/* A probe in a caller's thread that failed at the caller's deadline, which
+ * was shorter than the monitor's own bound: it was cut short, so its
+ * failure says nothing about the endpoint (it is neither recorded nor
+ * acted on; the next look decides). */
+static int cut_short(int rc, double deadline, double own_bound, double now)
+{
+    return rc != 0 && deadline < own_bound && now >= deadline;
+}
+
 /* Wait until no switch is being carried out, before deadline.  0 ok, -1 not. */
 static int wait_idle_locked(nc_monitor *m, double deadline)
 {
@@ -180,11 +194,19 @@ static int wait_idle_locked(nc_monitor *m, double deadline)
 /* Carry out a DO_FAILOVER / DO_FAILBACK decision.  Called and returns with
  * m->mu held and m->busy clear; releases the mutex while verifying and
  * while calling on_switch.  run: the calling monitor thread's run (0 for a
- * caller's thread).  Returns 1 when the switch happened; otherwise 0 with
- * the reason in why. */
-static int execute_locked(nc_monitor *m, const nc_fo_decision *d, uint64_t run, char *why, size_t whylen)
+ * caller's thread).  until: the caller's deadline (NC_NO_DEADLINE: none), which
+ * bounds the verification too; a verification it cuts short decides
+ * nothing (no switch, no event: the next look decides again).  Returns 1
+ * when the switch happened; otherwise 0 with the reason in why. */
+static int execute_locked(nc_monitor *m, const nc_fo_decision *d, uint64_t run, char *why, size_t whylen,
+                          double until)
 {
     double t0 = nc_now(), wall = nc_wall();
+    if (t0 >= until) {
+        if (why)
+            text_set(why, whylen, "%s; not switched: no time left before the caller's deadline", d->reason);
+        return 0;
+    }
     double detected = nc_fo_detected_at(m->fo, d);
     int from = d->from, to = d->to;
     int kind = from == to ? NC_EV_RESUMED : d->action == NC_FO_DO_FAILBACK ? NC_EV_FAILBACK : NC_EV_FAILOVER;
@@ -196,10 +218,23 @@ static int execute_locked(nc_monitor *m, const nc_fo_decision *d, uint64_t run, 
     int role = NC_ROLE_UNKNOWN;
     char eb[200];
     eb[0] = '\0';
-    int rc = m->probe(m->probe_arg, to, t0 + m->cfg.failover_timeout, &latency, &role, eb, sizeof eb);
+    double own = t0 + m->cfg.failover_timeout, deadline = earlier(own, until);
+    int rc = m->probe(m->probe_arg, to, deadline, &latency, &role, eb, sizeof eb);
     double now = nc_now();
 
     pthread_mutex_lock(&m->mu);
+    if (cut_short(rc, deadline, own, now)) {
+        nc_fo_decision none = *d;
+        none.action = NC_FO_NONE;   /* back to the state before nc_fo_begin */
+        nc_fo_done(m->fo, &none, now, 0, 0);
+        if (why)
+            text_set(why, whylen, "%s; not switched: endpoint %d was not verified before the caller's deadline",
+                     d->reason, to);
+        m->busy = 0;
+        pthread_cond_broadcast(&m->idle_cv);
+        kick_locked(m);
+        return 0;
+    }
     /* Stopped while verifying: finish the bookkeeping, but the caller of
      * nc_monitor_stop may be tearing down what on_switch uses. */
     int stopped = run && m->run != run;
@@ -240,14 +275,15 @@ static int execute_locked(nc_monitor *m, const nc_fo_decision *d, uint64_t run, 
 /* In a caller's thread while no monitor thread runs: probe the endpoints
  * nothing is known about yet (also_failed: and those whose last report was
  * a failure), each within health_check_timeout, all within
- * failover_timeout.  This is how a passive failure reported before
- * nc_monitor_start finds a target, and how a manual trigger without
- * monitoring sees an endpoint that came back.  With m->mu held, m->busy
- * clear; returns the number probed. */
-static int probe_unknown_locked(nc_monitor *m, int also_failed)
+ * failover_timeout, and all before until (the caller's deadline, NC_NO_DEADLINE
+ * none).  This is how a passive failure reported before nc_monitor_start
+ * finds a target, and how a manual trigger without monitoring sees an
+ * endpoint that came back.  With m->mu held, m->busy clear; returns the
+ * number probed. */
+static int probe_unknown_locked(nc_monitor *m, int also_failed, double until)
 {
     int count = 0;
-    double end = nc_now() + m->cfg.failover_timeout;
+    double own_end = nc_now() + m->cfg.failover_timeout, end = earlier(own_end, until);
     m->busy = 1;
     for (int i = 0; i < m->n; i++) {
         const nc_fo_health *h = nc_fo_health_of(m->fo, i);
@@ -256,9 +292,8 @@ static int probe_unknown_locked(nc_monitor *m, int also_failed)
         double now = nc_now();
         if (now >= end)
             break;
-        double deadline = now + m->cfg.health_check_timeout;
-        if (deadline > end)
-            deadline = end;
+        double own = earlier(now + m->cfg.health_check_timeout, own_end);
+        double deadline = earlier(own, end);
         pthread_mutex_unlock(&m->mu);
         double latency = 0;
         int role = NC_ROLE_UNKNOWN;
@@ -267,6 +302,8 @@ static int probe_unknown_locked(nc_monitor *m, int also_failed)
         int rc = m->probe(m->probe_arg, i, deadline, &latency, &role, eb, sizeof eb);
         now = nc_now();
         pthread_mutex_lock(&m->mu);
+        if (cut_short(rc, deadline, own, now))
+            break;
         if (rc != 0 && !eb[0])
             snprintf(eb, sizeof eb, "probe failed");
         nc_fo_probe(m->fo, i, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
@@ -278,13 +315,14 @@ static int probe_unknown_locked(nc_monitor *m, int also_failed)
 }
 
 /* Ask nc_fo_decide and carry the answer out.  With m->mu held, m->busy
- * clear.  in_caller: in a caller's thread while no monitor thread runs. */
-static void decide_and_act_locked(nc_monitor *m, uint64_t run, int in_caller)
+ * clear.  in_caller: in a caller's thread while no monitor thread runs;
+ * until: that caller's deadline (NC_NO_DEADLINE none). */
+static void decide_and_act_locked(nc_monitor *m, uint64_t run, int in_caller, double until)
 {
     double now = nc_now();
     nc_fo_decision d = nc_fo_decide(m->fo, now);
     if (in_caller && (d.action == NC_FO_NO_TARGET || (d.action == NC_FO_NONE && !nc_fo_current_usable(m->fo))) &&
-        probe_unknown_locked(m, 0) > 0) {
+        probe_unknown_locked(m, 0, until) > 0) {
         now = nc_now();
         d = nc_fo_decide(m->fo, now);
     }
@@ -295,16 +333,17 @@ static void decide_and_act_locked(nc_monitor *m, uint64_t run, int in_caller)
         record_locked(m, kind, &d, 0, nc_wall(), 0, nc_fo_detected_at(m->fo, &d), d.reason);
     }
     if (d.action == NC_FO_DO_FAILOVER || d.action == NC_FO_DO_FAILBACK)
-        execute_locked(m, &d, run, NULL, 0);
+        execute_locked(m, &d, run, NULL, 0, until);
 }
 
 /* In a caller's thread while no monitor thread runs: decide again for
- * reports that came in while another caller was carrying out a switch. */
-static void recheck_locked(nc_monitor *m)
+ * reports that came in while another caller was carrying out a switch
+ * (until: the caller's deadline; past it the next caller decides). */
+static void recheck_locked(nc_monitor *m, double until)
 {
-    for (int k = 0; k < 3 && m->recheck && !m->running && !m->busy; k++) {
+    for (int k = 0; k < 3 && m->recheck && !m->running && !m->busy && nc_now() < until; k++) {
         m->recheck = 0;
-        decide_and_act_locked(m, 0, 1);
+        decide_and_act_locked(m, 0, 1, until);
     }
 }
 
@@ -365,7 +404,7 @@ static void *decide_main(void *varg)
         m->kick = 0;
         if (m->busy)
             continue;   /* whoever is switching kicks us when done */
-        decide_and_act_locked(m, run, 0);
+        decide_and_act_locked(m, run, 0, NC_NO_DEADLINE);
     }
     pthread_mutex_unlock(&m->mu);
     unref(m);
@@ -622,7 +661,7 @@ uint64_t nc_monitor_generation(nc_monitor *m)
     return g;
 }
 
-void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error)
+void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error, double until)
 {
     if (!m || i < 0 || i >= m->n)
         return;
@@ -635,28 +674,31 @@ void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error)
     if (m->running) {
         m->probe_now[i] = 1;
         pthread_cond_broadcast(&m->probe_cv);   /* its probe thread probes at once */
-    } else if (m->busy) {
-        m->recheck = 1;   /* the one carrying out a switch decides again after it */
+    } else if (m->busy || now >= until) {
+        m->recheck = 1;   /* the one carrying out a switch (or the next caller) decides again */
     } else {
         /* No monitor thread: probe it here, then decide and act here
-         * (bounded by health_check_timeout + failover_timeout). */
+         * (bounded by health_check_timeout + failover_timeout, and by the
+         * caller's deadline). */
         m->busy = 1;
         pthread_mutex_unlock(&m->mu);
         double latency = 0;
         int role = NC_ROLE_UNKNOWN;
         char eb[256];
         eb[0] = '\0';
-        int rc = m->probe(m->probe_arg, i, nc_now() + m->cfg.health_check_timeout, &latency, &role, eb,
-                          sizeof eb);
+        double own = now + m->cfg.health_check_timeout, deadline = earlier(own, until);
+        int rc = m->probe(m->probe_arg, i, deadline, &latency, &role, eb, sizeof eb);
         pthread_mutex_lock(&m->mu);
         now = nc_now();
-        if (rc != 0 && !eb[0])
-            snprintf(eb, sizeof eb, "probe failed");
-        nc_fo_probe(m->fo, i, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
+        if (!cut_short(rc, deadline, own, now)) {
+            if (rc != 0 && !eb[0])
+                snprintf(eb, sizeof eb, "probe failed");
+            nc_fo_probe(m->fo, i, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
+        }
         m->busy = 0;
         pthread_cond_broadcast(&m->idle_cv);
         m->recheck = 1;
-        recheck_locked(m);
+        recheck_locked(m, until);
     }
     pthread_mutex_unlock(&m->mu);
 }
@@ -671,20 +713,21 @@ static int finish_manual_unlock(nc_monitor *m, nc_fo_decision *d, nc_error *err)
     } else {
         d->manual = 1;
         char why[256];
-        r = execute_locked(m, d, 0, why, sizeof why);
+        r = execute_locked(m, d, 0, why, sizeof why, NC_NO_DEADLINE);
         if (err)
             text_set(err->message, sizeof err->message, "%s", r ? d->reason : why);
     }
-    recheck_locked(m);
+    recheck_locked(m, NC_NO_DEADLINE);
     pthread_mutex_unlock(&m->mu);
     return r;
 }
 
-/* Take m->mu and wait for a switch in progress (up to failover_timeout). */
-static int lock_idle(nc_monitor *m, nc_error *err)
+/* Take m->mu and wait for a switch in progress (up to failover_timeout,
+ * and until the caller's deadline). */
+static int lock_idle(nc_monitor *m, double until, nc_error *err)
 {
     pthread_mutex_lock(&m->mu);
-    if (wait_idle_locked(m, nc_now() + m->cfg.failover_timeout) < 0) {
+    if (wait_idle_locked(m, earlier(nc_now() + m->cfg.failover_timeout, until)) < 0) {
         pthread_mutex_unlock(&m->mu);
         if (err)
             text_set(err->message, sizeof err->message, "another switch is in progress");
@@ -704,27 +747,27 @@ int nc_monitor_trigger_failover(nc_monitor *m, int target, const char *reason, n
         nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "there is no endpoint %d", target);
         return -1;
     }
-    if (lock_idle(m, err) < 0)
+    if (lock_idle(m, NC_NO_DEADLINE, err) < 0)
         return 0;
     /* Endpoints nothing is known about yet (just started, or no monitor
      * threads) are probed now, so an operator's request is judged on facts;
      * without monitor threads, failed ones are looked at again too. */
-    probe_unknown_locked(m, !m->running);
+    probe_unknown_locked(m, !m->running, NC_NO_DEADLINE);
     nc_fo_decision d = nc_fo_manual_failover(m->fo, nc_now(), target, reason ? reason : "");
     return finish_manual_unlock(m, &d, err);
 }
 
-int nc_monitor_recheck(nc_monitor *m)
+int nc_monitor_recheck(nc_monitor *m, double until)
 {
     if (!m)
         return -1;
     nc_error ignored;
-    if (lock_idle(m, &ignored) < 0)
+    if (lock_idle(m, until, &ignored) < 0)
         return -1;
     if (!m->running)
-        probe_unknown_locked(m, 1);
-    decide_and_act_locked(m, 0, !m->running);
-    recheck_locked(m);
+        probe_unknown_locked(m, 1, until);
+    decide_and_act_locked(m, 0, !m->running, until);
+    recheck_locked(m, until);
     int usable = nc_fo_current_usable(m->fo);
     pthread_mutex_unlock(&m->mu);
     return usable;
@@ -737,9 +780,9 @@ int nc_monitor_trigger_recovery(nc_monitor *m, nc_error *err)
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "no monitor");
         return -1;
     }
-    if (lock_idle(m, err) < 0)
+    if (lock_idle(m, NC_NO_DEADLINE, err) < 0)
         return 0;
-    probe_unknown_locked(m, !m->running);
+    probe_unknown_locked(m, !m->running, NC_NO_DEADLINE);
     nc_fo_decision d = nc_fo_manual_recovery(m->fo, nc_now());
     return finish_manual_unlock(m, &d, err);
 }

@@ -104,8 +104,13 @@ int nc_monitor_running(nc_monitor *m);
 int nc_monitor_current(nc_monitor *m, uint64_t *generation);
 uint64_t nc_monitor_generation(nc_monitor *m);
 
-/* The query path saw endpoint i fail (kind: enum nc_fo_passive_kind). */
-void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error);
+/* The query path saw endpoint i fail (kind: enum nc_fo_passive_kind).
+ * Without monitor threads the report is probed and decided in the calling
+ * thread, before until (the caller's deadline in nc_now() seconds, NC_NO_DEADLINE
+ * for none: then health_check_timeout + failover_timeout bound it).  A
+ * probe or verification cut short by until decides nothing: the next
+ * report or borrow looks again. */
+void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error, double until);
 
 /* trigger_failover / trigger_recovery: decide and carry out in the calling
  * thread (call without the GIL).  1 when a switch happened, 0 when not
@@ -114,9 +119,10 @@ int nc_monitor_trigger_failover(nc_monitor *m, int target, const char *reason, n
 int nc_monitor_trigger_recovery(nc_monitor *m, nc_error *err);
 
 /* Without monitor threads: probe what is unknown or failed, then take the
- * automatic decision (mode respected) in the calling thread.  1 when the
- * current endpoint is usable afterwards, 0 not, -1 busy. */
-int nc_monitor_recheck(nc_monitor *m);
+ * automatic decision (mode respected) in the calling thread, all before
+ * until (as for nc_monitor_passive).  1 when the current endpoint is usable
+ * afterwards, 0 not, -1 busy. */
+int nc_monitor_recheck(nc_monitor *m, double until);
 
 /* Copy events with id > after (oldest first) into out[0..cap); returns the
  * count.  With timeout > 0, waits up to timeout seconds for one to arrive

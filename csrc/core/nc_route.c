@@ -130,8 +130,9 @@ static void ep_failure(void *arg, int failure, const nc_error *err)
     if (!m)
         return;
     int kind = failure == NC_FAIL_READ_ONLY ? NC_FO_PASSIVE_READ_ONLY : NC_FO_PASSIVE_LOST;
-    /* May decide and switch right here when no monitor thread runs. */
-    nc_monitor_passive(m, ep->i, kind, err->message);
+    /* May decide and switch right here when no monitor thread runs (within
+     * the monitor's own bounds: the observer knows no caller's deadline). */
+    nc_monitor_passive(m, ep->i, kind, err->message, NC_NO_DEADLINE);
     nc_route_leave(ep->r);
 }
 
@@ -222,7 +223,15 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the failover manager is shut down");
         return -1;
     }
+    /* One deadline for the whole borrow, and every probe it causes (the
+     * monitor's own bounds, health_check_timeout and failover_timeout, may
+     * be far longer than the caller is prepared to wait). */
     double start = nc_now();
+    if (timeout < 0) {
+        int cur = nc_monitor_current(m, NULL);
+        timeout = nc_pool_config_of(r->pools[cur >= 0 ? cur : 0])->acquire_timeout;
+    }
+    double deadline = start + timeout;
     int resumed = 0, rc;
     for (int attempt = 0;; attempt++) {
         uint64_t gen;
@@ -232,7 +241,7 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
              * (the automatic decision, so MANUAL mode only resumes on the
              * same endpoint). */
             resumed = 1;
-            nc_monitor_recheck(m);
+            nc_monitor_recheck(m, deadline);
             idx = nc_monitor_current(m, &gen);
         }
         if (idx < 0) {
@@ -245,12 +254,9 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
         nc_pool *p = r->pools[idx];
         nc_conn *c;
         uint64_t l;
-        double left = timeout;
-        if (timeout >= 0) {
-            left = timeout - (nc_now() - start);
-            if (left < 0)
-                left = 0;
-        }
+        double left = deadline - nc_now();
+        if (left < 0)
+            left = 0;
         /* The pool's fast path first (an idle connection seen alive in the
          * last few ms: no syscall), as a plain pool's borrow does. */
         int got = nc_pool_try_acquire(p, &c, &l, err);
@@ -262,7 +268,7 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
              * instead. */
             if (attempt < r->n && nc_error_failure(err->code, err->sqlstate) == NC_FAIL_LOST) {
                 uint64_t before = nc_monitor_generation(m);
-                nc_monitor_passive(m, idx, NC_FO_PASSIVE_LOST, err->message);
+                nc_monitor_passive(m, idx, NC_FO_PASSIVE_LOST, err->message, deadline);
                 if (nc_monitor_generation(m) != before || nc_monitor_current(m, NULL) != idx)
                     continue;
             }

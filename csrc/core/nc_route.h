@@ -31,7 +31,8 @@ nc_route *nc_route_new(nc_pool *const *pools, int n, const int *priority, int pr
                        const nc_monitor_config *cfg, nc_error *err);
 
 /* Borrow a connection of the current endpoint, waiting up to timeout
- * seconds in all (< 0: each pool's own acquire timeout).  0: lent, with
+ * seconds in all, probes included (< 0: the current endpoint's pool's
+ * acquire timeout).  0: lent, with
  * *endpoint, *c and *lease (give it back with nc_pool_release on
  * nc_route_pool(r, *endpoint)); -1: err (NC_E_FO_NO_ENDPOINT when no
  * endpoint is usable, the pool's error otherwise, NC_E_POOL_CLOSED after

