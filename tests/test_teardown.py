@@ -15,7 +15,9 @@ import time
 
 import pytest
 
-from noodlecore.database import DatabaseError
+from helpers import sessions, wait_for
+
+from noodlecore.database import DatabaseConnectionPool, DatabaseError
 from noodlecore.database.failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
 
 # Bounds on deadlines are correctness bounds, with slack for a loaded 2-core
@@ -91,3 +93,37 @@ def test_failover_borrow_without_timeout_keeps_the_pool_timeout(refused_port, si
         assert took < 0.5 + SLACK, "get_connection() with pool_timeout=0.5 took %.2f s" % took
     finally:
         m.shutdown()
+
+
+# ---------------------------------------------------------------------------
+# point 10: a connection the janitor opens after shutdown() is closed
+# ---------------------------------------------------------------------------
+
+def proxied_dsn(node, proxy, app, **extra):
+    q = "&".join("%s=%s" % kv for kv in dict(application_name=app, **extra).items())
+    return "postgresql://%s@127.0.0.1:%d/%s?%s" % (node.user, proxy.port, node.dbname, q)
+
+
+def test_janitor_connection_opened_after_shutdown_is_closed(pg, pg_factory, app):
+    """The janitor is connecting (held by a blackholed proxy) when shutdown()
+    gives up waiting for it; when the connect completes, the connection is
+    closed, not parked idle in the closed pool (on the old code it stayed
+    open, server session and all, for as long as the pool object lived)."""
+    px = pg_factory.proxy(pg)
+    px.blackhole(True)
+    pool = DatabaseConnectionPool(proxied_dsn(pg, px, app, connect_timeout=30), min_connections=1,
+                                  max_connections=2)
+    try:
+        wait_for(lambda: px.active_connections >= 1, 10, what="the janitor's connect to reach the proxy")
+        pool.shutdown(timeout=0)
+        px.blackhole(False)   # the held connect now completes
+
+        def settled():
+            st = pool.get_stats()
+            return st.connections_opened >= 1 and st.connections_closed == st.connections_opened
+        wait_for(settled, 10, what="the late connection to be closed (stats %s)" % (pool.get_stats(),))
+        st = pool.get_stats()
+        assert st.idle_connections == 0 and st.total_connections == 0, st
+        wait_for(lambda: not sessions(pg, app), 10, what="its server session to end")
+    finally:
+        pool.shutdown(timeout=0)

@@ -23,6 +23,26 @@ static int needs_janitor(const nc_pool_config *c)
     return c->validate || c->min_connections > 0 || c->idle_timeout > 0 || c->max_lifetime > 0;
 }
 
+/* Put a connection the janitor opened or checked (state OPENING or
+ * CHECKING) back: idle, or closed when the pool was shut down meanwhile
+ * (shutdown closed the idle ones before we got here, and nothing else ever
+ * would).  Called with mu held; returns with it released. */
+static void park_unlock(nc_pool *p, nc_conn *c)
+{
+    if (!p->closed) {
+        nc_pool_put_idle_locked(p, c);
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
+    void *raw = c->raw;
+    pthread_mutex_unlock(&p->mu);
+    p->ops->close(p->ctx, raw);
+    pthread_mutex_lock(&p->mu);
+    p->closed_count++;
+    nc_pool_slot_free_locked(p, c);   /* wakes a shutdown waiting for busy slots */
+    pthread_mutex_unlock(&p->mu);
+}
+
 /* Open connections until min_connections are there.  Called without mu. */
 static void fill_to_min(nc_pool *p, int replacing)
 {
@@ -50,8 +70,7 @@ static void fill_to_min(nc_pool *p, int replacing)
         nc_pool_slot_fill_locked(p, c, raw);
         if (replacing)
             p->replaced++;
-        nc_pool_put_idle_locked(p, c);
-        pthread_mutex_unlock(&p->mu);
+        park_unlock(p, c);
     }
 }
 
@@ -94,8 +113,7 @@ static void check_idle(nc_pool *p, int validate_round)
             pthread_mutex_lock(&p->mu);
             c->last_checked = nc_now();
             /* Pinging is not use: keep last_used so idle_timeout still applies. */
-            nc_pool_put_idle_locked(p, c);
-            pthread_mutex_unlock(&p->mu);
+            park_unlock(p, c);
             continue;
         }
         p->ops->close(p->ctx, c->raw);
@@ -117,11 +135,11 @@ static void check_idle(nc_pool *p, int validate_round)
                 if (raw) {
                     nc_pool_slot_fill_locked(p, r, raw);
                     p->replaced++;
-                    nc_pool_put_idle_locked(p, r);
+                    park_unlock(p, r);
                 } else {
                     nc_pool_slot_free_locked(p, r);
+                    pthread_mutex_unlock(&p->mu);
                 }
-                pthread_mutex_unlock(&p->mu);
             }
         } else {
             pthread_mutex_unlock(&p->mu);

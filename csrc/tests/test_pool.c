@@ -56,6 +56,8 @@ typedef struct fake {
     int connect_fail_next;   /* fail this many connects, then succeed */
     int connect_fail_always;
     double connect_delay;    /* seconds (written before the pool runs) */
+    int *connect_gate;       /* when set: a connect waits until *gate != 0, whatever its deadline */
+    int connecting;          /* connects in progress */
     int ping_fail_all;
     int forced_return_state; /* 0: from in_txn; -1 or 1 forced */
     int reset_fail;
@@ -75,6 +77,10 @@ static void *f_connect(void *ctx, double deadline, nc_error *err)
 {
     fake *f = ctx;
     INC(f->connect_calls);
+    INC(f->connecting);
+    while (f->connect_gate && !LD(*f->connect_gate))
+        sleep_s(0.001);
+    DEC(f->connecting);
     double delay = f->connect_delay;
     if (delay > 0) {
         double now = nc_now();
@@ -986,6 +992,35 @@ static void test_janitor_min(void)
     nc_pool_free(p);
 }
 
+/* The janitor finishes a connect after shutdown() gave up waiting for it:
+ * the new connection is closed, not parked idle in the closed pool (where
+ * nothing would ever close it). */
+static void test_janitor_connect_after_shutdown(void)
+{
+    int gate = 0;
+    fake f = {0};
+    f.connect_gate = &gate;
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    cfg.min_connections = 1;
+    nc_pool *p = mkpool(&cfg, &f);
+    double end = nc_now() + 2.0 + SLACK;
+    while (LD(f.connecting) == 0 && nc_now() < end)
+        sleep_s(0.001);
+    CHECK(LD(f.connecting) == 1, "the janitor is connecting");
+    nc_pool_shutdown(p, 0);   /* waits 0.1 s for the janitor, then leaves it */
+    ST(gate, 1);
+    end = nc_now() + 2.0 + SLACK;
+    while ((LD(f.connects) == 0 || LD(f.closes) < LD(f.connects)) && nc_now() < end)
+        sleep_s(0.001);
+    nc_pool_stats s = stats(p);
+    CHECK(LD(f.connects) == 1 && LD(f.closes) == 1, "connects %d closes %d: the late connection must be closed",
+          LD(f.connects), LD(f.closes));
+    CHECK(s.idle == 0 && s.total == 0 && s.opened == s.closed, "idle %d total %d opened %llu closed %llu", s.idle,
+          s.total, (unsigned long long)s.opened, (unsigned long long)s.closed);
+    nc_pool_free(p);
+}
+
 static void test_idle_timeout(void)
 {
     fake f = {0};
@@ -1691,6 +1726,7 @@ int main(void)
         {"connect_retry", test_connect_retry},
         {"retry_deadline", test_retry_deadline},
         {"janitor_min", test_janitor_min},
+        {"janitor_connect_after_shutdown", test_janitor_connect_after_shutdown},
         {"idle_timeout", test_idle_timeout},
         {"max_lifetime", test_max_lifetime},
         {"lifetime_jitter", test_lifetime_jitter},
