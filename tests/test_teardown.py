@@ -10,12 +10,14 @@ socket nobody accepts on; slow connects go through the fault proxy
 proxy's state, never with sleeps."""
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from helpers import sessions, wait_for
+from helpers import sessions, subprocess_env, wait_for
 
 from noodlecore.database import DatabaseConnectionPool, DatabaseError
 from noodlecore.database.failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
@@ -127,3 +129,58 @@ def test_janitor_connection_opened_after_shutdown_is_closed(pg, pg_factory, app)
         wait_for(lambda: not sessions(pg, app), 10, what="its server session to end")
     finally:
         pool.shutdown(timeout=0)
+
+
+# ---------------------------------------------------------------------------
+# point 12: the exit hook stops failover monitors
+# ---------------------------------------------------------------------------
+
+# The checker is registered with atexit before noodlecore is imported, so it
+# runs after noodlecore's exit hook (atexit runs last-registered first).
+EXIT_PROGRAM = r"""
+import atexit, socket, sys, threading, time
+def after_hook():
+    sys.stdout.write("MONITORING-AFTER-HOOK %s\n" % m.monitoring)
+    sys.stdout.flush()
+atexit.register(after_hook)
+from noodlecore.database.failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
+
+silent = socket.socket(); silent.bind(("127.0.0.1", 0)); silent.listen(16); silent.settimeout(30)
+stuck = threading.Event()
+class Backend:
+    def execute_query(self, sql, params=None):
+        stuck.set()
+        threading.Event().wait()   # a health check that never returns
+def ep(eid, prio):
+    cs = "postgresql://u@127.0.0.1:%d/db" % silent.getsockname()[1] if KIND == "pg" else eid
+    return DatabaseEndpoint(id=eid, name=eid, connection_string=cs, priority=prio, is_primary=prio == 1)
+m = DatabaseFailoverManager([ep("a", 1), ep("b", 2)],
+                            backend_factory=None if KIND == "pg" else (lambda cs: Backend()),
+                            config=FailoverConfig(health_check_interval=0.05, health_check_timeout=30,
+                                                  failover_timeout=30))
+m.start_monitoring()
+if KIND == "pg":
+    silent.accept()   # a probe is connecting: it waits for an answer that never comes
+else:
+    stuck.wait(30)
+assert m.monitoring
+sys.stdout.write("MAIN-DONE %f\n" % time.time()); sys.stdout.flush()
+"""
+
+
+@pytest.mark.parametrize("kind", ["pg", "python"])
+def test_exit_hook_stops_failover_monitors(kind):
+    """A program exiting with a live, monitoring DatabaseFailoverManager
+    (one of its probes stuck for good) exits at once, with status 0 and
+    nothing on stderr, and its monitor is stopped by the exit hook (on the
+    old code it kept running through the interpreter's finalization)."""
+    proc = subprocess.run([sys.executable, "-c", "KIND = %r\n" % kind + EXIT_PROGRAM], capture_output=True,
+                          text=True, timeout=60, env=subprocess_env(), cwd="/")
+    end = time.time()
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+    lines = proc.stdout.splitlines()
+    done = [float(line.split()[1]) for line in lines if line.startswith("MAIN-DONE")]
+    assert done, proc.stdout
+    assert "MONITORING-AFTER-HOOK False" in lines, proc.stdout
+    assert end - done[0] < 2.0 + SLACK, "exit took %.2f s" % (end - done[0])

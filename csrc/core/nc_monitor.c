@@ -569,6 +569,11 @@ int nc_monitor_start(nc_monitor *m, nc_error *err)
 
 void nc_monitor_stop(nc_monitor *m)
 {
+    nc_monitor_stop_within(m, -1);
+}
+
+void nc_monitor_stop_within(nc_monitor *m, double max_wait)
+{
     if (!m)
         return;
     pthread_mutex_lock(&m->mu);
@@ -587,7 +592,7 @@ void nc_monitor_stop(nc_monitor *m)
     pthread_cond_broadcast(&m->probe_cv);
     pthread_cond_broadcast(&m->decide_cv);
     pthread_cond_broadcast(&m->event_cv);
-    double bound = m->cfg.health_check_timeout + 0.5;
+    double bound = max_wait >= 0 ? max_wait : m->cfg.health_check_timeout + 0.5;
     pthread_mutex_unlock(&m->mu);
 
     /* pthread_timedjoin_np takes a CLOCK_REALTIME time; one bound for all. */
@@ -605,12 +610,17 @@ void nc_monitor_stop(nc_monitor *m)
 
 void nc_monitor_close(nc_monitor *m)
 {
+    nc_monitor_close_within(m, -1);
+}
+
+void nc_monitor_close_within(nc_monitor *m, double max_wait)
+{
     if (!m)
         return;
     pthread_mutex_lock(&m->mu);
     m->closed = 1;
     pthread_mutex_unlock(&m->mu);
-    nc_monitor_stop(m);
+    nc_monitor_stop_within(m, max_wait);
 }
 
 void nc_monitor_free(nc_monitor *m)

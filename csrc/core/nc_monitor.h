@@ -93,9 +93,14 @@ int nc_monitor_start(nc_monitor *m, nc_error *err);
 /* Stop and join the threads (bounded: a probe stuck past its deadline is
  * left to finish; the monitor is freed by whoever is last). */
 void nc_monitor_stop(nc_monitor *m);
+/* The same, joining for at most max_wait seconds (< 0: health_check_timeout
+ * + 0.5, nc_monitor_stop's bound): the interpreter's exit waits no longer
+ * for a probe stuck in a connect.  A thread not joined owns what it uses. */
+void nc_monitor_stop_within(nc_monitor *m, double max_wait);
 /* Stop for good: nc_monitor_stop, and a later nc_monitor_start fails (a
  * start racing the owner's close can no longer leave threads behind). */
 void nc_monitor_close(nc_monitor *m);
+void nc_monitor_close_within(nc_monitor *m, double max_wait);
 void nc_monitor_free(nc_monitor *m);
 int nc_monitor_running(nc_monitor *m);
 

@@ -302,6 +302,11 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
 
 void nc_route_close(nc_route *r)
 {
+    nc_route_close_within(r, -1);
+}
+
+void nc_route_close_within(nc_route *r, double max_wait)
+{
     if (!r)
         return;
     pthread_mutex_lock(&r->mu);
@@ -314,7 +319,7 @@ void nc_route_close(nc_route *r)
         nc_pool_set_observer(r->pools[i], NULL, NULL);
     /* Safe while calls are inside it (bounded); a start still inside one
      * fails from here on, so no thread outlives the close. */
-    nc_monitor_close(r->mon);
+    nc_monitor_close_within(r->mon, max_wait);
     /* The probe connections go now (a probe still running closes its own as
      * it ends); the probers stay until the route's memory goes. */
     for (int i = 0; i < r->n; i++)

@@ -54,6 +54,9 @@ void nc_route_leave(nc_route *r);
  * pools; later calls fail with NC_E_POOL_CLOSED (nc_route_enter: NULL).  The
  * pools stay the owner's to shut down.  Idempotent. */
 void nc_route_close(nc_route *r);
+/* The same, joining the monitor threads for at most max_wait seconds (< 0:
+ * as nc_monitor_stop); the interpreter's exit hook uses a short one. */
+void nc_route_close_within(nc_route *r, double max_wait);
 
 /* nc_route_close, and the owner lets go: r must not be used afterwards. */
 void nc_route_free(nc_route *r);

@@ -18,7 +18,62 @@ typedef struct NpyFailover {
     PyObject_HEAD
     nc_route *route;
     PyObject *pools;            /* tuple of Pool, index = endpoint (a copy: the caller's list may change) */
+    struct NpyFailover *reg_next, *reg_prev;   /* the registry the exit hook closes (with the GIL) */
+    int registered;
 } NpyFailover;
+
+/* ---- registry of live monitors, for the exit hook (touched with the GIL) ---- */
+
+static NpyFailover *registry;
+
+static void registry_add(NpyFailover *f)
+{
+    f->reg_next = registry;
+    f->reg_prev = NULL;
+    if (registry)
+        registry->reg_prev = f;
+    registry = f;
+    f->registered = 1;
+}
+
+static void registry_remove(NpyFailover *f)
+{
+    if (!f->registered)
+        return;
+    if (f->reg_prev)
+        f->reg_prev->reg_next = f->reg_next;
+    else
+        registry = f->reg_next;
+    if (f->reg_next)
+        f->reg_next->reg_prev = f->reg_prev;
+    f->registered = 0;
+}
+
+void npy_failovers_close_all(double max_wait)
+{
+    Py_ssize_t n = 0;
+    for (NpyFailover *f = registry; f; f = f->reg_next)
+        n++;
+    if (n == 0)
+        return;
+    NpyFailover **all = PyMem_Calloc((size_t)n, sizeof *all);
+    if (!all)
+        return;
+    Py_ssize_t i = 0;
+    for (NpyFailover *f = registry; f && i < n; f = f->reg_next)
+        all[i++] = (NpyFailover *)Py_NewRef((PyObject *)f);
+    for (Py_ssize_t k = 0; k < i; k++) {
+        nc_route *r = all[k]->route;
+        if (r) {
+            Py_BEGIN_ALLOW_THREADS
+            nc_route_close_within(r, max_wait);
+            Py_END_ALLOW_THREADS
+        }
+    }
+    for (Py_ssize_t k = 0; k < i; k++)
+        Py_DECREF(all[k]);
+    PyMem_Free(all);
+}
 
 /* ---- options ---------------------------------------------------------------- */
 
@@ -143,11 +198,13 @@ static int fo_init(NpyFailover *self, PyObject *args, PyObject *kwds)
     }
     self->route = r;
     Py_XSETREF(self->pools, copy);
+    registry_add(self);
     return 0;
 }
 
 static void fo_dealloc(NpyFailover *self)
 {
+    registry_remove(self);
     if (self->route) {
         nc_route *r = self->route;
         self->route = NULL;

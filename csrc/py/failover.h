@@ -12,4 +12,10 @@ extern PyTypeObject NpyFailover_Type;
  * and roles, from the core's tables. */
 int npy_failover_add_constants(PyObject *module);
 
+/* The exit hook: close every live FailoverMonitor's route (its monitor
+ * threads stopped, joined for at most max_wait seconds each; a probe stuck
+ * longer is left to finish on its own, owning what it uses).  With the GIL;
+ * releases it while waiting. */
+void npy_failovers_close_all(double max_wait);
+
 #endif

@@ -1,6 +1,6 @@
 /* module.c - noodlecore._native: module init, the module functions, the
  * core's tables as constants, and the interpreter-exit hook that stops every
- * pool's native threads before Python finalizes.
+ * failover monitor's and pool's native threads before Python finalizes.
  *
  * The root of the binding: it includes every type; nothing includes it.
  */
@@ -69,9 +69,12 @@ static PyObject *atexit_hook(PyObject *mod, PyObject *unused)
 {
     (void)mod;
     (void)unused;
-    /* Stop every pool's threads and close idle connections while Python is
-     * still whole; borrowed connections are left to the process exit (their
-     * threads may still be inside a statement). */
+    /* Stop every failover monitor's threads (waiting a moment at most for a
+     * probe in progress: one stuck in a connect is left to the process exit,
+     * owning what it uses), then every pool's, and close idle connections
+     * while Python is still whole; borrowed connections are left to the
+     * process exit (their threads may still be inside a statement). */
+    npy_failovers_close_all(0.2);
     npy_pools_shutdown_all();
     npy_set_python_gone();
     Py_RETURN_NONE;
@@ -206,7 +209,7 @@ static PyMethodDef module_methods[] = {
      "error_facts(code, sqlstate=None) -> (connection_failure, not_applied) by the core's tables."},
     {"error_class", error_class, METH_VARARGS,
      "error_class(code, kind=0, sqlstate=None) -> the name of the exception class of such an error."},
-    {"_atexit", atexit_hook, METH_NOARGS, "Shut down every pool before the interpreter exits (internal)."},
+    {"_atexit", atexit_hook, METH_NOARGS, "Stop every failover monitor and shut down every pool before the interpreter exits (internal)."},
     {"translate", translate, METH_VARARGS,
      "translate(sql, dialect=DIALECT_PG) -> (sql, style, nslots, names): the placeholder rewrite."},
     {"sql_is_plain_select", sql_is_plain_select, METH_O,
@@ -255,8 +258,8 @@ PyMODINIT_FUNC PyInit__native(void)
         Py_DECREF(m);
         return NULL;
     }
-    /* Stop the pools' native threads before the interpreter finalizes,
-     * however the module was imported. */
+    /* Stop the monitors' and pools' native threads before the interpreter
+     * finalizes, however the module was imported. */
     PyObject *hook = PyObject_GetAttrString(m, "_atexit");
     PyObject *atexit = hook ? PyImport_ImportModule("atexit") : NULL;
     PyObject *r = atexit ? PyObject_CallMethod(atexit, "register", "O", hook) : NULL;
