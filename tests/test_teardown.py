@@ -184,3 +184,54 @@ def test_exit_hook_stops_failover_monitors(kind):
     assert done, proc.stdout
     assert "MONITORING-AFTER-HOOK False" in lines, proc.stdout
     assert end - done[0] < 2.0 + SLACK, "exit took %.2f s" % (end - done[0])
+
+
+# ---------------------------------------------------------------------------
+# point 12: closing a connection never holds the GIL
+# ---------------------------------------------------------------------------
+
+def test_close_on_return_releases_the_gil(tmp_path):
+    """A connection given back to a shut-down pool is closed on the spot:
+    for the last connection of a SQLite database in WAL mode that is a
+    checkpoint of the whole WAL (disk I/O, tenths of a second here).  Another
+    Python thread keeps running meanwhile: the longest stretch in which it
+    could not run is a small part of the close (on the old code the close
+    held the GIL and that stretch was all of it)."""
+    path = tmp_path / "wal.db"
+    pool = DatabaseConnectionPool("sqlite:///%s" % path, max_connections=1)
+    c = pool.acquire()
+    c.execute_query("PRAGMA journal_mode=WAL")
+    c.execute_query("PRAGMA wal_autocheckpoint=0")   # everything stays in the WAL until the close
+    c.execute_query("CREATE TABLE t (b BLOB)")
+    for _ in range(48):
+        c.execute_query("INSERT INTO t VALUES (randomblob(1000000))")
+    wal = tmp_path / "wal.db-wal"
+    assert wal.stat().st_size > 40e6
+    pool.shutdown(timeout=0)   # c is still borrowed: it is closed when it comes back
+
+    ticks = []
+    started, stop = threading.Event(), threading.Event()
+
+    def ticker():
+        started.set()
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    th = threading.Thread(target=ticker)
+    th.start()
+    try:
+        started.wait(10)
+        t0 = time.monotonic()
+        c.release()
+        t1 = time.monotonic()
+    finally:
+        stop.set()
+        th.join()
+        sys.setswitchinterval(old)
+    assert not wal.exists(), "the close did not checkpoint the WAL"
+    marks = [t0] + [t for t in ticks if t0 < t < t1] + [t1]
+    longest = max(b - a for a, b in zip(marks, marks[1:]))
+    assert longest < 0.5 * (t1 - t0), \
+        "the other thread could not run for %.3f s of a %.3f s close: the GIL was held" % (longest, t1 - t0)

@@ -585,9 +585,20 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
 
 /* ---- returning --------------------------------------------------------- */
 
-int nc_pool_release_blocks(nc_pool *p, nc_conn *c)
+int nc_pool_release_quick(nc_pool *p, nc_conn *c)
 {
-    return p->ops->return_state(p->ctx, c->raw) == 1;
+    if (p->ops->return_state(p->ctx, c->raw) != 0)
+        return 0;
+    double now = nc_now();
+    lock(p);
+    int quick = !p->closed && now < c->expires;
+    if (quick) {
+        c->lease++;   /* the borrower's handle is dead from here on */
+        c->last_used = now;
+        nc_pool_put_idle_locked(p, c);
+    }
+    unlock(p);
+    return quick;
 }
 
 int nc_pool_lease_valid(nc_pool *p, nc_conn *c, uint64_t lease)

@@ -8,7 +8,7 @@
  * the connection lent to the next caller.  Slots live as long as the pool.
  *
  * Threads: every function may be called from any thread.  nc_pool_acquire,
- * nc_pool_release (when nc_pool_release_blocks says so) and nc_pool_shutdown
+ * nc_pool_release (unless nc_pool_release_quick did it) and nc_pool_shutdown
  * may wait: the binding layer calls them with the GIL released.
  */
 #ifndef NC_POOL_H
@@ -81,8 +81,13 @@ int nc_pool_try_acquire(nc_pool *p, nc_conn **out, uint64_t *lease, nc_error *er
  * (message says how many are in use and how many wait), NC_E_NEW_FAILED ... */
 int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, nc_error *err);
 
-/* 1 when nc_pool_release(p, c, 0) may do I/O (roll back), else 0. */
-int nc_pool_release_blocks(nc_pool *p, nc_conn *c);
+/* Give c back if that needs no I/O: 1 done (idle again or handed to a
+ * waiter); 0 nothing done, because it must be rolled back or closed (an open
+ * transaction, broken, past its lifetime, the pool shut down or drained):
+ * then call nc_pool_release, which may wait (from the binding without the
+ * GIL).  Decided under the pool mutex, so a shutdown racing it cannot make
+ * it close anything. */
+int nc_pool_release_quick(nc_pool *p, nc_conn *c);
 
 /* Give c back.  discard != 0 closes it instead (broken, or the caller knows
  * better).  An open transaction is rolled back; a failing rollback discards. */

@@ -69,15 +69,16 @@ void npy_connection_release(NpyConnection *self, int discard)
     nc_conn *c = self->c;
     if (!p || !c || !nc_pool_lease_valid(p, c, self->lease))
         return;
-    /* Rolling back or closing is I/O: not with the GIL held.  A clean
-     * return is a few instructions under the pool mutex.  (A Python
-     * backend's ops take the GIL themselves: keep it.) */
-    if (self->ps->kind != NPY_BACKEND_PY && (discard || nc_pool_release_blocks(p, c))) {
+    /* Rolling back or closing (PQfinish, a SQLite checkpoint) is I/O: not
+     * with the GIL held.  A clean return is a few instructions under the
+     * pool mutex; nc_pool_release_quick does only that or nothing.  (A
+     * Python backend's ops take the GIL themselves: keep it.) */
+    if (self->ps->kind == NPY_BACKEND_PY) {
+        nc_pool_release(p, c, discard);
+    } else if (discard || !nc_pool_release_quick(p, c)) {
         Py_BEGIN_ALLOW_THREADS
         nc_pool_release(p, c, discard);
         Py_END_ALLOW_THREADS
-    } else {
-        nc_pool_release(p, c, discard);
     }
 }
 

@@ -333,11 +333,14 @@ static PyObject *pool_shutdown(NpyPool *self, PyObject *args, PyObject *kwds)
         return NULL;
     if (timeout < 0)
         timeout = 5.0;
-    if (self->prober)
-        nc_prober_close(self->prober);   /* never waits: a running probe closes its own */
     int left;
     nc_pool *p = self->s.pool;
+    nc_prober *pr = self->prober;
     Py_BEGIN_ALLOW_THREADS
+    /* Closing the probe connection is I/O too (never a wait for a running
+     * probe: that one closes its own). */
+    if (pr)
+        nc_prober_close(pr);
     left = nc_pool_shutdown(p, timeout);
     Py_END_ALLOW_THREADS
     return PyLong_FromLong(left);

@@ -670,9 +670,10 @@ static void test_return_state(void)
 
     CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
     uint64_t serial = a->serial;
-    CHECK(nc_pool_release_blocks(p, a) == 0, "clean connection said to block");
+    CHECK(nc_pool_release_quick(p, a) == 1 && stats(p).idle == 1, "a clean connection goes back at once");
+    CHECK(get(p, 1, &a, &la, &err) == 0 && a->serial == serial, "%s", err.message);
     ST(raw(a)->in_txn, 1);
-    CHECK(nc_pool_release_blocks(p, a) == 1, "open transaction not said to block");
+    CHECK(nc_pool_release_quick(p, a) == 0 && stats(p).active == 1, "an open transaction is not given back quick");
     nc_pool_release(p, a, 0);
     CHECK(f.resets == 1, "resets %d", f.resets);
     nc_pool_stats s = stats(p);
@@ -692,7 +693,7 @@ static void test_return_state(void)
     /* return_state -1 (broken) discards without a reset */
     CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
     ST(f.forced_return_state, -1);
-    CHECK(nc_pool_release_blocks(p, a) == 0, "broken connection said to block");
+    CHECK(nc_pool_release_quick(p, a) == 0 && f.closes == 1, "a broken connection is not closed quick");
     nc_pool_release(p, a, 0);
     ST(f.forced_return_state, 0);
     s = stats(p);
