@@ -9,6 +9,7 @@ saw; the assertions are here.
 """
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,12 @@ from figures import record_figure
 from helpers import subprocess_env
 
 ROW = "fork with pools, managers and borrowed connections"
+
+# A child's exit status when all went well.  In the ASan stage of tests/run.sh
+# a child that exits through Python reports CPython's own leaks of the
+# parent's thread states (LeakSanitizer's exit status 99); that stage's
+# sanitizer_report.py fails on any leak with a frame of ours.
+CHILD_OK = {0, 99} if os.environ.get("NOODLE_SANITIZER") else {0}
 
 PRELUDE = """
 import json, os, sys, time, warnings
@@ -125,7 +132,7 @@ report(status=status, commit=commit, rows=rows, parent_pid=parent_pid, child=jso
        validation_failures=st.validation_failures, replaced=st.connections_replaced)
 """
     res, _ = run(code)
-    assert res["status"] == 0
+    assert res["status"] in CHILD_OK, res
     assert res["commit"] == "ok", res
     assert {"v": 1, "note": "parent", "pid": res["parent_pid"]} in res["rows"], res
     # the parent's idle connection was not terminated by the child either
@@ -166,7 +173,7 @@ with pool.get_connection() as c:
 report(status=status, rows=rows, opened=pool.get_stats().connections_opened)
 """
     res, _ = run(code)
-    assert res["status"] == 0, "the child saw the parent's uncommitted row (same handle)"
+    assert res["status"] in CHILD_OK, "the child saw the parent's uncommitted row (same handle)"
     assert res["rows"] == [{"v": 1, "who": "parent"}]
     assert res["opened"] == 1
 
@@ -306,7 +313,7 @@ report(status=status, child_seconds=child_seconds, parent_current=m.current_endp
 m.shutdown()
 """
     res, _ = run(code, timeout=45)
-    assert res["status"] == 0, res
+    assert res["status"] in CHILD_OK, res
     assert res["parent_current"] == "b"
     record_figure(ROW, "fork during a switch whose probe holds the prober lock: child switched, borrowed "
                        "and shut down in %.2f s (no deadlock)" % res["child_seconds"])
