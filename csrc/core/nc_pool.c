@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #endif
 #include "nc_pool_internal.h"
+#include "nc_fork.h"
 #include "nc_time.h"
 
 #include <errno.h>
@@ -76,6 +77,7 @@ nc_pool *nc_pool_new(const nc_pool_config *cfg, const nc_backend_ops *ops, void 
     p->idle_top = -1;
     p->rng = (unsigned)((uintptr_t)p ^ (unsigned)(nc_now() * 1e6));
     p->refs = 1;
+    p->fork_gen = nc_fork_generation();
     for (int i = 0; i < cfg->max_connections; i++) {
         slots[i].index = i;
         slots[i].next_idle = -1;

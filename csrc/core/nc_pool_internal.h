@@ -51,6 +51,10 @@ struct nc_pool {
     const nc_pool_observer *observer;
     void *observer_arg;
 
+    /* the fork generation it was made in (nc_fork.h): in a later one the
+     * pool is inherited from a parent process and must not be touched */
+    uint64_t fork_gen;
+
     /* stats, under mu */
     uint64_t acquires, acquire_timeouts, opened, closed_count, replaced;
     uint64_t connect_failures, validation_failures;

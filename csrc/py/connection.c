@@ -11,10 +11,25 @@
 #include "pybackend.h"
 #include "sqlite_exec.h"
 #include "transaction.h"
+#include "../core/nc_fork.h"
 #include "../core/nc_time.h"
+
+/* Borrowed in another process, before a fork(): the connection is the
+ * parent's session.  Never touched here (no lease check, which would lock
+ * the inherited pool's mutex; no rollback, no close). */
+static int inherited(const NpyConnection *self)
+{
+    return self->fork_gen != nc_fork_generation();
+}
 
 static int check_live(NpyConnection *self)
 {
+    if (!self->released && inherited(self)) {
+        npy_raise(NC_E_RELEASED, NC_K_INTERFACE, NULL,
+                 "this connection was borrowed before fork() and belongs to the parent process; "
+                 "borrow a new one in this process");
+        return -1;
+    }
     if (self->released || !self->ps->pool || !nc_pool_lease_valid(self->ps->pool, self->c, self->lease)) {
         npy_raise(NC_E_RELEASED, NC_K_INTERFACE, NULL,
                  "this connection was returned to the pool; borrow a new one");
@@ -65,6 +80,8 @@ void npy_connection_release(NpyConnection *self, int discard)
     }
     self->released = 1;
     self->in_txn = 0;
+    if (inherited(self))
+        return;   /* the parent's: abandoned as it is */
     nc_pool *p = self->ps ? self->ps->pool : NULL;
     nc_conn *c = self->c;
     if (!p || !c || !nc_pool_lease_valid(p, c, self->lease))
@@ -84,6 +101,29 @@ void npy_connection_release(NpyConnection *self, int discard)
 
 /* ---- borrowing ------------------------------------------------------------- */
 
+int npy_settings_fresh(npy_pool_settings *ps)
+{
+    uint64_t gen = nc_fork_generation();
+    if (!ps->pool || ps->fork_gen == gen)
+        return 0;
+    /* With the GIL held: one thread respawns, the others see it done.
+     * nc_pool_respawn only starts the new pool's janitor: nothing waits. */
+    nc_error err;
+    nc_pool *p = nc_pool_respawn(ps->pool, &err);
+    ps->pool = p;
+    ps->fork_gen = gen;
+    if (!p) {
+        npy_raise_error(&err);
+        return -1;
+    }
+    return 0;
+}
+
+int npy_settings_inherited(const npy_pool_settings *ps)
+{
+    return ps->pool && ps->fork_gen != nc_fork_generation();
+}
+
 NpyConnection *npy_connection_alloc(void)
 {
     NpyConnection *conn = PyObject_New(NpyConnection, &NpyConnection_Type);
@@ -93,6 +133,7 @@ NpyConnection *npy_connection_alloc(void)
     conn->ps = NULL;
     conn->c = NULL;
     conn->lease = 0;
+    conn->fork_gen = 0;
     conn->released = 1;
     conn->in_txn = 0;
     conn->busy = 0;
@@ -108,12 +149,16 @@ void npy_connection_attach(NpyConnection *conn, PyObject *owner, const npy_pool_
     conn->ps = ps;
     conn->c = c;
     conn->lease = lease;
+    conn->fork_gen = nc_fork_generation();
     conn->released = 0;
     conn->row_tuple = ps->row_tuple;
 }
 
 NpyConnection *npy_connection_lend(PyObject *owner, const npy_pool_settings *ps, double timeout)
 {
+    /* ps lives in the Pool object, which is ours to update (with the GIL). */
+    if (npy_settings_fresh((npy_pool_settings *)ps) < 0)
+        return NULL;
     if (!ps->pool)
         return (NpyConnection *)npy_raise(NC_E_POOL, NC_K_INTERFACE, NULL, "the pool was not initialised");
     /* Made first: once a connection is borrowed nothing may fail. */
@@ -488,7 +533,7 @@ static PyObject *conn_exit(NpyConnection *self, PyObject *const *args, Py_ssize_
 static PyObject *conn_get_valid(NpyConnection *self, void *c)
 {
     (void)c;
-    return PyBool_FromLong(!self->released && self->ps->pool &&
+    return PyBool_FromLong(!self->released && !inherited(self) && self->ps->pool &&
                            nc_pool_lease_valid(self->ps->pool, self->c, self->lease));
 }
 
@@ -534,7 +579,8 @@ static PyObject *conn_get_serial(NpyConnection *self, void *c)
 
 static PyObject *conn_repr(NpyConnection *self)
 {
-    int live = !self->released && self->ps->pool && nc_pool_lease_valid(self->ps->pool, self->c, self->lease);
+    int live = !self->released && !inherited(self) && self->ps->pool &&
+               nc_pool_lease_valid(self->ps->pool, self->c, self->lease);
     return PyUnicode_FromFormat("<PooledConnection %U %s>", self->ps->display, live ? "borrowed" : "returned");
 }
 

@@ -24,6 +24,7 @@ typedef struct npy_pool_settings {
     double query_timeout;   /* seconds, < 0 none */
     double busy_wait;       /* SQLite: how long to wait on a lock without a query timeout */
     PyObject *display;      /* where it connects, no password (owned by the Pool) */
+    uint64_t fork_gen;      /* the fork generation pool was made in (nc_fork.h) */
 } npy_pool_settings;
 
 typedef struct NpyConnection {
@@ -32,6 +33,7 @@ typedef struct NpyConnection {
     const npy_pool_settings *ps;
     nc_conn *c;
     uint64_t lease;
+    uint64_t fork_gen;      /* the fork generation it was borrowed in: in another, it is the parent's */
     int released;
     int in_txn;             /* inside begin()/transaction() */
     int busy;               /* a method is running (maybe with the GIL released) */
@@ -54,7 +56,17 @@ NpyConnection *npy_connection_alloc(void);
 void npy_connection_attach(NpyConnection *conn, PyObject *owner, const npy_pool_settings *ps, nc_conn *c,
                            uint64_t lease);
 
-/* Give conn back (idempotent).  discard closes it instead. */
+/* After fork(): when ps->pool was made in the parent (an earlier fork
+ * generation), replace it with this process's own pool (nc_pool_respawn),
+ * leaving the inherited one untouched.  Every use of a pool calls this
+ * first; 0, or -1 with the exception set. */
+int npy_settings_fresh(npy_pool_settings *ps);
+/* 1 when ps->pool was made in the parent and not used here yet: teardown
+ * (the exit hook, dealloc) then leaves it alone. */
+int npy_settings_inherited(const npy_pool_settings *ps);
+
+/* Give conn back (idempotent).  discard closes it instead.  A connection
+ * borrowed before a fork() is only marked returned in the child. */
 void npy_connection_release(NpyConnection *conn, int discard);
 
 #endif

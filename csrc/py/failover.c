@@ -9,10 +9,12 @@
 #include "errors.h"
 #include "options.h"
 #include "pool.h"
+#include "../core/nc_fork.h"
 #include "../core/nc_route.h"
 #include "../core/nc_time.h"
 
 #include <stddef.h>
+#include <string.h>
 
 typedef struct NpyFailover {
     PyObject_HEAD
@@ -20,6 +22,13 @@ typedef struct NpyFailover {
     PyObject *pools;            /* tuple of Pool, index = endpoint (a copy: the caller's list may change) */
     struct NpyFailover *reg_next, *reg_prev;   /* the registry the exit hook closes (with the GIL) */
     int registered;
+    /* fork(): a child makes its own route from these at first use */
+    uint64_t fork_gen;          /* the fork generation route was made in */
+    nc_monitor_config cfg;
+    int prio[64], primary;
+    int monitoring;             /* start() and no stop() since: the child's route monitors too */
+    int resume;                 /* the child's route is to start monitoring at its first use */
+    int closed;                 /* close() was called: a child makes no route */
 } NpyFailover;
 
 /* ---- registry of live monitors, for the exit hook (touched with the GIL) ---- */
@@ -64,7 +73,7 @@ void npy_failovers_close_all(double max_wait)
         all[i++] = (NpyFailover *)Py_NewRef((PyObject *)f);
     for (Py_ssize_t k = 0; k < i; k++) {
         nc_route *r = all[k]->route;
-        if (r) {
+        if (r && all[k]->fork_gen == nc_fork_generation()) {   /* never an inherited route */
             Py_BEGIN_ALLOW_THREADS
             nc_route_close_within(r, max_wait);
             Py_END_ALLOW_THREADS
@@ -172,6 +181,8 @@ static int fo_init(NpyFailover *self, PyObject *args, PyObject *kwds)
             npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "FailoverMonitor: pools must be initialised Pools");
             return -1;
         }
+        if (npy_settings_fresh(&((NpyPool *)p)->s) < 0)   /* a Pool made before a fork() */
+            return -1;
         cpools[i] = ((NpyPool *)p)->s.pool;
         prio[i] = (int)PyLong_AsLong(PyList_GET_ITEM(prios, i));
         if (PyErr_Occurred())
@@ -199,12 +210,78 @@ static int fo_init(NpyFailover *self, PyObject *args, PyObject *kwds)
     self->route = r;
     Py_XSETREF(self->pools, copy);
     registry_add(self);
+    self->fork_gen = nc_fork_generation();
+    self->cfg = mc;
+    memcpy(self->prio, prio, sizeof(int) * (size_t)n);
+    self->primary = primary;
+    return 0;
+}
+
+/* 1 when the route was made in the parent, before a fork(): never touch it
+ * (a parent thread may hold its mutexes; its probers' connections are the
+ * parent's sessions), leave it unfreed (nc_fork_keep). */
+static int route_inherited(NpyFailover *self)
+{
+    return self->route && self->fork_gen != nc_fork_generation();
+}
+
+static void abandon_route(NpyFailover *self)
+{
+    nc_fork_keep(self->route);
+    self->route = NULL;
+    self->fork_gen = nc_fork_generation();
+}
+
+/* In a child after fork(): the first use makes this process's own route
+ * over the Pools' own pools, with the saved configuration, monitoring when
+ * the parent's did (started here, at first use: no thread of the parent
+ * exists in the child).  Every method that uses the route calls this. */
+static int fresh(NpyFailover *self)
+{
+    if (route_inherited(self)) {
+        abandon_route(self);
+        if (self->closed)
+            return 0;
+        Py_ssize_t n = PyTuple_GET_SIZE(self->pools);
+        nc_pool *cpools[64];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            NpyPool *p = (NpyPool *)PyTuple_GET_ITEM(self->pools, i);
+            if (npy_settings_fresh(&p->s) < 0)
+                return -1;
+            if (!p->s.pool)
+                return npy_raise(NC_E_POOL, NC_K_INTERFACE, NULL, "an endpoint's pool is gone"), -1;
+            cpools[i] = p->s.pool;
+        }
+        nc_error err;
+        nc_error_clear(&err);
+        self->route = nc_route_new(cpools, (int)n, self->prio, self->primary, &self->cfg, &err);
+        if (!self->route)
+            return npy_raise_error(&err), -1;
+        self->resume = self->monitoring;
+    }
+    if (self->resume && self->route) {
+        self->resume = 0;
+        nc_monitor *m = nc_route_enter(self->route);
+        if (m) {
+            nc_error err;
+            int rc;
+            Py_BEGIN_ALLOW_THREADS
+            rc = nc_monitor_start(m, &err);
+            Py_END_ALLOW_THREADS
+            nc_route_leave(self->route);
+            if (rc < 0)
+                return npy_raise(NC_E_FO_START, NC_K_OPERATIONAL, NULL, "start monitoring failed: %s", err.message),
+                       -1;
+        }
+    }
     return 0;
 }
 
 static void fo_dealloc(NpyFailover *self)
 {
     registry_remove(self);
+    if (route_inherited(self))
+        abandon_route(self);
     if (self->route) {
         nc_route *r = self->route;
         self->route = NULL;
@@ -220,6 +297,8 @@ static void fo_dealloc(NpyFailover *self)
  * Pair with nc_route_leave. */
 static nc_monitor *enter(NpyFailover *self, int code)
 {
+    if (fresh(self) < 0)
+        return NULL;
     nc_monitor *m = self->route ? nc_route_enter(self->route) : NULL;
     if (!m)
         npy_raise(code, NC_K_OPERATIONAL, NULL, "the failover manager is shut down");
@@ -236,6 +315,8 @@ static PyObject *fo_lend(NpyFailover *self, PyObject *arg)
             return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "timeout must be a non-negative number or None");
         }
     }
+    if (fresh(self) < 0)
+        return NULL;
     nc_route *r = self->route;
     if (!r)
         return npy_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "the failover manager is shut down");
@@ -278,12 +359,16 @@ static PyObject *fo_start(NpyFailover *self, PyObject *unused)
     nc_route_leave(self->route);
     if (rc < 0)
         return npy_raise(NC_E_FO_START, NC_K_OPERATIONAL, NULL, "start monitoring failed: %s", err.message);
+    self->monitoring = 1;
     Py_RETURN_NONE;
 }
 
 static PyObject *fo_stop(NpyFailover *self, PyObject *unused)
 {
     (void)unused;
+    self->monitoring = self->resume = 0;
+    if (route_inherited(self))
+        Py_RETURN_NONE;   /* no thread of it runs here; a later use starts none */
     nc_monitor *m = self->route ? nc_route_enter(self->route) : NULL;
     if (m) {
         Py_BEGIN_ALLOW_THREADS
@@ -297,6 +382,10 @@ static PyObject *fo_stop(NpyFailover *self, PyObject *unused)
 static PyObject *fo_close(NpyFailover *self, PyObject *unused)
 {
     (void)unused;
+    self->monitoring = self->resume = 0;
+    self->closed = 1;
+    if (route_inherited(self))
+        abandon_route(self);   /* closed for good: later calls raise PoolClosedError */
     if (self->route) {
         nc_route *r = self->route;
         Py_BEGIN_ALLOW_THREADS
@@ -364,7 +453,7 @@ static PyObject *fo_events(NpyFailover *self, PyObject *args)
 {
     unsigned long long after;
     double timeout = 0;
-    if (!PyArg_ParseTuple(args, "K|d", &after, &timeout))
+    if (!PyArg_ParseTuple(args, "K|d", &after, &timeout) || fresh(self) < 0)
         return NULL;
     PyObject *out = PyList_New(0);
     nc_event buf[32];
@@ -398,7 +487,7 @@ static PyObject *fo_wait(NpyFailover *self, PyObject *args)
 {
     unsigned long long after;
     double timeout;
-    if (!PyArg_ParseTuple(args, "Kd", &after, &timeout))
+    if (!PyArg_ParseTuple(args, "Kd", &after, &timeout) || fresh(self) < 0)
         return NULL;
     nc_monitor *m = self->route ? nc_route_enter(self->route) : NULL;
     if (!m)
@@ -461,6 +550,8 @@ static PyObject *fo_status(NpyFailover *self, PyObject *unused)
 static PyObject *fo_get_running(NpyFailover *self, void *c)
 {
     (void)c;
+    if (fresh(self) < 0)
+        return NULL;
     nc_monitor *m = self->route ? nc_route_enter(self->route) : NULL;
     if (!m)
         Py_RETURN_FALSE;

@@ -11,6 +11,7 @@
 #include "lease.h"
 #include "options.h"
 #include "pybackend.h"
+#include "../core/nc_fork.h"
 #include "../core/nc_pg.h"
 #include "../core/nc_sqlite.h"
 #include "../core/nc_time.h"
@@ -62,7 +63,9 @@ void npy_pools_shutdown_all(void)
         all[i++] = (NpyPool *)Py_NewRef((PyObject *)p);
     for (Py_ssize_t k = 0; k < i; k++) {
         nc_pool *p = all[k]->s.pool;
-        if (p) {
+        /* A pool inherited over fork() and not used in this process is the
+         * parent's: shutting it down would close the parent's sessions. */
+        if (p && !npy_settings_inherited(&all[k]->s)) {
             Py_BEGIN_ALLOW_THREADS
             nc_pool_shutdown(p, 0.0);
             Py_END_ALLOW_THREADS
@@ -214,8 +217,25 @@ static int pool_init(NpyPool *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     self->s.pool = pool;
+    self->s.fork_gen = nc_fork_generation();
     registry_add(self);
     return 0;
+}
+
+/* After fork(): drop, untouched, what the parent made (the prober and its
+ * connection; the pool itself when it was not used here).  Leaked on
+ * purpose: freeing would lock mutexes a parent thread may hold and close
+ * the parent's sessions. */
+static void forget_inherited(NpyPool *self)
+{
+    if (self->prober && self->prober_gen != nc_fork_generation()) {
+        nc_fork_keep(self->prober);
+        self->prober = NULL;
+    }
+    if (npy_settings_inherited(&self->s)) {
+        nc_fork_keep(self->s.pool);
+        self->s.pool = NULL;
+    }
 }
 
 static void pool_dealloc(NpyPool *self)
@@ -224,6 +244,7 @@ static void pool_dealloc(NpyPool *self)
     registry_remove(self);
     if (self->weakreflist)
         PyObject_ClearWeakRefs((PyObject *)self);
+    forget_inherited(self);
     if (self->prober) {
         nc_prober *pr = self->prober;
         self->prober = NULL;
@@ -262,6 +283,13 @@ static int pool_clear(NpyPool *self)
 
 static int check_pool(NpyPool *self)
 {
+    /* In a child after fork(): this process's own pool from here on. */
+    if (self->prober && self->prober_gen != nc_fork_generation()) {
+        nc_fork_keep(self->prober);
+        self->prober = NULL;
+    }
+    if (npy_settings_fresh(&self->s) < 0)
+        return -1;
     if (!self->s.pool) {
         npy_raise(NC_E_POOL, NC_K_INTERFACE, NULL, "the pool was not initialised");
         return -1;
@@ -387,6 +415,8 @@ static PyObject *pool_raw_stats(NpyPool *self, PyObject *unused)
 static PyObject *pool_get_closed(NpyPool *self, void *c)
 {
     (void)c;
+    if (npy_settings_fresh(&self->s) < 0)
+        return NULL;
     return PyBool_FromLong(!self->s.pool || nc_pool_is_closed(self->s.pool));
 }
 
@@ -486,6 +516,7 @@ static PyObject *pool_probe(NpyPool *self, PyObject *args, PyObject *kwds)
         self->prober = nc_prober_new(self->s.pool, 1, &err);
         if (!self->prober)
             return npy_raise_error(&err);
+        self->prober_gen = nc_fork_generation();
     }
     nc_prober *pr = self->prober;
     nc_probe_result r;

@@ -10,6 +10,7 @@ typedef struct NpyPool {
     PyObject_HEAD
     npy_pool_settings s;    /* s.pool is NULL until __init__ succeeded */
     nc_prober *prober;      /* for _probe(), made on first use */
+    uint64_t prober_gen;    /* the fork generation it was made in */
     PyObject *weakreflist;
     PyObject *dict;         /* instance __dict__, for the Python subclass */
     struct NpyPool *reg_next, *reg_prev;

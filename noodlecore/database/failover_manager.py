@@ -34,8 +34,10 @@ import contextlib
 import datetime
 import enum
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -192,6 +194,26 @@ class FailoverEvent:
                 "success": self.success, "metadata": dict(self.metadata)}
 
 
+# Managers alive in this process, for the fork hook below.
+_live_managers: "weakref.WeakSet[DatabaseFailoverManager]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The native side needs nothing here (a child's first use makes its own
+    # route, csrc/py/failover.c).  The Python side: the parent's event thread
+    # does not exist in the child and may have held _events_lock at the
+    # moment of the fork, so new ones; the thread restarts at first use.
+    for m in list(_live_managers):
+        m._events_lock = threading.Lock()
+        m._stop_dispatch = threading.Event()
+        m._dispatcher = None
+        m._restart_dispatcher = not m._closed
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _iso(ts: Optional[float]) -> Optional[datetime.datetime]:
     if not ts:
         return None
@@ -235,6 +257,7 @@ class DatabaseFailoverManager:
         self._closed = False
         self._dispatcher: Optional[threading.Thread] = None
         self._stop_dispatch = threading.Event()
+        self._restart_dispatcher = False     # set in a forked child
         self._last_event_id = 0
 
         cfg = self.config
@@ -270,6 +293,13 @@ class DatabaseFailoverManager:
                 p.shutdown(timeout=0)
             raise
         self._start_dispatcher()
+        _live_managers.add(self)
+
+    def _resume_in_child(self) -> None:
+        # The first use in a forked child starts this process's event thread.
+        if self._restart_dispatcher:
+            self._restart_dispatcher = False
+            self._start_dispatcher()
 
     # -- borrowing --------------------------------------------------------
 
@@ -281,6 +311,8 @@ class DatabaseFailoverManager:
         PoolClosedError (2002) after shutdown()."""
         if self._closed:
             raise errors.PoolClosedError("the failover manager is shut down")
+        if self._restart_dispatcher:
+            self._resume_in_child()
         conn = self._native.lend(timeout)
         try:
             yield conn
@@ -296,6 +328,7 @@ class DatabaseFailoverManager:
         """Start the native monitor threads (idempotent)."""
         if self._closed:
             raise errors.ConnectionPoolError("the failover manager is shut down", 4010)
+        self._resume_in_child()
         self._native.start()
         log.info("failover monitoring started", extra={"endpoints": list(self._index)})
 
@@ -316,6 +349,7 @@ class DatabaseFailoverManager:
         endpoint qualifies."""
         if self._closed:
             raise errors.ConnectionPoolError("the failover manager is shut down", 4012)
+        self._resume_in_child()
         idx = -1
         if target is not None:
             if target not in self._index:
@@ -332,6 +366,7 @@ class DatabaseFailoverManager:
         writable when required), and re-enable automatic failback."""
         if self._closed:
             raise errors.ConnectionPoolError("the failover manager is shut down", 4013)
+        self._resume_in_child()
         done, why = self._native.trigger_recovery()
         if not done:
             log.info("recovery not done: %s", self._names(why))
@@ -364,6 +399,7 @@ class DatabaseFailoverManager:
     def get_status(self) -> dict:
         """State, current endpoint, per-endpoint health, statistics and the
         last 10 failovers, in the shape of the original manager."""
+        self._resume_in_child()
         st = self._native.status()
         self._drain_events()
         endpoints = {}
@@ -408,6 +444,7 @@ class DatabaseFailoverManager:
         if self._closed:
             return
         self._closed = True
+        self._restart_dispatcher = False
         try:
             self._native.stop()
             self._stop_dispatch.set()

@@ -11,8 +11,10 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from .. import errors
@@ -24,6 +26,22 @@ from ._retry import Lease, Source, code_of, lend_from, log, log_event, new_id, p
 from ._sqltext import is_plain_select
 from ._tables import TableHelpers
 from ._transactions import Transactions
+
+
+# Managers alive in this process: a forked child gets a new lock for each
+# (a parent thread may have held one at the moment of the fork).  Their
+# pools and failover managers need nothing: a child's first use makes its
+# own (csrc/py/connection.c, failover.c).
+_live: "weakref.WeakSet[DatabaseManager]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for m in list(_live):
+        m._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class DatabaseManager(TableHelpers, Transactions):
@@ -107,6 +125,7 @@ class DatabaseManager(TableHelpers, Transactions):
 
         self._lock = threading.RLock()
         self._source: Optional[Source] = None
+        _live.add(self)
 
     def _check_endpoints(self, failover_endpoints: Any) -> List[DatabaseEndpoint]:
         if not failover_endpoints:
