@@ -16,7 +16,9 @@ void nc_stop_install(nc_stop_fn fn, void *arg)
     tl.fn = fn;
     tl.arg = arg;
     tl.stop = 0;
-    tl.next = 0;
+    /* First asked a period into the wait: a statement that takes less pays
+     * nothing (the check takes the GIL). */
+    tl.next = fn ? nc_now() + NC_STOP_PERIOD : 0;
 }
 
 int nc_stop_check(void)
