@@ -2,6 +2,8 @@
 #include "interrupt.h"
 #include "../core/nc_stop.h"
 
+#include <unistd.h>
+
 /* The core's stop check, run by the waiting thread without the GIL. */
 static int check_signals(void *arg)
 {
@@ -17,12 +19,40 @@ static int check_signals(void *arg)
     return it->type != NULL;
 }
 
+/* Whether the calling thread (GIL held) is the one Python runs signal
+ * handlers on: threading.main_thread(), looked up once per process (after
+ * a fork the child's main thread is the one that forked). */
+static int on_main_thread(void)
+{
+    static unsigned long main_ident;
+    static pid_t main_pid;
+    pid_t pid = getpid();
+    if (pid != main_pid) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *threading = PyImport_ImportModule("threading");
+        PyObject *main = threading ? PyObject_CallMethod(threading, "main_thread", NULL) : NULL;
+        PyObject *ident = main ? PyObject_GetAttrString(main, "ident") : NULL;
+        unsigned long v = ident ? PyLong_AsUnsignedLong(ident) : 0;
+        Py_XDECREF(ident);
+        Py_XDECREF(main);
+        Py_XDECREF(threading);
+        PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+        if (!ident)
+            return 0;   /* try again next time */
+        main_ident = v;
+        main_pid = pid;
+    }
+    return PyThread_get_thread_ident() == main_ident;
+}
+
 void npy_interrupt_arm(npy_interrupt *it)
 {
     it->type = it->value = it->tb = NULL;
     /* Only the main thread runs signal handlers: other threads' waits are
      * left alone (they would take the GIL for nothing). */
-    it->armed = _PyOS_IsMainThread();
+    it->armed = on_main_thread();
     if (it->armed)
         nc_stop_install(check_signals, it);
 }
