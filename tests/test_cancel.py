@@ -68,10 +68,12 @@ def test_frozen_servers_do_not_starve_the_cancels_of_a_healthy_one(pg, pg_factor
         assert "did not acknowledge the cancel request" in str(e), e
 
 
-def test_frozen_postmaster_cancel_is_bounded_and_named(pg, make_pool, app):
+@pytest.mark.parametrize("via", ["tcp", "unix"])
+def test_frozen_postmaster_cancel_is_bounded_and_named(pg, make_pool, app, via):
     """The postmaster (which takes cancel requests) is stopped; the session's backend is not.
     The statement's error says the cancel was not acknowledged and comes at deadline + grace."""
-    pool = make_pool(max_connections=1, timeout=5)
+    dsn = pg.dsn(application_name=app) if via == "tcp" else pg.unix_kv_dsn(application_name=app)
+    pool = make_pool(dsn=dsn, max_connections=1, timeout=5)
     pm = pg.postmaster_pid()
     with pool.get_connection() as c:
         pid = c.backend_pid
@@ -159,3 +161,19 @@ def test_sqlite_commit_waits_for_a_lock_only_busy_timeout(tmp_path):
             assert c.execute_query("select count(*) as n from t") == [{"n": 0}]
     finally:
         pool.shutdown(timeout=0)
+
+
+def test_cancel_over_a_unix_socket(pg, make_pool, app):
+    """The cancel request goes to the address the connection uses, a Unix socket too."""
+    pool = make_pool(dsn=pg.unix_kv_dsn(application_name=app), max_connections=1, timeout=5)
+    with pool.get_connection() as c:
+        pid = c.backend_pid
+        t0 = time.monotonic()
+        with pytest.raises(QueryTimeoutError) as ei:
+            c.execute_query("select pg_sleep(30)", timeout=0.2)
+        assert time.monotonic() - t0 < 1.5
+        assert "cancelled on the server" in str(ei.value), ei.value
+        assert sessions(pg, app)[pid][0] == "idle"
+        assert c.execute_query("select 1 as x") == [{"x": 1}]
+    with pool.get_connection() as c:
+        assert c.backend_pid == pid        # kept: the cancel was confirmed
