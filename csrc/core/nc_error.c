@@ -117,6 +117,7 @@ static const nc_code_info codes[] = {
     {NC_E_BACKEND, "backend object failed or broke the backend protocol", NC_C_INTERFACE, NULL, 0},
     {NC_E_NOT_SUPPORTED, "not supported by this backend", NC_C_NOT_SUPPORTED, NULL, 0},
     {NC_E_IN_USE, "connection in use by another thread", NC_C_INTERFACE, NULL, 0},
+    {NC_E_INTERRUPTED, "wait interrupted (Ctrl-C)", NC_C_OPERATIONAL, NULL, 0},
     {NC_E_INTERNAL, "internal error", NC_C_INTERNAL, NULL, 0},
     /* manager: the Python DatabaseManager raises these, keeping the class of
      * the error that caused them (hence no class here) */

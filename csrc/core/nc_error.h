@@ -37,6 +37,7 @@ enum nc_code {
     NC_E_BACKEND = 2020,            /* a Python backend raised or broke the protocol */
     NC_E_NOT_SUPPORTED = 2021,      /* feature not supported by this backend */
     NC_E_IN_USE = 2022,             /* PooledConnection used by two threads at once */
+    NC_E_INTERRUPTED = 2023,        /* a wait ended by its thread's stop check (Ctrl-C, nc_stop.h) */
     NC_E_INTERNAL = 2099,           /* out of memory, thread creation failed, ... */
     /* manager range 3001-3099: raised by the Python DatabaseManager only; the
      * table (nc_error.c) names the operation of each */

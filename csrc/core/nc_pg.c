@@ -3,16 +3,18 @@
  * Every wait is a poll() on the connection's socket bounded by a deadline:
  * connecting uses PQconnectStartParams/PQconnectPoll, statements use the
  * asynchronous PQsendQuery* calls on a non-blocking connection.  When a
- * statement's deadline passes, a cancel request is sent from a short-lived
- * detached thread (PQcancel itself blocks until the server closes the cancel
- * connection, which a frozen server never does) and the result is awaited
- * for a short grace period; if it does not come, the connection is marked
- * broken and the pool discards it.
+ * statement's deadline passes (or the thread's stop check says stop, e.g.
+ * Ctrl-C: nc_stop.h), a cancel request goes out without blocking
+ * (nc_pg_cancel.c) and the result is awaited for a short grace period
+ * while the same loop drives the request; if the statement does not end
+ * cancelled in time, the connection is marked broken and the pool discards it.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include "nc_pg.h"
+#include "nc_pg_cancel.h"
+#include "nc_stop.h"
 #include "nc_time.h"
 
 #include <errno.h>
@@ -25,6 +27,9 @@
 /* How long a cancelled statement may take to report back before the
  * connection is given up on. */
 #define NC_PG_CANCEL_GRACE 0.5
+/* The same when the cancel is for Ctrl-C: the caller wants to be back at
+ * once (the connection is discarded if the server is slower). */
+#define NC_PG_INTERRUPT_GRACE 0.2
 
 #define NC_PG_MAX_HOSTS 16
 
@@ -153,12 +158,15 @@ int nc_pg_wait(int fd, short events, double deadline)
 {
     struct pollfd pfd = {fd, events, 0};
     for (;;) {
-        int rc = poll(&pfd, 1, nc_ms_left(deadline));
+        if (nc_stop_check())
+            return -2;
+        double until = nc_stop_slice(deadline);
+        int rc = poll(&pfd, 1, nc_ms_left(until));
         if (rc > 0)
             return 1;
-        if (rc == 0)
+        if (rc == 0 && until >= deadline)
             return 0;
-        if (errno != EINTR)
+        if (rc < 0 && errno != EINTR)
             return -1;
     }
 }
@@ -219,6 +227,12 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
             return NULL;
         }
         int rc = nc_pg_wait(PQsocket(pg), st == PGRES_POLLING_WRITING ? POLLOUT : POLLIN, deadline);
+        if (rc == -2) {
+            nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "%s: interrupted while connecting",
+                         ctx->display);
+            PQfinish(pg);
+            return NULL;
+        }
         if (rc <= 0) {
             nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL,
                          "%s: %s", ctx->display, rc == 0 ? "timeout expired while connecting" : strerror(errno));
@@ -272,6 +286,8 @@ static void *pg_connect(void *vctx, double deadline, nc_error *err)
         void *c = pg_connect_one(ctx, i, share, &last);
         if (c)
             return c;
+        if (last.code == NC_E_INTERRUPTED)
+            break;
     }
     if (err)
         *err = last;
@@ -294,57 +310,6 @@ static int pg_looks_alive(void *vctx, void *vconn)
     if (rc > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)))
         return 0;
     return 1;
-}
-
-/* ---- cancel ------------------------------------------------------------ */
-
-static void *cancel_main(void *arg)
-{
-    PGcancel *cancel = arg;
-    char buf[256];
-    PQcancel(cancel, buf, sizeof buf);
-    PQfreeCancel(cancel);
-    return NULL;
-}
-
-/* Cancel threads still waiting for a server to answer (a frozen one never
- * does): bounded, so a stream of timeouts against a dead server cannot pile
- * up threads. */
-static int cancels_in_flight;
-#define NC_PG_MAX_CANCELS 16
-
-static void *cancel_main_counted(void *arg)
-{
-    cancel_main(arg);
-    __atomic_fetch_sub(&cancels_in_flight, 1, __ATOMIC_RELAXED);
-    return NULL;
-}
-
-/* 0 when a cancel request is on its way, -1 when none could be sent. */
-static int start_cancel(nc_pg_conn *c)
-{
-    if (__atomic_add_fetch(&cancels_in_flight, 1, __ATOMIC_RELAXED) > NC_PG_MAX_CANCELS) {
-        __atomic_fetch_sub(&cancels_in_flight, 1, __ATOMIC_RELAXED);
-        return -1;
-    }
-    PGcancel *cancel = PQgetCancel(c->pg);
-    if (!cancel) {
-        __atomic_fetch_sub(&cancels_in_flight, 1, __ATOMIC_RELAXED);
-        return -1;
-    }
-    pthread_t t;
-    pthread_attr_t a;
-    pthread_attr_init(&a);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&a, 128 * 1024);
-    int rc = pthread_create(&t, &a, cancel_main_counted, cancel);
-    pthread_attr_destroy(&a);
-    if (rc != 0) {
-        PQfreeCancel(cancel);
-        __atomic_fetch_sub(&cancels_in_flight, 1, __ATOMIC_RELAXED);
-        return -1;
-    }
-    return 0;
 }
 
 /* ---- statements -------------------------------------------------------- */
@@ -380,6 +345,12 @@ static int flush_out(nc_pg_conn *c, double deadline, nc_error *err)
         /* Wait for either direction: the server may be blocked sending to
          * us (notices) until we read. */
         int w = nc_pg_wait(PQsocket(c->pg), POLLIN | POLLOUT, deadline);
+        if (w == -2) {
+            c->broken = 1;   /* maybe half a message on the wire */
+            nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL,
+                         "interrupted while sending the statement; connection discarded");
+            return -1;
+        }
         if (w == 0) {
             /* Half a message is on the wire: this connection cannot be reused. */
             c->broken = 1;
@@ -396,45 +367,119 @@ static int flush_out(nc_pg_conn *c, double deadline, nc_error *err)
     }
 }
 
+/* Why a cancel request went out. */
+enum { WHY_NONE = 0, WHY_DEADLINE, WHY_STOP };
+
+/* Wait until the connection has input, driving the cancel request k while
+ * it is pending.  1 readable, 0 until passed, -1 socket error, -2 the
+ * thread's stop check said stop (only asked before a cancel went out). */
+static int wait_result(nc_pg_conn *c, nc_pg_cancel *k, double until)
+{
+    for (;;) {
+        if (k->state == NC_CANCEL_NONE && nc_stop_check())
+            return -2;
+        struct pollfd pfd[2] = {{PQsocket(c->pg), POLLIN, 0}, {k->fd, k->events, 0}};
+        int n = k->state == NC_CANCEL_PENDING ? 2 : 1;
+        double slice = nc_stop_slice(until);
+        int rc = poll(pfd, (nfds_t)n, nc_ms_left(slice));
+        if (rc < 0 && errno != EINTR)
+            return -1;
+        if (rc > 0 && n == 2 && pfd[1].revents)
+            nc_pg_cancel_step(k, pfd[1].revents);
+        if (rc > 0 && pfd[0].revents)
+            return 1;
+        if (slice >= until && nc_now() >= until)
+            return 0;
+    }
+}
+
+/* After the statement ended cancelled: let the cancel request finish (the
+ * server closing it says it was processed) before until. */
+static void finish_cancel(nc_pg_cancel *k, double until)
+{
+    while (k->state == NC_CANCEL_PENDING) {
+        struct pollfd pfd = {k->fd, k->events, 0};
+        int rc = poll(&pfd, 1, nc_ms_left(until));
+        if (rc < 0 && errno != EINTR)
+            break;
+        if (rc > 0)
+            nc_pg_cancel_step(k, pfd.revents);
+        else if (rc == 0)
+            break;
+    }
+}
+
+/* The statement was given up on (why) after the cancel k: say why. */
+static void given_up(nc_error *err, int why, const nc_pg_cancel *k, double grace)
+{
+    const char *what = why == WHY_STOP ? "interrupted" : "statement deadline passed";
+    int code = why == WHY_STOP ? NC_E_INTERRUPTED : NC_E_QUERY_TIMEOUT;
+    switch (k->state) {
+    case NC_CANCEL_FAILED:
+        nc_error_set(err, code, NC_K_OPERATIONAL, "%s and %s; connection discarded (the statement may still "
+                     "run on the server)", what, k->why);
+        break;
+    case NC_CANCEL_PENDING:
+        nc_error_set(err, code, NC_K_OPERATIONAL, "%s and the server did not acknowledge the cancel request "
+                     "within %.1f s (server not responding); connection discarded", what, grace);
+        break;
+    case NC_CANCEL_DONE:
+        nc_error_set(err, code, NC_K_OPERATIONAL, "%s; the server took the cancel request but the statement "
+                     "did not stop within %.1f s; connection discarded", what, grace);
+        break;
+    default:
+        nc_error_set(err, code, NC_K_OPERATIONAL, "%s and the server did not answer the cancel within %.1f s; "
+                     "connection discarded", what, grace);
+    }
+    if (code == NC_E_QUERY_TIMEOUT)
+        memcpy(err->sqlstate, "57014", 6);
+}
+
 /* Collect results until libpq says the statement is done.  Keeps the last
- * result, or the first error.  cancel: on the deadline send a cancel and
- * wait a grace period for the statement to stop (the connection stays
- * usable); without it the connection is given up at the deadline (pings and
- * rollbacks, where the connection is dropped anyway). */
+ * result, or the first error.  cancel: on the deadline (or when the stop
+ * check says stop) send a cancel and wait a grace period for the statement
+ * to stop (the connection stays usable); without it the connection is given
+ * up at once (pings and rollbacks, where the connection is dropped anyway). */
 static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *err)
 {
     PGresult *keep = NULL, *error = NULL;
-    int cancelled = 0;
-    double wait_until = deadline;
+    nc_pg_cancel k;
+    memset(&k, 0, sizeof k);
+    k.fd = -1;
+    int why = WHY_NONE;
+    double wait_until = deadline, grace = 0;
     for (;;) {
         while (PQisBusy(c->pg)) {
-            int w = nc_pg_wait(PQsocket(c->pg), POLLIN, wait_until);
-            if (w == 0) {
-                if (!cancelled && cancel) {
-                    cancelled = 1;
-                    if (start_cancel(c) < 0)
-                        c->broken = 1;   /* cannot cancel: the connection must go */
-                    wait_until = nc_now() + NC_PG_CANCEL_GRACE;
-                    continue;
-                }
-                /* The server did not answer (the cancel) in time. */
+            int w = wait_result(c, &k, wait_until);
+            if ((w == 0 || w == -2) && why == WHY_NONE && cancel) {
+                why = w == 0 ? WHY_DEADLINE : WHY_STOP;
+                grace = why == WHY_STOP ? NC_PG_INTERRUPT_GRACE : NC_PG_CANCEL_GRACE;
+                nc_pg_cancel_start(&k, c->pg);
+                /* No cancel: nothing to wait for, the connection must go. */
+                wait_until = k.state == NC_CANCEL_FAILED ? nc_now() : nc_now() + grace;
+                continue;
+            }
+            if (w == 0 || w == -2) {
                 c->broken = 1;
                 PQclear(keep);
                 PQclear(error);
-                if (cancel)
-                    nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
-                                 "statement deadline passed and the server did not answer the cancel "
-                                 "within %.1f s; connection discarded", NC_PG_CANCEL_GRACE);
+                if (why != WHY_NONE)
+                    given_up(err, why, &k, grace);
+                else if (w == -2)
+                    nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "interrupted; connection discarded");
                 else
                     nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
                                  "the server did not answer before the deadline; connection discarded");
-                memcpy(err->sqlstate, "57014", 6);
+                if (err->code == NC_E_QUERY_TIMEOUT)
+                    memcpy(err->sqlstate, "57014", 6);
+                nc_pg_cancel_close(&k);
                 return NULL;
             }
             if (w < 0 || PQconsumeInput(c->pg) == 0) {
                 c->broken = 1;
                 PQclear(keep);
                 PQclear(error);
+                nc_pg_cancel_close(&k);
                 set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
                 return NULL;
             }
@@ -454,6 +499,7 @@ static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *e
             c->broken = 1;
             PQclear(keep);
             PQclear(error);
+            nc_pg_cancel_close(&k);
             nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED,
                          "COPY is not supported through execute_query");
             return NULL;
@@ -464,10 +510,24 @@ static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *e
     }
     if (PQstatus(c->pg) != CONNECTION_OK)
         c->broken = 1;
+    const char *state = error ? PQresultErrorField(error, PG_DIAG_SQLSTATE) : NULL;
+    int stopped = why != WHY_NONE && state && !strcmp(state, "57014");
+    if (why != WHY_NONE) {
+        /* The connection is kept only when our cancel stopped the statement
+         * and is known to be processed: any other end (a result, another
+         * error) leaves a cancel in flight that could hit the next statement. */
+        if (stopped)
+            finish_cancel(&k, wait_until);
+        if (!stopped || k.state == NC_CANCEL_PENDING || k.state == NC_CANCEL_FAILED)
+            c->broken = 1;
+        nc_pg_cancel_close(&k);
+    }
     if (error) {
         PQclear(keep);
-        const char *state = PQresultErrorField(error, PG_DIAG_SQLSTATE);
-        if (cancelled && state && !strcmp(state, "57014")) {
+        if (stopped && why == WHY_STOP) {
+            nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL,
+                         "interrupted; the statement was cancelled on the server");
+        } else if (stopped) {
             nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
                          "statement deadline passed; the statement was cancelled on the server");
             memcpy(err->sqlstate, "57014", 6);
@@ -484,12 +544,6 @@ static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *e
         }
         nc_error_set(err, NC_E_QUERY, NC_K_INTERNAL, "the server returned no result");
         return NULL;
-    }
-    if (cancelled) {
-        /* Finished just as the cancel went out: the result is good, but the
-         * cancel may still reach the server and hit the next statement, so
-         * this connection is not reused. */
-        c->broken = 1;
     }
     return keep;
 }

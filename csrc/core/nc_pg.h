@@ -25,7 +25,9 @@ const char *nc_pg_ctx_display(void *ctx);
  * status is TUPLES_OK, COMMAND_OK or EMPTY_QUERY (caller PQclear()s it), or
  * NULL with err: NC_E_QUERY (+ sqlstate) for a server error,
  * NC_E_QUERY_TIMEOUT when the deadline passed (the statement was cancelled;
- * if the server did not answer the cancel the connection is marked broken),
+ * if it did not end cancelled in time the connection is marked broken),
+ * NC_E_INTERRUPTED when the thread's stop check said stop (nc_stop.h; the
+ * same cancel, with a shorter grace),
  * NC_E_CONNECTION when the connection was lost (marked broken). */
 PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
                      const char *const *values, const int *lengths, const int *formats,
@@ -35,7 +37,8 @@ PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *typ
 int nc_pg_command(nc_pg_conn *c, const char *sql, double deadline, nc_error *err);
 
 /* Wait until the socket is ready for events (POLLIN/POLLOUT) before
- * deadline: 1 ready, 0 deadline passed, -1 error.  Retries on EINTR. */
+ * deadline: 1 ready, 0 deadline passed, -1 error, -2 the thread's stop
+ * check said stop (nc_stop.h; never without one).  Retries on EINTR. */
 int nc_pg_wait(int fd, short events, double deadline);
 
 /* Backend process id of the server session (0 when not connected). */

@@ -12,6 +12,7 @@
 #endif
 #include "nc_pool_internal.h"
 #include "nc_fork.h"
+#include "nc_stop.h"
 #include "nc_time.h"
 
 #include <errno.h>
@@ -260,11 +261,19 @@ static void close_slot(nc_pool *p, nc_conn *c)
 /* Sleep until `until`, or less if the pool is shut down meanwhile. */
 static void backoff_wait(nc_pool *p, double until, uint64_t drains)
 {
-    struct timespec ts = nc_abstime(until);
     lock(p);
     while (!p->closed && p->drains == drains && nc_now() < until) {
-        if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT)
-            break;
+        double slice = nc_stop_slice(until);
+        struct timespec ts = nc_abstime(slice);
+        if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT) {
+            if (slice >= until)
+                break;
+            unlock(p);
+            int stop = nc_stop_check();
+            lock(p);
+            if (stop)
+                break;
+        }
     }
     unlock(p);
 }
@@ -311,6 +320,10 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
             }
             return raw;
         }
+        if (last.code == NC_E_INTERRUPTED) {
+            *err = last;   /* Ctrl-C: not a failed attempt, and no retry */
+            return NULL;
+        }
         lock(p);
         p->connect_failures++;
         unlock(p);
@@ -319,6 +332,10 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
         double until = nc_now() + backoff;
         backoff_wait(p, until < deadline ? until : deadline, drains);
         backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
+        if (nc_stop_seen()) {
+            nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "interrupted while opening a connection");
+            return NULL;
+        }
     }
     if (!last.code && nc_pool_is_closed(p)) {
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
@@ -461,6 +478,12 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
     if (timeout < 0)
         timeout = p->cfg.acquire_timeout;
     double deadline = start + timeout;
+    /* A zero timeout means "do not wait for a connection to come free", not
+     * "do not validate or open one": that work then has its own bounds
+     * (validation_timeout for the ping, connect_timeout for opening), and a
+     * healthy idle connection is lent. */
+    double check_by = timeout == 0 ? NC_NO_DEADLINE : deadline;
+    double open_by = timeout == 0 ? start + p->cfg.connect_timeout : deadline;
     int replacing = 0;   /* a dead connection was dropped on the way: codes 2010/2011 */
 
     lock(p);
@@ -495,15 +518,31 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
                 p->wait_head = &w;
             p->wait_tail = &w;
             p->nwaiting++;
-            struct timespec ts = nc_abstime(deadline);
+            int stop = 0;
             while (w.result == NC_WAIT_PENDING && !p->closed) {
-                if (isinf(deadline)) {
+                /* In slices when the thread has a stop check (Ctrl-C),
+                 * asked without the mutex (it may run a signal handler). */
+                double until = nc_stop_slice(deadline);
+                struct timespec ts = nc_abstime(until);
+                if (isinf(until)) {
                     pthread_cond_wait(&w.cv, &p->mu);
                 } else if (pthread_cond_timedwait(&w.cv, &p->mu, &ts) == ETIMEDOUT) {
-                    break;
+                    if (until >= deadline)
+                        break;
+                    unlock(p);
+                    stop = nc_stop_check();
+                    lock(p);
+                    if (stop)
+                        break;
                 }
             }
             pthread_cond_destroy(&w.cv);
+            if (w.result == NC_WAIT_PENDING && stop && !p->closed) {
+                dequeue_waiter_locked(p, &w);
+                unlock(p);
+                nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "interrupted while waiting for a connection");
+                return -1;
+            }
             if (w.result == NC_WAIT_PENDING) {
                 if (!p->closed)
                     timeout_message(p, timeout, err);   /* counts us among the waiters */
@@ -532,7 +571,7 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
         if (may_open) {
             int fail = replacing ? NC_E_REPLACE_FAILED : NC_E_NEW_FAILED;
             int invalid = replacing ? NC_E_REPLACE_INVALID : NC_E_NEW_INVALID;
-            if (open_into(p, c, deadline, fail, invalid, err) < 0)
+            if (open_into(p, c, open_by, fail, invalid, err) < 0)
                 return -1;
             lock(p);
             if (replacing)
@@ -545,7 +584,7 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
         }
 
         /* An idle connection, now CHECKING. */
-        if (check_for_borrow(p, c, deadline)) {
+        if (check_for_borrow(p, c, check_by)) {
             lock(p);
             p->nbusy--;
             p->nlent++;
@@ -573,7 +612,7 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
         c->lease++;
         c->state = NC_SLOT_OPENING;   /* stays counted in nbusy */
         unlock(p);
-        if (open_into(p, c, deadline, NC_E_REPLACE_FAILED, NC_E_REPLACE_INVALID, err) < 0)
+        if (open_into(p, c, open_by, NC_E_REPLACE_FAILED, NC_E_REPLACE_INVALID, err) < 0)
             return -1;
         lock(p);
         p->replaced++;

@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #endif
 #include "nc_sqlite.h"
+#include "nc_stop.h"
 #include "nc_time.h"
 
 #include <errno.h>
@@ -95,6 +96,10 @@ static void sq_ctx_free(void *vctx)
 static int busy_handler(void *arg, int count)
 {
     nc_sqlite_conn *c = arg;
+    if (nc_stop_check()) {
+        c->interrupted = 1;
+        return 0;   /* gives up: SQLITE_BUSY */
+    }
     double left = c->busy_deadline - nc_now();
     if (left <= 0) {
         c->timed_out = 1;
@@ -118,6 +123,11 @@ static int progress_handler(void *arg)
     if (nc_now() >= c->deadline) {
         c->timed_out = 1;
         return 1;   /* interrupts the statement */
+    }
+    /* Ctrl-C (rate-limited inside: this runs every thousand instructions). */
+    if (nc_stop_check()) {
+        c->interrupted = 1;
+        return 1;
     }
     return 0;
 }
@@ -158,12 +168,18 @@ void nc_sqlite_begin(nc_sqlite_conn *c, double deadline, double busy_deadline)
     c->deadline = deadline;
     c->busy_deadline = busy_deadline;
     c->timed_out = 0;
+    c->interrupted = 0;
 }
 
 void nc_sqlite_error(nc_sqlite_conn *c, int rc, nc_error *err)
 {
     int primary = rc & 0xff;
     const char *msg = sqlite3_errmsg(c->db);
+    if (c->interrupted && (primary == SQLITE_INTERRUPT || primary == SQLITE_BUSY || primary == SQLITE_LOCKED)) {
+        nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "interrupted (%s); the statement was stopped",
+                     primary == SQLITE_INTERRUPT ? "while running" : "while waiting for a lock");
+        return;
+    }
     if (c->timed_out && (primary == SQLITE_INTERRUPT || primary == SQLITE_BUSY || primary == SQLITE_LOCKED)) {
         nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
                      "statement deadline passed (%s); the statement was stopped",
@@ -197,7 +213,13 @@ void nc_sqlite_error(nc_sqlite_conn *c, int rc, nc_error *err)
 
 int nc_sqlite_command(nc_sqlite_conn *c, const char *sql, double deadline, nc_error *err)
 {
-    nc_sqlite_begin(c, deadline, deadline);
+    return nc_sqlite_command_busy(c, sql, deadline, deadline, err);
+}
+
+int nc_sqlite_command_busy(nc_sqlite_conn *c, const char *sql, double deadline, double busy_deadline,
+                           nc_error *err)
+{
+    nc_sqlite_begin(c, deadline, busy_deadline);
     int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
         nc_sqlite_error(c, rc, err);

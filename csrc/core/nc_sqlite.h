@@ -12,6 +12,7 @@ typedef struct nc_sqlite_conn {
     double deadline;        /* absolute, for the statement being run */
     double busy_deadline;   /* absolute, for waiting on a locked database */
     int timed_out;          /* the progress or busy handler gave up */
+    int interrupted;        /* ... because the thread's stop check said stop */
     int broken;
 } nc_sqlite_conn;
 
@@ -28,10 +29,15 @@ const char *nc_sqlite_ctx_display(void *ctx);
 void nc_sqlite_begin(nc_sqlite_conn *c, double deadline, double busy_deadline);
 
 /* Fill err from a failed SQLite call (rc) on c: NC_E_QUERY_TIMEOUT when the
- * deadline made it give up, else NC_E_QUERY with a kind for the code. */
+ * deadline made it give up, NC_E_INTERRUPTED when the thread's stop check
+ * did (nc_stop.h), else NC_E_QUERY with a kind for the code. */
 void nc_sqlite_error(nc_sqlite_conn *c, int rc, nc_error *err);
 
 /* Run parameterless SQL (BEGIN, COMMIT, ...).  0 ok, -1 err. */
 int nc_sqlite_command(nc_sqlite_conn *c, const char *sql, double deadline, nc_error *err);
+/* The same with a lock waited for only until busy_deadline (BEGIN, COMMIT
+ * and ROLLBACK from the binding, which follow busy_timeout as statements do). */
+int nc_sqlite_command_busy(nc_sqlite_conn *c, const char *sql, double deadline, double busy_deadline,
+                           nc_error *err);
 
 #endif

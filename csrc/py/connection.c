@@ -7,6 +7,7 @@
  */
 #include "connection.h"
 #include "errors.h"
+#include "interrupt.h"
 #include "pg_exec.h"
 #include "pybackend.h"
 #include "sqlite_exec.h"
@@ -170,9 +171,21 @@ NpyConnection *npy_connection_lend(PyObject *owner, const npy_pool_settings *ps,
     uint64_t lease = 0;
     int rc = nc_pool_try_acquire(ps->pool, &c, &lease, &err);
     if (rc == 0) {
+        npy_interrupt it;
+        npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
         rc = nc_pool_acquire(ps->pool, timeout, &c, &lease, &err) == 0 ? 1 : -1;
         Py_END_ALLOW_THREADS
+        if (npy_interrupt_disarm(&it)) {
+            /* Ctrl-C: a connection got just as it came is given back. */
+            if (rc == 1) {
+                Py_BEGIN_ALLOW_THREADS
+                nc_pool_release(ps->pool, c, 0);
+                Py_END_ALLOW_THREADS
+            }
+            Py_DECREF(conn);
+            return NULL;
+        }
     }
     if (rc < 0) {
         Py_DECREF(conn);
@@ -330,16 +343,27 @@ static int run_command(NpyConnection *self, const char *sql)
     void *raw = self->c->raw;
     if (kind == NPY_BACKEND_PY)
         return npy_py_command(pool, raw, sql);
-    double deadline = self->ps->query_timeout < 0 ? nc_now() + 30.0 : nc_now() + self->ps->query_timeout;
+    /* The same deadlines as a statement without its own timeout: the
+     * pool's query_timeout (none when unset), and on SQLite a lock is waited
+     * for up to busy_timeout (README, "Deadlines"). */
+    double now = nc_now();
+    double deadline = self->ps->query_timeout < 0 ? NC_NO_DEADLINE : now + self->ps->query_timeout;
+    double busy_until = now + self->ps->busy_wait;
+    if (busy_until > deadline)
+        busy_until = deadline;
     nc_error err;
     nc_error_clear(&err);
     int rc;
+    npy_interrupt it;
+    npy_interrupt_arm(&it);
     Py_BEGIN_ALLOW_THREADS
     rc = kind == NPY_BACKEND_PG ? nc_pg_command(raw, sql, deadline, &err)
-                                : nc_sqlite_command(raw, sql, deadline, &err);
+                                : nc_sqlite_command_busy(raw, sql, deadline, busy_until, &err);
     if (rc < 0)
         nc_pool_report(pool, &err);   /* the pool's observer: maybe a failover decision */
     Py_END_ALLOW_THREADS
+    if (npy_interrupt_disarm(&it))
+        return -1;   /* KeyboardInterrupt, whatever the command did */
     if (rc < 0)
         npy_raise_error(&err);
     return rc;

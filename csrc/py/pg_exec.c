@@ -1,5 +1,6 @@
 /* pg_exec.c - statements on a PostgreSQL connection (see pg_exec.h). */
 #include "pg_exec.h"
+#include "interrupt.h"
 
 static PyObject *pg_rows(PGresult *res, int tuple)
 {
@@ -71,10 +72,14 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
     nc_error err;
     nc_error_clear(&err);
     PGresult *res = NULL;
+    npy_interrupt it;
+    int interrupted;
     if (params == Py_None) {
+        npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
         res = nc_pg_exec(pc, sql, -1, NULL, NULL, NULL, NULL, deadline, &err);
         Py_END_ALLOW_THREADS
+        interrupted = npy_interrupt_disarm(&it);
     } else {
         nc_sql q;
         if (nc_sql_translate(sql, (size_t)sqllen, NC_DIALECT_PG, &q, &err) < 0) {
@@ -102,13 +107,27 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
                 return NULL;
             }
         }
+        npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
         res = nc_pg_exec(pc, q.sql, q.nslots, pp.types, (const char *const *)pp.values, pp.lengths,
                          pp.formats, deadline, &err);
         Py_END_ALLOW_THREADS
+        interrupted = npy_interrupt_disarm(&it);
         npy_pg_params_free(&pp);
         Py_DECREF(vals);
         nc_sql_free(&q);
+    }
+    if (interrupted) {
+        /* Ctrl-C: the statement was cancelled on the server (or its
+         * connection is marked broken); KeyboardInterrupt is set. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        Py_BEGIN_ALLOW_THREADS
+        nc_pool_statement_done(pool, res ? NULL : &err);
+        Py_END_ALLOW_THREADS
+        PyErr_Restore(et, ev, tb);
+        PQclear(res);
+        return NULL;
     }
     if (!res) {
         /* Counted, and told to the pool's observer: a failover decision may

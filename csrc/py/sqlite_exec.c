@@ -1,5 +1,6 @@
 /* sqlite_exec.c - statements on a SQLite connection (see sqlite_exec.h). */
 #include "sqlite_exec.h"
+#include "interrupt.h"
 #include "../core/nc_sqltext.h"
 #include "../core/nc_time.h"
 
@@ -38,6 +39,10 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
     double busy_until = nc_now() + busy_wait;
     nc_sqlite_begin(sc, deadline, busy_until < deadline ? busy_until : deadline);
 
+    /* Ctrl-C stops a wait on a lock (busy handler) or a long statement
+     * (progress handler); both run only inside the GIL-free calls below. */
+    npy_interrupt it;
+    npy_interrupt_arm(&it);
     PyObject *result = NULL;
     const char *tail = sql;
     int first = 1;
@@ -163,6 +168,10 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
         first = 0;
         tail = next;
     }
+    if (npy_interrupt_disarm(&it)) {
+        nc_error_set(&err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "interrupted");
+        goto interrupted;
+    }
     Py_XDECREF(vals);
     nc_sql_free(&q);
     nc_pool_statement_done(pool, NULL);
@@ -170,6 +179,8 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
         return PyLong_FromLong(-1);
     return result;
 error:
+    if (npy_interrupt_disarm(&it))
+        goto interrupted;
     /* Counted and told to the pool's observer (maybe a failover decision:
      * not with the GIL held). */
     Py_BEGIN_ALLOW_THREADS
@@ -178,9 +189,14 @@ error:
     npy_raise_error(&err);
     goto cleanup;
 error_raised:
+    npy_interrupt_disarm(&it);   /* a KeyboardInterrupt replaces the binding's error */
     /* A binding or conversion error: a failed statement, nothing to tell
      * about the endpoint (a query error carries no failure). */
     nc_error_set(&err, NC_E_QUERY, NC_K_NONE, "statement failed in the binding");
+    nc_pool_statement_done(pool, &err);
+    goto cleanup;
+interrupted:
+    /* KeyboardInterrupt is set; counted as a failed statement. */
     nc_pool_statement_done(pool, &err);
 cleanup:
     Py_XDECREF(result);

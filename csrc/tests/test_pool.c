@@ -18,6 +18,7 @@
  * seconds, also under ThreadSanitizer.
  */
 #include "nc_pool.h"
+#include "nc_stop.h"
 #include "nc_time.h"
 
 #include <errno.h>
@@ -1712,6 +1713,48 @@ static void test_observer_and_refs(void)
     CHECK(LD(ctx_frees) == frees + 1, "the last reference did not free the pool");
 }
 
+/* A thread's stop check (nc_stop.h, how Ctrl-C reaches the core) ends its
+ * wait in the queue with NC_E_INTERRUPTED, without the mutex held, and
+ * leaves the pool as it was. */
+static int stop_calls;
+static int stop_after_two(void *arg)
+{
+    (void)arg;
+    return ++stop_calls >= 2;
+}
+
+static void test_stop_check(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 1);
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a, *x;
+    uint64_t la, lx;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    stop_calls = 0;
+    nc_stop_install(stop_after_two, NULL);
+    double t0 = nc_now();
+    int rc = get(p, 10, &x, &lx, &err);
+    double el = nc_now() - t0;
+    nc_stop_install(NULL, NULL);
+    CHECK(rc == -1 && err.code == NC_E_INTERRUPTED, "rc %d code %d: %s", rc, err.code, err.message);
+    CHECK(stop_calls == 2, "the check was asked %d times", stop_calls);
+    CHECK(el >= NC_STOP_PERIOD && el < 3 * NC_STOP_PERIOD + SLACK, "interrupted after %.3f s", el);
+    nc_pool_stats st;
+    nc_pool_get_stats(p, &st);
+    CHECK(st.waiting == 0 && st.acquire_timeouts == 0, "waiting %d, timeouts %llu", st.waiting,
+          (unsigned long long)st.acquire_timeouts);
+    nc_pool_release(p, a, 0);
+    /* Without a check the same wait is an ordinary timeout. */
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    rc = get(p, 0.1, &x, &lx, &err);
+    CHECK(rc == -1 && err.code == NC_E_POOL_TIMEOUT, "rc %d code %d", rc, err.code);
+    nc_pool_release(p, a, 0);
+    nc_pool_free(p);
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -1736,6 +1779,7 @@ int main(void)
         {"races", test_races},
         {"stress", test_stress},
         {"observer_and_refs", test_observer_and_refs},
+        {"stop_check", test_stop_check},
         {"former_bugs", known_bugs},   /* bugs found by these tests and since fixed */
     };
     return nc_run_cases("test_pool", cases, NC_NCASES(cases));

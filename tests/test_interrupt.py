@@ -1,0 +1,242 @@
+"""Ctrl-C while the core waits without the GIL (issue 8, point 8; the fault-matrix row "Ctrl-C in
+borrow and in statement").
+
+Each case runs a child Python that blocks in one wait (a borrow from an exhausted pool, a
+PostgreSQL statement, SQLite waiting on a lock or running a long query) and says READY once it is
+certainly inside it (the pool counts it as a waiter, the server shows the statement active, the
+main thread's frame sits on the call).  The test then sends SIGINT and measures the time until the
+child reports the KeyboardInterrupt: it must come within 0.5 s (a correctness bound, not a speed
+claim; the core checks every 50 ms).  Afterwards the child shows that its pool still works, and
+for PostgreSQL the test checks from its own connection that the statement was cancelled on the
+server.
+"""
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from figures import record_figure
+from helpers import subprocess_env, wait_for
+
+BOUND = 0.5        # seconds from SIGINT to KeyboardInterrupt
+
+CHILD = r'''
+import os, sys, threading, time, sqlite3
+from noodlecore.database import DatabaseConnectionPool
+
+mode, target = sys.argv[1], sys.argv[2]
+
+def say(*words):
+    print(*words, flush=True)
+
+def when(cond):
+    """Print READY from a helper thread once cond() holds (the main thread is in C)."""
+    def run():
+        while not cond():
+            time.sleep(0.005)
+        say("READY")
+    threading.Thread(target=run, daemon=True).start()
+
+def on_the_call_line(line):
+    main = threading.main_thread().ident
+    return lambda: sys._current_frames()[main].f_lineno == line
+
+if mode == "borrow":
+    pool = DatabaseConnectionPool(target, max_connections=1, timeout=30)
+    held = pool.acquire()
+    when(lambda: pool._raw_stats()["requests_waiting"] == 1)
+    try:
+        pool.acquire(timeout=30)
+        say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    held.release()
+    with pool.get_connection(timeout=5) as c:
+        say("AFTER", c.execute_query("select 1 as x", row_format="tuple"), pool._raw_stats()["requests_waiting"])
+elif mode == "statement":
+    pool = DatabaseConnectionPool(target, max_connections=1, timeout=30)
+    c = pool.acquire()
+    say("PID", c.backend_pid)
+    try:
+        c.execute_query("select pg_sleep(30)")
+        say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    # the same connection when it is still good, a new one otherwise: the pool works
+    c.release()
+    with pool.get_connection(timeout=5) as c:
+        say("AFTER", c.execute_query("select 1 as x", row_format="tuple"), int(c.in_transaction))
+elif mode in ("sqlite-lock", "sqlite-long"):
+    pool = DatabaseConnectionPool("sqlite:///" + target, max_connections=2, timeout=30, busy_timeout=30)
+    with pool.get_connection() as c:
+        c.execute_query("create table if not exists t (x int)")
+    if mode == "sqlite-lock":
+        other = sqlite3.connect(target, isolation_level=None)
+        other.execute("begin exclusive")
+        sql = "insert into t values (1)"
+    else:
+        sql = "with recursive n(i) as (select 1 union all select i + 1 from n) select count(*) from n"
+    c = pool.acquire()
+    when(on_the_call_line(CALL_LINE))
+    try:
+        c.execute_query(sql)  # CALL
+        say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    c.release()
+    if mode == "sqlite-lock":
+        other.execute("rollback")
+    with pool.get_connection(timeout=5) as c:
+        say("AFTER", c.execute_query("select count(*) from t", row_format="tuple"), int(c.in_transaction))
+say("DONE")
+'''
+CALL_LINE = next(i for i, l in enumerate(CHILD.split("\n"), 1) if l.rstrip().endswith("# CALL"))
+
+
+class Child:
+    def __init__(self, mode, target):
+        code = CHILD.replace("CALL_LINE", str(CALL_LINE))
+        self.proc = subprocess.Popen([sys.executable, "-c", code, mode, target], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                                     cwd=tempfile.gettempdir())
+        self.lines = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put((time.monotonic(), line.strip()))
+        self.lines.put((time.monotonic(), None))
+
+    def expect(self, prefix, timeout=20):
+        """The next line, which must start with prefix; returns (arrival time, words after it)."""
+        try:
+            at, line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("child said nothing for %ss (waiting for %s)" % (timeout, prefix)) from None
+        if line is None or not line.startswith(prefix):
+            self.proc.kill()
+            raise AssertionError("expected %r from the child, got %r; stderr: %s"
+                                 % (prefix, line, self.proc.stderr.read()[-2000:]))
+        return at, line[len(prefix):].strip()
+
+    def interrupt(self):
+        """SIGINT now; seconds until the child reports its KeyboardInterrupt."""
+        sent = time.monotonic()
+        os.kill(self.proc.pid, signal.SIGINT)
+        try:
+            at, _ = self.expect("INTERRUPTED", timeout=10)
+        except AssertionError:
+            self.proc.kill()
+            raise
+        return at - sent
+
+    def finish(self):
+        self.expect("DONE")
+        assert self.proc.wait(timeout=20) == 0, self.proc.stderr.read()[-2000:]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def sleeping_sessions(pg, app):
+    rows = pg.sql("select pid from pg_stat_activity where application_name = '%s' and state = 'active' "
+                  "and query like '%%pg_sleep(30)%%'" % app)
+    return [int(r[0]) for r in rows]
+
+
+def test_ctrl_c_in_borrow_and_in_statement(pg, app):
+    # a borrow waiting on an exhausted pool
+    child = Child("borrow", pg.dsn(application_name=app))
+    try:
+        child.expect("READY")
+        borrow = child.interrupt()
+        _, after = child.expect("AFTER")
+        assert after == "[(1,)] 0", after          # the pool works; nobody left waiting
+        child.finish()
+    finally:
+        child.close()
+    assert borrow < BOUND, "KeyboardInterrupt %.2f s after SIGINT (borrow)" % borrow
+
+    # a statement running on the server
+    child = Child("statement", pg.dsn(application_name=app))
+    try:
+        _, pid = child.expect("PID")
+        wait_for(lambda: int(pid) in sleeping_sessions(pg, app), timeout=10, what="pg_sleep(30) to run")
+        statement = child.interrupt()
+        # cancelled on the server, not left running there
+        wait_for(lambda: not sleeping_sessions(pg, app), timeout=5, what="the statement to stop on the server")
+        _, after = child.expect("AFTER")
+        assert after == "[(1,)] 0", after          # the pool works, the connection is clean
+        child.finish()
+    finally:
+        child.close()
+    assert statement < BOUND, "KeyboardInterrupt %.2f s after SIGINT (statement)" % statement
+    record_figure("Ctrl-C in borrow and in statement",
+                  "borrow: %.2f s, statement: %.2f s, cancelled server-side" % (borrow, statement))
+
+
+def test_ctrl_c_in_statement_keeps_the_connection(pg, app):
+    """A statement stopped by Ctrl-C on a healthy server is cancelled there and its connection
+    goes back clean: the next borrow gets the same session."""
+    code = CHILD.split("if mode == \"borrow\"")[0] + r'''
+pool = DatabaseConnectionPool(target, max_connections=1, timeout=30)
+with pool.get_connection() as c:
+    pid = c.backend_pid
+    say("PID", pid)
+    try:
+        c.execute_query("select pg_sleep(30)")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+with pool.get_connection() as c:
+    say("AFTER", int(c.backend_pid == pid), pool._raw_stats()["connections_closed"])
+say("DONE")
+'''
+    child = Child.__new__(Child)
+    child.proc = subprocess.Popen([sys.executable, "-c", code, "x", pg.dsn(application_name=app)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                                  cwd=tempfile.gettempdir())
+    child.lines = queue.Queue()
+    threading.Thread(target=child._read, daemon=True).start()
+    try:
+        _, pid = child.expect("PID")
+        wait_for(lambda: int(pid) in sleeping_sessions(pg, app), timeout=10, what="pg_sleep(30) to run")
+        took = child.interrupt()
+        _, after = child.expect("AFTER")
+        assert after == "1 0", after               # same session, nothing closed
+        child.finish()
+    finally:
+        child.close()
+    assert took < BOUND, took
+
+
+def test_ctrl_c_while_sqlite_waits_for_a_lock(tmp_path):
+    child = Child("sqlite-lock", str(tmp_path / "locked.db"))
+    try:
+        child.expect("READY")
+        took = child.interrupt()
+        _, after = child.expect("AFTER")
+        assert after == "[(0,)] 0", after          # nothing inserted, no transaction left open
+        child.finish()
+    finally:
+        child.close()
+    assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (SQLite lock)" % took
+
+
+def test_ctrl_c_in_a_long_sqlite_query(tmp_path):
+    child = Child("sqlite-long", str(tmp_path / "long.db"))
+    try:
+        child.expect("READY")
+        took = child.interrupt()
+        _, after = child.expect("AFTER")
+        assert after == "[(0,)] 0", after
+        child.finish()
+    finally:
+        child.close()
+    assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (SQLite query)" % took
