@@ -252,7 +252,8 @@ static int pool_traverse(NpyPool *self, visitproc visit, void *arg)
      * subtype_traverse visits the type itself. */
     Py_VISIT(self->dict);
     /* The backend factory (held by the core pool's context, which this
-     * object owns): App -> pool -> app.make_backend -> App is a cycle. */
+     * object owns) and backend objects: App -> pool -> app.make_backend ->
+     * App is a cycle. */
     if (self->s.kind == NPY_BACKEND_PY && self->s.pool)
         return npy_py_ctx_traverse(nc_pool_ctx(self->s.pool), visit, arg);
     return 0;

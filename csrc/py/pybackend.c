@@ -2,8 +2,14 @@
 #include "pybackend.h"
 #include "errors.h"
 
+typedef struct py_conn py_conn;
+
 typedef struct py_ctx {
     PyObject *factory;  /* NULL once the owning Pool was cleared by the GC */
+    /* Every open connection, for the GC's traversal: linked and unlinked
+     * with the GIL held, so a collection (which holds it) sees one
+     * consistent set, whatever state the pool's slots are in. */
+    py_conn *open;
 } py_ctx;
 
 /* The protocol cannot tell whether a backend has a transaction open, so the
@@ -11,13 +17,14 @@ typedef struct py_ctx {
  * rollback() after it (txn), or statements since the last of those (dirty:
  * a backend that is not in autocommit mode, a DB-API connection say, opened
  * one implicitly).  The return rolls either back (py_reset). */
-typedef struct py_conn {
+struct py_conn {
+    py_conn *prev, *next;   /* in py_ctx.open (GIL) */
     PyObject *obj;
     int broken;
     int suspect;        /* it raised while lent: ping it before it is lent again */
     int txn;            /* begin() succeeded and no commit()/rollback() since */
     int dirty;          /* execute_query() ran since the last begin/commit/rollback */
-} py_conn;
+};
 
 void *npy_py_ctx_new(PyObject *factory)
 {
@@ -37,6 +44,9 @@ int npy_py_ctx_traverse(void *vctx, visitproc visit, void *arg)
 {
     py_ctx *ctx = vctx;
     Py_VISIT(ctx->factory);
+    /* The backend objects: App -> pool -> backend -> App is a cycle too. */
+    for (py_conn *c = ctx->open; c; c = c->next)
+        Py_VISIT(c->obj);
     return 0;
 }
 
@@ -102,6 +112,10 @@ static void *py_connect(void *vctx, double deadline, nc_error *err)
     } else {
         c->obj = obj;
         obj = NULL;
+        c->next = ctx->open;
+        if (ctx->open)
+            ctx->open->prev = c;
+        ctx->open = c;
     }
     Py_XDECREF(obj);
     PyErr_Restore(et, ev, tb);
@@ -213,18 +227,35 @@ static int py_reset(void *vctx, void *vconn, double deadline, nc_error *err)
     return py_ping(vctx, vconn, deadline, err);
 }
 
+static void unlink_conn(py_ctx *ctx, py_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        ctx->open = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
 static void py_close(void *vctx, void *vconn)
 {
-    (void)vctx;
+    py_ctx *ctx = vctx;
     py_conn *c = vconn;
     if (!c)
         return;
     if (npy_python_gone()) {
-        /* Leak the object: touching it now could crash the process. */
-        PyMem_RawFree(c);
+        /* Leak the object: touching it now could crash the process.  Its
+         * record leaves ctx->open only with the GIL; otherwise ctx_free
+         * frees it (the Pool, whose traversal reads the list, is gone). */
+        if (PyGILState_Check()) {
+            unlink_conn(ctx, c);
+            PyMem_RawFree(c);
+        }
         return;
     }
     PyGILState_STATE g = PyGILState_Ensure();
+    unlink_conn(ctx, c);
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     const char *name = PyObject_HasAttrString(c->obj, "close") ? "close"
@@ -253,6 +284,11 @@ static void py_ctx_free(void *vctx)
         Py_DECREF(ctx->factory);
         PyErr_Restore(et, ev, tb);
         PyGILState_Release(g);
+    }
+    while (ctx->open) {   /* records left by py_close after Python went away */
+        py_conn *c = ctx->open;
+        ctx->open = c->next;
+        PyMem_RawFree(c);
     }
     PyMem_RawFree(ctx);
 }
