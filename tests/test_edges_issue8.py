@@ -9,6 +9,8 @@
   does not make the borrow check throw away a good connection.
 """
 
+import pathlib
+import re
 import sqlite3
 
 import pytest
@@ -276,3 +278,15 @@ def test_terminated_idle_connection_is_still_caught_by_the_borrow_check(pg, make
     with pool.get_connection() as conn:
         assert conn.backend_pid != pid
         assert conn.execute_query("SELECT 1 AS one") == [{"one": 1}]
+
+
+def test_readme_gil_claims_name_python_backends():
+    """The README said the monitor and the maintenance thread run without the
+    GIL; for a Python backend they run its code, with the GIL.  Every
+    paragraph that promises "no GIL" must say where that stops."""
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    paragraphs = re.split(r"\n(?=- \*\*)|\n\n", readme)
+    claims = [p for p in paragraphs if re.search(r"no GIL|without the GIL|GIL is released", p)]
+    assert claims
+    for p in claims:
+        assert "Python" in p, "a 'no GIL' promise that forgets Python backends:\n" + p
