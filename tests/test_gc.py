@@ -196,23 +196,58 @@ def test_collection_on_the_janitor_thread_does_not_deadlock(counted):
     base = counted
     go = threading.Event()
     collected = threading.Event()
+    seen = {}
 
     def factory():
         b = Backend()
         if threading.current_thread() is not threading.main_thread() and not collected.is_set():
             assert go.wait(20)
             gc.collect()            # frees the pool below, on this thread
+            seen["freed"] = seen["ref"]() is None
             collected.set()
         return b
 
     pool = KeepingPool(factory, max_connections=2, min_connections=1,
                        validate_connections=True, validation_interval=30)
     pool.me = pool                      # only a cycle keeps it
-    ref = weakref.ref(pool)
+    seen["ref"] = weakref.ref(pool)
     del pool
     go.set()
     assert collected.wait(20), "the janitor's factory ran its collection"
-    gc.collect()
-    assert ref() is None
+    assert seen["freed"], "the collection on the janitor thread freed its own pool"
     wait_for(lambda: native_threads() <= base, timeout=20, what="the janitor thread to end")
     wait_for(lambda: Backend.closed == Backend.opened, timeout=20, what="the janitor's connection closed")
+
+
+def test_collection_on_a_monitor_probe_thread_does_not_deadlock(counted):
+    """The same on the failover monitor's probe thread: a Python endpoint's
+    health check is user code, with the GIL; a collection there may free the
+    monitor whose thread it is."""
+    base = counted
+    go = threading.Event()
+    done = threading.Event()
+    seen = {}
+
+    class ProbeCollects(Backend):
+        def execute_query(self, sql, params=None):
+            on_native = threading.current_thread() is not threading.main_thread()
+            if on_native and go.is_set() and not done.is_set():
+                seen["found"] = gc.collect()    # frees the monitor and its pools, on this thread
+                seen["freed"] = all(r() is None for r in seen["refs"])
+                done.set()
+            return super().execute_query(sql, params)
+
+    pools = [KeepingPool(ProbeCollects, max_connections=1), KeepingPool(ProbeCollects, max_connections=1)]
+    mon = _native.FailoverMonitor(pools, [1, 2], 0, {"health_check_interval": 0.05,
+                                                     "health_check_timeout": 2.0})
+    mon.start()
+    for p in pools:
+        p.monitor = mon
+    wait_for(lambda: mon.status()["endpoints"][1]["probed"], timeout=20, what="both endpoints probed")
+    seen["refs"] = [weakref.ref(p) for p in pools]
+    del pools, mon, p
+    go.set()
+    assert done.wait(20), "a probe ran its collection"
+    assert seen["freed"], "the collection on the probe thread freed the monitor and its pools"
+    wait_for(lambda: native_threads() <= base, timeout=20, what="the monitor threads to end")
+    wait_for(lambda: Backend.closed == Backend.opened, timeout=20, what="every backend closed")
