@@ -208,8 +208,13 @@ def test_sqlite_long_non_ascii_message_is_cut_on_a_character(tmp_path):
 
 def test_integer_options_past_32_bits_raise_2013():
     for name in ("max_connections", "min_connections", "retry_attempts"):
+        for value in (2 ** 32 + 3, -(10 ** 5000)):
+            with pytest.raises(ConfigurationError) as ei:
+                DatabaseConnectionPool(lambda: SqlOnlyBackend([]), **{name: value})
+            assert ei.value.error_code == 2013 and name in ei.value.message
+    for name in ("timeout", "retry_backoff", "validation_interval"):      # an int past a double
         with pytest.raises(ConfigurationError) as ei:
-            DatabaseConnectionPool(lambda: SqlOnlyBackend([]), **{name: 2 ** 32 + 3})
+            DatabaseConnectionPool(lambda: SqlOnlyBackend([]), **{name: 10 ** 400})
         assert ei.value.error_code == 2013 and name in ei.value.message
 
 
