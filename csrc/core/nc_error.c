@@ -25,11 +25,28 @@ void nc_error_vset(nc_error *err, int code, int kind, const char *fmt, va_list a
     err->sent = NC_SENT_UNKNOWN;
     err->kind = kind;
     err->sqlstate[0] = '\0';
-    int n = vsnprintf(err->message, sizeof err->message, fmt, ap);
+    nc_text_vset(err->message, sizeof err->message, fmt, ap);
+}
+
+int nc_text_vset(char *dst, size_t cap, const char *fmt, va_list ap)
+{
+    if (cap == 0)
+        return 0;
+    int n = vsnprintf(dst, cap, fmt, ap);
     if (n < 0)
-        err->message[0] = '\0';
-    else if ((size_t)n >= sizeof err->message)
-        nc_utf8_fix_tail(err->message);   /* a server message cut mid-character */
+        dst[0] = '\0';
+    else if ((size_t)n >= cap)
+        nc_utf8_fix_tail(dst);   /* a server message cut mid-character */
+    return n;
+}
+
+int nc_text_set(char *dst, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = nc_text_vset(dst, cap, fmt, ap);
+    va_end(ap);
+    return n;
 }
 
 void nc_error_set(nc_error *err, int code, int kind, const char *fmt, ...)
@@ -47,7 +64,7 @@ void nc_error_prefix(nc_error *err, const char *fmt, ...)
     char prefix[256], old[NC_ERRMSG_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    nc_text_vset(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->message, sizeof old);
     /* Truncation is fine here: a long message loses its tail. */

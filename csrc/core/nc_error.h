@@ -12,6 +12,7 @@
 #define NC_ERROR_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 enum nc_code {
     NC_OK = 0,
@@ -116,6 +117,11 @@ void nc_error_prefix(nc_error *err, const char *fmt, ...) __attribute__((format(
 /* After a truncating snprintf of UTF-8 text: drop a split last character,
  * so the binding can always decode messages strictly. */
 void nc_utf8_fix_tail(char *s);
+/* snprintf for text (messages, reasons, server strings): what does not fit
+ * is cut on a UTF-8 character boundary, never inside a character.  The one
+ * way the core copies text into a fixed buffer.  Returns snprintf's value. */
+int nc_text_set(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int nc_text_vset(char *dst, size_t cap, const char *fmt, va_list ap);
 
 /* ---- the tables ---------------------------------------------------------- */
 

@@ -159,12 +159,8 @@ static void set_reason(nc_fo_decision *d, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int r = vsnprintf(d->reason, sizeof d->reason, fmt, ap);
+    nc_text_vset(d->reason, sizeof d->reason, fmt, ap);
     va_end(ap);
-    if (r < 0)
-        d->reason[0] = '\0';
-    else if ((size_t)r >= sizeof d->reason)
-        nc_utf8_fix_tail(d->reason);
 }
 
 /* ---- configuration and life cycle ------------------------------------------ */

@@ -106,12 +106,8 @@ static void text_set(char *dst, size_t cap, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int r = vsnprintf(dst, cap, fmt, ap);
+    nc_text_vset(dst, cap, fmt, ap);
     va_end(ap);
-    if (r < 0)
-        dst[0] = '\0';
-    else if ((size_t)r >= cap)
-        nc_utf8_fix_tail(dst);
 }
 
 static void monitor_destroy(nc_monitor *m)

@@ -47,7 +47,8 @@ typedef struct nc_pg_ctx {
 } nc_pg_ctx;
 
 /* Split a comma-separated libpq list into at most NC_PG_MAX_HOSTS strdup'd
- * items.  Returns the count, -1 on allocation failure. */
+ * items.  Returns the count, -1 on allocation failure, -2 when there are
+ * more (never dropped silently: the caller says so). */
 static int split_list(const char *s, char **out)
 {
     int n = 0;
@@ -58,7 +59,7 @@ static int split_list(const char *s, char **out)
         const char *comma = strchr(start, ',');
         size_t len = comma ? (size_t)(comma - start) : strlen(start);
         if (n == NC_PG_MAX_HOSTS)
-            return n;
+            return -2;
         out[n] = strndup(start, len);
         if (!out[n])
             return -1;
@@ -85,7 +86,7 @@ static void pg_ctx_free(void *vctx)
 
 static void copy_trimmed(char *dst, size_t cap, const char *src)
 {
-    snprintf(dst, cap, "%s", src ? src : "");
+    nc_text_set(dst, cap, "%s", src ? src : "");
     size_t n = strlen(dst);
     while (n > 0 && (dst[n - 1] == '\n' || dst[n - 1] == ' '))
         dst[--n] = '\0';
@@ -126,12 +127,19 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
         else if (!strcmp(o->keyword, "user"))
             user = o->val;
     }
-    snprintf(ctx->display, sizeof ctx->display, "%s%s%s:%s/%s", user ? user : "", user ? "@" : "",
+    nc_text_set(ctx->display, sizeof ctx->display, "%s%s%s:%s/%s", user ? user : "", user ? "@" : "",
              host ? host : "localhost", port ? port : "5432", db ? db : (user ? user : ""));
     nc_utf8_fix_tail(ctx->display);   /* a long non-ASCII name cut mid-character */
     int nh = split_list(hostlist, ctx->hosts), na = split_list(hostaddr, ctx->hostaddrs);
     int np = split_list(port, ctx->ports);
     PQconninfoFree(opts);
+    if (nh == -2 || na == -2 || np == -2) {
+        pg_ctx_free(ctx);
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE,
+                     "invalid PostgreSQL connection string: more than %d hosts (or ports); a pool tries at most %d",
+                     NC_PG_MAX_HOSTS, NC_PG_MAX_HOSTS);
+        return NULL;
+    }
     if (nh < 0 || na < 0 || np < 0) {
         pg_ctx_free(ctx);
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
@@ -180,10 +188,16 @@ static void set_conn_error(nc_error *err, int code, PGconn *pg, const char *what
         memcpy(err->sqlstate, "08006", 6);
 }
 
-static void discard_notice(void *arg, const char *message)
+/* libpq hands notices, and an error that arrives on an idle connection, to
+ * the notice receiver (by default printed to stderr; a library must not
+ * write there).  A FATAL on an idle connection is the server saying why it
+ * is about to close it: the connection is dead. */
+static void note_receiver(void *arg, const PGresult *res)
 {
-    (void)arg;
-    (void)message;
+    nc_pg_conn *c = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC")))
+        c->broken = 1;
 }
 
 /* Connect to host i of a multi-host string (i < 0: the string as it is). */
@@ -242,9 +256,6 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
         }
         st = PQconnectPoll(pg);
     }
-    /* libpq prints notices (and errors that arrive on an idle connection)
-     * to stderr by default; a library must not write there. */
-    PQsetNoticeProcessor(pg, discard_notice, NULL);
     if (PQsetnonblocking(pg, 1) != 0) {
         set_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
         PQfinish(pg);
@@ -257,6 +268,7 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
         return NULL;
     }
     c->pg = pg;
+    PQsetNoticeReceiver(pg, note_receiver, c);
     const char *ds = PQparameterStatus(pg, "DateStyle");
     if (!ds || strncmp(ds, "ISO", 3) != 0) {
         if (nc_pg_command(c, "SET DateStyle TO ISO", deadline, err) < 0) {
@@ -300,16 +312,30 @@ static int pg_looks_alive(void *vctx, void *vconn)
     nc_pg_conn *c = vconn;
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
         return 0;
-    /* An idle connection has nothing to say.  Anything readable means the
-     * server closed it (EOF, reset) or sent a FATAL before closing, as
-     * pg_terminate_backend and a shutting-down server do. */
-    struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
-    int rc = poll(&pfd, 1, 0);
-    if (rc < 0)
-        return errno == EINTR;
-    if (rc > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL)))
-        return 0;
-    return 1;
+    /* An idle connection usually has nothing to say.  When it has, read it
+     * before judging: a NOTIFY (a LISTEN of an earlier borrower) or a
+     * ParameterStatus (a reloaded setting, a promotion) is harmless, while
+     * EOF, a reset, or a FATAL sent just before closing (pg_terminate_backend,
+     * a server shutting down; note_receiver marks it) is not.  Reading is a
+     * non-blocking recv of what already arrived: no wait. */
+    for (int reads = 0; reads < 4; reads++) {
+        struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
+        int rc = poll(&pfd, 1, 0);
+        if (rc < 0)
+            return errno == EINTR;
+        if (rc == 0)
+            return 1;
+        if (pfd.revents & (POLLHUP | POLLERR | POLLNVAL))
+            return 0;
+        if (!PQconsumeInput(c->pg))
+            return 0;   /* EOF or a reset */
+        PGnotify *n;
+        while ((n = PQnotifies(c->pg)))   /* parses what came; nobody here reads notifications */
+            PQfreemem(n);
+        if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
+            return 0;
+    }
+    return 1;   /* four reads and neither EOF nor FATAL: a talkative but live server */
 }
 
 /* ---- statements -------------------------------------------------------- */
@@ -321,7 +347,7 @@ static void set_result_error(nc_error *err, PGresult *res)
     const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
     char buf[NC_ERRMSG_MAX];
     if (primary)
-        snprintf(buf, sizeof buf, "%s%s%s", primary, detail ? " DETAIL: " : "", detail ? detail : "");
+        nc_text_set(buf, sizeof buf, "%s%s%s", primary, detail ? " DETAIL: " : "", detail ? detail : "");
     else
         copy_trimmed(buf, sizeof buf, PQresultErrorMessage(res));
     /* The class comes from the SQLSTATE (nc_error_class). */

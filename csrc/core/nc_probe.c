@@ -182,7 +182,7 @@ static void fail(nc_probe_result *out, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(out->error, sizeof out->error, fmt, ap);
+    nc_text_vset(out->error, sizeof out->error, fmt, ap);
     va_end(ap);
     out->error_code = code;
 }
@@ -213,8 +213,7 @@ static void text_of(char *dst, size_t cap, PGresult *r, int row, int col)
     if (col >= PQnfields(r) || PQgetisnull(r, row, col))
         dst[0] = '\0';
     else
-        snprintf(dst, cap, "%s", PQgetvalue(r, row, col));
-    nc_utf8_fix_tail(dst);
+        nc_text_set(dst, cap, "%s", PQgetvalue(r, row, col));
 }
 
 static void read_detail(PGresult *first, PGresult *second, nc_probe_result *out)

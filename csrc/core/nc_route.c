@@ -101,8 +101,7 @@ static int route_probe(void *arg, int i, double deadline, double *latency, int *
     *latency = res.latency;
     *role = res.role;
     if (rc < 0) {
-        snprintf(errbuf, errlen, "%s", res.error);
-        nc_utf8_fix_tail(errbuf);
+        nc_text_set(errbuf, errlen, "%s", res.error);
     }
     return rc;
 }

@@ -57,7 +57,7 @@ void *nc_sqlite_ctx_new(const char *url, nc_error *err)
         path = buf;
     }
     ctx->path = strdup(path);
-    snprintf(ctx->display, sizeof ctx->display, "sqlite:%s", url + plen);
+    nc_text_set(ctx->display, sizeof ctx->display, "sqlite:%s", url + plen);
     if (!ctx->path) {
         free(ctx);
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");

@@ -83,7 +83,7 @@ void npy_connection_release(NpyConnection *self, int discard)
     self->in_txn = 0;
     if (inherited(self))
         return;   /* the parent's: abandoned as it is */
-    nc_pool *p = self->ps ? self->ps->pool : NULL;
+    nc_pool *p = self->ps ? self->ps->pool : NULL;   /* ps is NULL after conn_clear */
     nc_conn *c = self->c;
     if (!p || !c || !nc_pool_lease_valid(p, c, self->lease))
         return;
@@ -127,7 +127,7 @@ int npy_settings_inherited(const npy_pool_settings *ps)
 
 NpyConnection *npy_connection_alloc(void)
 {
-    NpyConnection *conn = PyObject_New(NpyConnection, &NpyConnection_Type);
+    NpyConnection *conn = PyObject_GC_New(NpyConnection, &NpyConnection_Type);
     if (!conn)
         return NULL;
     conn->owner = NULL;
@@ -140,6 +140,7 @@ NpyConnection *npy_connection_alloc(void)
     conn->busy = 0;
     conn->pending_release = 0;
     conn->row_tuple = 0;
+    PyObject_GC_Track(conn);
     return conn;
 }
 
@@ -197,13 +198,37 @@ NpyConnection *npy_connection_lend(PyObject *owner, const npy_pool_settings *ps,
 
 static void conn_dealloc(NpyConnection *self)
 {
+    /* Untracked first: releasing may let other threads (and a collection)
+     * run while we are half torn down. */
+    PyObject_GC_UnTrack(self);
     /* Dropped without release(): give it back rather than leak the slot. */
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     npy_connection_release(self, 0);
     PyErr_Restore(et, ev, tb);
     Py_CLEAR(self->owner);
-    PyObject_Free(self);
+    PyObject_GC_Del(self);
+}
+
+static int conn_traverse(NpyConnection *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    return 0;
+}
+
+/* In a cycle (pool.last = conn): give the connection back, then let go of
+ * the Pool.  Afterwards the object is a returned connection (ps NULL). */
+static int conn_clear(NpyConnection *self)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    npy_connection_release(self, 0);
+    PyErr_Restore(et, ev, tb);
+    if (!self->released)
+        return 0;   /* busy in another thread: it is not garbage then; keep it whole */
+    self->ps = NULL;
+    Py_CLEAR(self->owner);
+    return 0;
 }
 
 static double deadline_for(NpyConnection *self, PyObject *timeout, int *bad)
@@ -603,6 +628,8 @@ static PyObject *conn_get_serial(NpyConnection *self, void *c)
 
 static PyObject *conn_repr(NpyConnection *self)
 {
+    if (!self->ps)
+        return PyUnicode_FromString("<PooledConnection returned>");
     int live = !self->released && !inherited(self) && self->ps->pool &&
                nc_pool_lease_valid(self->ps->pool, self->c, self->lease);
     return PyUnicode_FromFormat("<PooledConnection %U %s>", self->ps->display, live ? "borrowed" : "returned");
@@ -653,7 +680,9 @@ PyTypeObject NpyConnection_Type = {
     .tp_basicsize = sizeof(NpyConnection),
     .tp_dealloc = (destructor)conn_dealloc,
     .tp_repr = (reprfunc)conn_repr,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)conn_traverse,
+    .tp_clear = (inquiry)conn_clear,
     .tp_doc = "A connection borrowed from a DatabaseConnectionPool.\n\n"
               "Valid until it goes back to the pool (end of the with-block or release()); any use\n"
               "after that raises InterfaceError (2016).",

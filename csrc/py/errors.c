@@ -44,8 +44,15 @@ PyObject *npy_error_new(int code, int kind, const char *sqlstate, const char *me
         PyErr_Format(PyExc_RuntimeError, "[%d] %s", code, message);
         return NULL;
     }
+    /* The core cuts text on character boundaries (nc_text_set); decoding
+     * with "replace" is the second guard: a server in another client
+     * encoding must still give its error, not a UnicodeDecodeError. */
+    PyObject *text = PyUnicode_DecodeUTF8(message, (Py_ssize_t)strlen(message), "replace");
+    if (!text)
+        return NULL;
     /* A server error's message is the server's own. */
-    PyObject *exc = PyObject_CallFunction(cls, "sizz", message, code, sqlstate, sqlstate ? message : NULL);
+    PyObject *exc = PyObject_CallFunction(cls, "OizO", text, code, sqlstate, sqlstate ? text : Py_None);
+    Py_DECREF(text);
     if (!exc)
         return NULL;
     nc_error e;
@@ -78,10 +85,8 @@ PyObject *npy_raise(int code, int kind, const char *sqlstate, const char *fmt, .
     char buf[NC_ERRMSG_MAX + 256];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    nc_text_vset(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    if (n >= (int)sizeof buf)
-        nc_utf8_fix_tail(buf);
     return raise_new(code, kind, sqlstate, buf, NC_SENT_UNKNOWN);
 }
 
@@ -120,8 +125,7 @@ void npy_error_from_backend(PyObject *exc, nc_error *out)
     PyErr_Clear();
     PyObject *msg = PyObject_Str(exc);
     const char *text = msg ? PyUnicode_AsUTF8(msg) : NULL;
-    snprintf(out->message, sizeof out->message, "%s", text ? text : "backend error");
-    nc_utf8_fix_tail(out->message);
+    nc_text_set(out->message, sizeof out->message, "%s", text ? text : "backend error");
     Py_XDECREF(msg);
     PyErr_Clear();
     if (!out->code)

@@ -184,9 +184,16 @@ static int fo_init(NpyFailover *self, PyObject *args, PyObject *kwds)
         if (npy_settings_fresh(&((NpyPool *)p)->s) < 0)   /* a Pool made before a fork() */
             return -1;
         cpools[i] = ((NpyPool *)p)->s.pool;
-        prio[i] = (int)PyLong_AsLong(PyList_GET_ITEM(prios, i));
-        if (PyErr_Occurred())
+        /* Checked, never cut: (int)(2**32 + 3) would be priority 3. */
+        PyObject *pv = PyList_GET_ITEM(prios, i);
+        long x = PyLong_Check(pv) && !PyBool_Check(pv) ? PyLong_AsLong(pv) : -1;
+        if (x < 1 || x > 2147483647L) {
+            PyErr_Clear();
+            npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL,
+                      "FailoverMonitor: endpoint %zd: priority must be an integer from 1 to 2147483647", i);
             return -1;
+        }
+        prio[i] = (int)x;
     }
     nc_monitor_config mc;
     nc_monitor_config_defaults(&mc);
@@ -279,6 +286,7 @@ static int fresh(NpyFailover *self)
 
 static void fo_dealloc(NpyFailover *self)
 {
+    PyObject_GC_UnTrack(self);
     registry_remove(self);
     if (route_inherited(self))
         abandon_route(self);
@@ -291,6 +299,28 @@ static void fo_dealloc(NpyFailover *self)
     }
     Py_CLEAR(self->pools);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int fo_traverse(NpyFailover *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->pools);
+    return 0;
+}
+
+/* In a cycle (a manager's pools, a factory that refers back to it): stop
+ * the monitor first (without the GIL: its probes of Python endpoints need
+ * it), so that no probe runs on a Pool being cleared, then let go of the
+ * Pools.  Later calls raise PoolClosedError. */
+static int fo_clear(NpyFailover *self)
+{
+    if (self->route) {
+        nc_route *r = self->route;
+        Py_BEGIN_ALLOW_THREADS
+        nc_route_close(r);
+        Py_END_ALLOW_THREADS
+    }
+    Py_CLEAR(self->pools);
+    return 0;
 }
 
 /* The route's monitor for a call, or NULL with PoolClosedError (code) set.
@@ -318,7 +348,7 @@ static PyObject *fo_lend(NpyFailover *self, PyObject *arg)
     if (fresh(self) < 0)
         return NULL;
     nc_route *r = self->route;
-    if (!r)
+    if (!r || !self->pools)
         return npy_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "the failover manager is shut down");
     /* Made first: once a connection is borrowed nothing may fail. */
     NpyConnection *conn = npy_connection_alloc();
@@ -585,7 +615,9 @@ PyTypeObject NpyFailover_Type = {
     .tp_name = "noodlecore._native.FailoverMonitor",
     .tp_basicsize = sizeof(NpyFailover),
     .tp_dealloc = (destructor)fo_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)fo_traverse,
+    .tp_clear = (inquiry)fo_clear,
     .tp_doc = "Native health monitor and failover route over one Pool per endpoint.",
     .tp_methods = fo_methods,
     .tp_getset = fo_getset,

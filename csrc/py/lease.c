@@ -12,17 +12,19 @@ typedef struct NpyLease {
 
 PyObject *npy_lease_new(PyObject *owner, const npy_pool_settings *ps, double timeout)
 {
-    NpyLease *l = PyObject_New(NpyLease, &NpyLease_Type);
+    NpyLease *l = PyObject_GC_New(NpyLease, &NpyLease_Type);
     if (!l)
         return NULL;
     l->owner = Py_NewRef(owner);
     l->ps = ps;
     l->timeout = timeout;
     l->conn = NULL;
+    PyObject_GC_Track(l);
     return (PyObject *)l;
 }
 
-static void lease_dealloc(NpyLease *self)
+/* Give back the borrow this lease holds, if any (dealloc and clear). */
+static void lease_drop(NpyLease *self)
 {
     if (self->conn) {
         /* Often freed while an exception unwinds: keep it intact. */
@@ -32,8 +34,31 @@ static void lease_dealloc(NpyLease *self)
         Py_CLEAR(self->conn);
         PyErr_Restore(et, ev, tb);
     }
+}
+
+static void lease_dealloc(NpyLease *self)
+{
+    PyObject_GC_UnTrack(self);
+    lease_drop(self);
     Py_CLEAR(self->owner);
-    PyObject_Free(self);
+    PyObject_GC_Del(self);
+}
+
+static int lease_traverse(NpyLease *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->owner);
+    Py_VISIT(self->conn);
+    return 0;
+}
+
+/* In a cycle: give the connection back, let go of the Pool; entering a
+ * cleared lease raises. */
+static int lease_clear(NpyLease *self)
+{
+    lease_drop(self);
+    self->ps = NULL;
+    Py_CLEAR(self->owner);
+    return 0;
 }
 
 static PyObject *lease_enter(NpyLease *self, PyObject *unused)
@@ -41,6 +66,8 @@ static PyObject *lease_enter(NpyLease *self, PyObject *unused)
     (void)unused;
     if (self->conn)
         return npy_raise(NC_E_POOL, NC_K_INTERFACE, NULL, "this get_connection() context is already in use");
+    if (!self->owner)
+        return npy_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "the pool was garbage-collected");
     NpyConnection *c = npy_connection_lend(self->owner, self->ps, self->timeout);
     if (!c)
         return NULL;
@@ -73,7 +100,9 @@ PyTypeObject NpyLease_Type = {
     .tp_name = "noodlecore._native.ConnectionLease",
     .tp_basicsize = sizeof(NpyLease),
     .tp_dealloc = (destructor)lease_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)lease_traverse,
+    .tp_clear = (inquiry)lease_clear,
     .tp_doc = "Context manager returned by get_connection(): borrows on entry, returns on exit.",
     .tp_methods = lease_methods,
 };

@@ -23,9 +23,16 @@ int npy_options_read(PyObject *dict, const npy_option *opts, void *base, const c
         case NPY_OPT_INT: {
             if (PyBool_Check(v) || !PyLong_Check(v))
                 return bad(o, what, "an integer", v);
-            long x = PyLong_AsLong(v);
-            if ((x == -1 && PyErr_Occurred()) || x < -2147483647L || x > 2147483647L)
-                return bad(o, what, "an integer in range", v);
+            /* Checked, never cut: 2**32 + 3 must not become 3. */
+            int overflow = 0;
+            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+            if (overflow || (x == -1 && PyErr_Occurred()) || x < -2147483647LL || x > 2147483647LL) {
+                PyErr_Clear();
+                npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL,
+                          "%s option '%s' must be an integer from -2147483647 to 2147483647, not %s", what,
+                          o->name, overflow > 0 || x > 0 ? "a larger one" : "a smaller one");
+                return -1;
+            }
             *(int *)field = (int)x;
             break;
         }

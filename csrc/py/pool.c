@@ -272,12 +272,22 @@ static int pool_traverse(NpyPool *self, visitproc visit, void *arg)
     /* Not the type: NpyPool_Type is static, and a heap subclass's
      * subtype_traverse visits the type itself. */
     Py_VISIT(self->dict);
+    /* The backend factory (held by the core pool's context, which this
+     * object owns) and backend objects: App -> pool -> app.make_backend ->
+     * App is a cycle. */
+    if (self->s.kind == NPY_BACKEND_PY && self->s.pool)
+        return npy_py_ctx_traverse(nc_pool_ctx(self->s.pool), visit, arg);
     return 0;
 }
 
+/* Break cycles; dealloc, which follows, stops the janitor and closes the
+ * connections (without the GIL).  A janitor that tries to connect in between
+ * finds no factory and fails like a closed pool. */
 static int pool_clear(NpyPool *self)
 {
     Py_CLEAR(self->dict);
+    if (self->s.kind == NPY_BACKEND_PY && self->s.pool)
+        npy_py_ctx_clear(nc_pool_ctx(self->s.pool));
     return 0;
 }
 

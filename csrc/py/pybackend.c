@@ -2,15 +2,29 @@
 #include "pybackend.h"
 #include "errors.h"
 
+typedef struct py_conn py_conn;
+
 typedef struct py_ctx {
-    PyObject *factory;
+    PyObject *factory;  /* NULL once the owning Pool was cleared by the GC */
+    /* Every open connection, for the GC's traversal: linked and unlinked
+     * with the GIL held, so a collection (which holds it) sees one
+     * consistent set, whatever state the pool's slots are in. */
+    py_conn *open;
 } py_ctx;
 
-typedef struct py_conn {
+/* The protocol cannot tell whether a backend has a transaction open, so the
+ * binding remembers what it asked for: begin() without a commit() or
+ * rollback() after it (txn), or statements since the last of those (dirty:
+ * a backend that is not in autocommit mode, a DB-API connection say, opened
+ * one implicitly).  The return rolls either back (py_reset). */
+struct py_conn {
+    py_conn *prev, *next;   /* in py_ctx.open (GIL) */
     PyObject *obj;
     int broken;
     int suspect;        /* it raised while lent: ping it before it is lent again */
-} py_conn;
+    int txn;            /* begin() succeeded and no commit()/rollback() since */
+    int dirty;          /* execute_query() ran since the last begin/commit/rollback */
+};
 
 void *npy_py_ctx_new(PyObject *factory)
 {
@@ -24,6 +38,22 @@ void *npy_py_ctx_new(PyObject *factory)
 PyObject *npy_py_conn_object(void *raw)
 {
     return ((py_conn *)raw)->obj;
+}
+
+int npy_py_ctx_traverse(void *vctx, visitproc visit, void *arg)
+{
+    py_ctx *ctx = vctx;
+    Py_VISIT(ctx->factory);
+    /* The backend objects: App -> pool -> backend -> App is a cycle too. */
+    for (py_conn *c = ctx->open; c; c = c->next)
+        Py_VISIT(c->obj);
+    return 0;
+}
+
+void npy_py_ctx_clear(void *vctx)
+{
+    py_ctx *ctx = vctx;
+    Py_CLEAR(ctx->factory);
 }
 
 /* Describe the pending Python exception into err and clear it. */
@@ -62,8 +92,14 @@ static void *py_connect(void *vctx, double deadline, nc_error *err)
     PyObject *et, *ev, *tb;   /* whatever the calling thread had pending */
     PyErr_Fetch(&et, &ev, &tb);
     py_conn *c = NULL;
-    PyObject *obj = PyObject_CallNoArgs(ctx->factory);
-    if (!obj) {
+    /* A reference of our own: the call may release the GIL, and a collection
+     * on another thread may clear the Pool (and ctx->factory) meanwhile. */
+    PyObject *factory = Py_XNewRef(ctx->factory);
+    PyObject *obj = factory ? PyObject_CallNoArgs(factory) : NULL;
+    Py_XDECREF(factory);
+    if (!factory) {
+        nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the pool was garbage-collected");
+    } else if (!obj) {
         take_exception(err, NC_E_CONNECTION, "backend_factory() raised");
     } else if (obj == Py_None) {
         nc_error_set(err, NC_E_BACKEND, NC_K_INTERFACE, "backend_factory() returned None");
@@ -76,6 +112,10 @@ static void *py_connect(void *vctx, double deadline, nc_error *err)
     } else {
         c->obj = obj;
         obj = NULL;
+        c->next = ctx->open;
+        if (ctx->open)
+            ctx->open->prev = c;
+        ctx->open = c;
     }
     Py_XDECREF(obj);
     PyErr_Restore(et, ev, tb);
@@ -134,31 +174,88 @@ static int py_return_state(void *vctx, void *vconn)
 {
     (void)vctx;
     py_conn *c = vconn;
-    return c->broken ? -1 : c->suspect ? 1 : 0;
+    return c->broken ? -1 : c->suspect || c->txn || c->dirty ? 1 : 0;
 }
 
-/* Giving back a connection whose backend raised: it must answer a ping. */
+/* rollback() when the backend has it, else ROLLBACK through execute_query
+ * (or nothing, when only statements ran and there is no rollback(): such a
+ * backend can only be in autocommit mode).  0, or -1 with err set.  GIL held. */
+static int py_rollback(py_conn *c, int begun, nc_error *err)
+{
+    PyObject *res;
+    if (PyObject_HasAttrString(c->obj, "rollback"))
+        res = PyObject_CallMethod(c->obj, "rollback", NULL);
+    else if (begun)
+        res = PyObject_CallMethod(c->obj, "execute_query", "sO", "ROLLBACK", Py_None);
+    else
+        return 0;
+    if (!res) {
+        take_exception(err, NC_E_CONNECTION, "rollback on return raised");
+        return -1;
+    }
+    Py_DECREF(res);
+    return 0;
+}
+
+/* Giving back a connection: roll back what the borrower left open (the
+ * README's promise), and a backend that raised must answer a ping.  -1
+ * discards it. */
 static int py_reset(void *vctx, void *vconn, double deadline, nc_error *err)
 {
     py_conn *c = vconn;
+    int begun = c->txn, dirty = c->dirty;
+    c->txn = c->dirty = 0;
+    if ((begun || dirty) && !npy_python_gone()) {
+        PyGILState_STATE g = PyGILState_Ensure();
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        int rc = py_rollback(c, begun, err);
+        PyErr_Restore(et, ev, tb);
+        PyGILState_Release(g);
+        if (rc < 0) {
+            /* A transaction we opened that cannot be rolled back: never lend
+             * it again.  After plain statements the rollback may only mean
+             * "nothing to roll back": a ping decides. */
+            if (begun)
+                return -1;
+            c->suspect = 1;
+        }
+    }
     if (!c->suspect)
         return 0;
     c->suspect = 0;
     return py_ping(vctx, vconn, deadline, err);
 }
 
+static void unlink_conn(py_ctx *ctx, py_conn *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        ctx->open = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
 static void py_close(void *vctx, void *vconn)
 {
-    (void)vctx;
+    py_ctx *ctx = vctx;
     py_conn *c = vconn;
     if (!c)
         return;
     if (npy_python_gone()) {
-        /* Leak the object: touching it now could crash the process. */
-        PyMem_RawFree(c);
+        /* Leak the object: touching it now could crash the process.  Its
+         * record leaves ctx->open only with the GIL; otherwise ctx_free
+         * frees it (the Pool, whose traversal reads the list, is gone). */
+        if (PyGILState_Check()) {
+            unlink_conn(ctx, c);
+            PyMem_RawFree(c);
+        }
         return;
     }
     PyGILState_STATE g = PyGILState_Ensure();
+    unlink_conn(ctx, c);
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     const char *name = PyObject_HasAttrString(c->obj, "close") ? "close"
@@ -180,13 +277,18 @@ static void py_ctx_free(void *vctx)
     py_ctx *ctx = vctx;
     if (!ctx)
         return;
-    if (!npy_python_gone()) {
+    if (ctx->factory && !npy_python_gone()) {
         PyGILState_STATE g = PyGILState_Ensure();
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
         Py_DECREF(ctx->factory);
         PyErr_Restore(et, ev, tb);
         PyGILState_Release(g);
+    }
+    while (ctx->open) {   /* records left by py_close after Python went away */
+        py_conn *c = ctx->open;
+        ctx->open = c->next;
+        PyMem_RawFree(c);
     }
     PyMem_RawFree(ctx);
 }
@@ -228,6 +330,7 @@ static void backend_failed(nc_pool *pool, void *raw, int statement)
 
 PyObject *npy_py_execute(nc_pool *pool, void *raw, PyObject *query, PyObject *params)
 {
+    ((py_conn *)raw)->dirty = 1;   /* even a failed one may have opened a transaction */
     PyObject *res = PyObject_CallMethod(((py_conn *)raw)->obj, "execute_query", "OO", query, params);
     if (!res) {
         backend_failed(pool, raw, 1);
@@ -249,5 +352,8 @@ int npy_py_command(nc_pool *pool, void *raw, const char *sql)
         return -1;
     }
     Py_DECREF(res);
+    py_conn *c = raw;
+    c->txn = sql[0] == 'B';   /* BEGIN opened one; COMMIT / ROLLBACK ended it */
+    c->dirty = 0;
     return 0;
 }

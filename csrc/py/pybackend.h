@@ -14,6 +14,12 @@ extern const nc_backend_ops npy_py_ops;
 
 /* The ops' context for a factory (a reference is kept).  NULL: no memory. */
 void *npy_py_ctx_new(PyObject *factory);
+/* The garbage collector's view of a Python-backend pool (GIL held):
+ * traverse visits the factory and its connections' backend objects; clear
+ * drops the factory, after which connecting fails with PoolClosedError (the
+ * Pool is being collected). */
+int npy_py_ctx_traverse(void *ctx, visitproc visit, void *arg);
+void npy_py_ctx_clear(void *ctx);
 /* The backend object of a raw connection (borrowed). */
 PyObject *npy_py_conn_object(void *raw);
 

@@ -103,17 +103,27 @@ def _check_value(opt: Option, value: Any, source: str) -> Any:
         want = "an integer" if opt.kind == "int" else "a number"
         raise ConfigurationError(f"{source} must be {want}, not {type(value).__name__}")
     if opt.kind == "float":
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:               # an int past a double: a typed error, not OverflowError
+            raise ConfigurationError(f"{source} must be a finite number") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise ConfigurationError(f"{source} must be a finite number")
     if opt.minimum is not None:
         if opt.exclusive_min and value <= opt.minimum:
-            raise ConfigurationError(f"{source} must be greater than {opt.minimum:g}, not {value!r}")
+            raise ConfigurationError(f"{source} must be greater than {opt.minimum:g}, not {_shown(value)}")
         if not opt.exclusive_min and value < opt.minimum:
-            raise ConfigurationError(f"{source} must be at least {opt.minimum:g}, not {value!r}")
+            raise ConfigurationError(f"{source} must be at least {opt.minimum:g}, not {_shown(value)}")
     if opt.maximum is not None and value > opt.maximum:
-        raise ConfigurationError(f"{source} must be at most {opt.maximum:g}, not {value!r}")
+        raise ConfigurationError(f"{source} must be at most {opt.maximum:g}, not {_shown(value)}")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: repr of a huge int fails past 4300 digits."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"
+    return repr(value)
 
 
 def _sslmode(value: Any, source: str) -> str:

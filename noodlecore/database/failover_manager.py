@@ -3,7 +3,8 @@ and automatic (or manual) failover and failback.
 
 What happens when:
 
-* ``start_monitoring()`` starts native threads (no GIL) that probe every
+* ``start_monitoring()`` starts native threads (no GIL, except to run a Python
+  backend's health check for an endpoint built by ``backend_factory``) that probe every
   endpoint each ``health_check_interval`` within ``health_check_timeout``:
   reachability, latency and, for PostgreSQL, whether it accepts writes
   (``pg_is_in_recovery()`` / ``default_transaction_read_only``).
