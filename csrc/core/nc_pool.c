@@ -33,6 +33,7 @@ void nc_pool_config_defaults(nc_pool_config *c)
     c->max_lifetime = 3600.0;
     c->lifetime_jitter = 0.1;
     c->ping_after_idle = 1.0;
+    c->leak_timeout = 0.0;
 }
 
 static void lock(nc_pool *p) { pthread_mutex_lock(&p->mu); }
@@ -52,7 +53,7 @@ static int cond_init_monotonic(pthread_cond_t *cv)
 nc_pool *nc_pool_new(const nc_pool_config *cfg, const nc_backend_ops *ops, void *ctx, nc_error *err)
 {
     if (cfg->max_connections < 1 || cfg->min_connections < 0 ||
-        cfg->min_connections > cfg->max_connections || cfg->retry_attempts < 1 ||
+        cfg->min_connections > cfg->max_connections || cfg->retry_attempts < 1 || !(cfg->leak_timeout >= 0) ||
         !(cfg->validation_interval > 0) || !(cfg->validation_timeout > 0) || !(cfg->connect_timeout > 0)) {
         nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "invalid pool configuration");
         if (ops->ctx_free)
@@ -172,6 +173,7 @@ void nc_pool_put_idle_locked(nc_pool *p, nc_conn *c)
         dequeue_waiter_locked(p, w);
         c->state = NC_SLOT_LENT;
         c->lease++;
+        c->lent_at = nc_now();
         p->nlent++;
         w->conn = c;
         w->result = NC_WAIT_GOT;
@@ -348,6 +350,7 @@ static int open_into(nc_pool *p, nc_conn *c, double deadline, int fail_code, int
     }
     c->state = NC_SLOT_LENT;
     c->lease++;
+    c->lent_at = nc_now();
     p->nbusy--;
     p->nlent++;
     unlock(p);
@@ -417,6 +420,7 @@ int nc_pool_try_acquire(nc_pool *p, nc_conn **out, uint64_t *lease, nc_error *er
     p->nlent++;
     c->state = NC_SLOT_LENT;
     c->lease++;
+    c->lent_at = nc_now();
     record_wait_locked(p, 0.0);
     *out = c;
     *lease = c->lease;
@@ -549,6 +553,7 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
             p->nlent++;
             c->state = NC_SLOT_LENT;
             c->lease++;
+            c->lent_at = nc_now();
             record_wait_locked(p, nc_now() - start);
             *out = c;
             *lease = c->lease;
@@ -699,6 +704,32 @@ int nc_pool_is_closed(nc_pool *p)
     return c;
 }
 
+int nc_pool_leaks_pending(nc_pool *p)
+{
+    return __atomic_load_n(&p->leaks_pending, __ATOMIC_ACQUIRE);
+}
+
+int nc_pool_take_leaks(nc_pool *p, nc_leak *out, int max)
+{
+    int n = 0;
+    if (!nc_pool_leaks_pending(p))
+        return 0;
+    lock(p);
+    for (int i = 0; i < p->cfg.max_connections && n < max; i++) {
+        nc_conn *c = &p->slots[i];
+        if (!c->leak_pending)
+            continue;
+        c->leak_pending = 0;
+        out[n].index = i;
+        out[n].lease = c->leak_lease;
+        out[n].held = c->leak_held;
+        n++;
+    }
+    __atomic_store_n(&p->leaks_pending, p->leaks_pending - n, __ATOMIC_RELEASE);
+    unlock(p);
+    return n;
+}
+
 static double hist_quantile(const uint64_t *h, uint64_t n, double q)
 {
     if (n == 0)
@@ -735,6 +766,7 @@ void nc_pool_get_stats(nc_pool *p, nc_pool_stats *s)
     s->replaced = p->replaced;
     s->connect_failures = p->connect_failures;
     s->validation_failures = p->validation_failures;
+    s->leaked = p->leaked;
     s->wait_total = p->wait_total;
     s->wait_p50 = hist_quantile(p->hist, p->acquires, 0.50);
     s->wait_p99 = hist_quantile(p->hist, p->acquires, 0.99);

@@ -109,12 +109,18 @@ void npy_connection_attach(NpyConnection *conn, PyObject *owner, const npy_pool_
     conn->lease = lease;
     conn->released = 0;
     conn->row_tuple = ps->row_tuple;
+    if (ps->borrow_stacks)
+        npy_pool_note_borrow(ps, c, lease);
 }
 
 NpyConnection *npy_connection_lend(PyObject *owner, const npy_pool_settings *ps, double timeout)
 {
     if (!ps->pool)
         return (NpyConnection *)npy_raise(NC_E_POOL, NC_K_INTERFACE, NULL, "the pool was not initialised");
+    /* Leaks found since the last call are reported here, on a Python
+     * thread, before borrowing (a warning filter may raise). */
+    if (ps->borrow_stacks && npy_pool_report_leaks(ps, 1) < 0)
+        return NULL;
     /* Made first: once a connection is borrowed nothing may fail. */
     NpyConnection *conn = npy_connection_alloc();
     if (!conn)

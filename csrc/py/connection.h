@@ -24,6 +24,9 @@ typedef struct npy_pool_settings {
     double query_timeout;   /* seconds, < 0 none */
     double busy_wait;       /* SQLite: how long to wait on a lock without a query timeout */
     PyObject *display;      /* where it connects, no password (owned by the Pool) */
+    double leak_timeout;    /* > 0: borrows record their stack for the leak warning */
+    PyObject **borrow_stacks;   /* leak_timeout > 0: per slot, (lease, frames) of its borrow */
+    int nstacks;
 } npy_pool_settings;
 
 typedef struct NpyConnection {
@@ -53,6 +56,12 @@ NpyConnection *npy_connection_lend(PyObject *owner, const npy_pool_settings *ps,
 NpyConnection *npy_connection_alloc(void);
 void npy_connection_attach(NpyConnection *conn, PyObject *owner, const npy_pool_settings *ps, nc_conn *c,
                            uint64_t lease);
+
+/* Leak detection (pool.c): remember where the current borrow of a slot was
+ * made (only when leak_timeout > 0), and turn the leaks the core found
+ * into warnings (-1 with the exception set when a warning filter raised). */
+void npy_pool_note_borrow(const npy_pool_settings *ps, nc_conn *c, uint64_t lease);
+int npy_pool_report_leaks(const npy_pool_settings *ps, int stacklevel);
 
 /* Give conn back (idempotent).  discard closes it instead. */
 void npy_connection_release(NpyConnection *conn, int discard);

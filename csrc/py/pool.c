@@ -17,6 +17,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <structmember.h>
 
@@ -109,6 +110,7 @@ static const npy_option pool_option_table[] = {
     {"max_lifetime", NPY_OPT_DOUBLE, CORE(max_lifetime), NULL, NULL},
     {"lifetime_jitter", NPY_OPT_DOUBLE, CORE(lifetime_jitter), NULL, NULL},
     {"ping_after_idle", NPY_OPT_DOUBLE, CORE(ping_after_idle), NULL, NULL},
+    {"leak_timeout", NPY_OPT_DOUBLE, CORE(leak_timeout), NULL, NULL},
     {"query_timeout", NPY_OPT_SECONDS, offsetof(pool_options, query_timeout), NULL, NULL},
     {"busy_timeout", NPY_OPT_SECONDS, offsetof(pool_options, busy_timeout), NULL, NULL},
     {"row_format", NPY_OPT_NAME, offsetof(pool_options, row_tuple), row_format_from_name, row_format_name},
@@ -124,6 +126,96 @@ static void options_defaults(pool_options *o)
     o->row_tuple = 0;
 }
 
+/* ---- leak detection (leak_timeout) --------------------------------------------
+ *
+ * The core's janitor finds borrows held past leak_timeout and counts them;
+ * it never calls into Python.  The warning is issued here, on a Python
+ * thread with the GIL, at the pool's next borrow or stats call: no native
+ * thread takes the GIL for it, and nothing is done at interpreter exit.  A
+ * borrow's stack is kept only when leak_timeout > 0, as (code, line) pairs
+ * (no frames, so no locals are kept alive), and formatted only for a warning.
+ */
+
+static PyObject *leak_warning;   /* ConnectionLeakWarning */
+
+void npy_pool_note_borrow(const npy_pool_settings *ps, nc_conn *c, uint64_t lease)
+{
+    PyObject *frames = PyList_New(0);
+    PyFrameObject *f = PyEval_GetFrame();   /* borrowed */
+    Py_XINCREF(f);
+    while (f && frames) {
+        PyCodeObject *code = PyFrame_GetCode(f);
+        PyObject *item = Py_BuildValue("(Oi)", (PyObject *)code, PyFrame_GetLineNumber(f));
+        Py_DECREF(code);
+        if (!item || PyList_Append(frames, item) < 0)
+            Py_CLEAR(frames);
+        Py_XDECREF(item);
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    Py_XDECREF(f);
+    PyObject *note = frames ? Py_BuildValue("(KN)", (unsigned long long)lease, frames) : NULL;
+    if (!note)
+        PyErr_Clear();   /* no stack for this borrow: the warning says so */
+    Py_XSETREF(ps->borrow_stacks[c->index], note);
+}
+
+/* "  File ..., line ..., in ..." lines, outermost first, like a traceback. */
+static PyObject *format_stack(PyObject *note, uint64_t lease)
+{
+    unsigned long long noted;
+    PyObject *frames;
+    if (!note || !PyArg_ParseTuple(note, "KO", &noted, &frames) || noted != lease) {
+        PyErr_Clear();
+        return PyUnicode_FromString("  (stack not recorded)\n");
+    }
+    PyObject *lines = PyList_New(0);
+    for (Py_ssize_t i = PyList_GET_SIZE(frames) - 1; lines && i >= 0; i--) {
+        PyObject *item = PyList_GET_ITEM(frames, i);
+        PyCodeObject *code = (PyCodeObject *)PyTuple_GET_ITEM(item, 0);
+        long line = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+        PyObject *text = PyUnicode_FromFormat("  File \"%U\", line %ld, in %U\n", code->co_filename, line,
+                                              code->co_name);   /* line -1: none */
+        if (!text || PyList_Append(lines, text) < 0)
+            Py_CLEAR(lines);
+        Py_XDECREF(text);
+    }
+    if (!lines)
+        return NULL;
+    PyObject *empty = PyUnicode_FromString("");
+    PyObject *out = empty ? PyUnicode_Join(empty, lines) : NULL;
+    Py_XDECREF(empty);
+    Py_DECREF(lines);
+    return out;
+}
+
+int npy_pool_report_leaks(const npy_pool_settings *ps, int stacklevel)
+{
+    nc_leak found[8];
+    int n;
+    while (ps->pool && (n = nc_pool_take_leaks(ps->pool, found, 8)) > 0) {
+        for (int i = 0; i < n; i++) {
+            PyObject *stack = format_stack(ps->borrow_stacks[found[i].index], found[i].lease);
+            if (!stack)
+                return -1;
+            char held[64];
+            snprintf(held, sizeof held, "%.3g s without being returned (leak_timeout %g s)", found[i].held,
+                     ps->leak_timeout);
+            PyObject *msg = PyUnicode_FromFormat("a connection of %U has been borrowed for %s; "
+                                                 "borrowed at (most recent call last):\n%U",
+                                                 ps->display, held, stack);
+            Py_DECREF(stack);
+            const char *text = msg ? PyUnicode_AsUTF8(msg) : NULL;
+            int rc = text ? PyErr_WarnEx(leak_warning, text, stacklevel) : -1;
+            Py_XDECREF(msg);
+            if (rc < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
 int npy_pool_add_constants(PyObject *module)
 {
     pool_options o;
@@ -133,6 +225,13 @@ int npy_pool_add_constants(PyObject *module)
         Py_XDECREF(d);
         return -1;
     }
+    /* RuntimeWarning, not ResourceWarning: Python's default filters hide
+     * ResourceWarning, and whoever set leak_timeout asked to be told. */
+    leak_warning = PyErr_NewExceptionWithDoc(
+        "noodlecore._native.ConnectionLeakWarning",
+        "A borrowed connection was held longer than the pool's leak_timeout.", PyExc_RuntimeWarning, NULL);
+    if (!leak_warning || PyModule_AddObject(module, "ConnectionLeakWarning", Py_NewRef(leak_warning)) < 0)
+        return -1;
     return 0;
 }
 
@@ -157,6 +256,15 @@ static int pool_init(NpyPool *self, PyObject *args, PyObject *kwds)
     self->s.query_timeout = opt.query_timeout;
     self->s.busy_wait = opt.busy_timeout < 0 ? cfg.acquire_timeout : opt.busy_timeout;
     self->s.row_tuple = opt.row_tuple;
+    self->s.leak_timeout = cfg.leak_timeout;
+    if (cfg.leak_timeout > 0 && cfg.max_connections > 0 && !self->s.borrow_stacks) {
+        self->s.borrow_stacks = PyMem_Calloc((size_t)cfg.max_connections, sizeof(PyObject *));
+        if (!self->s.borrow_stacks) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->s.nstacks = cfg.max_connections;
+    }
 
     nc_error err;
     nc_error_clear(&err);
@@ -242,6 +350,12 @@ static void pool_dealloc(NpyPool *self)
         Py_END_ALLOW_THREADS
     }
     Py_CLEAR(self->s.display);
+    if (self->s.borrow_stacks) {
+        for (int i = 0; i < self->s.nstacks; i++)
+            Py_CLEAR(self->s.borrow_stacks[i]);
+        PyMem_Free(self->s.borrow_stacks);
+        self->s.borrow_stacks = NULL;
+    }
     Py_CLEAR(self->dict);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -360,10 +474,12 @@ static PyObject *pool_raw_stats(NpyPool *self, PyObject *unused)
     (void)unused;
     if (check_pool(self) < 0)
         return NULL;
+    if (self->s.borrow_stacks && npy_pool_report_leaks(&self->s, 2) < 0)
+        return NULL;
     nc_pool_stats s;
     nc_pool_get_stats(self->s.pool, &s);
     return Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:O,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:d,s:d}",
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:O,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:d,s:d}",
         "max_connections", s.max_connections, "min_connections", s.min_connections,
         "total_connections", s.total, "active_connections", s.active,
         "idle_connections", s.idle, "opening_connections", s.opening,
@@ -375,10 +491,19 @@ static PyObject *pool_raw_stats(NpyPool *self, PyObject *unused)
         "connections_replaced", (unsigned long long)s.replaced,
         "connect_failures", (unsigned long long)s.connect_failures,
         "validation_failures", (unsigned long long)s.validation_failures,
+        "leaked", (unsigned long long)s.leaked,
         "query_count", (unsigned long long)s.queries,
         "error_count", (unsigned long long)s.query_errors,
         "wait_time_total", s.wait_total, "acquire_wait_p50", s.wait_p50,
         "acquire_wait_p99", s.wait_p99);
+}
+
+static PyObject *pool_leaks_pending(NpyPool *self, PyObject *unused)
+{
+    (void)unused;
+    if (check_pool(self) < 0)
+        return NULL;
+    return PyLong_FromLong(nc_pool_leaks_pending(self->s.pool));
 }
 
 static PyObject *pool_get_closed(NpyPool *self, void *c)
@@ -504,7 +629,10 @@ static PyMethodDef pool_methods[] = {
     {"_shutdown", (PyCFunction)(void (*)(void))pool_shutdown, METH_VARARGS | METH_KEYWORDS,
      "Core shutdown; returns how many borrowed connections were not back in time."},
     {"_drain", (PyCFunction)pool_drain, METH_O, "Close idle connections (and borrowed ones on return)."},
-    {"_raw_stats", (PyCFunction)pool_raw_stats, METH_NOARGS, "Counters of the core pool, as a dict."},
+    {"_raw_stats", (PyCFunction)pool_raw_stats, METH_NOARGS,
+     "Counters of the core pool, as a dict (reports leaks found since the last call first)."},
+    {"_leaks_pending", (PyCFunction)pool_leaks_pending, METH_NOARGS,
+     "How many leaks the maintenance thread found that no borrow or stats call has reported yet."},
     {"_probe", (PyCFunction)(void (*)(void))pool_probe, METH_VARARGS | METH_KEYWORDS,
      "_probe(timeout=5.0) -> dict: one health probe of the endpoint (the monitor's prober, with detail)."},
     {NULL, NULL, 0, NULL},
