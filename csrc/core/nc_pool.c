@@ -269,19 +269,38 @@ static void backoff_wait(nc_pool *p, double until, uint64_t drains)
     unlock(p);
 }
 
+/* The server refused for want of a free connection slot (53300: others
+ * hold all of max_connections). */
+static int server_full(const nc_error *e)
+{
+    return !strcmp(e->sqlstate, "53300");
+}
+
+/* Waits between connects to a full server start here when retry_backoff is
+ * smaller (even 0), so that a full server is never hammered. */
+#define NC_FULL_BACKOFF_MIN 0.05
+#define NC_BACKOFF_CAP 2.0
+
 void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_code, nc_error *err)
 {
     double backoff = p->cfg.retry_backoff;
     nc_error last;
     nc_error_clear(&last);
-    int attempts = 0;
+    int attempts = 0, full = 0;
     lock(p);
     uint64_t drains = p->drains;
     unlock(p);
+    /* A refused or failed connect uses up one of retry_attempts.  A full
+     * server does not: it is up, and a slot frees when another client
+     * leaves, as in a full pool, so the borrow waits for one until its
+     * deadline (capped exponential backoff between attempts) and then times
+     * out (2003), never a tight loop and never a failure before the deadline. */
     for (int attempt = 1; attempt <= p->cfg.retry_attempts; attempt++) {
         if (nc_pool_is_closed(p))   /* under mu: shutdown writes it concurrently */
             break;
-        if (attempt > 1) {
+        if (full && nc_now() >= deadline)
+            break;   /* the backoff ran to the deadline: a connect now could only time out */
+        if (attempt > 1 || full) {
             /* Drained meanwhile (a failover left this endpoint): stop
              * retrying a server that has been given up on. */
             lock(p);
@@ -290,7 +309,7 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
             if (drained)
                 break;
         }
-        attempts = attempt;
+        attempts++;
         double now = nc_now();
         double cdl = now + p->cfg.connect_timeout;
         if (deadline < cdl)
@@ -314,14 +333,30 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
         lock(p);
         p->connect_failures++;
         unlock(p);
+        if (server_full(&last)) {
+            if (!full)
+                backoff = backoff > NC_FULL_BACKOFF_MIN ? backoff : NC_FULL_BACKOFF_MIN;
+            full = 1;
+            attempt--;   /* not a failed attempt: wait for a free slot */
+        } else {
+            full = 0;
+        }
         if (attempt == p->cfg.retry_attempts || nc_now() >= deadline)
             break;
         double until = nc_now() + backoff;
         backoff_wait(p, until < deadline ? until : deadline, drains);
-        backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
+        backoff = backoff * 2 > NC_BACKOFF_CAP ? NC_BACKOFF_CAP : backoff * 2;
     }
     if (!last.code && nc_pool_is_closed(p)) {
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
+        return NULL;
+    }
+    if (full) {
+        nc_error_set(err, NC_E_POOL_TIMEOUT, NC_K_OPERATIONAL,
+                     "no connection available in time: the server has no free connection slot "
+                     "(%d connect attempt%s with backoff): %s",
+                     attempts, attempts == 1 ? "" : "s", last.message);
+        memcpy(err->sqlstate, "53300", 6);
         return NULL;
     }
     nc_error_set(err, fail_code, NC_K_OPERATIONAL, "%s after %d attempt%s: %s",
@@ -330,7 +365,6 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
     return NULL;
 }
 
-/* Open a connection into reserved slot c and lend it.  0 ok, -1 err set. */
 static int open_into(nc_pool *p, nc_conn *c, double deadline, int fail_code, int invalid_code,
                      nc_error *err)
 {
@@ -338,6 +372,8 @@ static int open_into(nc_pool *p, nc_conn *c, double deadline, int fail_code, int
     lock(p);
     if (!raw) {
         nc_pool_slot_free_locked(p, c);
+        if (err->code == NC_E_POOL_TIMEOUT)
+            p->acquire_timeouts++;   /* a full server until the borrow's deadline */
         unlock(p);
         return -1;
     }
