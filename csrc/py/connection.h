@@ -10,6 +10,7 @@
 #define NPY_CONNECTION_H
 
 #include <stdint.h>
+#include "leak.h"
 #include "state.h"
 #include "../core/nc_pool.h"
 
@@ -56,12 +57,6 @@ NpyConnection *npy_connection_lend(PyObject *owner, const npy_pool_settings *ps,
 NpyConnection *npy_connection_alloc(void);
 void npy_connection_attach(NpyConnection *conn, PyObject *owner, const npy_pool_settings *ps, nc_conn *c,
                            uint64_t lease);
-
-/* Leak detection (pool.c): remember where the current borrow of a slot was
- * made (only when leak_timeout > 0), and turn the leaks the core found
- * into warnings (-1 with the exception set when a warning filter raised). */
-void npy_pool_note_borrow(const npy_pool_settings *ps, nc_conn *c, uint64_t lease);
-int npy_pool_report_leaks(const npy_pool_settings *ps, int stacklevel);
 
 /* Give conn back (idempotent).  discard closes it instead. */
 void npy_connection_release(NpyConnection *conn, int discard);

@@ -126,96 +126,6 @@ static void options_defaults(pool_options *o)
     o->row_tuple = 0;
 }
 
-/* ---- leak detection (leak_timeout) --------------------------------------------
- *
- * The core's janitor finds borrows held past leak_timeout and counts them;
- * it never calls into Python.  The warning is issued here, on a Python
- * thread with the GIL, at the pool's next borrow or stats call: no native
- * thread takes the GIL for it, and nothing is done at interpreter exit.  A
- * borrow's stack is kept only when leak_timeout > 0, as (code, line) pairs
- * (no frames, so no locals are kept alive), and formatted only for a warning.
- */
-
-static PyObject *leak_warning;   /* ConnectionLeakWarning */
-
-void npy_pool_note_borrow(const npy_pool_settings *ps, nc_conn *c, uint64_t lease)
-{
-    PyObject *frames = PyList_New(0);
-    PyFrameObject *f = PyEval_GetFrame();   /* borrowed */
-    Py_XINCREF(f);
-    while (f && frames) {
-        PyCodeObject *code = PyFrame_GetCode(f);
-        PyObject *item = Py_BuildValue("(Oi)", (PyObject *)code, PyFrame_GetLineNumber(f));
-        Py_DECREF(code);
-        if (!item || PyList_Append(frames, item) < 0)
-            Py_CLEAR(frames);
-        Py_XDECREF(item);
-        PyFrameObject *back = PyFrame_GetBack(f);
-        Py_DECREF(f);
-        f = back;
-    }
-    Py_XDECREF(f);
-    PyObject *note = frames ? Py_BuildValue("(KN)", (unsigned long long)lease, frames) : NULL;
-    if (!note)
-        PyErr_Clear();   /* no stack for this borrow: the warning says so */
-    Py_XSETREF(ps->borrow_stacks[c->index], note);
-}
-
-/* "  File ..., line ..., in ..." lines, outermost first, like a traceback. */
-static PyObject *format_stack(PyObject *note, uint64_t lease)
-{
-    unsigned long long noted;
-    PyObject *frames;
-    if (!note || !PyArg_ParseTuple(note, "KO", &noted, &frames) || noted != lease) {
-        PyErr_Clear();
-        return PyUnicode_FromString("  (stack not recorded)\n");
-    }
-    PyObject *lines = PyList_New(0);
-    for (Py_ssize_t i = PyList_GET_SIZE(frames) - 1; lines && i >= 0; i--) {
-        PyObject *item = PyList_GET_ITEM(frames, i);
-        PyCodeObject *code = (PyCodeObject *)PyTuple_GET_ITEM(item, 0);
-        long line = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
-        PyObject *text = PyUnicode_FromFormat("  File \"%U\", line %ld, in %U\n", code->co_filename, line,
-                                              code->co_name);   /* line -1: none */
-        if (!text || PyList_Append(lines, text) < 0)
-            Py_CLEAR(lines);
-        Py_XDECREF(text);
-    }
-    if (!lines)
-        return NULL;
-    PyObject *empty = PyUnicode_FromString("");
-    PyObject *out = empty ? PyUnicode_Join(empty, lines) : NULL;
-    Py_XDECREF(empty);
-    Py_DECREF(lines);
-    return out;
-}
-
-int npy_pool_report_leaks(const npy_pool_settings *ps, int stacklevel)
-{
-    nc_leak found[8];
-    int n;
-    while (ps->pool && (n = nc_pool_take_leaks(ps->pool, found, 8)) > 0) {
-        for (int i = 0; i < n; i++) {
-            PyObject *stack = format_stack(ps->borrow_stacks[found[i].index], found[i].lease);
-            if (!stack)
-                return -1;
-            char held[64];
-            snprintf(held, sizeof held, "%.3g s without being returned (leak_timeout %g s)", found[i].held,
-                     ps->leak_timeout);
-            PyObject *msg = PyUnicode_FromFormat("a connection of %U has been borrowed for %s; "
-                                                 "borrowed at (most recent call last):\n%U",
-                                                 ps->display, held, stack);
-            Py_DECREF(stack);
-            const char *text = msg ? PyUnicode_AsUTF8(msg) : NULL;
-            int rc = text ? PyErr_WarnEx(leak_warning, text, stacklevel) : -1;
-            Py_XDECREF(msg);
-            if (rc < 0)
-                return -1;
-        }
-    }
-    return 0;
-}
-
 int npy_pool_add_constants(PyObject *module)
 {
     pool_options o;
@@ -225,14 +135,7 @@ int npy_pool_add_constants(PyObject *module)
         Py_XDECREF(d);
         return -1;
     }
-    /* RuntimeWarning, not ResourceWarning: Python's default filters hide
-     * ResourceWarning, and whoever set leak_timeout asked to be told. */
-    leak_warning = PyErr_NewExceptionWithDoc(
-        "noodlecore._native.ConnectionLeakWarning",
-        "A borrowed connection was held longer than the pool's leak_timeout.", PyExc_RuntimeWarning, NULL);
-    if (!leak_warning || PyModule_AddObject(module, "ConnectionLeakWarning", Py_NewRef(leak_warning)) < 0)
-        return -1;
-    return 0;
+    return npy_leak_add_constants(module);
 }
 
 /* ---- Pool ---------------------------------------------------------------- */
@@ -474,7 +377,8 @@ static PyObject *pool_raw_stats(NpyPool *self, PyObject *unused)
     (void)unused;
     if (check_pool(self) < 0)
         return NULL;
-    if (self->s.borrow_stacks && npy_pool_report_leaks(&self->s, 2) < 0)
+    npy_pool_settings *ps = &self->s;
+    if (ps->borrow_stacks && npy_leak_report(ps->pool, ps->borrow_stacks, ps->display, ps->leak_timeout, 2) < 0)
         return NULL;
     nc_pool_stats s;
     nc_pool_get_stats(self->s.pool, &s);
