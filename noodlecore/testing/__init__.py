@@ -50,7 +50,8 @@ psql, not through the code under test), ``wait_replayed()``,
 ``wait_standby()``, ``configure(**settings)``; ``dsn()``, ``kv_dsn()``.
 Network faults without root tools: ``TcpProxy`` (or ``factory.proxy(node)``)
 between your code and a node adds delay, blackholes (a partition), rejects,
-resets every connection or redirects new ones.  Errors: PgHarnessError (with
+resets every connection, leaves them half-open (the server's side gone, the
+client's silent), trickles the server's bytes (slow drip) or redirects new ones.  Errors: PgHarnessError (with
 the server log's tail), SqlError and SqlTimeout from the psql helpers.
 
 Modules: ``processes`` (binaries, running as postgres, /proc, ports), ``psql``,
