@@ -35,8 +35,9 @@ static double find_leaks_locked(nc_pool *p, double now)
     double next = INFINITY;
     if (!(p->cfg.leak_timeout > 0))
         return next;
-    /* A borrow made after now passes the threshold no sooner than this. */
-    next = now + p->cfg.leak_timeout;
+    /* A borrow made after now passes the threshold no sooner than this (and
+     * a tiny threshold does not make the thread spin: 10 ms at least). */
+    next = now + (p->cfg.leak_timeout > 0.01 ? p->cfg.leak_timeout : 0.01);
     for (int i = 0; i < p->cfg.max_connections; i++) {
         nc_conn *c = &p->slots[i];
         if (c->state != NC_SLOT_LENT || c->leak_lease == c->lease)
@@ -50,7 +51,7 @@ static double find_leaks_locked(nc_pool *p, double now)
             c->leak_pending = 1;
             p->leaked++;
         } else if (due < next) {
-            next = due;
+            next = due > now + 0.01 ? due : now + 0.01;
         }
     }
     return next;

@@ -37,6 +37,13 @@ void nc_pool_config_defaults(nc_pool_config *c)
 }
 
 static void lock(nc_pool *p) { pthread_mutex_lock(&p->mu); }
+
+/* A borrow begins (under mu): leak_timeout counts from here. */
+static void mark_lent(nc_pool *p, nc_conn *c)
+{
+    if (p->cfg.leak_timeout > 0)
+        c->lent_at = nc_now();
+}
 static void unlock(nc_pool *p) { pthread_mutex_unlock(&p->mu); }
 
 static int cond_init_monotonic(pthread_cond_t *cv)
@@ -173,7 +180,7 @@ void nc_pool_put_idle_locked(nc_pool *p, nc_conn *c)
         dequeue_waiter_locked(p, w);
         c->state = NC_SLOT_LENT;
         c->lease++;
-        c->lent_at = nc_now();
+        mark_lent(p, c);
         p->nlent++;
         w->conn = c;
         w->result = NC_WAIT_GOT;
@@ -257,16 +264,20 @@ static void close_slot(nc_pool *p, nc_conn *c)
 
 /* ---- opening ----------------------------------------------------------- */
 
-/* Sleep until `until`, or less if the pool is shut down meanwhile. */
-static void backoff_wait(nc_pool *p, double until, uint64_t drains)
+/* Sleep until `until`, or less if the pool is shut down or drained
+ * meanwhile, or (for_idle) a connection comes back idle.  Returns 1 in the
+ * last case. */
+static int backoff_wait(nc_pool *p, double until, uint64_t drains, int for_idle)
 {
     struct timespec ts = nc_abstime(until);
     lock(p);
-    while (!p->closed && p->drains == drains && nc_now() < until) {
+    while (!p->closed && p->drains == drains && nc_now() < until && !(for_idle && p->nidle > 0)) {
         if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT)
             break;
     }
+    int idle = for_idle && p->nidle > 0;
     unlock(p);
+    return idle;
 }
 
 /* The server refused for want of a free connection slot (53300: others
@@ -281,7 +292,18 @@ static int server_full(const nc_error *e)
 #define NC_FULL_BACKOFF_MIN 0.05
 #define NC_BACKOFF_CAP 2.0
 
+/* open_raw's answer to a borrower that waits on a full server when one of
+ * the pool's own connections comes back idle: take that one instead. */
+#define NC_OPEN_YIELDED (-1)
+
+static void *open_raw(nc_pool *p, double deadline, int fail_code, int invalid_code, int borrow, nc_error *err);
+
 void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_code, nc_error *err)
+{
+    return open_raw(p, deadline, fail_code, invalid_code, 0, err);
+}
+
+static void *open_raw(nc_pool *p, double deadline, int fail_code, int invalid_code, int borrow, nc_error *err)
 {
     double backoff = p->cfg.retry_backoff;
     nc_error last;
@@ -344,7 +366,11 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
         if (attempt == p->cfg.retry_attempts || nc_now() >= deadline)
             break;
         double until = nc_now() + backoff;
-        backoff_wait(p, until < deadline ? until : deadline, drains);
+        if (backoff_wait(p, until < deadline ? until : deadline, drains, borrow && full)) {
+            nc_error_clear(err);
+            err->code = NC_OPEN_YIELDED;
+            return NULL;
+        }
         backoff = backoff * 2 > NC_BACKOFF_CAP ? NC_BACKOFF_CAP : backoff * 2;
     }
     if (!last.code && nc_pool_is_closed(p)) {
@@ -365,17 +391,20 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
     return NULL;
 }
 
+/* Open a connection into reserved slot c and lend it: 0 ok, -1 err set,
+ * 1 when the server was full and one of the pool's own connections came
+ * back idle meanwhile (the slot is freed: go round and take that one). */
 static int open_into(nc_pool *p, nc_conn *c, double deadline, int fail_code, int invalid_code,
                      nc_error *err)
 {
-    void *raw = nc_pool_open_raw(p, deadline, fail_code, invalid_code, err);
+    void *raw = open_raw(p, deadline, fail_code, invalid_code, 1, err);
     lock(p);
     if (!raw) {
         nc_pool_slot_free_locked(p, c);
         if (err->code == NC_E_POOL_TIMEOUT)
             p->acquire_timeouts++;   /* a full server until the borrow's deadline */
         unlock(p);
-        return -1;
+        return err->code == NC_OPEN_YIELDED ? 1 : -1;
     }
     nc_pool_slot_fill_locked(p, c, raw);
     if (p->closed) {
@@ -386,7 +415,7 @@ static int open_into(nc_pool *p, nc_conn *c, double deadline, int fail_code, int
     }
     c->state = NC_SLOT_LENT;
     c->lease++;
-    c->lent_at = nc_now();
+    mark_lent(p, c);
     p->nbusy--;
     p->nlent++;
     unlock(p);
@@ -456,7 +485,7 @@ int nc_pool_try_acquire(nc_pool *p, nc_conn **out, uint64_t *lease, nc_error *er
     p->nlent++;
     c->state = NC_SLOT_LENT;
     c->lease++;
-    c->lent_at = nc_now();
+    mark_lent(p, c);
     record_wait_locked(p, 0.0);
     *out = c;
     *lease = c->lease;
@@ -570,8 +599,13 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
         if (may_open) {
             int fail = replacing ? NC_E_REPLACE_FAILED : NC_E_NEW_FAILED;
             int invalid = replacing ? NC_E_REPLACE_INVALID : NC_E_NEW_INVALID;
-            if (open_into(p, c, deadline, fail, invalid, err) < 0)
+            int rc = open_into(p, c, deadline, fail, invalid, err);
+            if (rc < 0)
                 return -1;
+            if (rc > 0) {
+                lock(p);
+                continue;
+            }
             lock(p);
             if (replacing)
                 p->replaced++;
@@ -589,7 +623,7 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
             p->nlent++;
             c->state = NC_SLOT_LENT;
             c->lease++;
-            c->lent_at = nc_now();
+            mark_lent(p, c);
             record_wait_locked(p, nc_now() - start);
             *out = c;
             *lease = c->lease;
@@ -612,8 +646,13 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
         c->lease++;
         c->state = NC_SLOT_OPENING;   /* stays counted in nbusy */
         unlock(p);
-        if (open_into(p, c, deadline, NC_E_REPLACE_FAILED, NC_E_REPLACE_INVALID, err) < 0)
+        int rc = open_into(p, c, deadline, NC_E_REPLACE_FAILED, NC_E_REPLACE_INVALID, err);
+        if (rc < 0)
             return -1;
+        if (rc > 0) {
+            lock(p);
+            continue;
+        }
         lock(p);
         p->replaced++;
         record_wait_locked(p, nc_now() - start);

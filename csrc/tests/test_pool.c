@@ -1724,6 +1724,25 @@ static void test_server_full(void)
     ST(f.connect_full, 0);
     pthread_join(b.th, NULL);
     CHECK(b.rc == 0, "borrow after the slot freed: rc %d %s", b.rc, b.err.message);
+
+    /* Waiting on the full server, a borrower takes one of the pool's own
+     * connections the moment it comes back idle. */
+    CHECK(get(p, 1, &a, &la, &err) == 0, "borrow a");
+    ST(f.connect_full, 1);
+    ST(f.connect_calls, 0);
+    start_borrower(&b, p, 5, 0);
+    while (LD(f.connect_calls) < 2)
+        sleep_s(0.001);
+    uint64_t serial = a->serial;
+    t0 = nc_now();
+    nc_pool_release(p, a, 0);
+    pthread_join(b.th, NULL);
+    el = nc_now() - t0;
+    CHECK(b.rc == 0 && b.serial == serial, "rc %d serial %llu want %llu", b.rc, (unsigned long long)b.serial,
+          (unsigned long long)serial);
+    CHECK(el < SLACK, "took the returned connection after %.3f s", el);
+    if (b.rc == 0)
+        nc_pool_release(p, b.c, 0);
     nc_pool_shutdown(p, 0);
     nc_pool_free(p);
 }
