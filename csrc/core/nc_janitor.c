@@ -7,6 +7,10 @@
  * between it keeps min_connections open, woken at once when a slot empties.
  * It never holds the pool mutex across backend I/O, so borrowers are never
  * held up by a check; a connection being checked is simply not idle.
+ *
+ * With leak_timeout it also wakes when the oldest borrow passes the
+ * threshold, counts it as leaked and leaves it for nc_pool_take_leaks (the
+ * binding reports it, with the borrower's stack, from a Python thread).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -20,7 +24,37 @@
 
 static int needs_janitor(const nc_pool_config *c)
 {
-    return c->validate || c->min_connections > 0 || c->idle_timeout > 0 || c->max_lifetime > 0;
+    return c->validate || c->min_connections > 0 || c->idle_timeout > 0 || c->max_lifetime > 0 ||
+           c->leak_timeout > 0;
+}
+
+/* Mark borrows held past leak_timeout (once per lease); returns when the
+ * next one not yet marked will pass it (INFINITY: none).  Under mu. */
+static double find_leaks_locked(nc_pool *p, double now)
+{
+    double next = INFINITY;
+    if (!(p->cfg.leak_timeout > 0))
+        return next;
+    /* A borrow made after now passes the threshold no sooner than this (and
+     * a tiny threshold does not make the thread spin: 10 ms at least). */
+    next = now + (p->cfg.leak_timeout > 0.01 ? p->cfg.leak_timeout : 0.01);
+    for (int i = 0; i < p->cfg.max_connections; i++) {
+        nc_conn *c = &p->slots[i];
+        if (c->state != NC_SLOT_LENT || c->leak_lease == c->lease)
+            continue;
+        double due = c->lent_at + p->cfg.leak_timeout;
+        if (now >= due) {
+            c->leak_lease = c->lease;
+            c->leak_held = now - c->lent_at;
+            if (!c->leak_pending)
+                __atomic_store_n(&p->leaks_pending, p->leaks_pending + 1, __ATOMIC_RELEASE);
+            c->leak_pending = 1;
+            p->leaked++;
+        } else if (due < next) {
+            next = due > now + 0.01 ? due : now + 0.01;
+        }
+    }
+    return next;
 }
 
 /* Put a connection the janitor opened or checked (state OPENING or
@@ -160,6 +194,9 @@ static void *janitor_main(void *arg)
         double soon = nc_now() + 1.0;
         if ((p->cfg.idle_timeout > 0 || p->cfg.max_lifetime > 0) && soon < wake)
             wake = soon;
+        double leak_due = find_leaks_locked(p, nc_now());
+        if (leak_due < wake)
+            wake = leak_due;
         struct timespec ts = nc_abstime(wake);
         while (!p->janitor_stop && !p->janitor_kick && nc_now() < wake) {
             if (pthread_cond_timedwait(&p->janitor_cv, &p->mu, &ts) == ETIMEDOUT)

@@ -188,6 +188,63 @@ static void set_conn_error(nc_error *err, int code, PGconn *pg, const char *what
         memcpy(err->sqlstate, "08006", 6);
 }
 
+static int is_sqlstate(const char *s)
+{
+    for (int i = 0; i < 5; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'A' && s[i] <= 'Z')))
+            return 0;
+    return s[5] == ':' && s[6] == ' ';
+}
+
+/* "LOCATION:  function, file.c:123" (the first word may be translated). */
+static int is_location(const char *line)
+{
+    const char *sev = strstr(line, ":  ");
+    if (!sev || sev != strchr(line, ':') || memchr(line, ' ', (size_t)(sev - line)) || is_sqlstate(sev + 3))
+        return 0;
+    const char *file = strrchr(sev + 3, ' ');
+    const char *colon = strrchr(sev + 3, ':');
+    if (!file || !colon || colon < file || file[-1] != ',' || !colon[1])
+        return 0;
+    for (const char *d = colon + 1; *d; d++)
+        if (*d < '0' || *d > '9')
+            return 0;
+    return 1;
+}
+
+/* A connect that failed: libpq gives only text, but a server's refusal has
+ * a SQLSTATE that matters (53300: the server is full, so the pool waits and
+ * retries instead of failing).  The connect runs with PQERRORS_VERBOSE, so
+ * each server error reads "SEVERITY:  SQLSTATE: text" followed by a
+ * "LOCATION:  function, file:line" line: the (last) SQLSTATE is taken out
+ * and both are dropped, leaving libpq's usual message. */
+static void set_connect_error(nc_error *err, PGconn *pg, const char *display)
+{
+    char in[1024], out[512], state[6] = "";
+    copy_trimmed(in, sizeof in, pg ? PQerrorMessage(pg) : "out of memory");
+    size_t o = 0;
+    for (char *line = in; line;) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = '\0';
+        char *sev = strstr(line, ":  ");
+        if (*line && !is_location(line)) {
+            if (sev && is_sqlstate(sev + 3)) {
+                memcpy(state, sev + 3, 5);
+                state[5] = '\0';
+                memmove(sev + 3, sev + 10, strlen(sev + 10) + 1);
+            }
+            o += (size_t)snprintf(out + o, sizeof out - o, "%s%s", o ? "\n" : "", line);
+            if (o >= sizeof out)
+                o = sizeof out - 1;
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    out[o] = '\0';
+    nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "%s: %s", display, out);
+    memcpy(err->sqlstate, state[0] ? state : "08006", 6);
+}
+
 /* libpq hands notices, and an error that arrives on an idle connection, to
  * the notice receiver (by default printed to stderr; a library must not
  * write there).  A FATAL on an idle connection is the server saying why it
@@ -231,12 +288,13 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
         PQfinish(pg);
         return NULL;
     }
+    PQsetErrorVerbosity(pg, PQERRORS_VERBOSE);   /* for the SQLSTATE of a refusal */
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     for (;;) {
         if (st == PGRES_POLLING_OK)
             break;
         if (st == PGRES_POLLING_FAILED) {
-            set_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
+            set_connect_error(err, pg, ctx->display);
             PQfinish(pg);
             return NULL;
         }
@@ -256,6 +314,7 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
         }
         st = PQconnectPoll(pg);
     }
+    PQsetErrorVerbosity(pg, PQERRORS_DEFAULT);   /* verbose was for the connect's SQLSTATE only */
     if (PQsetnonblocking(pg, 1) != 0) {
         set_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
         PQfinish(pg);

@@ -35,9 +35,17 @@ void nc_pool_config_defaults(nc_pool_config *c)
     c->max_lifetime = 3600.0;
     c->lifetime_jitter = 0.1;
     c->ping_after_idle = 1.0;
+    c->leak_timeout = 0.0;
 }
 
 static void lock(nc_pool *p) { pthread_mutex_lock(&p->mu); }
+
+/* A borrow begins (under mu): leak_timeout counts from here. */
+static void mark_lent(nc_pool *p, nc_conn *c)
+{
+    if (p->cfg.leak_timeout > 0)
+        c->lent_at = nc_now();
+}
 static void unlock(nc_pool *p) { pthread_mutex_unlock(&p->mu); }
 
 static int cond_init_monotonic(pthread_cond_t *cv)
@@ -54,7 +62,7 @@ static int cond_init_monotonic(pthread_cond_t *cv)
 nc_pool *nc_pool_new(const nc_pool_config *cfg, const nc_backend_ops *ops, void *ctx, nc_error *err)
 {
     if (cfg->max_connections < 1 || cfg->min_connections < 0 ||
-        cfg->min_connections > cfg->max_connections || cfg->retry_attempts < 1 ||
+        cfg->min_connections > cfg->max_connections || cfg->retry_attempts < 1 || !(cfg->leak_timeout >= 0) ||
         !(cfg->validation_interval > 0) || !(cfg->validation_timeout > 0) || !(cfg->connect_timeout > 0)) {
         nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "invalid pool configuration");
         if (ops->ctx_free)
@@ -175,6 +183,7 @@ void nc_pool_put_idle_locked(nc_pool *p, nc_conn *c)
         dequeue_waiter_locked(p, w);
         c->state = NC_SLOT_LENT;
         c->lease++;
+        mark_lent(p, c);
         p->nlent++;
         w->conn = c;
         w->result = NC_WAIT_GOT;
@@ -258,11 +267,13 @@ static void close_slot(nc_pool *p, nc_conn *c)
 
 /* ---- opening ----------------------------------------------------------- */
 
-/* Sleep until `until`, or less if the pool is shut down meanwhile. */
-static void backoff_wait(nc_pool *p, double until, uint64_t drains)
+/* Sleep until `until`, or less if the pool is shut down or drained
+ * meanwhile, or (for_idle) a connection comes back idle.  Returns 1 in the
+ * last case. */
+static int backoff_wait(nc_pool *p, double until, uint64_t drains, int for_idle)
 {
     lock(p);
-    while (!p->closed && p->drains == drains && nc_now() < until) {
+    while (!p->closed && p->drains == drains && nc_now() < until && !(for_idle && p->nidle > 0)) {
         double slice = nc_stop_slice(until);
         struct timespec ts = nc_abstime(slice);
         if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT) {
@@ -275,22 +286,54 @@ static void backoff_wait(nc_pool *p, double until, uint64_t drains)
                 break;
         }
     }
+    int idle = for_idle && p->nidle > 0;
     unlock(p);
+    return idle;
 }
 
+/* The server refused for want of a free connection slot (53300: others
+ * hold all of max_connections). */
+static int server_full(const nc_error *e)
+{
+    return !strcmp(e->sqlstate, "53300");
+}
+
+/* Waits between connects to a full server start here when retry_backoff is
+ * smaller (even 0), so that a full server is never hammered. */
+#define NC_FULL_BACKOFF_MIN 0.05
+#define NC_BACKOFF_CAP 2.0
+
+/* open_raw's answer to a borrower that waits on a full server when one of
+ * the pool's own connections comes back idle: take that one instead. */
+#define NC_OPEN_YIELDED (-1)
+
+static void *open_raw(nc_pool *p, double deadline, int fail_code, int invalid_code, int borrow, nc_error *err);
+
 void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_code, nc_error *err)
+{
+    return open_raw(p, deadline, fail_code, invalid_code, 0, err);
+}
+
+static void *open_raw(nc_pool *p, double deadline, int fail_code, int invalid_code, int borrow, nc_error *err)
 {
     double backoff = p->cfg.retry_backoff;
     nc_error last;
     nc_error_clear(&last);
-    int attempts = 0;
+    int attempts = 0, full = 0;
     lock(p);
     uint64_t drains = p->drains;
     unlock(p);
+    /* A refused or failed connect uses up one of retry_attempts.  A full
+     * server does not: it is up, and a slot frees when another client
+     * leaves, as in a full pool, so the borrow waits for one until its
+     * deadline (capped exponential backoff between attempts) and then times
+     * out (2003), never a tight loop and never a failure before the deadline. */
     for (int attempt = 1; attempt <= p->cfg.retry_attempts; attempt++) {
         if (nc_pool_is_closed(p))   /* under mu: shutdown writes it concurrently */
             break;
-        if (attempt > 1) {
+        if (full && nc_now() >= deadline)
+            break;   /* the backoff ran to the deadline: a connect now could only time out */
+        if (attempt > 1 || full) {
             /* Drained meanwhile (a failover left this endpoint): stop
              * retrying a server that has been given up on. */
             lock(p);
@@ -299,7 +342,7 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
             if (drained)
                 break;
         }
-        attempts = attempt;
+        attempts++;
         double now = nc_now();
         double cdl = now + p->cfg.connect_timeout;
         if (deadline < cdl)
@@ -327,11 +370,23 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
         lock(p);
         p->connect_failures++;
         unlock(p);
+        if (server_full(&last)) {
+            if (!full)
+                backoff = backoff > NC_FULL_BACKOFF_MIN ? backoff : NC_FULL_BACKOFF_MIN;
+            full = 1;
+            attempt--;   /* not a failed attempt: wait for a free slot */
+        } else {
+            full = 0;
+        }
         if (attempt == p->cfg.retry_attempts || nc_now() >= deadline)
             break;
         double until = nc_now() + backoff;
-        backoff_wait(p, until < deadline ? until : deadline, drains);
-        backoff = backoff * 2 > 2.0 ? 2.0 : backoff * 2;
+        if (backoff_wait(p, until < deadline ? until : deadline, drains, borrow && full)) {
+            nc_error_clear(err);
+            err->code = NC_OPEN_YIELDED;
+            return NULL;
+        }
+        backoff = backoff * 2 > NC_BACKOFF_CAP ? NC_BACKOFF_CAP : backoff * 2;
         if (nc_stop_seen()) {
             nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "interrupted while opening a connection");
             return NULL;
@@ -341,22 +396,34 @@ void *nc_pool_open_raw(nc_pool *p, double deadline, int fail_code, int invalid_c
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
         return NULL;
     }
+    if (full) {
+        nc_error_set(err, NC_E_POOL_TIMEOUT, NC_K_OPERATIONAL,
+                     "no connection available in time: the server has no free connection slot "
+                     "(%d connect attempt%s with backoff): %s",
+                     attempts, attempts == 1 ? "" : "s", last.message);
+        memcpy(err->sqlstate, "53300", 6);
+        return NULL;
+    }
     nc_error_set(err, fail_code, NC_K_OPERATIONAL, "%s after %d attempt%s: %s",
                  nc_error_describe(fail_code), attempts, attempts == 1 ? "" : "s",
                  last.code ? last.message : "no time left");
     return NULL;
 }
 
-/* Open a connection into reserved slot c and lend it.  0 ok, -1 err set. */
+/* Open a connection into reserved slot c and lend it: 0 ok, -1 err set,
+ * 1 when the server was full and one of the pool's own connections came
+ * back idle meanwhile (the slot is freed: go round and take that one). */
 static int open_into(nc_pool *p, nc_conn *c, double deadline, int fail_code, int invalid_code,
                      nc_error *err)
 {
-    void *raw = nc_pool_open_raw(p, deadline, fail_code, invalid_code, err);
+    void *raw = open_raw(p, deadline, fail_code, invalid_code, 1, err);
     lock(p);
     if (!raw) {
         nc_pool_slot_free_locked(p, c);
+        if (err->code == NC_E_POOL_TIMEOUT)
+            p->acquire_timeouts++;   /* a full server until the borrow's deadline */
         unlock(p);
-        return -1;
+        return err->code == NC_OPEN_YIELDED ? 1 : -1;
     }
     nc_pool_slot_fill_locked(p, c, raw);
     if (p->closed) {
@@ -367,6 +434,7 @@ static int open_into(nc_pool *p, nc_conn *c, double deadline, int fail_code, int
     }
     c->state = NC_SLOT_LENT;
     c->lease++;
+    mark_lent(p, c);
     p->nbusy--;
     p->nlent++;
     unlock(p);
@@ -436,6 +504,7 @@ int nc_pool_try_acquire(nc_pool *p, nc_conn **out, uint64_t *lease, nc_error *er
     p->nlent++;
     c->state = NC_SLOT_LENT;
     c->lease++;
+    mark_lent(p, c);
     record_wait_locked(p, 0.0);
     *out = c;
     *lease = c->lease;
@@ -571,8 +640,13 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
         if (may_open) {
             int fail = replacing ? NC_E_REPLACE_FAILED : NC_E_NEW_FAILED;
             int invalid = replacing ? NC_E_REPLACE_INVALID : NC_E_NEW_INVALID;
-            if (open_into(p, c, open_by, fail, invalid, err) < 0)
+            int rc = open_into(p, c, open_by, fail, invalid, err);
+            if (rc < 0)
                 return -1;
+            if (rc > 0) {
+                lock(p);
+                continue;
+            }
             lock(p);
             if (replacing)
                 p->replaced++;
@@ -590,6 +664,7 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
             p->nlent++;
             c->state = NC_SLOT_LENT;
             c->lease++;
+            mark_lent(p, c);
             record_wait_locked(p, nc_now() - start);
             *out = c;
             *lease = c->lease;
@@ -612,8 +687,13 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
         c->lease++;
         c->state = NC_SLOT_OPENING;   /* stays counted in nbusy */
         unlock(p);
-        if (open_into(p, c, open_by, NC_E_REPLACE_FAILED, NC_E_REPLACE_INVALID, err) < 0)
+        int rc = open_into(p, c, open_by, NC_E_REPLACE_FAILED, NC_E_REPLACE_INVALID, err);
+        if (rc < 0)
             return -1;
+        if (rc > 0) {
+            lock(p);
+            continue;
+        }
         lock(p);
         p->replaced++;
         record_wait_locked(p, nc_now() - start);
@@ -751,6 +831,32 @@ int nc_pool_is_closed(nc_pool *p)
     return c;
 }
 
+int nc_pool_leaks_pending(nc_pool *p)
+{
+    return __atomic_load_n(&p->leaks_pending, __ATOMIC_ACQUIRE);
+}
+
+int nc_pool_take_leaks(nc_pool *p, nc_leak *out, int max)
+{
+    int n = 0;
+    if (!nc_pool_leaks_pending(p))
+        return 0;
+    lock(p);
+    for (int i = 0; i < p->cfg.max_connections && n < max; i++) {
+        nc_conn *c = &p->slots[i];
+        if (!c->leak_pending)
+            continue;
+        c->leak_pending = 0;
+        out[n].index = i;
+        out[n].lease = c->leak_lease;
+        out[n].held = c->leak_held;
+        n++;
+    }
+    __atomic_store_n(&p->leaks_pending, p->leaks_pending - n, __ATOMIC_RELEASE);
+    unlock(p);
+    return n;
+}
+
 static double hist_quantile(const uint64_t *h, uint64_t n, double q)
 {
     if (n == 0)
@@ -787,6 +893,7 @@ void nc_pool_get_stats(nc_pool *p, nc_pool_stats *s)
     s->replaced = p->replaced;
     s->connect_failures = p->connect_failures;
     s->validation_failures = p->validation_failures;
+    s->leaked = p->leaked;
     s->wait_total = p->wait_total;
     s->wait_p50 = hist_quantile(p->hist, p->acquires, 0.50);
     s->wait_p99 = hist_quantile(p->hist, p->acquires, 0.99);

@@ -32,6 +32,7 @@ typedef struct nc_pool_config {
     double max_lifetime;        /* retire connections after this (0 = never) */
     double lifetime_jitter;     /* fraction of max_lifetime taken off at random */
     double ping_after_idle;     /* borrow pings when idle longer than this */
+    double leak_timeout;        /* a borrow held longer than this is reported once (0 = off) */
 } nc_pool_config;
 
 void nc_pool_config_defaults(nc_pool_config *cfg);
@@ -50,6 +51,10 @@ typedef struct nc_conn {
     double last_checked;        /* monotonic, last successful ping */
     double last_polled;         /* monotonic, last no-round-trip liveness check */
     int next_idle;              /* idle stack link (slot index, -1 end) */
+    double lent_at;             /* monotonic, when the current lease began */
+    uint64_t leak_lease;        /* the last lease found held past leak_timeout */
+    double leak_held;           /* how long it had been held when found */
+    int leak_pending;           /* found, not yet taken by nc_pool_take_leaks */
 } nc_conn;
 
 typedef struct nc_pool_stats {
@@ -58,6 +63,7 @@ typedef struct nc_pool_stats {
     int closed_flag;
     uint64_t acquires, acquire_timeouts;
     uint64_t opened, closed, replaced, connect_failures, validation_failures;
+    uint64_t leaked;            /* borrows found held past leak_timeout */
     uint64_t queries, query_errors;
     double wait_total;          /* seconds spent waiting in acquire, all borrows */
     double wait_p50, wait_p99;  /* seconds */
@@ -107,6 +113,20 @@ int nc_pool_shutdown(nc_pool *p, double timeout);
 void nc_pool_drain(nc_pool *p, int discard_lent);
 
 int nc_pool_is_closed(nc_pool *p);
+
+/* Leak detection (leak_timeout > 0): the janitor finds a borrow held longer
+ * than leak_timeout, counts it (stats.leaked) and keeps it for the binding,
+ * which takes it here from a thread that may report it (the core never
+ * calls out).  Each lease is reported once.  nc_pool_leaks_pending is one
+ * atomic load, for the borrow path. */
+typedef struct nc_leak {
+    int index;                  /* slot */
+    uint64_t lease;             /* the borrow found leaked */
+    double held;                /* seconds it had been held when found */
+} nc_leak;
+int nc_pool_leaks_pending(nc_pool *p);
+/* Up to max found leaks into out (taken: not reported again); how many. */
+int nc_pool_take_leaks(nc_pool *p, nc_leak *out, int max);
 void nc_pool_get_stats(nc_pool *p, nc_pool_stats *out);
 /* Whoever runs a statement on a borrowed connection reports its end here,
  * once: err NULL when it succeeded.  It is counted, and a failure that says

@@ -58,6 +58,8 @@ struct nc_pool {
     /* stats, under mu */
     uint64_t acquires, acquire_timeouts, opened, closed_count, replaced;
     uint64_t connect_failures, validation_failures;
+    uint64_t leaked;
+    int leaks_pending;          /* slots with leak_pending set; read atomically too */
     double wait_total;
     uint64_t hist[NC_HIST_BUCKETS];
     /* counted without the mutex */

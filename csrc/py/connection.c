@@ -8,6 +8,7 @@
 #include "connection.h"
 #include "errors.h"
 #include "interrupt.h"
+#include "leak.h"
 #include "pg_exec.h"
 #include "pybackend.h"
 #include "sqlite_exec.h"
@@ -154,6 +155,8 @@ void npy_connection_attach(NpyConnection *conn, PyObject *owner, const npy_pool_
     conn->fork_gen = nc_fork_generation();
     conn->released = 0;
     conn->row_tuple = ps->row_tuple;
+    if (ps->borrow_stacks)
+        npy_leak_note(ps->borrow_stacks, c->index, lease);
 }
 
 NpyConnection *npy_connection_lend(PyObject *owner, const npy_pool_settings *ps, double timeout)
@@ -163,6 +166,11 @@ NpyConnection *npy_connection_lend(PyObject *owner, const npy_pool_settings *ps,
         return NULL;
     if (!ps->pool)
         return (NpyConnection *)npy_raise(NC_E_POOL, NC_K_INTERFACE, NULL, "the pool was not initialised");
+    /* Leaks found since the last call are reported here, on a Python
+     * thread, before borrowing (a warning filter may raise). */
+    if (ps->borrow_stacks &&
+        npy_leak_report(ps->pool, ps->borrow_stacks, ps->display, ps->leak_timeout, 1) < 0)
+        return NULL;
     /* Made first: once a connection is borrowed nothing may fail. */
     NpyConnection *conn = npy_connection_alloc();
     if (!conn)

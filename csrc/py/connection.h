@@ -10,6 +10,7 @@
 #define NPY_CONNECTION_H
 
 #include <stdint.h>
+#include "leak.h"
 #include "state.h"
 #include "../core/nc_pool.h"
 
@@ -25,6 +26,9 @@ typedef struct npy_pool_settings {
     double busy_wait;       /* SQLite: how long to wait on a lock without a query timeout */
     PyObject *display;      /* where it connects, no password (owned by the Pool) */
     uint64_t fork_gen;      /* the fork generation pool was made in (nc_fork.h) */
+    double leak_timeout;    /* > 0: borrows record their stack for the leak warning */
+    PyObject **borrow_stacks;   /* leak_timeout > 0: per slot, (lease, frames) of its borrow */
+    int nstacks;
 } npy_pool_settings;
 
 typedef struct NpyConnection {

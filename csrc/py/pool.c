@@ -18,6 +18,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 #include <structmember.h>
 
@@ -112,6 +113,7 @@ static const npy_option pool_option_table[] = {
     {"max_lifetime", NPY_OPT_DOUBLE, CORE(max_lifetime), NULL, NULL},
     {"lifetime_jitter", NPY_OPT_DOUBLE, CORE(lifetime_jitter), NULL, NULL},
     {"ping_after_idle", NPY_OPT_DOUBLE, CORE(ping_after_idle), NULL, NULL},
+    {"leak_timeout", NPY_OPT_DOUBLE, CORE(leak_timeout), NULL, NULL},
     {"query_timeout", NPY_OPT_SECONDS, offsetof(pool_options, query_timeout), NULL, NULL},
     {"busy_timeout", NPY_OPT_SECONDS, offsetof(pool_options, busy_timeout), NULL, NULL},
     {"row_format", NPY_OPT_NAME, offsetof(pool_options, row_tuple), row_format_from_name, row_format_name},
@@ -136,7 +138,7 @@ int npy_pool_add_constants(PyObject *module)
         Py_XDECREF(d);
         return -1;
     }
-    return 0;
+    return npy_leak_add_constants(module);
 }
 
 /* ---- Pool ---------------------------------------------------------------- */
@@ -160,6 +162,15 @@ static int pool_init(NpyPool *self, PyObject *args, PyObject *kwds)
     self->s.query_timeout = opt.query_timeout;
     self->s.busy_wait = opt.busy_timeout < 0 ? cfg.acquire_timeout : opt.busy_timeout;
     self->s.row_tuple = opt.row_tuple;
+    self->s.leak_timeout = cfg.leak_timeout;
+    if (cfg.leak_timeout > 0 && cfg.max_connections > 0 && !self->s.borrow_stacks) {
+        self->s.borrow_stacks = PyMem_Calloc((size_t)cfg.max_connections, sizeof(PyObject *));
+        if (!self->s.borrow_stacks) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->s.nstacks = cfg.max_connections;
+    }
 
     nc_error err;
     nc_error_clear(&err);
@@ -263,6 +274,12 @@ static void pool_dealloc(NpyPool *self)
         Py_END_ALLOW_THREADS
     }
     Py_CLEAR(self->s.display);
+    if (self->s.borrow_stacks) {
+        for (int i = 0; i < self->s.nstacks; i++)
+            Py_CLEAR(self->s.borrow_stacks[i]);
+        PyMem_Free(self->s.borrow_stacks);
+        self->s.borrow_stacks = NULL;
+    }
     Py_CLEAR(self->dict);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -401,10 +418,13 @@ static PyObject *pool_raw_stats(NpyPool *self, PyObject *unused)
     (void)unused;
     if (check_pool(self) < 0)
         return NULL;
+    npy_pool_settings *ps = &self->s;
+    if (ps->borrow_stacks && npy_leak_report(ps->pool, ps->borrow_stacks, ps->display, ps->leak_timeout, 2) < 0)
+        return NULL;
     nc_pool_stats s;
     nc_pool_get_stats(self->s.pool, &s);
     return Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:O,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:d,s:d}",
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:O,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:d,s:d,s:d}",
         "max_connections", s.max_connections, "min_connections", s.min_connections,
         "total_connections", s.total, "active_connections", s.active,
         "idle_connections", s.idle, "opening_connections", s.opening,
@@ -416,10 +436,19 @@ static PyObject *pool_raw_stats(NpyPool *self, PyObject *unused)
         "connections_replaced", (unsigned long long)s.replaced,
         "connect_failures", (unsigned long long)s.connect_failures,
         "validation_failures", (unsigned long long)s.validation_failures,
+        "leaked", (unsigned long long)s.leaked,
         "query_count", (unsigned long long)s.queries,
         "error_count", (unsigned long long)s.query_errors,
         "wait_time_total", s.wait_total, "acquire_wait_p50", s.wait_p50,
         "acquire_wait_p99", s.wait_p99);
+}
+
+static PyObject *pool_leaks_pending(NpyPool *self, PyObject *unused)
+{
+    (void)unused;
+    if (check_pool(self) < 0)
+        return NULL;
+    return PyLong_FromLong(nc_pool_leaks_pending(self->s.pool));
 }
 
 static PyObject *pool_get_closed(NpyPool *self, void *c)
@@ -548,7 +577,10 @@ static PyMethodDef pool_methods[] = {
     {"_shutdown", (PyCFunction)(void (*)(void))pool_shutdown, METH_VARARGS | METH_KEYWORDS,
      "Core shutdown; returns how many borrowed connections were not back in time."},
     {"_drain", (PyCFunction)pool_drain, METH_O, "Close idle connections (and borrowed ones on return)."},
-    {"_raw_stats", (PyCFunction)pool_raw_stats, METH_NOARGS, "Counters of the core pool, as a dict."},
+    {"_raw_stats", (PyCFunction)pool_raw_stats, METH_NOARGS,
+     "Counters of the core pool, as a dict (reports leaks found since the last call first)."},
+    {"_leaks_pending", (PyCFunction)pool_leaks_pending, METH_NOARGS,
+     "How many leaks the maintenance thread found that no borrow or stats call has reported yet."},
     {"_probe", (PyCFunction)(void (*)(void))pool_probe, METH_VARARGS | METH_KEYWORDS,
      "_probe(timeout=5.0) -> dict: one health probe of the endpoint (the monitor's prober, with detail)."},
     {NULL, NULL, 0, NULL},

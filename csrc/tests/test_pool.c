@@ -56,6 +56,7 @@ typedef struct fake {
     /* behaviour */
     int connect_fail_next;   /* fail this many connects, then succeed */
     int connect_fail_always;
+    int connect_full;        /* connects fail with SQLSTATE 53300 (the server is full) */
     double connect_delay;    /* seconds (written before the pool runs) */
     int *connect_gate;       /* when set: a connect waits until *gate != 0, whatever its deadline */
     int connecting;          /* connects in progress */
@@ -95,6 +96,11 @@ static void *f_connect(void *ctx, double deadline, nc_error *err)
     }
     if (LD(f->connect_fail_always)) {
         nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "fake connect refused");
+        return NULL;
+    }
+    if (LD(f->connect_full)) {
+        nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "FATAL:  sorry, too many clients already");
+        memcpy(err->sqlstate, "53300", 6);
         return NULL;
     }
     int n = LD(f->connect_fail_next);
@@ -1755,6 +1761,117 @@ static void test_stop_check(void)
     nc_pool_free(p);
 }
 
+/* A full server (53300): the borrow waits for a slot with capped exponential
+ * backoff until its deadline, then times out (2003), whatever retry_attempts
+ * says; a slot that frees meanwhile is taken.  retry_backoff 0 still backs off. */
+static void test_server_full(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    cfg.retry_attempts = 2;
+    cfg.retry_backoff = 0;
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+    ST(f.connect_full, 1);
+    double t0 = nc_now();
+    int rc = get(p, 0.5, &a, &la, &err);
+    double el = nc_now() - t0;
+    int calls = LD(f.connect_calls);
+    CHECK(rc == -1 && err.code == NC_E_POOL_TIMEOUT && !strcmp(err.sqlstate, "53300"), "rc %d code %d %s", rc,
+          err.code, err.sqlstate);
+    CHECK(strstr(err.message, "no free connection slot") && strstr(err.message, "too many clients"), "message: %s",
+          err.message);
+    CHECK(el >= 0.5 - 0.002 && el < 0.5 + SLACK, "timed out after %.3f s, want 0.5", el);
+    /* 0.05, 0.1, 0.2 s of backoff fit in 0.5 s: 4 or 5 connects, not a tight loop, and more
+     * than retry_attempts */
+    CHECK(calls > cfg.retry_attempts && calls <= 6, "connect calls %d", calls);
+    nc_pool_stats s = stats(p);
+    CHECK(s.acquire_timeouts == 1 && s.connect_failures == (uint64_t)calls && s.total == 0,
+          "acquire_timeouts %llu connect_failures %llu total %d", (unsigned long long)s.acquire_timeouts,
+          (unsigned long long)s.connect_failures, s.total);
+    printf("  (2003 message: %s; %d connects in %.2f s)\n", err.message, calls, el);
+
+    /* The server frees a slot while the borrow waits: it gets the connection. */
+    ST(f.connect_calls, 0);
+    borrower b;
+    start_borrower(&b, p, 5, 1);
+    while (LD(f.connect_calls) < 2)
+        sleep_s(0.001);
+    ST(f.connect_full, 0);
+    pthread_join(b.th, NULL);
+    CHECK(b.rc == 0, "borrow after the slot freed: rc %d %s", b.rc, b.err.message);
+
+    /* Waiting on the full server, a borrower takes one of the pool's own
+     * connections the moment it comes back idle. */
+    CHECK(get(p, 1, &a, &la, &err) == 0, "borrow a");
+    ST(f.connect_full, 1);
+    ST(f.connect_calls, 0);
+    start_borrower(&b, p, 5, 0);
+    while (LD(f.connect_calls) < 2)
+        sleep_s(0.001);
+    uint64_t serial = a->serial;
+    t0 = nc_now();
+    nc_pool_release(p, a, 0);
+    pthread_join(b.th, NULL);
+    el = nc_now() - t0;
+    CHECK(b.rc == 0 && b.serial == serial, "rc %d serial %llu want %llu", b.rc, (unsigned long long)b.serial,
+          (unsigned long long)serial);
+    CHECK(el < SLACK, "took the returned connection after %.3f s", el);
+    if (b.rc == 0)
+        nc_pool_release(p, b.c, 0);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+static int leaks_pending(nc_pool *p, int n) { return nc_pool_leaks_pending(p) >= n; }
+
+/* leak_timeout: a borrow held past it is found by the janitor (counted once
+ * per lease, kept for nc_pool_take_leaks), one given back in time never. */
+static void test_leaks(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 3);
+    cfg.leak_timeout = 0.1;
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a, *b;
+    uint64_t la, lb;
+    nc_leak found[4];
+    CHECK(get(p, 1, &b, &lb, &err) == 0, "borrow b");
+    nc_pool_release(p, b, 0);   /* back in time: never reported */
+    double t0 = nc_now();
+    CHECK(get(p, 1, &a, &la, &err) == 0, "borrow a");
+    CHECK(wait_for(p, leaks_pending, 1, 5), "leak not found");
+    double el = nc_now() - t0;
+    CHECK(el >= 0.1 - 0.002 && el < 0.1 + SLACK, "found after %.3f s, want 0.1", el);
+    int n = nc_pool_take_leaks(p, found, 4);
+    CHECK(n == 1 && found[0].index == a->index && found[0].lease == la && found[0].held >= 0.1,
+          "n %d index %d lease %llu held %.3f", n, n ? found[0].index : -1,
+          (unsigned long long)(n ? found[0].lease : 0), n ? found[0].held : 0.0);
+    CHECK(nc_pool_take_leaks(p, found, 4) == 0 && !nc_pool_leaks_pending(p), "taken twice");
+    /* Held on: not found again.  A second borrow held too long is the next one. */
+    CHECK(get(p, 1, &b, &lb, &err) == 0, "borrow b again");
+    CHECK(wait_for(p, leaks_pending, 1, 5), "second leak not found");
+    n = nc_pool_take_leaks(p, found, 4);
+    CHECK(n == 1 && found[0].lease == lb, "n %d", n);
+    CHECK(stats(p).leaked == 2, "leaked %llu", (unsigned long long)stats(p).leaked);
+    nc_pool_release(p, a, 0);
+    nc_pool_release(p, b, 0);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+    /* Off (the default): no janitor needed for it, nothing found. */
+    nc_pool_config off;
+    nc_pool_config_defaults(&off);
+    CHECK(off.leak_timeout == 0, "default leak_timeout %g", off.leak_timeout);
+    cfg.leak_timeout = -1;
+    nc_pool *bad = nc_pool_new(&cfg, &fake_ops, &f, &err);
+    CHECK(!bad && err.code == NC_E_CONFIG, "negative leak_timeout accepted");
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -1780,6 +1897,8 @@ int main(void)
         {"stress", test_stress},
         {"observer_and_refs", test_observer_and_refs},
         {"stop_check", test_stop_check},
+        {"server_full", test_server_full},
+        {"leaks", test_leaks},
         {"former_bugs", known_bugs},   /* bugs found by these tests and since fixed */
     };
     return nc_run_cases("test_pool", cases, NC_NCASES(cases));

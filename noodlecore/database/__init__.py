@@ -4,7 +4,7 @@ The names users need are re-exported here; see connection_pool for the pool
 and errors for the exception classes and error codes.
 """
 
-from .connection_pool import DatabaseConnectionPool, PooledConnection, PoolStats
+from .connection_pool import ConnectionLeakWarning, DatabaseConnectionPool, PooledConnection, PoolStats
 from .database_manager import (
     DatabaseConfig,
     DatabaseManager,
@@ -41,7 +41,7 @@ from .errors import (
 )
 
 __all__ = [
-    "DatabaseConnectionPool", "PooledConnection", "PoolStats", "ERROR_CODES",
+    "DatabaseConnectionPool", "PooledConnection", "PoolStats", "ConnectionLeakWarning", "ERROR_CODES",
     "DatabaseConfig", "DatabaseManager", "FailoverNotEnabledError", "NotConnectedError",
     "OutcomeUnknownError", "TransactionError",
     "DatabaseEndpoint", "DatabaseFailoverManager", "FailoverConfig", "FailoverEvent", "FailoverMode",

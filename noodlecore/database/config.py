@@ -62,6 +62,9 @@ POOL_OPTIONS = {o.name: o for o in [
     _pool("lifetime_jitter", "float", None, 0, doc="fraction of max_lifetime taken off at random"),
     _pool("ping_after_idle", "float", None, 0,
           doc="a borrow pings the server when the connection sat idle longer than this"),
+    _pool("leak_timeout", "float", None, 0,
+          doc="warn (ConnectionLeakWarning, with the borrower's stack) about a connection borrowed "
+              "longer than this, seconds (0: off)"),
     _pool("query_timeout", "float", None, 0, True, nullable=True,
           doc="default statement deadline, seconds (None: none)"),
     _pool("busy_timeout", "float", None, 0, True, nullable=True,

@@ -38,13 +38,18 @@ from .. import _native
 from . import errors
 from .config import backend_kind, redact_dsn, resolve_pool_options, scrub_password
 
-__all__ = ["DatabaseConnectionPool", "PooledConnection", "PoolStats"]
+__all__ = ["DatabaseConnectionPool", "PooledConnection", "PoolStats", "ConnectionLeakWarning"]
 
 log = logging.getLogger("noodlecore.database.pool")
 
 #: A borrowed connection (implemented in C).  Methods: execute_query,
 #: execute_many, begin, commit, rollback, transaction, ping, release.
 PooledConnection = _native.PooledConnection
+
+#: Warned (a RuntimeWarning) at the pool's next borrow or get_stats() when a
+#: connection has been borrowed longer than ``leak_timeout``; the message holds
+#: the stack of the code that borrowed it.
+ConnectionLeakWarning = _native.ConnectionLeakWarning
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class PoolStats:
     connections_replaced: int = 0
     connect_failures: int = 0
     validation_failures: int = 0
+    leaked: int = 0
     acquires: int = 0
     acquire_timeouts: int = 0
     acquire_wait_p50: float = 0.0
@@ -152,6 +158,7 @@ class DatabaseConnectionPool(_native.Pool):
             connections_replaced=raw["connections_replaced"],
             connect_failures=raw["connect_failures"],
             validation_failures=raw["validation_failures"],
+            leaked=raw["leaked"],
             acquires=acquires,
             acquire_timeouts=raw["acquire_timeouts"],
             acquire_wait_p50=raw["acquire_wait_p50"],

@@ -43,17 +43,20 @@ proxies the test made::
 What a node can do (PgNode): ``crash()`` (SIGKILL, returns the moment),
 ``stop(mode)``, ``start()``, ``restart()``, ``freeze()``/``thaw()`` (SIGSTOP:
 the server accepts TCP connections in the kernel but never answers),
-``promote()``, ``terminate_all_clients()``, ``sql()``/``scalar()`` (through
+``promote()``, ``terminate_all_clients()``, ``enable_tls(cert, key)`` (with
+certificates from ``TestCA``, made with the openssl command, valid or expired),
+``add_password_user(user, password)`` (scram-sha-256 over TCP), ``sql()``/``scalar()`` (through
 psql, not through the code under test), ``wait_replayed()``,
 ``wait_standby()``, ``configure(**settings)``; ``dsn()``, ``kv_dsn()``.
 Network faults without root tools: ``TcpProxy`` (or ``factory.proxy(node)``)
 between your code and a node adds delay, blackholes (a partition), rejects,
-resets every connection or redirects new ones.  Errors: PgHarnessError (with
+resets every connection, leaves them half-open (the server's side gone, the
+client's silent), trickles the server's bytes (slow drip) or redirects new ones.  Errors: PgHarnessError (with
 the server log's tail), SqlError and SqlTimeout from the psql helpers.
 
 Modules: ``processes`` (binaries, running as postgres, /proc, ports), ``psql``,
 ``node`` (PgNode), ``cluster`` (PgCluster, PgFactory, sweep_stale), ``proxy``
-(TcpProxy).
+(TcpProxy), ``tls`` (TestCA).
 """
 
 from .cluster import BASE_SETTINGS, ROOT_PREFIX, PgCluster, PgFactory, sweep_stale
@@ -61,9 +64,10 @@ from .node import PgNode
 from .processes import PgHarnessError, check_binaries, find_bindir, free_port
 from .proxy import TcpProxy
 from .psql import SqlError, SqlTimeout, popen_psql, run_psql
+from .tls import TestCA
 
 __all__ = [
-    "PgCluster", "PgFactory", "PgNode", "TcpProxy", "PgHarnessError", "SqlError", "SqlTimeout",
+    "PgCluster", "PgFactory", "PgNode", "TcpProxy", "TestCA", "PgHarnessError", "SqlError", "SqlTimeout",
     "run_psql", "popen_psql", "sweep_stale", "check_binaries", "find_bindir", "free_port",
     "BASE_SETTINGS", "ROOT_PREFIX",
 ]

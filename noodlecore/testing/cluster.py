@@ -28,13 +28,13 @@ import tempfile
 import threading
 import time
 
-from .node import PgNode, conf_text
+from .node import PG_HBA_TRUST, PgNode, conf_text
 from .processes import (SHM_DIR, PgHarnessError, all_pids, check_binaries, chown_pg, free_port, kill_all_hard,
                         pidfile_shmid, pids_in, proc_stat, read_pidfile, release_port, run, shm_remove,
                         tail_msg, write_pg_file)
 from .proxy import TcpProxy
 
-__all__ = ["PgCluster", "PgFactory", "sweep_stale", "BASE_SETTINGS", "ROOT_PREFIX"]
+__all__ = ["PgCluster", "PgFactory", "sweep_stale", "BASE_SETTINGS", "ROOT_PREFIX", "PG_HBA_TRUST"]
 
 log = logging.getLogger("noodlecore.testing")
 
@@ -59,14 +59,6 @@ BASE_SETTINGS = {
     "huge_pages": "off",
     "log_line_prefix": "%m [%p] %b ",
 }
-
-_PG_HBA = """\
-# noodlecore.testing: trust everything local
-local   all             all                     trust
-local   replication     all                     trust
-host    all             all     127.0.0.1/32    trust
-host    replication     all     127.0.0.1/32    trust
-"""
 
 
 class PgCluster:
@@ -126,7 +118,7 @@ class PgCluster:
             with open(conf, "a") as f:
                 f.write("\n# ---- noodlecore.testing ----\n" + conf_text(self.base_settings)
                         + "include_if_exists = 'node.conf'\n")
-            write_pg_file(os.path.join(self.template, "pg_hba.conf"), _PG_HBA)
+            write_pg_file(os.path.join(self.template, "pg_hba.conf"), PG_HBA_TRUST)
             # record max_connections & co. in pg_control (standbys cloned later need it)
             r = run([self.bin("postgres"), "--single", "-D", self.template, "postgres"],
                     timeout=120, what="postgres --single (template)", check=False)

@@ -20,7 +20,15 @@ from .processes import (PgHarnessError, alive, as_pg, children, clean_env, dsm_f
                         write_pg_file)
 from .psql import SqlError, run_psql
 
-__all__ = ["PgNode", "conf_text"]
+__all__ = ["PgNode", "conf_text", "PG_HBA_TRUST"]
+
+PG_HBA_TRUST = """\
+# noodlecore.testing: trust everything local (the template's, and every node's last lines)
+local   all             all                     trust
+local   replication     all                     trust
+host    all             all     127.0.0.1/32    trust
+host    replication     all     127.0.0.1/32    trust
+"""
 
 
 def _conf_value(v):
@@ -62,6 +70,7 @@ class PgNode:
         self.settings = dict(settings or {})
         self.upstream = None          # (host, port) we stream from, when a standby
         self.sync_standbys = []       # application names in synchronous_standby_names
+        self.hba_lines = []           # pg_hba.conf lines before the trust-everything ones
         self._proc = None
         self._frozen = False
 
@@ -108,6 +117,39 @@ class PgNode:
         self._write_node_conf()
         if reload and self.is_running():
             self.reload()
+
+    def enable_tls(self, cert, key, ca=None):
+        """Serve TLS with the certificate and key files (e.g. from TestCA.server_cert): copied
+        into the data dir (the server wants its key owned by it, mode 0600), then ssl=on,
+        ssl_cert_file, ssl_key_file (and ssl_ca_file when ca is given, for client
+        certificates) and a reload.  Clients may still connect without TLS (sslmode=disable)."""
+        names = {"ssl_cert_file": ("server.crt", cert), "ssl_key_file": ("server.key", key)}
+        if ca:
+            names["ssl_ca_file"] = ("root.crt", ca)
+        settings = {"ssl": True}
+        for setting, (name, src) in names.items():
+            with open(src) as f:
+                write_pg_file(os.path.join(self.datadir, name), f.read())
+            settings[setting] = name
+        self.configure(settings)
+
+    def add_password_user(self, user, password, method="scram-sha-256", superuser=False):
+        """A role that logs in over TCP with `password` (checked with `method`, e.g.
+        scram-sha-256 or md5); everything else keeps trusting as before (the harness's own
+        unix-socket psql, replication).  Reloads the server."""
+        enc = "scram-sha-256" if method == "scram-sha-256" else "md5"
+        lit = "'" + password.replace("'", "''") + "'"
+        self.sql("SET password_encryption = '%s'; DROP ROLE IF EXISTS %s; CREATE ROLE %s LOGIN%s PASSWORD %s"
+                 % (enc, user, user, " SUPERUSER" if superuser else "", lit))
+        self.hba_lines.append("host    all             %s      127.0.0.1/32    %s" % (user, method))
+        self._write_hba()
+        if self.is_running():
+            self.reload()
+
+    def _write_hba(self):
+        write_pg_file(os.path.join(self.datadir, "pg_hba.conf"),
+                      "# written by noodlecore.testing (first match wins)\n"
+                      + "".join(line + "\n" for line in self.hba_lines) + PG_HBA_TRUST)
 
     def reload(self, timeout=10):
         """SIGHUP the postmaster and wait until it has re-read its configuration: a new session

@@ -12,12 +12,17 @@ applied atomically with respect to forwarding::
     proxy.blackhole(True)       # accept, but forward nothing either way (partition / hang)
     proxy.reject(True)          # new connections are reset at once
     proxy.reset_all()           # RST every current connection (SO_LINGER 0)
+    proxy.half_open()           # current connections: the server side closes, the client hears nothing
+    proxy.set_drip(1, 0.05)     # server->client: 1 byte every 50 ms (a slow drip)
     proxy.redirect(host, port)  # new connections go elsewhere
     proxy.close()
 
 Blackhole also freezes established connections: data is held (not dropped)
 and delivered if blackhole is switched off again, like a healed partition.
 Connections accepted during a blackhole connect upstream once it is lifted.
+A half-open connection is one whose peer went away without a word (a server
+machine lost): the server's side is closed (its session ends), the client's
+stays open and is never read from or written to again, until close().
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def _abort(sock):
 
 class _Conn:
     __slots__ = ("client", "upstream", "state", "accepted_at", "target", "c2s", "s2c",
-                 "s2c_bytes", "client_eof", "upstream_eof", "id")
+                 "s2c_bytes", "client_eof", "upstream_eof", "id", "next_drip")
 
     def __init__(self, client, target, cid):
         self.id = cid
@@ -66,6 +71,7 @@ class _Conn:
         self.s2c_bytes = 0
         self.client_eof = False
         self.upstream_eof = False
+        self.next_drip = 0.0         # slow drip: when the next bytes may go to the client
 
 
 class TcpProxy:
@@ -85,6 +91,7 @@ class TcpProxy:
         self._connect_delay = 0.0
         self._blackhole = False
         self._reject = False
+        self._drip = None             # (bytes, interval): server->client trickle
         self._conns = []
         self._next_id = 0
         self._cmds = collections.deque()
@@ -149,12 +156,24 @@ class TcpProxy:
         """RST every current connection (both the client and the upstream side)."""
         self._call("reset", timeout)
 
+    def half_open(self, timeout=5):
+        """Every current connection goes half-open: its upstream side is closed (the server's
+        session ends), its client side stays open and silent (nothing read, nothing sent)."""
+        self._call("half_open", timeout)
+
+    def set_drip(self, nbytes, interval):
+        """Trickle server->client data: at most `nbytes` per connection every `interval`
+        seconds (a slow or lossy link).  set_drip(0, 0) or clear() ends it."""
+        self._drip = (int(nbytes), float(interval)) if nbytes > 0 else None
+        self._wake()
+
     def clear(self):
         """Back to a transparent proxy (no delay, blackhole, reject)."""
         self._delay = 0.0
         self._connect_delay = 0.0
         self._blackhole = False
         self._reject = False
+        self._drip = None
         self._wake()
 
     @property
@@ -193,6 +212,19 @@ class TcpProxy:
         if cmd == "reset":
             for c in list(self._conns):
                 self._close_conn(c, abort=True)
+        elif cmd == "half_open":
+            for c in list(self._conns):
+                if c.state == "closed":
+                    continue
+                if c.upstream is not None:
+                    self._unreg(c.upstream)
+                    try:
+                        c.upstream.close()
+                    except OSError:
+                        pass
+                    c.upstream = None
+                self._unreg(c.client)
+                c.state = "silent"
 
     def _cleanup(self):
         for c in list(self._conns):
@@ -327,7 +359,25 @@ class TcpProxy:
                 self._close_conn(c, abort=True)
                 return cw, uw
             uw = bool(c.c2s)
-        while c.s2c and c.s2c[0][0] <= now:
+        drip = self._drip
+        if drip is not None and c.s2c and c.s2c[0][0] <= now and now >= c.next_drip:
+            # one trickle: a few bytes, then nothing until the next interval
+            item = c.s2c[0]
+            try:
+                n = c.client.send(item[1][:drip[0]])
+            except (BlockingIOError, InterruptedError):
+                return True, uw
+            except OSError:
+                self._close_conn(c, abort=True)
+                return False, False
+            c.next_drip = now + drip[1]
+            c.s2c_bytes -= n
+            if n < len(item[1]):
+                item[1] = item[1][n:]
+            else:
+                c.s2c.popleft()
+            return cw, uw
+        while drip is None and c.s2c and c.s2c[0][0] <= now:
             item = c.s2c[0]
             try:
                 n = c.client.send(item[1])
@@ -363,6 +413,8 @@ class TcpProxy:
         now = time.monotonic()
         timeout = 0.5
         for c in list(self._conns):
+            if c.state == "silent":
+                continue               # half-open: nothing is read or sent, ever
             if c.state == "held":
                 if c.client_eof:
                     self._close_conn(c, abort=False)
@@ -385,7 +437,10 @@ class TcpProxy:
                 self._close_conn(c, abort=False)
                 continue
             if c.s2c and not self._blackhole and not cw:
-                timeout = min(timeout, max(0.0, c.s2c[0][0] - now))
+                due = c.s2c[0][0]
+                if self._drip is not None:
+                    due = max(due, c.next_drip)
+                timeout = min(timeout, max(0.0, due - now))
             # interests
             cev = 0
             if not c.client_eof and len(c.c2s) < _HIGH_WATER:
