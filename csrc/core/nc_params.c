@@ -222,6 +222,15 @@ static void preview(char *dst, size_t dstsize, const char *p, size_t n)
 
 #define PERR(...) nc_error_set(err, NC_E_PARAMS, NC_K_PROGRAMMING, __VA_ARGS__)
 
+/* A byte of a word or number, or a $: a $n right after it would be read
+ * as part of it by PostgreSQL's lexer. */
+static int needs_space_before(char c)
+{
+    unsigned char u = (unsigned char)c;
+    return (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || (u >= '0' && u <= '9') || u == '_' || u == '$'
+           || u >= 0x80;
+}
+
 static int is_type_char(char c)
 {
     return c == 's' || c == 'b' || c == 't';
@@ -348,7 +357,16 @@ int nc_sql_translate(const char *sql, size_t len, int dialect, nc_sql *out, nc_e
                  "run into the parameter number; put a space between them", at);
             goto fail;
         }
-        if (ob_append(&ob, sql + run, at - run) < 0 || ob_append_slot(&ob, marker, slot) < 0)
+        if (ob_append(&ob, sql + run, at - run) < 0)
+            goto oom;
+        /* PostgreSQL reads a $ and digits that touch a word as part of it
+         * (x%s would become the identifier x$1, a%s in $a%s$ would open the
+         * dollar quote $a$, $%s the quote $$): a space keeps the placeholder
+         * a token of its own.  Only after text of the query: a placeholder
+         * after a placeholder ($1$2) reads right as it is. */
+        if (marker == '$' && run < at && needs_space_before(sql[at - 1]) && ob_append(&ob, " ", 1) < 0)
+            goto oom;
+        if (ob_append_slot(&ob, marker, slot) < 0)
             goto oom;
         run = end;
     }

@@ -8,6 +8,10 @@
  * comments is copied unchanged (a % there is not a placeholder); the exact
  * region rules, per dialect, are those of the lexer (nc_lexer.h).
  *
+ * For PostgreSQL a placeholder that directly follows a word, a number or a $
+ * (x%s, IN%s, $%s) gets a space before its $n, which the server would
+ * otherwise read as part of that word or as a dollar quote.
+ *
  * %b and %t (psycopg's binary/text hints) are accepted as synonyms of %s.
  * Any other character after % outside those regions is an error, as is a lone
  * % at the end, an unterminated %(name, or mixing %s with %(name)s.

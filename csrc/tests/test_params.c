@@ -314,6 +314,30 @@ static void test_dollar(void)
     OK(SQ, "SELECT $a$ %s $a$", "SELECT $a$ ?1 $a$", POS, 1, NULL);
 }
 
+/* PostgreSQL's lexer reads a $n that touches a word as part of it (x$1 is
+ * one identifier) and $%s as the dollar quote $$: the rewrite puts a space
+ * between (found by csrc/fuzz/fuzz_sql: "SELECT\xa0%s" came out as the one
+ * identifier "SELECT\xa0$1", the parameter gone).  SQLite's ?n never joins. */
+static void test_touching(void)
+{
+    OK(PG, "SELECT\xa0%s %% %s", "SELECT\xa0 $1 % $2", POS, 2, NULL);
+    OK(PG, "SELECT x FROM t WHERE a IN%s", "SELECT x FROM t WHERE a IN $1", POS, 1, NULL);
+    OK(PG, "SELECT x%s", "SELECT x $1", POS, 1, NULL);
+    OK(PG, "SELECT x1%(a)s", "SELECT x1 $1", NAMED, 1, "a");
+    OK(PG, "SELECT 1e5%s", "SELECT 1e5 $1", POS, 1, NULL);
+    OK(PG, "SELECT $a%s$", "SELECT $a $1$", POS, 1, NULL);
+    OK(PG, "SELECT $%s", "SELECT $ $1", POS, 1, NULL);
+    OK(PG, "SELECT $$x$$%s", "SELECT $$x$$ $1", POS, 1, NULL);
+    OK(PG, "SELECT h\xc3\xa9%s", "SELECT h\xc3\xa9 $1", POS, 1, NULL);
+    /* unchanged: after punctuation, a quote, %% or another placeholder */
+    OK(PG, "SELECT (%s)", "SELECT ($1)", POS, 1, NULL);
+    OK(PG, "SELECT 'a'%s", "SELECT 'a'$1", POS, 1, NULL);
+    OK(PG, "SELECT %%%s", "SELECT %$1", POS, 1, NULL);
+    OK(PG, "%s%s", "$1$2", POS, 2, NULL);
+    OK(PG, "%(a)s%(b)s%(a)s", "$1$2$1", NAMED, 2, "a|b");
+    OK(SQ, "SELECT x%s, $%s", "SELECT x?1, $?2", POS, 2, NULL);
+}
+
 static void test_comments(void)
 {
     OK(PG, "SELECT %s -- %s %d 100%\n, %s", "SELECT $1 -- %s %d 100%\n, $2", POS, 2, NULL);
@@ -762,6 +786,7 @@ int main(void)
         {"basic", test_basic},
         {"literals", test_literals},
         {"dollar", test_dollar},
+        {"touching", test_touching},
         {"comments", test_comments},
         {"bytes", test_bytes},
         {"errors", test_errors},

@@ -1640,6 +1640,157 @@ static void test_stress(void)
 }
 
 
+/* Churn: what test_stress does, while the janitor replaces connections all
+ * the time (lifetime 20 ms, idle timeout 5 ms, min 2, validation every 2 ms,
+ * some pings and liveness checks failing), another thread reads the stats,
+ * reports statement ends and drains the pool (as a failover switch does),
+ * and the pool is shut down while borrowers are still at work.  Written for
+ * ThreadSanitizer (tests/run.sh, stage c-tsan): every path that touches a
+ * slot from two threads runs here many times. */
+#define CHURN_THREADS 8
+
+typedef struct churn_arg {
+    pthread_t th;
+    nc_pool *p;
+    int id;
+    int *stop;
+    int ops, closed_errors, other_errors, double_lent;
+    nc_error last_err;
+} churn_arg;
+
+static void *churn_main(void *arg)
+{
+    churn_arg *s = arg;
+    unsigned seed = (unsigned)s->id * 104729u + 7;
+    while (!LD(*s->stop)) {
+        nc_conn *c = NULL;
+        uint64_t lease = 0;
+        nc_error err;
+        nc_error_clear(&err);
+        int r = (s->ops & 3) == 0 ? nc_pool_try_acquire(s->p, &c, &lease, &err) : 0;
+        if (r == 0)
+            r = nc_pool_acquire(s->p, 5.0, &c, &lease, &err) == 0 ? 1 : -1;
+        if (r < 0) {
+            if (err.code == NC_E_POOL_CLOSED)
+                s->closed_errors++;
+            else
+                s->other_errors++, s->last_err = err;
+            if (nc_pool_is_closed(s->p))
+                break;
+            continue;
+        }
+        s->ops++;
+        fconn *fc = c->raw;
+        if (__atomic_exchange_n(&fc->in_use, 1, __ATOMIC_SEQ_CST) != 0)
+            s->double_lent++;
+        if (rand_r(&seed) % 53 == 0)
+            ST(fc->dead, 1);            /* the next check finds it dead */
+        if (rand_r(&seed) % 61 == 0)
+            ST(fc->ping_fail, 1);       /* the janitor's next ping fails */
+        if (rand_r(&seed) % 7 == 0)
+            ST(fc->in_txn, 1);          /* returned in a transaction: reset */
+        if ((rand_r(&seed) & 3) == 0)
+            sched_yield();
+        int discard = rand_r(&seed) % 101 == 0;
+        __atomic_store_n(&fc->in_use, 0, __ATOMIC_SEQ_CST);
+        nc_pool_release(s->p, c, discard);
+    }
+    return NULL;
+}
+
+typedef struct churn_side {
+    pthread_t th;
+    nc_pool *p;
+    int *stop;
+    int rounds;
+} churn_side;
+
+static void *churn_side_main(void *arg)
+{
+    churn_side *s = arg;
+    nc_error lost;
+    nc_error_clear(&lost);
+    nc_error_set(&lost, NC_E_CONNECTION, NC_K_OPERATIONAL, "churn: connection lost");
+    while (!LD(*s->stop)) {
+        nc_pool_stats st;
+        nc_pool_get_stats(s->p, &st);
+        nc_pool_statement_done(s->p, NULL);
+        if (s->rounds % 5 == 0)
+            nc_pool_statement_done(s->p, &lost);
+        if (s->rounds % 50 == 0)
+            nc_pool_drain(s->p, 0);
+        s->rounds++;
+        sched_yield();
+    }
+    return NULL;
+}
+
+static void test_churn(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 4);
+    cfg.min_connections = 2;
+    cfg.validation_interval = 0.002;
+    cfg.idle_timeout = 0.005;
+    cfg.max_lifetime = 0.02;
+    cfg.lifetime_jitter = 0.5;
+    cfg.ping_after_idle = 0.001;
+    nc_pool *p = mkpool(&cfg, &f);
+    int stop = 0, side_stop = 0;
+    churn_arg a[CHURN_THREADS];
+    churn_side side = {.p = p, .stop = &side_stop};
+    for (int i = 0; i < CHURN_THREADS; i++) {
+        memset(&a[i], 0, sizeof a[i]);
+        a[i].p = p;
+        a[i].id = i;
+        a[i].stop = &stop;
+        if (pthread_create(&a[i].th, NULL, churn_main, &a[i])) {
+            printf("FATAL: pthread_create\n");
+            exit(2);
+        }
+    }
+    if (pthread_create(&side.th, NULL, churn_side_main, &side)) {
+        printf("FATAL: pthread_create\n");
+        exit(2);
+    }
+    /* Until the janitor has replaced connections many times over (a count,
+     * not a time; bounded so a pool that stops replacing fails the check). */
+    double until = nc_now() + 30 * nc_time_scale();
+    while ((LD(f.closes) < 200 || LD(f.connects) < 200) && nc_now() < until)
+        sleep_s(0.005);
+    int closes_before = LD(f.closes);
+    /* Shut down with the borrowers still running: they see 2002 and stop. */
+    int rc = nc_pool_shutdown(p, 2.0 * nc_time_scale());
+    ST(stop, 1);
+    int ops = 0, closed_errors = 0, other = 0, dbl = 0;
+    for (int i = 0; i < CHURN_THREADS; i++) {
+        pthread_join(a[i].th, NULL);
+        ops += a[i].ops;
+        closed_errors += a[i].closed_errors;
+        other += a[i].other_errors;
+        dbl += a[i].double_lent;
+        if (a[i].other_errors)
+            printf("  thread %d: %d errors, last: %d %s\n", i, a[i].other_errors, a[i].last_err.code,
+                   a[i].last_err.message);
+    }
+    ST(side_stop, 1);
+    pthread_join(side.th, NULL);
+    nc_pool_stats st = stats(p);
+    printf("  (churn: %d ops, %d borrows refused by the shutdown, %d side rounds, opened %llu closed %llu replaced %llu, validation failures %llu, "
+           "shutdown rc %d)\n", ops, closed_errors, side.rounds, (unsigned long long)st.opened, (unsigned long long)st.closed,
+           (unsigned long long)st.replaced, (unsigned long long)st.validation_failures, rc);
+    CHECK(closes_before >= 200, "the janitor closed only %d connections", closes_before);
+    CHECK(dbl == 0, "%d times a connection was lent to two threads at once", dbl);
+    CHECK(ops > 0, "no borrow succeeded");
+    CHECK(other == 0, "%d borrows failed with something other than 2002", other);
+    CHECK(st.active == 0 && st.waiting == 0 && st.opening == 0, "after shutdown: active %d waiting %d opening %d",
+          st.active, st.waiting, st.opening);
+    CHECK(st.closed_flag, "the pool does not say it is closed");
+    nc_pool_free(p);
+    CHECK(LD(f.connects) == LD(f.closes), "leaked: connects %d closes %d", f.connects, f.closes);
+}
+
 /* ---- the observer and references ------------------------------------------ */
 
 typedef struct obs_log {
@@ -1895,6 +2046,7 @@ int main(void)
         {"shutdown", test_shutdown},
         {"races", test_races},
         {"stress", test_stress},
+        {"churn", test_churn},
         {"observer_and_refs", test_observer_and_refs},
         {"stop_check", test_stop_check},
         {"server_full", test_server_full},

@@ -1,0 +1,103 @@
+/* test_pg_dsn.c - nc_pg_ctx_new, the core's reading of a PostgreSQL DSN,
+ * without a server: what it refuses, and that its messages and its display
+ * are always valid UTF-8 (the Python layer decodes them).  csrc/fuzz/fuzz_dsn
+ * checks the same promises on fuzzed strings; this program holds the cases
+ * it found. */
+#include <string.h>
+
+#include "check.h"
+#include "nc_error.h"
+#include "nc_pg.h"
+
+static int utf8_ok(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned c = *p, n, cp;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF)
+            n = 1, cp = c & 0x1F;
+        else if (c >= 0xE0 && c <= 0xEF)
+            n = 2, cp = c & 0x0F;
+        else if (c >= 0xF0 && c <= 0xF4)
+            n = 3, cp = c & 0x07;
+        else
+            return 0;
+        for (unsigned i = 1; i <= n; i++) {
+            if ((p[i] & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (p[i] & 0x3F);
+        }
+        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        p += n + 1;
+    }
+    return 1;
+}
+
+/* A refused string: 2013, a valid UTF-8 message holding want. */
+static void refused(const char *dsn, const char *want)
+{
+    nc_error err;
+    nc_error_clear(&err);
+    void *ctx = nc_pg_ctx_new(dsn, &err);
+    CHECK(ctx == NULL, "%s: accepted", dsn);
+    if (ctx) {
+        nc_pg_ops.ctx_free(ctx);
+        return;
+    }
+    CHECK(err.code == NC_E_CONFIG, "%s: code %d", dsn, err.code);
+    CHECK(utf8_ok(err.message), "%s: message not UTF-8: %s", dsn, err.message);
+    CHECK(strstr(err.message, want) != NULL, "%s: message '%s' without '%s'", dsn, err.message, want);
+}
+
+/* An accepted string: its display, valid UTF-8. */
+static void display(const char *dsn, const char *want)
+{
+    nc_error err;
+    nc_error_clear(&err);
+    void *ctx = nc_pg_ctx_new(dsn, &err);
+    CHECK(ctx != NULL, "%s: refused: %s", dsn, err.message);
+    if (!ctx)
+        return;
+    const char *d = nc_pg_ctx_display(ctx);
+    CHECK(utf8_ok(d), "%s: display not UTF-8: %s", dsn, d);
+    CHECK(!strcmp(d, want), "%s: display '%s', expected '%s'", dsn, d, want);
+    nc_pg_ops.ctx_free(ctx);
+}
+
+/* libpq decodes %XX in a URI: the bytes it gives need not be UTF-8 even
+ * when the string is ASCII. */
+static void test_percent_decoded_bytes(void)
+{
+    refused("postgres://u:secretpw@127.0.0.1/app?sslmode=disable&con%ect_timeout=3",
+            "invalid URI query parameter: \"con?t_timeout\"");
+    refused("postgresql://h/d?%ff=1", "\"?\"");
+    display("postgresql://%ff%fe@h/db", "??@h:5432/db");
+    display("postgresql://u@h%e9/db", "u@h?:5432/db");
+    display("postgresql://u@h/%c3%a9%c3", "u@h:5432/\xc3\xa9");         /* a cut tail goes */
+    display("postgresql://u@h/%ed%a0%80", "u@h:5432/???");          /* a surrogate */
+    display("postgresql://u@h/%f4%90%80%80", "u@h:5432/????");      /* past U+10FFFF */
+    display("postgresql://u@h/%c0%af", "u@h:5432/??");              /* overlong / */
+}
+
+static void test_valid_text_kept(void)
+{
+    display("postgresql://u@h/%c3%a9", "u@h:5432/\xc3\xa9");
+    display("user=\xc3\xa9 host=h\xe2\x82\xac dbname=\xf0\x9f\x8d\x9c", "\xc3\xa9@h\xe2\x82\xac:5432/\xf0\x9f\x8d\x9c");
+    display("host=a,b port=1,2 dbname=d", "a,b:1,2/d");
+    refused("host=a,b,c port=1,2", "lists differ in length");
+    refused("host='unterminated", "unterminated quoted string");
+}
+
+int main(void)
+{
+    static const nc_test_case cases[] = {
+        {"percent_decoded_bytes", test_percent_decoded_bytes},
+        {"valid_text_kept", test_valid_text_kept},
+    };
+    return nc_run_cases("test_pg_dsn", cases, NC_NCASES(cases));
+}
