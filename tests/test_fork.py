@@ -141,7 +141,9 @@ report(status=status, commit=commit, rows=rows, parent_pid=parent_pid, child=jso
         child = res["child"]
         assert child["pid"] != res["parent_pid"]
         assert child["inherited"] == "InterfaceError 2016", child
-        assert child["opened"] == 1, "the child's pool opened its own connection"
+        # its own connection: the borrow's, and perhaps one more that the
+        # child's janitor opened for min_connections=1 at the same time
+        assert 1 <= child["opened"] <= 2, "the child's pool opened %s connections" % child["opened"]
         assert {"v": 2, "note": "child", "pid": child["pid"]} in res["rows"], res
     else:
         assert len(res["rows"]) == 1, res
