@@ -258,15 +258,18 @@ def wait(cond, what, timeout=30):
         time.sleep(0.005)
 
 in_check, release, closed = threading.Event(), threading.Event(), threading.Event()
+a_down, b_stuck = threading.Event(), threading.Event()
 checks = {"b": 0}
 
 class Backend:
     def __init__(self, cs):
         self.cs = cs
     def execute_query(self, sql, params=None):
+        if self.cs == "a" and a_down.is_set():
+            raise RuntimeError("a is down")
         if self.cs == "b":
             checks["b"] += 1
-            if checks["b"] >= BLOCK_FROM:
+            if checks["b"] >= BLOCK_FROM or b_stuck.is_set():
                 in_check.set()
                 release.wait(30)       # a health check far longer than the monitor waits for
         return [{"x": 1}]
@@ -296,6 +299,13 @@ def trigger():
 if SCENARIO == "slow_health_check":
     m.start_monitoring()         # b's probe thread gets stuck in its health check
     in_check.wait(30)
+    t = None
+elif SCENARIO == "monitor_switch_vs_shutdown":
+    m.start_monitoring()         # the decision thread fails over from a and gets stuck verifying b
+    wait(lambda: all(e["probed"] for e in m._native.status()["endpoints"]), "the first probes")
+    b_stuck.set()
+    a_down.set()
+    wait(lambda: m.current_state.value == "failing_over", "the switch to be verified")
     t = None
 elif SCENARIO == "trigger_vs_shutdown":
     t = threading.Thread(target=trigger)
@@ -328,7 +338,7 @@ print("OK", outcome)
 
 
 @pytest.mark.parametrize("scenario,block_from", [("slow_health_check", 1), ("trigger_vs_shutdown", 2),
-                                                 ("sqlite_locked", 0)])
+                                                 ("monitor_switch_vs_shutdown", 10**9), ("sqlite_locked", 0)])
 def test_probe_that_outlives_shutdown_owns_what_it_touches(scenario, block_from):
     code = "SCENARIO = %r\nBLOCK_FROM = %d\n" % (scenario, block_from) + PROBE_OUTLIVES_JOIN
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
