@@ -17,11 +17,15 @@
 
 #include "check.h"
 
+/* Scheduling slack on top of a deadline (check.h). */
+#define SLACK (0.15 * nc_time_scale())
+
 /* ---- a fake backend: one per endpoint ---------------------------------------- */
 
 typedef struct endpoint {
     int id;
     int down;           /* connects refused, pings fail */
+    int silent;         /* connects wait for their deadline, then fail (a server that never answers) */
     int connects, closes, pings;
 } endpoint;
 
@@ -29,10 +33,22 @@ typedef struct fconn {
     endpoint *ep;
 } fconn;
 
+static void sleep_until(double deadline)
+{
+    while (nc_now() < deadline) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 static void *f_connect(void *ctx, double deadline, nc_error *err)
 {
-    (void)deadline;
     endpoint *ep = ctx;
+    if (LD(ep->silent)) {
+        sleep_until(deadline < nc_now() + 30 ? deadline : nc_now() + 30);
+        nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "endpoint %d: timeout expired", ep->id);
+        return NULL;
+    }
     if (LD(ep->down)) {
         nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "endpoint %d: connection refused", ep->id);
         return NULL;
@@ -214,6 +230,32 @@ static void test_connect_failure_switches_in_one_call(void)
     finish(&s);
 }
 
+/* Without monitor threads a borrow probes and may switch in its own thread:
+ * all of it ends by the borrow's deadline, though the monitor's own bounds
+ * (health_check_timeout 1 s, failover_timeout 2 s) are far longer. */
+static void test_lend_keeps_the_callers_deadline(void)
+{
+    for (int silent_first = 0; silent_first < 2; silent_first++) {
+        setup s;
+        make(&s, 2, NC_FO_AUTOMATIC);
+        ST(s.eps[silent_first ? 0 : 1].silent, 1);
+        ST(s.eps[silent_first ? 1 : 0].down, 1);
+        int ep = -1;
+        nc_conn *c;
+        uint64_t l;
+        nc_error err;
+        for (int k = 0; k < 2; k++) {
+            double t0 = nc_now();
+            int rc = nc_route_lend(s.r, 0.2, &ep, &c, &l, &err);
+            double el = nc_now() - t0;
+            CHECK(rc < 0, "lent from a dead pair of endpoints");
+            CHECK(el < 0.2 + SLACK, "silent_first %d borrow %d took %.3f s with a 0.2 s timeout", silent_first, k,
+                  el);
+        }
+        finish(&s);
+    }
+}
+
 static void test_statement_failure_reaches_the_monitor(void)
 {
     setup s;
@@ -346,6 +388,7 @@ int main(void)
     static const nc_test_case cases[] = {
         {"lend_current", test_lend_current},
         {"connect_failure_switches", test_connect_failure_switches_in_one_call},
+        {"lend_keeps_the_callers_deadline", test_lend_keeps_the_callers_deadline},
         {"statement_failure", test_statement_failure_reaches_the_monitor},
         {"closed", test_closed},
         {"close_during_report", test_close_during_report},
