@@ -1,4 +1,4 @@
-"""Tests of the test harness itself: real PostgreSQL 15 servers and the TCP fault proxy."""
+"""Tests of the test harness itself: real PostgreSQL 15 servers, the TCP fault proxy and the test CA."""
 
 import os
 import subprocess
@@ -258,3 +258,77 @@ def test_proxy_reject_reset_redirect(pg, pg_factory):
 
         px.redirect(other.host, other.port)
         assert run_psql("127.0.0.1", px.port, "show port") == [[str(other.port)]]
+
+
+def _echo_server():
+    """A one-connection TCP server in a thread: echoes, records when its peer closes."""
+    import socket
+    import threading
+    lsock = socket.create_server(("127.0.0.1", 0))
+    state = {"closed": threading.Event(), "send": None}
+
+    def serve():
+        conn, _ = lsock.accept()
+        with conn:
+            state["send"] = conn.sendall
+            state["ready"].set()
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    state["closed"].set()
+                    return
+                conn.sendall(data)
+
+    state["ready"] = threading.Event()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return lsock, state
+
+
+def test_proxy_half_open_and_drip():
+    import socket
+    lsock, state = _echo_server()
+    with lsock, TcpProxy("127.0.0.1", lsock.getsockname()[1]) as px:
+        c = socket.create_connection(("127.0.0.1", px.port), timeout=5)
+        with c:
+            c.sendall(b"ping")
+            assert c.recv(10) == b"ping"
+            assert state["ready"].wait(5)
+            # slow drip: 100 bytes, 10 every 50 ms: at least 0.45 s for all of them
+            px.set_drip(10, 0.05)
+            t0 = time.monotonic()
+            state["send"](b"y" * 100)
+            got = b""
+            while len(got) < 100:
+                chunk = c.recv(100)
+                assert chunk, "EOF during the drip"
+                got += chunk
+            assert time.monotonic() - t0 >= 0.45
+            px.clear()
+            c.sendall(b"pong")
+            assert c.recv(10) == b"pong"
+            # half-open: the server's side is closed, the client's stays open and silent
+            px.half_open()
+            assert state["closed"].wait(5), "the server side was not closed"
+            c.sendall(b"anyone?")             # accepted by the kernel, answered by nobody
+            c.settimeout(0.3)
+            with pytest.raises(socket.timeout):
+                c.recv(10)                      # no data and no EOF
+
+
+def test_test_ca_certificates(tmp_path):
+    from noodlecore.testing import TestCA
+    ca = TestCA(str(tmp_path / "ca"))
+    cert, key = ca.server_cert("srv")
+    old, _ = ca.server_cert("old", expired=True)
+    other = TestCA(str(tmp_path / "other"), name="other CA")
+
+    def openssl(*args):
+        return subprocess.run(["openssl", *args], capture_output=True, text=True)
+
+    assert openssl("verify", "-CAfile", ca.cert, cert).returncode == 0
+    assert openssl("verify", "-CAfile", other.cert, cert).returncode != 0
+    assert openssl("x509", "-in", cert, "-noout", "-checkend", "0").returncode == 0
+    assert openssl("x509", "-in", old, "-noout", "-checkend", "0").returncode != 0     # expired
+    assert "IP Address:127.0.0.1" in openssl("x509", "-in", cert, "-noout", "-ext", "subjectAltName").stdout
+    assert os.path.exists(key)

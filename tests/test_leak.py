@@ -94,3 +94,32 @@ def test_the_next_borrow_warns(make_pool):
     assert not pool._leaks_pending()
     held.release()
     assert pool.get_stats().leaked == 1
+
+
+def test_a_failover_manager_borrow_warns_too(pg, app):
+    """Endpoint pools of a failover manager take leak_timeout from pool_options; the manager's
+    next borrow reports what they found."""
+    from helpers import cfg, ep
+    from noodlecore.database import DatabaseFailoverManager
+    config = cfg()
+    config.pool_options["leak_timeout"] = LEAK
+    with DatabaseFailoverManager([ep("a", pg, 1, primary=True)], config=config) as m:
+        cm, _conn = keep_through_manager(m)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+
+                def warned():
+                    with m.get_connection(timeout=5) as c:
+                        c.execute_query("SELECT 1")
+                    return [w for w in caught if issubclass(w.category, ConnectionLeakWarning)]
+
+                found = wait_for(warned, timeout=10, what="the manager's borrow to warn")
+            assert "keep_through_manager" in str(found[0].message)
+        finally:
+            cm.__exit__(None, None, None)
+
+
+def keep_through_manager(m):
+    cm = m.get_connection(timeout=5)
+    return cm, cm.__enter__()

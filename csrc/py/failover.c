@@ -7,6 +7,7 @@
 #include "failover.h"
 #include "connection.h"
 #include "errors.h"
+#include "leak.h"
 #include "options.h"
 #include "pool.h"
 #include "../core/nc_fork.h"
@@ -350,6 +351,13 @@ static PyObject *fo_lend(NpyFailover *self, PyObject *arg)
     nc_route *r = self->route;
     if (!r || !self->pools)
         return npy_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "the failover manager is shut down");
+    /* Leaks the endpoint pools found (leak_timeout), warned on this thread
+     * before borrowing: a warning filter may raise. */
+    for (Py_ssize_t i = 0; self->pools && i < PyTuple_GET_SIZE(self->pools); i++) {
+        npy_pool_settings *ps = &((NpyPool *)PyTuple_GET_ITEM(self->pools, i))->s;
+        if (ps->borrow_stacks && npy_leak_report(ps->pool, ps->borrow_stacks, ps->display, ps->leak_timeout, 1) < 0)
+            return NULL;
+    }
     /* Made first: once a connection is borrowed nothing may fail. */
     NpyConnection *conn = npy_connection_alloc();
     if (!conn)

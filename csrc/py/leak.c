@@ -75,7 +75,7 @@ int npy_leak_report(nc_pool *pool, PyObject *const *stacks, PyObject *display, d
             PyObject *stack = format_stack(stacks[found[i].index], found[i].lease);
             if (!stack)
                 return -1;
-            char held[64];
+            char held[128];
             snprintf(held, sizeof held, "%.3g s without being returned (leak_timeout %g s)", found[i].held,
                      leak_timeout);
             PyObject *msg = PyUnicode_FromFormat("a connection of %U has been borrowed for %s; "
