@@ -276,6 +276,7 @@ static void set_connect_error(nc_error *err, PGconn *pg, const char *display)
         line = nl ? nl + 1 : NULL;
     }
     out[o] = '\0';
+    nc_utf8_fix_tail(out);   /* snprintf may have cut the last line mid-character */
     nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "%s: %s", display, out);
     memcpy(err->sqlstate, state[0] ? state : "08006", 6);
 }
