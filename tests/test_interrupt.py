@@ -99,8 +99,8 @@ CALL_LINE = next(i for i, l in enumerate(CHILD.split("\n"), 1) if l.rstrip().end
 
 
 class Child:
-    def __init__(self, mode, target):
-        code = CHILD.replace("CALL_LINE", str(CALL_LINE))
+    def __init__(self, mode, target, code=None):
+        code = code or CHILD.replace("CALL_LINE", str(CALL_LINE))
         self.proc = subprocess.Popen([sys.executable, "-c", code, mode, target], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=subprocess_env(),
                                      cwd=tempfile.gettempdir())
@@ -198,12 +198,7 @@ with pool.get_connection() as c:
     say("AFTER", int(c.backend_pid == pid), pool._raw_stats()["connections_closed"])
 say("DONE")
 '''
-    child = Child.__new__(Child)
-    child.proc = subprocess.Popen([sys.executable, "-c", code, "x", pg.dsn(application_name=app)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
-                                  cwd=tempfile.gettempdir())
-    child.lines = queue.Queue()
-    threading.Thread(target=child._read, daemon=True).start()
+    child = Child("-", pg.dsn(application_name=app), code=code)
     try:
         _, pid = child.expect("PID")
         wait_for(lambda: int(pid) in sleeping_sessions(pg, app), timeout=10, what="pg_sleep(30) to run")
