@@ -105,7 +105,8 @@ class Child:
                                      stderr=subprocess.PIPE, text=True, env=subprocess_env(),
                                      cwd=tempfile.gettempdir())
         self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -143,6 +144,9 @@ class Child:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        self.reader.join(10)        # ends at EOF
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 def sleeping_sessions(pg, app):
