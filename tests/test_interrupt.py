@@ -71,6 +71,37 @@ elif mode == "statement":
     c.release()
     with pool.get_connection(timeout=5) as c:
         say("AFTER", c.execute_query("select 1 as x", row_format="tuple"), int(c.in_transaction))
+elif mode == "connect":
+    # a server that accepts but never answers: the borrow waits in the connect
+    pool = DatabaseConnectionPool(target, max_connections=1, timeout=30, connect_timeout=30, retry_attempts=1)
+    when(lambda: pool._raw_stats()["opening_connections"] == 1)
+    try:
+        pool.acquire()
+        say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    st = pool._raw_stats()
+    say("AFTER", st["total_connections"], st["opening_connections"], st["connect_failures"])
+elif mode == "sqlite-commit":
+    pool = DatabaseConnectionPool("sqlite:///" + target, max_connections=1, timeout=30, busy_timeout=30)
+    with pool.get_connection() as c:
+        c.execute_query("create table t (x int)")
+    reader = sqlite3.connect(target, isolation_level=None)
+    reader.execute("begin")
+    reader.execute("select * from t").fetchall()     # a SHARED lock: COMMIT waits
+    c = pool.acquire()
+    c.begin()
+    c.execute_query("insert into t values (1)")
+    when(on_the_call_line(COMMIT_LINE))
+    try:
+        c.commit()  # COMMIT
+        say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    c.release()                                       # rolls back
+    reader.execute("rollback")
+    with pool.get_connection(timeout=5) as c:
+        say("AFTER", c.execute_query("select count(*) from t", row_format="tuple"), int(c.in_transaction))
 elif mode in ("sqlite-lock", "sqlite-long"):
     pool = DatabaseConnectionPool("sqlite:///" + target, max_connections=2, timeout=30, busy_timeout=30)
     with pool.get_connection() as c:
@@ -96,11 +127,12 @@ elif mode in ("sqlite-lock", "sqlite-long"):
 say("DONE")
 '''
 CALL_LINE = next(i for i, l in enumerate(CHILD.split("\n"), 1) if l.rstrip().endswith("# CALL"))
+COMMIT_LINE = next(i for i, l in enumerate(CHILD.split("\n"), 1) if l.rstrip().endswith("# COMMIT"))
 
 
 class Child:
     def __init__(self, mode, target, code=None):
-        code = code or CHILD.replace("CALL_LINE", str(CALL_LINE))
+        code = code or CHILD.replace("CALL_LINE", str(CALL_LINE)).replace("COMMIT_LINE", str(COMMIT_LINE))
         self.proc = subprocess.Popen([sys.executable, "-c", code, mode, target], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=subprocess_env(),
                                      cwd=tempfile.gettempdir())
@@ -239,3 +271,31 @@ def test_ctrl_c_in_a_long_sqlite_query(tmp_path):
     finally:
         child.close()
     assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (SQLite query)" % took
+
+
+def test_ctrl_c_while_connecting(pg_factory, pg):
+    proxy = pg_factory.proxy(pg)
+    proxy.blackhole(True)           # accepts, never answers: libpq waits for the server's reply
+    child = Child("connect", "postgresql://postgres@127.0.0.1:%d/postgres" % proxy.port)
+    try:
+        child.expect("READY")
+        took = child.interrupt()
+        _, after = child.expect("AFTER")
+        assert after == "0 0 0", after             # the slot is free again; not counted as a failure
+        child.finish()
+    finally:
+        child.close()
+    assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (connect)" % took
+
+
+def test_ctrl_c_in_a_sqlite_commit_waiting_for_a_lock(tmp_path):
+    child = Child("sqlite-commit", str(tmp_path / "commit.db"))
+    try:
+        child.expect("READY")
+        took = child.interrupt()
+        _, after = child.expect("AFTER")
+        assert after == "[(0,)] 0", after          # rolled back when it went back to the pool
+        child.finish()
+    finally:
+        child.close()
+    assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (SQLite COMMIT)" % took
