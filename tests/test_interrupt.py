@@ -299,3 +299,89 @@ def test_ctrl_c_in_a_sqlite_commit_waiting_for_a_lock(tmp_path):
     finally:
         child.close()
     assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (SQLite COMMIT)" % took
+
+
+STORM = r'''
+import gc, os, random, signal, sys, threading, time
+from noodlecore.database import DatabaseConnectionPool, Error
+
+pool = DatabaseConnectionPool(sys.argv[2], max_connections=2, timeout=5, ping_after_idle=0)
+stop = threading.Event()
+rounds = {"interrupted": 0, "done": 0, "errors": 0}
+
+def storm():
+    while not stop.wait(random.uniform(0.005, 0.15)):
+        os.kill(os.getpid(), signal.SIGINT)
+
+def hold():
+    # keeps the pool busy so that the main thread also waits in line
+    while not stop.is_set():
+        try:
+            with pool.get_connection() as c:
+                c.execute_query("select pg_sleep(0.01)")
+        except Error:
+            pass
+
+# KeyboardInterrupt only inside the loop below (a handler of one's own, as programs have)
+armed = False
+
+def on_sigint(signum, frame):
+    if armed:
+        raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, on_sigint)
+threads = [threading.Thread(target=storm), threading.Thread(target=hold), threading.Thread(target=hold)]
+for t in threads:
+    t.start()
+end = time.monotonic() + 2.0
+while time.monotonic() < end:
+    try:
+        armed = True
+        try:
+            with pool.get_connection() as c:
+                c.begin()
+                c.execute_query("select pg_sleep(0.07)")
+                c.commit()
+            rounds["done"] += 1
+        except KeyboardInterrupt:
+            rounds["interrupted"] += 1
+        except Error:
+            rounds["errors"] += 1
+        armed = False
+    except KeyboardInterrupt:
+        armed = False
+        rounds["interrupted"] += 1      # one that arrived in the handler above
+stop.set()
+for t in threads:
+    t.join()
+gc.collect()
+st = pool._raw_stats()
+print("ROUNDS", rounds["interrupted"], rounds["done"], rounds["errors"], flush=True)
+print("STATS", st["active_connections"], st["total_connections"], st["idle_connections"],
+      st["requests_waiting"], flush=True)
+with pool.get_connection() as c:
+    print("AFTER", c.execute_query("select 1 as x", row_format="tuple"), int(c.in_transaction), flush=True)
+print("DONE", flush=True)
+'''
+
+
+def test_ctrl_c_storm_leaves_the_pool_consistent(pg, app):
+    """SIGINT every few milliseconds while the main thread borrows, runs statements and commits
+    (and two threads keep the pool busy): every KeyboardInterrupt leaves no connection lent, no
+    waiter queued and no transaction open."""
+    child = Child("storm", pg.dsn(application_name=app), code=STORM)
+    try:
+        _, rounds = child.expect("ROUNDS", timeout=60)
+        interrupted, done, errors = map(int, rounds.split())
+        assert interrupted > 0, rounds
+        _, stats = child.expect("STATS")
+        active, total, idle, waiting = map(int, stats.split())
+        assert active == 0 and waiting == 0 and total == idle, stats
+        _, after = child.expect("AFTER")
+        assert after == "[(1,)] 0", after
+        child.finish()
+    finally:
+        child.close()
+    active = pg.sql("select count(*) from pg_stat_activity where application_name = '%s' "
+                    "and state <> 'idle'" % app)
+    assert active == [["0"]], active
