@@ -71,6 +71,27 @@ elif mode == "statement":
     c.release()
     with pool.get_connection(timeout=5) as c:
         say("AFTER", c.execute_query("select 1 as x", row_format="tuple"), int(c.in_transaction))
+elif mode == "nested":
+    # the program's SIGINT handler uses the pool itself, from inside the wait it interrupts
+    import signal
+    pool = DatabaseConnectionPool(target, max_connections=2, timeout=30)
+
+    def on_sigint(signum, frame):
+        with pool.get_connection(timeout=5) as other:
+            say("HANDLER", other.execute_query("select 2 as y", row_format="tuple"))
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    c = pool.acquire()
+    say("PID", c.backend_pid)
+    try:
+        c.execute_query("select pg_sleep(30)")
+        say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    c.release()
+    with pool.get_connection(timeout=5) as c:
+        say("AFTER", c.execute_query("select 1 as x", row_format="tuple"), int(c.in_transaction))
 elif mode == "connect":
     # a server that accepts but never answers: the borrow waits in the connect
     pool = DatabaseConnectionPool(target, max_connections=1, timeout=30, connect_timeout=30, retry_attempts=1)
@@ -245,6 +266,25 @@ say("DONE")
     finally:
         child.close()
     assert took < BOUND, took
+
+
+def test_ctrl_c_handler_that_uses_the_pool(pg, app):
+    child = Child("nested", pg.dsn(application_name=app))
+    try:
+        _, pid = child.expect("PID")
+        wait_for(lambda: int(pid) in sleeping_sessions(pg, app), timeout=10, what="pg_sleep(30) to run")
+        sent = time.monotonic()
+        os.kill(child.proc.pid, signal.SIGINT)
+        _, handler = child.expect("HANDLER", timeout=10)
+        assert handler == "[(2,)]", handler
+        at, _ = child.expect("INTERRUPTED", timeout=10)
+        wait_for(lambda: not sleeping_sessions(pg, app), timeout=5, what="the statement to stop on the server")
+        _, after = child.expect("AFTER")
+        assert after == "[(1,)] 0", after
+        child.finish()
+    finally:
+        child.close()
+    assert at - sent < 2 * BOUND, at - sent    # the handler ran a borrow and a statement first
 
 
 def test_ctrl_c_while_sqlite_waits_for_a_lock(tmp_path):

@@ -21,6 +21,11 @@ void nc_stop_install(nc_stop_fn fn, void *arg)
     tl.next = fn ? nc_now() + NC_STOP_PERIOD : 0;
 }
 
+int nc_stop_installed(void)
+{
+    return tl.fn != NULL;
+}
+
 int nc_stop_check(void)
 {
     if (!tl.fn || tl.stop)

@@ -20,6 +20,9 @@ typedef int (*nc_stop_fn)(void *arg);   /* nonzero: stop */
 /* Install fn(arg) for the calling thread (fn NULL removes it). */
 void nc_stop_install(nc_stop_fn fn, void *arg);
 
+/* Whether the calling thread has a check installed. */
+int nc_stop_installed(void);
+
 /* Consult the calling thread's check (at most every NC_STOP_PERIOD / 2
  * seconds; sticky once it said stop).  0 when none is installed. */
 int nc_stop_check(void);
