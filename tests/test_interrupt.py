@@ -71,6 +71,24 @@ elif mode == "statement":
     c.release()
     with pool.get_connection(timeout=5) as c:
         say("AFTER", c.execute_query("select 1 as x", row_format="tuple"), int(c.in_transaction))
+elif mode == "failover-borrow":
+    from noodlecore.database.failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
+    cfg = FailoverConfig(pool_max_connections=1, pool_timeout=30)
+    m = DatabaseFailoverManager([DatabaseEndpoint(id="a", name="A", connection_string=target, priority=1,
+                                                  is_primary=True)], config=cfg)
+    pool = m.get_pool("a")
+    held = pool.acquire()
+    when(lambda: pool._raw_stats()["requests_waiting"] == 1)
+    try:
+        with m.get_connection(timeout=30):
+            say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    held.release()
+    with m.get_connection(timeout=5) as c:
+        say("AFTER", c.execute_query("select 1 as x", row_format="tuple"), pool._raw_stats()["requests_waiting"],
+            [e.reason for e in m.get_events()])
+    m.shutdown()
 elif mode == "nested":
     # the program's SIGINT handler uses the pool itself, from inside the wait it interrupts
     import signal
@@ -237,6 +255,21 @@ def test_ctrl_c_in_borrow_and_in_statement(pg, app):
     assert statement < BOUND, "KeyboardInterrupt %.2f s after SIGINT (statement)" % statement
     record_figure("Ctrl-C in borrow and in statement",
                   "borrow: %.2f s, statement: %.2f s, cancelled server-side" % (borrow, statement))
+
+
+def test_ctrl_c_in_a_failover_borrow(pg, app):
+    """The same through a failover manager (not monitoring: its probes run in the borrowing
+    thread, and a Ctrl-C must never count as an endpoint failure)."""
+    child = Child("failover-borrow", pg.dsn(application_name=app))
+    try:
+        child.expect("READY")
+        took = child.interrupt()
+        _, after = child.expect("AFTER")
+        assert after == "[(1,)] 0 []", after       # nobody waiting, no failover event
+        child.finish()
+    finally:
+        child.close()
+    assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (failover borrow)" % took
 
 
 def test_ctrl_c_in_statement_keeps_the_connection(pg, app):

@@ -10,6 +10,7 @@
  */
 #include "nc_route.h"
 #include "nc_probe.h"
+#include "nc_stop.h"
 #include "nc_time.h"
 
 #include <pthread.h>
@@ -232,7 +233,9 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
              * (the automatic decision, so MANUAL mode only resumes on the
              * same endpoint). */
             resumed = 1;
+            nc_stop_saved stop = nc_stop_pause();   /* probes: never cut short by Ctrl-C */
             nc_monitor_recheck(m);
+            nc_stop_resume(stop);
             idx = nc_monitor_current(m, &gen);
         }
         if (idx < 0) {
@@ -262,7 +265,9 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
              * instead. */
             if (attempt < r->n && nc_error_failure(err->code, err->sqlstate) == NC_FAIL_LOST) {
                 uint64_t before = nc_monitor_generation(m);
+                nc_stop_saved stop = nc_stop_pause();   /* it may probe here: see nc_stop.h */
                 nc_monitor_passive(m, idx, NC_FO_PASSIVE_LOST, err->message);
+                nc_stop_resume(stop);
                 if (nc_monitor_generation(m) != before || nc_monitor_current(m, NULL) != idx)
                     continue;
             }
