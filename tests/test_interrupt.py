@@ -71,6 +71,76 @@ elif mode == "statement":
     c.release()
     with pool.get_connection(timeout=5) as c:
         say("AFTER", c.execute_query("select 1 as x", row_format="tuple"), int(c.in_transaction))
+elif mode == "failover-borrow":
+    from noodlecore.database.failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
+    cfg = FailoverConfig(pool_max_connections=1, pool_timeout=30)
+    m = DatabaseFailoverManager([DatabaseEndpoint(id="a", name="A", connection_string=target, priority=1,
+                                                  is_primary=True)], config=cfg)
+    pool = m.get_pool("a")
+    held = pool.acquire()
+    when(lambda: pool._raw_stats()["requests_waiting"] == 1)
+    try:
+        with m.get_connection(timeout=30):
+            say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    held.release()
+    with m.get_connection(timeout=5) as c:
+        say("AFTER", c.execute_query("select 1 as x", row_format="tuple"), pool._raw_stats()["requests_waiting"],
+            [e.reason for e in m.get_events()])
+    m.shutdown()
+elif mode == "nested":
+    # the program's SIGINT handler uses the pool itself, from inside the wait it interrupts
+    import signal
+    pool = DatabaseConnectionPool(target, max_connections=2, timeout=30)
+
+    def on_sigint(signum, frame):
+        with pool.get_connection(timeout=5) as other:
+            say("HANDLER", other.execute_query("select 2 as y", row_format="tuple"))
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    c = pool.acquire()
+    say("PID", c.backend_pid)
+    try:
+        c.execute_query("select pg_sleep(30)")
+        say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    c.release()
+    with pool.get_connection(timeout=5) as c:
+        say("AFTER", c.execute_query("select 1 as x", row_format="tuple"), int(c.in_transaction))
+elif mode == "connect":
+    # a server that accepts but never answers: the borrow waits in the connect
+    pool = DatabaseConnectionPool(target, max_connections=1, timeout=30, connect_timeout=30, retry_attempts=1)
+    when(lambda: pool._raw_stats()["opening_connections"] == 1)
+    try:
+        pool.acquire()
+        say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    st = pool._raw_stats()
+    say("AFTER", st["total_connections"], st["opening_connections"], st["connect_failures"])
+elif mode == "sqlite-commit":
+    pool = DatabaseConnectionPool("sqlite:///" + target, max_connections=1, timeout=30, busy_timeout=30)
+    with pool.get_connection() as c:
+        c.execute_query("create table t (x int)")
+    reader = sqlite3.connect(target, isolation_level=None)
+    reader.execute("begin")
+    reader.execute("select * from t").fetchall()     # a SHARED lock: COMMIT waits
+    c = pool.acquire()
+    c.begin()
+    c.execute_query("insert into t values (1)")
+    when(on_the_call_line(COMMIT_LINE))
+    try:
+        c.commit()  # COMMIT
+        say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    c.release()                                       # rolls back
+    reader.execute("rollback")
+    with pool.get_connection(timeout=5) as c:
+        say("AFTER", c.execute_query("select count(*) from t", row_format="tuple"), int(c.in_transaction))
 elif mode in ("sqlite-lock", "sqlite-long"):
     pool = DatabaseConnectionPool("sqlite:///" + target, max_connections=2, timeout=30, busy_timeout=30)
     with pool.get_connection() as c:
@@ -96,16 +166,18 @@ elif mode in ("sqlite-lock", "sqlite-long"):
 say("DONE")
 '''
 CALL_LINE = next(i for i, l in enumerate(CHILD.split("\n"), 1) if l.rstrip().endswith("# CALL"))
+COMMIT_LINE = next(i for i, l in enumerate(CHILD.split("\n"), 1) if l.rstrip().endswith("# COMMIT"))
 
 
 class Child:
-    def __init__(self, mode, target):
-        code = CHILD.replace("CALL_LINE", str(CALL_LINE))
+    def __init__(self, mode, target, code=None):
+        code = code or CHILD.replace("CALL_LINE", str(CALL_LINE)).replace("COMMIT_LINE", str(COMMIT_LINE))
         self.proc = subprocess.Popen([sys.executable, "-c", code, mode, target], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=subprocess_env(),
                                      cwd=tempfile.gettempdir())
         self.lines = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -143,6 +215,9 @@ class Child:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        self.reader.join(10)        # ends at EOF
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 def sleeping_sessions(pg, app):
@@ -182,6 +257,21 @@ def test_ctrl_c_in_borrow_and_in_statement(pg, app):
                   "borrow: %.2f s, statement: %.2f s, cancelled server-side" % (borrow, statement))
 
 
+def test_ctrl_c_in_a_failover_borrow(pg, app):
+    """The same through a failover manager (not monitoring: its probes run in the borrowing
+    thread, and a Ctrl-C must never count as an endpoint failure)."""
+    child = Child("failover-borrow", pg.dsn(application_name=app))
+    try:
+        child.expect("READY")
+        took = child.interrupt()
+        _, after = child.expect("AFTER")
+        assert after == "[(1,)] 0 []", after       # nobody waiting, no failover event
+        child.finish()
+    finally:
+        child.close()
+    assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (failover borrow)" % took
+
+
 def test_ctrl_c_in_statement_keeps_the_connection(pg, app):
     """A statement stopped by Ctrl-C on a healthy server is cancelled there and its connection
     goes back clean: the next borrow gets the same session."""
@@ -198,12 +288,7 @@ with pool.get_connection() as c:
     say("AFTER", int(c.backend_pid == pid), pool._raw_stats()["connections_closed"])
 say("DONE")
 '''
-    child = Child.__new__(Child)
-    child.proc = subprocess.Popen([sys.executable, "-c", code, "x", pg.dsn(application_name=app)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
-                                  cwd=tempfile.gettempdir())
-    child.lines = queue.Queue()
-    threading.Thread(target=child._read, daemon=True).start()
+    child = Child("-", pg.dsn(application_name=app), code=code)
     try:
         _, pid = child.expect("PID")
         wait_for(lambda: int(pid) in sleeping_sessions(pg, app), timeout=10, what="pg_sleep(30) to run")
@@ -214,6 +299,25 @@ say("DONE")
     finally:
         child.close()
     assert took < BOUND, took
+
+
+def test_ctrl_c_handler_that_uses_the_pool(pg, app):
+    child = Child("nested", pg.dsn(application_name=app))
+    try:
+        _, pid = child.expect("PID")
+        wait_for(lambda: int(pid) in sleeping_sessions(pg, app), timeout=10, what="pg_sleep(30) to run")
+        sent = time.monotonic()
+        os.kill(child.proc.pid, signal.SIGINT)
+        _, handler = child.expect("HANDLER", timeout=10)
+        assert handler == "[(2,)]", handler
+        at, _ = child.expect("INTERRUPTED", timeout=10)
+        wait_for(lambda: not sleeping_sessions(pg, app), timeout=5, what="the statement to stop on the server")
+        _, after = child.expect("AFTER")
+        assert after == "[(1,)] 0", after
+        child.finish()
+    finally:
+        child.close()
+    assert at - sent < 2 * BOUND, at - sent    # the handler ran a borrow and a statement first
 
 
 def test_ctrl_c_while_sqlite_waits_for_a_lock(tmp_path):
@@ -240,3 +344,117 @@ def test_ctrl_c_in_a_long_sqlite_query(tmp_path):
     finally:
         child.close()
     assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (SQLite query)" % took
+
+
+def test_ctrl_c_while_connecting(pg_factory, pg):
+    proxy = pg_factory.proxy(pg)
+    proxy.blackhole(True)           # accepts, never answers: libpq waits for the server's reply
+    child = Child("connect", "postgresql://postgres@127.0.0.1:%d/postgres" % proxy.port)
+    try:
+        child.expect("READY")
+        took = child.interrupt()
+        _, after = child.expect("AFTER")
+        assert after == "0 0 0", after             # the slot is free again; not counted as a failure
+        child.finish()
+    finally:
+        child.close()
+    assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (connect)" % took
+
+
+def test_ctrl_c_in_a_sqlite_commit_waiting_for_a_lock(tmp_path):
+    child = Child("sqlite-commit", str(tmp_path / "commit.db"))
+    try:
+        child.expect("READY")
+        took = child.interrupt()
+        _, after = child.expect("AFTER")
+        assert after == "[(0,)] 0", after          # rolled back when it went back to the pool
+        child.finish()
+    finally:
+        child.close()
+    assert took < BOUND, "KeyboardInterrupt %.2f s after SIGINT (SQLite COMMIT)" % took
+
+
+STORM = r'''
+import gc, os, random, signal, sys, threading, time
+from noodlecore.database import DatabaseConnectionPool, Error
+
+pool = DatabaseConnectionPool(sys.argv[2], max_connections=2, timeout=5, ping_after_idle=0)
+stop = threading.Event()
+rounds = {"interrupted": 0, "done": 0, "errors": 0}
+
+def storm():
+    while not stop.wait(random.uniform(0.005, 0.15)):
+        os.kill(os.getpid(), signal.SIGINT)
+
+def hold():
+    # keeps the pool busy so that the main thread also waits in line
+    while not stop.is_set():
+        try:
+            with pool.get_connection() as c:
+                c.execute_query("select pg_sleep(0.01)")
+        except Error:
+            pass
+
+# KeyboardInterrupt only inside the loop below (a handler of one's own, as programs have)
+armed = False
+
+def on_sigint(signum, frame):
+    if armed:
+        raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, on_sigint)
+threads = [threading.Thread(target=storm), threading.Thread(target=hold), threading.Thread(target=hold)]
+for t in threads:
+    t.start()
+end = time.monotonic() + 2.0
+while time.monotonic() < end:
+    try:
+        armed = True
+        try:
+            with pool.get_connection() as c:
+                c.begin()
+                c.execute_query("select pg_sleep(0.07)")
+                c.commit()
+            rounds["done"] += 1
+        except KeyboardInterrupt:
+            rounds["interrupted"] += 1
+        except Error:
+            rounds["errors"] += 1
+        armed = False
+    except KeyboardInterrupt:
+        armed = False
+        rounds["interrupted"] += 1      # one that arrived in the handler above
+stop.set()
+for t in threads:
+    t.join()
+gc.collect()
+st = pool._raw_stats()
+print("ROUNDS", rounds["interrupted"], rounds["done"], rounds["errors"], flush=True)
+print("STATS", st["active_connections"], st["total_connections"], st["idle_connections"],
+      st["requests_waiting"], flush=True)
+with pool.get_connection() as c:
+    print("AFTER", c.execute_query("select 1 as x", row_format="tuple"), int(c.in_transaction), flush=True)
+print("DONE", flush=True)
+'''
+
+
+def test_ctrl_c_storm_leaves_the_pool_consistent(pg, app):
+    """SIGINT every few milliseconds while the main thread borrows, runs statements and commits
+    (and two threads keep the pool busy): every KeyboardInterrupt leaves no connection lent, no
+    waiter queued and no transaction open."""
+    child = Child("storm", pg.dsn(application_name=app), code=STORM)
+    try:
+        _, rounds = child.expect("ROUNDS", timeout=60)
+        interrupted, done, errors = map(int, rounds.split())
+        assert interrupted > 0, rounds
+        _, stats = child.expect("STATS")
+        active, total, idle, waiting = map(int, stats.split())
+        assert active == 0 and waiting == 0 and total == idle, stats
+        _, after = child.expect("AFTER")
+        assert after == "[(1,)] 0", after
+        child.finish()
+    finally:
+        child.close()
+    active = pg.sql("select count(*) from pg_stat_activity where application_name = '%s' "
+                    "and state <> 'idle'" % app)
+    assert active == [["0"]], active

@@ -10,6 +10,7 @@
  */
 #include "nc_route.h"
 #include "nc_probe.h"
+#include "nc_stop.h"
 #include "nc_time.h"
 
 #include <pthread.h>
@@ -240,7 +241,9 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
              * (the automatic decision, so MANUAL mode only resumes on the
              * same endpoint). */
             resumed = 1;
+            nc_stop_saved stop = nc_stop_pause();   /* probes: never cut short by Ctrl-C */
             nc_monitor_recheck(m, deadline);
+            nc_stop_resume(stop);
             idx = nc_monitor_current(m, &gen);
         }
         if (idx < 0) {
@@ -259,6 +262,16 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
         /* The pool's fast path first (an idle connection seen alive in the
          * last few ms: no syscall), as a plain pool's borrow does. */
         int got = nc_pool_try_acquire(p, &c, &l, err);
+        if (got == 0 && timeout > 0 && left <= 0) {
+            /* The probes used up the borrow's time.  Not nc_pool_acquire(0):
+             * a zero timeout there means "do not queue" and may still spend
+             * connect_timeout opening a connection, which only a caller who
+             * asked for timeout=0 gets, as from a plain pool. */
+            nc_error_set(err, NC_E_POOL_TIMEOUT, NC_K_OPERATIONAL,
+                         "no connection available within the borrow's deadline (spent checking endpoints)");
+            rc = -1;
+            break;
+        }
         if (got == 0)
             got = nc_pool_acquire(p, left, &c, &l, err) == 0 ? 1 : -1;
         if (got < 0) {
@@ -267,7 +280,9 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
              * instead. */
             if (attempt < r->n && nc_error_failure(err->code, err->sqlstate) == NC_FAIL_LOST) {
                 uint64_t before = nc_monitor_generation(m);
+                nc_stop_saved stop = nc_stop_pause();   /* it may probe here: see nc_stop.h */
                 nc_monitor_passive(m, idx, NC_FO_PASSIVE_LOST, err->message, deadline);
+                nc_stop_resume(stop);
                 if (nc_monitor_generation(m) != before || nc_monitor_current(m, NULL) != idx)
                     continue;
             }

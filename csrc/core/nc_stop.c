@@ -4,12 +4,9 @@
 
 #include <stddef.h>
 
-static _Thread_local struct {
-    nc_stop_fn fn;
-    void *arg;
-    int stop;           /* the check said stop: sticky until removed */
-    double next;        /* monotonic time of the next call */
-} tl;
+/* stop: the check said stop (sticky until removed); next: the monotonic
+ * time of its next call. */
+static _Thread_local nc_stop_saved tl;
 
 void nc_stop_install(nc_stop_fn fn, void *arg)
 {
@@ -19,6 +16,25 @@ void nc_stop_install(nc_stop_fn fn, void *arg)
     /* First asked a period into the wait: a statement that takes less pays
      * nothing (the check takes the GIL). */
     tl.next = fn ? nc_now() + NC_STOP_PERIOD : 0;
+}
+
+nc_stop_saved nc_stop_pause(void)
+{
+    nc_stop_saved saved = tl;
+    tl.fn = NULL;
+    tl.arg = NULL;
+    tl.stop = 0;
+    return saved;
+}
+
+void nc_stop_resume(nc_stop_saved saved)
+{
+    tl = saved;
+}
+
+int nc_stop_installed(void)
+{
+    return tl.fn != NULL;
 }
 
 int nc_stop_check(void)

@@ -20,6 +20,21 @@ typedef int (*nc_stop_fn)(void *arg);   /* nonzero: stop */
 /* Install fn(arg) for the calling thread (fn NULL removes it). */
 void nc_stop_install(nc_stop_fn fn, void *arg);
 
+/* Set the calling thread's check aside for work that must not be cut short
+ * (a health probe a borrow runs: an interrupted probe would count as a
+ * failed endpoint), and put it back.  The saved state is opaque. */
+typedef struct nc_stop_saved {
+    nc_stop_fn fn;
+    void *arg;
+    int stop;
+    double next;
+} nc_stop_saved;
+nc_stop_saved nc_stop_pause(void);
+void nc_stop_resume(nc_stop_saved saved);
+
+/* Whether the calling thread has a check installed. */
+int nc_stop_installed(void);
+
 /* Consult the calling thread's check (at most every NC_STOP_PERIOD / 2
  * seconds; sticky once it said stop).  0 when none is installed. */
 int nc_stop_check(void);

@@ -7,6 +7,7 @@
 #include "failover.h"
 #include "connection.h"
 #include "errors.h"
+#include "interrupt.h"
 #include "leak.h"
 #include "options.h"
 #include "pool.h"
@@ -371,9 +372,22 @@ static PyObject *fo_lend(NpyFailover *self, PyObject *arg)
      * reporting one that cannot be reached, never one abandoned meanwhile);
      * it may wait or probe, so without the GIL. */
     int rc;
+    npy_interrupt it;
+    npy_interrupt_arm(&it);
     Py_BEGIN_ALLOW_THREADS
     rc = nc_route_lend(r, timeout, &ep, &c, &lease, &err);
     Py_END_ALLOW_THREADS
+    if (npy_interrupt_disarm(&it)) {
+        /* Ctrl-C: a connection got just as it came is given back. */
+        if (rc == 0) {
+            nc_pool *p = ((NpyPool *)PyTuple_GET_ITEM(self->pools, ep))->s.pool;
+            Py_BEGIN_ALLOW_THREADS
+            nc_pool_release(p, c, 0);
+            Py_END_ALLOW_THREADS
+        }
+        Py_DECREF(conn);
+        return NULL;
+    }
     if (rc < 0) {
         Py_DECREF(conn);
         return npy_raise_error(&err);

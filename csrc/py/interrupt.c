@@ -51,8 +51,10 @@ void npy_interrupt_arm(npy_interrupt *it)
 {
     it->type = it->value = it->tb = NULL;
     /* Only the main thread runs signal handlers: other threads' waits are
-     * left alone (they would take the GIL for nothing). */
-    it->armed = on_main_thread();
+     * left alone (they would take the GIL for nothing).  Nested (a signal
+     * handler, or code run from inside an armed wait, using the library):
+     * the outer wait keeps its check, the inner one goes without. */
+    it->armed = !nc_stop_installed() && on_main_thread();
     if (it->armed)
         nc_stop_install(check_signals, it);
 }
