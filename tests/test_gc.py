@@ -18,7 +18,9 @@ import weakref
 
 from helpers import wait_for
 from noodlecore import _native
-from noodlecore.database import DatabaseConnectionPool
+from noodlecore.database import (
+    DatabaseConnectionPool, DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig,
+)
 
 import pytest
 
@@ -251,3 +253,24 @@ def test_collection_on_a_monitor_probe_thread_does_not_deadlock(counted):
     assert seen["freed"], "the collection on the probe thread freed the monitor and its pools"
     wait_for(lambda: native_threads() <= base, timeout=20, what="the monitor threads to end")
     wait_for(lambda: Backend.closed == Backend.opened, timeout=20, what="every backend closed")
+
+
+def test_dropped_failover_manager_stops_its_threads(counted, tmp_path):
+    """A manager dropped without shutdown(): its event thread held it alive
+    for ever (and with it the monitor threads and the pools).  It now holds
+    only a weak reference: the manager is freed, the thread ends at its next
+    wake-up, and the monitor's threads and the pools' go with it."""
+    base = counted
+    eps = [DatabaseEndpoint(id="a", name="a", connection_string=f"sqlite:///{tmp_path}/a.db", is_primary=True),
+           DatabaseEndpoint(id="b", name="b", connection_string=f"sqlite:///{tmp_path}/b.db", priority=2)]
+    m = DatabaseFailoverManager(eps, config=FailoverConfig(health_check_interval=0.05))
+    m.start_monitoring()
+    with m.get_connection() as conn:
+        assert conn.execute_query("SELECT 1 AS one") == [{"one": 1}]
+    pool_refs = [weakref.ref(m.get_pool("a")), weakref.ref(m.get_pool("b"))]
+    ref = weakref.ref(m)
+    del m, conn
+    gc.collect()
+    assert ref() is None, "nothing but the caller kept the manager"
+    wait_for(lambda: all_gone(pool_refs), timeout=20, what="the pools to go with the monitor")
+    wait_for(lambda: native_threads() <= base, timeout=20, what="the event and monitor threads to end")

@@ -36,7 +36,7 @@ import datetime
 import enum
 import logging
 import threading
-import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -484,17 +484,35 @@ class DatabaseFailoverManager:
         return new
 
     def _start_dispatcher(self) -> None:
+        # The thread holds the native monitor and only a weak reference to the
+        # manager: a manager dropped without shutdown() is freed (its pools
+        # shut down), and the thread ends at its next wake-up, letting go of
+        # the monitor, whose threads then stop.
+        ref = weakref.ref(self)
+        native = self._native
+        stop = self._stop_dispatch
+
         def loop() -> None:
-            while not self._stop_dispatch.is_set():
+            while not stop.is_set():
+                m = ref()
+                if m is None:
+                    return
+                after = m._last_event_id
+                m = None
                 try:
                     # waits in C with the GIL released
-                    if self._native.wait(self._last_event_id, 0.5):
-                        self._drain_events()
+                    if native.wait(after, 0.5):
+                        m = ref()
+                        if m is None:
+                            return
+                        m._drain_events()
+                        m = None
                 except Exception:  # pragma: no cover - the manager is going away
-                    if self._stop_dispatch.is_set():
+                    m = None
+                    if stop.is_set():
                         return
                     log.exception("failover event thread")
-                    time.sleep(0.5)
+                    stop.wait(0.5)
         self._dispatcher = threading.Thread(target=loop, name="noodlecore-failover-events", daemon=True)
         self._dispatcher.start()
 
