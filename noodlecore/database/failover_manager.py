@@ -484,12 +484,13 @@ class DatabaseFailoverManager:
         return new
 
     def _start_dispatcher(self) -> None:
-        # The thread holds the native monitor and only a weak reference to the
-        # manager: a manager dropped without shutdown() is freed (its pools
-        # shut down), and the thread ends at its next wake-up, letting go of
-        # the monitor, whose threads then stop.
+        # The thread holds a weak reference to the manager and a waiter that
+        # keeps nothing of Python alive (not the monitor, its pools, nor a
+        # backend_factory that may refer back to the application): a manager
+        # dropped without shutdown() is collected, cycles and all, its monitor
+        # and pools stop, and the thread ends at its next wake-up.
         ref = weakref.ref(self)
-        native = self._native
+        waiter = self._native.waiter()
         stop = self._stop_dispatch
 
         def loop() -> None:
@@ -501,7 +502,10 @@ class DatabaseFailoverManager:
                 m = None
                 try:
                     # waits in C with the GIL released
-                    if native.wait(after, 0.5):
+                    got = waiter.wait(after, 0.5)
+                    if got is None:         # the monitor was closed
+                        return
+                    if got:
                         m = ref()
                         if m is None:
                             return
