@@ -307,3 +307,29 @@ def test_dropped_failover_app_in_a_cycle_is_collected(counted):
     wait_for(lambda: all_gone(refs), timeout=20, what="apps, managers and pools collected")
     wait_for(lambda: native_threads() <= base, timeout=20, what="every event, monitor and pool thread to end")
     wait_for(lambda: Backend.closed == Backend.opened, timeout=20, what="every backend closed")
+
+
+def test_collection_inside_a_statement_returns_a_lent_connection_of_the_same_pool(counted):
+    """Guard: a collection run by a Python backend's statement (GIL held, a
+    borrow in progress on this thread) frees a garbage cycle holding another
+    connection of the same pool: it goes back without deadlocking."""
+
+    class Collecting(Backend):
+        def execute_query(self, sql, params=None):
+            if sql == "COLLECT":
+                return gc.collect()
+            return super().execute_query(sql, params)
+
+    pool = KeepingPool(Collecting, max_connections=2)
+    lost = pool.acquire()
+    lost.execute_query("SELECT 1")
+    cycle = [lost]
+    cycle.append(cycle)
+    del lost, cycle
+    with pool.get_connection() as conn:
+        assert pool.get_stats().active_connections == 2
+        assert conn.execute_query("COLLECT") >= 1
+        assert pool.get_stats().active_connections == 1, "the collected borrow went back"
+    assert pool.get_stats().active_connections == 0
+    pool.shutdown()
+    assert Backend.closed == Backend.opened == 2
