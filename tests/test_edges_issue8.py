@@ -137,6 +137,28 @@ def test_dbapi_backend_implicit_transaction_is_rolled_back_on_return(tmp_path):
     setup.close()
 
 
+def test_dbapi_backend_commit_outside_begin_commits(tmp_path):
+    """The other half: commit() after statements outside begin() reaches a
+    backend that has commit() (before: a no-op, and the work stayed in an
+    open transaction; with the rollback on return it would be lost)."""
+    path = str(tmp_path / "commit.db")
+    setup = sqlite3.connect(path)
+    setup.execute("CREATE TABLE t (x int)")
+    setup.commit()
+
+    class Committing(Sqlite3Backend):
+        def commit(self):
+            self.db.commit()
+
+    with DatabaseConnectionPool(lambda: Committing(path), max_connections=1) as pool:
+        with pool.get_connection() as conn:
+            conn.execute_query("INSERT INTO t VALUES (1)", ())
+            conn.commit()
+            assert not conn.backend.db.in_transaction
+    assert setup.execute("SELECT x FROM t").fetchall() == [(1,)]
+    setup.close()
+
+
 class FailingRollback(TxBackend):
     def rollback(self):
         raise RuntimeError("connection lost during rollback")

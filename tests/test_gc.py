@@ -18,7 +18,9 @@ import weakref
 
 from helpers import wait_for
 from noodlecore import _native
-from noodlecore.database import DatabaseConnectionPool
+from noodlecore.database import (
+    DatabaseConnectionPool, DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig,
+)
 
 import pytest
 
@@ -251,3 +253,83 @@ def test_collection_on_a_monitor_probe_thread_does_not_deadlock(counted):
     assert seen["freed"], "the collection on the probe thread freed the monitor and its pools"
     wait_for(lambda: native_threads() <= base, timeout=20, what="the monitor threads to end")
     wait_for(lambda: Backend.closed == Backend.opened, timeout=20, what="every backend closed")
+
+
+def test_dropped_failover_manager_stops_its_threads(counted, tmp_path):
+    """A manager dropped without shutdown(): its event thread held it alive
+    for ever (and with it the monitor threads and the pools).  It now holds
+    only a weak reference: the manager is freed, the thread ends at its next
+    wake-up, and the monitor's threads and the pools' go with it."""
+    base = counted
+    eps = [DatabaseEndpoint(id="a", name="a", connection_string=f"sqlite:///{tmp_path}/a.db", is_primary=True),
+           DatabaseEndpoint(id="b", name="b", connection_string=f"sqlite:///{tmp_path}/b.db", priority=2)]
+    m = DatabaseFailoverManager(eps, config=FailoverConfig(health_check_interval=0.05))
+    m.start_monitoring()
+    with m.get_connection() as conn:
+        assert conn.execute_query("SELECT 1 AS one") == [{"one": 1}]
+    pool_refs = [weakref.ref(m.get_pool("a")), weakref.ref(m.get_pool("b"))]
+    ref = weakref.ref(m)
+    del m, conn
+    # (the event thread holds the manager for a few bytecodes at each wake-up:
+    # a collection that lands there finds it alive; the next one does not)
+    wait_for(lambda: all_gone([ref]), timeout=20, what="nothing but the caller to keep the manager")
+    wait_for(lambda: all_gone(pool_refs), timeout=20, what="the pools to go with the monitor")
+    wait_for(lambda: native_threads() <= base, timeout=20, what="the event and monitor threads to end")
+
+
+class FailoverApp:
+    """App -> manager -> monitor -> pools -> factory -> app.make_backend -> App."""
+
+    def __init__(self):
+        eps = [DatabaseEndpoint(id="a", name="a", connection_string="mock://a", is_primary=True),
+               DatabaseEndpoint(id="b", name="b", connection_string="mock://b", priority=2)]
+        self.manager = DatabaseFailoverManager(eps, backend_factory=self.make_backend,
+                                               config=FailoverConfig(health_check_interval=0.05))
+        self.manager.start_monitoring()
+        with self.manager.get_connection() as conn:
+            assert conn.execute_query("SELECT 1") == [{"one": 1}]
+
+    def make_backend(self, connection_string):
+        return Backend(self)
+
+
+def test_dropped_failover_app_in_a_cycle_is_collected(counted):
+    """The manager-level form of the twenty apps: the event thread used to
+    hold the manager, and would still hold the monitor (and so the factory and
+    the app) if it waited on the monitor itself; it waits on a waiter that
+    keeps only the core route."""
+    base = counted
+    refs = []
+    for _ in range(3):
+        app = FailoverApp()
+        refs += [weakref.ref(app), weakref.ref(app.manager), weakref.ref(app.manager.get_pool("a"))]
+        del app
+    wait_for(lambda: all_gone(refs), timeout=20, what="apps, managers and pools collected")
+    wait_for(lambda: native_threads() <= base, timeout=20, what="every event, monitor and pool thread to end")
+    wait_for(lambda: Backend.closed == Backend.opened, timeout=20, what="every backend closed")
+
+
+def test_collection_inside_a_statement_returns_a_lent_connection_of_the_same_pool(counted):
+    """Guard: a collection run by a Python backend's statement (GIL held, a
+    borrow in progress on this thread) frees a garbage cycle holding another
+    connection of the same pool: it goes back without deadlocking."""
+
+    class Collecting(Backend):
+        def execute_query(self, sql, params=None):
+            if sql == "COLLECT":
+                return gc.collect()
+            return super().execute_query(sql, params)
+
+    pool = KeepingPool(Collecting, max_connections=2)
+    lost = pool.acquire()
+    lost.execute_query("SELECT 1")
+    cycle = [lost]
+    cycle.append(cycle)
+    del lost, cycle
+    with pool.get_connection() as conn:
+        assert pool.get_stats().active_connections == 2
+        assert conn.execute_query("COLLECT") >= 1
+        assert pool.get_stats().active_connections == 1, "the collected borrow went back"
+    assert pool.get_stats().active_connections == 0
+    pool.shutdown()
+    assert Backend.closed == Backend.opened == 2

@@ -354,3 +354,13 @@ void nc_route_free(nc_route *r)
     nc_route_close(r);
     route_unref(r);
 }
+
+void nc_route_ref(nc_route *r)
+{
+    route_ref(r);
+}
+
+void nc_route_unref(nc_route *r)
+{
+    route_unref(r);
+}

@@ -61,4 +61,11 @@ void nc_route_close_within(nc_route *r, double max_wait);
 /* nc_route_close, and the owner lets go: r must not be used afterwards. */
 void nc_route_free(nc_route *r);
 
+/* Keep r's memory (not its monitor) for a holder outside any call: the
+ * binding's event waiter, which must not keep the owner's Python objects
+ * alive.  nc_route_enter on a closed route returns NULL as ever.  The last
+ * nc_route_unref frees the route (it may free pools: call it without locks). */
+void nc_route_ref(nc_route *r);
+void nc_route_unref(nc_route *r);
+
 #endif

@@ -93,10 +93,8 @@ PyObject *npy_adapt_raisef(int code, int kind, const char *fmt, ...)
     char msg[NC_ERRMSG_MAX];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    nc_text_vset(msg, sizeof msg, fmt, ap);   /* a long name or value: cut on a character */
     va_end(ap);
-    if (n >= (int)sizeof msg)
-        nc_utf8_fix_tail(msg);   /* a long name or value cut mid-character */
     return npy_raise(code, kind, NULL, "%s", msg);
 }
 
@@ -516,8 +514,7 @@ PyObject *npy_params_ordered(const nc_sql *q, PyObject *params)
 void npy_param_name(const nc_sql *q, int i, char *buf, size_t cap)
 {
     if (q->style == NC_STYLE_NAMED)
-        snprintf(buf, cap, "parameter '%s'", q->names[i]);
+        nc_text_set(buf, cap, "parameter '%s'", q->names[i]);   /* a long non-ASCII name: cut on a character */
     else
-        snprintf(buf, cap, "parameter %d", i + 1);
-    nc_utf8_fix_tail(buf);   /* a long non-ASCII name cut mid-character */
+        nc_text_set(buf, cap, "parameter %d", i + 1);
 }

@@ -431,6 +431,8 @@ static PyObject *end_impl(NpyConnection *self, const char *sql)
         open = PQtransactionStatus(((nc_pg_conn *)self->c->raw)->pg) != PQTRANS_IDLE;
     if (!open && self->ps->kind == NPY_BACKEND_SQLITE)
         open = !sqlite3_get_autocommit(((nc_sqlite_conn *)self->c->raw)->db);
+    if (!open && self->ps->kind == NPY_BACKEND_PY)
+        open = npy_py_pending(self->c->raw, sql);   /* else the return would roll the work back */
     self->in_txn = 0;
     if (!open)
         Py_RETURN_NONE;

@@ -553,6 +553,78 @@ static PyObject *fo_wait(NpyFailover *self, PyObject *args)
     return PyBool_FromLong(k > 0);
 }
 
+/* ---- the event waiter ------------------------------------------------------------ */
+
+/* What the manager's event thread waits on: a reference to the core route
+ * and nothing of Python, so the thread keeps no FailoverMonitor (and no
+ * Pool, backend factory or application object behind it) alive, and a
+ * manager dropped without shutdown() can be collected. */
+typedef struct NpyWaiter {
+    PyObject_HEAD
+    nc_route *route;
+} NpyWaiter;
+
+static void waiter_dealloc(NpyWaiter *self)
+{
+    nc_route *r = self->route;
+    self->route = NULL;
+    if (r) {
+        Py_BEGIN_ALLOW_THREADS
+        nc_route_unref(r);   /* the last one frees the route, and maybe pools */
+        Py_END_ALLOW_THREADS
+    }
+    PyObject_Free(self);
+}
+
+static PyObject *waiter_wait(NpyWaiter *self, PyObject *args)
+{
+    unsigned long long after;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "Kd", &after, &timeout))
+        return NULL;
+    nc_monitor *m = nc_route_enter(self->route);
+    if (!m)
+        Py_RETURN_NONE;   /* closed: nothing will come */
+    nc_event one;
+    int k;
+    Py_BEGIN_ALLOW_THREADS
+    k = nc_monitor_wait_events(m, after, &one, 1, timeout);
+    Py_END_ALLOW_THREADS
+    nc_route_leave(self->route);
+    return PyBool_FromLong(k > 0);
+}
+
+static PyMethodDef waiter_methods[] = {
+    {"wait", (PyCFunction)waiter_wait, METH_VARARGS,
+     "wait(after, timeout) -> True when a newer event exists, False after timeout, None once closed"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject NpyWaiter_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "noodlecore._native.EventWaiter",
+    .tp_basicsize = sizeof(NpyWaiter),
+    .tp_dealloc = (destructor)waiter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Waits for a FailoverMonitor's events without keeping the monitor alive.",
+    .tp_methods = waiter_methods,
+};
+
+static PyObject *fo_waiter(NpyFailover *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->route)
+        return npy_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "the failover manager is shut down");
+    if (PyType_Ready(&NpyWaiter_Type) < 0)
+        return NULL;
+    NpyWaiter *w = PyObject_New(NpyWaiter, &NpyWaiter_Type);
+    if (!w)
+        return NULL;
+    nc_route_ref(self->route);
+    w->route = self->route;
+    return (PyObject *)w;
+}
+
 static PyObject *fo_status(NpyFailover *self, PyObject *unused)
 {
     (void)unused;
@@ -623,6 +695,8 @@ static PyMethodDef fo_methods[] = {
      "events(after, timeout=0) -> [(id, kind, from, to, success, policy, manual, timestamp, duration, "
      "detection_to_switch, reason)]"},
     {"wait", (PyCFunction)fo_wait, METH_VARARGS, "wait(after, timeout) -> True when a newer event exists"},
+    {"waiter", (PyCFunction)fo_waiter, METH_NOARGS,
+     "waiter() -> an EventWaiter: wait(after, timeout) without keeping this monitor alive."},
     {"status", (PyCFunction)fo_status, METH_NOARGS, "A snapshot of state, endpoints and statistics."},
     {NULL, NULL, 0, NULL},
 };

@@ -340,6 +340,12 @@ PyObject *npy_py_execute(nc_pool *pool, void *raw, PyObject *query, PyObject *pa
     return res;
 }
 
+int npy_py_pending(void *raw, const char *sql)
+{
+    py_conn *c = raw;
+    return c->dirty && PyObject_HasAttrString(c->obj, sql[0] == 'C' ? "commit" : "rollback");
+}
+
 int npy_py_command(nc_pool *pool, void *raw, const char *sql)
 {
     PyObject *backend = ((py_conn *)raw)->obj;

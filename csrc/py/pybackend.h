@@ -27,6 +27,10 @@ PyObject *npy_py_conn_object(void *raw);
  * with its exception, which is counted and reported to the pool's observer
  * when it is a connection failure (and marked with connection_failure). */
 PyObject *npy_py_execute(nc_pool *pool, void *raw, PyObject *query, PyObject *params);
+/* commit() / rollback() outside begin() (sql "COMMIT" or "ROLLBACK"): 1 when
+ * statements ran since the last one and the backend has that method (a
+ * DB-API connection outside autocommit has a transaction open), else 0. */
+int npy_py_pending(void *raw, const char *sql);
 /* BEGIN / COMMIT / ROLLBACK through begin()/commit()/rollback() when the
  * backend has them, else as SQL.  0, or -1 with the exception set. */
 int npy_py_command(nc_pool *pool, void *raw, const char *sql);

@@ -37,7 +37,6 @@ import enum
 import logging
 import os
 import threading
-import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field, fields
@@ -521,17 +520,39 @@ class DatabaseFailoverManager:
         return new
 
     def _start_dispatcher(self) -> None:
+        # The thread holds a weak reference to the manager and a waiter that
+        # keeps nothing of Python alive (not the monitor, its pools, nor a
+        # backend_factory that may refer back to the application): a manager
+        # dropped without shutdown() is collected, cycles and all, its monitor
+        # and pools stop, and the thread ends at its next wake-up.
+        ref = weakref.ref(self)
+        waiter = self._native.waiter()
+        stop = self._stop_dispatch
+
         def loop() -> None:
-            while not self._stop_dispatch.is_set():
+            while not stop.is_set():
+                m = ref()
+                if m is None:
+                    return
+                after = m._last_event_id
+                m = None
                 try:
                     # waits in C with the GIL released
-                    if self._native.wait(self._last_event_id, 0.5):
-                        self._drain_events()
+                    got = waiter.wait(after, 0.5)
+                    if got is None:         # the monitor was closed
+                        return
+                    if got:
+                        m = ref()
+                        if m is None:
+                            return
+                        m._drain_events()
+                        m = None
                 except Exception:  # pragma: no cover - the manager is going away
-                    if self._stop_dispatch.is_set():
+                    m = None
+                    if stop.is_set():
                         return
                     log.exception("failover event thread")
-                    time.sleep(0.5)
+                    stop.wait(0.5)
         self._dispatcher = threading.Thread(target=loop, name="noodlecore-failover-events", daemon=True)
         self._dispatcher.start()
 
