@@ -164,7 +164,8 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
     /* A long non-ASCII name is cut on a character. */
     nc_text_set(ctx->display, sizeof ctx->display, "%s%s%s:%s/%s", user ? user : "", user ? "@" : "",
                  host ? host : "localhost", port ? port : "5432", db ? db : (user ? user : ""));
-    utf8_clean(ctx->display);   /* %XX-decoded bytes of a URI */
+    nc_utf8_fix_tail(ctx->display);   /* a split last character (cut, or %XX-decoded) */
+    utf8_clean(ctx->display);         /* other %XX-decoded bytes of a URI */
     int nh = split_list(hostlist, ctx->hosts), na = split_list(hostaddr, ctx->hostaddrs);
     int np = split_list(port, ctx->ports);
     PQconninfoFree(opts);
