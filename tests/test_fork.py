@@ -372,3 +372,45 @@ m.shutdown()
     # at most the switch's look at a (a probe), never a borrow from it
     assert child["connects"].count("a") <= 1, child
     assert res["parent_current"] == "b"
+
+
+def test_fork_while_another_thread_connects_a_database_manager():
+    # A thread is inside DatabaseManager.connect() (holding the manager's
+    # lock) while the Python backend's factory waits; the main thread forks.
+    # The child's own connect() and query must not wait for that thread.
+    code = """
+import signal, threading
+PARENT = os.getpid()
+entered, release = threading.Event(), threading.Event()
+
+class Backend:
+    def __init__(self):
+        if os.getpid() == PARENT:
+            entered.set()
+            release.wait(60)
+        self.pid = os.getpid()
+    def execute_query(self, sql, params=None):
+        return [{"pid": self.pid}]
+    def close(self):
+        pass
+
+dbm = DatabaseManager(backend_factory=Backend, max_connections=2)
+t = threading.Thread(target=dbm.connect)
+t.start()
+assert entered.wait(20), "connect never reached the factory"
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)          # a deadlock ends the child (SIGALRM) instead of the test
+    dbm.connect()
+    rows = dbm.execute_query("select 1")
+    dbm.close()
+    sys.exit(0 if rows == [{"pid": os.getpid()}] else 3)
+status = wait_child(pid)
+release.set()
+t.join(20)
+report(status=status, parent=dbm.execute_query("select 1"), me=os.getpid())
+dbm.close()
+"""
+    res, _ = run(code)
+    assert res["status"] in CHILD_OK, res
+    assert res["parent"] == [{"pid": res["me"]}]
