@@ -414,3 +414,51 @@ dbm.close()
     res, _ = run(code)
     assert res["status"] in CHILD_OK, res
     assert res["parent"] == [{"pid": res["me"]}]
+
+
+def test_child_exit_leaves_the_parents_monitor_and_probe_sessions_alone(pg, app):
+    # The parent monitors two endpoints (probe sessions kept open between
+    # probes) and holds a transaction through the manager.  A child that
+    # only exits must close none of the parent's probe sessions: the parent
+    # would count failed probes (and might even fail over).
+    code = f"""
+A, B = {pg.dsn(application_name=app + "_a")!r}, {pg.dsn(application_name=app + "_b")!r}
+m = DatabaseFailoverManager(
+    [DatabaseEndpoint("a", "a", A, priority=1, is_primary=True), DatabaseEndpoint("b", "b", B, priority=2)],
+    config=FailoverConfig(health_check_interval=0.1, health_check_timeout=2))
+m.start_monitoring()
+checks = lambda: [e["last_check"] for e in m._native.status()["endpoints"]]
+def after(t0, rounds):
+    deadline = time.monotonic() + 20
+    while not all(c > t0 + rounds * 0.1 for c in checks()):
+        assert time.monotonic() < deadline, "no probes"
+        time.sleep(0.02)
+after(time.time(), 1)
+cm = m.get_connection()
+conn = cm.__enter__()
+conn.begin()
+conn.execute_query("select 1")
+watch = DatabaseConnectionPool({pg.dsn(application_name=app + "_w")!r}, max_connections=1)
+def sessions():
+    with watch.get_connection() as c:
+        rows = c.execute_query("select pid, application_name as app from pg_stat_activity "
+                               "where application_name in (%s, %s)", ({app + "_a"!r}, {app + "_b"!r}))
+    return sorted((r["app"], r["pid"]) for r in rows)
+before = sessions()
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)
+status = wait_child(pid)
+after(time.time(), 3)                    # three more probe rounds of each endpoint
+st = m.get_status()
+conn.commit()
+cm.__exit__(None, None, None)
+report(status=status, before=before, after=sessions(), events=[e.to_dict() for e in m.get_events()],
+       failures=[e["failure_count"] for e in st["endpoints"].values()], current=st["current_endpoint"])
+m.shutdown()
+"""
+    res, _ = run(code)
+    assert res["status"] in CHILD_OK, res
+    assert res["failures"] == [0, 0] and res["events"] == [] and res["current"] == "a", res
+    # every session of the parent (probe and pool connections) is still the same
+    assert res["before"] == res["after"] and len(res["before"]) == 3, res
