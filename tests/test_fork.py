@@ -202,6 +202,9 @@ for source in (pool, fo):
     c.execute_query("insert into {fork_table} (v, note, pid) values (1, 'parent', pg_backend_pid())")
     held.append((cm, c))
 parent_pids = [c.backend_pid for _, c in held]
+# every session the parent has (pools, probes, the manager's) when it forks
+parent_sessions = [r["pid"] for r in dbm.execute_query(
+    "select pid from pg_stat_activity where application_name in (%s, %s)", ({app!r}, {app + "_b"!r}))]
 
 def work(i, q):
     out = {{"i": i}}
@@ -238,6 +241,7 @@ for cm, c in held:
     cm.__exit__(None, None, None)
 rows = dbm.execute_query("select v, note, pid from {fork_table} order by v")
 report(codes=codes, outs=outs, commits=commits, rows=rows, parent_pids=parent_pids,
+       parent_sessions=parent_sessions,
        parent_current=fo.current_endpoint, parent_monitoring=fo.monitoring,
        parent_replaced=pool.get_stats().connections_replaced)
 dbm.close()
@@ -253,7 +257,8 @@ pool.shutdown()
         i = out["i"]
         for v, note in ((10 + i, "pool"), (20 + i, "failover"), (30 + i, "dbm")):
             assert (v, note) in notes, (v, note, notes)
-        assert {out["pool_pid"], out["fo_pid"], out["dbm"]}.isdisjoint(res["parent_pids"])
+        # the child's own sessions, never one of the parent's
+        assert {out["pool_pid"], out["fo_pid"], out["dbm"]}.isdisjoint(res["parent_sessions"]), (out, res)
         assert out["monitoring"] is True, "the child's manager monitors, as the parent's did"
         assert out["switched"] is True and out["child_current"] == "b"
     # The children's switches were their own business.
