@@ -84,8 +84,9 @@ try:
     inherited = "usable"
 except Exception as exc:
     inherited = "%s %s" % (type(exc).__name__, getattr(exc, "error_code", None))
-os.write(w, json.dumps({{"pid": pid, "inherited": inherited, "opened": pool.get_stats().connections_opened}})
-         .encode())
+probe = pool._probe(timeout=5)["ok"]      # its own prober, not the parent's probe session
+os.write(w, json.dumps({{"pid": pid, "inherited": inherited, "opened": pool.get_stats().connections_opened,
+                        "probe": probe}}).encode())
 sys.exit(0)
 """,
     # the child drops everything it inherited and collects it
@@ -106,6 +107,7 @@ pool = DatabaseConnectionPool({pg.dsn(application_name=app)!r}, max_connections=
                               ping_after_idle=0)
 with pool.get_connection() as c:
     c.execute_query("select 1")                 # an idle connection in the pool as well
+assert pool._probe(timeout=5)["ok"]             # and a probe session
 conn = pool.acquire()
 conn.begin()
 conn.execute_query("insert into {fork_table} (v, note, pid) values (1, 'parent', pg_backend_pid())")
@@ -128,12 +130,13 @@ conn.release()
 with pool.get_connection() as c:
     rows = c.execute_query("select v, note, pid from {fork_table} order by v")
 st = pool.get_stats()
-report(status=status, commit=commit, rows=rows, parent_pid=parent_pid, child=json.loads(said or "null"),
+report(status=status, commit=commit, probe=pool._probe(timeout=5)["ok"], rows=rows, parent_pid=parent_pid, child=json.loads(said or "null"),
        validation_failures=st.validation_failures, replaced=st.connections_replaced)
 """
     res, _ = run(code)
     assert res["status"] in CHILD_OK, res
     assert res["commit"] == "ok", res
+    assert res["probe"] is True, res
     assert {"v": 1, "note": "parent", "pid": res["parent_pid"]} in res["rows"], res
     # the parent's idle connection was not terminated by the child either
     assert res["validation_failures"] == 0 and res["replaced"] == 0, res
@@ -141,6 +144,7 @@ report(status=status, commit=commit, rows=rows, parent_pid=parent_pid, child=jso
         child = res["child"]
         assert child["pid"] != res["parent_pid"]
         assert child["inherited"] == "InterfaceError 2016", child
+        assert child["probe"] is True, child
         # its own counters: what it opened itself (the borrow, perhaps min_connections' refill)
         assert 1 <= child["opened"] <= 2, child
         assert {"v": 2, "note": "child", "pid": child["pid"]} in res["rows"], res
