@@ -364,7 +364,9 @@ if pid == 0:
     except Exception as exc:
         got = "%s %s" % (type(exc).__name__, exc)
     mine = [cs for p, cs in attempts if p == os.getpid()]
-    os.write(w, json.dumps({"got": got, "connects": mine, "current": m.current_endpoint}).encode())
+    events = [(e.to_endpoint, e.reason) for e in m.get_events()]
+    os.write(w, json.dumps({"got": got, "connects": mine, "current": m.current_endpoint,
+                            "events": events}).encode())
     m.shutdown()
     sys.exit(0)
 os.close(w)
@@ -380,6 +382,9 @@ m.shutdown()
     assert child["got"] == "b" and child["current"] == "b", child
     # at most the switch's look at a (a probe), never a borrow from it
     assert child["connects"].count("a") <= 1, child
+    # the history: the parent's switch, then the child's own (its route numbers events from 1 again)
+    assert [to for to, _ in child["events"]] == ["b", "b"], child
+    assert "parent process" in child["events"][-1][1], child
     assert res["parent_current"] == "b"
 
 
