@@ -84,8 +84,9 @@ try:
     inherited = "usable"
 except Exception as exc:
     inherited = "%s %s" % (type(exc).__name__, getattr(exc, "error_code", None))
-os.write(w, json.dumps({{"pid": pid, "inherited": inherited, "opened": pool.get_stats().connections_opened}})
-         .encode())
+probe = pool._probe(timeout=5)["ok"]      # its own prober, not the parent's probe session
+os.write(w, json.dumps({{"pid": pid, "inherited": inherited, "opened": pool.get_stats().connections_opened,
+                        "probe": probe}}).encode())
 sys.exit(0)
 """,
     # the child drops everything it inherited and collects it
@@ -106,6 +107,7 @@ pool = DatabaseConnectionPool({pg.dsn(application_name=app)!r}, max_connections=
                               ping_after_idle=0)
 with pool.get_connection() as c:
     c.execute_query("select 1")                 # an idle connection in the pool as well
+assert pool._probe(timeout=5)["ok"]             # and a probe session
 conn = pool.acquire()
 conn.begin()
 conn.execute_query("insert into {fork_table} (v, note, pid) values (1, 'parent', pg_backend_pid())")
@@ -128,17 +130,19 @@ conn.release()
 with pool.get_connection() as c:
     rows = c.execute_query("select v, note, pid from {fork_table} order by v")
 st = pool.get_stats()
-report(status=status, commit=commit, rows=rows, parent_pid=parent_pid, child=json.loads(said or "null"),
+report(status=status, commit=commit, probe=pool._probe(timeout=5)["ok"], rows=rows, parent_pid=parent_pid, child=json.loads(said or "null"),
        validation_failures=st.validation_failures, replaced=st.connections_replaced)
 """
     res, _ = run(code)
     assert res["status"] in CHILD_OK, res
     assert res["commit"] == "ok", res
+    assert res["probe"] is True, res
     assert {"v": 1, "note": "parent", "pid": res["parent_pid"]} in res["rows"], res
     # the parent's idle connection was not terminated by the child either
     assert res["validation_failures"] == 0 and res["replaced"] == 0, res
     if action == "uses_pool":
         child = res["child"]
+        assert child["probe"] is True, child
         assert child["pid"] != res["parent_pid"]
         assert child["inherited"] == "InterfaceError 2016", child
         # its own connection: the borrow's, and perhaps one more that the
@@ -203,6 +207,9 @@ for source in (pool, fo):
     c.execute_query("insert into {fork_table} (v, note, pid) values (1, 'parent', pg_backend_pid())")
     held.append((cm, c))
 parent_pids = [c.backend_pid for _, c in held]
+# every session the parent has (pools, probes, the manager's) when it forks
+parent_sessions = [r["pid"] for r in dbm.execute_query(
+    "select pid from pg_stat_activity where application_name in (%s, %s)", ({app!r}, {app + "_b"!r}))]
 
 def work(i, q):
     out = {{"i": i}}
@@ -239,6 +246,7 @@ for cm, c in held:
     cm.__exit__(None, None, None)
 rows = dbm.execute_query("select v, note, pid from {fork_table} order by v")
 report(codes=codes, outs=outs, commits=commits, rows=rows, parent_pids=parent_pids,
+       parent_sessions=parent_sessions,
        parent_current=fo.current_endpoint, parent_monitoring=fo.monitoring,
        parent_replaced=pool.get_stats().connections_replaced)
 dbm.close()
@@ -254,7 +262,8 @@ pool.shutdown()
         i = out["i"]
         for v, note in ((10 + i, "pool"), (20 + i, "failover"), (30 + i, "dbm")):
             assert (v, note) in notes, (v, note, notes)
-        assert {out["pool_pid"], out["fo_pid"], out["dbm"]}.isdisjoint(res["parent_pids"])
+        # the child's own sessions, never one of the parent's
+        assert {out["pool_pid"], out["fo_pid"], out["dbm"]}.isdisjoint(res["parent_sessions"]), (out, res)
         assert out["monitoring"] is True, "the child's manager monitors, as the parent's did"
         assert out["switched"] is True and out["child_current"] == "b"
     # The children's switches were their own business.
@@ -319,3 +328,152 @@ m.shutdown()
     assert res["parent_current"] == "b"
     record_figure(ROW, "fork during a switch whose probe holds the prober lock: child switched, borrowed "
                        "and shut down in %.2f s (no deadlock)" % res["child_seconds"])
+
+
+def test_child_starts_on_the_endpoint_the_parent_switched_to():
+    # The parent failed over from a (now refusing connections) to b.  The
+    # child's own route must not send its first borrow to a.
+    code = """
+down = {"a": False}
+attempts = []
+
+class Backend:
+    def __init__(self, cs):
+        attempts.append((os.getpid(), cs))
+        if down.get(cs):
+            raise ConnectionError("endpoint %s refuses connections" % cs)
+        self.cs = cs
+    def execute_query(self, sql, params=None):
+        return [{"cs": self.cs}]
+    def close(self):
+        pass
+
+m = DatabaseFailoverManager(
+    [DatabaseEndpoint("a", "a", "a", priority=1, is_primary=True), DatabaseEndpoint("b", "b", "b", priority=2)],
+    backend_factory=Backend, config=FailoverConfig(hold_down=0))
+assert m.trigger_failover("the parent's switch", target="b")
+down["a"] = True
+with m.get_connection() as c:
+    assert c.execute_query("select 1")[0]["cs"] == "b"
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    try:
+        with m.get_connection(timeout=5) as c:
+            got = c.execute_query("select 1")[0]["cs"]
+    except Exception as exc:
+        got = "%s %s" % (type(exc).__name__, exc)
+    mine = [cs for p, cs in attempts if p == os.getpid()]
+    events = [(e.to_endpoint, e.reason) for e in m.get_events()]
+    os.write(w, json.dumps({"got": got, "connects": mine, "current": m.current_endpoint,
+                            "events": events}).encode())
+    m.shutdown()
+    sys.exit(0)
+os.close(w)
+with os.fdopen(r) as f:
+    child = json.loads(f.read())
+status = wait_child(pid)
+report(status=status, child=child, parent_current=m.current_endpoint)
+m.shutdown()
+"""
+    res, _ = run(code)
+    assert res["status"] in CHILD_OK, res
+    child = res["child"]
+    assert child["got"] == "b" and child["current"] == "b", child
+    # at most the switch's look at a (a probe), never a borrow from it
+    assert child["connects"].count("a") <= 1, child
+    # the history: the parent's switch, then the child's own (its route numbers events from 1 again)
+    assert [to for to, _ in child["events"]] == ["b", "b"], child
+    assert "parent process" in child["events"][-1][1], child
+    assert res["parent_current"] == "b"
+
+
+def test_fork_while_another_thread_connects_a_database_manager():
+    # A thread is inside DatabaseManager.connect() (holding the manager's
+    # lock) while the Python backend's factory waits; the main thread forks.
+    # The child's own connect() and query must not wait for that thread.
+    code = """
+import signal, threading
+PARENT = os.getpid()
+entered, release = threading.Event(), threading.Event()
+
+class Backend:
+    def __init__(self):
+        if os.getpid() == PARENT:
+            entered.set()
+            release.wait(60)
+        self.pid = os.getpid()
+    def execute_query(self, sql, params=None):
+        return [{"pid": self.pid}]
+    def close(self):
+        pass
+
+dbm = DatabaseManager(backend_factory=Backend, max_connections=2)
+t = threading.Thread(target=dbm.connect)
+t.start()
+assert entered.wait(20), "connect never reached the factory"
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)          # a deadlock ends the child (SIGALRM) instead of the test
+    dbm.connect()
+    rows = dbm.execute_query("select 1")
+    dbm.close()
+    sys.exit(0 if rows == [{"pid": os.getpid()}] else 3)
+status = wait_child(pid)
+release.set()
+t.join(20)
+report(status=status, parent=dbm.execute_query("select 1"), me=os.getpid())
+dbm.close()
+"""
+    res, _ = run(code)
+    assert res["status"] in CHILD_OK, res
+    assert res["parent"] == [{"pid": res["me"]}]
+
+
+def test_child_exit_leaves_the_parents_monitor_and_probe_sessions_alone(pg, app):
+    # The parent monitors two endpoints (probe sessions kept open between
+    # probes) and holds a transaction through the manager.  A child that
+    # only exits must close none of the parent's probe sessions: the parent
+    # would count failed probes (and might even fail over).
+    code = f"""
+A, B = {pg.dsn(application_name=app + "_a")!r}, {pg.dsn(application_name=app + "_b")!r}
+m = DatabaseFailoverManager(
+    [DatabaseEndpoint("a", "a", A, priority=1, is_primary=True), DatabaseEndpoint("b", "b", B, priority=2)],
+    config=FailoverConfig(health_check_interval=0.1, health_check_timeout=2))
+m.start_monitoring()
+checks = lambda: [e["last_check"] for e in m._native.status()["endpoints"]]
+def after(t0, rounds):
+    deadline = time.monotonic() + 20
+    while not all(c > t0 + rounds * 0.1 for c in checks()):
+        assert time.monotonic() < deadline, "no probes"
+        time.sleep(0.02)
+after(time.time(), 1)
+cm = m.get_connection()
+conn = cm.__enter__()
+conn.begin()
+conn.execute_query("select 1")
+watch = DatabaseConnectionPool({pg.dsn(application_name=app + "_w")!r}, max_connections=1)
+def sessions():
+    with watch.get_connection() as c:
+        rows = c.execute_query("select pid, application_name as app from pg_stat_activity "
+                               "where application_name in (%s, %s)", ({app + "_a"!r}, {app + "_b"!r}))
+    return sorted((r["app"], r["pid"]) for r in rows)
+before = sessions()
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)
+status = wait_child(pid)
+after(time.time(), 3)                    # three more probe rounds of each endpoint
+st = m.get_status()
+conn.commit()
+cm.__exit__(None, None, None)
+report(status=status, before=before, after=sessions(), events=[e.to_dict() for e in m.get_events()],
+       failures=[e["failure_count"] for e in st["endpoints"].values()], current=st["current_endpoint"])
+m.shutdown()
+"""
+    res, _ = run(code)
+    assert res["status"] in CHILD_OK, res
+    assert res["failures"] == [0, 0] and res["events"] == [] and res["current"] == "a", res
+    # every session of the parent (probe and pool connections) is still the same
+    assert res["before"] == res["after"] and len(res["before"]) == 3, res

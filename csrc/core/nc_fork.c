@@ -62,9 +62,20 @@ nc_pool *nc_pool_respawn(nc_pool *old, nc_error *err)
     void *ctx = old->ctx;
     int was_closed = old->closed;
     old->ctx = NULL;   /* the new pool owns it (and frees it, also on failure) */
-    nc_pool *p = nc_pool_new(&cfg, ops, ctx, err);
+    nc_pool_config make = cfg;
+    if (was_closed) {
+        /* Shut down from the start: no janitor to start and stop (it might
+         * even open a connection first). */
+        make.validate = 0;
+        make.min_connections = 0;
+        make.idle_timeout = 0;
+        make.max_lifetime = 0;
+    }
+    nc_pool *p = nc_pool_new(&make, ops, ctx, err);
     nc_fork_keep(old);
-    if (p && was_closed)
+    if (p && was_closed) {
         nc_pool_shutdown(p, 0.0);
+        p->cfg = cfg;   /* what it reports; nothing runs that reads it */
+    }
     return p;
 }

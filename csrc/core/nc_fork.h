@@ -12,7 +12,11 @@
  * A pool remembers the generation it was made in; in a later generation it
  * is inherited: never lock it, never free it, never close its connections.
  * nc_pool_respawn makes the child's own pool from its configuration; the
- * inherited one is abandoned (memory only, deliberately leaked).
+ * inherited one is abandoned (memory only, deliberately leaked).  The same
+ * holds for what is built on pools (probers, a failover route and its
+ * monitor): a child makes new ones over its respawned pools (the binding
+ * does, csrc/py/failover.c) and keeps the inherited ones (nc_fork_keep).
+ * Threads of the parent do not exist in the child: nothing joins them.
  */
 #ifndef NC_FORK_H
 #define NC_FORK_H

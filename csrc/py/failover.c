@@ -31,6 +31,10 @@ typedef struct NpyFailover {
     int monitoring;             /* start() and no stop() since: the child's route monitors too */
     int resume;                 /* the child's route is to start monitoring at its first use */
     int closed;                 /* close() was called: a child makes no route */
+    int last_ep;                /* the current endpoint as last seen (lend, status); -1 none */
+    PyThread_type_lock follow_lock;  /* held while a child's new route follows the parent's endpoint */
+    uint64_t follow_gen;        /* the generation follow_lock was made in */
+    int following;
 } NpyFailover;
 
 /* ---- registry of live monitors, for the exit hook (touched with the GIL) ---- */
@@ -223,8 +227,11 @@ static int fo_init(NpyFailover *self, PyObject *args, PyObject *kwds)
     self->cfg = mc;
     memcpy(self->prio, prio, sizeof(int) * (size_t)n);
     self->primary = primary;
+    self->last_ep = -1;
     return 0;
 }
+
+/* ---- fork() ------------------------------------------------------------------ */
 
 /* 1 when the route was made in the parent, before a fork(): never touch it
  * (a parent thread may hold its mutexes; its probers' connections are the
@@ -241,12 +248,66 @@ static void abandon_route(NpyFailover *self)
     self->fork_gen = nc_fork_generation();
 }
 
+/* A child's new route starts on the preferred endpoint.  When the parent
+ * had switched away from it (its server down, say), the child switches too,
+ * a manual failover verified by a probe, before any borrow of the child
+ * tries the endpoint the parent left (a silent server would cost each new
+ * child a connect timeout).  Without the GIL: other threads of the child
+ * wait on follow_lock meanwhile (in fresh), their Ctrl-C honoured. */
+static void follow_parent(NpyFailover *self, uint64_t gen)
+{
+    nc_route *r = self->route;
+    int want = self->last_ep;
+    nc_monitor *m = want >= 0 ? nc_route_enter(r) : NULL;
+    if (!m)
+        return;
+    if (nc_monitor_current(m, NULL) != want) {
+        if (self->follow_gen != gen) {
+            /* A lock made here: one inherited might be held forever. */
+            self->follow_lock = PyThread_allocate_lock();
+            self->follow_gen = gen;
+        }
+        PyThread_type_lock l = self->follow_lock;
+        if (l && PyThread_acquire_lock(l, NOWAIT_LOCK)) {
+            self->following = 1;
+            nc_error err;
+            nc_error_clear(&err);
+            Py_BEGIN_ALLOW_THREADS
+            (void)nc_monitor_trigger_failover(m, want, "the endpoint the parent process used before fork()", &err);
+            Py_END_ALLOW_THREADS
+            self->following = 0;
+            PyThread_release_lock(l);
+        }
+    }
+    nc_route_leave(r);
+}
+
+/* Wait (GIL released, 0.1 s at a time, Ctrl-C honoured) while another
+ * thread of this process runs follow_parent.  0, or -1 with the exception. */
+static int wait_follow(NpyFailover *self, uint64_t gen)
+{
+    while (self->following && self->follow_gen == gen) {
+        PyThread_type_lock l = self->follow_lock;
+        PyLockStatus got;
+        Py_BEGIN_ALLOW_THREADS
+        got = PyThread_acquire_lock_timed(l, 100000, 0);
+        Py_END_ALLOW_THREADS
+        if (got == PY_LOCK_ACQUIRED)
+            PyThread_release_lock(l);
+        if (PyErr_CheckSignals() < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* In a child after fork(): the first use makes this process's own route
- * over the Pools' own pools, with the saved configuration, monitoring when
- * the parent's did (started here, at first use: no thread of the parent
- * exists in the child).  Every method that uses the route calls this. */
+ * over the Pools' own pools, with the saved configuration, on the endpoint
+ * the parent used, monitoring when the parent's did (started here: no
+ * thread of the parent exists in the child).  Every method that uses the
+ * route calls this first. */
 static int fresh(NpyFailover *self)
 {
+    uint64_t gen = nc_fork_generation();
     if (route_inherited(self)) {
         abandon_route(self);
         if (self->closed)
@@ -267,17 +328,21 @@ static int fresh(NpyFailover *self)
         if (!self->route)
             return npy_raise_error(&err), -1;
         self->resume = self->monitoring;
+        follow_parent(self, gen);
+    } else if (wait_follow(self, gen) < 0) {
+        return -1;
     }
     if (self->resume && self->route) {
         self->resume = 0;
-        nc_monitor *m = nc_route_enter(self->route);
+        nc_route *r = self->route;
+        nc_monitor *m = nc_route_enter(r);
         if (m) {
             nc_error err;
             int rc;
             Py_BEGIN_ALLOW_THREADS
             rc = nc_monitor_start(m, &err);
             Py_END_ALLOW_THREADS
-            nc_route_leave(self->route);
+            nc_route_leave(r);
             if (rc < 0)
                 return npy_raise(NC_E_FO_START, NC_K_OPERATIONAL, NULL, "start monitoring failed: %s", err.message),
                        -1;
@@ -292,6 +357,14 @@ static void fo_dealloc(NpyFailover *self)
     registry_remove(self);
     if (route_inherited(self))
         abandon_route(self);
+    if (self->follow_lock) {
+        /* Nobody follows now (a follower holds a reference to self); one
+         * made in a parent may have been held at the fork: left as it is. */
+        if (self->follow_gen == nc_fork_generation())
+            PyThread_free_lock(self->follow_lock);
+        else
+            nc_fork_keep(self->follow_lock);
+    }
     if (self->route) {
         nc_route *r = self->route;
         self->route = NULL;
@@ -394,6 +467,7 @@ static PyObject *fo_lend(NpyFailover *self, PyObject *arg)
     }
     NpyPool *pool = (NpyPool *)PyTuple_GET_ITEM(self->pools, ep);
     npy_connection_attach(conn, (PyObject *)pool, &pool->s, c, lease);
+    self->last_ep = ep;
     return (PyObject *)conn;
 }
 
@@ -660,6 +734,8 @@ static PyObject *fo_status(NpyFailover *self, PyObject *unused)
     if (!eps)
         return NULL;
     const nc_fo_stats *s = &st.stats;
+    if (st.state != NC_FO_UNAVAILABLE)
+        self->last_ep = st.current;
     return Py_BuildValue(
         "{s:s,s:i,s:i,s:O,s:K,s:N,s:{s:i,s:i,s:i,s:i,s:i,s:i,s:d,s:O}}", "state", nc_fo_state_name(st.state),
         "current", st.state == NC_FO_UNAVAILABLE ? -1 : st.current, "preferred", st.preferred, "running",

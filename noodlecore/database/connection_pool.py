@@ -26,6 +26,9 @@ What happens when:
   timeout for borrowed ones and closes each as it comes back; later borrows
   raise PoolClosedError (2002).  At interpreter exit every pool is shut down
   without waiting, so a program never hangs on its pools.
+* In a child after ``fork()`` the pool is left as inherited (those are the
+  parent's sessions: nothing is rolled back or closed); its first use in the
+  child makes the child's own connections and thread.
 """
 
 from __future__ import annotations

@@ -203,8 +203,11 @@ def _after_fork_in_child() -> None:
     # route, csrc/py/failover.c).  The Python side: the parent's event thread
     # does not exist in the child and may have held _events_lock at the
     # moment of the fork, so new ones; the thread restarts at first use.
+    # The child's route numbers its events from 1 again: read from there
+    # (the parent's events stay in the history).
     for m in list(_live_managers):
         m._events_lock = threading.Lock()
+        m._last_event_id = 0
         m._stop_dispatch = threading.Event()
         m._dispatcher = None
         m._restart_dispatcher = not m._closed
