@@ -68,6 +68,18 @@ void nc_pg_cancel_close(nc_pg_cancel *k)
 
 static int threads_in_flight;
 
+/* A forked child has none of its parent's cancel threads: its count starts
+ * at zero (an atomic store is all a pthread_atfork child handler may do). */
+static void reset_in_child(void)
+{
+    __atomic_store_n(&threads_in_flight, 0, __ATOMIC_RELAXED);
+}
+
+static void register_reset(void)
+{
+    pthread_atfork(NULL, NULL, reset_in_child);
+}
+
 static void *cancel_thread(void *arg)
 {
     PGcancel *cancel = arg;
@@ -80,6 +92,8 @@ static void *cancel_thread(void *arg)
 
 static void start_thread(nc_pg_cancel *k, PGcancel *cancel)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_reset);
     int n = __atomic_add_fetch(&threads_in_flight, 1, __ATOMIC_RELAXED);
     if (n > NC_PG_MAX_CANCEL_THREADS) {
         __atomic_fetch_sub(&threads_in_flight, 1, __ATOMIC_RELAXED);

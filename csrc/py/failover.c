@@ -388,6 +388,8 @@ static int fo_traverse(NpyFailover *self, visitproc visit, void *arg)
  * Pools.  Later calls raise PoolClosedError. */
 static int fo_clear(NpyFailover *self)
 {
+    if (route_inherited(self))
+        abandon_route(self);   /* the parent's: never closed from a child */
     if (self->route) {
         nc_route *r = self->route;
         Py_BEGIN_ALLOW_THREADS
