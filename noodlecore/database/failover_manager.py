@@ -194,8 +194,18 @@ class FailoverEvent:
                 "success": self.success, "metadata": dict(self.metadata)}
 
 
-# Managers alive in this process, for the fork hook below.
-_live_managers: "weakref.WeakSet[DatabaseFailoverManager]" = weakref.WeakSet()
+# Managers alive in this process, for the fork hook below: plain weak
+# references without callbacks (a WeakSet's callbacks kept a dropped manager
+# in a reference cycle from being collected under pytest's thread-exception
+# plugin; tests/test_gc.py), pruned as managers are added.
+_live_managers: "list[weakref.ref[DatabaseFailoverManager]]" = []
+_live_lock = threading.Lock()
+
+
+def _track(manager: "DatabaseFailoverManager") -> None:
+    with _live_lock:
+        _live_managers[:] = [r for r in _live_managers if r() is not None]
+        _live_managers.append(weakref.ref(manager))
 
 
 def _after_fork_in_child() -> None:
@@ -205,7 +215,12 @@ def _after_fork_in_child() -> None:
     # moment of the fork, so new ones; the thread restarts at first use.
     # The child's route numbers its events from 1 again: read from there
     # (the parent's events stay in the history).
-    for m in list(_live_managers):
+    global _live_lock
+    _live_lock = threading.Lock()   # a parent thread may have held it at the fork
+    for r in list(_live_managers):
+        m = r()
+        if m is None:
+            continue
         m._events_lock = threading.Lock()
         m._last_event_id = 0
         m._stop_dispatch = threading.Event()
@@ -296,7 +311,7 @@ class DatabaseFailoverManager:
                 p.shutdown(timeout=0)
             raise
         self._start_dispatcher()
-        _live_managers.add(self)
+        _track(self)
 
     def _resume_in_child(self) -> None:
         # The first use in a forked child starts this process's event thread.
