@@ -32,8 +32,9 @@
 # running.  Other settings: NOODLE_TEST_WORK (work directory), PYTHON.
 #
 # Ends with one line "total: N passed, N failed, N skipped": the sum over the
-# stages that ran, where a C test is one test function of csrc/tests and a
-# pytest test counts once for each stage it ran in (the output says so too).
+# stages that ran, where a C test is one test function of csrc/tests, a fuzz
+# target one test, and a pytest test counts once for each stage it ran in
+# (the output says so too).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -522,8 +523,9 @@ done
 for b in "${BAD[@]}"; do
     echo "NOT OK: $b"
 done
-echo "total = sum over the stages that ran; a C test is one test function of csrc/tests, a pytest"
-echo "test counts once per stage it ran in, and a test that crashed or hung its stage counts as failed."
+echo "total = sum over the stages that ran; a C test is one test function of csrc/tests, a fuzz target"
+echo "one test, a pytest test counts once per stage it ran in, and a test that crashed or hung its stage"
+echo "counts as failed."
 echo
 echo "total: $TP passed, $TF failed, $TS skipped"
 [ ${#BAD[@]} -eq 0 ]
