@@ -254,7 +254,8 @@ run_c_stage() {
 }
 
 # run_fuzz_targets DIR: build csrc/fuzz (clang, libFuzzer, ASan + UBSan) and
-# run each target FUZZ_SECONDS on a copy of the repo's corpus with its
+# run both targets at once, FUZZ_SECONDS each, on the repo's corpus (new
+# inputs go to DIR, the repo's corpus is not changed) with its
 # dictionary.  A crash, a sanitizer report, a leak or a broken invariant ends
 # the target with a non-zero exit and an input file (shown).  Prints a line
 # per target and last "result STATUS PASSED FAILED NOTE".
@@ -265,15 +266,21 @@ run_fuzz_targets() {
         echo "result FAILED 0 1 build failed"
         return
     fi
+    # The two targets at once, one core each (the wall time is what bounds them).
     for t in sql dsn; do
-        local log="$dir/fuzz_$t.log" new="$dir/new-$t" art="$dir/artifacts-$t/" rc
-        mkdir -p "$new" "$art"
+        local art="$dir/artifacts-$t/"
+        mkdir -p "$dir/new-$t" "$art"
         # No log_path: libFuzzer prints the report with the input that caused it.
         env ASAN_OPTIONS="detect_leaks=1:halt_on_error=1" LSAN_OPTIONS="$LSAN_OPTS" \
             UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
             timeout -k 10 $((FUZZ_SECONDS + 300)) csrc/fuzz/build/fuzz_$t -rss_limit_mb=1024 -timeout=10 \
             -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 -dict=csrc/fuzz/$t.dict \
-            -artifact_prefix="$art" "$new" csrc/fuzz/corpus/$t >"$log" 2>&1
+            -artifact_prefix="$art" "$dir/new-$t" csrc/fuzz/corpus/$t >"$dir/fuzz_$t.log" 2>&1 &
+        eval "fuzz_pid_$t=\$!"
+    done
+    for t in sql dsn; do
+        local log="$dir/fuzz_$t.log" new="$dir/new-$t" art="$dir/artifacts-$t/" rc pidvar="fuzz_pid_$t"
+        wait "${!pidvar}"
         rc=$?
         local runs secs corpus newu
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
@@ -287,7 +294,7 @@ run_fuzz_targets() {
         else
             fail=$((fail + 1)) status=FAILED
             grep -a -E 'broken promise|ERROR: |SUMMARY: |runtime error|Test unit written' "$log" | head -10
-            printf '  fuzz_%-4s FAILED (exit %s): the input is in %s; replay: csrc/fuzz/build/fuzz_%s FILE\n' \
+            printf '  fuzz_%-4s FAILED (exit %s): the input is in %s; replay: make -C csrc/fuzz && csrc/fuzz/build/fuzz_%s FILE\n' \
                 "$t" "$rc" "$art" "$t"
             notes+=("fuzz_$t: exit $rc, input in $art")
         fi
@@ -309,7 +316,7 @@ fi
 # c-fuzz: in the background from here, so it overlaps c-tsan (mostly
 # compiling; its timing bounds are scaled for TSan) and not the plain and
 # ASan stages, whose tighter timing bounds a busy second core could break.
-# Each target is one process on one core; the report comes after c-tsan.
+# The two targets run at once; the report comes after c-tsan.
 FUZZ_PID=
 if wanted c-fuzz; then
     rm -rf "$WORK/c-fuzz"
