@@ -3,6 +3,12 @@
 #
 #   c-plain         the C core's unit tests (csrc/tests), plain build
 #   c-sanitizers    the same under AddressSanitizer + LeakSanitizer + UBSan
+#   c-tsan          the threaded ones (pool, janitor, monitor, route; make
+#                   list-threaded) built with clang -fsanitize=thread
+#   c-fuzz          the libFuzzer targets of csrc/fuzz (SQL lexer/rewrite,
+#                   DSN parser) under ASan + UBSan, NOODLE_FUZZ_SECONDS (60)
+#                   each on the repo's corpus; runs in the background while
+#                   c-tsan runs (the machine has 2 cores)
 #   pytest-python3  the pytest suite on python3, PYTHONMALLOC=debug
 #   pytest-second   the suite on a second CPython: the newest pyenv CPython
 #                   newer than python3 if there is one, else Debian's debug
@@ -12,7 +18,8 @@
 #
 # Before that it installs what is missing, as root with apt-get (python3,
 # python3-venv, python3-dev, python3-dbg when it is the second CPython,
-# libpq-dev, libsqlite3-dev, postgresql-15, gcc, libc6-dev, make), and makes
+# libpq-dev, libsqlite3-dev, postgresql-15, gcc, libc6-dev, make, and for
+# c-tsan and c-fuzz clang with its sanitizer/libFuzzer runtime), and makes
 # one virtual environment per interpreter with the exact versions of
 # tests/requirements.txt.  The suite starts its own PostgreSQL servers.
 #
@@ -25,8 +32,9 @@
 # running.  Other settings: NOODLE_TEST_WORK (work directory), PYTHON.
 #
 # Ends with one line "total: N passed, N failed, N skipped": the sum over the
-# stages that ran, where a C test is one test function of csrc/tests and a
-# pytest test counts once for each stage it ran in (the output says so too).
+# stages that ran, where a C test is one test function of csrc/tests, a fuzz
+# target one test, and a pytest test counts once for each stage it ran in
+# (the output says so too).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,7 +45,8 @@ TEST_TIMEOUT=${NOODLE_TEST_TIMEOUT:-300}
 C_TEST_TIMEOUT=${NOODLE_C_TEST_TIMEOUT:-300}
 # A whole pytest stage: far above its normal 1-4 minutes, below CI's limit.
 STAGE_TIMEOUT=${NOODLE_STAGE_TIMEOUT:-1800}
-STAGES=(c-plain c-sanitizers pytest-python3 pytest-second pytest-asan)
+STAGES=(c-plain c-sanitizers c-tsan c-fuzz pytest-python3 pytest-second pytest-asan)
+FUZZ_SECONDS=${NOODLE_FUZZ_SECONDS:-60}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 mkdir -p "$WORK"
 
@@ -106,7 +115,27 @@ command -v pg_config >/dev/null && [ -f "$(pg_config --includedir)/libpq-fe.h" ]
 command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/include/stdio.h ] || need+=(libc6-dev)
 command -v make >/dev/null || need+=(make)
+if wanted c-tsan || wanted c-fuzz; then
+    command -v clang >/dev/null || need+=(clang)
+fi
 apt_install "${need[@]}"
+# clang's libFuzzer and ThreadSanitizer runtimes are a package of their own
+# on Debian (libclang-rt-N-dev): check by building, install when it fails.
+clang_runtimes_ok() {
+    local d
+    d=$(mktemp -d) || return 1
+    printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; return (int)n * 0; }\n' >"$d/f.c"
+    printf 'int main(void) { return 0; }\n' >"$d/t.c"
+    clang -fsanitize=fuzzer,address,undefined -o "$d/f" "$d/f.c" >/dev/null 2>&1 \
+        && clang -fsanitize=thread -o "$d/t" "$d/t.c" >/dev/null 2>&1
+    local rc=$?
+    rm -rf "$d"
+    return $rc
+}
+if (wanted c-tsan || wanted c-fuzz) && ! clang_runtimes_ok; then
+    apt_install "libclang-rt-$(clang -dumpversion | cut -d. -f1)-dev"
+    clang_runtimes_ok || die "clang cannot build with -fsanitize=fuzzer / thread after installing its runtime"
+fi
 py_has "$PY" || die "$PY still cannot make a venv with headers after installing"
 
 # The second CPython: the newest pyenv CPython newer than python3, else
@@ -147,24 +176,31 @@ asan_options() { echo "detect_leaks=1:halt_on_error=1:abort_on_error=0:exitcode=
 LSAN_OPTS="suppressions=$ROOT/tests/lsan.supp:print_suppressions=0"
 ubsan_options() { echo "halt_on_error=1:print_stacktrace=1:exitcode=98:log_path=$1/ubsan"; }
 
-# run_c_stage STAGE SANFLAGS [ENV...]
+# run_c_stage STAGE SANFLAGS [ENV...]; C_BUILD (build dir), C_WHICH (all or
+# threaded), C_CC and C_RUN (a command put before each program) from the
+# environment of the call.
 run_c_stage() {
-    local stage=$1 sanflags=$2
+    local stage=$1 sanflags=$2 build=${C_BUILD:-build} which=${C_WHICH:-all} cc=${C_CC:-gcc}
     shift 2
-    say "$stage: C core unit tests${sanflags:+ built with $sanflags}"
+    say "$stage: C core unit tests ($which, $cc)${sanflags:+ built with $sanflags}"
     local logdir="$WORK/$stage"
     rm -rf "$logdir"
     mkdir -p "$logdir"
-    if ! make -s -C csrc/tests clean all SANFLAGS="$sanflags" >"$logdir/build.log" 2>&1; then
+    if ! make -s -C csrc/tests BUILD="$build" CC="$cc" clean "$which" SANFLAGS="$sanflags" \
+            >"$logdir/build.log" 2>&1; then
         cat "$logdir/build.log"
         record "$stage" FAILED 0 0 0 "build failed"
         return
     fi
     local progs status=ok tp=0 tf=0 checks=0 notes=()
-    progs=$(make -s -C csrc/tests list)
+    if [ "$which" = threaded ]; then
+        progs=$(make -s -C csrc/tests list-threaded)
+    else
+        progs=$(make -s -C csrc/tests list)
+    fi
     for t in $progs; do
         local log="$logdir/$t.log" rc
-        env "$@" timeout -k 10 "$C_TEST_TIMEOUT" "csrc/tests/build/$t" >"$log" 2>&1
+        env "$@" timeout -k 10 "$C_TEST_TIMEOUT" ${C_RUN:-} "csrc/tests/$build/$t" >"$log" 2>&1
         rc=$?
         local sum cases cfail chk last what
         sum=$(grep '^NCTEST summary ' "$log" | tail -1)
@@ -179,7 +215,7 @@ run_c_stage() {
             what="HUNG: killed after ${C_TEST_TIMEOUT} s in test function '$last'"
             status=HUNG tf=$((tf + 1))
         elif [ -z "$sum" ]; then
-            if [ "$rc" = 99 ] || [ "$rc" = 98 ]; then
+            if [ "$rc" = 99 ] || [ "$rc" = 98 ] || [ "$rc" = 97 ]; then
                 what="stopped by a sanitizer report (exit $rc) in test function '$last'"
             elif [ "$rc" -gt 128 ]; then
                 what="CRASHED (signal $((rc - 128))) in test function '$last'"
@@ -201,20 +237,71 @@ run_c_stage() {
             notes+=("$t: $what")
             grep -v '^NCTEST ' "$log" | tail -15
             # the first sanitizer report in full, then the summary of each
-            cat "$(ls "$logdir"/asan.* "$logdir"/ubsan.* 2>/dev/null | head -1)" 2>/dev/null | head -40
-            grep -h 'SUMMARY:' "$logdir"/asan.* "$logdir"/ubsan.* 2>/dev/null
-            rm -f "$logdir"/asan.* "$logdir"/ubsan.*   # shown: the next program's are its own
+            cat "$(ls "$logdir"/asan.* "$logdir"/ubsan.* "$logdir"/tsan.* 2>/dev/null | head -1)" 2>/dev/null | head -60
+            grep -h 'SUMMARY:' "$logdir"/asan.* "$logdir"/ubsan.* "$logdir"/tsan.* 2>/dev/null
+            rm -f "$logdir"/asan.* "$logdir"/ubsan.* "$logdir"/tsan.*   # shown: the next program's are its own
         fi
         printf '  %-14s %3d test functions passed, %d failed, %5d checks  %s\n' "$t" "$cases" "$cfail" "${chk:-0}" "$what"
     done
     # Reports of the sanitizers that did not change an exit status (none expected).
-    if ls "$logdir"/asan.* "$logdir"/ubsan.* >/dev/null 2>&1 && [ "$status" = ok ]; then
-        cat "$logdir"/asan.* "$logdir"/ubsan.* | head -80
+    if ls "$logdir"/asan.* "$logdir"/ubsan.* "$logdir"/tsan.* >/dev/null 2>&1 && [ "$status" = ok ]; then
+        cat "$logdir"/asan.* "$logdir"/ubsan.* "$logdir"/tsan.* 2>/dev/null | head -80
         status=FAILED
         notes+=("sanitizer reports in $logdir")
     fi
     local IFS=';'
     record "$stage" "$status" "$tp" "$tf" 0 "$(echo $(wc -w <<<"$progs")) programs, $checks checks${notes[*]:+; ${notes[*]}}"
+}
+
+# run_fuzz_targets DIR: build csrc/fuzz (clang, libFuzzer, ASan + UBSan) and
+# run both targets at once, FUZZ_SECONDS each, on the repo's corpus (new
+# inputs go to DIR, the repo's corpus is not changed) with its
+# dictionary.  A crash, a sanitizer report, a leak or a broken invariant ends
+# the target with a non-zero exit and an input file (shown).  Prints a line
+# per target and last "result STATUS PASSED FAILED NOTE".
+run_fuzz_targets() {
+    local dir=$1 pass=0 fail=0 status=ok notes=() t
+    if ! make -s -C csrc/fuzz clean all CC=clang >"$dir/build.log" 2>&1; then
+        cat "$dir/build.log"
+        echo "result FAILED 0 1 build failed"
+        return
+    fi
+    # The two targets at once, one core each (the wall time is what bounds them).
+    for t in sql dsn; do
+        local art="$dir/artifacts-$t/"
+        mkdir -p "$dir/new-$t" "$art"
+        # No log_path: libFuzzer prints the report with the input that caused it.
+        env ASAN_OPTIONS="detect_leaks=1:halt_on_error=1" LSAN_OPTIONS="$LSAN_OPTS" \
+            UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+            timeout -k 10 $((FUZZ_SECONDS + 300)) csrc/fuzz/build/fuzz_$t -rss_limit_mb=1024 -timeout=10 \
+            -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 -dict=csrc/fuzz/$t.dict \
+            -artifact_prefix="$art" "$dir/new-$t" csrc/fuzz/corpus/$t >"$dir/fuzz_$t.log" 2>&1 &
+        eval "fuzz_pid_$t=\$!"
+    done
+    for t in sql dsn; do
+        local log="$dir/fuzz_$t.log" new="$dir/new-$t" art="$dir/artifacts-$t/" rc pidvar="fuzz_pid_$t"
+        wait "${!pidvar}"
+        rc=$?
+        local runs secs corpus newu
+        runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+        secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
+        corpus=$(ls csrc/fuzz/corpus/$t | wc -l)
+        newu=$(ls "$new" | wc -l)
+        if [ "$rc" = 0 ]; then
+            pass=$((pass + 1))
+            printf '  fuzz_%-4s ok: %s inputs in %s s, from a corpus of %s, %s new (not kept)\n' \
+                "$t" "${runs:-?}" "${secs:-?}" "$corpus" "$newu"
+        else
+            fail=$((fail + 1)) status=FAILED
+            grep -a -E 'broken promise|ERROR: |SUMMARY: |runtime error|Test unit written' "$log" | head -10
+            printf '  fuzz_%-4s FAILED (exit %s): the input is in %s; replay: make -C csrc/fuzz && csrc/fuzz/build/fuzz_%s FILE\n' \
+                "$t" "$rc" "$art" "$t"
+            notes+=("fuzz_$t: exit $rc, input in $art")
+        fi
+    done
+    make -s -C csrc/fuzz clean
+    local IFS=';'
+    echo "result $status $pass $fail ${FUZZ_SECONDS} s each${notes[*]:+; ${notes[*]}}"
 }
 
 if wanted c-plain; then
@@ -226,8 +313,37 @@ if wanted c-sanitizers; then
         ASAN_OPTIONS="$(asan_options "$WORK/c-sanitizers")" LSAN_OPTIONS="$LSAN_OPTS" \
         UBSAN_OPTIONS="$(ubsan_options "$WORK/c-sanitizers")"
 fi
+# c-fuzz: in the background from here, so it overlaps c-tsan (mostly
+# compiling; its timing bounds are scaled for TSan) and not the plain and
+# ASan stages, whose tighter timing bounds a busy second core could break.
+# The two targets run at once; the report comes after c-tsan.
+FUZZ_PID=
+if wanted c-fuzz; then
+    rm -rf "$WORK/c-fuzz"
+    mkdir -p "$WORK/c-fuzz"
+    run_fuzz_targets "$WORK/c-fuzz" >"$WORK/c-fuzz/stage.log" 2>&1 &
+    FUZZ_PID=$!
+fi
+if wanted c-tsan; then
+    # setarch -R: no address randomisation, which ThreadSanitizer's fixed
+    # memory layout needs on kernels with high mmap entropy.
+    C_RUN=
+    setarch "$(uname -m)" -R true 2>/dev/null && C_RUN="setarch $(uname -m) -R"
+    C_BUILD=build-tsan C_WHICH=threaded C_CC=clang C_RUN=$C_RUN \
+        run_c_stage c-tsan "-fsanitize=thread -fno-omit-frame-pointer -g -O1" \
+        TSAN_OPTIONS="halt_on_error=1:exitcode=97:second_deadlock_stack=1:log_path=$WORK/c-tsan/tsan"
+    make -s -C csrc/tests BUILD=build-tsan clean
+fi
 if wanted c-plain || wanted c-sanitizers; then
     make -s -C csrc/tests clean
+fi
+if [ -n "$FUZZ_PID" ]; then
+    say "c-fuzz: libFuzzer targets (csrc/fuzz), $FUZZ_SECONDS s each, ASan + UBSan"
+    wait "$FUZZ_PID"
+    cat "$WORK/c-fuzz/stage.log"
+    # The script's last line: "result STATUS PASSED FAILED NOTE"
+    read -r _ f_status f_pass f_fail f_note < <(grep '^result ' "$WORK/c-fuzz/stage.log" | tail -1)
+    record c-fuzz "${f_status:-CRASHED}" "${f_pass:-0}" "${f_fail:-1}" 0 "${f_note:-no result line: $WORK/c-fuzz/stage.log}"
 fi
 
 # -- 3. virtual environments -------------------------------------------------
@@ -239,7 +355,8 @@ fresh_source() {
     mkdir -p "$dest"
     tar -C "$ROOT" --exclude=./.git --exclude=./build --exclude='./*.egg-info' \
         --exclude='*.so' --exclude='*.o' --exclude='./bench/.venv' --exclude='__pycache__' \
-        --exclude='./csrc/tests/build' -cf - . | tar -C "$dest" -xf -
+        --exclude='./csrc/tests/build' --exclude='./csrc/tests/build-tsan' --exclude='./csrc/fuzz/build' \
+        -cf - . | tar -C "$dest" -xf -
 }
 
 # make_env NAME PYTHON [CFLAGS [LDFLAGS]] -> prints the venv with noodlecore
@@ -413,8 +530,9 @@ done
 for b in "${BAD[@]}"; do
     echo "NOT OK: $b"
 done
-echo "total = sum over the stages that ran; a C test is one test function of csrc/tests, a pytest"
-echo "test counts once per stage it ran in, and a test that crashed or hung its stage counts as failed."
+echo "total = sum over the stages that ran; a C test is one test function of csrc/tests, a fuzz target"
+echo "one test, a pytest test counts once per stage it ran in, and a test that crashed or hung its stage"
+echo "counts as failed."
 echo
 echo "total: $TP passed, $TF failed, $TS skipped"
 [ ${#BAD[@]} -eq 0 ]

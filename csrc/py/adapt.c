@@ -176,10 +176,17 @@ const char *npy_adapt_utf8(PyObject *s, Py_ssize_t *len, const char *what)
     return u;
 }
 
-/* json.dumps(v) as a new str; a value json cannot serialise becomes 2015. */
+/* json.dumps(v, allow_nan=False) as a new str; a value json cannot
+ * serialise becomes 2015.  allow_nan=False: NaN and Infinity are not JSON
+ * (PostgreSQL's json type refuses them after the statement was sent, SQLite
+ * would store text no JSON reader accepts), so they are refused here. */
 PyObject *npy_adapt_json_dumps(PyObject *v, const char *what)
 {
-    PyObject *s = PyObject_CallOneArg(npy_st->json_dumps, v);
+    PyObject *args = PyTuple_Pack(1, v);
+    PyObject *kw = args ? Py_BuildValue("{s:O}", "allow_nan", Py_False) : NULL;
+    PyObject *s = kw ? PyObject_Call(npy_st->json_dumps, args, kw) : NULL;
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
     if (!s) {
         char msg[256];
         snprintf(msg, sizeof msg, "%s: cannot send a value of type '%s' as JSON",
@@ -302,6 +309,20 @@ static int get_offset(PyObject *v, int has_tzinfo, PyObject **off)
         return -1;
     }
     *off = o;
+    return 1;
+}
+
+/* utcoffset() of a datetime or time in microseconds: 1 and *us set, 0 when
+ * naive, -1 on error. */
+int npy_adapt_utcoffset_us(PyObject *v, long long *us)
+{
+    PyObject *off;
+    int r = get_offset(v, 1, &off);
+    if (r != 1)
+        return r;
+    *us = ((long long)PyDateTime_DELTA_GET_DAYS(off) * 86400 + PyDateTime_DELTA_GET_SECONDS(off)) * 1000000
+          + PyDateTime_DELTA_GET_MICROSECONDS(off);
+    Py_DECREF(off);
     return 1;
 }
 

@@ -24,6 +24,9 @@ enum npy_vkind {
 };
 int npy_adapt_kind(PyObject *v);
 int npy_adapt_format_temporal(PyObject *v, int kind, char *buf, size_t size, int *has_offset);
+/* utcoffset() of a datetime or time, in microseconds: 1 and *us, 0 when
+ * naive, -1 with an exception set. */
+int npy_adapt_utcoffset_us(PyObject *v, long long *us);
 PyObject *npy_adapt_raisef(int code, int kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 PyObject *npy_adapt_reraise(int code, int kind, const char *msg);
 PyObject *npy_adapt_type_error(const char *what, PyObject *v);

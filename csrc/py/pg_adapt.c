@@ -196,6 +196,23 @@ static int format_ll(char *buf, long long x)
     return len;
 }
 
+/* PostgreSQL takes a UTC offset of whole seconds within +-15:59:59 (its
+ * TZDISP_LIMIT); Python allows up to 23:59:59.999999.  Refused here (2015)
+ * instead of by the server after the statement was sent.  0 ok, -1 raised. */
+static int check_offset(PyObject *value, const char *what)
+{
+    long long us;
+    int r = npy_adapt_utcoffset_us(value, &us);
+    if (r < 0)
+        return -1;
+    if (r == 1 && (us % 1000000 != 0 || us < -57599000000LL || us > 57599000000LL)) {
+        npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
+                        "%s: UTC offset out of PostgreSQL's range (whole seconds within +-15:59:59)", what);
+        return -1;
+    }
+    return 0;
+}
+
 int npy_pg_params_set(npy_pg_params *pp, int i, PyObject *value, const char *what)
 {
     if (!what)
@@ -301,6 +318,8 @@ int npy_pg_params_set(npy_pg_params *pp, int i, PyObject *value, const char *wha
     case NPY_V_TIMEDELTA: {
         len = npy_adapt_format_temporal(value, kind, buf, NC_PG_SCRATCH, &has_offset);
         if (len < 0)
+            return -1;
+        if (has_offset && check_offset(value, what) < 0)
             return -1;
         Oid type = kind == NPY_V_DATETIME ? (has_offset ? OID_TIMESTAMPTZ : OID_TIMESTAMP)
                  : kind == NPY_V_DATE ? OID_DATE

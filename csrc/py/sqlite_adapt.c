@@ -1,7 +1,8 @@
 /* sqlite_adapt.c - binding Python values to SQLite statement parameters.
  *
  * SQLite's storage classes: None -> NULL, bool/int -> INTEGER (64-bit),
- * float -> REAL, str -> TEXT, bytes-likes -> BLOB.  Other supported types are
+ * float -> REAL (not NaN, which SQLite would store as NULL: refused with
+ * 2015), str -> TEXT, bytes-likes -> BLOB.  Other supported types are
  * stored as TEXT: Decimal as str(), date/datetime/time in the sqlite3
  * module's form ("YYYY-MM-DD HH:MM:SS[.ffffff][+HH:MM]", i.e. str()), UUID as
  * str(), dict/list as JSON.  Text and blobs are bound SQLITE_TRANSIENT
@@ -9,6 +10,7 @@
  */
 #include "sqlite_adapt.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -76,6 +78,12 @@ int npy_sqlite_bind(sqlite3_stmt *stmt, int i, PyObject *value, const char *what
     }
 
     case NPY_V_FLOAT:
+        /* SQLite stores a NaN as NULL: refused rather than changed. */
+        if (isnan(PyFloat_AS_DOUBLE(value))) {
+            npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING,
+                            "%s: float NaN cannot be stored by SQLite (it would become NULL)", what);
+            return -1;
+        }
         rc = sqlite3_bind_double(stmt, i, PyFloat_AS_DOUBLE(value));
         break;
 
