@@ -611,24 +611,6 @@ static PyObject *fo_events(NpyFailover *self, PyObject *args)
     return out;
 }
 
-static PyObject *fo_wait(NpyFailover *self, PyObject *args)
-{
-    unsigned long long after;
-    double timeout;
-    if (!PyArg_ParseTuple(args, "Kd", &after, &timeout) || fresh(self) < 0)
-        return NULL;
-    nc_monitor *m = self->route ? nc_route_enter(self->route) : NULL;
-    if (!m)
-        Py_RETURN_FALSE;
-    nc_event one;
-    int k;
-    Py_BEGIN_ALLOW_THREADS
-    k = nc_monitor_wait_events(m, after, &one, 1, timeout);
-    Py_END_ALLOW_THREADS
-    nc_route_leave(self->route);
-    return PyBool_FromLong(k > 0);
-}
-
 /* ---- the event waiter ------------------------------------------------------------ */
 
 /* What the manager's event thread waits on: a reference to the core route
@@ -772,7 +754,6 @@ static PyMethodDef fo_methods[] = {
     {"events", (PyCFunction)fo_events, METH_VARARGS,
      "events(after, timeout=0) -> [(id, kind, from, to, success, policy, manual, timestamp, duration, "
      "detection_to_switch, reason)]"},
-    {"wait", (PyCFunction)fo_wait, METH_VARARGS, "wait(after, timeout) -> True when a newer event exists"},
     {"waiter", (PyCFunction)fo_waiter, METH_NOARGS,
      "waiter() -> an EventWaiter: wait(after, timeout) without keeping this monitor alive."},
     {"status", (PyCFunction)fo_status, METH_NOARGS, "A snapshot of state, endpoints and statistics."},
