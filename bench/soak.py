@@ -161,6 +161,10 @@ def run(args):
                 th.start()
             stop.wait(5)                       # warm-up: every pool has its connections
             gc.collect()
+            if args.tracemalloc:
+                import tracemalloc
+                tracemalloc.start(8)
+                snap0 = tracemalloc.take_snapshot()
             rss0 = rss_mb()
             report["rss_start_mb"] = round(rss0, 1)
             log("RSS at the start (after setup and a 5 s warm-up): %.1f MB; threads alive: %d"
@@ -191,6 +195,14 @@ def run(args):
                 primary.start()
             gc.collect()
             report["rss_trail_mb"] = rss_trail
+            if args.tracemalloc:
+                # What Python objects grew (memory of the C core is not seen here).
+                stats = tracemalloc.take_snapshot().compare_to(snap0, "traceback")
+                report["tracemalloc_growth"] = ["%+.1f kB in %d blocks at %s" % (
+                    st.size_diff / 1024, st.count_diff, " < ".join(
+                        "%s:%d" % (f.filename.split("/")[-1], f.lineno) for f in list(st.traceback)[-4:][::-1]))
+                    for st in stats[:10]]
+                tracemalloc.stop()
             report["rss_end_mb"] = round(rss_mb(), 1)
             report.update(leaks(t, primary, standby))
         finally:
@@ -268,6 +280,9 @@ def render(r):
     for k, v in sorted(r["errors"].items(), key=lambda kv: -kv[1]):
         lines.append("  %8d  %s; by step and message:" % (v, k))
         lines += ["  %16d  %s" % (n, m) for m, n in r["error_samples"].get(k, [])]
+    if r.get("tracemalloc_growth"):
+        lines += ["", "tracemalloc: the largest growths of Python memory since the start:"]
+        lines += ["  " + g for g in r["tracemalloc_growth"]]
     lines += ["", "the library's log records (by level and logger):"]
     lines += ["  %8d  %s" % (v, k) for k, v in sorted(r["log_records"].items())]
     lines += ["", "unexplained exceptions (not OperationalError): %d" % r["unexpected"]]
@@ -306,6 +321,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--work", help="directory for the SQLite file (default: a temporary one, removed)")
     ap.add_argument("--json", help="also write the report as JSON here")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="also show which Python allocations grew (slower; for an RSS that rises)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     r = run(args)
