@@ -31,7 +31,6 @@
  * once (the connection is discarded if the server is slower). */
 #define NC_PG_INTERRUPT_GRACE 0.2
 
-#define NC_PG_MAX_HOSTS 16
 
 typedef struct nc_pg_ctx {
     char *conninfo;

@@ -13,6 +13,10 @@ typedef struct nc_pg_conn {
 
 extern const nc_backend_ops nc_pg_ops;
 
+/* A multi-host string may name this many hosts (and ports) at most; more is
+ * refused with NC_E_CONFIG rather than silently cut. */
+#define NC_PG_MAX_HOSTS 16
+
 /* Check conninfo (URI or key=value) and keep it for connecting.  NULL with
  * err (NC_E_CONFIG, libpq's reason; never the password) on a bad string. */
 void *nc_pg_ctx_new(const char *conninfo, nc_error *err);

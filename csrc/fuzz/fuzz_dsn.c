@@ -158,8 +158,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (!ctx) {
         int hosts = nh > na ? nh : na;
         CHECK(err.code == NC_E_CONFIG, "refused with code %d: %s", err.code, err.message);
-        CHECK(hosts > 1 && ((nh && na && nh != na) || (np > 1 && np != hosts)),
-              "a string libpq parses, with matching lists, was refused: %s", err.message);
+        CHECK((hosts > 1 && ((nh && na && nh != na) || (np > 1 && np != hosts))) || hosts > NC_PG_MAX_HOSTS
+                  || np > NC_PG_MAX_HOSTS,
+              "a string libpq parses, with matching lists and at most %d hosts, was refused: %s", NC_PG_MAX_HOSTS,
+              err.message);
     }
     if (!ctx) {
         CHECK(err.code == NC_E_CONFIG || err.code == NC_E_INTERNAL, "refused with code %d", err.code);
