@@ -260,14 +260,18 @@ def test_dsn_with_more_than_sixteen_hosts_is_refused_by_name():
         assert ei.value.error_code == 2013 and "16 hosts" in ei.value.message
 
 
-def rx_queue(port):
-    """Bytes waiting to be read on this process's TCP socket bound to local port."""
+def rx_queue(port, server_port):
+    """Bytes waiting to be read on the established TCP socket from local port
+    to server_port.  The table lists every socket of the network namespace,
+    TIME_WAIT ones of earlier connections on the same port number too: match
+    both ends and the state (01, ESTABLISHED)."""
     for name in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
         with open(name) as f:
             next(f)
             for line in f:
                 fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                if (int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01"
+                        and int(fields[2].rsplit(":", 1)[1], 16) == server_port):
                     return int(fields[4].split(":")[1], 16)
     return None
 
@@ -282,9 +286,9 @@ def test_notify_on_an_idle_connection_does_not_discard_it(pg, make_pool, app):
         conn.execute_query("LISTEN %s" % channel)
         pid = conn.backend_pid
     port = int(pg.scalar("select client_port from pg_stat_activity where pid = %d" % pid))
-    assert rx_queue(port) == 0
+    assert rx_queue(port, pg.port) == 0
     pg.sql("NOTIFY %s, 'hello'" % channel)
-    wait_for(lambda: rx_queue(port), timeout=10, what="the notification to reach the idle socket")
+    wait_for(lambda: rx_queue(port, pg.port), timeout=10, what="the notification to reach the idle socket")
     for _ in range(2):
         with pool.get_connection() as conn:
             assert conn.backend_pid == pid, "the same session: the notification did not cost the connection"
