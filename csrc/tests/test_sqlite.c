@@ -284,7 +284,9 @@ static void test_lock_deadline(const char *url)
     pthread_join(th, NULL);
     CHECK(k.rc == 0, "commit: %s", k.err.message);
     CHECK(rc == 0, "writer after the commit: %d %s", err.code, err.message);
-    CHECK(el >= 0.09 && el < 0.1 + SLACK, "writer waited %.3f s for a lock held 0.1 s", el);
+    /* Woken by the release, not by its 2 s deadline.  The upper bound is
+     * loose on purpose: under load the committer itself may run late. */
+    CHECK(el >= 0.09 && el < 1.0, "writer waited %.3f s for a lock held 0.1 s (deadline 2 s)", el);
     CHECK(scalar(a, "SELECT count(*) FROM w") == 2, "rows %lld", scalar(a, "SELECT count(*) FROM w"));
 
     /* reset (the pool's rollback) under a deadline: nothing to wait for, quick */
