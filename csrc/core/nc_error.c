@@ -316,3 +316,32 @@ int nc_error_not_applied(const nc_error *err)
 {
     return err && (err->sent == NC_SENT_NO || !strcmp(err->sqlstate, "25006"));
 }
+
+/* Every byte that does not start a valid UTF-8 character becomes '?'
+ * (see nc_error.h). */
+void nc_utf8_clean(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        unsigned c = *p, n = 0, cp = 0;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF)
+            n = 1, cp = c & 0x1F;
+        else if (c >= 0xE0 && c <= 0xEF)
+            n = 2, cp = c & 0x0F;
+        else if (c >= 0xF0 && c <= 0xF4)
+            n = 3, cp = c & 0x07;
+        unsigned i = 1;
+        for (; n && i <= n && (p[i] & 0xC0) == 0x80; i++)
+            cp = (cp << 6) | (p[i] & 0x3F);
+        if (!n || i <= n || (n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF))
+            || (cp >= 0xD800 && cp <= 0xDFFF)) {
+            *p++ = '?';     /* only the lead byte: what follows is looked at again */
+            continue;
+        }
+        p += n + 1;
+    }
+}

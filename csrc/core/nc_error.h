@@ -117,6 +117,13 @@ void nc_error_prefix(nc_error *err, const char *fmt, ...) __attribute__((format(
 /* After a truncating snprintf of UTF-8 text: drop a split last character,
  * so the binding can always decode messages strictly. */
 void nc_utf8_fix_tail(char *s);
+/* Replace, in place, every byte that does not start a valid UTF-8 character
+ * (overlong forms, surrogates, beyond U+10FFFF, stray continuation bytes) by
+ * '?'.  For text that may hold %XX-decoded bytes: libpq decodes them in a URI,
+ * so a valid connection string can give a user, host or option name that is
+ * not UTF-8, and the binding must be able to decode every message and display
+ * (found by csrc/fuzz/fuzz_dsn). */
+void nc_utf8_clean(char *s);
 /* snprintf for text (messages, reasons, server strings): what does not fit
  * is cut on a UTF-8 character boundary, never inside a character.  The one
  * way the core copies text into a fixed buffer.  Returns snprintf's value. */

@@ -91,39 +91,6 @@ static void copy_trimmed(char *dst, size_t cap, const char *src)
         dst[--n] = '\0';
 }
 
-/* Replace, in place, each byte of s that is not part of a valid UTF-8
- * character by '?'.  libpq decodes %XX in a URI, so a valid (even ASCII)
- * connection string can give a user, host, database or option name that is
- * not UTF-8, and the Python layer must be able to decode every message and
- * display (found by csrc/fuzz/fuzz_dsn: ?con%ect_timeout=3 raised
- * UnicodeDecodeError instead of ConfigurationError). */
-static void utf8_clean(char *s)
-{
-    unsigned char *p = (unsigned char *)s;
-    while (*p) {
-        unsigned c = *p, n = 0, cp = 0;
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        if (c >= 0xC2 && c <= 0xDF)
-            n = 1, cp = c & 0x1F;
-        else if (c >= 0xE0 && c <= 0xEF)
-            n = 2, cp = c & 0x0F;
-        else if (c >= 0xF0 && c <= 0xF4)
-            n = 3, cp = c & 0x07;
-        unsigned i = 1;
-        for (; n && i <= n && (p[i] & 0xC0) == 0x80; i++)
-            cp = (cp << 6) | (p[i] & 0x3F);
-        if (!n || i <= n || (n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF))
-            || (cp >= 0xD800 && cp <= 0xDFFF)) {
-            *p++ = '?';     /* only the lead byte: what follows is looked at again */
-            continue;
-        }
-        p += n + 1;
-    }
-}
-
 void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
 {
     char *msg = NULL;
@@ -131,7 +98,7 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
     if (!opts) {
         char buf[512];
         copy_trimmed(buf, sizeof buf, msg ? msg : "out of memory");
-        utf8_clean(buf);
+        nc_utf8_clean(buf);
         nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "invalid PostgreSQL connection string: %s", buf);
         PQfreemem(msg);
         return NULL;
@@ -164,7 +131,7 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
     nc_text_set(ctx->display, sizeof ctx->display, "%s%s%s:%s/%s", user ? user : "", user ? "@" : "",
                  host ? host : "localhost", port ? port : "5432", db ? db : (user ? user : ""));
     nc_utf8_fix_tail(ctx->display);   /* a split last character (cut, or %XX-decoded) */
-    utf8_clean(ctx->display);         /* other %XX-decoded bytes of a URI */
+    nc_utf8_clean(ctx->display);      /* other %XX-decoded bytes of a URI */
     int nh = split_list(hostlist, ctx->hosts), na = split_list(hostaddr, ctx->hostaddrs);
     int np = split_list(port, ctx->ports);
     PQconninfoFree(opts);
