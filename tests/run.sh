@@ -396,7 +396,14 @@ print("%s %s%s (%s%s)" % (platform.python_implementation(), platform.python_vers
 }
 
 # -- 4. the pytest suite -----------------------------------------------------
-# run_pytest_stage STAGE VENV [ENV...]
+# Tests marked `once` (tests/conftest.py) run in pytest-python3 only: slow
+# integration tests whose subject is neither the extension's memory safety
+# nor the interpreter version (the CLI, the test harness itself, other
+# projects' suites, clusters of other programs).  The other stages run
+# everything else; their note says how many were left to pytest-python3.
+ONCE_ONLY=(-m "not once")
+PYTEST_SELECT=()
+# run_pytest_stage STAGE VENV [ENV...]; PYTEST_SELECT: extra pytest arguments
 run_pytest_stage() {
     local stage=$1 venv=$2
     shift 2
@@ -412,7 +419,7 @@ run_pytest_stage() {
     # the GIL: it dumps every thread's stack and ends the process.
     ( cd "$ROOT" && env NOODLE_EXPECT_INSTALLED=1 "$@" timeout -k 30 "$STAGE_TIMEOUT" \
           "$venv/bin/pytest" -v -rfEs -p no:cacheprovider --timeout="$TEST_TIMEOUT" --timeout-method=thread \
-          --junitxml="$xml" tests ) >"$log" 2>&1
+          --junitxml="$xml" "${PYTEST_SELECT[@]}" tests ) >"$log" 2>&1
     local rc=$?
     local counts
     counts=$("$PY" - "$xml" <<'PYEOF'
@@ -437,6 +444,9 @@ PYEOF
         grep -E '^(SKIPPED|FAILED|ERROR) |^=+ .*(passed|failed|error|skipped).* =+$' "$log" | tail -20
     fi
     local p f s status=ok note="log: $log"
+    local desel
+    desel=$(grep -o -E '[0-9]+ deselected' "$log" | tail -1)
+    [ -n "$desel" ] && note="$desel (marked once: they run in pytest-python3); $note"
     if [ "$counts" = none ]; then
         # No report: the process died or was killed.  From the -v lines, what
         # finished and which test had started without a result.
@@ -496,7 +506,9 @@ if wanted pytest-second; then
         record pytest-second MISSING 0 0 0 "no second CPython: no pyenv CPython newer than $PY and not Debian; opt out with NOODLE_TEST_SKIP=pytest-second"
     elif env_or_fail pytest-second second "$SECOND"; then
         INTERPRETERS+=("pytest-second: $(describe_python "$VENV/bin/python") [$SECOND_WHY]")
+        PYTEST_SELECT=("${ONCE_ONLY[@]}")
         run_pytest_stage pytest-second "$VENV"
+        PYTEST_SELECT=()
     fi
 fi
 
@@ -504,6 +516,7 @@ if wanted pytest-asan; then
     if env_or_fail pytest-asan asan "$PY" "$SAN_CFLAGS" "$SAN_LDFLAGS"; then
         LIBASAN=$(gcc -print-file-name=libasan.so)
         INTERPRETERS+=("pytest-asan: $(describe_python "$VENV/bin/python"), extension with ASan+UBSan, $LIBASAN preloaded")
+        PYTEST_SELECT=("${ONCE_ONLY[@]}")
         run_pytest_stage pytest-asan "$VENV" LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc \
             ASAN_OPTIONS="$(asan_options "$WORK/pytest-asan")" LSAN_OPTIONS="$LSAN_OPTS" \
             UBSAN_OPTIONS="$(ubsan_options "$WORK/pytest-asan")" \
