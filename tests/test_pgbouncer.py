@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from noodlecore.database import OperationalError, QueryTimeoutError
+from noodlecore.database import DatabaseConnectionPool, OperationalError, QueryTimeoutError
 from noodlecore.database.errors import ConnectionPoolError
 from helpers import wait_for
 from test_interrupt import BOUND, Child
@@ -153,6 +153,86 @@ def test_statement_timeout_cancels_the_right_backend(pg_factory, bpool, make_poo
         holder.release()
         mine.release()
         other.release()
+
+
+def test_startup_options_are_refused(bouncer, bpool, app):
+    """pgbouncer refuses startup parameters it does not know, libpq's `options` (-c settings) among
+    them: a typed connect error naming it.  (Our own startup asks only for client_encoding and
+    application_name, which pgbouncer knows.)"""
+    pool = bpool(bouncer, max_connections=1, timeout=5, retry_attempts=1)
+    with pool.get_connection() as conn:
+        assert conn.execute_query("select 1 as x") == [{"x": 1}]
+    bad = DatabaseConnectionPool(bouncer.dsn(application_name=app, options="-c work_mem=7MB"),
+                                 max_connections=1, timeout=5, retry_attempts=1)
+    try:
+        with pytest.raises(ConnectionPoolError) as ei:
+            with bad.get_connection():
+                pass
+    finally:
+        bad.shutdown(timeout=0)
+    assert ei.value.error_code == 2009, ei.value
+    assert "unsupported startup parameter: options" in str(ei.value), ei.value
+
+
+def queue_behind_a_transaction(pool):
+    """Two leases on a pgbouncer with one server connection: the first holds it in a transaction,
+    so the second's statements wait in pgbouncer's queue."""
+    blocker, queued = pool.acquire(), pool.acquire()
+    blocker.begin()
+    blocker.execute_query("select 1")
+    return blocker, queued
+
+
+def test_deadline_of_a_statement_queued_in_pgbouncer(shared_server, bpool, pg, table):
+    """pgbouncer 1.18 ignores the cancel of a statement still waiting for a server connection
+    ("cancel request for idle client"; pgbouncer issues #1222 and #1314).  The pool gives up on the
+    connection after the cancel grace: QueryTimeoutError 2012 saying so, not_applied false, the
+    connection closed.  But pgbouncer had already read the statement and still runs it once a
+    server connection frees up: the README's warning, checked here."""
+    pool = bpool(shared_server, max_connections=2, timeout=10)
+    blocker, queued = queue_behind_a_transaction(pool)
+    try:
+        with pytest.raises(QueryTimeoutError) as ei:
+            queued.execute_query("insert into %s (v, note) values (1, 'queued')" % table, timeout=0.3)
+        assert ei.value.error_code == 2012 and ei.value.not_applied is False
+        assert "connection discarded" in str(ei.value) and "pgbouncer" in str(ei.value), ei.value
+        assert "cancelled on the server" not in str(ei.value)
+        with pytest.raises(OperationalError) as ei:     # given up on: that lease's connection is gone
+            queued.execute_query("select 1")
+        assert_connection_failure(ei.value)
+        assert pg.scalar("select count(*) from %s" % table) == "0"
+        blocker.rollback()
+        # the server connection is free: pgbouncer hands it to the queued statement
+        wait_for(lambda: pg.scalar("select count(*) from %s" % table) == "1", timeout=10,
+                 what="the timed-out statement to run after all")
+    finally:
+        blocker.release()
+        queued.release()
+    with pool.get_connection() as conn:
+        assert conn.execute_query("select 1 as x") == [{"x": 1}]
+
+
+def test_query_wait_timeout_below_the_deadline_drops_the_queued_statement(pg_factory, bpool, pg, table):
+    """The remedy: pgbouncer's query_wait_timeout below the statement deadlines.  pgbouncer then
+    ends the waiting client itself (FATAL query_wait_timeout: OperationalError 2004 with
+    connection_failure) and drops its statement, which never runs."""
+    b = pg_factory.pgbouncer(pg, settings={"default_pool_size": 1, "query_wait_timeout": 1})
+    pool = bpool(b, max_connections=2, timeout=10)
+    blocker, queued = queue_behind_a_transaction(pool)
+    try:
+        with pytest.raises(OperationalError) as ei:
+            queued.execute_query("insert into %s (v, note) values (1, 'queued')" % table, timeout=20)
+        assert_connection_failure(ei.value)
+        assert "query_wait_timeout" in str(ei.value), ei.value
+        blocker.execute_query("insert into %s (v, note) values (2, 'blocker')" % table)
+        blocker.commit()
+        # the server connection was free since: had pgbouncer kept the queued insert, it would
+        # have run before this
+        assert blocker.execute_query("select v from %s order by v" % table) == [{"v": 2}]
+    finally:
+        blocker.release()
+        queued.release()
+    assert pg.sql("select v from %s order by v" % table) == [["2"]]
 
 
 def test_backend_pid_is_pgbouncers(bouncer, bpool, pg, app):

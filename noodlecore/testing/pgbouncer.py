@@ -87,8 +87,6 @@ class PgBouncer:
             "max_client_conn": 200,
             "logfile": self.logfile,
             "pidfile": os.path.join(self.dir, "pgbouncer.pid"),
-            # libpq sends these at connect time; pgbouncer refuses unknown startup parameters.
-            "ignore_startup_parameters": "extra_float_digits,options",
             "server_login_retry": 0.2,
             "server_connect_timeout": 5,
             "log_connections": 1,
