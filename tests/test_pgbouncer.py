@@ -451,3 +451,33 @@ def test_sql_prepared_statements_and_temp_tables_belong_to_the_server_connection
     finally:
         a.release()
         b.release()
+
+
+# ---------------------------------------------------------------------------
+# the harness
+# ---------------------------------------------------------------------------
+
+def test_harness_pgbouncer_lifecycle(pg_cluster, pg):
+    """PgBouncer runs as postgres with its working directory under the cluster's root (so
+    sweep_stale and PgCluster.close find one a killed run left), restarts on the same port, and
+    close() stops it and removes its directory."""
+    import os
+    from noodlecore.testing import PgBouncer
+    from noodlecore.testing.processes import alive, pids_in
+    b = PgBouncer(pg)
+    try:
+        b.start()
+        pid, port = b.pid, b.port
+        assert os.readlink("/proc/%d/cwd" % pid).startswith(pg_cluster.root + "/")
+        assert pid in pids_in(pg_cluster.root)
+        if os.geteuid() == 0:
+            assert os.stat("/proc/%d" % pid).st_uid != 0
+        assert b.admin("SHOW VERSION")[0][0].startswith("PgBouncer")
+        b.restart()
+        assert b.port == port and b.pid != pid and not alive(pid)
+        assert [r["value"] for r in b.admin_dicts("SHOW CONFIG") if r["key"] == "pool_mode"] == ["transaction"]
+    finally:
+        last = b.pid
+        b.close()
+    assert not alive(last)
+    assert not os.path.exists(b.dir)
