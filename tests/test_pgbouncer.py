@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from noodlecore.database import DatabaseConnectionPool, OperationalError, QueryTimeoutError
+from noodlecore.database import DatabaseConnectionPool, DataError, OperationalError, QueryTimeoutError
 from noodlecore.database.errors import ConnectionPoolError
 from helpers import wait_for
 from test_interrupt import BOUND, Child
@@ -80,6 +80,28 @@ def test_statements_and_transactions(bouncer, bpool, pg, table):
         conn.execute_many("insert into %s (v, note) values (%%s, %%s)" % table, [(3, "m"), (4, "m")])
     # what the server holds, seen without pgbouncer
     assert pg.sql("select v, note from %s order by v" % table) == [["1", "kept"], ["3", "m"], ["4", "m"]]
+
+
+def test_returning_an_open_transaction_frees_the_server_connection(shared_server, bpool, pg, table):
+    """A lease given back with its transaction open (or failed) is rolled back by the pool, which
+    also gives pgbouncer's server connection back: with one server connection, the next client
+    runs at once and sees nothing of the abandoned transaction."""
+    pool = bpool(shared_server, max_connections=2, timeout=10, query_timeout=5)
+    other = pool.acquire()
+    try:
+        for fail in (False, True):
+            with pool.get_connection() as conn:
+                conn.begin()
+                conn.execute_query("insert into %s (v) values (1)" % table)
+                if fail:
+                    with pytest.raises(DataError):
+                        conn.execute_query("select 1/0")
+            # a server connection still pinned to the abandoned transaction would make this wait
+            # in pgbouncer's queue past its deadline
+            assert other.execute_query("select count(*) as n from %s" % table, timeout=3) == [{"n": 0}]
+    finally:
+        other.release()
+    assert pg.scalar("select count(*) from %s" % table) == "0"
 
 
 def test_threads_share_few_server_connections(pg_factory, bpool, table, pg):
