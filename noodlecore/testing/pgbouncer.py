@@ -26,8 +26,9 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 
-from .processes import (PgHarnessError, as_pg, chown_pg, clean_env, free_port, kill, release_port,
+from .processes import (PgHarnessError, as_pg, chown_pg, clean_env, free_port, kill, log_tail, release_port,
                         tail_msg, wait_dead, write_pg_file)
 from .psql import run_psql
 
@@ -105,7 +106,6 @@ class PgBouncer:
         """A URL DSN to a database through pgbouncer (libpq parameters as keywords)."""
         s = "postgresql://%s@%s:%d/%s" % (self.user, self.host, self.port, self.dbname)
         if extra:
-            import urllib.parse
             s += "?" + urllib.parse.urlencode({k: str(v) for k, v in extra.items()})
         return s
 
@@ -223,7 +223,6 @@ class PgBouncer:
         return [dict(zip(names, r)) for r in rows[1:]]
 
     def log_tail(self, nbytes=4000):
-        from .processes import log_tail
         return log_tail(self.logfile, nbytes)
 
     def _err(self, msg):
