@@ -18,7 +18,7 @@
 #
 # Before that it installs what is missing, as root with apt-get (python3,
 # python3-venv, python3-dev, python3-dbg when it is the second CPython,
-# libpq-dev, libsqlite3-dev, postgresql-15, gcc, libc6-dev, make, and for
+# libpq-dev, libsqlite3-dev, postgresql-15, pgbouncer, gcc, libc6-dev, make, and for
 # c-tsan and c-fuzz clang with its sanitizer/libFuzzer runtime), and makes
 # one virtual environment per interpreter with the exact versions of
 # tests/requirements.txt.  The suite starts its own PostgreSQL servers.
@@ -89,8 +89,17 @@ apt_install() {
         apt-get update -qq || die "apt-get update failed"
         APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >"$WORK/apt.log" 2>&1 \
-        || { cat "$WORK/apt.log" >&2; die "apt-get install $* failed"; }
+    # Debian starts a package's service when it is installed (pgbouncer on port
+    # 6432): the suite starts its own, so a policy-rc.d refuses it for the
+    # install (ours only: an existing one is left alone).
+    local policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >"$WORK/apt.log" 2>&1
+    local rc=$?
+    [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
+    [ $rc = 0 ] || { cat "$WORK/apt.log" >&2; die "apt-get install $* failed"; }
 }
 
 py_has() {   # py_has PYTHON: the interpreter runs, makes venvs and has its headers
@@ -112,6 +121,8 @@ fi
 [ -x "$PGBIN/initdb" ] || need+=(postgresql-15)
 command -v pg_config >/dev/null && [ -f "$(pg_config --includedir)/libpq-fe.h" ] || need+=(libpq-dev)
 [ -f /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)
+# tests/test_pgbouncer.py: the pool through Debian's pgbouncer
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/include/stdio.h ] || need+=(libc6-dev)
 command -v make >/dev/null || need+=(make)

@@ -512,8 +512,13 @@ static void given_up(nc_error *err, int why, const nc_pg_cancel *k, double grace
                      "within %.1f s (server not responding); connection discarded", what, grace);
         break;
     case NC_CANCEL_DONE:
+        /* Also what pgbouncer (up to at least 1.18) does with the cancel of a
+         * statement still queued for a server connection: it takes and
+         * drops the request.  Closing the connection drops the statement. */
         nc_error_set(err, code, NC_K_OPERATIONAL, "%s; the server took the cancel request but the statement "
-                     "did not stop within %.1f s; connection discarded", what, grace);
+                     "did not stop within %.1f s (or a pooler such as pgbouncer took it and ignored it, as it "
+                     "does while the statement waits for a server connection); connection discarded",
+                     what, grace);
         break;
     default:
         nc_error_set(err, code, NC_K_OPERATIONAL, "%s and the server did not answer the cancel within %.1f s; "

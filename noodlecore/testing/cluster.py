@@ -290,6 +290,7 @@ class PgFactory:
         self.cluster = cluster
         self.nodes = []
         self.proxies = []
+        self.bouncers = []
 
     def primary(self, name="primary", settings=None):
         node = self.cluster.primary(name, settings)
@@ -311,8 +312,20 @@ class PgFactory:
         self.proxies.append(px)
         return px
 
+    def pgbouncer(self, node, pool_mode="transaction", settings=None):
+        """A started PgBouncer (pool_mode=transaction) in front of a PgNode."""
+        from .pgbouncer import PgBouncer
+        bouncer = PgBouncer(node, pool_mode=pool_mode, settings=settings)
+        self.bouncers.append(bouncer)
+        return bouncer.start()
+
     def close(self):
         errors = []
+        for b in self.bouncers:
+            try:
+                b.close()
+            except Exception as e:
+                errors.append(e)
         for px in self.proxies:
             try:
                 px.close()
@@ -323,7 +336,7 @@ class PgFactory:
                 self.cluster.destroy(node)
             except Exception as e:
                 errors.append(e)
-        self.proxies, self.nodes = [], []
+        self.proxies, self.nodes, self.bouncers = [], [], []
         if errors:
             raise errors[0]
 
