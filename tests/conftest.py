@@ -158,3 +158,15 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("fault matrix figures")
     for row, text in FIGURES:
         terminalreporter.write_line("FAULT-MATRIX %s: %s" % (row, text))
+
+
+# ===========================================================================
+# Markers
+#
+#   packaging   the wheel and typing checks (test_wheel.py, test_typing.py):
+#               they build a wheel, make venvs and run mypy, so tests/run.sh
+#               runs them in the pytest-python3 stage only
+# ===========================================================================
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "packaging: wheel and typing checks; tests/run.sh runs them in one stage")
