@@ -370,13 +370,17 @@ fresh_source() {
 make_env() {
     local name=$1 python=$2 cflags=${3:-} ldflags=${4:-}
     local venv="$WORK/venv-$name" src="$WORK/src-$name" log="$WORK/pip-$name.log"
+    # The packaging tests' tools (mypy, auditwheel) only where they run.
+    local reqs=(tests/requirements.txt)
+    [ "$name" = main ] && reqs+=(tests/requirements-packaging.txt scripts/requirements-wheel.txt)
     local key
-    key="$(readlink -f "$(command -v "$python")") $("$python" -c 'import sys; print(sys.version.split()[0], sys.abiflags)') $(sha256sum tests/requirements.txt | cut -c1-16)"
+    key="$(readlink -f "$(command -v "$python")") $("$python" -c 'import sys; print(sys.version.split()[0], sys.abiflags)') $(cat "${reqs[@]}" | sha256sum | cut -c1-16)"
     if [ ! -f "$venv/.noodlecore-stamp" ] || [ "$(cat "$venv/.noodlecore-stamp")" != "$key" ] \
         || ! "$venv/bin/python" -c 'import pytest, pytest_timeout' >/dev/null 2>&1; then
         rm -rf "$venv"
         { "$python" -m venv "$venv" \
             && "$venv/bin/python" -m pip install -q --no-deps -r tests/requirements.txt \
+                ${reqs[1]:+-r "${reqs[1]}"} \
             && "$venv/bin/python" -m pip check; } >"$log" 2>&1 || { cat "$log" >&2; return 1; }
         echo "$key" >"$venv/.noodlecore-stamp"
     fi
@@ -402,6 +406,10 @@ run_pytest_stage() {
     shift 2
     local dir="$WORK/$stage"
     local xml="$dir/junit.xml" log="$dir/pytest.log"
+    # Tests marked "packaging" (a wheel build, venvs, mypy) run in this stage
+    # only: the others would repeat them at the cost of minutes.
+    local select=(-m "not packaging")
+    [ "$stage" = pytest-python3 ] && select=()
     rm -rf "$dir"
     mkdir -p "$dir"
     say "$stage: pytest suite on $(describe_python "$venv/bin/python")"
@@ -412,7 +420,7 @@ run_pytest_stage() {
     # the GIL: it dumps every thread's stack and ends the process.
     ( cd "$ROOT" && env NOODLE_EXPECT_INSTALLED=1 "$@" timeout -k 30 "$STAGE_TIMEOUT" \
           "$venv/bin/pytest" -v -rfEs -p no:cacheprovider --timeout="$TEST_TIMEOUT" --timeout-method=thread \
-          --junitxml="$xml" tests ) >"$log" 2>&1
+          --junitxml="$xml" "${select[@]}" tests ) >"$log" 2>&1
     local rc=$?
     local counts
     counts=$("$PY" - "$xml" <<'PYEOF'
