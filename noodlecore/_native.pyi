@@ -5,7 +5,9 @@ tests/test_typing.py checks that every public name here exists in the built
 module and the other way round, and runs ``mypy --strict`` on the README's
 examples against the installed package.
 
-Statement results are typed ``Any``: ``execute_query`` returns rows (a list
+The context managers' ``__exit__`` return ``Literal[False]``: they never
+swallow an exception, so code after a ``with`` block stays reachable to
+mypy.  Statement results are typed ``Any``: ``execute_query`` returns rows (a list
 of dicts or tuples) or a count of rows affected (an int), depending on the
 statement, which no signature can know.
 """
@@ -68,21 +70,21 @@ class PooledConnection:
     def discard(self) -> None: ...
     def __enter__(self) -> PooledConnection: ...
     def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> bool: ...
+                 tb: Optional[TracebackType]) -> Literal[False]: ...
 
 class Transaction:
     """What PooledConnection.transaction() returns: BEGIN on entry, COMMIT or ROLLBACK on exit."""
 
     def __enter__(self) -> PooledConnection: ...
     def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> bool: ...
+                 tb: Optional[TracebackType]) -> Literal[False]: ...
 
 class ConnectionLease:
     """What get_connection() returns: borrows on entry, gives back on exit."""
 
     def __enter__(self) -> PooledConnection: ...
     def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> bool: ...
+                 tb: Optional[TracebackType]) -> Literal[False]: ...
 
 # ---- the pool ------------------------------------------------------------------------
 

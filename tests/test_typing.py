@@ -106,9 +106,34 @@ def test_readme_examples_pass_mypy_strict(tmp_path):
         path = tmp_path / ("readme_example_%d.py" % i)
         path.write_text('PG_DSN = "postgresql://app@localhost/app"\n' + code)
         files.append(path.name)
+    (tmp_path / "typed_usage.py").write_text(TYPED_USAGE)
+    files.append("typed_usage.py")
     proc = _mypy(tmp_path, files)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Success: no issues found in %d source files" % len(files) in proc.stdout
+
+
+# Typed code a user writes: a return inside `with` blocks (their __exit__
+# never swallows an exception, so no "missing return"), the error attributes.
+TYPED_USAGE = '''\
+from typing import Any, Optional
+from noodlecore.database import DatabaseConnectionPool, Error, PooledConnection
+
+
+def first_row(pool: DatabaseConnectionPool, sql: str) -> Any:
+    with pool.get_connection(timeout=1.5) as conn:
+        with conn.transaction():
+            return conn.execute_query(sql, row_format="tuple")[0]
+
+
+def safe_to_retry(exc: Error) -> bool:
+    sent: Optional[bool] = exc.statement_sent
+    return sent is False or exc.not_applied
+
+
+def borrowed(pool: DatabaseConnectionPool) -> PooledConnection:
+    return pool.acquire(timeout=None)
+'''
 
 
 CONTROL = '''\
