@@ -13,6 +13,10 @@
 #            tools of scripts/requirements-wheel.txt, the script makes a venv
 #            of it with them in build/wheel-venv (from PyPI, once).
 #
+#   NOODLE_RAW_WHEEL  a wheel of this tree already built by `pip wheel` for
+#            PYTHON (tests/run.sh passes the one its first pytest stage
+#            installed): repaired as it is, not compiled again.
+#
 # The extension is compiled from a clean copy of the tree (no build/ left
 # from a development or sanitizer build), without NOODLE_CFLAGS/LDFLAGS.
 # The platform tag is auditwheel's: the oldest manylinux whose glibc has
@@ -59,15 +63,20 @@ export PATH="$BIN:$PATH"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/noodlecore-wheel.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-mkdir "$WORK/src" "$WORK/raw"
-tar -C "$ROOT" --exclude=./.git --exclude=./build --exclude=./dist --exclude='./*.egg-info' \
-    --exclude='*.so' --exclude='*.o' --exclude='./bench/.venv' --exclude='__pycache__' \
-    --exclude='./csrc/tests/build*' --exclude='./csrc/fuzz/build' -cf - . | tar -C "$WORK/src" -xf -
-
-echo "build-wheel: compiling for $("$PY" -c 'import platform; print(platform.python_implementation(), platform.python_version())')" >&2
-env -u NOODLE_CFLAGS -u NOODLE_LDFLAGS "$PY" -m pip wheel -q --no-deps --no-build-isolation \
-    -w "$WORK/raw" "$WORK/src" >&2
-raw=$(ls "$WORK/raw"/noodlecore-*.whl)
+if [ -n "${NOODLE_RAW_WHEEL:-}" ]; then
+    raw=$NOODLE_RAW_WHEEL
+    [ -f "$raw" ] || { echo "build-wheel: NOODLE_RAW_WHEEL=$raw: no such file" >&2; exit 2; }
+    echo "build-wheel: not compiling: repairing NOODLE_RAW_WHEEL" >&2
+else
+    mkdir "$WORK/src" "$WORK/raw"
+    tar -C "$ROOT" --exclude=./.git --exclude=./build --exclude=./dist --exclude='./*.egg-info' \
+        --exclude='*.so' --exclude='*.o' --exclude='./bench/.venv' --exclude='__pycache__' \
+        --exclude='./csrc/tests/build*' --exclude='./csrc/fuzz/build' -cf - . | tar -C "$WORK/src" -xf -
+    echo "build-wheel: compiling for $("$PY" -c 'import platform; print(platform.python_implementation(), platform.python_version())')" >&2
+    env -u NOODLE_CFLAGS -u NOODLE_LDFLAGS "$PY" -m pip wheel -q --no-deps --no-build-isolation \
+        -w "$WORK/raw" "$WORK/src" >&2
+    raw=$(ls "$WORK/raw"/noodlecore-*.whl)
+fi
 
 echo "build-wheel: repairing $(basename "$raw") with auditwheel $("$PY" -m auditwheel --version | awk '{print $2}')" >&2
 "$PY" -m auditwheel repair -w "$WORK/repaired" "$raw" >&2

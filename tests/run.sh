@@ -385,8 +385,12 @@ make_env() {
         echo "$key" >"$venv/.noodlecore-stamp"
     fi
     fresh_source "$src"
-    NOODLE_CFLAGS="-Werror $cflags" NOODLE_LDFLAGS="$ldflags" \
-        "$venv/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$src" \
+    # A wheel, then its install: the first pytest stage's wheel test repairs
+    # this one (NOODLE_RAW_WHEEL) instead of compiling the extension again.
+    rm -rf "$WORK/wheel-$name"
+    { NOODLE_CFLAGS="-Werror $cflags" NOODLE_LDFLAGS="$ldflags" \
+        "$venv/bin/python" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/wheel-$name" "$src" \
+        && "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$WORK/wheel-$name"/noodlecore-*.whl; } \
         >>"$log" 2>&1 || { cat "$log" >&2; return 1; }
     echo "$venv"
 }
@@ -495,7 +499,8 @@ if wanted pytest-python3; then
     # the GIL (a native thread bug that the release build would hide).
     if env_or_fail pytest-python3 main "$PY"; then
         INTERPRETERS+=("pytest-python3: $(describe_python "$VENV/bin/python"), PYTHONMALLOC=debug")
-        run_pytest_stage pytest-python3 "$VENV" PYTHONMALLOC=debug
+        run_pytest_stage pytest-python3 "$VENV" PYTHONMALLOC=debug \
+            NOODLE_RAW_WHEEL="$(ls "$WORK"/wheel-main/noodlecore-*.whl)"
     fi
 fi
 
