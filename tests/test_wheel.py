@@ -108,6 +108,7 @@ for f in $HEADER_FILES $LIB_FILES; do if [ -e "$f" ]; then mount --bind "$nothin
 for f in $COMPILER_FILES; do mount --bind "$fails" "$f"; done
 
 echo "== out of reach"
+echo "hidden: $HEADER_DIRS $HEADER_FILES $LIB_FILES $COMPILER_FILES"
 for c in cc gcc c++ clang pg_config; do
     if command -v "$c" >/dev/null && "$c" --version >/dev/null 2>&1; then echo "STILL THERE: $c"; exit 3; fi
 done
@@ -169,6 +170,7 @@ def test_the_wheel_installs_and_runs_without_libpq_headers_or_compiler(repaired_
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", INSIDE],
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     out = proc.stdout + proc.stderr
+    print(out)                         # shown with -s or -rP: what was hidden, ldd, the checks
     assert proc.returncode == 0, out
     assert "compilers, headers, libpq and libsqlite3: none usable" in out
 
