@@ -82,35 +82,44 @@ def test_the_enums_type_checkers_see_are_the_cores():
         assert seen[runtime.__name__] == [(m.name, m.value) for m in runtime], runtime.__name__
 
 
-def _mypy(tmp_path, files):
+@pytest.fixture(scope="module")
+def mypy_run(tmp_path_factory):
+    """One mypy --strict run (it takes seconds) over the README's examples,
+    the typed usage below and the control: (output, the files that must pass)."""
     try:
         import mypy  # noqa: F401
     except ImportError:
         pytest.fail("mypy is missing: pip install --no-deps -r tests/requirements-packaging.txt")
+    work = tmp_path_factory.mktemp("mypy")
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks
+    clean = []
+    for i, code in enumerate(blocks):
+        # PG_DSN is given to the examples by tests/test_readme.py
+        (work / ("readme_example_%d.py" % i)).write_text('PG_DSN = "postgresql://app@localhost/app"\n' + code)
+        clean.append("readme_example_%d.py" % i)
+    (work / "typed_usage.py").write_text(TYPED_USAGE)
+    clean.append("typed_usage.py")
+    (work / "control.py").write_text(CONTROL)
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)        # the installed package, as a user has it
-    env.pop("MYPYPATH", None)
-    return subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
-                           "--cache-dir", str(tmp_path / ".mypy_cache"), "--no-color-output",
-                           "--show-error-codes", *files], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path, env=env)
+    for var in ("PYTHONPATH", "MYPYPATH", "PYTHONMALLOC"):   # the installed package, as a user has it
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+                           "--cache-dir", str(work / ".mypy_cache"), "--no-color-output",
+                           "--show-error-codes", *clean, "control.py"], capture_output=True, text=True,
+                          timeout=300, cwd=work, env=env)
+    out = proc.stdout + proc.stderr
+    # exit 1: errors found (the control's); anything else is mypy failing
+    assert proc.returncode == 1, out
+    assert "in 1 file (checked %d source files)" % (len(clean) + 1) in proc.stdout, out
+    return out, clean
 
 
 @pytest.mark.packaging
-def test_readme_examples_pass_mypy_strict(tmp_path):
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    assert blocks
-    files = []
-    for i, code in enumerate(blocks):
-        # PG_DSN is given to the examples by tests/test_readme.py
-        path = tmp_path / ("readme_example_%d.py" % i)
-        path.write_text('PG_DSN = "postgresql://app@localhost/app"\n' + code)
-        files.append(path.name)
-    (tmp_path / "typed_usage.py").write_text(TYPED_USAGE)
-    files.append("typed_usage.py")
-    proc = _mypy(tmp_path, files)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Success: no issues found in %d source files" % len(files) in proc.stdout
+def test_readme_examples_pass_mypy_strict(mypy_run):
+    out, clean = mypy_run
+    for name in clean:
+        assert not re.search(r"^%s:\d+: (error|note)" % re.escape(name), out, re.M), out
 
 
 # Typed code a user writes: a return inside `with` blocks (their __exit__
@@ -149,10 +158,8 @@ mode = FailoverMode.FULLY_AUTOMATIC
 
 
 @pytest.mark.packaging
-def test_mypy_sees_the_types(tmp_path):
-    (tmp_path / "control.py").write_text(CONTROL)
-    proc = _mypy(tmp_path, ["control.py"])
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    errors = re.findall(r"^control\.py:(\d+): error: .*\[([\w-]+)\]$", proc.stdout, re.M)
+def test_mypy_sees_the_types(mypy_run):
+    out, _clean = mypy_run
+    errors = re.findall(r"^control\.py:(\d+): error: .*\[([\w-]+)\]$", out, re.M)
     assert sorted(errors) == [("4", "arg-type"), ("5", "arg-type"), ("6", "attr-defined"),
-                              ("7", "assignment"), ("8", "attr-defined")], proc.stdout
+                              ("7", "assignment"), ("8", "attr-defined")], out
