@@ -2,19 +2,22 @@
 (noodlecore.testing): a multi-host DSN as the topology, reads on streaming
 standbys (balanced, within the lag limits), a standby whose replay is stalled
 (its startup process stopped with SIGSTOP) excluded and then back, and a
-primary borrow that waits across a promote instead of failing.
+primary borrow that waits across a promote instead of failing (and Ctrl-C
+ending that wait).
 
 ``inet_server_port()`` tells which server answered.
 """
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from helpers import cfg, ep, wait_for
+from helpers import cfg, ep, subprocess_env, wait_for
 from noodlecore.database import ConfigurationError, DatabaseConnectionPool, DatabaseManager, OperationalError
 from noodlecore.database.failover_manager import DatabaseFailoverManager
 
@@ -277,3 +280,62 @@ def test_failover_wait_zero_fails_at_once(pg_factory):
         assert ei.value.error_code == 4015
         assert time.monotonic() - t0 < 10
         assert read_port(m, "prefer-standby") == (s.port, True)
+
+
+# ---------------------------------------------------------------------------
+# Ctrl-C ends a failover_wait
+# ---------------------------------------------------------------------------
+
+CTRL_C_CHILD = r'''
+import sys, threading, time
+from noodlecore.database.failover_manager import DatabaseFailoverManager, FailoverConfig
+
+cfg = FailoverConfig(failover_wait=60, health_check_interval=0.1, health_check_timeout=1, hold_down=0,
+                     max_failure_count=1, pool_options={"connect_timeout": 1})
+m = DatabaseFailoverManager.from_dsn(sys.argv[1], config=cfg)
+m.start_monitoring()
+while m.current_state.value != "unavailable":
+    time.sleep(0.01)
+main = threading.main_thread().ident
+
+def ready():
+    # the main thread inside the native borrow (the innermost Python frame is _lend's)
+    while sys._current_frames()[main].f_code.co_name != "_lend":
+        time.sleep(0.005)
+    print("READY", flush=True)
+
+threading.Thread(target=ready, daemon=True).start()
+try:
+    with m.get_connection(timeout=60):
+        print("NOT INTERRUPTED", flush=True)
+except KeyboardInterrupt:
+    print("INTERRUPTED", flush=True)
+print("AFTER", m.current_state.value, flush=True)
+m.shutdown()
+'''
+
+
+def test_ctrl_c_ends_a_failover_wait(tmp_path):
+    """The wait is on the monitor's events without the GIL; Ctrl-C ends it
+    within the core's 50 ms check (0.5 s: a correctness bound, as in
+    test_interrupt.py)."""
+    code = CTRL_C_CHILD
+    # nothing listens on port 1: the only endpoint is down, no writable one exists
+    proc = subprocess.Popen([sys.executable, "-c", code, "postgresql://postgres@127.0.0.1:1/postgres"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                            cwd=str(tmp_path))
+    try:
+        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()[-2000:]
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.stdout.readline().strip() == "INTERRUPTED", proc.stderr.read()[-2000:]
+        took = time.monotonic() - sent
+        assert proc.stdout.readline().strip() == "AFTER unavailable"
+        assert proc.wait(timeout=20) == 0, proc.stderr.read()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert took < 0.5, "KeyboardInterrupt %.2f s after SIGINT (failover_wait)" % took
