@@ -149,6 +149,15 @@ def test_key_value_multi_host_dsn(pg_factory):
         wait_serving(m, [s])
         assert read_port(m, "primary") == (p.port, False)
         assert read_port(m, "standby") == (s.port, True)
+    # DatabaseManager: a multi-host DSN as config is its failover topology
+    with DatabaseManager(config=dsn, enable_failover=True, failover_config=cfg()) as dm:
+        assert [e.id for e in dm.failover_endpoints] == [eid(p), eid(s)]
+        wait_serving(dm.failover_manager, [s])
+        assert dm.execute_query(PORT_SQL, target="standby") == [{"port": s.port, "ro": True}]
+        assert dm.execute_query(PORT_SQL) == [{"port": p.port, "ro": False}]
+    with pytest.raises(ConfigurationError) as ei:
+        DatabaseFailoverManager.from_dsn("host=a,,b")
+    assert ei.value.error_code == 4019
 
 
 # ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .. import errors
 from ..config import DatabaseConfig, backend_kind, redact_dsn, resolve_pool_options
 from ..connection_pool import DatabaseConnectionPool, PooledConnection, PoolStats
-from ..failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
+from ..failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig, dsn_endpoints
 from ._dialect import server_stats
 from ._retry import Lease, Source, code_of, lend_from, log, log_event, new_id, preferred_endpoint, rewrap
 from ._sqltext import is_plain_select
@@ -54,7 +54,8 @@ class DatabaseManager(TableHelpers, Transactions):
     connection string).  ``config``: a DatabaseConfig, a
     DSN string, or None for ``DatabaseConfig()``.  ``enable_failover=True``
     needs ``failover_endpoints`` (DatabaseEndpoint objects or dicts of their
-    fields); ``failover_config`` is a FailoverConfig.  ``failover_retry_wait``
+    fields) or a multi-host PostgreSQL DSN as ``config`` (each host an
+    endpoint, as DatabaseFailoverManager.from_dsn); ``failover_config`` is a FailoverConfig.  ``failover_retry_wait``
     bounds how long a transparent retry waits for a usable endpoint.  Other
     keywords are pool options (see DatabaseConnectionPool).  Every problem
     with these raises ConfigurationError here, before connect().
@@ -98,6 +99,8 @@ class DatabaseManager(TableHelpers, Transactions):
         self.failover_config: Optional[FailoverConfig] = None
 
         if enable_failover:
+            if not failover_endpoints and backend_factory is None:
+                failover_endpoints = self._dsn_endpoints(config.connection_string)
             self.failover_endpoints = self._check_endpoints(failover_endpoints)
             fc = failover_config if failover_config is not None else FailoverConfig()
             if not isinstance(fc, FailoverConfig):
@@ -127,10 +130,20 @@ class DatabaseManager(TableHelpers, Transactions):
         self._source: Optional[Source] = None
         _live.add(self)
 
+    @staticmethod
+    def _dsn_endpoints(dsn: str) -> List[DatabaseEndpoint]:
+        """A multi-host PostgreSQL DSN's hosts as endpoints (as
+        DatabaseFailoverManager.from_dsn); [] for one host or another backend."""
+        if backend_kind(dsn) != "postgresql":
+            return []
+        eps = dsn_endpoints(dsn)
+        return eps if len(eps) > 1 else []
+
     def _check_endpoints(self, failover_endpoints: Any) -> List[DatabaseEndpoint]:
         if not failover_endpoints:
             raise errors.ConfigurationError(
-                "enable_failover=True needs failover_endpoints (a list of DatabaseEndpoint); "
+                "enable_failover=True needs failover_endpoints (a list of DatabaseEndpoint) or a multi-host "
+                "PostgreSQL DSN as config; "
                 "without failover, leave enable_failover False")
         eps = []
         for e in failover_endpoints:
