@@ -348,3 +348,49 @@ def test_ctrl_c_ends_a_failover_wait(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert took < 0.5, "KeyboardInterrupt %.2f s after SIGINT (failover_wait)" % took
+
+
+# ---------------------------------------------------------------------------
+# read your writes (DatabaseManager session option, by LSN)
+# ---------------------------------------------------------------------------
+
+def test_read_your_writes_waits_for_the_standby_to_replay_the_write(pg_factory):
+    p = pg_factory.primary("yp")
+    p.sql("CREATE TABLE t (n int)")
+    s = pg_factory.standby(p, name="ys")
+    # lag limits out of the way: only read-your-writes keeps the stalled standby from this session
+    fc = cfg(max_replica_lag_seconds=3600, max_replica_lag_bytes=1e12)
+    count = "SELECT count(*) AS k, inet_server_port() AS port FROM t"
+    with DatabaseManager(config=multi_dsn(p, s, extra="connect_timeout=2"), enable_failover=True,
+                         failover_config=fc, read_your_writes=True) as dm:
+        s.wait_replayed(p)
+        wait_serving(dm.failover_manager, [s])
+        assert dm.execute_query(count, target="standby") == [{"k": 0, "port": s.port}]   # no write yet
+        pid = startup_pid(s)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            dm.execute_query("INSERT INTO t VALUES (1)")
+            # this session's reads: the primary while the standby has not replayed the write
+            for _ in range(20):
+                assert dm.execute_query(count, target="standby") == [{"k": 1, "port": p.port}]
+                assert dm.select("t", target="prefer-standby") == [{"n": 1}]
+            # another thread is another session: it wrote nothing, the standby serves it
+            other = []
+            th = threading.Thread(target=lambda: other.append(dm.execute_query(count, target="standby")))
+            th.start()
+            th.join(10)
+            assert other == [[{"k": 0, "port": s.port}]]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        s.wait_replayed(p)
+        # once a probe saw the standby past the write, it serves the session again, with the row
+        wait_for(lambda: dm.execute_query(count, target="standby") == [{"k": 1, "port": s.port}], 10,
+                 what="the standby serving the session after replaying its write")
+        # a transaction is a write too
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with dm.transaction() as tx:
+                tx.execute_query("INSERT INTO t VALUES (2)")
+            assert dm.execute_query(count, target="standby") == [{"k": 2, "port": p.port}]
+        finally:
+            os.kill(pid, signal.SIGCONT)

@@ -74,6 +74,17 @@ int nc_route_configure_reads(nc_route *r, const nc_read_config *cfg, nc_error *e
 int nc_route_lend_to(nc_route *r, int target, double timeout, int *endpoint, nc_conn **c, uint64_t *lease,
                      nc_error *err);
 
+/* nc_route_lend_to for a session that wrote: a write completed at
+ * written_at (nc_now() seconds; <= 0 none) is read from a standby only once
+ * that standby has replayed the primary's position first seen after it
+ * (probes date a position by their start), else from the primary, also for
+ * STANDBY (which still fails when no standby is within the lag limits).
+ * No round trip on the write path: the monitor's probes carry the
+ * positions, so a standby serves the session again one probe after its
+ * write has been replayed. */
+int nc_route_lend_after(nc_route *r, int target, double written_at, double timeout, int *endpoint, nc_conn **c,
+                        uint64_t *lease, nc_error *err);
+
 /* What read routing knows of one endpoint. */
 typedef struct nc_route_ep_status {
     int probed;                 /* a probe result was seen */

@@ -361,14 +361,14 @@ class DatabaseFailoverManager:
         finally:
             self._give_back(conn)
 
-    def _lend(self, timeout: Optional[float], target: str) -> "tuple[PooledConnection, str]":
+    def _lend(self, timeout: Optional[float], target: str, written_at: float = 0.0) -> "tuple[PooledConnection, str]":
         # The connection and its endpoint's id (for the DatabaseManager's logs).
         if self._closed:
             raise errors.PoolClosedError("the failover manager is shut down")
         if self._restart_dispatcher:
             self._resume_in_child()
         check_target(target)
-        conn, idx = self._native.lend_to(timeout, target)
+        conn, idx = self._native.lend_to(timeout, target, written_at)
         return conn, self.endpoints[idx].id
 
     def _give_back(self, conn: PooledConnection) -> None:

@@ -56,7 +56,11 @@ class DatabaseManager(TableHelpers, Transactions):
     needs ``failover_endpoints`` (DatabaseEndpoint objects or dicts of their
     fields) or a multi-host PostgreSQL DSN as ``config`` (each host an
     endpoint, as DatabaseFailoverManager.from_dsn); ``failover_config`` is a FailoverConfig.  ``failover_retry_wait``
-    bounds how long a transparent retry waits for a usable endpoint.  Other
+    bounds how long a transparent retry waits for a usable endpoint.
+    ``read_your_writes``: after a write of a thread (its session), that
+    thread's reads with a standby target go to a standby only once it has
+    replayed the write, else to the primary (no round trip added; writes
+    made on a connection from get_connection() are not seen).  Other
     keywords are pool options (see DatabaseConnectionPool).  Every problem
     with these raises ConfigurationError here, before connect().
     """
@@ -65,7 +69,7 @@ class DatabaseManager(TableHelpers, Transactions):
                  config: Union[DatabaseConfig, str, None] = None, enable_failover: bool = False,
                  failover_endpoints: Optional[Sequence[Union[DatabaseEndpoint, Mapping[str, Any]]]] = None,
                  failover_config: Optional[FailoverConfig] = None, *, failover_retry_wait: float = 5.0,
-                 **pool_options: Any):
+                 read_your_writes: bool = False, **pool_options: Any):
         if isinstance(backend_factory, str):
             # What DatabaseConnectionPool accepts: a DSN in place of a factory.
             if config is not None or enable_failover:
@@ -95,6 +99,10 @@ class DatabaseManager(TableHelpers, Transactions):
         self.backend_factory = backend_factory
         self.enable_failover = enable_failover
         self.failover_retry_wait = float(w)
+        if not isinstance(read_your_writes, bool):
+            raise errors.ConfigurationError(f"read_your_writes must be True or False, not {read_your_writes!r}")
+        self.read_your_writes = read_your_writes
+        self._session = threading.local()
         self.failover_endpoints: List[DatabaseEndpoint] = []
         self.failover_config: Optional[FailoverConfig] = None
 
@@ -273,7 +281,7 @@ class DatabaseManager(TableHelpers, Transactions):
         ``target`` as DatabaseFailoverManager.get_connection), a context
         manager; the pool's errors pass through as they are."""
         source = self._require("query")
-        lease = lend_from(source, timeout, target)
+        lease = lend_from(source, timeout, target, self._written_at(target))
         try:
             yield lease.conn
         finally:
@@ -298,7 +306,8 @@ class DatabaseManager(TableHelpers, Transactions):
 
         def work(lease: Lease, left: Optional[float]) -> Any:
             return lease.conn.execute_query(query, params, timeout=left)
-        return self._run("query", "query", work, repeatable=repeatable, timeout=timeout, target=target)
+        return self._run("query", "query", work, repeatable=repeatable, timeout=timeout, target=target,
+                         write=not is_plain_select(query))
 
     # -- failover ----------------------------------------------------------------
 
