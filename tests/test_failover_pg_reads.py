@@ -16,10 +16,12 @@ import threading
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from helpers import cfg, ep, subprocess_env, wait_for
 from noodlecore.database import ConfigurationError, DatabaseConnectionPool, DatabaseManager, OperationalError
 from noodlecore.database.failover_manager import DatabaseFailoverManager
+from noodlecore.database.metrics import get_metrics, register_prometheus
 
 PORT_SQL = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS ro"
 
@@ -126,6 +128,18 @@ def test_multi_host_dsn_routes_writes_to_the_primary_and_reads_over_the_standbys
             with m.get_connection(target="read-only"):
                 pass
         assert ei.value.error_code == 4018
+
+        # metrics: the same facts, as a dict and for Prometheus
+        mx = get_metrics(m)["endpoints"]
+        assert mx[eid(s1)]["serves_reads"] is True and mx[eid(s1)]["lag_bytes"] >= 0
+        assert mx[eid(p)]["writes"] >= 5 and mx[eid(p)]["lag_seconds"] is None
+        reg = CollectorRegistry()
+        register_prometheus(m, registry=reg, name="reads")
+        text = generate_latest(reg).decode()
+        assert 'noodlecore_endpoint_serves_reads{endpoint="%s",name="reads"} 1.0' % eid(s2) in text
+        assert 'noodlecore_endpoint_borrows_total{endpoint="%s",name="reads",target="primary"}' % eid(p) in text
+        assert 'noodlecore_endpoint_replica_lag_seconds{endpoint="%s",name="reads"}' % eid(s1) in text
+        assert 'noodlecore_endpoint_replica_lag_bytes{endpoint="%s",' % eid(p) not in text
 
     # DatabaseManager: target= on its query methods
     dm = DatabaseManager(enable_failover=True, failover_config=cfg(),
