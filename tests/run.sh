@@ -496,7 +496,7 @@ if wanted pytest-second; then
         record pytest-second MISSING 0 0 0 "no second CPython: no pyenv CPython newer than $PY and not Debian; opt out with NOODLE_TEST_SKIP=pytest-second"
     elif env_or_fail pytest-second second "$SECOND"; then
         INTERPRETERS+=("pytest-second: $(describe_python "$VENV/bin/python") [$SECOND_WHY]")
-        run_pytest_stage pytest-second "$VENV"
+        run_pytest_stage pytest-second "$VENV" NOODLE_SKIP_ONE_STAGE=1
     fi
 fi
 
@@ -507,7 +507,7 @@ if wanted pytest-asan; then
         run_pytest_stage pytest-asan "$VENV" LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc \
             ASAN_OPTIONS="$(asan_options "$WORK/pytest-asan")" LSAN_OPTIONS="$LSAN_OPTS" \
             UBSAN_OPTIONS="$(ubsan_options "$WORK/pytest-asan")" \
-            NOODLE_SANITIZER=1
+            NOODLE_SANITIZER=1 NOODLE_SKIP_ONE_STAGE=1
     fi
 fi
 

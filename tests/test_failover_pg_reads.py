@@ -23,6 +23,11 @@ from noodlecore.database import ConfigurationError, DatabaseConnectionPool, Data
 from noodlecore.database.failover_manager import DatabaseFailoverManager
 from noodlecore.database.metrics import get_metrics, register_prometheus
 
+# Slow (servers, standbys, a promote): the pytest-python3 stage only
+# (conftest.py); the binding's read paths run in every stage through
+# test_routing_args.py, the core's under the sanitizers in csrc/tests.
+pytestmark = pytest.mark.one_stage
+
 PORT_SQL = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS ro"
 
 
