@@ -66,10 +66,10 @@ def test_the_stub_names_what_the_module_has():
 
 
 def test_the_enums_type_checkers_see_are_the_cores():
-    """failover_manager.py shows mypy the enums' members in an `if TYPE_CHECKING`
+    """failover_enums.py shows mypy the enums' members in an `if TYPE_CHECKING`
     block (at run time they are made from _native's tuples): same names, same
     order, same values."""
-    source = (PKG / "database" / "failover_manager.py").read_text()
+    source = (PKG / "database" / "failover_enums.py").read_text()
     seen = {}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":

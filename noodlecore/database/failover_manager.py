@@ -33,19 +33,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import enum
 import logging
 import os
 import threading
 import weakref
 from collections import deque
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .. import _native
 from . import errors
 from .config import backend_kind, redact_dsn
 from .connection_pool import DatabaseConnectionPool, PooledConnection
+from .failover_enums import FailoverMode, FailoverPolicy, FailoverState
 from .routing import check_target
 
 __all__ = [
@@ -55,49 +55,6 @@ __all__ = [
 
 log = logging.getLogger("noodlecore.database.failover")
 
-
-def _names_enum(name: str, names: tuple[str, ...], doc: str) -> Any:
-    # The members are the C core's names (csrc/core/nc_failover.c), the one
-    # copy: MANUAL = "manual", and so on.
-    cls = enum.Enum(name, [(n.upper(), n) for n in names], module=__name__)  # type: ignore[misc]
-    cls.__doc__ = doc
-    return cls
-
-
-if TYPE_CHECKING:
-    # What a type checker sees: it cannot run _native, so it is shown the
-    # members here; tests/test_typing.py checks that they are the core's names
-    # in the core's order (at run time this block does not exist).
-    class FailoverMode(enum.Enum):
-        MANUAL = "manual"
-        AUTOMATIC = "automatic"
-        SEMI_AUTOMATIC = "semi_automatic"
-
-    class FailoverPolicy(enum.Enum):
-        FAILURE_COUNT = "failure_count"
-        RESPONSE_TIME = "response_time"
-        HEALTH_CHECK = "health_check"
-        COMBINED = "combined"
-
-    class FailoverState(enum.Enum):
-        PRIMARY = "primary"
-        FAILING_OVER = "failing_over"
-        SECONDARY = "secondary"
-        FAILING_BACK = "failing_back"
-        RECOVERING = "recovering"
-        UNAVAILABLE = "unavailable"
-else:
-    FailoverMode = _names_enum(
-        "FailoverMode", _native.FAILOVER_MODES,
-        "MANUAL (switch only on trigger_failover()), AUTOMATIC, SEMI_AUTOMATIC (fail back only on "
-        "trigger_recovery()).")
-    FailoverPolicy = _names_enum(
-        "FailoverPolicy", _native.FAILOVER_POLICIES,
-        "What makes the current endpoint failing: FAILURE_COUNT, RESPONSE_TIME, HEALTH_CHECK, or COMBINED "
-        "(any).")
-    FailoverState = _names_enum(
-        "FailoverState", _native.FAILOVER_STATES,
-        "PRIMARY, FAILING_OVER, SECONDARY, FAILING_BACK, RECOVERING, UNAVAILABLE (no usable endpoint).")
 
 #: The defaults of the failover settings: the C core's (nc_monitor_config_defaults).
 _FO_DEFAULTS = _native.FAILOVER_DEFAULTS
