@@ -398,3 +398,28 @@ def test_percent_signs_with_and_without_params(db):
     cur.execute("select 7 %% 3", [])
     assert cur.fetchone() == (1,)
     conn.close()
+
+
+def test_failover_manager_connect(pg, app, table):
+    from noodlecore.database import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
+    ep = DatabaseEndpoint("a", "a", pg.dsn(application_name=app), is_primary=True)
+    with DatabaseFailoverManager([ep], config=FailoverConfig()) as m:
+        with m.connect() as conn:
+            cur = conn.cursor()
+            cur.execute("insert into %s (v) values (%%s)" % table, (1,))
+            assert cur.rowcount == 1
+            pid = conn.backend_pid
+        assert conn.closed
+        conn = m.connect(autocommit=True)
+        assert conn.backend_pid == pid       # the same pooled session: close gave it back
+        cur = conn.cursor()
+        cur.execute("select v from %s" % table)      # committed by the context manager
+        assert cur.fetchall() == [(1,)]
+        conn.close()
+    with DatabaseFailoverManager([ep], config=FailoverConfig(enable_connection_pooling=False)) as m:
+        conn = m.connect()
+        pid = conn.backend_pid
+        conn.close()                          # closed, not pooled
+        conn = m.connect()
+        assert conn.backend_pid != pid
+        conn.close()
