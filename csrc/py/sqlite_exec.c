@@ -38,7 +38,8 @@ static PyObject *sqlite_description(sqlite3_stmt *st, int ncols)
 PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,
                              double deadline, double busy_wait, int shape)
 {
-    const int tuple = shape != NPY_SHAPE_DICT, dbapi = shape == NPY_SHAPE_DBAPI;
+    /* a stream (NPY_SHAPE_STREAM) is read whole here: PostgreSQL only */
+    const int tuple = shape != NPY_SHAPE_DICT, dbapi = shape >= NPY_SHAPE_DBAPI;
     /* DB-API: the last statement's description, row count and rowid. */
     PyObject *desc = NULL;
     long long rowcount = -1, lastrowid = 0;

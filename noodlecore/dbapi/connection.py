@@ -81,10 +81,11 @@ class Connection:
         """The PostgreSQL server process of the session (None on SQLite)."""
         return self._live().backend_pid
 
-    def cursor(self) -> Cursor:
-        """A new cursor on this connection's session."""
+    def cursor(self, stream: bool = False) -> Cursor:
+        """A new cursor on this connection's session; ``stream=True``: one
+        that reads a query's rows as they are fetched (PostgreSQL; see Cursor)."""
         self._live()
-        return Cursor(self)
+        return Cursor(self, stream=stream)
 
     def commit(self) -> None:
         """Commit the open transaction (nothing to do when none is open)."""
