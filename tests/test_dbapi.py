@@ -594,3 +594,20 @@ def test_streaming_keeps_the_statement_deadline(pg, app):
     with dbapi._pools_lock:
         for k in [k for k in dbapi._pools if k[0] == dsn]:
             dbapi._pools.pop(k).shutdown(timeout=0)
+
+
+def test_a_dropped_streaming_cursor_frees_its_connection(pg, app):
+    import gc
+    dsn = pg.dsn(application_name=app)
+    conn = dbapi.connect(dsn)
+    cur = conn.cursor(stream=True)
+    cur.execute("select g from generate_series(1, 50000) g")
+    assert cur.fetchone() == (1,)
+    del cur
+    gc.collect()
+    assert conn.cursor().execute("select 5").fetchone() == (5,)   # the stream was ended first
+    conn.commit()
+    conn.close()
+    with dbapi._pools_lock:
+        for k in [k for k in dbapi._pools if k[0] == dsn]:
+            dbapi._pools.pop(k).shutdown(timeout=0)

@@ -5,6 +5,7 @@ transaction; Python only says whether to).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 from .. import _native
@@ -50,11 +51,25 @@ class Connection:
         self._pooled: Optional[Any] = pooled
         self._autocommit = bool(autocommit)
         self._discard = discard      # close() closes the native connection instead of pooling it
+        self._streamer: Optional["weakref.ref[Cursor]"] = None   # the cursor a stream was started by
 
     def _live(self) -> Any:
         if self._pooled is None:
             raise _native.make_error(_CLOSED, 0, None, "the connection is closed")
         return self._pooled
+
+    def _idle(self) -> Any:
+        """The pooled connection, for a statement: a stream whose cursor was
+        dropped unread is ended first (its rows read and dropped)."""
+        pooled = self._live()
+        ref = self._streamer
+        if ref is not None and ref() is None:
+            self._streamer = None
+            try:
+                pooled._stream_close()
+            except errors.Error:
+                pass    # the stream is over either way; the statement will tell
+        return pooled
 
     @property
     def closed(self) -> bool:
@@ -89,11 +104,11 @@ class Connection:
 
     def commit(self) -> None:
         """Commit the open transaction (nothing to do when none is open)."""
-        self._live().commit()
+        self._idle().commit()
 
     def rollback(self) -> None:
         """Roll the open transaction back (nothing to do when none is open)."""
-        self._live().rollback()
+        self._idle().rollback()
 
     def close(self) -> None:
         """Give the connection back to its pool (an open transaction is

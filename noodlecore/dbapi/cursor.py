@@ -11,6 +11,7 @@ mode).
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple
 
 from .. import _native
@@ -81,10 +82,10 @@ class Cursor:
     def closed(self) -> bool:
         return self._closed or self._connection.closed
 
-    def _pooled(self) -> Any:
+    def _pooled(self, statement: bool = False) -> Any:
         if self._closed:
             raise _error(_CLOSED, "the cursor is closed")
-        return self._connection._live()
+        return self._connection._idle() if statement else self._connection._live()
 
     def _forget(self) -> None:
         if self._streaming:
@@ -101,13 +102,14 @@ class Cursor:
 
         Outside autocommit mode the first statement opens a transaction
         that ``commit()`` or ``rollback()`` of the connection ends."""
-        pooled = self._pooled()
+        pooled = self._pooled(statement=True)
         self._forget()
         desc, rows, count, rowid = pooled._execute(operation, parameters,
                                                    begin=not self._connection.autocommit, stream=self._stream)
         if self._stream and desc is not None and count == -1:
             self._streaming = True      # rows holds the first row; the rest is on its way
             self._count = len(rows)
+            self._connection._streamer = weakref.ref(self)
         self.description = desc
         self._rows = rows
         self.rowcount = count
@@ -117,7 +119,7 @@ class Cursor:
     def executemany(self, operation: str, seq_of_parameters: Any) -> "Cursor":
         """Run one statement once per parameter set (in one transaction);
         ``rowcount`` is the total of rows affected."""
-        pooled = self._pooled()
+        pooled = self._pooled(statement=True)
         self._forget()
         if not self._connection.autocommit and not pooled.in_transaction:
             pooled.begin()
