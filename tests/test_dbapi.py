@@ -505,6 +505,10 @@ def test_streaming_cursor_reads_rows_as_fetched(pg, app):
         assert row[0] == total
     assert total == 100000 and cur.rowcount == 100000
     assert max(held) <= 100                        # never more than itersize rows at once
+    cur.execute("select g from generate_series(1, 30000) g")
+    assert cur.fetchmany(2) == [(1,), (2,)]
+    rest = cur.fetchall()                          # the rest, in itersize rounds
+    assert len(rest) == 29998 and rest[0] == (3,) and rest[-1] == (30000,) and cur.rowcount == 30000
     # the connection is free again, still in the transaction the stream opened
     other = conn.cursor()
     other.execute("select 1")

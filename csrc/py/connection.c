@@ -43,6 +43,17 @@ static int check_live(NpyConnection *self)
 /* One operation at a time per PooledConnection.  A statement runs with the
  * GIL released, so without this a second thread using (or releasing) the
  * same object could reach a connection that is in use or being closed. */
+static int op_claim(NpyConnection *self)
+{
+    if (self->busy) {
+        npy_raise(NC_E_IN_USE, NC_K_INTERFACE, NULL,
+                 "this connection is in use by another thread; borrow one per thread");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+
 static int op_begin(NpyConnection *self)
 {
     if (check_live(self) < 0)
@@ -52,13 +63,7 @@ static int op_begin(NpyConnection *self)
                  "a result is being streamed on this connection; fetch it to the end or close its cursor first");
         return -1;
     }
-    if (self->busy) {
-        npy_raise(NC_E_IN_USE, NC_K_INTERFACE, NULL,
-                 "this connection is in use by another thread; borrow one per thread");
-        return -1;
-    }
-    self->busy = 1;
-    return 0;
+    return op_claim(self);
 }
 
 static void op_end(NpyConnection *self)
@@ -515,18 +520,12 @@ done:
 }
 
 /* The stream's next rows (_stream_fetch) or the end of it (_stream_close):
- * like op_begin, but for the streaming connection itself. */
+ * op_begin, but for the streaming connection itself. */
 static int stream_begin(NpyConnection *self)
 {
     if (check_live(self) < 0)
         return -1;
-    if (self->busy) {
-        npy_raise(NC_E_IN_USE, NC_K_INTERFACE, NULL,
-                 "this connection is in use by another thread; borrow one per thread");
-        return -1;
-    }
-    self->busy = 1;
-    return 0;
+    return op_claim(self);
 }
 
 static PyObject *conn_stream_fetch(NpyConnection *self, PyObject *args, PyObject *kwds)
@@ -767,7 +766,7 @@ static PyMethodDef conn_methods[] = {
      "Run query once per parameter set, all in one transaction (its own unless one is open);\n"
      "returns the total number of rows affected."},
     {"_execute", (PyCFunction)(void (*)(void))conn_dbapi_execute, METH_VARARGS | METH_KEYWORDS,
-     "_execute(query, params=None, timeout=None, begin=False)\n--\n\n"
+     "_execute(query, params=None, timeout=None, begin=False, stream=False)\n--\n\n"
      "For noodlecore.dbapi's cursor: run one statement (as execute_query) and return\n"
      "(description, rows, rowcount, lastrowid): description a list of PEP 249 7-tuples (None\n"
      "without a result set), rows a list of tuples (or None), rowcount -1 where unknown,\n"

@@ -87,10 +87,18 @@ class Cursor:
             raise _error(_CLOSED, "the cursor is closed")
         return self._connection._idle() if statement else self._connection._live()
 
-    def _forget(self) -> None:
+    def _end_stream(self) -> None:
+        # the rest of a stream read and dropped (the connection is free again)
         if self._streaming:
             self._streaming = False
-            self._connection._live()._stream_close()
+            if not self._connection.closed:
+                try:
+                    self._connection._live()._stream_close()
+                except errors.Error:
+                    pass    # the stream is over either way; the next statement tells
+
+    def _forget(self) -> None:
+        self._end_stream()
         self._rows = None
         self._pos = 0
         self.description = None
@@ -133,18 +141,20 @@ class Cursor:
         if self._rows is None:
             raise _error(_NO_RESULT, "no result set to fetch from: no statement was executed yet, "
                                      "or the last one returned no rows")
-        while self._streaming and (want < 0 or len(self._rows) - self._pos < want):
-            try:
-                more, done = pooled._stream_fetch(max(self.itersize, want, 1))
-            except BaseException:
-                self._streaming = False     # an error ends the stream
-                raise
-            self._rows = self._rows[self._pos:] + more
+        if self._streaming and (want < 0 or len(self._rows) - self._pos < want):
+            rows = self._rows = self._rows[self._pos:]   # the unread rows, then more of them
             self._pos = 0
-            self._count += len(more)
-            if done:
-                self._streaming = False
-                self.rowcount = self._count
+            while self._streaming and (want < 0 or len(rows) < want):
+                try:
+                    more, done = pooled._stream_fetch(max(self.itersize, want, 1))
+                except BaseException:
+                    self._streaming = False     # an error ends the stream
+                    raise
+                rows.extend(more)
+                self._count += len(more)
+                if done:
+                    self._streaming = False
+                    self.rowcount = self._count
         return self._rows
 
     def fetchone(self) -> Optional[Tuple[Any, ...]]:
@@ -187,13 +197,7 @@ class Cursor:
     def close(self) -> None:
         """Close the cursor (its result is dropped; a stream's remaining rows
         are read and dropped); closing twice does not raise."""
-        if self._streaming and not self._connection.closed:
-            self._streaming = False
-            try:
-                self._connection._live()._stream_close()
-            except errors.Error:
-                pass    # the stream is over either way; the next statement tells
-        self._streaming = False
+        self._end_stream()
         self._closed = True
         self._rows = None
 
