@@ -615,3 +615,21 @@ def test_a_dropped_streaming_cursor_frees_its_connection(pg, app):
     with dbapi._pools_lock:
         for k in [k for k in dbapi._pools if k[0] == dsn]:
             dbapi._pools.pop(k).shutdown(timeout=0)
+
+
+def test_passwords_stay_out_of_errors_and_reprs(pg, app):
+    dsn = "postgresql://nobody:s3cr3t-pw@127.0.0.1:1/db?connect_timeout=2"
+    with pytest.raises(dbapi.OperationalError) as e:
+        dbapi.connect(dsn, retry_attempts=1, timeout=5)
+    assert "s3cr3t-pw" not in str(e.value) and "s3cr3t-pw" not in repr(e.value)
+    pool = next(p for k, p in dbapi._pools.items() if k[0] == dsn)
+    assert "s3cr3t-pw" not in repr(pool)
+    dbapi._pools.pop(next(k for k, p in dbapi._pools.items() if p is pool)).shutdown(timeout=0)
+    good = pg.dsn(application_name=app).replace("postgresql://postgres@", "postgresql://postgres:unused-pw@")
+    conn = dbapi.connect(good)        # trust authentication: the password is not needed
+    assert "unused-pw" not in repr(conn) and "unused-pw" not in repr(conn.cursor())
+    conn.close()
+    assert "unused-pw" not in repr(conn)
+    with dbapi._pools_lock:
+        for k in [k for k in dbapi._pools if k[0] == good]:
+            dbapi._pools.pop(k).shutdown(timeout=0)
