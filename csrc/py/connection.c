@@ -92,9 +92,14 @@ void npy_connection_release(NpyConnection *self, int discard)
     }
     self->released = 1;
     self->in_txn = 0;
-    self->streaming = 0;   /* a session still streaming is closed by the pool (its return state) */
+    self->streaming = 0;   /* a PostgreSQL session still streaming is closed by the pool (its return state) */
     if (inherited(self))
         return;   /* the parent's: abandoned as it is */
+    if (self->stream_stmt) {
+        /* before the return's rollback, which an unfinished statement would block */
+        sqlite3_finalize(self->stream_stmt);
+        self->stream_stmt = NULL;
+    }
     nc_pool *p = self->ps ? self->ps->pool : NULL;   /* ps is NULL after conn_clear */
     nc_conn *c = self->c;
     if (!p || !c || !nc_pool_lease_valid(p, c, self->lease))
@@ -152,6 +157,7 @@ NpyConnection *npy_connection_alloc(void)
     conn->busy = 0;
     conn->pending_release = 0;
     conn->streaming = 0;
+    conn->stream_stmt = NULL;
     conn->row_tuple = 0;
     PyObject_GC_Track(conn);
     return conn;
@@ -324,7 +330,7 @@ static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *par
         return npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, shape);
     case NPY_BACKEND_SQLITE:
         return npy_sqlite_execute(self->ps->pool, self->c->raw, query, params, deadline, self->ps->busy_wait,
-                                  shape);
+                                  shape, (sqlite3_stmt **)&self->stream_stmt);
     default:
         if (dbapi)
             return npy_raise(NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED, NULL,
@@ -508,12 +514,13 @@ static PyObject *conn_dbapi_execute(NpyConnection *self, PyObject *args, PyObjec
             goto done;
         self->in_txn = 1;
     }
-    stream = stream && self->ps->kind == NPY_BACKEND_PG;   /* SQLite: read whole */
     r = execute_one(self, query, params, timeout, Py_None, 1, stream);
     /* Rows still coming: the session is busy with this statement until the
-     * stream ends (libpq's status says so). */
-    if (r && stream && PQtransactionStatus(((nc_pg_conn *)self->c->raw)->pg) == PQTRANS_ACTIVE)
-        self->streaming = 1;
+     * stream ends (libpq's status says so; SQLite left us the statement). */
+    if (r && stream && self->ps->kind == NPY_BACKEND_PG)
+        self->streaming = PQtransactionStatus(((nc_pg_conn *)self->c->raw)->pg) == PQTRANS_ACTIVE;
+    else if (r && stream && self->ps->kind == NPY_BACKEND_SQLITE)
+        self->streaming = self->stream_stmt != NULL;
 done:
     op_end(self);
     return r;
@@ -541,7 +548,17 @@ static PyObject *conn_stream_fetch(NpyConnection *self, PyObject *args, PyObject
     int bad = 0, done = 1;
     double deadline = deadline_for(self, timeout, &bad);
     if (!bad && self->streaming) {
-        PyObject *rows = npy_pg_stream_fetch(self->ps->pool, self->c->raw, n > 0 ? n : 1, deadline, &done);
+        PyObject *rows;
+        if (self->stream_stmt) {
+            rows = npy_sqlite_stream_fetch(self->ps->pool, self->c->raw, self->stream_stmt, n > 0 ? n : 1,
+                                           deadline, self->ps->busy_wait, &done);
+            if (done) {
+                sqlite3_finalize(self->stream_stmt);
+                self->stream_stmt = NULL;
+            }
+        } else {
+            rows = npy_pg_stream_fetch(self->ps->pool, self->c->raw, n > 0 ? n : 1, deadline, &done);
+        }
         if (done)
             self->streaming = 0;
         if (rows)
@@ -562,10 +579,13 @@ static PyObject *conn_stream_close(NpyConnection *self, PyObject *unused)
         return NULL;
     int bad = 0, rc = 0;
     double deadline = deadline_for(self, Py_None, &bad);
-    if (self->streaming) {
+    if (self->stream_stmt) {
+        sqlite3_finalize(self->stream_stmt);   /* SQLite just stops */
+        self->stream_stmt = NULL;
+    } else if (self->streaming) {
         rc = npy_pg_stream_drain(self->ps->pool, self->c->raw, deadline);
-        self->streaming = 0;
     }
+    self->streaming = 0;
     op_end(self);
     if (rc < 0)
         return NULL;

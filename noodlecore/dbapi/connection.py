@@ -98,7 +98,7 @@ class Connection:
 
     def cursor(self, stream: bool = False) -> Cursor:
         """A new cursor on this connection's session; ``stream=True``: one
-        that reads a query's rows as they are fetched (PostgreSQL; see Cursor)."""
+        that reads a query's rows as they are fetched (see Cursor)."""
         self._live()
         return Cursor(self, stream=stream)
 

@@ -4,9 +4,8 @@ row count and rowid), fetching from the rows it returned.
 
 A cursor holds the whole result of its last statement (the binding reads
 it in one go); ``fetch*`` hands it out.  A streaming cursor
-(``connection.cursor(stream=True)``, PostgreSQL) holds ``itersize`` rows at
-most: the binding reads the rest as they are fetched (libpq's single-row
-mode).
+(``connection.cursor(stream=True)``) holds ``itersize`` rows at most: the
+binding reads the rest as they are fetched.
 """
 
 from __future__ import annotations
@@ -44,14 +43,15 @@ class Cursor:
     cursor, or one of a closed connection, raises InterfaceError (2024);
     closing twice does not.
 
-    ``stream=True`` (PostgreSQL; on SQLite the result is read whole): the
-    rows of a query come from the server as they are fetched, ``itersize``
-    (default 2000) at a time, so a large result never sits in memory at once;
-    ``rowcount`` is -1 until the last row was fetched.  While a stream is
-    open its connection runs nothing else (InterfaceError 2026): fetch to
-    the end, or ``close()`` the cursor (the rest is read and dropped) or run
-    another statement on it.  Closing the connection meanwhile closes the
-    session rather than pooling it.
+    ``stream=True``: the rows of a query are read as they are fetched,
+    ``itersize`` (default 2000) at a time (PostgreSQL: libpq's single-row
+    mode; SQLite: the statement is stepped on), so a large result never sits
+    in memory at once; ``rowcount`` is -1 until the last row was fetched.
+    While a stream is open its connection runs nothing else (InterfaceError
+    2026): fetch to the end, or ``close()`` the cursor or run another
+    statement on it (PostgreSQL reads the rest and drops it, SQLite just
+    stops).  Closing the connection meanwhile: on PostgreSQL the session is
+    closed rather than pooled.
     """
 
     def __init__(self, connection: "Connection", stream: bool = False):
