@@ -9,14 +9,16 @@ import threading
 
 import pytest
 
+from helpers import dbapi_pool
 from noodlecore import dbapi
 from noodlecore.database import DatabaseConnectionPool, errors
+
+pytestmark = pytest.mark.usefixtures("fresh_dbapi_pools")
 
 
 @pytest.fixture(params=["pg", "sqlite"])
 def db(request, tmp_path):
-    """(kind, dsn) of an empty database; the pools connect() made for it are
-    shut down at the end."""
+    """(kind, dsn) of an empty database."""
     if request.param == "pg":
         pg = request.getfixturevalue("pg")
         app = request.getfixturevalue("app")
@@ -25,11 +27,6 @@ def db(request, tmp_path):
     else:
         dsn = f"sqlite:///{tmp_path}/dbapi.db"
     yield request.param, dsn
-    with dbapi._pools_lock:
-        mine = [k for k in dbapi._pools if k[0] == dsn]
-        pools = [dbapi._pools.pop(k) for k in mine]
-    for p in pools:
-        p.shutdown(timeout=0)
     if request.param == "pg":
         request.getfixturevalue("pg").sql("drop table if exists dbt; drop table if exists dbt2")
 
@@ -450,7 +447,7 @@ def test_a_dropped_connection_goes_back_to_its_pool(db):
     kind, dsn = db
     conn = dbapi.connect(dsn)
     conn.cursor().execute("select 1")
-    pool = next(p for k, p in dbapi._pools.items() if k[0] == dsn)
+    pool = dbapi_pool(dsn)
     assert pool.get_stats().active_connections == 1
     del conn
     gc.collect()
@@ -486,14 +483,9 @@ def test_passwords_stay_out_of_errors_and_reprs(pg, app):
     with pytest.raises(dbapi.OperationalError) as e:
         dbapi.connect(dsn, retry_attempts=1, timeout=5)
     assert "s3cr3t-pw" not in str(e.value) and "s3cr3t-pw" not in repr(e.value)
-    pool = next(p for k, p in dbapi._pools.items() if k[0] == dsn)
-    assert "s3cr3t-pw" not in repr(pool)
-    dbapi._pools.pop(next(k for k, p in dbapi._pools.items() if p is pool)).shutdown(timeout=0)
+    assert "s3cr3t-pw" not in repr(dbapi_pool(dsn))
     good = pg.dsn(application_name=app).replace("postgresql://postgres@", "postgresql://postgres:unused-pw@")
     conn = dbapi.connect(good)        # trust authentication: the password is not needed
     assert "unused-pw" not in repr(conn) and "unused-pw" not in repr(conn.cursor())
     conn.close()
     assert "unused-pw" not in repr(conn)
-    with dbapi._pools_lock:
-        for k in [k for k in dbapi._pools if k[0] == good]:
-            dbapi._pools.pop(k).shutdown(timeout=0)

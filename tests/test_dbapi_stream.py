@@ -8,8 +8,11 @@ import gc
 
 import pytest
 
+from helpers import dbapi_pool
 from noodlecore import dbapi
 from noodlecore.database import errors
+
+pytestmark = pytest.mark.usefixtures("fresh_dbapi_pools")
 
 
 def _held(conn):
@@ -87,7 +90,7 @@ def test_streaming_error_mid_way_and_on_close(pg, app):
     assert e.value.sqlstate == "22012" and 0 < got < 500
     assert conn.cursor().execute("select 2").fetchone() == (2,)   # the connection is fine
     # closing the connection while streaming: the session is closed, not pooled
-    pool = next(p for k, p in dbapi._pools.items() if k[0] == pg.dsn(application_name=app))
+    pool = dbapi_pool(pg.dsn(application_name=app))
     cur.execute("select g from generate_series(1, 100000) g")
     pid = conn.backend_pid
     conn.close()
@@ -95,7 +98,6 @@ def test_streaming_error_mid_way_and_on_close(pg, app):
     assert again.backend_pid != pid
     again.close()
     assert pool.get_stats().active_connections == 0
-    dbapi._pools.pop(next(k for k, p in dbapi._pools.items() if p is pool)).shutdown(timeout=0)
 
 
 def test_streaming_on_sqlite(tmp_path):
@@ -144,9 +146,6 @@ def test_streaming_on_sqlite(tmp_path):
         s.fetchall()
     assert again.cursor().execute("select count(*) from n").fetchone() == (3,)
     again.close()
-    with dbapi._pools_lock:
-        for k in [k for k in dbapi._pools if k[0] == dsn]:
-            dbapi._pools.pop(k).shutdown(timeout=0)
 
 
 def test_streaming_keeps_the_statement_deadline(pg, app):
@@ -163,9 +162,6 @@ def test_streaming_keeps_the_statement_deadline(pg, app):
     assert e.value.error_code == 2012 and e.value.sqlstate == "57014"
     assert conn.cursor().execute("select 3").fetchone() == (3,)   # cancelled; the session is fine
     conn.close()
-    with dbapi._pools_lock:
-        for k in [k for k in dbapi._pools if k[0] == dsn]:
-            dbapi._pools.pop(k).shutdown(timeout=0)
 
 
 def test_a_dropped_streaming_cursor_frees_its_connection(pg, app):
@@ -179,6 +175,3 @@ def test_a_dropped_streaming_cursor_frees_its_connection(pg, app):
     assert conn.cursor().execute("select 5").fetchone() == (5,)   # the stream was ended first
     conn.commit()
     conn.close()
-    with dbapi._pools_lock:
-        for k in [k for k in dbapi._pools if k[0] == dsn]:
-            dbapi._pools.pop(k).shutdown(timeout=0)

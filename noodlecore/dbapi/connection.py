@@ -35,18 +35,6 @@ class Connection:
     InterfaceError (2022); give each thread its own (``threadsafety`` 1).
     """
 
-    # PEP 249's optional extension: the exception classes as attributes.
-    Warning = errors.DatabaseWarning
-    Error = errors.Error
-    InterfaceError = errors.InterfaceError
-    DatabaseError = errors.DatabaseError
-    DataError = errors.DataError
-    OperationalError = errors.OperationalError
-    IntegrityError = errors.IntegrityError
-    InternalError = errors.InternalError
-    ProgrammingError = errors.ProgrammingError
-    NotSupportedError = errors.NotSupportedError
-
     def __init__(self, pooled: Any, autocommit: bool = False, discard: bool = False):
         self._pooled: Optional[Any] = pooled
         self._autocommit = bool(autocommit)
@@ -136,3 +124,13 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<noodlecore.dbapi.Connection {'closed' if self.closed else repr(self._pooled)}>"
+
+
+#: PEP 249's exceptions (the module's, and as Connection attributes: the
+#: PEP's optional extension); Warning is DatabaseWarning.
+PEP249_ERRORS = {"Warning": errors.DatabaseWarning, "Error": errors.Error,
+                 **{name: getattr(errors, name) for name in (
+                     "InterfaceError", "DatabaseError", "DataError", "OperationalError", "IntegrityError",
+                     "InternalError", "ProgrammingError", "NotSupportedError")}}
+for _name, _cls in PEP249_ERRORS.items():
+    setattr(Connection, _name, _cls)
