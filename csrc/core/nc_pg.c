@@ -373,6 +373,16 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
             return NULL;
         }
     }
+    /* intervals are decoded in the postgres style (the default) */
+    const char *is = PQparameterStatus(pg, "IntervalStyle");
+    if (is && strcmp(is, "postgres") != 0) {
+        if (nc_pg_command(c, "SET IntervalStyle TO postgres", deadline, err) < 0) {
+            nc_error_prefix(err, "%s", ctx->display);
+            PQfinish(pg);
+            free(c);
+            return NULL;
+        }
+    }
     return c;
 }
 
