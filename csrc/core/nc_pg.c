@@ -294,6 +294,23 @@ static void note_receiver(void *arg, const PGresult *res)
 }
 
 /* Connect to host i of a multi-host string (i < 0: the string as it is). */
+/* The text formats the binding decodes: DateStyle ISO (the day/month order
+ * part kept) and IntervalStyle postgres.  The server reports both
+ * (ParameterStatus), so this costs a round trip only when a DSN option, a
+ * role's or database's setting asked for others.  After connecting and
+ * after DISCARD ALL, which goes back to those settings.  0 ok, -1 err. */
+static int fix_styles(nc_pg_conn *c, double deadline, nc_error *err)
+{
+    const char *ds = PQparameterStatus(c->pg, "DateStyle");
+    if ((!ds || strncmp(ds, "ISO", 3) != 0) && nc_pg_command(c, "SET DateStyle TO ISO", deadline, err) < 0)
+        return -1;
+    const char *is = PQparameterStatus(c->pg, "IntervalStyle");
+    if (is && strcmp(is, "postgres") != 0
+        && nc_pg_command(c, "SET IntervalStyle TO postgres", deadline, err) < 0)
+        return -1;
+    return 0;
+}
+
 static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *err)
 {
     /* Later keywords override what the connection string says: we need UTF-8
@@ -364,24 +381,11 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
     }
     c->pg = pg;
     PQsetNoticeReceiver(pg, note_receiver, c);
-    const char *ds = PQparameterStatus(pg, "DateStyle");
-    if (!ds || strncmp(ds, "ISO", 3) != 0) {
-        if (nc_pg_command(c, "SET DateStyle TO ISO", deadline, err) < 0) {
-            nc_error_prefix(err, "%s", ctx->display);
-            PQfinish(pg);
-            free(c);
-            return NULL;
-        }
-    }
-    /* intervals are decoded in the postgres style (the default) */
-    const char *is = PQparameterStatus(pg, "IntervalStyle");
-    if (is && strcmp(is, "postgres") != 0) {
-        if (nc_pg_command(c, "SET IntervalStyle TO postgres", deadline, err) < 0) {
-            nc_error_prefix(err, "%s", ctx->display);
-            PQfinish(pg);
-            free(c);
-            return NULL;
-        }
+    if (fix_styles(c, deadline, err) < 0) {
+        nc_error_prefix(err, "%s", ctx->display);
+        PQfinish(pg);
+        free(c);
+        return NULL;
     }
     return c;
 }
@@ -779,7 +783,7 @@ static int pg_return_state(void *vctx, void *vconn)
         return -1;
     switch (PQtransactionStatus(c->pg)) {
     case PQTRANS_IDLE:
-        return 0;
+        return c->session_dirty;
     case PQTRANS_INTRANS:
     case PQTRANS_INERROR:
         return 1;
@@ -793,11 +797,29 @@ static int pg_reset(void *vctx, void *vconn, double deadline, nc_error *err)
     (void)vctx;
     nc_pg_conn *c = vconn;
     /* No cancel grace: a connection that cannot roll back in time is dropped. */
-    PGresult *r = pg_exec(c, "ROLLBACK", -1, NULL, NULL, NULL, NULL, deadline, 0, err);
-    if (!r)
-        return -1;
-    PQclear(r);
-    return PQtransactionStatus(c->pg) == PQTRANS_IDLE ? 0 : -1;
+    if (PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+        PGresult *r = pg_exec(c, "ROLLBACK", -1, NULL, NULL, NULL, NULL, deadline, 0, err);
+        if (!r)
+            return -1;
+        PQclear(r);
+        if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+            return -1;
+    }
+    if (c->session_dirty) {
+        /* What the borrower changed (settings, session characteristics,
+         * role, prepared statements, LISTEN, temp tables) goes back to the
+         * session's defaults, as pgbouncer's server_reset_query does; then
+         * the text formats we decode.  Outside a transaction block only,
+         * hence after the ROLLBACK and on its own. */
+        PGresult *r = pg_exec(c, "DISCARD ALL", -1, NULL, NULL, NULL, NULL, deadline, 0, err);
+        if (!r)
+            return -1;
+        PQclear(r);
+        if (fix_styles(c, deadline, err) < 0)
+            return -1;
+        c->session_dirty = 0;
+    }
+    return 0;
 }
 
 static void pg_close(void *vctx, void *vconn)

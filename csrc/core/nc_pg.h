@@ -9,6 +9,8 @@
 typedef struct nc_pg_conn {
     PGconn *pg;
     int broken;         /* lost, or a cancel that never came back: discard */
+    int session_dirty;  /* a statement may have changed the session (nc_sql_changes_session):
+                         * DISCARD ALL before the next borrower */
 } nc_pg_conn;
 
 extern const nc_backend_ops nc_pg_ops;

@@ -1,6 +1,7 @@
 /* pg_exec.c - statements on a PostgreSQL connection (see pg_exec.h). */
 #include "pg_exec.h"
 #include "interrupt.h"
+#include "../core/nc_sqltext.h"
 
 static PyObject *pg_rows(PGresult *res, int tuple)
 {
@@ -149,6 +150,10 @@ PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObjec
     const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
     if (!sql)
         return NULL;
+    /* a SET (or the like) makes the return reset the session: one lexer
+     * pass here, a DISCARD ALL only after such a statement */
+    if (!pc->session_dirty)
+        pc->session_dirty = nc_sql_changes_session(sql, (size_t)len, NC_DIALECT_PG);
     PGresult *res = pg_run(pool, pc, sql, len, params, deadline);
     if (!res)
         return NULL;
@@ -229,6 +234,8 @@ PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, Py
     PyObject *it = PyObject_GetIter(seq);
     if (!it)
         return NULL;
+    if (!pc->session_dirty)
+        pc->session_dirty = nc_sql_changes_session(sql, (size_t)len, NC_DIALECT_PG);
     nc_error err;
     nc_error_clear(&err);
     nc_sql q;
