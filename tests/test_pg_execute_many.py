@@ -131,9 +131,12 @@ def test_many_pipelines_one_transaction(pool, table):
         assert ei.value.row_index == 1500 and ei.value.error_code == 2015
         assert not c.in_transaction
         assert count(pool, table) == 0
-        # a generator, counted exactly
+        # a generator, counted exactly; a pipeline's worth exactly, and one more
         assert c.execute_many(sql, ({"k": i, "v": "g"} for i in range(2500))) == 2500
-    assert count(pool, table) == 2500
+        assert c.execute_many(sql, [{"k": i, "v": "g"} for i in range(2500, 3500)]) == 1000
+        assert c.execute_many(sql, [{"k": i, "v": "g"} for i in range(3500, 4501)]) == 1001
+        assert not c.in_transaction
+    assert count(pool, table) == 4501
 
 
 def test_row_counts_add_up(pool, table):

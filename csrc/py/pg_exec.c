@@ -253,19 +253,21 @@ PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, Py
     long long total = 0;
     Py_ssize_t base = 0;            /* the sequence index of the batch's first row */
     int began = 0, last = 0;
+    PyObject *next = PyIter_Next(it);   /* one ahead: the last pipeline carries the COMMIT */
     while (!last) {
-        PyObject *item = NULL;
-        while (b->n < NPY_PG_BATCH && (item = PyIter_Next(it))) {
-            int rc = batch_add(b, &q, item);
-            Py_DECREF(item);
+        while (next && b->n < NPY_PG_BATCH) {
+            int rc = batch_add(b, &q, next);
+            Py_DECREF(next);
+            next = NULL;
             if (rc < 0) {
                 note_row(base + b->n);
                 goto fail;
             }
+            next = PyIter_Next(it);
         }
         if (PyErr_Occurred())
             goto fail;
-        last = b->n < NPY_PG_BATCH;
+        last = next == NULL;
         if (last && !began && b->n == 0)
             break;                  /* an empty sequence: nothing to run */
         const char *before = own_txn && !began ? "BEGIN" : NULL;
@@ -301,6 +303,7 @@ PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, Py
     Py_DECREF(it);
     return PyLong_FromLongLong(total);
 fail:
+    Py_XDECREF(next);
     batch_clear(b);
     free(b);
     nc_sql_free(&q);
