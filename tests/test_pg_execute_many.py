@@ -187,3 +187,13 @@ def test_sqlite_names_the_failed_row_too(tmp_path):
             c.execute_many("INSERT INTO t VALUES (%s)", [(1,), (2,), (1,)])
         assert ei.value.row_index == 2
         assert c.execute_query("SELECT count(*) FROM t", row_format="tuple") == [(0,)]
+
+
+def test_row_index_is_none_when_no_row_is_to_blame(pool):
+    with pool.get_connection() as c:
+        with pytest.raises(DatabaseError) as ei:
+            c.execute_query("SELECT 1 / 0")
+        assert ei.value.row_index is None
+        with pytest.raises(DatabaseError) as ei:
+            c.execute_many("SELECT 1 /", [(), ()])     # the statement itself: the first row fails
+        assert ei.value.row_index == 0
