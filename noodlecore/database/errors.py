@@ -96,6 +96,10 @@ class Error(Exception):
     #: may be unknown if the connection was lost), None when not known.
     statement_sent: Optional[bool] = None
 
+    #: For an error of ``execute_many``: the index in its sequence of the
+    #: parameter set that failed (None when no one row is to blame).
+    row_index = None
+
     #: (set per instance) ``connection_failure``: True when the error is a
     #: failure of the connection or the endpoint (lost, refused, no usable
     #: endpoint, the server read-only now), not of the SQL; the C core marks
