@@ -250,6 +250,46 @@ def test_patroni_api_down_service_goes_on(patroni):
 
 
 # ---------------------------------------------------------------------------
+# reads on the replicas Patroni lists (read routing: the core's, from the probes)
+# ---------------------------------------------------------------------------
+
+def standby_ports(m, n=12):
+    """Ports of the servers n standby reads went to (None: no standby eligible, 4017)."""
+    ports = []
+    for _ in range(n):
+        try:
+            with m.get_connection(timeout=3, target="standby") as c:
+                ports.append(c.execute_query("SELECT inet_server_port() AS port")[0]["port"])
+        except nerrors.OperationalError as e:
+            if e.error_code != 4017:
+                raise
+            ports.append(None)
+    return ports
+
+
+def test_reads_on_replicas_stalled_one_excluded_then_back(patroni):
+    leader = patroni.leader()
+    r1, r2 = [x for x in patroni.members if x is not leader]
+    config = cfg(max_replica_lag_bytes=512 * 1024)
+    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=config) as m:
+        m.start_monitoring()
+        # both replicas serve reads (balanced), the leader none
+        wait_for(lambda: set(standby_ports(m)) == {r1.port, r2.port}, 15, interval=0.1,
+                 what="reads on both replicas")
+        patroni.stall_replay(r1)
+        try:
+            leader.sql("DROP TABLE IF EXISTS rs; CREATE TABLE rs AS SELECT g FROM generate_series(1, 40000) g")
+            # r1 falls behind the lag limit: no read goes there any more
+            wait_for(lambda: set(standby_ports(m)) == {r2.port}, 15, interval=0.1, what="r1 excluded")
+            assert set(standby_ports(m, 30)) == {r2.port}
+        finally:
+            patroni.resume_replay(r1)
+        wait_for(lambda: r1.port in standby_ports(m), 20, interval=0.1, what="r1 serving reads again")
+        # writes still go to the leader
+        assert port_of(m) == leader.port
+
+
+# ---------------------------------------------------------------------------
 # noodlecore-db status --patroni
 # ---------------------------------------------------------------------------
 

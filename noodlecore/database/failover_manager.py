@@ -43,9 +43,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .. import _native
-from . import errors
+from . import errors, patroni as _patroni
 from .config import backend_kind, redact_dsn
 from .connection_pool import DatabaseConnectionPool, PooledConnection
+from .routing import check_target
 
 __all__ = [
     "FailoverMode", "FailoverPolicy", "FailoverState", "FailoverConfig", "DatabaseEndpoint",
@@ -87,7 +88,10 @@ class FailoverConfig:
     ``max_failure_count``; ``failover_timeout`` bounds one switch (verifying
     the target); ``max_recovery_attempts`` failed failbacks stop automatic
     failback until ``trigger_recovery()``; ``hold_down`` is the least time
-    between two automatic switches; ``slow_probe_count`` consecutive probes
+    between two automatic switches; ``failover_wait``: how long a primary
+    borrow waits while no writable endpoint exists (0: 4015 at once); a
+    standby serves reads while at most ``max_replica_lag_bytes`` and
+    ``max_replica_lag_seconds`` behind; ``slow_probe_count`` consecutive probes
     slower than ``response_time_threshold`` fire the RESPONSE_TIME policy;
     ``enable_connection_pooling=False`` closes every connection when it is
     returned instead of keeping it; ``pool_options`` go to every endpoint's
@@ -111,6 +115,9 @@ class FailoverConfig:
     require_writable: bool = _FO_DEFAULTS["require_writable"]
     slow_probe_count: int = _FO_DEFAULTS["slow_probe_count"]
     hold_down: float = _FO_DEFAULTS["hold_down"]
+    failover_wait: float = _FO_DEFAULTS["failover_wait"]
+    max_replica_lag_bytes: float = _FO_DEFAULTS["max_replica_lag_bytes"]
+    max_replica_lag_seconds: float = _FO_DEFAULTS["max_replica_lag_seconds"]
     event_history: int = 100
     pool_options: Dict[str, Any] = field(default_factory=dict)
 
@@ -140,9 +147,11 @@ class FailoverConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v \
                     or v == float("inf"):
                 bad(name, f"must be a positive number of seconds, not {v!r}")
-        v = self.hold_down
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
-            bad("hold_down", f"must be a number of seconds of at least 0, not {v!r}")
+        for name in ("hold_down", "failover_wait", "max_replica_lag_bytes", "max_replica_lag_seconds"):
+            v, pos = getattr(self, name), name.startswith("max_")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 if pos else v >= 0) \
+                    or v == float("inf"):
+                bad(name, f"must be a {'positive number' if pos else 'number of seconds of at least 0'}, not {v!r}")
         for name in ("enable_connection_pooling", "auto_recovery", "require_writable"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, f"must be True or False, not {getattr(self, name)!r}")
@@ -194,6 +203,12 @@ class FailoverEvent:
                 "success": self.success, "metadata": dict(self.metadata)}
 
 
+def dsn_endpoints(dsn: str) -> List[DatabaseEndpoint]:
+    """Each host of a libpq (multi-host) DSN as an endpoint (the core splits it)."""
+    return [DatabaseEndpoint(id=name, name=name, connection_string=one, priority=i + 1)
+            for i, (name, one) in enumerate(_native.split_hosts(dsn))]
+
+
 # Managers alive in this process, for the fork hook below: plain weak
 # references without callbacks (a WeakSet's callbacks kept a dropped manager
 # in a reference cycle from being collected under pytest's thread-exception
@@ -238,7 +253,7 @@ def _iso(ts: Optional[float]) -> Optional[datetime.datetime]:
     return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)
 
 
-class DatabaseFailoverManager:
+class DatabaseFailoverManager(_patroni.PatroniSource):
     """Pools per endpoint, a native monitor, and the switch between them.
 
     ``backend_factory``: None to use the native backend each endpoint's
@@ -277,7 +292,6 @@ class DatabaseFailoverManager:
         self._stop_dispatch = threading.Event()
         self._restart_dispatcher = False     # set in a forked child
         self._last_event_id = 0
-        self.patroni_urls: Optional[List[str]] = None   # set by from_patroni()
 
         cfg = self.config
         # One connect attempt per borrow: a server that refuses is reported
@@ -322,24 +336,46 @@ class DatabaseFailoverManager:
 
     # -- borrowing --------------------------------------------------------
 
-    @contextlib.contextmanager
-    def get_connection(self, timeout: Optional[float] = None) -> Iterator[PooledConnection]:
-        """Borrow a connection of the current endpoint (a context manager).
+    @classmethod
+    def from_dsn(cls, dsn: str, config: Optional[FailoverConfig] = None) -> "DatabaseFailoverManager":
+        """A manager over a libpq multi-host connection string (URI or
+        ``host=h1,h2 port=5432,5433``): each host an endpoint, id
+        ``"host:port"``, priority in list order; ``target_session_attrs`` is
+        dropped (the probes find the writable host)."""
+        return cls(dsn_endpoints(dsn), config=config)
 
-        Raises OperationalError 4015 at once when no endpoint is usable, and
-        PoolClosedError (2002) after shutdown()."""
+    @contextlib.contextmanager
+    def get_connection(self, timeout: Optional[float] = None,
+                       target: str = "primary") -> Iterator[PooledConnection]:
+        """Borrow a connection (a context manager).  ``target``: ``"primary"``
+        (the current writable endpoint), ``"standby"`` (a standby within the
+        lag limits, the least busy, ties in turn; OperationalError 4017 at
+        once when none is), ``"prefer-standby"`` (such a standby, else the
+        primary) or ``"any"`` (the least busy of the primary and those).
+        For the primary: OperationalError 4015 when no endpoint is usable, at
+        once or after ``failover_wait`` seconds (within ``timeout``) of
+        waiting for one; PoolClosedError (2002) after shutdown()."""
+        conn, _ = self._lend(timeout, target)
+        try:
+            yield conn
+        finally:
+            self._give_back(conn)
+
+    def _lend(self, timeout: Optional[float], target: str, written_at: float = 0.0) -> "tuple[PooledConnection, str]":
+        # The connection and its endpoint's id (for the DatabaseManager's logs).
         if self._closed:
             raise errors.PoolClosedError("the failover manager is shut down")
         if self._restart_dispatcher:
             self._resume_in_child()
-        conn = self._native.lend(timeout)
-        try:
-            yield conn
-        finally:
-            if self.config.enable_connection_pooling:
-                conn.release()
-            else:
-                conn.discard()
+        check_target(target)
+        conn, idx = self._native.lend_to(timeout, target, written_at)
+        return conn, self.endpoints[idx].id
+
+    def _give_back(self, conn: PooledConnection) -> None:
+        if self.config.enable_connection_pooling:
+            conn.release()
+        else:
+            conn.discard()
 
     # -- monitoring -------------------------------------------------------
 
@@ -431,6 +467,11 @@ class DatabaseFailoverManager:
                 "response_time": e.response_time,
                 "last_health_check": e.last_health_check.isoformat() if e.last_health_check else None,
                 "last_error": h["last_error"] or None,
+                # read routing (README "Reads on standbys"): reads/writes are
+                # borrows served for read targets / for the primary
+                "lsn": h["lsn"], "lag_bytes": h["lag_bytes"], "lag_seconds": h["lag_seconds"],
+                "serves_reads": h["serves_reads"], "in_flight": h["in_flight"],
+                "reads": h["reads"], "writes": h["writes"],
             }
         s = st["stats"]
         with self._events_lock:
@@ -483,39 +524,6 @@ class DatabaseFailoverManager:
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
-
-    # -- Patroni (noodlecore/database/patroni.py) --------------------------
-
-    @classmethod
-    def from_patroni(cls, urls: Any, dsn: str = "", config: Optional[FailoverConfig] = None,
-                     timeout: float = 5.0, backend_factory: Optional[Callable[[str], Any]] = None,
-                     ) -> "DatabaseFailoverManager":
-        """A manager over the members Patroni lists (``GET /cluster`` from the first of
-        ``urls`` that answers within ``timeout``): the leader first (priority 1), then
-        the others in Patroni's order, each at its host and port with the rest of ``dsn``
-        (user, database, password, options; libpq's defaults when empty).  Patroni's view
-        only orders the endpoints: the monitor's own probes decide where writes go, so a
-        Patroni API that becomes unreachable later changes nothing.  Raises
-        OperationalError 4025 when no URL answers, 4028 when no member has an address."""
-        from . import patroni
-        url_list = patroni.patroni_urls(urls)
-        if not isinstance(dsn, str):
-            raise errors.ConfigurationError(f"dsn must be a str, not {type(dsn).__name__}")
-        cluster = patroni.fetch_cluster(url_list, timeout)
-        m = cls(patroni.endpoints_from_cluster(cluster, dsn), backend_factory=backend_factory, config=config)
-        m.patroni_urls = url_list
-        log.info("failover manager from Patroni %s (scope %r): %s", cluster["source"], cluster["scope"],
-                 ", ".join(f"{e.id} ({e.metadata['patroni']['role']})" for e in m.endpoints))
-        return m
-
-    def patroni_cluster(self, timeout: float = 5.0) -> dict:
-        """Patroni's current view (see noodlecore.database.patroni.fetch_cluster) from the
-        URLs this manager was made from.  ConfigurationError when it was not made by
-        from_patroni()."""
-        from . import patroni
-        if not self.patroni_urls:
-            raise errors.ConfigurationError("this failover manager was not made by from_patroni()")
-        return patroni.fetch_cluster(self.patroni_urls, timeout)
 
     # -- internals --------------------------------------------------------
 
