@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from figures import record_figure
 from helpers import cfg, subprocess_env, wait_for
 from noodlecore.database import DatabaseError
 from noodlecore.database import errors as nerrors
@@ -179,7 +180,8 @@ def rows_on(member, table):
 def test_switchover_followed(patroni):
     old = patroni.leader()
     old.sql("DROP TABLE IF EXISTS sw; CREATE TABLE sw (n int PRIMARY KEY)")
-    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg()) as m:
+    # failover_wait: a borrow for the primary waits for the new leader instead of failing
+    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg(failover_wait=10)) as m:
         m.start_monitoring()
         with Writer(m, "sw") as w:
             wait_for(lambda: len(w.acked) >= 20, 10, what="writes before the switchover")
@@ -199,6 +201,8 @@ def test_switchover_followed(patroni):
     assert all(port == new.port for n, port in w.acked.items() if n > first_new)
     assert set(w.acked.values()) <= {old.port, new.port}
     # what failed during it failed with a typed error, never a write on the demoted node
+    record_figure("Patroni switchover (failover_wait 10 s, one writer)", "%d writes acknowledged, %d failed %s" % (
+        len(w.acked), len(w.errors), sorted({e.error_code for e in w.errors})))
     for e in w.errors:
         assert getattr(e, "error_code", None), e
 
@@ -206,7 +210,7 @@ def test_switchover_followed(patroni):
 def test_leader_postgres_killed(patroni):
     leader = patroni.leader()
     leader.sql("DROP TABLE IF EXISTS kl; CREATE TABLE kl (n int PRIMARY KEY)")
-    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg()) as m:
+    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg(failover_wait=10)) as m:
         m.start_monitoring()
         with Writer(m, "kl") as w:
             wait_for(lambda: len(w.acked) >= 20, 10, what="writes before the kill")
@@ -218,6 +222,8 @@ def test_leader_postgres_killed(patroni):
             wait_for(lambda: len([n for n in w.acked if n > n_switch]) >= 20, 10,
                      what="writes after the failover")
         assert port_of(m) == new.port
+    record_figure("Patroni leader postgres killed (one writer)", "%d writes acknowledged, %d failed %s" % (
+        len(w.acked), len(w.errors), sorted({e.error_code for e in w.errors})))
     after = {n for n in w.acked if n > n_switch}
     assert after <= rows_on(new, "kl")
     assert all(w.acked[n] == new.port for n in after)
