@@ -295,6 +295,24 @@ def test_reads_on_replicas_stalled_one_excluded_then_back(patroni):
         assert port_of(m) == leader.port
 
 
+def test_database_manager_patroni_option(patroni):
+    from noodlecore.database import DatabaseManager
+    leader = patroni.leader()
+    replicas = {m.port for m in patroni.members if m is not leader}
+    db = DatabaseManager(config="postgresql://postgres@/postgres?connect_timeout=2", patroni=patroni.api_urls,
+                         failover_config=cfg())
+    with pytest.raises(nerrors.ConfigurationError):
+        DatabaseManager(config="sqlite:///x.db", patroni=patroni.api_urls)
+    try:
+        db.connect()
+        assert [e.id for e in db.failover_endpoints][0] == leader.name
+        assert db.execute_query("SELECT inet_server_port() AS p")[0]["p"] == leader.port
+        wait_for(lambda: db.execute_query("SELECT inet_server_port() AS p", target="prefer-standby")[0]["p"]
+                 in replicas, 15, interval=0.1, what="a read on a replica")
+    finally:
+        db.close()
+
+
 # ---------------------------------------------------------------------------
 # noodlecore-db status --patroni
 # ---------------------------------------------------------------------------
