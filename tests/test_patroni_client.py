@@ -69,7 +69,13 @@ class OneShotServer:
                 c.sendall(out)
 
     def close(self):
+        # shutdown() wakes the accept() of the serving thread (close() alone does not)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(5)
 
 
 @pytest.fixture
