@@ -55,7 +55,12 @@ enum nc_code {
     NC_E_FO_UNKNOWN_ENDPOINT = 4016, /* trigger_failover(target=) names no endpoint */
     NC_E_FO_NO_STANDBY = 4017,      /* target="standby": no standby within the lag limits */
     NC_E_FO_BAD_TARGET = 4018,      /* a target name that is not primary/standby/prefer-standby/any */
-    NC_E_FO_SPLIT_DSN = 4019        /* a multi-host connection string that cannot be split into endpoints */
+    NC_E_FO_SPLIT_DSN = 4019,       /* a multi-host connection string that cannot be split into endpoints */
+    /* Patroni (nc_patroni.c) 4025-4029 */
+    NC_E_PATRONI_UNREACHABLE = 4025, /* no Patroni REST API answered GET /cluster */
+    NC_E_PATRONI_ANSWER = 4026,     /* a Patroni API answered something we cannot read */
+    NC_E_PATRONI_URL = 4027,        /* a Patroni URL we cannot use */
+    NC_E_PATRONI_NO_MEMBER = 4028   /* Patroni lists no member with a host and port */
 };
 
 /* The exception class of an error.  The names (nc_class_name) are the class

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .. import _native
-from . import errors
+from . import errors, patroni as _patroni
 from .config import backend_kind, redact_dsn
 from .connection_pool import DatabaseConnectionPool, PooledConnection
 from .failover_enums import FailoverMode, FailoverPolicy, FailoverState
@@ -234,7 +234,7 @@ def _iso(ts: Optional[float]) -> Optional[datetime.datetime]:
     return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)
 
 
-class DatabaseFailoverManager:
+class DatabaseFailoverManager(_patroni.PatroniSource):
     """Pools per endpoint, a native monitor, and the switch between them.
 
     ``backend_factory``: None to use the native backend each endpoint's
