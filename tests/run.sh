@@ -9,7 +9,11 @@
 #                   DSN parser) under ASan + UBSan, NOODLE_FUZZ_SECONDS (60)
 #                   each on the repo's corpus; runs in the background while
 #                   c-tsan runs (the machine has 2 cores)
-#   pytest-python3  the pytest suite on python3, PYTHONMALLOC=debug
+#   pytest-python3  the pytest suite on python3, PYTHONMALLOC=debug; the only
+#                   stage that runs the tests marked `patroni` (a real Patroni
+#                   cluster: etcd, Patroni from tests/patroni-requirements.txt
+#                   in its own venv on /usr/bin/python3, tini); the others
+#                   deselect them (-m "not once and not patroni")
 #   pytest-second   the suite on a second CPython: the newest pyenv CPython
 #                   newer than python3 if there is one, else Debian's debug
 #                   build python3-dbg (catches reference-count errors)
@@ -19,7 +23,8 @@
 # Before that it installs what is missing, as root with apt-get (python3,
 # python3-venv, python3-dev, python3-dbg when it is the second CPython,
 # libpq-dev, libsqlite3-dev, postgresql-15, pgbouncer, gcc, libc6-dev, make, and for
-# c-tsan and c-fuzz clang with its sanitizer/libFuzzer runtime), and makes
+# c-tsan and c-fuzz clang with its sanitizer/libFuzzer runtime, for the Patroni
+# tests etcd-server and tini; no service is started by an install), and makes
 # one virtual environment per interpreter with the exact versions of
 # tests/requirements.txt.  The suite starts its own PostgreSQL servers.
 #
@@ -83,6 +88,11 @@ apt_install() {
     [ "$(id -u)" = 0 ] || die "missing $* and not root: install them first"
     # Debian's postgresql-common makes and starts a "main" cluster when the
     # server is installed; the suite starts its own servers, so ask for none.
+    # Nor any other service (etcd): a policy-rc.d that says no, when there is none.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\n# tests/run.sh: packages must not start services\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+    fi
     mkdir -p /etc/postgresql-common/createcluster.d
     echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/50-noodlecore-tests.conf
     if [ -z "$APT_UPDATED" ]; then
@@ -128,6 +138,13 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v make >/dev/null || need+=(make)
 if wanted c-tsan || wanted c-fuzz; then
     command -v clang >/dev/null || need+=(clang)
+fi
+if wanted pytest-python3; then
+    command -v etcd >/dev/null || need+=(etcd-server)
+    command -v tini >/dev/null || need+=(tini)
+    # Patroni's venv is built on Debian's interpreter: the postgres user runs it
+    [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 \
+        || need+=(python3 python3-venv)
 fi
 apt_install "${need[@]}"
 # clang's libFuzzer and ThreadSanitizer runtimes are a package of their own
@@ -412,7 +429,7 @@ print("%s %s%s (%s%s)" % (platform.python_implementation(), platform.python_vers
 # nor the interpreter version (the CLI, the test harness itself, other
 # projects' suites, clusters of other programs).  The other stages run
 # everything else; their note says how many were left to pytest-python3.
-ONCE_ONLY=(-m "not once")
+ONCE_ONLY=(-m "not once and not patroni")
 PYTEST_SELECT=()
 # run_pytest_stage STAGE VENV [ENV...]; PYTEST_SELECT: extra pytest arguments
 run_pytest_stage() {
@@ -422,7 +439,7 @@ run_pytest_stage() {
     local xml="$dir/junit.xml" log="$dir/pytest.log"
     rm -rf "$dir"
     mkdir -p "$dir"
-    say "$stage: pytest suite on $(describe_python "$venv/bin/python")"
+    say "$stage: pytest suite on $(describe_python "$venv/bin/python")${PYTEST_SELECT[*]:+ (${PYTEST_SELECT[*]})}"
     # The venv's pytest script, not "python -m pytest": the repo root must
     # not be on sys.path, so the tests import the installed package.  -v in
     # the log names the test that was running if the stage dies.  The thread
@@ -503,12 +520,36 @@ env_or_fail() {   # env_or_fail STAGE NAME PYTHON [CFLAGS LDFLAGS] -> sets VENV 
     fi
 }
 
+# The Patroni the `patroni` tests run (noodlecore.testing.patroni finds it through
+# NOODLE_PATRONI_BIN): a venv on /usr/bin/python3 with tests/patroni-requirements.txt,
+# kept under the work dir while its stamp matches.  Prints the patroni executable.
+make_patroni_env() {
+    local venv="$WORK/venv-patroni" log="$WORK/pip-patroni.log" key
+    key="$(/usr/bin/python3 -c 'import sys; print(sys.version.split()[0])') $(sha256sum tests/patroni-requirements.txt | cut -c1-16)"
+    if [ ! -f "$venv/.noodlecore-stamp" ] || [ "$(cat "$venv/.noodlecore-stamp")" != "$key" ] \
+        || ! "$venv/bin/python" -c 'import patroni' >/dev/null 2>&1; then
+        rm -rf "$venv"
+        { /usr/bin/python3 -m venv "$venv" \
+            && "$venv/bin/python" -m pip install -q --no-deps -r tests/patroni-requirements.txt \
+            && "$venv/bin/python" -m pip check; } >"$log" 2>&1 || { cat "$log" >&2; return 1; }
+        echo "$key" >"$venv/.noodlecore-stamp"
+    fi
+    # the postgres user runs it: every directory on the way must be searchable
+    chmod -R a+rX "$venv"
+    local d=$venv
+    while [ "$d" != / ]; do chmod a+x "$d" 2>/dev/null; d=$(dirname "$d"); done
+    echo "$venv/bin/patroni"
+}
+
 if wanted pytest-python3; then
+    PATRONI_BIN=
+    say "pytest-python3: the Patroni venv (tests/patroni-requirements.txt)"
+    PATRONI_BIN=$(make_patroni_env) || echo "could not make the Patroni venv (log: $WORK/pip-patroni.log): the patroni tests will fail"
     # PYTHONMALLOC=debug makes CPython abort on any allocator call made without
     # the GIL (a native thread bug that the release build would hide).
     if env_or_fail pytest-python3 main "$PY"; then
         INTERPRETERS+=("pytest-python3: $(describe_python "$VENV/bin/python"), PYTHONMALLOC=debug")
-        run_pytest_stage pytest-python3 "$VENV" PYTHONMALLOC=debug
+        run_pytest_stage pytest-python3 "$VENV" PYTHONMALLOC=debug NOODLE_PATRONI_BIN="$PATRONI_BIN"
     fi
 fi
 

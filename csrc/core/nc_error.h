@@ -49,7 +49,12 @@ enum nc_code {
     NC_E_FO_RECOVERY = 4013,        /* manual recovery failed */
     NC_E_FO_SHUTDOWN = 4014,        /* shutdown failed */
     NC_E_FO_NO_ENDPOINT = 4015,     /* no usable endpoint */
-    NC_E_FO_UNKNOWN_ENDPOINT = 4016 /* trigger_failover(target=) names no endpoint */
+    NC_E_FO_UNKNOWN_ENDPOINT = 4016, /* trigger_failover(target=) names no endpoint */
+    /* Patroni (nc_patroni.c) 4025-4029 */
+    NC_E_PATRONI_UNREACHABLE = 4025, /* no Patroni REST API answered GET /cluster */
+    NC_E_PATRONI_ANSWER = 4026,     /* a Patroni API answered something we cannot read */
+    NC_E_PATRONI_URL = 4027,        /* a Patroni URL we cannot use */
+    NC_E_PATRONI_NO_MEMBER = 4028   /* Patroni lists no member with a host and port */
 };
 
 /* The exception class of an error.  The names (nc_class_name) are the class

@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pg_stat_replication.\nExit status 1 when any endpoint is down."))
     st.add_argument("--endpoint", action="append", metavar="ID=DSN", help=ep_help)
     st.add_argument("--timeout", type=float, default=3.0, help="deadline of each probe (default 3 s)")
+    st.add_argument("--patroni", metavar="URL[,URL...]",
+                    help="also the members Patroni's REST API lists (GET /cluster, the next URL when one "
+                         "does not answer), leader first, beside Patroni's role, state and lag")
+    st.add_argument("--dsn", default="", help="with --patroni: user, database and options for the members "
+                                               "(their host and port come from Patroni)")
     st.set_defaults(func=cmd_status)
 
     w = sub.add_parser("watch", parents=[common], help="the status, refreshed",
