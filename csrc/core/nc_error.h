@@ -50,6 +50,9 @@ enum nc_code {
     NC_E_FO_SHUTDOWN = 4014,        /* shutdown failed */
     NC_E_FO_NO_ENDPOINT = 4015,     /* no usable endpoint */
     NC_E_FO_UNKNOWN_ENDPOINT = 4016, /* trigger_failover(target=) names no endpoint */
+    NC_E_FO_NO_STANDBY = 4017,      /* target="standby": no standby within the lag limits */
+    NC_E_FO_BAD_TARGET = 4018,      /* a target name that is not primary/standby/prefer-standby/any */
+    NC_E_FO_SPLIT_DSN = 4019,       /* a multi-host connection string that cannot be split into endpoints */
     /* Patroni (nc_patroni.c) 4025-4029 */
     NC_E_PATRONI_UNREACHABLE = 4025, /* no Patroni REST API answered GET /cluster */
     NC_E_PATRONI_ANSWER = 4026,     /* a Patroni API answered something we cannot read */

@@ -162,6 +162,103 @@ const char *nc_pg_ctx_display(void *vctx)
     return ((nc_pg_ctx *)vctx)->display;
 }
 
+/* Append keyword='value' to buf (libpq's quoting: \\ and \' escaped). */
+static int append_kv(char **buf, size_t *len, size_t *cap, const char *key, const char *val)
+{
+    size_t need = *len + strlen(key) + 2 * strlen(val) + 6;
+    if (need > *cap) {
+        size_t nc = need * 2;
+        char *nb = realloc(*buf, nc);
+        if (!nb)
+            return -1;
+        *buf = nb;
+        *cap = nc;
+    }
+    char *o = *buf + *len;
+    if (*len)
+        *o++ = ' ';
+    o += sprintf(o, "%s='", key);
+    for (const char *v = val; *v; v++) {
+        if (*v == '\\' || *v == '\'')
+            *o++ = '\\';
+        *o++ = *v;
+    }
+    *o++ = '\'';
+    *o = '\0';
+    *len = (size_t)(o - *buf);
+    return 0;
+}
+
+int nc_pg_split_hosts(const char *conninfo, char **dsns, char **names, int cap, nc_error *err)
+{
+    /* nc_pg_ctx_new checks the string and splits the lists, once. */
+    nc_pg_ctx *ctx = nc_pg_ctx_new(conninfo, err);
+    if (!ctx)
+        return -1;
+    int n = ctx->nhosts > 0 ? ctx->nhosts : 1;
+    if (n > cap) {
+        pg_ctx_free(ctx);
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "connection string: more than %d hosts", cap);
+        return -1;
+    }
+    for (int i = 0; i < ctx->nhosts; i++) {
+        if ((ctx->hosts[i] && !ctx->hosts[i][0]) || (ctx->hostaddrs[i] && !ctx->hostaddrs[i][0]) ||
+            (!ctx->hosts[i] && !ctx->hostaddrs[i])) {
+            pg_ctx_free(ctx);
+            nc_error_set(err, NC_E_FO_SPLIT_DSN, NC_K_INTERFACE,
+                         "connection string: host %d of the list is empty (each endpoint needs its host)", i + 1);
+            return -1;
+        }
+    }
+    char *msg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &msg);
+    PQfreemem(msg);
+    int made = 0;
+    for (; opts && made < n; made++) {
+        char *buf = NULL;
+        size_t len = 0, bcap = 0;
+        int bad = 0;
+        for (PQconninfoOption *o = opts; o->keyword && !bad; o++) {
+            if (!o->val || !strcmp(o->keyword, "host") || !strcmp(o->keyword, "hostaddr") ||
+                !strcmp(o->keyword, "port") || !strcmp(o->keyword, "target_session_attrs"))
+                continue;
+            bad = append_kv(&buf, &len, &bcap, o->keyword, o->val) < 0;
+        }
+        const char *host = ctx->nhosts ? ctx->hosts[made] : NULL;
+        const char *addr = ctx->nhosts ? ctx->hostaddrs[made] : NULL;
+        const char *port = ctx->ports[made] ? ctx->ports[made] : ctx->ports[0];
+        if (!bad && host)
+            bad = append_kv(&buf, &len, &bcap, "host", host) < 0;
+        if (!bad && addr)
+            bad = append_kv(&buf, &len, &bcap, "hostaddr", addr) < 0;
+        if (!bad && port && port[0])
+            bad = append_kv(&buf, &len, &bcap, "port", port) < 0;
+        char name[300];
+        nc_text_set(name, sizeof name, "%s:%s", host ? host : addr ? addr : "localhost",
+                    port && port[0] ? port : "5432");
+        utf8_clean(name);
+        char *nm = strdup(name);
+        if (bad || !buf || !nm) {
+            free(buf);
+            free(nm);
+            break;
+        }
+        dsns[made] = buf;
+        names[made] = nm;
+    }
+    PQconninfoFree(opts);
+    pg_ctx_free(ctx);
+    if (made < n) {
+        for (int i = 0; i < made; i++) {
+            free(dsns[i]);
+            free(names[i]);
+        }
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        return -1;
+    }
+    return n;
+}
+
 
 
 int nc_pg_wait(int fd, short events, double deadline)

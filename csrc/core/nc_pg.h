@@ -24,6 +24,17 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err);
 /* "host:port/dbname" for messages (no password). */
 const char *nc_pg_ctx_display(void *ctx);
 
+/* A multi-host string as one connection string per host, for a failover
+ * manager's endpoints (priority in list order): every setting of conninfo
+ * except the host lists and target_session_attrs (which endpoint serves what
+ * is the route's to decide, and read-write would refuse a standby's
+ * connection), with that host's host, hostaddr and port.  dsns[i] and
+ * names[i] ("host:port", no password) are malloc'd, the caller frees them.
+ * Returns the count (1 for a single host), or -1 with err (NC_E_CONFIG for a
+ * string libpq refuses or with more than cap hosts, lists of different
+ * lengths; NC_E_FO_SPLIT_DSN for a host list with an empty entry). */
+int nc_pg_split_hosts(const char *conninfo, char **dsns, char **names, int cap, nc_error *err);
+
 /* Run sql before deadline.  With nparams < 0 the simple protocol is used
  * (several statements allowed, no parameters).  Returns a PGresult whose
  * status is TUPLES_OK, COMMAND_OK or EMPTY_QUERY (caller PQclear()s it), or

@@ -210,6 +210,9 @@ static PyMethodDef module_methods[] = {
      "error_facts(code, sqlstate=None) -> (connection_failure, not_applied) by the core's tables."},
     {"error_class", error_class, METH_VARARGS,
      "error_class(code, kind=0, sqlstate=None) -> the name of the exception class of such an error."},
+    {"split_hosts", npy_failover_split_hosts, METH_O,
+     "split_hosts(dsn) -> [(name, dsn)]: a multi-host PostgreSQL connection string as one per host, in list order "
+     "(target_session_attrs dropped)."},
     {"_atexit", atexit_hook, METH_NOARGS, "Stop every failover monitor and shut down every pool before the interpreter exits (internal)."},
     {"translate", translate, METH_VARARGS,
      "translate(sql, dialect=DIALECT_PG) -> (sql, style, nslots, names): the placeholder rewrite."},

@@ -254,18 +254,20 @@ class DatabaseManager(TableHelpers, Transactions):
     # -- statements ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def get_connection(self, timeout: Optional[float] = None) -> Iterator[PooledConnection]:
-        """Borrow a connection (of the current endpoint with failover), a
-        context manager; the pool's errors pass through as they are."""
+    def get_connection(self, timeout: Optional[float] = None,
+                       target: str = "primary") -> Iterator[PooledConnection]:
+        """Borrow a connection (of the current endpoint with failover, or for
+        ``target`` as DatabaseFailoverManager.get_connection), a context
+        manager; the pool's errors pass through as they are."""
         source = self._require("query")
-        lease = lend_from(source, timeout)
+        lease = lend_from(source, timeout, target)
         try:
             yield lease.conn
         finally:
             lease.release()
 
     def execute_query(self, query: str, params: Any = None, timeout: Optional[float] = None,
-                      idempotent: Optional[bool] = None) -> Any:
+                      idempotent: Optional[bool] = None, target: str = "primary") -> Any:
         """Run one statement: a list of row dicts, or the affected row count.
 
         Placeholders as the pool's: ``%s`` with a sequence, ``%(name)s`` with
@@ -273,14 +275,17 @@ class DatabaseManager(TableHelpers, Transactions):
         failover wait); past it the statement is cancelled (QueryTimeoutError,
         3004).  ``idempotent``: True when running it twice is harmless, False
         when even a read must not be repeated, None to let the manager decide
-        (plain SELECTs only)."""
+        (plain SELECTs only).  ``target``: ``"primary"`` (default), or with
+        failover a read target, ``"standby"``, ``"prefer-standby"`` or
+        ``"any"`` (DatabaseFailoverManager.get_connection); a standby refuses
+        writes."""
         if idempotent is not None and not isinstance(idempotent, bool):
             raise errors.ProgrammingError(f"idempotent must be True, False or None, not {idempotent!r}", 3005)
         repeatable = idempotent if idempotent is not None else is_plain_select(query)
 
         def work(lease: Lease, left: Optional[float]) -> Any:
             return lease.conn.execute_query(query, params, timeout=left)
-        return self._run("query", "query", work, repeatable=repeatable, timeout=timeout)
+        return self._run("query", "query", work, repeatable=repeatable, timeout=timeout, target=target)
 
     # -- failover ----------------------------------------------------------------
 
