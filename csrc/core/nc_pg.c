@@ -236,7 +236,7 @@ int nc_pg_split_hosts(const char *conninfo, char **dsns, char **names, int cap, 
         char name[300];
         nc_text_set(name, sizeof name, "%s:%s", host ? host : addr ? addr : "localhost",
                     port && port[0] ? port : "5432");
-        utf8_clean(name);
+        nc_utf8_clean(name);
         char *nm = strdup(name);
         if (bad || !buf || !nm) {
             free(buf);
