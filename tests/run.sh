@@ -6,7 +6,7 @@
 #   c-tsan          the threaded ones (pool, janitor, monitor, route; make
 #                   list-threaded) built with clang -fsanitize=thread
 #   c-fuzz          the libFuzzer targets of csrc/fuzz (SQL lexer/rewrite,
-#                   DSN parser) under ASan + UBSan, NOODLE_FUZZ_SECONDS (60)
+#                   DSN parser, Patroni HTTP/JSON/URL readers) under ASan + UBSan, NOODLE_FUZZ_SECONDS (60)
 #                   each on the repo's corpus; runs in the background while
 #                   c-tsan runs (the machine has 2 cores)
 #   pytest-python3  the pytest suite on python3, PYTHONMALLOC=debug; the only
@@ -286,7 +286,7 @@ run_c_stage() {
 }
 
 # run_fuzz_targets DIR: build csrc/fuzz (clang, libFuzzer, ASan + UBSan) and
-# run both targets at once, FUZZ_SECONDS each, on the repo's corpus (new
+# run the targets at once, FUZZ_SECONDS each, on the repo's corpus (new
 # inputs go to DIR, the repo's corpus is not changed) with its
 # dictionary.  A crash, a sanitizer report, a leak or a broken invariant ends
 # the target with a non-zero exit and an input file (shown).  Prints a line
@@ -298,8 +298,8 @@ run_fuzz_targets() {
         echo "result FAILED 0 1 build failed"
         return
     fi
-    # The two targets at once, one core each (the wall time is what bounds them).
-    for t in sql dsn; do
+    # The three targets at once (the wall time is what bounds them).
+    for t in sql dsn patroni; do
         local art="$dir/artifacts-$t/"
         mkdir -p "$dir/new-$t" "$art"
         # No log_path: libFuzzer prints the report with the input that caused it.
@@ -310,7 +310,7 @@ run_fuzz_targets() {
             -artifact_prefix="$art" "$dir/new-$t" csrc/fuzz/corpus/$t >"$dir/fuzz_$t.log" 2>&1 &
         eval "fuzz_pid_$t=\$!"
     done
-    for t in sql dsn; do
+    for t in sql dsn patroni; do
         local log="$dir/fuzz_$t.log" new="$dir/new-$t" art="$dir/artifacts-$t/" rc pidvar="fuzz_pid_$t"
         wait "${!pidvar}"
         rc=$?
@@ -348,7 +348,7 @@ fi
 # c-fuzz: in the background from here, so it overlaps c-tsan (mostly
 # compiling; its timing bounds are scaled for TSan) and not the plain and
 # ASan stages, whose tighter timing bounds a busy second core could break.
-# The two targets run at once; the report comes after c-tsan.
+# The targets run at once; the report comes after c-tsan.
 FUZZ_PID=
 if wanted c-fuzz; then
     rm -rf "$WORK/c-fuzz"

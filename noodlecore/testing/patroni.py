@@ -23,6 +23,7 @@ the ``postgres`` user when we are root.  Standard library only.
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import os
 import shutil
@@ -542,13 +543,19 @@ class PatroniCluster:
 
     def remove_member(self, member, timeout=60):
         """Stop a member's Patroni (and its postgres) and wait until Patroni's view no longer
-        lists it."""
+        lists it.  A stopped member's key stays in etcd as "stopped" until its lease (ttl, 20 s)
+        runs out; the harness deletes the key at once, which is all that expiry does."""
         if isinstance(member, str):
             member = self.member(member)
         member.stop()
         self.members.remove(member)
         release_port(member.port)
         release_port(member.api_port)
+        key = "/noodlecore/%s/members/%s" % (self.scope, member.name)
+        status, body = http_json("http://127.0.0.1:%d/v3/kv/deleterange" % self.etcd_port,
+                                 {"key": base64.b64encode(key.encode()).decode()}, timeout=5)
+        if status != 200:
+            raise PgHarnessError("remove_member: etcd refused to delete %s: %s %s" % (key, status, body))
 
         def gone():
             view = self.cluster_view()
