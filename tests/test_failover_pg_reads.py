@@ -16,10 +16,12 @@ import threading
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from helpers import cfg, ep, subprocess_env, wait_for
 from noodlecore.database import ConfigurationError, DatabaseConnectionPool, DatabaseManager, OperationalError
 from noodlecore.database.failover_manager import DatabaseFailoverManager
+from noodlecore.database.metrics import get_metrics, register_prometheus
 
 PORT_SQL = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS ro"
 
@@ -127,6 +129,18 @@ def test_multi_host_dsn_routes_writes_to_the_primary_and_reads_over_the_standbys
                 pass
         assert ei.value.error_code == 4018
 
+        # metrics: the same facts, as a dict and for Prometheus
+        mx = get_metrics(m)["endpoints"]
+        assert mx[eid(s1)]["serves_reads"] is True and mx[eid(s1)]["lag_bytes"] >= 0
+        assert mx[eid(p)]["writes"] >= 5 and mx[eid(p)]["lag_seconds"] is None
+        reg = CollectorRegistry()
+        register_prometheus(m, registry=reg, name="reads")
+        text = generate_latest(reg).decode()
+        assert 'noodlecore_endpoint_serves_reads{endpoint="%s",name="reads"} 1.0' % eid(s2) in text
+        assert 'noodlecore_endpoint_borrows_total{endpoint="%s",name="reads",target="primary"}' % eid(p) in text
+        assert 'noodlecore_endpoint_replica_lag_seconds{endpoint="%s",name="reads"}' % eid(s1) in text
+        assert 'noodlecore_endpoint_replica_lag_bytes{endpoint="%s",' % eid(p) not in text
+
     # DatabaseManager: target= on its query methods
     dm = DatabaseManager(enable_failover=True, failover_config=cfg(),
                          failover_endpoints=[ep("a", p, 1, primary=True), ep("b", s1, 2), ep("c", s2, 3)])
@@ -149,6 +163,15 @@ def test_key_value_multi_host_dsn(pg_factory):
         wait_serving(m, [s])
         assert read_port(m, "primary") == (p.port, False)
         assert read_port(m, "standby") == (s.port, True)
+    # DatabaseManager: a multi-host DSN as config is its failover topology
+    with DatabaseManager(config=dsn, enable_failover=True, failover_config=cfg()) as dm:
+        assert [e.id for e in dm.failover_endpoints] == [eid(p), eid(s)]
+        wait_serving(dm.failover_manager, [s])
+        assert dm.execute_query(PORT_SQL, target="standby") == [{"port": s.port, "ro": True}]
+        assert dm.execute_query(PORT_SQL) == [{"port": p.port, "ro": False}]
+    with pytest.raises(ConfigurationError) as ei:
+        DatabaseFailoverManager.from_dsn("host=a,,b")
+    assert ei.value.error_code == 4019
 
 
 # ---------------------------------------------------------------------------
@@ -339,3 +362,49 @@ def test_ctrl_c_ends_a_failover_wait(tmp_path):
         proc.stdout.close()
         proc.stderr.close()
     assert took < 0.5, "KeyboardInterrupt %.2f s after SIGINT (failover_wait)" % took
+
+
+# ---------------------------------------------------------------------------
+# read your writes (DatabaseManager session option, by LSN)
+# ---------------------------------------------------------------------------
+
+def test_read_your_writes_waits_for_the_standby_to_replay_the_write(pg_factory):
+    p = pg_factory.primary("yp")
+    p.sql("CREATE TABLE t (n int)")
+    s = pg_factory.standby(p, name="ys")
+    # lag limits out of the way: only read-your-writes keeps the stalled standby from this session
+    fc = cfg(max_replica_lag_seconds=3600, max_replica_lag_bytes=1e12)
+    count = "SELECT count(*) AS k, inet_server_port() AS port FROM t"
+    with DatabaseManager(config=multi_dsn(p, s, extra="connect_timeout=2"), enable_failover=True,
+                         failover_config=fc, read_your_writes=True) as dm:
+        s.wait_replayed(p)
+        wait_serving(dm.failover_manager, [s])
+        assert dm.execute_query(count, target="standby") == [{"k": 0, "port": s.port}]   # no write yet
+        pid = startup_pid(s)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            dm.execute_query("INSERT INTO t VALUES (1)")
+            # this session's reads: the primary while the standby has not replayed the write
+            for _ in range(20):
+                assert dm.execute_query(count, target="standby") == [{"k": 1, "port": p.port}]
+                assert dm.select("t", target="prefer-standby") == [{"n": 1}]
+            # another thread is another session: it wrote nothing, the standby serves it
+            other = []
+            th = threading.Thread(target=lambda: other.append(dm.execute_query(count, target="standby")))
+            th.start()
+            th.join(10)
+            assert other == [[{"k": 0, "port": s.port}]]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        s.wait_replayed(p)
+        # once a probe saw the standby past the write, it serves the session again, with the row
+        wait_for(lambda: dm.execute_query(count, target="standby") == [{"k": 1, "port": s.port}], 10,
+                 what="the standby serving the session after replaying its write")
+        # a transaction is a write too
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with dm.transaction() as tx:
+                tx.execute_query("INSERT INTO t VALUES (2)")
+            assert dm.execute_query(count, target="standby") == [{"k": 2, "port": p.port}]
+        finally:
+            os.kill(pid, signal.SIGCONT)

@@ -71,6 +71,7 @@ int nc_lsn_parse(const char *text, uint64_t *out)
 void nc_lsn_history_clear(nc_lsn_history *h)
 {
     h->head = h->count = h->wrapped = 0;
+    h->confirmed = 0;
 }
 
 static int slot(const nc_lsn_history *h, int k)
@@ -92,8 +93,11 @@ void nc_lsn_history_add(nc_lsn_history *h, double t, uint64_t lsn)
 {
     uint64_t newest;
     if (nc_lsn_history_newest(h, &newest) == 0) {
-        if (lsn == newest)
+        if (lsn == newest) {
+            if (t > h->confirmed)
+                h->confirmed = t;
             return;                 /* not an advance: the first sighting's time stays */
+        }
         if (lsn < newest)
             nc_lsn_history_clear(h);
     }
@@ -105,6 +109,24 @@ void nc_lsn_history_add(nc_lsn_history *h, double t, uint64_t lsn)
     int i = slot(h, h->count++);
     h->t[i] = t;
     h->lsn[i] = lsn;
+    if (t > h->confirmed)
+        h->confirmed = t;
+}
+
+int nc_lsn_history_seen_after(const nc_lsn_history *h, double t, uint64_t *lsn)
+{
+    /* The oldest sighting at or after t (times grow along the ring); if the
+     * position stood still since before t, its confirmation counts. */
+    for (int k = 0; k < h->count; k++) {
+        int i = slot(h, k);
+        if (h->t[i] >= t) {
+            *lsn = h->lsn[i];
+            return 0;
+        }
+    }
+    if (h->count > 0 && h->confirmed >= t)
+        return nc_lsn_history_newest(h, lsn);
+    return -1;
 }
 
 double nc_lag_bytes(const nc_lsn_history *h, uint64_t replay)
@@ -139,7 +161,8 @@ double nc_lag_seconds(const nc_lsn_history *h, uint64_t replay, double at)
 int nc_read_eligible(const nc_read_ep *e, const nc_read_limits *lim)
 {
     return e->up && e->standby && !isnan(e->lag_bytes) && !isnan(e->lag_seconds) &&
-           e->lag_bytes <= lim->max_lag_bytes && e->lag_seconds <= lim->max_lag_seconds;
+           e->lag_bytes <= lim->max_lag_bytes && e->lag_seconds <= lim->max_lag_seconds &&
+           (!lim->need_lsn || (e->have_replay && e->replay >= lim->min_lsn));
 }
 
 int nc_read_choose(int target, const nc_read_ep *eps, int n, int primary, const nc_read_limits *lim,

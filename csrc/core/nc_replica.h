@@ -47,6 +47,7 @@ typedef struct nc_lsn_history {
     int head;                   /* index of the oldest */
     int count;
     int wrapped;                /* entries were dropped: the oldest is not the first seen */
+    double confirmed;           /* when the newest position was last seen (advanced or not) */
 } nc_lsn_history;
 
 void nc_lsn_history_clear(nc_lsn_history *h);
@@ -56,6 +57,11 @@ void nc_lsn_history_clear(nc_lsn_history *h);
 void nc_lsn_history_add(nc_lsn_history *h, double t, uint64_t lsn);
 /* The newest position; 0 and returns -1 when empty. */
 int nc_lsn_history_newest(const nc_lsn_history *h, uint64_t *lsn);
+
+/* Read your writes: the primary's position as first seen at or after time
+ * t (a write that completed before t is at or below it).  0, or -1 when the
+ * primary has not been seen since t (nothing can be promised yet). */
+int nc_lsn_history_seen_after(const nc_lsn_history *h, double t, uint64_t *lsn);
 
 /* Bytes a replica at replay is behind the newest known primary position
  * (0 when ahead); NAN when nothing is known of the primary. */
@@ -71,16 +77,20 @@ typedef struct nc_read_ep {
     double lag_bytes;           /* NAN unknown */
     double lag_seconds;         /* NAN unknown */
     int in_flight;              /* connections of its pool lent now */
+    int have_replay;
+    uint64_t replay;            /* its replayed position */
 } nc_read_ep;
 
 typedef struct nc_read_limits {
     double max_lag_bytes;       /* > 0 */
     double max_lag_seconds;     /* > 0 */
+    int need_lsn;               /* read your writes: only standbys that replayed min_lsn */
+    uint64_t min_lsn;
 } nc_read_limits;
 
 /* A standby that may serve reads: up, read-only, lag known and within both
  * limits (an unknown lag never qualifies: no read from a replica that may be
- * past the limit). */
+ * past the limit), and with need_lsn, replayed up to min_lsn. */
 int nc_read_eligible(const nc_read_ep *e, const nc_read_limits *lim);
 
 /* Which endpoint serves a read of target (STANDBY, PREFER_STANDBY or ANY):

@@ -116,6 +116,9 @@ static int route_probe(void *arg, int i, double deadline, double *latency, int *
 {
     nc_route *r = arg;
     nc_probe_result res;
+    /* A primary's position is dated when the probe started: whatever
+     * completed before then is at or below it (read your writes). */
+    double started = nc_now();
     int rc = nc_prober_probe(r->probers[i], deadline, &res);
     *latency = res.latency;
     *role = res.role;
@@ -137,7 +140,7 @@ static int route_probe(void *arg, int i, double deadline, double *latency, int *
         d->lsn_at = now;
     }
     if (cur == i || cur == -1)
-        nc_lsn_history_add(&r->hist, now, res.lsn);
+        nc_lsn_history_add(&r->hist, started, res.lsn);
     pthread_mutex_unlock(&r->rmu);
     return rc;
 }
@@ -472,8 +475,9 @@ static int lend_primary(nc_route *r, nc_monitor *m, double timeout, int read, in
     return rc;
 }
 
-/* Fill eps (n entries) with what read routing knows now. */
-static void read_view(nc_route *r, nc_read_ep *eps, nc_read_limits *lim)
+/* Fill eps (n entries) with what read routing knows now, and the limits
+ * (with read your writes for a write completed at written_at, > 0). */
+static void read_view(nc_route *r, double written_at, nc_read_ep *eps, nc_read_limits *lim)
 {
     int lent[NC_MONITOR_ENDPOINTS_MAX];
     for (int i = 0; i < r->n; i++)
@@ -486,14 +490,25 @@ static void read_view(nc_route *r, nc_read_ep *eps, nc_read_limits *lim)
         eps[i].lag_bytes = d->standby && d->have_lsn ? nc_lag_bytes(&r->hist, d->lsn) : NAN;
         eps[i].lag_seconds = d->standby && d->have_lsn ? nc_lag_seconds(&r->hist, d->lsn, d->lsn_at) : NAN;
         eps[i].in_flight = lent[i];
+        eps[i].have_replay = d->standby && d->have_lsn;
+        eps[i].replay = d->lsn;
     }
     lim->max_lag_bytes = r->rcfg.max_replica_lag_bytes;
     lim->max_lag_seconds = r->rcfg.max_replica_lag_seconds;
+    lim->need_lsn = 0;
+    lim->min_lsn = 0;
+    if (written_at > 0) {
+        /* Read your writes: no standby qualifies before the primary was
+         * seen after the write. */
+        lim->need_lsn = 1;
+        if (nc_lsn_history_seen_after(&r->hist, written_at, &lim->min_lsn) < 0)
+            lim->min_lsn = UINT64_MAX;
+    }
     pthread_mutex_unlock(&r->rmu);
 }
 
-static int lend_read(nc_route *r, nc_monitor *m, int target, double timeout, int *endpoint, nc_conn **out,
-                     uint64_t *lease, nc_error *err)
+static int lend_read(nc_route *r, nc_monitor *m, int target, double written_at, double timeout, int *endpoint,
+                     nc_conn **out, uint64_t *lease, nc_error *err)
 {
     double start = nc_now();
     if (timeout < 0)
@@ -516,11 +531,20 @@ static int lend_read(nc_route *r, nc_monitor *m, int target, double timeout, int
     nc_read_ep eps[NC_MONITOR_ENDPOINTS_MAX];
     for (int attempt = 0; attempt <= r->n; attempt++) {
         nc_read_limits lim;
-        read_view(r, eps, &lim);
+        read_view(r, written_at, eps, &lim);
         int primary = nc_monitor_current(m, NULL);
         pthread_mutex_lock(&r->rmu);
         int idx = nc_read_choose(target, eps, r->n, primary, &lim, &r->rr);
+        int fresh = idx < 0 && lim.need_lsn;
+        if (fresh) {
+            /* None has the session's write yet: is that the only reason? */
+            unsigned rr = r->rr;
+            lim.need_lsn = 0;
+            fresh = nc_read_choose(target, eps, r->n, primary, &lim, &rr) >= 0;
+        }
         pthread_mutex_unlock(&r->rmu);
+        if (fresh && target == NC_TARGET_STANDBY)
+            idx = -1, target = NC_TARGET_PREFER_STANDBY;   /* read your writes: the primary */
         if (idx < 0 && target == NC_TARGET_STANDBY) {
             nc_error_set(err, NC_E_FO_NO_STANDBY, NC_K_OPERATIONAL,
                          "no standby can serve the read: none is up within max_replica_lag_bytes (%.0f) and "
@@ -563,6 +587,12 @@ static int lend_read(nc_route *r, nc_monitor *m, int target, double timeout, int
 int nc_route_lend_to(nc_route *r, int target, double timeout, int *endpoint, nc_conn **out, uint64_t *lease,
                      nc_error *err)
 {
+    return nc_route_lend_after(r, target, 0, timeout, endpoint, out, lease, err);
+}
+
+int nc_route_lend_after(nc_route *r, int target, double written_at, double timeout, int *endpoint, nc_conn **out,
+                        uint64_t *lease, nc_error *err)
+{
     if (target < 0 || target >= NC_TARGET_COUNT) {
         nc_error_set(err, NC_E_FO_BAD_TARGET, NC_K_INTERFACE, "unknown borrow target %d", target);
         return -1;
@@ -573,7 +603,7 @@ int nc_route_lend_to(nc_route *r, int target, double timeout, int *endpoint, nc_
         return -1;
     }
     int rc = target == NC_TARGET_PRIMARY ? lend_primary(r, m, timeout, 0, endpoint, out, lease, err)
-                                         : lend_read(r, m, target, timeout, endpoint, out, lease, err);
+                                         : lend_read(r, m, target, written_at, timeout, endpoint, out, lease, err);
     nc_route_leave(r);
     return rc;
 }
@@ -587,7 +617,7 @@ void nc_route_read_status(nc_route *r, nc_route_ep_status *out)
 {
     nc_read_ep eps[NC_MONITOR_ENDPOINTS_MAX];
     nc_read_limits lim;
-    read_view(r, eps, &lim);
+    read_view(r, 0, eps, &lim);
     pthread_mutex_lock(&r->rmu);
     for (int i = 0; i < r->n; i++) {
         const route_read *d = &r->rd[i];

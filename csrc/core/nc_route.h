@@ -37,12 +37,20 @@ typedef struct nc_read_config {
 /* failover_wait 0, 16 MB, 30 s. */
 void nc_read_config_defaults(nc_read_config *cfg);
 
-/* The endpoint set: fixed for a route's life.  A topology source that sees
- * members come and go (Patroni) makes the route over the largest set it
- * may need and marks the absent ones down, or builds a new route and moves
- * borrowers over (the binding swaps routes as it does after fork()); an
- * endpoint added in place would need the monitor's arrays, the probers and
- * the read state to grow under their locks, which nothing does yet. */
+/* The endpoint set is fixed for a route's life; roles are not: each
+ * endpoint's role (writable, standby) comes from its probes, so a list of
+ * endpoints with the leader marked is_primary (priority) is all a topology
+ * source (Patroni's members) needs to build one.  When members come and go,
+ * the way that fits this code is to build a new route over the new set,
+ * reusing the pools of the members that stay (nc_route_new refuses a pool
+ * another route still watches: nc_route_close the old route first, which
+ * unhooks them), and swap it in the binding the way a forked child's route
+ * is swapped in (failover.c, fresh()): connections lent meanwhile go back
+ * to their pools as ever, new borrows use the new route, whose
+ * monitor starts on the current leader (trigger_failover to it).  Growing a
+ * route in place would need the monitor's arrays (nc_fo health, probe
+ * threads), the probers and the read state to grow under their locks,
+ * which nothing does yet. */
 
 /* pools[i] is endpoint i's pool (a reference is taken to each); priority
  * and primary as for nc_monitor_new.  NULL with err on failure. */
@@ -73,6 +81,17 @@ int nc_route_configure_reads(nc_route *r, const nc_read_config *cfg, nc_error *e
  * borrow as PRIMARY does. */
 int nc_route_lend_to(nc_route *r, int target, double timeout, int *endpoint, nc_conn **c, uint64_t *lease,
                      nc_error *err);
+
+/* nc_route_lend_to for a session that wrote: a write completed at
+ * written_at (nc_now() seconds; <= 0 none) is read from a standby only once
+ * that standby has replayed the primary's position first seen after it
+ * (probes date a position by their start), else from the primary, also for
+ * STANDBY (which still fails when no standby is within the lag limits).
+ * No round trip on the write path: the monitor's probes carry the
+ * positions, so a standby serves the session again one probe after its
+ * write has been replayed. */
+int nc_route_lend_after(nc_route *r, int target, double written_at, double timeout, int *endpoint, nc_conn **c,
+                        uint64_t *lease, nc_error *err);
 
 /* What read routing knows of one endpoint. */
 typedef struct nc_route_ep_status {

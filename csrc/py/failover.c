@@ -472,8 +472,9 @@ static nc_monitor *enter(NpyFailover *self, int code)
     return m;
 }
 
-/* lend and lend_to: a connection, and its endpoint in *ep_out. */
-static PyObject *lend_impl(NpyFailover *self, PyObject *arg, const char *tname, int *ep_out)
+/* lend and lend_to: a connection, and its endpoint in *ep_out
+ * (written_at: nc_route_lend_after's). */
+static PyObject *lend_impl(NpyFailover *self, PyObject *arg, const char *tname, double written_at, int *ep_out)
 {
     int target = NC_TARGET_PRIMARY;
     if (tname && (target = nc_target_from_name(tname)) < 0)
@@ -516,7 +517,7 @@ static PyObject *lend_impl(NpyFailover *self, PyObject *arg, const char *tname, 
     npy_interrupt it;
     npy_interrupt_arm(&it);
     Py_BEGIN_ALLOW_THREADS
-    rc = nc_route_lend_to(r, target, timeout, &ep, &c, &lease, &err);
+    rc = nc_route_lend_after(r, target, written_at, timeout, &ep, &c, &lease, &err);
     Py_END_ALLOW_THREADS
     if (npy_interrupt_disarm(&it)) {
         /* Ctrl-C: a connection got just as it came is given back. */
@@ -548,7 +549,7 @@ static PyObject *fo_lend(NpyFailover *self, PyObject *args)
     int ep;
     if (!PyArg_ParseTuple(args, "|Oz:lend", &arg, &tname))
         return NULL;
-    return lend_impl(self, arg, tname, &ep);
+    return lend_impl(self, arg, tname, 0, &ep);
 }
 
 static PyObject *fo_lend_to(NpyFailover *self, PyObject *args)
@@ -556,9 +557,10 @@ static PyObject *fo_lend_to(NpyFailover *self, PyObject *args)
     PyObject *arg = Py_None;
     const char *tname = NULL;
     int ep = -1;
-    if (!PyArg_ParseTuple(args, "|Oz:lend_to", &arg, &tname))
+    double written_at = 0;
+    if (!PyArg_ParseTuple(args, "|Ozd:lend_to", &arg, &tname, &written_at))
         return NULL;
-    PyObject *conn = lend_impl(self, arg, tname, &ep);
+    PyObject *conn = lend_impl(self, arg, tname, written_at, &ep);
     return conn ? Py_BuildValue("(Ni)", conn, ep) : NULL;
 }
 
@@ -852,7 +854,8 @@ static PyMethodDef fo_methods[] = {
      "lend(timeout=None, target=None) -> PooledConnection of the current endpoint, or of a standby the core "
      "chooses for a read target (\"standby\", \"prefer-standby\", \"any\")."},
     {"lend_to", (PyCFunction)fo_lend_to, METH_VARARGS,
-     "lend_to(timeout=None, target=None) -> (PooledConnection, endpoint index): lend, and where it came from."},
+     "lend_to(timeout=None, target=None, written_at=0.0) -> (PooledConnection, endpoint index): lend, and where "
+     "it came from; written_at (time.monotonic(), CLOCK_MONOTONIC as the core's clock): read your writes."},
     {"start", (PyCFunction)fo_start, METH_NOARGS, "Start the monitor threads (idempotent)."},
     {"stop", (PyCFunction)fo_stop, METH_NOARGS, "Stop the monitor threads."},
     {"close", (PyCFunction)fo_close, METH_NOARGS, "Stop the monitor; later calls raise PoolClosedError."},

@@ -81,13 +81,13 @@ static void test_history_wraps(void)
 
 static nc_read_ep standby(double bytes, double secs, int in_flight)
 {
-    nc_read_ep e = {1, 1, bytes, secs, in_flight};
+    nc_read_ep e = {1, 1, bytes, secs, in_flight, 0, 0};
     return e;
 }
 
 static void test_eligible(void)
 {
-    nc_read_limits lim = {1000, 5};
+    nc_read_limits lim = {1000, 5, 0, 0};
     nc_read_ep e = standby(10, 1, 0);
     CHECK(nc_read_eligible(&e, &lim), "within");
     e = standby(1000, 5, 0);
@@ -110,9 +110,9 @@ static void test_eligible(void)
 
 static void test_choose(void)
 {
-    nc_read_limits lim = {1000, 5};
+    nc_read_limits lim = {1000, 5, 0, 0};
     /* 0 primary, 1 and 2 standbys, 3 a standby past the limit. */
-    nc_read_ep eps[4] = {{1, 0, NAN, NAN, 0}, standby(0, 0, 0), standby(0, 0, 0), standby(5000, 0, 0)};
+    nc_read_ep eps[4] = {{1, 0, NAN, NAN, 0, 0, 0}, standby(0, 0, 0), standby(0, 0, 0), standby(5000, 0, 0)};
     unsigned rr = 0;
     int seq[6];
     for (int k = 0; k < 6; k++)
@@ -146,6 +146,42 @@ static void test_choose(void)
     CHECK(nc_read_choose(NC_TARGET_STANDBY, eps, 4, -1, &lim, &rr) == 1, "standby while no primary");
 }
 
+/* Read your writes: a write that completed at time tw is at or below the
+ * primary's position first seen at or after tw; a standby serves the
+ * session's reads once it replayed that far. */
+static void test_read_your_writes(void)
+{
+    static nc_lsn_history h;
+    nc_lsn_history_clear(&h);
+    uint64_t need = 0;
+    CHECK(nc_lsn_history_seen_after(&h, 1.0, &need) == -1, "nothing seen");
+    nc_lsn_history_add(&h, 10.0, 100);
+    nc_lsn_history_add(&h, 12.0, 300);
+    nc_lsn_history_add(&h, 14.0, 300);   /* the same position seen again */
+    CHECK(nc_lsn_history_seen_after(&h, 11.0, &need) == 0 && need == 300, "first sighting after: %llu",
+          (unsigned long long)need);
+    CHECK(nc_lsn_history_seen_after(&h, 9.0, &need) == 0 && need == 100, "earlier: %llu", (unsigned long long)need);
+    CHECK(nc_lsn_history_seen_after(&h, 13.0, &need) == 0 && need == 300, "confirmed, no advance: %llu",
+          (unsigned long long)need);
+    CHECK(nc_lsn_history_seen_after(&h, 14.5, &need) == -1, "not seen since the write");
+    nc_read_limits lim = {1000, 5, 1, 300};
+    nc_read_ep e = standby(0, 0, 0);
+    CHECK(!nc_read_eligible(&e, &lim), "replay unknown");
+    e.have_replay = 1;
+    e.replay = 299;
+    CHECK(!nc_read_eligible(&e, &lim), "not yet replayed");
+    e.replay = 300;
+    CHECK(nc_read_eligible(&e, &lim), "replayed");
+    lim.need_lsn = 0;
+    e.replay = 0;
+    CHECK(nc_read_eligible(&e, &lim), "no write pending");
+    nc_read_ep eps[2] = {{1, 0, NAN, NAN, 0, 1, 300}, e};
+    lim.need_lsn = 1;
+    unsigned rr = 0;
+    CHECK(nc_read_choose(NC_TARGET_PREFER_STANDBY, eps, 2, 0, &lim, &rr) == -1, "the primary's path");
+    CHECK(nc_read_choose(NC_TARGET_ANY, eps, 2, 0, &lim, &rr) == 0, "any: the primary");
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -155,6 +191,7 @@ int main(void)
         {"history_wraps", test_history_wraps},
         {"eligible", test_eligible},
         {"choose", test_choose},
+        {"read_your_writes", test_read_your_writes},
     };
     return nc_run_cases("test_replica", cases, NC_NCASES(cases));
 }

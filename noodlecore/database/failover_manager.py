@@ -203,6 +203,12 @@ class FailoverEvent:
                 "success": self.success, "metadata": dict(self.metadata)}
 
 
+def dsn_endpoints(dsn: str) -> List[DatabaseEndpoint]:
+    """Each host of a libpq (multi-host) DSN as an endpoint (the core splits it)."""
+    return [DatabaseEndpoint(id=name, name=name, connection_string=one, priority=i + 1)
+            for i, (name, one) in enumerate(_native.split_hosts(dsn))]
+
+
 # Managers alive in this process, for the fork hook below: plain weak
 # references without callbacks (a WeakSet's callbacks kept a dropped manager
 # in a reference cycle from being collected under pytest's thread-exception
@@ -337,11 +343,7 @@ class DatabaseFailoverManager:
         ``host=h1,h2 port=5432,5433``): each host an endpoint, id
         ``"host:port"``, priority in list order; ``target_session_attrs`` is
         dropped (the probes find the writable host)."""
-        if not isinstance(dsn, str):
-            raise errors.ConfigurationError("from_dsn needs the connection string as a str")
-        endpoints = [DatabaseEndpoint(id=name, name=name, connection_string=one, priority=i + 1)
-                     for i, (name, one) in enumerate(_native.split_hosts(dsn))]
-        return cls(endpoints, config=config)
+        return cls(dsn_endpoints(dsn), config=config)
 
     @contextlib.contextmanager
     def get_connection(self, timeout: Optional[float] = None,
@@ -360,14 +362,14 @@ class DatabaseFailoverManager:
         finally:
             self._give_back(conn)
 
-    def _lend(self, timeout: Optional[float], target: str) -> "tuple[PooledConnection, str]":
+    def _lend(self, timeout: Optional[float], target: str, written_at: float = 0.0) -> "tuple[PooledConnection, str]":
         # The connection and its endpoint's id (for the DatabaseManager's logs).
         if self._closed:
             raise errors.PoolClosedError("the failover manager is shut down")
         if self._restart_dispatcher:
             self._resume_in_child()
         check_target(target)
-        conn, idx = self._native.lend_to(timeout, target)
+        conn, idx = self._native.lend_to(timeout, target, written_at)
         return conn, self.endpoints[idx].id
 
     def _give_back(self, conn: PooledConnection) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .. import errors
 from ..config import DatabaseConfig, backend_kind, redact_dsn, resolve_pool_options
 from ..connection_pool import DatabaseConnectionPool, PooledConnection, PoolStats
-from ..failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
+from ..failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig, dsn_endpoints
 from ._dialect import server_stats
 from ._retry import Lease, Source, code_of, lend_from, log, log_event, new_id, preferred_endpoint, rewrap
 from ._sqltext import is_plain_select
@@ -54,8 +54,13 @@ class DatabaseManager(TableHelpers, Transactions):
     connection string).  ``config``: a DatabaseConfig, a
     DSN string, or None for ``DatabaseConfig()``.  ``enable_failover=True``
     needs ``failover_endpoints`` (DatabaseEndpoint objects or dicts of their
-    fields); ``failover_config`` is a FailoverConfig.  ``failover_retry_wait``
-    bounds how long a transparent retry waits for a usable endpoint.  Other
+    fields) or a multi-host PostgreSQL DSN as ``config`` (each host an
+    endpoint, as DatabaseFailoverManager.from_dsn); ``failover_config`` is a FailoverConfig.  ``failover_retry_wait``
+    bounds how long a transparent retry waits for a usable endpoint.
+    ``read_your_writes``: after a write of a thread (its session), that
+    thread's reads with a standby target go to a standby only once it has
+    replayed the write, else to the primary (no round trip added; writes
+    made on a connection from get_connection() are not seen).  Other
     keywords are pool options (see DatabaseConnectionPool).  Every problem
     with these raises ConfigurationError here, before connect().
     """
@@ -64,7 +69,7 @@ class DatabaseManager(TableHelpers, Transactions):
                  config: Union[DatabaseConfig, str, None] = None, enable_failover: bool = False,
                  failover_endpoints: Optional[Sequence[Union[DatabaseEndpoint, Mapping[str, Any]]]] = None,
                  failover_config: Optional[FailoverConfig] = None, *, failover_retry_wait: float = 5.0,
-                 **pool_options: Any):
+                 read_your_writes: bool = False, **pool_options: Any):
         if isinstance(backend_factory, str):
             # What DatabaseConnectionPool accepts: a DSN in place of a factory.
             if config is not None or enable_failover:
@@ -94,10 +99,16 @@ class DatabaseManager(TableHelpers, Transactions):
         self.backend_factory = backend_factory
         self.enable_failover = enable_failover
         self.failover_retry_wait = float(w)
+        if not isinstance(read_your_writes, bool):
+            raise errors.ConfigurationError(f"read_your_writes must be True or False, not {read_your_writes!r}")
+        self.read_your_writes = read_your_writes
+        self._session = threading.local()
         self.failover_endpoints: List[DatabaseEndpoint] = []
         self.failover_config: Optional[FailoverConfig] = None
 
         if enable_failover:
+            if not failover_endpoints and backend_factory is None:
+                failover_endpoints = self._dsn_endpoints(config.connection_string)
             self.failover_endpoints = self._check_endpoints(failover_endpoints)
             fc = failover_config if failover_config is not None else FailoverConfig()
             if not isinstance(fc, FailoverConfig):
@@ -127,10 +138,20 @@ class DatabaseManager(TableHelpers, Transactions):
         self._source: Optional[Source] = None
         _live.add(self)
 
+    @staticmethod
+    def _dsn_endpoints(dsn: str) -> List[DatabaseEndpoint]:
+        """A multi-host PostgreSQL DSN's hosts as endpoints (as
+        DatabaseFailoverManager.from_dsn); [] for one host or another backend."""
+        if backend_kind(dsn) != "postgresql":
+            return []
+        eps = dsn_endpoints(dsn)
+        return eps if len(eps) > 1 else []
+
     def _check_endpoints(self, failover_endpoints: Any) -> List[DatabaseEndpoint]:
         if not failover_endpoints:
             raise errors.ConfigurationError(
-                "enable_failover=True needs failover_endpoints (a list of DatabaseEndpoint); "
+                "enable_failover=True needs failover_endpoints (a list of DatabaseEndpoint) or a multi-host "
+                "PostgreSQL DSN as config; "
                 "without failover, leave enable_failover False")
         eps = []
         for e in failover_endpoints:
@@ -260,7 +281,7 @@ class DatabaseManager(TableHelpers, Transactions):
         ``target`` as DatabaseFailoverManager.get_connection), a context
         manager; the pool's errors pass through as they are."""
         source = self._require("query")
-        lease = lend_from(source, timeout, target)
+        lease = lend_from(source, timeout, target, self._written_at(target))
         try:
             yield lease.conn
         finally:
@@ -285,7 +306,8 @@ class DatabaseManager(TableHelpers, Transactions):
 
         def work(lease: Lease, left: Optional[float]) -> Any:
             return lease.conn.execute_query(query, params, timeout=left)
-        return self._run("query", "query", work, repeatable=repeatable, timeout=timeout, target=target)
+        return self._run("query", "query", work, repeatable=repeatable, timeout=timeout, target=target,
+                         write=not is_plain_select(query))
 
     # -- failover ----------------------------------------------------------------
 
