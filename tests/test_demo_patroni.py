@@ -51,8 +51,12 @@ def test_demo_patroni_switchover_kill_and_reads_on_standbys(tmp_path):
     assert out["problems"] == [] and out["failures"] == 0
     # the manager followed both changes of leader: the switchover, then the kill
     fos = out["failovers"]
-    assert [f["after"] for f in fos[:2]] == ["switchover", "kill"], fos
-    assert fos[0]["to_endpoint"] != fos[1]["to_endpoint"]
+    after_switchover = [f for f in fos if f["after"] == "switchover"]
+    after_kill = [f for f in fos if f["after"] == "kill"]
+    assert after_switchover and after_kill, fos
+    assert after_switchover[-1]["to_endpoint"] != after_kill[-1]["to_endpoint"]
+    leader = [m["name"] for m in out["patroni_members"] if m["role"] == "leader"]
+    assert leader == [after_kill[-1]["to_endpoint"]] == [out["status"]["current_endpoint"]]
     whats = [e["what"] for e in out["timeline"]]
     assert whats.index("switchover") < whats.index("kill") < whats.index("rejoin")
     # synchronous mode: every acknowledged insert is on the new leader (an insert retried
@@ -60,12 +64,18 @@ def test_demo_patroni_switchover_kill_and_reads_on_standbys(tmp_path):
     r = out["result"]
     assert r["acknowledged_inserts"] > 0
     assert r["acknowledged_inserts"] <= r["orders"] <= r["acknowledged_inserts"] + out["retried"]
-    # reads went to standbys: the readers' borrows, and the members that served them
-    assert r["reads_on_standbys"] > 0 and r["failed_reads"] == 0
+    # reads went to standbys: the readers' borrows, and the members that served them.  A read
+    # fails only when the standby it runs on goes away under it (Patroni restarts a demoted
+    # leader, and the killed one), until the monitor's probes (every 0.1 s) see it: a couple
+    # per reader (2, each pausing 0.25 s after a failure) per restart (3 at most); a routing
+    # that kept sending reads to a member that is down would fail dozens
+    assert r["reads_on_standbys"] > 0
+    assert r["failed_reads"] <= 12, out["read_errors"]
+    assert all("[2004] connection lost" in e for e in out["read_errors"]), out["read_errors"]
     assert sum(s["reads"] for s in out["served"].values()) >= r["reads_on_standbys"]
     roles = sorted(m["role"] for m in out["patroni_members"])
     assert roles.count("leader") == 1 and len(roles) == 3
-    assert out["status"]["endpoints"][fos[1]["to_endpoint"]]["role"] == "primary"
+    assert out["status"]["endpoints"][leader[0]]["role"] == "primary"
     # nothing left behind: the cluster's directory and its processes
     dirs = glob.glob("/dev/shm/ncpg-%d-*" % proc.pid)
     assert dirs == []
