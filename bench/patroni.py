@@ -14,7 +14,8 @@ the venv's python.
 Stage 2: one Patroni cluster of 3 members (noodlecore.testing.patroni: etcd and
 Patroni under tini, on 127.0.0.1) with synchronous_mode on, HAProxy in front of
 it (Patroni's /primary and /replica checks, patroni_haproxy.py), and round by
-round, for a switchover and for a SIGKILL of the leader's postmaster, a steady
+round, for a switchover, a SIGKILL of the leader's postmaster and a replica
+whose replay stalls for 3 lag limits, a steady
 client (a write and a read in turn) through each of: noodlecore
 (DatabaseFailoverManager.from_patroni, failover_wait), psycopg_pool on a
 multi-host DSN (target_session_attrs=read-write), psycopg_pool through
@@ -52,7 +53,7 @@ from benchlib import (
 )
 
 CLIENT_KEYS = ("noodle", "multihost", "haproxy")
-SCENARIOS = ("switchover", "kill")
+SCENARIOS = ("switchover", "kill", "stall")
 PATRONI_VENV = Path(tempfile.gettempdir()) / "noodlecore-bench-patroni"
 
 
@@ -66,7 +67,7 @@ def parse_args(argv):
     ap.add_argument("--only", default=",".join(CLIENT_KEYS),
                     help="clients to run, of %s (default all)" % ",".join(CLIENT_KEYS))
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
-                    help="scenarios to run, of %s (default both)" % ",".join(SCENARIOS))
+                    help="scenarios to run, of %s (default all)" % ",".join(SCENARIOS))
     ap.add_argument("--async", dest="synchronous", action="store_false",
                     help="leave Patroni's synchronous_mode off (then a kill may lose acknowledged writes)")
     ap.add_argument("--interval", type=float, default=0.005,

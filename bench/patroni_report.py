@@ -43,7 +43,9 @@ def render(meta, res, args):
     if meta.get("not_available"):
         L.append("**Not available in this build:** %s\n" % "; ".join(meta["not_available"]))
     for scen, title in (("switchover", "Patroni switchover (POST /switchover)"),
-                        ("kill", "SIGKILL of the leader's postmaster")):
+                        ("kill", "SIGKILL of the leader's postmaster"),
+                        ("stall", "A replica's replay stalled for %g s (SIGSTOP of its startup process)"
+                         % (3 * args.lag_seconds))):
         L.append("## %s\n" % title)
         cols = [(k, h) for k, h in CLIENTS if res["scenarios"].get(scen, {}).get(k)]
         if not cols:
@@ -85,7 +87,7 @@ def render(meta, res, args):
             L.append("| outage across a kill at least 5x shorter than the best peer (time without a successful write) "
                      "| %.0f ms against %.0f ms | %s |"
                      % (mine, best, "MET" if ok else "NOT MET"))
-    for scen in ("switchover", "kill"):
+    for scen in ("switchover", "kill", "stall"):
         for k, h in CLIENTS:
             runs = res["scenarios"].get(scen, {}).get(k)
             if runs:
@@ -135,6 +137,12 @@ def render(meta, res, args):
              "whole again. Reads beyond the lag limit: reads that did not see a write acknowledged more than "
              "%g s before the read began (the lag limit in time; the writes are too small for the bytes limit "
              "to matter)." % args.lag_seconds)
+    L.append("- Patroni's own change of leader (about 1 s after a kill, 1.5-2 s for a switchover) bounds every "
+             "client's time without a successful write from below: against a peer already near that floor the "
+             "5x target cannot be met by any client.")
+    L.append("- The stall: a replica other than the leader and the synchronous standby stops replaying for "
+             "3 lag limits while it goes on receiving WAL; Patroni's `/replica` check and libpq's "
+             "prefer-standby still take it, noodlecore measures its lag from the WAL positions it probes.")
     L.append("- HAProxy runs Patroni's template settings (check inter 3s, fall 3, rise 2, "
              "on-marked-down shutdown-sessions); the peers borrow with `check=ConnectionPool.check_connection`.")
     L.append("")

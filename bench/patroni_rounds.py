@@ -57,13 +57,26 @@ def settle(cl, args):
 # ---------------------------------------------------------------------------
 
 def provoke(cl, scenario, args):
-    """Do the scenario; returns (its name for the log, the member that leads after it)."""
+    """Do the scenario; returns the member that leads after it."""
     if scenario == "switchover":
         cand = sync_standby(cl) if args.synchronous else None   # Patroni refuses others in sync mode
         return cl.switchover(cand)
     if scenario == "kill":
         old = cl.kill_leader_postgres()
         return cl.wait_new_leader(old)
+    if scenario == "stall":
+        # a replica that stops replaying (SIGSTOP of its startup process) for 3 lag
+        # limits: still streaming and "healthy" to Patroni's /replica check, but stale;
+        # not the synchronous standby (Patroni might pick another one meanwhile)
+        leader = cl.leader()
+        sync = sync_standby(cl)
+        victim = next(m for m in cl.members if m is not leader and m is not sync)
+        cl.stall_replay(victim)
+        try:
+            time.sleep(3 * args.lag_seconds)   # the stall is the scenario: its length is the point
+        finally:
+            cl.resume_replay(victim)
+        return leader
     raise ValueError(scenario)
 
 
@@ -95,7 +108,8 @@ def run_scenario(cl, make_client, scenario, run_id, args, say):
         present = {int(r[0]) for r in leader.sql("SELECT seq FROM bench_ha WHERE run = '%s'" % run_id,
                                                  timeout=30)}
         out = analyse(log, t_ev, present, args)
-        out["patroni_s"] = t_leader - t_ev
+        if scenario != "stall":
+            out["patroni_s"] = t_leader - t_ev
         out["new_leader"] = leader.name
         return out
     finally:
