@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from figures import record_figure
 from helpers import cfg, subprocess_env, wait_for
 from noodlecore.database import DatabaseError
 from noodlecore.database import errors as nerrors
@@ -179,7 +180,8 @@ def rows_on(member, table):
 def test_switchover_followed(patroni):
     old = patroni.leader()
     old.sql("DROP TABLE IF EXISTS sw; CREATE TABLE sw (n int PRIMARY KEY)")
-    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg()) as m:
+    # failover_wait: a borrow for the primary waits for the new leader instead of failing
+    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg(failover_wait=10)) as m:
         m.start_monitoring()
         with Writer(m, "sw") as w:
             wait_for(lambda: len(w.acked) >= 20, 10, what="writes before the switchover")
@@ -199,6 +201,8 @@ def test_switchover_followed(patroni):
     assert all(port == new.port for n, port in w.acked.items() if n > first_new)
     assert set(w.acked.values()) <= {old.port, new.port}
     # what failed during it failed with a typed error, never a write on the demoted node
+    record_figure("Patroni switchover (failover_wait 10 s, one writer)", "%d writes acknowledged, %d failed %s" % (
+        len(w.acked), len(w.errors), sorted({e.error_code for e in w.errors})))
     for e in w.errors:
         assert getattr(e, "error_code", None), e
 
@@ -206,7 +210,7 @@ def test_switchover_followed(patroni):
 def test_leader_postgres_killed(patroni):
     leader = patroni.leader()
     leader.sql("DROP TABLE IF EXISTS kl; CREATE TABLE kl (n int PRIMARY KEY)")
-    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg()) as m:
+    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg(failover_wait=10)) as m:
         m.start_monitoring()
         with Writer(m, "kl") as w:
             wait_for(lambda: len(w.acked) >= 20, 10, what="writes before the kill")
@@ -218,6 +222,8 @@ def test_leader_postgres_killed(patroni):
             wait_for(lambda: len([n for n in w.acked if n > n_switch]) >= 20, 10,
                      what="writes after the failover")
         assert port_of(m) == new.port
+    record_figure("Patroni leader postgres killed (one writer)", "%d writes acknowledged, %d failed %s" % (
+        len(w.acked), len(w.errors), sorted({e.error_code for e in w.errors})))
     after = {n for n in w.acked if n > n_switch}
     assert after <= rows_on(new, "kl")
     assert all(w.acked[n] == new.port for n in after)
@@ -247,6 +253,64 @@ def test_patroni_api_down_service_goes_on(patroni):
         finally:
             patroni.resume_api()
     assert rows_on(leader, "ad") == set(range(1, 21))
+
+
+# ---------------------------------------------------------------------------
+# reads on the replicas Patroni lists (read routing: the core's, from the probes)
+# ---------------------------------------------------------------------------
+
+def standby_ports(m, n=12):
+    """Ports of the servers n standby reads went to (None: no standby eligible, 4017)."""
+    ports = []
+    for _ in range(n):
+        try:
+            with m.get_connection(timeout=3, target="standby") as c:
+                ports.append(c.execute_query("SELECT inet_server_port() AS port")[0]["port"])
+        except nerrors.OperationalError as e:
+            if e.error_code != 4017:
+                raise
+            ports.append(None)
+    return ports
+
+
+def test_reads_on_replicas_stalled_one_excluded_then_back(patroni):
+    leader = patroni.leader()
+    r1, r2 = [x for x in patroni.members if x is not leader]
+    config = cfg(max_replica_lag_bytes=512 * 1024)
+    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=config) as m:
+        m.start_monitoring()
+        # both replicas serve reads (balanced), the leader none
+        wait_for(lambda: set(standby_ports(m)) == {r1.port, r2.port}, 15, interval=0.1,
+                 what="reads on both replicas")
+        patroni.stall_replay(r1)
+        try:
+            leader.sql("DROP TABLE IF EXISTS rs; CREATE TABLE rs AS SELECT g FROM generate_series(1, 40000) g")
+            # r1 falls behind the lag limit: no read goes there any more
+            wait_for(lambda: set(standby_ports(m)) == {r2.port}, 15, interval=0.1, what="r1 excluded")
+            assert set(standby_ports(m, 30)) == {r2.port}
+        finally:
+            patroni.resume_replay(r1)
+        wait_for(lambda: r1.port in standby_ports(m), 20, interval=0.1, what="r1 serving reads again")
+        # writes still go to the leader
+        assert port_of(m) == leader.port
+
+
+def test_database_manager_patroni_option(patroni):
+    from noodlecore.database import DatabaseManager
+    leader = patroni.leader()
+    replicas = {m.port for m in patroni.members if m is not leader}
+    db = DatabaseManager(config="postgresql://postgres@/postgres?connect_timeout=2", patroni=patroni.api_urls,
+                         failover_config=cfg())
+    with pytest.raises(nerrors.ConfigurationError):
+        DatabaseManager(config="sqlite:///x.db", patroni=patroni.api_urls)
+    try:
+        db.connect()
+        assert [e.id for e in db.failover_endpoints][0] == leader.name
+        assert db.execute_query("SELECT inet_server_port() AS p")[0]["p"] == leader.port
+        wait_for(lambda: db.execute_query("SELECT inet_server_port() AS p", target="prefer-standby")[0]["p"]
+                 in replicas, 15, interval=0.1, what="a read on a replica")
+    finally:
+        db.close()
 
 
 # ---------------------------------------------------------------------------

@@ -548,7 +548,7 @@ static int jmember(json *j, nc_patroni_member *m)
         if (jstring(j, key, sizeof key, &trunc) < 0 || jexpect(j, ':') < 0)
             return -1;
         int rc;
-        long long v;
+        long long v = 0;
         if (trunc)
             rc = jskip(j, 1);
         else if (!strcmp(key, "name"))

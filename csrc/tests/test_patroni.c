@@ -4,6 +4,7 @@
  * read past the end is caught under ASan), and fetches against a local server:
  * the answer, the fallback past a refused and a silent URL, the deadline. */
 #include "nc_patroni.h"
+#include "nc_stop.h"
 #include "check.h"
 
 #include <arpa/inet.h>
@@ -355,6 +356,41 @@ static void test_fetch_bad_answer(void)
     close(s.fd);
 }
 
+
+/* The thread's stop check (how Ctrl-C reaches the core) ends a fetch waiting on a
+ * hung API long before its deadline, with NC_E_INTERRUPTED and no fallback. */
+static double stop_at;
+
+static int stop_after(void *arg)
+{
+    (void)arg;
+    return nc_now() >= stop_at;
+}
+
+static void test_fetch_interrupted(void)
+{
+    int silent_port, live_port;
+    int silent = listen_local(&silent_port);
+    int live = listen_local(&live_port);    /* never reached: the stop is not a URL's failure */
+    char u1[64], u2[64];
+    snprintf(u1, sizeof u1, "http://127.0.0.1:%d", silent_port);
+    snprintf(u2, sizeof u2, "http://127.0.0.1:%d", live_port);
+    const char *urls[] = {u1, u2};
+    nc_patroni_cluster c;
+    nc_error err;
+    nc_error_clear(&err);
+    double t0 = nc_now();
+    stop_at = t0 + 0.2;
+    nc_stop_install(stop_after, NULL);
+    int rc = nc_patroni_fetch(urls, 2, 30.0, &c, &err);
+    nc_stop_install(NULL, NULL);
+    double el = nc_now() - t0;
+    CHECK(rc == -1 && err.code == NC_E_INTERRUPTED, "interrupted: %d %s", err.code, err.message);
+    CHECK(el >= 0.2 && el < 0.2 + 0.5 * nc_time_scale(), "soon after the stop: %.2f s", el);
+    close(silent);
+    close(live);
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -368,6 +404,7 @@ int main(void)
         {"fetch_fallback", test_fetch_fallback},
         {"fetch_all_fail", test_fetch_all_fail},
         {"fetch_bad_answer", test_fetch_bad_answer},
+        {"fetch_interrupted", test_fetch_interrupted},
     };
     return nc_run_cases("test_patroni", cases, NC_NCASES(cases));
 }

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .. import _native
-from . import errors
+from . import errors, patroni as _patroni
 from .config import backend_kind, redact_dsn
 from .connection_pool import DatabaseConnectionPool, PooledConnection
 from .routing import check_target
@@ -253,7 +253,7 @@ def _iso(ts: Optional[float]) -> Optional[datetime.datetime]:
     return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)
 
 
-class DatabaseFailoverManager:
+class DatabaseFailoverManager(_patroni.PatroniSource):
     """Pools per endpoint, a native monitor, and the switch between them.
 
     ``backend_factory``: None to use the native backend each endpoint's
@@ -292,7 +292,6 @@ class DatabaseFailoverManager:
         self._stop_dispatch = threading.Event()
         self._restart_dispatcher = False     # set in a forked child
         self._last_event_id = 0
-        self.patroni_urls: Optional[List[str]] = None   # set by from_patroni()
 
         cfg = self.config
         # One connect attempt per borrow: a server that refuses is reported
@@ -525,39 +524,6 @@ class DatabaseFailoverManager:
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
-
-    # -- Patroni (noodlecore/database/patroni.py) --------------------------
-
-    @classmethod
-    def from_patroni(cls, urls: Any, dsn: str = "", config: Optional[FailoverConfig] = None,
-                     timeout: float = 5.0, backend_factory: Optional[Callable[[str], Any]] = None,
-                     ) -> "DatabaseFailoverManager":
-        """A manager over the members Patroni lists (``GET /cluster`` from the first of
-        ``urls`` that answers within ``timeout``): the leader first (priority 1), then
-        the others in Patroni's order, each at its host and port with the rest of ``dsn``
-        (user, database, password, options; libpq's defaults when empty).  Patroni's view
-        only orders the endpoints: the monitor's own probes decide where writes go, so a
-        Patroni API that becomes unreachable later changes nothing.  Raises
-        OperationalError 4025 when no URL answers, 4028 when no member has an address."""
-        from . import patroni
-        url_list = patroni.patroni_urls(urls)
-        if not isinstance(dsn, str):
-            raise errors.ConfigurationError(f"dsn must be a str, not {type(dsn).__name__}")
-        cluster = patroni.fetch_cluster(url_list, timeout)
-        m = cls(patroni.endpoints_from_cluster(cluster, dsn), backend_factory=backend_factory, config=config)
-        m.patroni_urls = url_list
-        log.info("failover manager from Patroni %s (scope %r): %s", cluster["source"], cluster["scope"],
-                 ", ".join(f"{e.id} ({e.metadata['patroni']['role']})" for e in m.endpoints))
-        return m
-
-    def patroni_cluster(self, timeout: float = 5.0) -> dict:
-        """Patroni's current view (see noodlecore.database.patroni.fetch_cluster) from the
-        URLs this manager was made from.  ConfigurationError when it was not made by
-        from_patroni()."""
-        from . import patroni
-        if not self.patroni_urls:
-            raise errors.ConfigurationError("this failover manager was not made by from_patroni()")
-        return patroni.fetch_cluster(self.patroni_urls, timeout)
 
     # -- internals --------------------------------------------------------
 

@@ -10,16 +10,20 @@ endpoint is still probed by the monitor (its live role decides where writes go).
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any, Dict, List, Optional, Sequence, Union
+import logging
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .. import _native
 from . import errors
 
-__all__ = ["PatroniUrls", "patroni_urls", "fetch_cluster", "member_dsn", "endpoints_from_cluster", "describe"]
+__all__ = ["PatroniUrls", "patroni_urls", "fetch_cluster", "member_dsn", "endpoints_from_cluster", "describe",
+           "PatroniSource"]
 
 PatroniUrls = Union[str, Sequence[str]]
 
 DEFAULT_TIMEOUT = 5.0
+
+log = logging.getLogger("noodlecore.database.failover")
 
 
 def patroni_urls(urls: PatroniUrls) -> List[str]:
@@ -85,3 +89,39 @@ def describe(cluster: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
                      "address": "%s:%s" % (m["host"], m["port"]), "timeline": m["timeline"],
                      "lag_bytes": m["routing_lag"]})
     return rows
+
+
+class PatroniSource:
+    """DatabaseFailoverManager's Patroni methods (a base class of it, kept here so that
+    failover_manager.py stays about failover)."""
+
+    #: the Patroni URLs the manager was made from (from_patroni), else None
+    patroni_urls: Optional[List[str]] = None
+
+    @classmethod
+    def from_patroni(cls, urls: PatroniUrls, dsn: str = "", config: Any = None, timeout: float = DEFAULT_TIMEOUT,
+                     backend_factory: Optional[Callable[[str], Any]] = None) -> Any:
+        """A manager over the members Patroni lists (``GET /cluster`` from the first of
+        ``urls`` that answers within ``timeout``): the leader first (priority 1), then
+        the others in Patroni's order, each at its host and port with the rest of ``dsn``
+        (user, database, password, options; libpq's defaults when empty).  Patroni's view
+        only orders the endpoints: the monitor's own probes decide where writes go (and
+        which standbys serve reads), so a Patroni API that becomes unreachable later
+        changes nothing.  Raises OperationalError 4025 when no URL answers, 4028 when no
+        member has an address, ConfigurationError 4027 for a bad URL."""
+        url_list = patroni_urls(urls)
+        if not isinstance(dsn, str):
+            raise errors.ConfigurationError(f"dsn must be a str, not {type(dsn).__name__}")
+        cluster = fetch_cluster(url_list, timeout)
+        m = cls(endpoints_from_cluster(cluster, dsn), backend_factory=backend_factory, config=config)
+        m.patroni_urls = url_list
+        log.info("failover manager from Patroni %s (scope %r): %s", cluster["source"], cluster["scope"],
+                 ", ".join(f"{e.id} ({e.metadata['patroni']['role']})" for e in m.endpoints))
+        return m
+
+    def patroni_cluster(self, timeout: float = DEFAULT_TIMEOUT) -> Dict[str, Any]:
+        """Patroni's current view (fetch_cluster) from the URLs this manager was made from.
+        ConfigurationError when it was not made by from_patroni()."""
+        if not self.patroni_urls:
+            raise errors.ConfigurationError("this failover manager was not made by from_patroni()")
+        return fetch_cluster(self.patroni_urls, timeout)

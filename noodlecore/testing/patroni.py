@@ -165,6 +165,8 @@ class PatroniMember:
                 "data_dir": self.datadir,
                 "bin_dir": c.pg_bindir,
                 "pgpass": os.path.join(self.dir, "pgpass"),
+                # a new replica's base backup starts at once, not after a spread checkpoint
+                "basebackup": [{"checkpoint": "fast"}],
                 "authentication": {"superuser": {"username": "postgres"},
                                    "replication": {"username": "postgres"}},
                 "parameters": dict(PG_PARAMETERS, unix_socket_directories=self.dir),

@@ -21,6 +21,7 @@ from .. import errors
 from ..config import DatabaseConfig, backend_kind, redact_dsn, resolve_pool_options
 from ..connection_pool import DatabaseConnectionPool, PooledConnection, PoolStats
 from ..failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig, dsn_endpoints
+from ..patroni import patroni_urls
 from ._dialect import server_stats
 from ._retry import Lease, Source, code_of, lend_from, log, log_event, new_id, preferred_endpoint, rewrap
 from ._sqltext import is_plain_select
@@ -57,7 +58,10 @@ class DatabaseManager(TableHelpers, Transactions):
     fields) or a multi-host PostgreSQL DSN as ``config`` (each host an
     endpoint, as DatabaseFailoverManager.from_dsn); ``failover_config`` is a FailoverConfig.  ``failover_retry_wait``
     bounds how long a transparent retry waits for a usable endpoint.
-    ``read_your_writes``: after a write of a thread (its session), that
+    ``patroni``: Patroni REST API URL(s): failover over the members Patroni
+    lists when connect() runs (DatabaseFailoverManager.from_patroni, with
+    ``config``'s connection string for user, database and options; implies
+    ``enable_failover``).  ``read_your_writes``: after a write of a thread (its session), that
     thread's reads with a standby target go to a standby only once it has
     replayed the write, else to the primary (no round trip added; writes
     made on a connection from get_connection() are not seen).  Other
@@ -69,7 +73,7 @@ class DatabaseManager(TableHelpers, Transactions):
                  config: Union[DatabaseConfig, str, None] = None, enable_failover: bool = False,
                  failover_endpoints: Optional[Sequence[Union[DatabaseEndpoint, Mapping[str, Any]]]] = None,
                  failover_config: Optional[FailoverConfig] = None, *, failover_retry_wait: float = 5.0,
-                 read_your_writes: bool = False, **pool_options: Any):
+                 read_your_writes: bool = False, patroni: Any = None, **pool_options: Any):
         if isinstance(backend_factory, str):
             # What DatabaseConnectionPool accepts: a DSN in place of a factory.
             if config is not None or enable_failover:
@@ -92,6 +96,14 @@ class DatabaseManager(TableHelpers, Transactions):
                 f"{type(backend_factory).__name__}")
         if not isinstance(enable_failover, bool):
             raise errors.ConfigurationError(f"enable_failover must be True or False, not {enable_failover!r}")
+        self.patroni = None if patroni is None else patroni_urls(patroni)
+        if self.patroni:
+            if failover_endpoints:
+                raise errors.ConfigurationError("patroni= and failover_endpoints are two topologies: give one")
+            if backend_factory is None and backend_kind(config.connection_string) != "postgresql":
+                raise errors.ConfigurationError("patroni= needs a PostgreSQL connection string as config= (user, "
+                                                "database, options; Patroni gives the hosts)")
+            enable_failover = True
         w = failover_retry_wait
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 or math.isinf(w):
             raise errors.ConfigurationError(f"failover_retry_wait must be a number of seconds >= 0, not {w!r}")
@@ -107,9 +119,10 @@ class DatabaseManager(TableHelpers, Transactions):
         self.failover_config: Optional[FailoverConfig] = None
 
         if enable_failover:
-            if not failover_endpoints and backend_factory is None:
+            if not failover_endpoints and backend_factory is None and not self.patroni:
                 failover_endpoints = self._dsn_endpoints(config.connection_string)
-            self.failover_endpoints = self._check_endpoints(failover_endpoints)
+            if not self.patroni:             # else Patroni names them at connect()
+                self.failover_endpoints = self._check_endpoints(failover_endpoints)
             fc = failover_config if failover_config is not None else FailoverConfig()
             if not isinstance(fc, FailoverConfig):
                 raise errors.ConfigurationError("failover_config must be a FailoverConfig")
@@ -186,9 +199,15 @@ class DatabaseManager(TableHelpers, Transactions):
             source = Source()
             endpoint = None
             try:
+                if self.patroni:
+                    source.failover = DatabaseFailoverManager.from_patroni(
+                        self.patroni, dsn=self.config.connection_string, config=self.failover_config,
+                        backend_factory=self.backend_factory)
+                    self.failover_endpoints = source.failover.endpoints
                 if self.enable_failover:
-                    source.failover = DatabaseFailoverManager(self.failover_endpoints, self.backend_factory,
-                                                              self.failover_config)
+                    if source.failover is None:
+                        source.failover = DatabaseFailoverManager(self.failover_endpoints, self.backend_factory,
+                                                                  self.failover_config)
                     source.failover.start_monitoring()
                     fc = self.failover_config
                     timeout = fc.pool_options.get("timeout", fc.pool_timeout)
