@@ -130,6 +130,24 @@ def table(pg, app):
 
 
 # ===========================================================================
+# DB-API (test_dbapi*.py)
+#
+#   fresh_dbapi_pools  function  the pools noodlecore.dbapi.connect() made during
+#                                the test are shut down at its end
+# ===========================================================================
+
+@pytest.fixture
+def fresh_dbapi_pools():
+    from noodlecore import dbapi
+    before = set(dbapi._pools)
+    yield
+    with dbapi._pools_lock:
+        made = [dbapi._pools.pop(k) for k in list(dbapi._pools) if k not in before]
+    for pool in made:
+        pool.shutdown(timeout=0)
+
+
+# ===========================================================================
 # DatabaseManager without a server (test_database_manager_*.py)
 #
 #   clean_env   function  no NOODLE_DB_* variables, cwd in tmp_path; returns monkeypatch

@@ -398,19 +398,27 @@ fresh_source() {
 make_env() {
     local name=$1 python=$2 cflags=${3:-} ldflags=${4:-}
     local venv="$WORK/venv-$name" src="$WORK/src-$name" log="$WORK/pip-$name.log"
+    # The packaging tests' tools (mypy, auditwheel) only where they run.
+    local reqs=(tests/requirements.txt)
+    [ "$name" = main ] && reqs+=(tests/requirements-packaging.txt scripts/requirements-wheel.txt)
     local key
-    key="$(readlink -f "$(command -v "$python")") $("$python" -c 'import sys; print(sys.version.split()[0], sys.abiflags)') $(sha256sum tests/requirements.txt | cut -c1-16)"
+    key="$(readlink -f "$(command -v "$python")") $("$python" -c 'import sys; print(sys.version.split()[0], sys.abiflags)') $(cat "${reqs[@]}" | sha256sum | cut -c1-16)"
     if [ ! -f "$venv/.noodlecore-stamp" ] || [ "$(cat "$venv/.noodlecore-stamp")" != "$key" ] \
         || ! "$venv/bin/python" -c 'import pytest, pytest_timeout' >/dev/null 2>&1; then
         rm -rf "$venv"
         { "$python" -m venv "$venv" \
             && "$venv/bin/python" -m pip install -q --no-deps -r tests/requirements.txt \
+                ${reqs[1]:+-r "${reqs[1]}"} \
             && "$venv/bin/python" -m pip check; } >"$log" 2>&1 || { cat "$log" >&2; return 1; }
         echo "$key" >"$venv/.noodlecore-stamp"
     fi
     fresh_source "$src"
-    NOODLE_CFLAGS="-Werror $cflags" NOODLE_LDFLAGS="$ldflags" \
-        "$venv/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$src" \
+    # A wheel, then its install: the first pytest stage's wheel test repairs
+    # this one (NOODLE_RAW_WHEEL) instead of compiling the extension again.
+    rm -rf "$WORK/wheel-$name"
+    { NOODLE_CFLAGS="-Werror $cflags" NOODLE_LDFLAGS="$ldflags" \
+        "$venv/bin/python" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/wheel-$name" "$src" \
+        && "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$WORK/wheel-$name"/noodlecore-*.whl; } \
         >>"$log" 2>&1 || { cat "$log" >&2; return 1; }
     echo "$venv"
 }
@@ -549,7 +557,8 @@ if wanted pytest-python3; then
     # the GIL (a native thread bug that the release build would hide).
     if env_or_fail pytest-python3 main "$PY"; then
         INTERPRETERS+=("pytest-python3: $(describe_python "$VENV/bin/python"), PYTHONMALLOC=debug")
-        run_pytest_stage pytest-python3 "$VENV" PYTHONMALLOC=debug NOODLE_PATRONI_BIN="$PATRONI_BIN"
+        run_pytest_stage pytest-python3 "$VENV" PYTHONMALLOC=debug NOODLE_PATRONI_BIN="$PATRONI_BIN" \
+            NOODLE_RAW_WHEEL="$(ls "$WORK"/wheel-main/noodlecore-*.whl)"
     fi
 fi
 

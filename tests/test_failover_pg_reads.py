@@ -23,6 +23,11 @@ from noodlecore.database import ConfigurationError, DatabaseConnectionPool, Data
 from noodlecore.database.failover_manager import DatabaseFailoverManager
 from noodlecore.database.metrics import get_metrics, register_prometheus
 
+# Slow (servers, standbys, a promote): the pytest-python3 stage only
+# (conftest.py); the binding's read paths run in every stage through
+# test_routing_args.py, the core's under the sanitizers in csrc/tests.
+pytestmark = pytest.mark.once
+
 PORT_SQL = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS ro"
 
 
@@ -39,6 +44,16 @@ def read_port(m, target, timeout=3):
     with m.get_connection(timeout=timeout, target=target) as c:
         row = c.execute_query(PORT_SQL)[0]
     return row["port"], row["ro"]
+
+
+def standby_read_or_none(m):
+    """read_port(m, "standby"), or None while no standby qualifies (4017)."""
+    try:
+        return read_port(m, "standby")
+    except OperationalError as exc:
+        if exc.error_code != 4017:
+            raise
+        return None
 
 
 def wait_serving(m, nodes, timeout=10, ids=None):
@@ -198,7 +213,7 @@ def test_stalled_replica_is_excluded_then_back(pg_factory):
             stop.wait(0.01)
 
     with DatabaseFailoverManager.from_dsn(multi_dsn(p, s),
-                                          config=cfg(max_replica_lag_seconds=1.0)) as m:
+                                          config=cfg(max_replica_lag_seconds=2.0)) as m:
         m.start_monitoring()
         wt = threading.Thread(target=writer, daemon=True)
         wt.start()
@@ -212,7 +227,7 @@ def test_stalled_replica_is_excluded_then_back(pg_factory):
                 wait_for(lambda: not m.get_status()["endpoints"][eid(s)]["serves_reads"], 15,
                          what="the stalled standby excluded: %s" % m.get_status()["endpoints"])
                 st = m.get_status()["endpoints"][eid(s)]
-                assert st["lag_seconds"] > 1.0 and st["lag_bytes"] > 0, st
+                assert st["lag_seconds"] > 2.0 and st["lag_bytes"] > 0, st
                 assert st["role"] == "standby" and st["is_available"] is True   # up, only behind
                 t0 = time.monotonic()
                 with pytest.raises(OperationalError) as ei:
@@ -226,9 +241,9 @@ def test_stalled_replica_is_excluded_then_back(pg_factory):
                     assert read_port(m, "any")[0] == p.port
             finally:
                 os.kill(pid, signal.SIGCONT)
-            wait_serving(m, [s], timeout=15)
-            assert read_port(m, "standby") == (s.port, True)
-            assert m.get_status()["endpoints"][eid(s)]["lag_seconds"] <= 1.0
+            # back: caught up, it serves standby reads again
+            wait_for(lambda: standby_read_or_none(m) == (s.port, True), 15,
+                     what="the standby back: %s" % m.get_status()["endpoints"][eid(s)])
         finally:
             stop.set()
             wt.join(5)

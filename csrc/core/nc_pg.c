@@ -629,8 +629,10 @@ static void given_up(nc_error *err, int why, const nc_pg_cancel *k, double grace
  * result, or the first error.  cancel: on the deadline (or when the stop
  * check says stop) send a cancel and wait a grace period for the statement
  * to stop (the connection stays usable); without it the connection is given
- * up at once (pings and rollbacks, where the connection is dropped anyway). */
-static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *err)
+ * up at once (pings and rollbacks, where the connection is dropped anyway).
+ * one_row (single-row mode, nc_pg_stream_next): return the first row's
+ * result as soon as it comes, unless a cancel or an error is under way. */
+static PGresult *collect_mode(nc_pg_conn *c, double deadline, int cancel, int one_row, nc_error *err)
 {
     PGresult *keep = NULL, *error = NULL;
     nc_pg_cancel k;
@@ -693,6 +695,9 @@ static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *e
             nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED,
                          "COPY is not supported through execute_query");
             return NULL;
+        } else if (one_row && st == PGRES_SINGLE_TUPLE && why == WHY_NONE && !error) {
+            PQclear(keep);
+            return r;   /* more follow: the statement is still running */
         } else {
             PQclear(keep);
             keep = r;
@@ -738,15 +743,21 @@ static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *e
     return keep;
 }
 
-static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
-                        const char *const *values, const int *lengths, const int *formats,
-                        double deadline, int cancel, nc_error *err)
+static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *err)
+{
+    return collect_mode(c, deadline, cancel, 0, err);
+}
+
+/* Send a statement (the first half of pg_exec); 0, or -1 with err. */
+static int send_query(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths, const int *formats, int single_row,
+                      double deadline, nc_error *err)
 {
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
         c->broken = 1;
         set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
         err->sent = NC_SENT_NO;
-        return NULL;
+        return -1;
     }
     int ok = nparams < 0 ? PQsendQuery(c->pg, sql)
                          : PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
@@ -760,10 +771,22 @@ static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid 
             nc_error_set(err, NC_E_QUERY, NC_K_PROGRAMMING, "%s", buf);
         }
         err->sent = NC_SENT_NO;
-        return NULL;
+        return -1;
     }
+    /* Right after the send, as libpq asks; cannot fail then. */
+    if (single_row)
+        PQsetSingleRowMode(c->pg);
     if (flush_out(c, deadline, err) < 0)
-        return NULL;   /* partly written, maybe: unknown */
+        return -1;   /* partly written, maybe: unknown */
+    return 0;
+}
+
+static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                        const char *const *values, const int *lengths, const int *formats,
+                        double deadline, int cancel, nc_error *err)
+{
+    if (send_query(c, sql, nparams, types, values, lengths, formats, 0, deadline, err) < 0)
+        return NULL;
     PGresult *r = collect(c, deadline, cancel, err);
     if (!r)
         err->sent = NC_SENT_YES;
@@ -775,6 +798,21 @@ PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *typ
                      double deadline, nc_error *err)
 {
     return pg_exec(c, sql, nparams, types, values, lengths, formats, deadline, 1, err);
+}
+
+int nc_pg_stream_send(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths, const int *formats, double deadline,
+                      nc_error *err)
+{
+    return send_query(c, sql, nparams, types, values, lengths, formats, 1, deadline, err);
+}
+
+PGresult *nc_pg_stream_next(nc_pg_conn *c, double deadline, nc_error *err)
+{
+    PGresult *r = collect_mode(c, deadline, 1, 1, err);
+    if (!r)
+        err->sent = NC_SENT_YES;
+    return r;
 }
 
 int nc_pg_command(nc_pg_conn *c, const char *sql, double deadline, nc_error *err)

@@ -48,6 +48,19 @@ PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *typ
                      const char *const *values, const int *lengths, const int *formats,
                      double deadline, nc_error *err);
 
+/* Streaming a result row by row (libpq's single-row mode), so a large
+ * result never sits in memory at once.  nc_pg_stream_send sends sql as
+ * nc_pg_exec would (0, or -1 with err); then each nc_pg_stream_next waits
+ * (before deadline, cancelling as nc_pg_exec does) for the next result: a
+ * PGRES_SINGLE_TUPLE one is a row and more follow; any other status ends
+ * the statement (TUPLES_OK with no rows after the last row, COMMAND_OK for
+ * a statement without rows); NULL with err as nc_pg_exec (the statement is
+ * over then too).  Until the end, nothing else may be sent on c. */
+int nc_pg_stream_send(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths, const int *formats, double deadline,
+                      nc_error *err);
+PGresult *nc_pg_stream_next(nc_pg_conn *c, double deadline, nc_error *err);
+
 /* Run a parameterless command (BEGIN, COMMIT, ...).  0 ok, -1 err. */
 int nc_pg_command(nc_pg_conn *c, const char *sql, double deadline, nc_error *err);
 

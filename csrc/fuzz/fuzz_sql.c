@@ -10,7 +10,8 @@
  *              the input, each known kind with only its flags, END repeats;
  *              nc_lex_find gives the same tokens as nc_lex_next filtered.
  *   rewrite    a model built from the lexer's tokens: plain text copied
- *              byte for byte, %% -> %, each placeholder -> $n / ?n (for
+ *              byte for byte but %% -> % (inside literals and comments too),
+ *              a %% token -> %, each placeholder -> $n / ?n (for
  *              PostgreSQL with a space before it after a word, number or $)
  *              with n
  *              counting up (%s) or the slot of the name's first use
@@ -18,7 +19,8 @@
  *              count of placeholders in the output equals what the rewrite
  *              reports; len == strlen; the same answer twice.  On error:
  *              code 2014, a printable-ASCII message, out zeroed.
- *   sqltext    each answer the same twice; blank = only space, comments and
+ *   sqltext    each answer the same twice; the verb one of the four (OTHER
+ *              for blank text); blank = only space, comments and
  *              ';' (an unterminated block comment is not blank for
  *              PostgreSQL); a plain select starts with SELECT or WITH and
  *              holds none of the bytes it must refuse; a ROLLBACK TO starts
@@ -181,9 +183,14 @@ static void check_rewrite(const char *sql, size_t len, int d)
     while (nc_lex_next(&lx, &t) != NC_TOK_END) {
         const char *p = sql + t.off;
         if (t.kind != NC_TOK_PARAM) {
-            CHECK(o + t.len <= out.len && !memcmp(out.sql + o, p, t.len),
-                  "%s: text at input %zu not copied to output %zu", dname(d), t.off, o);
-            o += t.len;
+            /* copied, each %% in it (inside a literal or comment) made % */
+            for (size_t i = 0; i < t.len; i++) {
+                CHECK(o < out.len && out.sql[o] == p[i], "%s: text at input %zu not copied to output %zu",
+                      dname(d), t.off + i, o);
+                o++;
+                if (p[i] == '%' && i + 1 < t.len && p[i + 1] == '%')
+                    i++;
+            }
             prev_was_text = 1;
             continue;
         }
@@ -279,6 +286,10 @@ static void check_sqltext(const char *sql, size_t len)
                   || (t.kind == NC_TOK_COMMENT && !(d == NC_DIALECT_PG && (t.flags & NC_TOKF_UNTERMINATED)))))
                 model = 0;
         CHECK(blank == model, "%s: is_blank says %d, the tokens %d", dname(d), blank, model);
+        int verb = nc_sql_verb(sql, len, d);
+        CHECK(verb == nc_sql_verb(sql, len, d), "%s: verb not stable", dname(d));
+        CHECK(verb >= NC_VERB_OTHER && verb <= NC_VERB_DELETE, "%s: verb %d", dname(d), verb);
+        CHECK(!(blank && verb != NC_VERB_OTHER), "%s: a blank text with verb %d", dname(d), verb);
     }
 
     int plain = nc_sql_is_plain_select(sql, len);

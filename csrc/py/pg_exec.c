@@ -2,6 +2,8 @@
 #include "pg_exec.h"
 #include "interrupt.h"
 
+#include <stdlib.h>
+
 static PyObject *pg_rows(PGresult *res, int tuple)
 {
     int nrows = PQntuples(res), ncols = PQnfields(res);
@@ -55,19 +57,92 @@ fail:
     return NULL;
 }
 
+/* The affected (or returned) row count libpq reports, -1 when there is none
+ * (DDL, SET ...). */
+static long long pg_rowcount(PGresult *res)
+{
+    const char *n = PQcmdTuples(res);
+    if (n && *n)
+        return strtoll(n, NULL, 10);
+    return PQresultStatus(res) == PGRES_TUPLES_OK ? PQntuples(res) : -1;
+}
+
 static PyObject *pg_result_value(PGresult *res, int tuple)
 {
     if (PQresultStatus(res) == PGRES_TUPLES_OK)
         return pg_rows(res, tuple);
-    const char *n = PQcmdTuples(res);
-    if (n && *n)
-        return PyLong_FromString(n, NULL, 10);
-    return PyLong_FromLong(-1);
+    return PyLong_FromLongLong(pg_rowcount(res));
+}
+
+/* PEP 249's description: per column (name, type_code, display_size,
+ * internal_size, precision, scale, null_ok); the type code is the column's
+ * type OID (compare it with noodlecore.dbapi.STRING ...).  Precision and
+ * scale only for numeric(p, s) (libpq gives the typmod, not the sizes of
+ * other types); null_ok is not known from a result. */
+static PyObject *pg_description(PGresult *res)
+{
+    int ncols = PQnfields(res);
+    PyObject *desc = PyList_New(ncols);
+    if (!desc)
+        return NULL;
+    for (int j = 0; j < ncols; j++) {
+        Oid oid = PQftype(res, j);
+        int mod = PQfmod(res, j), size = PQfsize(res, j);
+        PyObject *prec = Py_None, *scale = Py_None, *isize = Py_None;
+        PyObject *owned[3] = {NULL, NULL, NULL};
+        if (oid == 1700 && mod >= 4) {   /* numeric: typmod is ((p << 16) | s) + 4 */
+            prec = owned[0] = PyLong_FromLong(((mod - 4) >> 16) & 0xffff);
+            scale = owned[1] = PyLong_FromLong((mod - 4) & 0xffff);
+        }
+        if (size > 0)
+            isize = owned[2] = PyLong_FromLong(size);
+        PyObject *item = NULL;
+        if ((oid != 1700 || mod < 4 || (prec && scale)) && (size <= 0 || isize))
+            item = Py_BuildValue("(sIOOOOO)", PQfname(res, j), (unsigned)oid, Py_None, isize, prec, scale,
+                                 Py_None);
+        for (int k = 0; k < 3; k++)
+            Py_XDECREF(owned[k]);
+        if (!item) {
+            Py_DECREF(desc);
+            return NULL;
+        }
+        PyList_SET_ITEM(desc, j, item);
+    }
+    return desc;
+}
+
+/* The DB-API cursor's view: (description, rows, rowcount, lastrowid). */
+static PyObject *pg_result_dbapi(PGresult *res)
+{
+    /* SINGLE_TUPLE: a stream's first row (its count comes at the end). */
+    if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_SINGLE_TUPLE)
+        return Py_BuildValue("(OOLO)", Py_None, Py_None, pg_rowcount(res), Py_None);
+    PyObject *desc = pg_description(res);
+    if (!desc)
+        return NULL;
+    PyObject *rows = pg_rows(res, 1);
+    if (!rows) {
+        Py_DECREF(desc);
+        return NULL;
+    }
+    return Py_BuildValue("(NNLO)", desc, rows, pg_rowcount(res), Py_None);
+}
+
+/* The round trip (GIL released): the whole result, or for a stream
+ * (single-row mode) its first result. */
+static PGresult *pg_send(nc_pg_conn *pc, const char *sql, int n, const Oid *types, const char *const *values,
+                         const int *lengths, const int *formats, double deadline, int stream, nc_error *err)
+{
+    if (!stream)
+        return nc_pg_exec(pc, sql, n, types, values, lengths, formats, deadline, err);
+    if (nc_pg_stream_send(pc, sql, n, types, values, lengths, formats, deadline, err) < 0)
+        return NULL;
+    return nc_pg_stream_next(pc, deadline, err);
 }
 
 /* Run one statement; returns a new PGresult or NULL with the exception set. */
 static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize_t sqllen, PyObject *params,
-                        double deadline)
+                        double deadline, int stream)
 {
     nc_error err;
     nc_error_clear(&err);
@@ -77,7 +152,7 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
     if (params == Py_None) {
         npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
-        res = nc_pg_exec(pc, sql, -1, NULL, NULL, NULL, NULL, deadline, &err);
+        res = pg_send(pc, sql, -1, NULL, NULL, NULL, NULL, deadline, stream, &err);
         Py_END_ALLOW_THREADS
         interrupted = npy_interrupt_disarm(&it);
     } else {
@@ -109,8 +184,8 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
         }
         npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
-        res = nc_pg_exec(pc, q.sql, q.nslots, pp.types, (const char *const *)pp.values, pp.lengths,
-                         pp.formats, deadline, &err);
+        res = pg_send(pc, q.sql, q.nslots, pp.types, (const char *const *)pp.values, pp.lengths, pp.formats,
+                      deadline, stream, &err);
         Py_END_ALLOW_THREADS
         interrupted = npy_interrupt_disarm(&it);
         npy_pg_params_free(&pp);
@@ -143,16 +218,101 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
 }
 
 PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *params, double deadline,
-                         int tuple)
+                         int shape)
 {
     Py_ssize_t len;
     const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
     if (!sql)
         return NULL;
-    PGresult *res = pg_run(pool, pc, sql, len, params, deadline);
+    PGresult *res = pg_run(pool, pc, sql, len, params, deadline, shape == NPY_SHAPE_STREAM);
     if (!res)
         return NULL;
-    PyObject *out = pg_result_value(res, tuple);
+    PyObject *out = shape >= NPY_SHAPE_DBAPI ? pg_result_dbapi(res) : pg_result_value(res, shape == NPY_SHAPE_TUPLE);
     PQclear(res);
     return out;
+}
+
+/* Up to n more rows of a stream: the results come with the GIL released,
+ * the rows are made with it.  An error ends the stream (told to the pool
+ * as a failed statement). */
+PyObject *npy_pg_stream_fetch(nc_pool *pool, nc_pg_conn *pc, int n, double deadline, int *done)
+{
+    PGresult **got = PyMem_Malloc(sizeof(PGresult *) * (size_t)(n > 0 ? n : 1));
+    if (!got)
+        return PyErr_NoMemory();
+    nc_error err;
+    nc_error_clear(&err);
+    int k = 0, failed = 0;
+    *done = 0;
+    npy_interrupt it;
+    npy_interrupt_arm(&it);
+    Py_BEGIN_ALLOW_THREADS
+    while (k < n) {
+        PGresult *r = nc_pg_stream_next(pc, deadline, &err);
+        if (!r) {
+            failed = 1;
+            break;
+        }
+        if (PQresultStatus(r) != PGRES_SINGLE_TUPLE) {
+            PQclear(r);   /* the end: TUPLES_OK with no rows */
+            *done = 1;
+            break;
+        }
+        got[k++] = r;
+    }
+    if (failed)
+        nc_pool_statement_done(pool, &err);   /* maybe a failover decision: not with the GIL */
+    Py_END_ALLOW_THREADS
+    int interrupted = npy_interrupt_disarm(&it);
+    PyObject *rows = NULL;
+    if (failed) {
+        *done = 1;
+        if (!interrupted)
+            npy_raise_error(&err);
+    } else {
+        rows = PyList_New(k);
+        for (int i = 0; rows && i < k; i++) {
+            PyObject *one = pg_rows(got[i], 1);   /* a list of one tuple */
+            if (!one) {
+                Py_CLEAR(rows);
+                break;
+            }
+            PyList_SET_ITEM(rows, i, Py_NewRef(PyList_GET_ITEM(one, 0)));
+            Py_DECREF(one);
+        }
+    }
+    for (int i = 0; i < k; i++)
+        PQclear(got[i]);
+    PyMem_Free(got);
+    return rows;
+}
+
+int npy_pg_stream_drain(nc_pool *pool, nc_pg_conn *pc, double deadline)
+{
+    nc_error err;
+    nc_error_clear(&err);
+    int failed = 0;
+    npy_interrupt it;
+    npy_interrupt_arm(&it);
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        PGresult *r = nc_pg_stream_next(pc, deadline, &err);
+        if (!r) {
+            failed = 1;
+            nc_pool_statement_done(pool, &err);
+            break;
+        }
+        int row = PQresultStatus(r) == PGRES_SINGLE_TUPLE;
+        PQclear(r);
+        if (!row)
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    if (npy_interrupt_disarm(&it))
+        return -1;
+    if (failed) {
+        npy_raise_error(&err);
+        return -1;
+    }
+    return 0;
 }

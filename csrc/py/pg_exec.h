@@ -9,10 +9,26 @@
 #include "../core/nc_pool.h"
 
 /* Run query (str) with params (None: sent as is, several statements
- * allowed) before deadline.  Rows (tuples or dicts) or the affected row
- * count (-1 none); NULL with the exception set.  A failure of the server or
+ * allowed) before deadline.  By shape (enum npy_shape): rows (tuples or
+ * dicts) or the affected row count (-1 none), or the DB-API 4-tuple
+ * (description with type OIDs, rows, rowcount, None); NULL with the
+ * exception set.  A failure of the server or
  * the connection is counted in pool and reported to its observer. */
 PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *params, double deadline,
-                         int tuple);
+                         int shape);
+
+/* With shape NPY_SHAPE_STREAM npy_pg_execute starts the statement in
+ * single-row mode and gives the DB-API 4-tuple of its first result: the
+ * first row (rowcount -1) while more follow (the session's transaction
+ * status is then PQTRANS_ACTIVE), else the whole (empty) result.  This
+ * gives up to n more rows (a list of tuples); *done is set when the
+ * statement is over (after the last row, or on error: NULL with the
+ * exception set, KeyboardInterrupt on Ctrl-C). */
+PyObject *npy_pg_stream_fetch(nc_pool *pool, nc_pg_conn *pc, int n, double deadline, int *done);
+
+/* Read a stream's remaining rows and drop them (the statement runs to its
+ * end, so an open transaction stays as it would be).  0, or -1 with the
+ * exception set (the stream is over either way). */
+int npy_pg_stream_drain(nc_pool *pool, nc_pg_conn *pc, double deadline);
 
 #endif

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import enum
 import logging
 import os
 import threading
@@ -46,6 +45,7 @@ from .. import _native
 from . import errors, patroni as _patroni
 from .config import backend_kind, redact_dsn
 from .connection_pool import DatabaseConnectionPool, PooledConnection
+from .failover_enums import FailoverMode, FailoverPolicy, FailoverState
 from .routing import check_target
 
 __all__ = [
@@ -55,25 +55,6 @@ __all__ = [
 
 log = logging.getLogger("noodlecore.database.failover")
 
-
-def _names_enum(name: str, names: tuple, doc: str) -> type:
-    # The members are the C core's names (csrc/core/nc_failover.c), the one
-    # copy: MANUAL = "manual", and so on.
-    cls = enum.Enum(name, [(n.upper(), n) for n in names], module=__name__)
-    cls.__doc__ = doc
-    return cls
-
-
-FailoverMode = _names_enum(
-    "FailoverMode", _native.FAILOVER_MODES,
-    "MANUAL (switch only on trigger_failover()), AUTOMATIC, SEMI_AUTOMATIC (fail back only on "
-    "trigger_recovery()).")
-FailoverPolicy = _names_enum(
-    "FailoverPolicy", _native.FAILOVER_POLICIES,
-    "What makes the current endpoint failing: FAILURE_COUNT, RESPONSE_TIME, HEALTH_CHECK, or COMBINED (any).")
-FailoverState = _names_enum(
-    "FailoverState", _native.FAILOVER_STATES,
-    "PRIMARY, FAILING_OVER, SECONDARY, FAILING_BACK, RECOVERING, UNAVAILABLE (no usable endpoint).")
 
 #: The defaults of the failover settings: the C core's (nc_monitor_config_defaults).
 _FO_DEFAULTS = _native.FAILOVER_DEFAULTS
@@ -376,6 +357,18 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
             conn.release()
         else:
             conn.discard()
+
+    def connect(self, timeout: Optional[float] = None, autocommit: bool = False) -> Any:
+        """A PEP 249 connection (``noodlecore.dbapi.Connection``) of the
+        current endpoint; its ``close()`` gives it back (or closes it, without
+        ``enable_connection_pooling``).  Errors as get_connection()."""
+        if self._closed:
+            raise errors.PoolClosedError("the failover manager is shut down")
+        if self._restart_dispatcher:
+            self._resume_in_child()
+        from ..dbapi.connection import Connection   # dbapi builds on the database package
+        return Connection(self._native.lend(timeout), autocommit=autocommit,
+                          discard=not self.config.enable_connection_pooling)
 
     # -- monitoring -------------------------------------------------------
 

@@ -277,6 +277,7 @@ class Lending:
         (DatabaseFailoverManager.get_connection); ``write``: the work writes
         (read_your_writes notes it; default: not repeatable)."""
         source = self._require(op)
+        check_target(target)      # a bad argument, not a failure to borrow
         cid = cid or new_id()
         t0 = time.monotonic()
         deadline = None if timeout is None else t0 + timeout

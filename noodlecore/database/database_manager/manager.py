@@ -69,7 +69,7 @@ class DatabaseManager(TableHelpers, Transactions):
     with these raises ConfigurationError here, before connect().
     """
 
-    def __init__(self, backend_factory: Optional[Callable[..., Any]] = None,
+    def __init__(self, backend_factory: Union[str, Callable[..., Any], None] = None,
                  config: Union[DatabaseConfig, str, None] = None, enable_failover: bool = False,
                  failover_endpoints: Optional[Sequence[Union[DatabaseEndpoint, Mapping[str, Any]]]] = None,
                  failover_config: Optional[FailoverConfig] = None, *, failover_retry_wait: float = 5.0,
