@@ -10,10 +10,11 @@
 #                   each on the repo's corpus; runs in the background while
 #                   c-tsan runs (the machine has 2 cores)
 #   pytest-python3  the pytest suite on python3, PYTHONMALLOC=debug; the only
-#                   stage that runs the tests marked `patroni` (a real Patroni
-#                   cluster: etcd, Patroni from tests/patroni-requirements.txt
-#                   in its own venv on /usr/bin/python3, tini); the others
-#                   deselect them (-m "not patroni")
+#                   stage that runs the tests marked `once` (among them those
+#                   on a real Patroni cluster: etcd, Patroni from
+#                   tests/patroni-requirements.txt in its own venv on
+#                   /usr/bin/python3, tini); the others deselect them
+#                   (-m "not once")
 #   pytest-second   the suite on a second CPython: the newest pyenv CPython
 #                   newer than python3 if there is one, else Debian's debug
 #                   build python3-dbg (catches reference-count errors)
@@ -528,7 +529,7 @@ env_or_fail() {   # env_or_fail STAGE NAME PYTHON [CFLAGS LDFLAGS] -> sets VENV 
     fi
 }
 
-# The Patroni the `patroni` tests run (noodlecore.testing.patroni finds it through
+# The Patroni the Patroni tests run (noodlecore.testing.patroni finds it through
 # NOODLE_PATRONI_BIN): a venv on /usr/bin/python3 with tests/patroni-requirements.txt,
 # kept under the work dir while its stamp matches.  Prints the patroni executable.
 make_patroni_env() {
