@@ -279,7 +279,7 @@ PyMODINIT_FUNC PyInit__native(void)
 {
     if (PyType_Ready(&NpyPool_Type) < 0 || PyType_Ready(&NpyLease_Type) < 0 ||
         PyType_Ready(&NpyConnection_Type) < 0 || PyType_Ready(&NpyTransaction_Type) < 0 ||
-        PyType_Ready(&NpyFailover_Type) < 0)
+        PyType_Ready(&NpyFailover_Type) < 0 || PyType_Ready(&NpyPatroniWatch_Type) < 0)
         return NULL;
     if (npy_adapt_init() < 0)
         return NULL;
@@ -288,7 +288,7 @@ PyMODINIT_FUNC PyInit__native(void)
         return NULL;
     if (add_type(m, "Pool", &NpyPool_Type) < 0 || add_type(m, "PooledConnection", &NpyConnection_Type) < 0 ||
         add_type(m, "ConnectionLease", &NpyLease_Type) < 0 || add_type(m, "Transaction", &NpyTransaction_Type) < 0 ||
-        add_type(m, "FailoverMonitor", &NpyFailover_Type) < 0 ||
+        add_type(m, "FailoverMonitor", &NpyFailover_Type) < 0 || add_type(m, "PatroniWatch", &NpyPatroniWatch_Type) < 0 ||
         PyModule_AddIntConstant(m, "DIALECT_PG", NC_DIALECT_PG) < 0 ||
         PyModule_AddIntConstant(m, "DIALECT_SQLITE", NC_DIALECT_SQLITE) < 0 ||
         PyModule_AddIntConstant(m, "libpq_version", PQlibVersion()) < 0 ||

@@ -6,6 +6,8 @@
 #include "errors.h"
 #include "interrupt.h"
 #include "../core/nc_patroni.h"
+#include "../core/nc_patroni_watch.h"
+#include "../core/nc_fork.h"
 
 #include <stdlib.h>
 
@@ -47,6 +49,7 @@ static PyObject *member_dict(const nc_patroni_member *m)
 
 static PyObject *cluster_dict(const nc_patroni_cluster *c)
 {
+
     PyObject *d = PyDict_New(), *members = PyList_New(0);
     if (!d || !members)
         goto fail;
@@ -70,6 +73,34 @@ fail:
     return NULL;
 }
 
+/* urls_obj -> a new reference to a sequence whose str items urls[] point into
+ * (kept alive by it), *n of them; NULL with an exception. */
+static PyObject *url_list(PyObject *urls_obj, const char **urls, Py_ssize_t *n)
+{
+    PyObject *seq = PySequence_Fast(urls_obj, "Patroni: urls must be a sequence of str");
+    if (!seq)
+        return NULL;
+    *n = PySequence_Fast_GET_SIZE(seq);
+    if (*n < 1 || *n > NC_PATRONI_MAX_URLS) {
+        Py_DECREF(seq);
+        return npy_raise(NC_E_PATRONI_URL, NC_K_NONE, NULL, "Patroni: %zd URLs given (1 to %d)", *n,
+                         NC_PATRONI_MAX_URLS);
+    }
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        PyObject *u = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyUnicode_Check(u)) {
+            Py_DECREF(seq);
+            return npy_raise(NC_E_PATRONI_URL, NC_K_NONE, NULL, "Patroni URL #%zd is not a str", i + 1);
+        }
+        urls[i] = PyUnicode_AsUTF8(u);
+        if (!urls[i]) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    return seq;
+}
+
 PyObject *npy_patroni_cluster(PyObject *mod, PyObject *args)
 {
     (void)mod;
@@ -77,28 +108,11 @@ PyObject *npy_patroni_cluster(PyObject *mod, PyObject *args)
     double timeout;
     if (!PyArg_ParseTuple(args, "Od", &urls_obj, &timeout))
         return NULL;
-    PyObject *seq = PySequence_Fast(urls_obj, "patroni_cluster: urls must be a sequence of str");
+    const char *urls[NC_PATRONI_MAX_URLS];
+    Py_ssize_t n;
+    PyObject *seq = url_list(urls_obj, urls, &n);
     if (!seq)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n < 1 || n > NC_PATRONI_MAX_URLS) {
-        Py_DECREF(seq);
-        return npy_raise(NC_E_PATRONI_URL, NC_K_NONE, NULL, "Patroni: %zd URLs given (1 to %d)", n,
-                         NC_PATRONI_MAX_URLS);
-    }
-    const char *urls[NC_PATRONI_MAX_URLS];
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *u = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyUnicode_Check(u)) {
-            Py_DECREF(seq);
-            return npy_raise(NC_E_PATRONI_URL, NC_K_NONE, NULL, "Patroni URL #%zd is not a str", i + 1);
-        }
-        urls[i] = PyUnicode_AsUTF8(u);      /* kept alive by seq */
-        if (!urls[i]) {
-            Py_DECREF(seq);
-            return NULL;
-        }
-    }
     nc_patroni_cluster *c = malloc(sizeof *c);   /* ~45 kB: not on the stack */
     if (!c) {
         Py_DECREF(seq);
@@ -123,6 +137,250 @@ PyObject *npy_patroni_cluster(PyObject *mod, PyObject *args)
     free(c);
     return res;
 }
+
+/* ---- PatroniWatch: GET /cluster every interval on a native thread ------------------ */
+
+typedef struct NpyPatroniWatch {
+    PyObject_HEAD
+    nc_patroni_watch *w;
+    PyObject *urls;             /* tuple of str: a forked child makes its own watch from them */
+    PyObject *known;            /* tuple of str: the member names the endpoints were made from */
+    double interval, timeout;
+    int started;                /* start() and no stop() since: a child's watch runs too */
+} NpyPatroniWatch;
+
+/* A new core watch from self's settings; -1 with an exception. */
+static int watch_make(NpyPatroniWatch *self)
+{
+    const char *urls[NC_PATRONI_MAX_URLS];
+    Py_ssize_t n;
+    PyObject *seq = url_list(self->urls, urls, &n);
+    if (!seq)
+        return -1;
+    nc_error err;
+    nc_error_clear(&err);
+    self->w = nc_patroni_watch_new(urls, (int)n, self->interval, self->timeout, &err);
+    Py_DECREF(seq);
+    if (!self->w) {
+        npy_raise_error(&err);
+        return -1;
+    }
+    return 0;
+}
+
+/* The watch of this process: after fork() the parent's (its thread is not
+ * here, its mutex may be held forever) is left alone and a new one made,
+ * running when the parent's was.  NULL with an exception. */
+static nc_patroni_watch *watch_get(NpyPatroniWatch *self)
+{
+    if (self->w && nc_patroni_watch_inherited(self->w)) {
+        nc_fork_keep(self->w);
+        self->w = NULL;
+        if (watch_make(self) < 0)
+            return NULL;
+        if (self->started) {
+            nc_error err;
+            nc_error_clear(&err);
+            if (nc_patroni_watch_start(self->w, &err) < 0) {
+                npy_raise_error(&err);
+                return NULL;
+            }
+        }
+    }
+    if (!self->w)
+        npy_raise(NC_E_POOL_CLOSED, NC_K_INTERFACE, NULL, "the Patroni watch is closed");
+    return self->w;
+}
+
+static int watch_init(PyObject *op, PyObject *args, PyObject *kw)
+{
+    NpyPatroniWatch *self = (NpyPatroniWatch *)op;
+    static char *kwlist[] = {"urls", "interval", "timeout", "known", NULL};
+    PyObject *urls, *known;
+    double interval, timeout;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OddO", kwlist, &urls, &interval, &timeout, &known))
+        return -1;
+    if (self->w) {
+        PyErr_SetString(PyExc_RuntimeError, "PatroniWatch is already initialised");
+        return -1;
+    }
+    PyObject *u = PySequence_Tuple(urls), *k = PySequence_Tuple(known);
+    if (!u || !k) {
+        Py_XDECREF(u);
+        Py_XDECREF(k);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(k); i++)
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(k, i))) {
+            Py_DECREF(u);
+            Py_DECREF(k);
+            PyErr_SetString(PyExc_TypeError, "PatroniWatch: known names must be str");
+            return -1;
+        }
+    Py_XSETREF(self->urls, u);
+    Py_XSETREF(self->known, k);
+    self->interval = interval;
+    self->timeout = timeout;
+    return watch_make(self);
+}
+
+static void watch_free_core(nc_patroni_watch *w)
+{
+    if (!w)
+        return;
+    if (nc_patroni_watch_inherited(w)) {
+        nc_fork_keep(w);
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    nc_patroni_watch_free(w);   /* joins the thread: within NC_STOP_PERIOD of the stop */
+    Py_END_ALLOW_THREADS
+}
+
+static void watch_dealloc(PyObject *op)
+{
+    NpyPatroniWatch *self = (NpyPatroniWatch *)op;
+    watch_free_core(self->w);
+    self->w = NULL;
+    Py_CLEAR(self->urls);
+    Py_CLEAR(self->known);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyObject *watch_start(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    NpyPatroniWatch *self = (NpyPatroniWatch *)op;
+    nc_patroni_watch *w = watch_get(self);
+    if (!w)
+        return NULL;
+    nc_error err;
+    nc_error_clear(&err);
+    if (nc_patroni_watch_start(w, &err) < 0)
+        return npy_raise_error(&err);
+    self->started = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *watch_stop(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    NpyPatroniWatch *self = (NpyPatroniWatch *)op;
+    self->started = 0;
+    if (!self->w)
+        Py_RETURN_NONE;
+    nc_patroni_watch *w = watch_get(self);
+    if (!w)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    nc_patroni_watch_stop(w);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *watch_close(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    NpyPatroniWatch *self = (NpyPatroniWatch *)op;
+    nc_patroni_watch *w = self->w;
+    self->w = NULL;
+    self->started = 0;
+    watch_free_core(w);
+    Py_RETURN_NONE;
+}
+
+static PyObject *str_list(PyObject *tuple, const int *idx, int n)
+{
+    PyObject *l = PyList_New(n);
+    for (int i = 0; l && i < n; i++)
+        PyList_SET_ITEM(l, i, Py_NewRef(PyTuple_GET_ITEM(tuple, idx[i])));
+    return l;
+}
+
+static PyObject *watch_status(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    NpyPatroniWatch *self = (NpyPatroniWatch *)op;
+    nc_patroni_watch *w = watch_get(self);
+    if (!w)
+        return NULL;
+    nc_patroni_watch_status *st = malloc(sizeof *st);   /* ~45 kB: not on the stack */
+    PyObject *cl = NULL, *joined = NULL, *gone = NULL, *d = NULL, *names = NULL;
+    if (!st)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS   /* the lock is held only while the thread copies an answer */
+    nc_patroni_watch_status_get(w, st);
+    Py_END_ALLOW_THREADS
+    Py_ssize_t nk = PyTuple_GET_SIZE(self->known);
+    const char *known[NC_PATRONI_MAX_MEMBERS];
+    int ji[NC_PATRONI_MAX_MEMBERS], gi[NC_PATRONI_MAX_MEMBERS], nj = 0, ng = 0;
+    if (nk > NC_PATRONI_MAX_MEMBERS)
+        nk = NC_PATRONI_MAX_MEMBERS;
+    for (Py_ssize_t i = 0; i < nk; i++)
+        if (!(known[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(self->known, i))))
+            goto done;
+    if (st->have_cluster) {
+        nc_patroni_diff(&st->cluster, known, (int)nk, ji, &nj, gi, &ng);
+        if (!(cl = cluster_dict(&st->cluster)))
+            goto done;
+        names = PyTuple_New(st->cluster.n);
+        for (int i = 0; names && i < st->cluster.n; i++) {
+            const char *nm = st->cluster.members[i].name;
+            PyObject *s = PyUnicode_DecodeUTF8(nm, (Py_ssize_t)strlen(nm), "replace");
+            if (!s)
+                Py_CLEAR(names);
+            else
+                PyTuple_SET_ITEM(names, i, s);
+        }
+        if (!names || !(joined = str_list(names, ji, nj)) || !(gone = str_list(self->known, gi, ng)))
+            goto done;
+    } else {
+        cl = Py_NewRef(Py_None);
+        if (!(joined = PyList_New(0)) || !(gone = PyList_New(0)))
+            goto done;
+    }
+    d = Py_BuildValue("{s:O,s:K,s:K,s:i,s:O,s:s,s:O,s:O,s:O,s:d}", "running", st->running ? Py_True : Py_False,
+                      "fetches", (unsigned long long)st->fetches, "failures", (unsigned long long)st->failures,
+                      "consecutive_failures", st->consecutive_failures, "last_ok_age",
+                      Py_None, "last_error", st->last_error, "cluster", cl,
+                      "joined", joined, "gone", gone, "interval", self->interval);
+    if (d && st->last_ok_age >= 0) {
+        PyObject *age = PyFloat_FromDouble(st->last_ok_age);
+        if (!age || PyDict_SetItemString(d, "last_ok_age", age) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(age);
+    }
+done:
+    free(st);
+    Py_XDECREF(cl);
+    Py_XDECREF(names);
+    Py_XDECREF(joined);
+    Py_XDECREF(gone);
+    return d;
+}
+
+static PyMethodDef watch_methods[] = {
+    {"start", watch_start, METH_NOARGS, "start() -> None: start the thread (idempotent)"},
+    {"stop", watch_stop, METH_NOARGS, "stop() -> None: stop and join the thread"},
+    {"close", watch_close, METH_NOARGS, "close() -> None: stop and free (idempotent)"},
+    {"status", watch_status, METH_NOARGS,
+     "status() -> dict: running, fetches, failures, consecutive_failures, last_ok_age, last_error, "
+     "cluster (the last answer or None), joined, gone (member names since the known set), interval"},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject NpyPatroniWatch_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "noodlecore._native.PatroniWatch",
+    .tp_basicsize = sizeof(NpyPatroniWatch),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "PatroniWatch(urls, interval, timeout, known): GET /cluster every interval seconds on a native "
+              "thread (csrc/core/nc_patroni_watch.c)",
+    .tp_new = PyType_GenericNew,
+    .tp_init = watch_init,
+    .tp_dealloc = watch_dealloc,
+    .tp_methods = watch_methods,
+};
 
 int npy_patroni_add_constants(PyObject *m)
 {

@@ -7,6 +7,8 @@
 
 /* patroni_cluster(urls, timeout) -> dict; METH_VARARGS. */
 PyObject *npy_patroni_cluster(PyObject *mod, PyObject *args);
+/* PatroniWatch: Patroni's /cluster re-read every interval by the core (nc_patroni_watch.c). */
+extern PyTypeObject NpyPatroniWatch_Type;
 /* PATRONI_MAX_URLS, PATRONI_LAG_UNKNOWN. */
 int npy_patroni_add_constants(PyObject *module);
 

@@ -378,11 +378,13 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
             raise errors.ConnectionPoolError("the failover manager is shut down", 4010)
         self._resume_in_child()
         self._native.start()
+        self._patroni_start()
         log.info("failover monitoring started", extra={"endpoints": list(self._index)})
 
     def stop_monitoring(self) -> None:
         """Stop the monitor threads; passive detection on the query path goes on."""
         self._native.stop()
+        self._patroni_stop()
         log.info("failover monitoring stopped")
 
     @property
@@ -486,6 +488,7 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
                  "reason": ev.reason, "timestamp": ev.timestamp.isoformat(), "duration": ev.duration,
                  "success": ev.success} for ev in recent[-10:]],
             "monitoring": st["running"],
+            "patroni": self._patroni_status(),
         }
 
     def get_pool(self, endpoint_id: str) -> DatabaseConnectionPool:
@@ -505,6 +508,7 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
                 self._dispatcher.join(timeout=2)
             self._drain_events()
             self._native.close()
+            self._patroni_close()
         finally:
             for p in self._pools:
                 p.shutdown(timeout=1)

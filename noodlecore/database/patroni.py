@@ -22,6 +22,10 @@ __all__ = ["PatroniUrls", "patroni_urls", "fetch_cluster", "member_dsn", "endpoi
 PatroniUrls = Union[str, Sequence[str]]
 
 DEFAULT_TIMEOUT = 5.0
+# How often a running manager re-reads /cluster: half of Patroni's default loop_wait
+# (10 s), so a change Patroni made is seen within about one of its loops; one HTTP
+# request per interval, apart from the health checks (a round trip to every endpoint).
+DEFAULT_INTERVAL = 5.0
 
 log = logging.getLogger("noodlecore.database.failover")
 
@@ -97,27 +101,65 @@ class PatroniSource:
 
     #: the Patroni URLs the manager was made from (from_patroni), else None
     patroni_urls: Optional[List[str]] = None
+    #: the core's re-reader of /cluster (from_patroni): runs while the manager monitors
+    _patroni_watch: Any = None
 
     @classmethod
     def from_patroni(cls, urls: PatroniUrls, dsn: str = "", config: Any = None, timeout: float = DEFAULT_TIMEOUT,
-                     backend_factory: Optional[Callable[[str], Any]] = None) -> Any:
+                     backend_factory: Optional[Callable[[str], Any]] = None,
+                     interval: float = DEFAULT_INTERVAL) -> Any:
         """A manager over the members Patroni lists (``GET /cluster`` from the first of
         ``urls`` that answers within ``timeout``): the leader first (priority 1), then
         the others in Patroni's order, each at its host and port with the rest of ``dsn``
         (user, database, password, options; libpq's defaults when empty).  Patroni's view
         only orders the endpoints: the monitor's own probes decide where writes go (and
         which standbys serve reads), so a Patroni API that becomes unreachable later
-        changes nothing.  Raises OperationalError 4025 when no URL answers, 4028 when no
+        changes nothing.  While the manager monitors, the core re-reads ``/cluster`` every
+        ``interval`` seconds (each fetch within ``timeout``, falling back across the URLs);
+        ``get_status()["patroni"]`` shows the last answer, the fetch failures and the
+        members that joined or left since (the endpoints themselves stay those it was
+        made with).  Raises OperationalError 4025 when no URL answers, 4028 when no
         member has an address, ConfigurationError 4027 for a bad URL."""
         url_list = patroni_urls(urls)
         if not isinstance(dsn, str):
             raise errors.ConfigurationError(f"dsn must be a str, not {type(dsn).__name__}")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval < float("inf"):
+            raise errors.ConfigurationError(f"Patroni interval must be a positive number of seconds, not {interval!r}")
         cluster = fetch_cluster(url_list, timeout)
         m = cls(endpoints_from_cluster(cluster, dsn), backend_factory=backend_factory, config=config)
         m.patroni_urls = url_list
+        try:
+            m._patroni_watch = _native.PatroniWatch(url_list, float(interval), float(timeout),
+                                                    [e.id for e in m.endpoints])
+        except BaseException:
+            m.shutdown()
+            raise
         log.info("failover manager from Patroni %s (scope %r): %s", cluster["source"], cluster["scope"],
                  ", ".join(f"{e.id} ({e.metadata['patroni']['role']})" for e in m.endpoints))
         return m
+
+    def _patroni_start(self) -> None:
+        if self._patroni_watch is not None:
+            self._patroni_watch.start()
+
+    def _patroni_stop(self) -> None:
+        if self._patroni_watch is not None:
+            self._patroni_watch.stop()
+
+    def _patroni_close(self) -> None:
+        w, self._patroni_watch = self._patroni_watch, None
+        if w is not None:
+            w.close()
+
+    def _patroni_status(self) -> Optional[Dict[str, Any]]:
+        """What the core's watch saw (None when not made by from_patroni): running,
+        fetches, failures, consecutive_failures, last_ok_age (seconds, None before the
+        first answer), last_error, cluster (the last answer, as fetch_cluster; None
+        before one), joined and gone (member names Patroni lists that are no endpoint,
+        endpoint ids Patroni no longer lists), interval."""
+        if self._patroni_watch is None:
+            return None
+        return self._patroni_watch.status()
 
     def patroni_cluster(self, timeout: float = DEFAULT_TIMEOUT) -> Dict[str, Any]:
         """Patroni's current view (fetch_cluster) from the URLs this manager was made from.

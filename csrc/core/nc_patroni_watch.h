@@ -1,0 +1,63 @@
+/* nc_patroni_watch.h - re-reading Patroni's GET /cluster while running: a
+ * native thread fetches it every interval (nc_patroni_fetch: fallback across
+ * the URLs, a deadline), keeps the last answer and counts the failures.
+ *
+ * It only observes: a fetch that fails changes nothing but the counters, and
+ * the endpoint set is not changed by what it sees (status reports the members
+ * that joined or left since the manager was made: nc_patroni_diff).  The
+ * thread never touches Python.
+ */
+#ifndef NC_PATRONI_WATCH_H
+#define NC_PATRONI_WATCH_H
+
+#include <stdint.h>
+
+#include "nc_error.h"
+#include "nc_patroni.h"
+
+typedef struct nc_patroni_watch nc_patroni_watch;
+
+typedef struct nc_patroni_watch_status {
+    int running;
+    uint64_t fetches;            /* answered */
+    uint64_t failures;           /* no URL answered (or an answer we cannot read) */
+    int consecutive_failures;    /* since the last answer */
+    double last_ok_age;          /* seconds since the last answer; < 0: none yet */
+    char last_error[NC_ERRMSG_MAX];   /* the last failure's message ("" none) */
+    int have_cluster;
+    nc_patroni_cluster cluster;  /* the last answer (when have_cluster) */
+} nc_patroni_watch_status;
+
+/* A watch over urls (copied), fetching every interval seconds with a
+ * deadline of timeout seconds each (timeout <= interval is not required).
+ * NULL with err: NC_E_CONFIG for a bad interval/timeout, NC_E_PATRONI_URL
+ * for a bad URL or count, NC_E_INTERNAL (out of memory, no thread). */
+nc_patroni_watch *nc_patroni_watch_new(const char *const *urls, int nurls, double interval, double timeout,
+                                       nc_error *err);
+
+/* Start the thread (idempotent).  0, or -1 with err. */
+int nc_patroni_watch_start(nc_patroni_watch *w, nc_error *err);
+
+/* Stop and join the thread.  The thread consults its stop flag during a
+ * fetch (every NC_STOP_PERIOD), so this returns within about that, unless
+ * a name lookup blocks (then at most the fetch's deadline). */
+void nc_patroni_watch_stop(nc_patroni_watch *w);
+
+/* A copy of the counters and the last answer. */
+void nc_patroni_watch_status_get(nc_patroni_watch *w, nc_patroni_watch_status *out);
+
+/* Whether w was made before a fork() in this process (its thread and mutex
+ * are the parent's: do not use it, make a new one). */
+int nc_patroni_watch_inherited(const nc_patroni_watch *w);
+
+/* Stop, join and free (NULL is fine). */
+void nc_patroni_watch_free(nc_patroni_watch *w);
+
+/* The member names of c not among known[0..nknown) (indexes into
+ * c->members, into joined, *njoined of them), and the known names c does
+ * not list (indexes into known, into gone, *ngone).  joined needs room for
+ * c->n entries, gone for nknown. */
+void nc_patroni_diff(const nc_patroni_cluster *c, const char *const *known, int nknown, int *joined, int *njoined,
+                     int *gone, int *ngone);
+
+#endif
