@@ -67,14 +67,39 @@ def test_harness_cluster_and_replay_stall(patroni):
 
 def test_harness_member_added_and_removed(patroni):
     before = set(by_name(patroni.cluster_view()))
-    m = patroni.add_member()
-    view = by_name(patroni.cluster_view())
-    assert set(view) == before | {m.name}
-    assert view[m.name]["state"] == "streaming" and view[m.name]["port"] == m.port
-    assert by_name(fetch_cluster(patroni.api_urls, 5))[m.name]["state"] == "streaming"
-    patroni.remove_member(m)
-    assert set(by_name(patroni.cluster_view())) == before
-    assert m.name not in by_name(fetch_cluster(patroni.api_urls, 5))
+    # a running manager re-reads /cluster (the core's watch) and reports the member
+    # that joined, then left; its endpoints stay those it was made with
+    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg(), interval=0.2) as fm:
+        fm.start_monitoring()
+        ids = [e.id for e in fm.endpoints]
+        assert sorted(ids) == sorted(before)
+
+        def watched(cond):
+            def check():
+                st = fm.get_status()["patroni"]
+                return cond(st) and st
+            return check
+
+        st = wait_for(watched(lambda st: st["fetches"] >= 1), 10, interval=0.05, what="the watch's first answer")
+        assert st["running"] and st["joined"] == [] and st["gone"] == [] and st["failures"] == 0
+        m = patroni.add_member()
+        view = by_name(patroni.cluster_view())
+        assert set(view) == before | {m.name}
+        assert view[m.name]["state"] == "streaming" and view[m.name]["port"] == m.port
+        assert by_name(fetch_cluster(patroni.api_urls, 5))[m.name]["state"] == "streaming"
+        st = wait_for(watched(lambda st: st["joined"] == [m.name]), 10, interval=0.05,
+                      what="the watch to see %s join" % m.name)
+        assert by_name(st["cluster"])[m.name]["port"] == m.port and st["gone"] == []
+        assert [e.id for e in fm.endpoints] == ids and m.name not in fm.get_status()["endpoints"]
+        patroni.remove_member(m)
+        assert set(by_name(patroni.cluster_view())) == before
+        assert m.name not in by_name(fetch_cluster(patroni.api_urls, 5))
+        wait_for(watched(lambda st: st["joined"] == [] and m.name not in by_name(st["cluster"])), 10,
+                 interval=0.05, what="the watch to see %s leave" % m.name)
+        with fm.get_connection(timeout=3) as c:      # service went on throughout
+            assert c.execute_query("SELECT 1 AS one")[0]["one"] == 1
+        fm.stop_monitoring()
+        assert fm.get_status()["patroni"]["running"] is False
 
 
 # ---------------------------------------------------------------------------
@@ -232,8 +257,11 @@ def test_leader_postgres_killed(patroni):
 def test_patroni_api_down_service_goes_on(patroni):
     leader = patroni.leader()
     leader.sql("DROP TABLE IF EXISTS ad; CREATE TABLE ad (n int PRIMARY KEY)")
-    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg()) as m:
+    with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg(), timeout=2,
+                                              interval=0.2) as m:
         m.start_monitoring()
+        first = wait_for(lambda: m.get_status()["patroni"]["fetches"] >= 1 and m.get_status()["patroni"], 10,
+                         interval=0.05, what="the watch's first answer")
         patroni.pause_api()       # every Patroni SIGSTOPped: the API accepts TCP and never answers
         try:
             t0 = time.monotonic()
@@ -250,8 +278,20 @@ def test_patroni_api_down_service_goes_on(patroni):
             assert m.current_endpoint == leader.name
             with pytest.raises(nerrors.OperationalError):
                 DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, timeout=1)
+            # the core's watch counts its failed re-reads (each within its 2 s deadline)
+            # and keeps the last answer; nothing else changes
+            st = wait_for(lambda: m.get_status()["patroni"]["consecutive_failures"] >= 2 and m.get_status()["patroni"],
+                          30, interval=0.05, what="two failed re-reads of /cluster")
+            assert st["failures"] >= 2 and "timed out" in st["last_error"]
+            assert by_name(st["cluster"]).keys() == by_name(first["cluster"]).keys()
+            assert st["joined"] == [] and st["gone"] == []
+            with m.get_connection(timeout=3) as c:
+                assert c.execute_query("SELECT inet_server_port() AS p")[0]["p"] == leader.port
+            assert m.current_endpoint == leader.name
         finally:
             patroni.resume_api()
+        wait_for(lambda: m.get_status()["patroni"]["consecutive_failures"] == 0, 30, interval=0.05,
+                 what="the watch to read /cluster again after the API came back")
     assert rows_on(leader, "ad") == set(range(1, 21))
 
 
