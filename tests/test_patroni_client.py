@@ -187,3 +187,82 @@ def test_ctrl_c_ends_the_wait(silent):
     finally:
         timer.cancel()
     assert time.monotonic() - t0 < 0.3 + 1.0     # not the 30 s deadline
+
+
+# ---------------------------------------------------------------------------
+# the core's watch (_native.PatroniWatch: /cluster re-read every interval on a native thread)
+# ---------------------------------------------------------------------------
+
+def watch_status(w, cond, what, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = w.status()
+        if cond(st):
+            return st
+        assert time.monotonic() < deadline, "timed out waiting for %s: %r" % (what, st)
+        time.sleep(0.01)
+
+
+def test_watch_reports_members_joined_and_gone_and_survives_fork():
+    from noodlecore import _native
+    srv = OneShotServer(json.dumps(CLUSTER))
+    w = _native.PatroniWatch([srv.url], 0.05, 2.0, ["a", "b", "old"])
+    try:
+        st = w.status()
+        assert st["running"] is False and st["cluster"] is None and st["last_ok_age"] is None
+        w.start()
+        st = watch_status(w, lambda st: st["fetches"] >= 1, "the first answer")
+        assert st["joined"] == ["c"] and st["gone"] == ["old"] and st["failures"] == 0
+        assert [m["name"] for m in st["cluster"]["members"]] == ["a", "b", "c"] and st["last_ok_age"] >= 0
+        pid = os.fork()
+        if pid == 0:     # the child: the parent's thread is not here; a new watch runs in its place
+            code = 1
+            try:
+                before = w.status()["fetches"]
+                watch_status(w, lambda st: st["running"] and st["fetches"] > before, "the child's own answer")
+                w.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        n = w.status()["fetches"]
+        watch_status(w, lambda st: st["fetches"] > n, "the parent's watch going on")
+    finally:
+        w.close()
+        srv.close()
+    with pytest.raises(errors.PoolClosedError):
+        w.status()
+
+
+def test_watch_counts_failures_and_a_stop_ends_a_hung_read(silent):
+    from noodlecore import _native
+    w = _native.PatroniWatch([silent], 0.05, 60.0, [])
+    w.start()
+    time.sleep(0.1)      # lower bound only: let the read begin (the check below holds either way)
+    t0 = time.monotonic()
+    w.stop()             # the 60 s deadline of the hung read is not waited for
+    assert time.monotonic() - t0 < 5
+    assert w.status()["running"] is False and w.status()["fetches"] == 0
+    w2 = _native.PatroniWatch(["http://127.0.0.1:1"], 0.05, 1.0, ["a"])
+    try:
+        w2.start()
+        st = watch_status(w2, lambda st: st["consecutive_failures"] >= 2, "two failed reads")
+        assert st["failures"] >= 2 and "127.0.0.1:1" in st["last_error"] and st["cluster"] is None
+        assert st["joined"] == [] and st["gone"] == []    # nothing known of the members: no difference claimed
+    finally:
+        w2.close()
+        w.close()
+
+
+def test_watch_bad_arguments():
+    from noodlecore import _native
+    from noodlecore.database.failover_manager import DatabaseFailoverManager
+    with pytest.raises(errors.ConfigurationError) as ei:
+        _native.PatroniWatch(["https://x"], 1.0, 1.0, [])
+    assert ei.value.error_code == 4027
+    with pytest.raises(errors.ConfigurationError) as ei:
+        _native.PatroniWatch(["http://x"], 0.0, 1.0, [])
+    assert ei.value.error_code == 2013
+    with pytest.raises(errors.ConfigurationError):
+        DatabaseFailoverManager.from_patroni("http://127.0.0.1:1", interval=0)
