@@ -35,16 +35,7 @@
 #include "nc_pg.h"
 #include "utf8_check.h"   /* csrc/tests: the tests' UTF-8 oracle */
 
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "fuzz_dsn: %s:%d: broken promise: %s: ", __FILE__, \
-                    __LINE__, #cond);                                         \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            abort();                                                          \
-        }                                                                     \
-    } while (0)
+#include "fuzz_check.h"
 
 static int list_len(const char *s)
 {

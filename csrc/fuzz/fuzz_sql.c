@@ -41,16 +41,7 @@
 #include "nc_params.h"
 #include "nc_sqltext.h"
 
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            fprintf(stderr, "fuzz_sql: %s:%d: broken promise: %s: ", __FILE__, \
-                    __LINE__, #cond);                                         \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fputc('\n', stderr);                                              \
-            abort();                                                          \
-        }                                                                     \
-    } while (0)
+#include "fuzz_check.h"
 
 static const char *dname(int d)
 {

@@ -304,22 +304,33 @@ static int row_format_arg(NpyConnection *self, PyObject *rf, int *tuple)
 
 /* ---- methods ------------------------------------------------------------- */
 
+/* A statement's text: a str without NUL (both libpq and SQLite stop
+ * reading at a NUL: the server would run a cut-down statement).  0, or -1
+ * raised. */
+static int check_query(PyObject *query)
+{
+    if (!PyUnicode_Check(query)) {
+        npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "query must be a str, not %s", Py_TYPE(query)->tp_name);
+        return -1;
+    }
+    Py_ssize_t qlen;
+    const char *qtext = PyUnicode_AsUTF8AndSize(query, &qlen);
+    if (!qtext)
+        return -1;
+    if (memchr(qtext, '\0', (size_t)qlen)) {
+        npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "the query contains a NUL character");
+        return -1;
+    }
+    return 0;
+}
+
 /* One statement; shape NPY_SHAPE_DBAPI for the DB-API's 4-tuple, else
  * execute_query's rows (row_format, or the pool's default) or count. */
 static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *params, PyObject *timeout,
                              PyObject *row_format, int dbapi, int stream)
 {
-    if (!PyUnicode_Check(query))
-        return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "query must be a str, not %s",
-                        Py_TYPE(query)->tp_name);
-    Py_ssize_t qlen;
-    const char *qtext = PyUnicode_AsUTF8AndSize(query, &qlen);
-    if (!qtext)
+    if (check_query(query) < 0)
         return NULL;
-    /* Both libpq and SQLite stop reading at a NUL: the server would run a
-     * cut-down statement. */
-    if (memchr(qtext, '\0', (size_t)qlen))
-        return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "the query contains a NUL character");
     int bad = 0, tuple;
     double deadline = deadline_for(self, timeout, &bad);
     if (bad || row_format_arg(self, row_format, &tuple) < 0)
@@ -612,15 +623,8 @@ static PyObject *conn_execute_many(NpyConnection *self, PyObject *args, PyObject
  * COMMIT travel in the pipelines; a failure rolls it back. */
 static PyObject *execute_many_pg(NpyConnection *self, PyObject *query, PyObject *seq, PyObject *timeout)
 {
-    if (!PyUnicode_Check(query))
-        return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "query must be a str, not %s",
-                         Py_TYPE(query)->tp_name);
-    Py_ssize_t qlen;
-    const char *qtext = PyUnicode_AsUTF8AndSize(query, &qlen);
-    if (!qtext)
+    if (check_query(query) < 0)
         return NULL;
-    if (memchr(qtext, '\0', (size_t)qlen))
-        return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "the query contains a NUL character");
     int bad = 0;
     double deadline = deadline_for(self, timeout, &bad);
     if (bad)
@@ -662,17 +666,7 @@ static PyObject *execute_many_impl(NpyConnection *self, PyObject *query, PyObjec
         PyObject *r = execute_one(self, query, item, timeout, Py_None, 0, 0);
         Py_DECREF(item);
         if (!r) {
-            /* exc.row_index: which parameter set failed (as on PostgreSQL) */
-            PyObject *et, *ev, *tb;
-            PyErr_Fetch(&et, &ev, &tb);
-            PyErr_NormalizeException(&et, &ev, &tb);
-            if (ev) {
-                PyObject *n = PyLong_FromSsize_t(row);
-                if (!n || PyObject_SetAttrString(ev, "row_index", n) < 0)
-                    PyErr_Clear();
-                Py_XDECREF(n);
-            }
-            PyErr_Restore(et, ev, tb);
+            npy_note_row(row);   /* which parameter set failed (as on PostgreSQL) */
             goto fail;
         }
         row++;

@@ -184,3 +184,17 @@ int npy_add_error_tables(PyObject *module)
     }
     return 0;
 }
+
+void npy_note_row(Py_ssize_t row)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (ev) {
+        PyObject *n = PyLong_FromSsize_t(row);
+        if (!n || PyObject_SetAttrString(ev, "row_index", n) < 0)
+            PyErr_Clear();
+        Py_XDECREF(n);
+    }
+    PyErr_Restore(et, ev, tb);
+}

@@ -19,6 +19,9 @@ PyObject *npy_raise(int code, int kind, const char *sqlstate, const char *fmt, .
     __attribute__((format(printf, 4, 5)));
 /* Raise from a filled core record.  Always returns NULL. */
 PyObject *npy_raise_error(const nc_error *err);
+/* exc.row_index = row on the pending exception: the index, in an
+ * execute_many's sequence, of the parameter set that failed. */
+void npy_note_row(Py_ssize_t row);
 /* The exception object itself (new reference), for errors.py's
  * error_from_native(); NULL with an exception set on failure. */
 PyObject *npy_error_new(int code, int kind, const char *sqlstate, const char *message, int sent);

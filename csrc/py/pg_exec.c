@@ -329,22 +329,6 @@ int npy_pg_stream_drain(nc_pool *pool, nc_pg_conn *pc, double deadline)
  * goes in pipelines of this many rows (one round trip each). */
 #define NPY_PG_BATCH 1000
 
-/* exc.row_index = row on the pending exception (the index in the caller's
- * sequence of the parameter set that failed). */
-static void note_row(Py_ssize_t row)
-{
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    PyErr_NormalizeException(&et, &ev, &tb);
-    if (ev) {
-        PyObject *n = PyLong_FromSsize_t(row);
-        if (!n || PyObject_SetAttrString(ev, "row_index", n) < 0)
-            PyErr_Clear();
-        Py_XDECREF(n);
-    }
-    PyErr_Restore(et, ev, tb);
-}
-
 typedef struct {
     npy_pg_params pp[NPY_PG_BATCH];
     nc_pg_params rows[NPY_PG_BATCH];
@@ -420,7 +404,7 @@ PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, Py
             Py_DECREF(next);
             next = NULL;
             if (rc < 0) {
-                note_row(base + b->n);
+                npy_note_row(base + b->n);
                 goto fail;
             }
             next = PyIter_Next(it);
@@ -450,7 +434,7 @@ PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, Py
         if (n < 0) {
             npy_raise_error(&err);
             if (failed >= 0)
-                note_row(base + failed);
+                npy_note_row(base + failed);
             goto fail;
         }
         total += n;
