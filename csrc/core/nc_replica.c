@@ -96,6 +96,9 @@ void nc_lsn_history_add(nc_lsn_history *h, double t, uint64_t lsn)
         if (lsn == newest) {
             if (t > h->confirmed)
                 h->confirmed = t;
+            int n = slot(h, h->count - 1);
+            if (t > h->last[n])
+                h->last[n] = t;
             return;                 /* not an advance: the first sighting's time stays */
         }
         if (lsn < newest)
@@ -107,7 +110,7 @@ void nc_lsn_history_add(nc_lsn_history *h, double t, uint64_t lsn)
         h->wrapped = 1;
     }
     int i = slot(h, h->count++);
-    h->t[i] = t;
+    h->t[i] = h->last[i] = t;
     h->lsn[i] = lsn;
     if (t > h->confirmed)
         h->confirmed = t;
@@ -152,9 +155,10 @@ double nc_lag_seconds(const nc_lsn_history *h, uint64_t replay, double at)
     }
     if (lo == h->count)
         return 0.0;                 /* it has everything the primary was seen with */
-    double since = h->t[slot(h, lo)];
-    /* lo == 0 with dropped entries: the primary passed replay before the
-     * oldest kept sighting; the lag is at least this much. */
+    /* What it misses was written after the primary was last seen at or
+     * below replay.  lo == 0: the primary passed replay before the oldest
+     * sighting kept (or before the first probe); at least this much. */
+    double since = lo > 0 ? h->last[slot(h, lo - 1)] : h->t[slot(h, 0)];
     return at > since ? at - since : 0.0;
 }
 

@@ -7,11 +7,15 @@
  *
  * Lag in seconds is measured, not copied: pg_stat_replication.replay_lag
  * freezes at its last value while a replica's replay is stalled.  The route
- * keeps the times at which the primary's WAL position was first seen at each
- * value (nc_lsn_history); a replica that has replayed up to R, read at time
- * at, is behind by at - (when the primary was first seen past R): how long
- * the data it misses has existed.  That time is known to one probe interval
- * of the primary; a stalled replica's lag grows with each of its probes.
+ * keeps, for each WAL position the primary was seen at, when it was first
+ * and last seen there (nc_lsn_history).  A replica that has replayed up to R
+ * misses only what the primary wrote after it was last seen at or below R,
+ * so at time at (the borrow's "now") it is at most at - (that time) behind:
+ * how long the oldest data it may miss can have existed.  The bound errs by
+ * up to one probe interval of the primary on the safe side (a read is never
+ * sent to a replica further behind than the limit because the probes were
+ * too slow to see it), and a stalled replica's lag grows with the clock, not
+ * only with its own probes.
  */
 #ifndef NC_REPLICA_H
 #define NC_REPLICA_H
@@ -42,7 +46,8 @@ int nc_lsn_parse(const char *text, uint64_t *out);
  * nothing; the oldest entries go when it is full (lags longer than the
  * history then read as at least the history's age). */
 typedef struct nc_lsn_history {
-    double t[NC_LSN_HISTORY];
+    double t[NC_LSN_HISTORY];           /* first seen at lsn[i] */
+    double last[NC_LSN_HISTORY];        /* last seen at lsn[i] (until the next advance) */
     uint64_t lsn[NC_LSN_HISTORY];
     int head;                   /* index of the oldest */
     int count;
@@ -66,8 +71,11 @@ int nc_lsn_history_seen_after(const nc_lsn_history *h, double t, uint64_t *lsn);
 /* Bytes a replica at replay is behind the newest known primary position
  * (0 when ahead); NAN when nothing is known of the primary. */
 double nc_lag_bytes(const nc_lsn_history *h, uint64_t replay);
-/* Seconds, at time at, that a replica which had replayed up to replay at
- * that time is behind (see above); NAN when nothing is known of the primary. */
+/* Seconds, at time at (now), that a replica which has replayed at least up to
+ * replay is behind at most (see above): 0 when it has the newest position
+ * seen; when the primary passed replay before the oldest sighting kept (or
+ * the first one), at least at - that sighting; NAN when nothing is known of
+ * the primary. */
 double nc_lag_seconds(const nc_lsn_history *h, uint64_t replay, double at);
 
 /* One endpoint as the read choice sees it. */

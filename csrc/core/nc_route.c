@@ -482,13 +482,14 @@ static void read_view(nc_route *r, double written_at, nc_read_ep *eps, nc_read_l
     int lent[NC_MONITOR_ENDPOINTS_MAX];
     for (int i = 0; i < r->n; i++)
         lent[i] = nc_pool_lent(r->pools[i]);   /* the pool's lock, not under ours */
+    double now = nc_now();   /* a stalled replica falls behind with the clock */
     pthread_mutex_lock(&r->rmu);
     for (int i = 0; i < r->n; i++) {
         const route_read *d = &r->rd[i];
         eps[i].up = d->up;
         eps[i].standby = d->standby;
         eps[i].lag_bytes = d->standby && d->have_lsn ? nc_lag_bytes(&r->hist, d->lsn) : NAN;
-        eps[i].lag_seconds = d->standby && d->have_lsn ? nc_lag_seconds(&r->hist, d->lsn, d->lsn_at) : NAN;
+        eps[i].lag_seconds = d->standby && d->have_lsn ? nc_lag_seconds(&r->hist, d->lsn, now) : NAN;
         eps[i].in_flight = lent[i];
         eps[i].have_replay = d->standby && d->have_lsn;
         eps[i].replay = d->lsn;
