@@ -370,13 +370,17 @@ fresh_source() {
 make_env() {
     local name=$1 python=$2 cflags=${3:-} ldflags=${4:-}
     local venv="$WORK/venv-$name" src="$WORK/src-$name" log="$WORK/pip-$name.log"
+    # The main venv also gets SQLAlchemy's compliance suite and its control
+    # driver (tests/requirements-sqla.txt): only pytest-python3 runs that suite.
+    local reqs=(tests/requirements.txt)
+    [ "$name" = main ] && reqs+=(tests/requirements-sqla.txt)
     local key
-    key="$(readlink -f "$(command -v "$python")") $("$python" -c 'import sys; print(sys.version.split()[0], sys.abiflags)') $(sha256sum tests/requirements.txt | cut -c1-16)"
+    key="$(readlink -f "$(command -v "$python")") $("$python" -c 'import sys; print(sys.version.split()[0], sys.abiflags)') $(cat "${reqs[@]}" | sha256sum | cut -c1-16)"
     if [ ! -f "$venv/.noodlecore-stamp" ] || [ "$(cat "$venv/.noodlecore-stamp")" != "$key" ] \
         || ! "$venv/bin/python" -c 'import pytest, pytest_timeout' >/dev/null 2>&1; then
         rm -rf "$venv"
         { "$python" -m venv "$venv" \
-            && "$venv/bin/python" -m pip install -q --no-deps -r tests/requirements.txt \
+            && "$venv/bin/python" -m pip install -q --no-deps "${reqs[@]/#/-r}" \
             && "$venv/bin/python" -m pip check; } >"$log" 2>&1 || { cat "$log" >&2; return 1; }
         echo "$key" >"$venv/.noodlecore-stamp"
     fi
@@ -396,7 +400,7 @@ print("%s %s%s (%s%s)" % (platform.python_implementation(), platform.python_vers
 }
 
 # -- 4. the pytest suite -----------------------------------------------------
-# run_pytest_stage STAGE VENV [ENV...]
+# run_pytest_stage STAGE VENV [ENV...]; PYTEST_MARK (a -m expression) selects.
 run_pytest_stage() {
     local stage=$1 venv=$2
     shift 2
@@ -412,7 +416,7 @@ run_pytest_stage() {
     # the GIL: it dumps every thread's stack and ends the process.
     ( cd "$ROOT" && env NOODLE_EXPECT_INSTALLED=1 "$@" timeout -k 30 "$STAGE_TIMEOUT" \
           "$venv/bin/pytest" -v -rfEs -p no:cacheprovider --timeout="$TEST_TIMEOUT" --timeout-method=thread \
-          --junitxml="$xml" tests ) >"$log" 2>&1
+          --junitxml="$xml" ${PYTEST_MARK:+-m "$PYTEST_MARK"} tests ) >"$log" 2>&1
     local rc=$?
     local counts
     counts=$("$PY" - "$xml" <<'PYEOF'
@@ -496,7 +500,7 @@ if wanted pytest-second; then
         record pytest-second MISSING 0 0 0 "no second CPython: no pyenv CPython newer than $PY and not Debian; opt out with NOODLE_TEST_SKIP=pytest-second"
     elif env_or_fail pytest-second second "$SECOND"; then
         INTERPRETERS+=("pytest-second: $(describe_python "$VENV/bin/python") [$SECOND_WHY]")
-        run_pytest_stage pytest-second "$VENV"
+        PYTEST_MARK="not sqla_suite" run_pytest_stage pytest-second "$VENV"
     fi
 fi
 
@@ -504,7 +508,7 @@ if wanted pytest-asan; then
     if env_or_fail pytest-asan asan "$PY" "$SAN_CFLAGS" "$SAN_LDFLAGS"; then
         LIBASAN=$(gcc -print-file-name=libasan.so)
         INTERPRETERS+=("pytest-asan: $(describe_python "$VENV/bin/python"), extension with ASan+UBSan, $LIBASAN preloaded")
-        run_pytest_stage pytest-asan "$VENV" LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc \
+        PYTEST_MARK="not sqla_suite" run_pytest_stage pytest-asan "$VENV" LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc \
             ASAN_OPTIONS="$(asan_options "$WORK/pytest-asan")" LSAN_OPTIONS="$LSAN_OPTS" \
             UBSAN_OPTIONS="$(ubsan_options "$WORK/pytest-asan")" \
             NOODLE_SANITIZER=1
