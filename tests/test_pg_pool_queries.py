@@ -44,6 +44,8 @@ def test_placeholders(make_pool):
             ("param",))
         assert rows == [{"lit": "50%", "lit_s": "%s", "estr": "it's %s", "dq": "a %s b",
                          "tagged": "%(x)s", "ident": 1, "p": "param"}]
+        # with params (even empty ones) %% is % inside literals too, as in psycopg
+        assert c.execute_query("SELECT '100%%' AS a, '5%' AS b", ()) == [{"a": "100%", "b": "5%"}]
         # without params the SQL goes as it is: no placeholder processing at all
         assert c.execute_query("SELECT '100%%' AS a, 7 % 3 AS m") == [{"a": "100%%", "m": 1}]
         # several statements are fine without params

@@ -135,6 +135,9 @@ static const nc_code_info codes[] = {
     {NC_E_NOT_SUPPORTED, "not supported by this backend", NC_C_NOT_SUPPORTED, NULL, 0},
     {NC_E_IN_USE, "connection in use by another thread", NC_C_INTERFACE, NULL, 0},
     {NC_E_INTERRUPTED, "wait interrupted (Ctrl-C)", NC_C_OPERATIONAL, NULL, 0},
+    {NC_E_DBAPI_CLOSED, "DB-API connection or cursor used after close()", NC_C_INTERFACE, NULL, 0},
+    {NC_E_DBAPI_NO_RESULT, "no result set to fetch from (no execute yet, or the statement returned no rows)",
+     NC_C_PROGRAMMING, NULL, 0},
     {NC_E_INTERNAL, "internal error", NC_C_INTERNAL, NULL, 0},
     /* manager: the Python DatabaseManager raises these, keeping the class of
      * the error that caused them (hence no class here) */

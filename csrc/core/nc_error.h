@@ -39,6 +39,8 @@ enum nc_code {
     NC_E_NOT_SUPPORTED = 2021,      /* feature not supported by this backend */
     NC_E_IN_USE = 2022,             /* PooledConnection used by two threads at once */
     NC_E_INTERRUPTED = 2023,        /* a wait ended by its thread's stop check (Ctrl-C, nc_stop.h) */
+    NC_E_DBAPI_CLOSED = 2024,       /* a DB-API connection or cursor used after close() */
+    NC_E_DBAPI_NO_RESULT = 2025,    /* DB-API fetch without a result set (no execute, or no rows returned) */
     NC_E_INTERNAL = 2099,           /* out of memory, thread creation failed, ... */
     /* manager range 3001-3099: raised by the Python DatabaseManager only; the
      * table (nc_error.c) names the operation of each */

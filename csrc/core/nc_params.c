@@ -5,7 +5,8 @@
  * NC_LEX_PARAMS: every token but a % one is plain text, copied to the output
  * in bulk; each placeholder is replaced by $n (PostgreSQL) or ?n (SQLite),
  * %% by %.  A % inside a quoted region or comment is part of that token, so
- * it is left alone.
+ * it is never a placeholder, but %% there is made % too (psycopg's rule, see
+ * ob_append_text); a lone % there stays.
  *
  * An unterminated region runs to the end of the input and is copied as is;
  * the server reports the syntax error.
@@ -71,6 +72,26 @@ static int ob_append(outbuf *o, const char *p, size_t n)
     memcpy(o->buf + o->len, p, n);
     o->len += n;
     return 0;
+}
+
+/* Append p[0..n), each %% in it made %: the text between placeholders,
+ * where a % can only be inside a quoted region or a comment (outside them
+ * every % is a placeholder token).  psycopg's rule, which SQLAlchemy relies
+ * on: it doubles every % of the SQL it sends with parameters, literals
+ * included.  A lone % there stays as it is. */
+static int ob_append_text(outbuf *o, const char *p, size_t n)
+{
+    const char *pct;
+    while (n && (pct = memchr(p, '%', n)) != NULL) {
+        size_t k = (size_t)(pct - p) + 1;   /* up to and including this % */
+        if (ob_append(o, p, k) < 0)
+            return -1;
+        if (k < n && p[k] == '%')
+            k++;                            /* its double: dropped */
+        p += k;
+        n -= k;
+    }
+    return ob_append(o, p, n);
 }
 
 /* Append marker followed by the decimal slot number. */
@@ -291,7 +312,7 @@ int nc_sql_translate(const char *sql, size_t len, int dialect, nc_sql *out, nc_e
         }
         char n = sql[at + 1];
         if (n == '%') {
-            if (ob_append(&ob, sql + run, at - run) < 0 || ob_append(&ob, "%", 1) < 0)
+            if (ob_append_text(&ob, sql + run, at - run) < 0 || ob_append(&ob, "%", 1) < 0)
                 goto oom;
             run = at + 2;
             continue;
@@ -357,7 +378,7 @@ int nc_sql_translate(const char *sql, size_t len, int dialect, nc_sql *out, nc_e
                  "run into the parameter number; put a space between them", at);
             goto fail;
         }
-        if (ob_append(&ob, sql + run, at - run) < 0)
+        if (ob_append_text(&ob, sql + run, at - run) < 0)
             goto oom;
         /* PostgreSQL reads a $ and digits that touch a word as part of it
          * (x%s would become the identifier x$1, a%s in $a%s$ would open the
@@ -370,7 +391,7 @@ int nc_sql_translate(const char *sql, size_t len, int dialect, nc_sql *out, nc_e
             goto oom;
         run = end;
     }
-    if (ob_append(&ob, sql + run, len - run) < 0)
+    if (ob_append_text(&ob, sql + run, len - run) < 0)
         goto oom;
     ob.buf[ob.len] = '\0';
 

@@ -5,8 +5,11 @@
  * ?1..?n (SQLite) so the values are bound by the server, never pasted into the
  * SQL text.  What stands inside '...' and E'...' string literals, "quoted"
  * identifiers, $tag$ dollar-quoted bodies, -- line comments and nested block
- * comments is copied unchanged (a % there is not a placeholder); the exact
- * region rules, per dialect, are those of the lexer (nc_lexer.h).
+ * comments holds no placeholder (a lone % there is copied as it is), but %%
+ * is % there too: with parameters, %% means % everywhere, as in psycopg
+ * (SQLAlchemy doubles every % of what it sends); the exact region rules, per
+ * dialect, are those of the lexer (nc_lexer.h).  (Without parameters nothing
+ * is rewritten: the SQL is sent as it is.)
  *
  * For PostgreSQL a placeholder that directly follows a word, a number or a $
  * (x%s, IN%s, $%s) gets a space before its $n, which the server would

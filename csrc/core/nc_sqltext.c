@@ -336,6 +336,55 @@ int nc_sql_is_rollback_to(const char *sql, size_t len)
     return t.len == 2 || sql[t.off + 2] == '$';
 }
 
+/* ---- the verb ----------------------------------------------------------------- */
+
+static int verb_of(const char *sql, const nc_token *t)
+{
+    if (tok_is(sql, t, "insert") || tok_is(sql, t, "replace"))
+        return NC_VERB_INSERT;
+    if (tok_is(sql, t, "update"))
+        return NC_VERB_UPDATE;
+    if (tok_is(sql, t, "delete"))
+        return NC_VERB_DELETE;
+    return NC_VERB_OTHER;
+}
+
+int nc_sql_verb(const char *sql, size_t len, int dialect)
+{
+    nc_lexer lx;
+    nc_token t;
+    nc_lex_init(&lx, sql, len, dialect, 0);
+    int depth = 0, with = 0;
+    while (nc_lex_next(&lx, &t) != NC_TOK_END) {
+        if (t.kind == NC_TOK_SPACE || t.kind == NC_TOK_COMMENT)
+            continue;
+        if (t.kind == NC_TOK_SEMI)
+            break;
+        if (t.kind == NC_TOK_PUNCT && sql[t.off] == '(') {
+            depth++;
+            continue;
+        }
+        if (t.kind == NC_TOK_PUNCT && sql[t.off] == ')') {
+            if (depth > 0)
+                depth--;
+            continue;
+        }
+        if (!with) {
+            if (tok_is(sql, &t, "with")) {
+                with = 1;
+                continue;
+            }
+            return verb_of(sql, &t);   /* the first word (after any '(') */
+        }
+        if (depth == 0 && t.kind == NC_TOK_WORD) {
+            int v = verb_of(sql, &t);
+            if (v != NC_VERB_OTHER || tok_is(sql, &t, "select") || tok_is(sql, &t, "values"))
+                return v;
+        }
+    }
+    return NC_VERB_OTHER;
+}
+
 /* ---- column types ----------------------------------------------------------------
  * Python (database_manager.py, _SQL_TYPE, IGNORECASE):
  *   ^\s* TW (\s+ TW)* (\s* \(\s*\d+\s*(,\s*\d+\s*)?\) )? (\s+ TW)* (\s*\[\s*\d*\s*\])*

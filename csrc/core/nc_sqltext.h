@@ -49,6 +49,15 @@ int nc_sql_is_plain_select(const char *sql, size_t len);
  * a letter. */
 int nc_sql_is_rollback_to(const char *sql, size_t len);
 
+/* What a statement does to rows, for the DB-API's rowcount and lastrowid
+ * (SQLite tells neither apart from DDL): the first word after whitespace,
+ * comments and '(' read as INSERT (REPLACE too), UPDATE, DELETE, else
+ * OTHER; after WITH, the first of those words (or SELECT, VALUES: OTHER)
+ * outside parentheses, so  WITH x AS (SELECT ...) DELETE ...  is DELETE.
+ * Only the leading statement is read. */
+enum nc_sql_verb { NC_VERB_OTHER = 0, NC_VERB_INSERT, NC_VERB_UPDATE, NC_VERB_DELETE };
+int nc_sql_verb(const char *sql, size_t len, int dialect);
+
 /* Check a column type for a generated CREATE TABLE against a small grammar
  * and normalize it.  Accepted: type words (not one of NOT NULL PRIMARY
  * UNIQUE DEFAULT KEY REFERENCES CHECK COLLATE GENERATED CONSTRAINT AS ON

@@ -286,8 +286,10 @@ static int row_format_arg(NpyConnection *self, PyObject *rf, int *tuple)
 
 /* ---- methods ------------------------------------------------------------- */
 
+/* One statement; shape NPY_SHAPE_DBAPI for the DB-API's 4-tuple, else
+ * execute_query's rows (row_format, or the pool's default) or count. */
 static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *params, PyObject *timeout,
-                             PyObject *row_format)
+                             PyObject *row_format, int dbapi)
 {
     if (!PyUnicode_Check(query))
         return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "query must be a str, not %s",
@@ -304,13 +306,17 @@ static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *par
     double deadline = deadline_for(self, timeout, &bad);
     if (bad || row_format_arg(self, row_format, &tuple) < 0)
         return NULL;
+    int shape = dbapi ? NPY_SHAPE_DBAPI : tuple ? NPY_SHAPE_TUPLE : NPY_SHAPE_DICT;
     switch (self->ps->kind) {
     case NPY_BACKEND_PG:
-        return npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, tuple);
+        return npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, shape);
     case NPY_BACKEND_SQLITE:
         return npy_sqlite_execute(self->ps->pool, self->c->raw, query, params, deadline, self->ps->busy_wait,
-                                  tuple);
+                                  shape);
     default:
+        if (dbapi)
+            return npy_raise(NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED, NULL,
+                            "a DB-API connection needs a PostgreSQL or SQLite pool, not a Python backend");
         return npy_py_execute(self->ps->pool, self->c->raw, query, params);
     }
 }
@@ -363,9 +369,20 @@ static PyObject *conn_execute_query(NpyConnection *self, PyObject *const *args, 
     PyObject *query = a[0], *params = a[1], *timeout = a[2], *rf = a[3];
     if (op_begin(self) < 0)
         return NULL;
-    PyObject *r = execute_one(self, query, params, timeout, rf);
+    PyObject *r = execute_one(self, query, params, timeout, rf, 0);
     op_end(self);
     return r;
+}
+
+/* The session's own transaction status (native backends); a Python
+ * backend's is what begin() said. */
+static int session_in_txn(NpyConnection *self)
+{
+    if (self->ps->kind == NPY_BACKEND_PG)
+        return PQtransactionStatus(((nc_pg_conn *)self->c->raw)->pg) != PQTRANS_IDLE;
+    if (self->ps->kind == NPY_BACKEND_SQLITE)
+        return !sqlite3_get_autocommit(((nc_sqlite_conn *)self->c->raw)->db);
+    return self->in_txn;
 }
 
 /* BEGIN / COMMIT / ROLLBACK.  0, or -1 with the exception set. */
@@ -404,7 +421,8 @@ static int run_command(NpyConnection *self, const char *sql)
 
 static PyObject *begin_impl(NpyConnection *self)
 {
-    if (self->in_txn)
+    /* in_txn alone may be stale: a COMMIT sent as SQL ended the transaction. */
+    if (self->in_txn && session_in_txn(self))
         return npy_raise(NC_E_TXN_STATE, NC_K_PROGRAMMING, NULL, "a transaction is already open on this connection");
     if (run_command(self, "BEGIN") < 0)
         return NULL;
@@ -426,11 +444,7 @@ static PyObject *end_impl(NpyConnection *self, const char *sql)
 {
     /* Outside begin() every statement has already committed: nothing to do,
      * as with DB-API drivers in autocommit mode. */
-    int open = self->in_txn;
-    if (!open && self->ps->kind == NPY_BACKEND_PG)
-        open = PQtransactionStatus(((nc_pg_conn *)self->c->raw)->pg) != PQTRANS_IDLE;
-    if (!open && self->ps->kind == NPY_BACKEND_SQLITE)
-        open = !sqlite3_get_autocommit(((nc_sqlite_conn *)self->c->raw)->db);
+    int open = self->in_txn || session_in_txn(self);
     if (!open && self->ps->kind == NPY_BACKEND_PY)
         open = npy_py_pending(self->c->raw, sql);   /* else the return would roll the work back */
     self->in_txn = 0;
@@ -460,6 +474,31 @@ static PyObject *conn_rollback(NpyConnection *self, PyObject *unused)
 {
     (void)unused;
     return conn_end(self, "ROLLBACK");
+}
+
+/* The DB-API cursor's statement (noodlecore.dbapi): with begin true, a
+ * transaction is opened first unless the session is in one (PEP 249's
+ * implicit transaction; the session's status, not in_txn, so a COMMIT sent
+ * as SQL is seen). */
+static PyObject *conn_dbapi_execute(NpyConnection *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"query", "params", "timeout", "begin", NULL};
+    PyObject *query, *params = Py_None, *timeout = Py_None;
+    int begin = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOp:_execute", kwlist, &query, &params, &timeout, &begin))
+        return NULL;
+    if (op_begin(self) < 0)
+        return NULL;
+    PyObject *r = NULL;
+    if (begin && self->ps->kind != NPY_BACKEND_PY && !session_in_txn(self)) {
+        if (run_command(self, "BEGIN") < 0)
+            goto done;
+        self->in_txn = 1;
+    }
+    r = execute_one(self, query, params, timeout, Py_None, 1);
+done:
+    op_end(self);
+    return r;
 }
 
 static PyObject *execute_many_impl(NpyConnection *self, PyObject *query, PyObject *seq, PyObject *timeout);
@@ -494,7 +533,7 @@ static PyObject *execute_many_impl(NpyConnection *self, PyObject *query, PyObjec
     long long total = 0;
     PyObject *item;
     while ((item = PyIter_Next(it))) {
-        PyObject *r = execute_one(self, query, item, timeout, Py_None);
+        PyObject *r = execute_one(self, query, item, timeout, Py_None, 0);
         Py_DECREF(item);
         if (!r)
             goto fail;
@@ -601,11 +640,7 @@ static PyObject *conn_get_in_txn(NpyConnection *self, void *c)
     (void)c;
     if (check_live(self) < 0)
         return NULL;
-    if (self->ps->kind == NPY_BACKEND_PG)
-        return PyBool_FromLong(PQtransactionStatus(((nc_pg_conn *)self->c->raw)->pg) != PQTRANS_IDLE);
-    if (self->ps->kind == NPY_BACKEND_SQLITE)
-        return PyBool_FromLong(!sqlite3_get_autocommit(((nc_sqlite_conn *)self->c->raw)->db));
-    return PyBool_FromLong(self->in_txn);
+    return PyBool_FromLong(session_in_txn(self));
 }
 
 static PyObject *conn_get_pid(NpyConnection *self, void *c)
@@ -659,6 +694,13 @@ static PyMethodDef conn_methods[] = {
      "execute_many(query, seq_of_params, timeout=None)\n--\n\n"
      "Run query once per parameter set, all in one transaction (its own unless one is open);\n"
      "returns the total number of rows affected."},
+    {"_execute", (PyCFunction)(void (*)(void))conn_dbapi_execute, METH_VARARGS | METH_KEYWORDS,
+     "_execute(query, params=None, timeout=None, begin=False)\n--\n\n"
+     "For noodlecore.dbapi's cursor: run one statement (as execute_query) and return\n"
+     "(description, rows, rowcount, lastrowid): description a list of PEP 249 7-tuples (None\n"
+     "without a result set), rows a list of tuples (or None), rowcount -1 where unknown,\n"
+     "lastrowid SQLite's rowid after an INSERT (else None). begin=True first opens a\n"
+     "transaction unless one is open."},
     {"begin", (PyCFunction)conn_begin, METH_NOARGS, "Open a transaction (ProgrammingError 2017 if one is open)."},
     {"commit", (PyCFunction)conn_commit, METH_NOARGS, "Commit the open transaction (no-op outside one)."},
     {"rollback", (PyCFunction)conn_rollback, METH_NOARGS, "Roll back the open transaction (no-op outside one)."},

@@ -14,9 +14,11 @@
 #include "transaction.h"
 #include "../core/nc_params.h"
 #include "../core/nc_sqltext.h"
+#include "../core/nc_types.h"
 
 #include <libpq-fe.h>
 #include <sqlite3.h>
+#include <string.h>
 
 /* ---- module functions ---------------------------------------------------- */
 
@@ -200,7 +202,36 @@ static PyObject *sql_column_type(PyObject *mod, PyObject *text)
     return res;
 }
 
+/* PEP 249's category of a description's type code: an int is a PostgreSQL
+ * type OID, a str a SQLite declared type; anything else has none. */
+static PyObject *type_category(PyObject *mod, PyObject *code)
+{
+    (void)mod;
+    int cat = NC_TYPE_UNKNOWN;
+    if (PyLong_Check(code) && !PyBool_Check(code)) {
+        unsigned long oid = PyLong_AsUnsignedLong(code);
+        if (oid == (unsigned long)-1 && PyErr_Occurred())
+            PyErr_Clear();   /* negative or too large: no such type */
+        else if (oid <= 0xffffffffUL)
+            cat = nc_type_category_pg((unsigned)oid);
+    } else if (PyUnicode_Check(code)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(code, &n);
+        if (!s)
+            return NULL;
+        if ((size_t)n == strlen(s))   /* an embedded NUL: not a declared type */
+            cat = nc_type_category_sqlite(s);
+    }
+    const char *name = nc_type_category_name(cat);
+    if (!name)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(name);
+}
+
 static PyMethodDef module_methods[] = {
+    {"type_category", type_category, METH_O,
+     "type_category(type_code) -> 'STRING' | 'BINARY' | 'NUMBER' | 'DATETIME' | 'ROWID' | None: the PEP 249\n"
+     "category of a cursor description's type code (a PostgreSQL type OID or a SQLite declared type)."},
     {"_set_error_classes", set_error_classes, METH_O,
      "Install errors.py's classes, a mapping of class name to class (internal)."},
     {"make_error", make_error, METH_VARARGS,

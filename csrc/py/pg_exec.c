@@ -2,6 +2,8 @@
 #include "pg_exec.h"
 #include "interrupt.h"
 
+#include <stdlib.h>
+
 static PyObject *pg_rows(PGresult *res, int tuple)
 {
     int nrows = PQntuples(res), ncols = PQnfields(res);
@@ -55,14 +57,74 @@ fail:
     return NULL;
 }
 
+/* The affected (or returned) row count libpq reports, -1 when there is none
+ * (DDL, SET ...). */
+static long long pg_rowcount(PGresult *res)
+{
+    const char *n = PQcmdTuples(res);
+    if (n && *n)
+        return strtoll(n, NULL, 10);
+    return PQresultStatus(res) == PGRES_TUPLES_OK ? PQntuples(res) : -1;
+}
+
 static PyObject *pg_result_value(PGresult *res, int tuple)
 {
     if (PQresultStatus(res) == PGRES_TUPLES_OK)
         return pg_rows(res, tuple);
-    const char *n = PQcmdTuples(res);
-    if (n && *n)
-        return PyLong_FromString(n, NULL, 10);
-    return PyLong_FromLong(-1);
+    return PyLong_FromLongLong(pg_rowcount(res));
+}
+
+/* PEP 249's description: per column (name, type_code, display_size,
+ * internal_size, precision, scale, null_ok); the type code is the column's
+ * type OID (compare it with noodlecore.dbapi.STRING ...).  Precision and
+ * scale only for numeric(p, s) (libpq gives the typmod, not the sizes of
+ * other types); null_ok is not known from a result. */
+static PyObject *pg_description(PGresult *res)
+{
+    int ncols = PQnfields(res);
+    PyObject *desc = PyList_New(ncols);
+    if (!desc)
+        return NULL;
+    for (int j = 0; j < ncols; j++) {
+        Oid oid = PQftype(res, j);
+        int mod = PQfmod(res, j), size = PQfsize(res, j);
+        PyObject *prec = Py_None, *scale = Py_None, *isize = Py_None;
+        PyObject *owned[3] = {NULL, NULL, NULL};
+        if (oid == 1700 && mod >= 4) {   /* numeric: typmod is ((p << 16) | s) + 4 */
+            prec = owned[0] = PyLong_FromLong(((mod - 4) >> 16) & 0xffff);
+            scale = owned[1] = PyLong_FromLong((mod - 4) & 0xffff);
+        }
+        if (size > 0)
+            isize = owned[2] = PyLong_FromLong(size);
+        PyObject *item = NULL;
+        if ((oid != 1700 || mod < 4 || (prec && scale)) && (size <= 0 || isize))
+            item = Py_BuildValue("(sIOOOOO)", PQfname(res, j), (unsigned)oid, Py_None, isize, prec, scale,
+                                 Py_None);
+        for (int k = 0; k < 3; k++)
+            Py_XDECREF(owned[k]);
+        if (!item) {
+            Py_DECREF(desc);
+            return NULL;
+        }
+        PyList_SET_ITEM(desc, j, item);
+    }
+    return desc;
+}
+
+/* The DB-API cursor's view: (description, rows, rowcount, lastrowid). */
+static PyObject *pg_result_dbapi(PGresult *res)
+{
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return Py_BuildValue("(OOLO)", Py_None, Py_None, pg_rowcount(res), Py_None);
+    PyObject *desc = pg_description(res);
+    if (!desc)
+        return NULL;
+    PyObject *rows = pg_rows(res, 1);
+    if (!rows) {
+        Py_DECREF(desc);
+        return NULL;
+    }
+    return Py_BuildValue("(NNLO)", desc, rows, pg_rowcount(res), Py_None);
 }
 
 /* Run one statement; returns a new PGresult or NULL with the exception set. */
@@ -143,7 +205,7 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
 }
 
 PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *params, double deadline,
-                         int tuple)
+                         int shape)
 {
     Py_ssize_t len;
     const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
@@ -152,7 +214,7 @@ PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObjec
     PGresult *res = pg_run(pool, pc, sql, len, params, deadline);
     if (!res)
         return NULL;
-    PyObject *out = pg_result_value(res, tuple);
+    PyObject *out = shape == NPY_SHAPE_DBAPI ? pg_result_dbapi(res) : pg_result_value(res, shape == NPY_SHAPE_TUPLE);
     PQclear(res);
     return out;
 }

@@ -12,9 +12,37 @@ static int blank(const char *s)
     return nc_sql_is_blank(s, strlen(s), NC_DIALECT_SQLITE);
 }
 
-PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,
-                             double deadline, double busy_wait, int tuple)
+/* PEP 249's description of a prepared statement: (name, declared type or
+ * None, None x 5).  Read from the statement, so it is there for an empty
+ * result too; the declared type is the type code (compare it with
+ * noodlecore.dbapi.STRING ...: the core's nc_type_category reads it). */
+static PyObject *sqlite_description(sqlite3_stmt *st, int ncols)
 {
+    PyObject *desc = PyList_New(ncols);
+    if (!desc)
+        return NULL;
+    for (int j = 0; j < ncols; j++) {
+        const char *nm = sqlite3_column_name(st, j);
+        const char *decl = sqlite3_column_decltype(st, j);
+        PyObject *item = Py_BuildValue("(szOOOOO)", nm ? nm : "?column?", decl, Py_None, Py_None, Py_None,
+                                       Py_None, Py_None);
+        if (!item) {
+            Py_DECREF(desc);
+            return NULL;
+        }
+        PyList_SET_ITEM(desc, j, item);
+    }
+    return desc;
+}
+
+PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,
+                             double deadline, double busy_wait, int shape)
+{
+    const int tuple = shape != NPY_SHAPE_DICT, dbapi = shape == NPY_SHAPE_DBAPI;
+    /* DB-API: the last statement's description, row count and rowid. */
+    PyObject *desc = NULL;
+    long long rowcount = -1, lastrowid = 0;
+    int has_rowid = 0;
     Py_ssize_t len;
     const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
     if (!sql)
@@ -87,6 +115,13 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
         }
         int ncols = sqlite3_column_count(st);
         PyObject *rows = NULL, *names = NULL;
+        if (dbapi) {
+            Py_CLEAR(desc);
+            if (ncols > 0 && !(desc = sqlite_description(st, ncols))) {
+                sqlite3_finalize(st);
+                goto error_raised;
+            }
+        }
         if (ncols > 0) {
             rows = PyList_New(0);
             if (!tuple) {
@@ -157,13 +192,25 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
             goto error;
         }
         Py_XSETREF(result, rows);
-        if (!rows) {
+        if (dbapi) {
+            /* Python's sqlite3 rules: a count for what changes rows (the
+             * verb, by the core's lexer: a CREATE changes none and has no
+             * count), the rowid after an INSERT or REPLACE. */
+            int verb = nc_sql_verb(tail, (size_t)(next - tail), NC_DIALECT_SQLITE);
+            if (rows)
+                rowcount = PyList_GET_SIZE(rows);
+            else
+                rowcount = verb != NC_VERB_OTHER ? sqlite3_changes64(sc->db) : -1;
+            has_rowid = verb == NC_VERB_INSERT;
+            if (has_rowid)
+                lastrowid = sqlite3_last_insert_rowid(sc->db);
+        } else if (!rows) {
             sqlite3_int64 delta = sqlite3_total_changes64(sc->db) - before;
             int dml = !sqlite3_stmt_readonly(st) && delta > 0;
             result = PyLong_FromLongLong(dml ? sqlite3_changes64(sc->db) : (delta == 0 && !sqlite3_stmt_readonly(st) ? 0 : -1));
         }
         sqlite3_finalize(st);
-        if (!result)
+        if (!result && !dbapi)   /* the count's int (a DB-API statement without rows has none) */
             goto error_raised;
         first = 0;
         tail = next;
@@ -175,6 +222,14 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
     Py_XDECREF(vals);
     nc_sql_free(&q);
     nc_pool_statement_done(pool, NULL);
+    if (dbapi) {
+        PyObject *rid = has_rowid ? PyLong_FromLongLong(lastrowid) : Py_NewRef(Py_None);
+        PyObject *out = rid ? Py_BuildValue("(OOLN)", desc ? desc : Py_None, result ? result : Py_None,
+                                            rowcount, rid) : NULL;
+        Py_XDECREF(desc);
+        Py_XDECREF(result);
+        return out;
+    }
     if (!result)
         return PyLong_FromLong(-1);
     return result;
@@ -199,6 +254,7 @@ interrupted:
     /* KeyboardInterrupt is set; counted as a failed statement. */
     nc_pool_statement_done(pool, &err);
 cleanup:
+    Py_XDECREF(desc);
     Py_XDECREF(result);
     Py_XDECREF(vals);
     nc_sql_free(&q);

@@ -10,9 +10,11 @@
 
 /* Run query (str) with params (None: as is, several statements allowed)
  * before deadline; waiting on a locked database is bounded by busy_wait
- * seconds even without a deadline.  Rows or a row count (-1 none); NULL
+ * seconds even without a deadline.  By shape (enum npy_shape): rows
+ * (tuples or dicts) or a row count (-1 none), or the DB-API 4-tuple
+ * (description with declared types, rows, rowcount, lastrowid); NULL
  * with the exception set (failures counted in pool and reported). */
 PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,
-                             double deadline, double busy_wait, int tuple);
+                             double deadline, double busy_wait, int shape);
 
 #endif

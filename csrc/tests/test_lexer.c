@@ -422,6 +422,44 @@ static void test_plain_select(void)
     PLAIN("SELECT %(a')s, nextval(1), %(b')s", 0);   /* with params the quotes are in names */
 }
 
+static int verb_sqlite(const char *sql, size_t len)
+{
+    return nc_sql_verb(sql, len, NC_DIALECT_SQLITE);
+}
+
+static int verb_pg(const char *sql, size_t len)
+{
+    return nc_sql_verb(sql, len, NC_DIALECT_PG);
+}
+
+#define VERB(in, expect)                  \
+    do {                                  \
+        ANSWER(verb_sqlite, in, expect);  \
+        ANSWER(verb_pg, in, expect);      \
+    } while (0)
+
+/* What the DB-API's rowcount and lastrowid go by (sqlite_exec.c). */
+static void test_verb(void)
+{
+    VERB("INSERT INTO t VALUES (1)", NC_VERB_INSERT);
+    VERB("  insert or replace into t values (1)", NC_VERB_INSERT);
+    VERB("REPLACE INTO t VALUES (1)", NC_VERB_INSERT);
+    VERB("/* c */ -- d\n update t set a = 1", NC_VERB_UPDATE);
+    VERB("DELETE FROM t", NC_VERB_DELETE);
+    VERB("WITH x AS (SELECT 1 AS a) DELETE FROM t WHERE a IN (SELECT a FROM x)", NC_VERB_DELETE);
+    VERB("WITH RECURSIVE x(a) AS (SELECT 1 UNION SELECT a + 1 FROM x) INSERT INTO t SELECT a FROM x",
+         NC_VERB_INSERT);
+    VERB("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", NC_VERB_OTHER);
+    VERB("WITH x AS (SELECT 1) VALUES (1)", NC_VERB_OTHER);
+    VERB("(SELECT 1)", NC_VERB_OTHER);
+    VERB("CREATE TABLE insert_log (a)", NC_VERB_OTHER);
+    VERB("SELECT 'update'", NC_VERB_OTHER);
+    VERB("\"insert\" ", NC_VERB_OTHER);
+    VERB("DROP TABLE t; DELETE FROM u", NC_VERB_OTHER);   /* only the leading statement */
+    VERB("inserts", NC_VERB_OTHER);
+    VERB("", NC_VERB_OTHER);
+}
+
 static void test_rollback_to(void)
 {
     RBTO("ROLLBACK TO SAVEPOINT sp", 1);
@@ -585,6 +623,7 @@ int main(void)
         {"blank_vs_sqlite", test_blank_vs_sqlite},
         {"plain_select", test_plain_select},
         {"rollback_to", test_rollback_to},
+        {"verb", test_verb},
         {"column_type", test_column_type},
     };
     return nc_run_cases("test_lexer", cases, NC_NCASES(cases));

@@ -136,6 +136,12 @@ class DatabaseConnectionPool(_native.Pool):
 
     # get_connection(timeout=None) and acquire(timeout=None) come from C.
 
+    def connect(self, timeout: Optional[float] = None, autocommit: bool = False) -> Any:
+        """A PEP 249 connection (``noodlecore.dbapi.Connection``) lent by this
+        pool; its ``close()`` gives it back."""
+        from ..dbapi.connection import Connection   # dbapi builds on this module
+        return Connection(self.acquire(timeout), autocommit=autocommit)
+
     @property
     def options(self) -> dict:
         """The resolved options (a copy)."""

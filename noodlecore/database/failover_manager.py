@@ -340,6 +340,18 @@ class DatabaseFailoverManager:
             else:
                 conn.discard()
 
+    def connect(self, timeout: Optional[float] = None, autocommit: bool = False) -> Any:
+        """A PEP 249 connection (``noodlecore.dbapi.Connection``) of the
+        current endpoint; its ``close()`` gives it back (or closes it, without
+        ``enable_connection_pooling``).  Errors as get_connection()."""
+        if self._closed:
+            raise errors.PoolClosedError("the failover manager is shut down")
+        if self._restart_dispatcher:
+            self._resume_in_child()
+        from ..dbapi.connection import Connection   # dbapi builds on the database package
+        return Connection(self._native.lend(timeout), autocommit=autocommit,
+                          discard=not self.config.enable_connection_pooling)
+
     # -- monitoring -------------------------------------------------------
 
     def start_monitoring(self) -> None:

@@ -41,8 +41,10 @@ class TableHelpers(Lending):
         return errors.ProgrammingError(f"{op}: {message}", OP_CODES[op][1])
 
     def _ident(self, op: str, name: Any, what: str) -> str:
+        # For SQL sent with params, where %% means % even inside a quoted
+        # identifier (the core's placeholder rule): a % of the name doubled.
         try:
-            return quote_for(self._kind_hint(), name, what)
+            return quote_for(self._kind_hint(), name, what).replace("%", "%%")
         except errors.ProgrammingError as exc:
             raise self._bad_arg(op, exc.message) from None
 

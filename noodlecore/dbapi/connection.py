@@ -1,0 +1,122 @@
+"""The DB-API connection: a connection borrowed from a native pool, with
+PEP 249's transaction rules on top (the binding opens the implicit
+transaction; Python only says whether to).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .. import _native
+from ..database import errors
+from .cursor import Cursor
+
+__all__ = ["Connection"]
+
+_CLOSED = 2024       # DB-API connection or cursor used after close() (nc_error.c)
+_TXN_STATE = 2017    # invalid transaction state (nc_error.c)
+
+
+class Connection:
+    """A PEP 249 connection lent by a noodlecore pool.
+
+    Transactional as PEP 249 says: the first statement opens a transaction;
+    ``commit()`` and ``rollback()`` end it.  With ``autocommit = True`` each
+    statement commits on its own (set it while no transaction is open).
+    ``close()`` gives the connection back to its pool, which rolls back an
+    open transaction; afterwards the connection and its cursors raise
+    InterfaceError (2024); closing twice does not raise.
+
+    As a context manager it behaves like psycopg 3's: leaving the block
+    commits (rolls back when the block raised), then closes.
+
+    One thread at a time: a connection used by two threads at once raises
+    InterfaceError (2022); give each thread its own (``threadsafety`` 1).
+    """
+
+    # PEP 249's optional extension: the exception classes as attributes.
+    Warning = errors.DatabaseWarning
+    Error = errors.Error
+    InterfaceError = errors.InterfaceError
+    DatabaseError = errors.DatabaseError
+    DataError = errors.DataError
+    OperationalError = errors.OperationalError
+    IntegrityError = errors.IntegrityError
+    InternalError = errors.InternalError
+    ProgrammingError = errors.ProgrammingError
+    NotSupportedError = errors.NotSupportedError
+
+    def __init__(self, pooled: Any, autocommit: bool = False, discard: bool = False):
+        self._pooled: Optional[Any] = pooled
+        self._autocommit = bool(autocommit)
+        self._discard = discard      # close() closes the native connection instead of pooling it
+
+    def _live(self) -> Any:
+        if self._pooled is None:
+            raise _native.make_error(_CLOSED, 0, None, "the connection is closed")
+        return self._pooled
+
+    @property
+    def closed(self) -> bool:
+        return self._pooled is None
+
+    @property
+    def autocommit(self) -> bool:
+        """True: every statement commits on its own.  False (the default):
+        the first statement opens a transaction."""
+        return self._autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        pooled = self._live()
+        value = bool(value)
+        if value != self._autocommit and pooled.in_transaction:
+            raise _native.make_error(_TXN_STATE, 0, None,
+                                     "autocommit cannot change while a transaction is open; "
+                                     "commit() or rollback() first")
+        self._autocommit = value
+
+    @property
+    def backend_pid(self) -> Optional[int]:
+        """The PostgreSQL server process of the session (None on SQLite)."""
+        return self._live().backend_pid
+
+    def cursor(self) -> Cursor:
+        """A new cursor on this connection's session."""
+        self._live()
+        return Cursor(self)
+
+    def commit(self) -> None:
+        """Commit the open transaction (nothing to do when none is open)."""
+        self._live().commit()
+
+    def rollback(self) -> None:
+        """Roll the open transaction back (nothing to do when none is open)."""
+        self._live().rollback()
+
+    def close(self) -> None:
+        """Give the connection back to its pool (an open transaction is
+        rolled back there).  Idempotent."""
+        pooled, self._pooled = self._pooled, None
+        if pooled is not None:
+            if self._discard:
+                pooled.discard()
+            else:
+                pooled.release()
+
+    def __enter__(self) -> "Connection":
+        self._live()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if self._pooled is not None:
+                if exc_type is None:
+                    self.commit()
+                else:
+                    self.rollback()
+        finally:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<noodlecore.dbapi.Connection {'closed' if self.closed else repr(self._pooled)}>"

@@ -1,0 +1,159 @@
+"""The DB-API cursor: statements through the pooled connection's
+``_execute`` (the C binding runs them and returns description, rows,
+row count and rowid), fetching from the rows it returned.
+
+A cursor holds the whole result of its last statement (the binding reads
+it in one go); ``fetch*`` hands it out.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple
+
+from .. import _native
+
+if TYPE_CHECKING:   # pragma: no cover
+    from .connection import Connection
+
+__all__ = ["Cursor"]
+
+_CLOSED = 2024       # DB-API connection or cursor used after close() (nc_error.c)
+_NO_RESULT = 2025    # fetch without a result set (nc_error.c)
+
+
+def _error(code: int, message: str) -> Exception:
+    # the class is the core's for the code
+    return _native.make_error(code, 0, None, message)
+
+
+class Cursor:
+    """A PEP 249 cursor of a ``noodlecore.dbapi`` connection.
+
+    ``execute(sql, params)`` runs one statement (``%s`` with a sequence,
+    ``%(name)s`` with a mapping; with params given, ``%%`` is a ``%``
+    everywhere; without, the SQL is sent as it is).  Cursors of one
+    connection share its session and so its transaction.  ``fetchone``,
+    ``fetchmany`` (``arraysize`` rows, default 1), ``fetchall`` and
+    iteration give tuples; they raise ProgrammingError (2025) before any
+    ``execute`` and after a statement that returned no rows.  A closed
+    cursor, or one of a closed connection, raises InterfaceError (2024);
+    closing twice does not.
+    """
+
+    def __init__(self, connection: "Connection"):
+        self._connection = connection
+        self._closed = False
+        self._rows: Optional[List[Tuple[Any, ...]]] = None
+        self._pos = 0
+        #: PEP 249: a sequence of 7-item tuples, or None after a statement without a result set.
+        self.description: Optional[List[Tuple[Any, ...]]] = None
+        #: rows returned or affected by the last statement; -1 where not known (DDL).
+        self.rowcount = -1
+        #: SQLite: the rowid of the row the last INSERT added; None otherwise.
+        self.lastrowid: Optional[int] = None
+        #: how many rows fetchmany() returns by default.
+        self.arraysize = 1
+
+    @property
+    def connection(self) -> "Connection":
+        """The connection this cursor belongs to (PEP 249 extension)."""
+        return self._connection
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._connection.closed
+
+    def _pooled(self) -> Any:
+        if self._closed:
+            raise _error(_CLOSED, "the cursor is closed")
+        return self._connection._live()
+
+    def _forget(self) -> None:
+        self._rows = None
+        self._pos = 0
+        self.description = None
+        self.rowcount = -1
+        self.lastrowid = None
+
+    def execute(self, operation: str, parameters: Any = None) -> "Cursor":
+        """Run one statement; returns the cursor (so ``cur.execute(...).fetchall()`` works).
+
+        Outside autocommit mode the first statement opens a transaction
+        that ``commit()`` or ``rollback()`` of the connection ends."""
+        pooled = self._pooled()
+        self._forget()
+        desc, rows, count, rowid = pooled._execute(operation, parameters,
+                                                   begin=not self._connection.autocommit)
+        self.description = desc
+        self._rows = rows
+        self.rowcount = count
+        self.lastrowid = rowid
+        return self
+
+    def executemany(self, operation: str, seq_of_parameters: Any) -> "Cursor":
+        """Run one statement once per parameter set (in one transaction);
+        ``rowcount`` is the total of rows affected."""
+        pooled = self._pooled()
+        self._forget()
+        if not self._connection.autocommit and not pooled.in_transaction:
+            pooled.begin()
+        self.rowcount = pooled.execute_many(operation, seq_of_parameters)
+        return self
+
+    def _result(self) -> List[Tuple[Any, ...]]:
+        self._pooled()
+        if self._rows is None:
+            raise _error(_NO_RESULT, "no result set to fetch from: no statement was executed yet, "
+                                     "or the last one returned no rows")
+        return self._rows
+
+    def fetchone(self) -> Optional[Tuple[Any, ...]]:
+        """The next row, or None when there are no more."""
+        rows = self._result()
+        if self._pos >= len(rows):
+            return None
+        self._pos += 1
+        return rows[self._pos - 1]
+
+    def fetchmany(self, size: Optional[int] = None) -> List[Tuple[Any, ...]]:
+        """Up to ``size`` (default ``arraysize``) next rows."""
+        rows = self._result()
+        n = self.arraysize if size is None else size
+        start = self._pos
+        self._pos = min(len(rows), start + max(0, n))
+        return rows[start:self._pos]
+
+    def fetchall(self) -> List[Tuple[Any, ...]]:
+        """All remaining rows."""
+        rows = self._result()
+        start, self._pos = self._pos, len(rows)
+        return rows[start:]
+
+    def __iter__(self) -> Iterator[Tuple[Any, ...]]:
+        return self
+
+    def __next__(self) -> Tuple[Any, ...]:
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
+
+    def setinputsizes(self, sizes: Sequence[Any]) -> None:
+        """PEP 249: may do nothing, and does nothing."""
+
+    def setoutputsize(self, size: int, column: Optional[int] = None) -> None:
+        """PEP 249: may do nothing, and does nothing."""
+
+    def close(self) -> None:
+        """Close the cursor (its result is dropped); closing twice does not raise."""
+        self._closed = True
+        self._rows = None
+
+    def __enter__(self) -> "Cursor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<noodlecore.dbapi.Cursor {'closed' if self.closed else 'open'}>"
