@@ -29,6 +29,8 @@ SUITE_DIR = os.path.join(HERE, "sqla_suite")
 # Measured with this harness (README, "SQLAlchemy"); the floor is the passed
 # count, which is what can silently shrink.
 CONTROL_PG_PASSED = 1883
+NOODLE_PG_PASSED = 1883
+NOODLE_SQLITE_PASSED = 1597
 
 SETUP_CFG = """\
 [tool:pytest]
@@ -112,3 +114,25 @@ def test_control_psycopg(pg, tmp_path):
     print("SQLA-SUITE postgresql+psycopg (control): %d passed / %d failed / %d skipped" % (p, f, s))
     assert f == 0, failures_of(log)
     assert p >= CONTROL_PG_PASSED, "only %d passed (log: %s)" % (p, log)
+
+
+def _run_ours(tmp_path, url):
+    return run_suite(str(tmp_path), url, "noodle_requirements:NoodleRequirements")
+
+
+def test_noodlecore_postgresql(pg, tmp_path):
+    where = suite_database(pg, "sqla_noodle")
+    try:
+        p, f, s, log = _run_ours(tmp_path, "postgresql+noodlecore://" + where)
+    finally:
+        pg.sql('drop database if exists "sqla_noodle" with (force)')
+    print("SQLA-SUITE postgresql+noodlecore: %d passed / %d failed / %d skipped" % (p, f, s))
+    assert f == 0, failures_of(log)
+    assert p >= NOODLE_PG_PASSED, "only %d passed (log: %s)" % (p, log)
+
+
+def test_noodlecore_sqlite(tmp_path):
+    p, f, s, log = _run_ours(tmp_path, "sqlite+noodlecore:///%s" % (tmp_path / "suite.db"))
+    print("SQLA-SUITE sqlite+noodlecore: %d passed / %d failed / %d skipped" % (p, f, s))
+    assert f == 0, failures_of(log)
+    assert p >= NOODLE_SQLITE_PASSED, "only %d passed (log: %s)" % (p, log)
