@@ -301,6 +301,45 @@ say("DONE")
     assert took < BOUND, took
 
 
+def test_ctrl_c_in_execute_many_keeps_the_connection(pg, app):
+    """execute_many's pipeline (csrc/core/nc_pg_pipeline.c) honours Ctrl-C like a statement: the
+    running row is cancelled, the rest skipped, the batch's transaction rolled back, and the
+    connection goes back clean."""
+    code = CHILD.split("if mode == \"borrow\"")[0] + r'''
+pool = DatabaseConnectionPool(target, max_connections=1, timeout=30)
+with pool.get_connection() as c:
+    pid = c.backend_pid
+    say("PID", pid)
+    try:
+        c.execute_many("select pg_sleep(%s)", [(0,), (30,), (0,)])
+        say("NOT INTERRUPTED")
+    except KeyboardInterrupt:
+        say("INTERRUPTED")
+    say("TXN", int(c.in_transaction))
+with pool.get_connection() as c:
+    say("AFTER", int(c.backend_pid == pid), pool._raw_stats()["connections_closed"])
+say("DONE")
+'''
+    child = Child("-", pg.dsn(application_name=app), code=code)
+
+    def sleeping(pid):
+        rows = pg.sql("select pid from pg_stat_activity where application_name = '%s' and state = 'active' "
+                      "and query like '%%pg_sleep%%'" % app)
+        return pid in [int(r[0]) for r in rows]
+    try:
+        _, pid = child.expect("PID")
+        wait_for(lambda: sleeping(int(pid)), timeout=10, what="the batch's pg_sleep(30) to run")
+        took = child.interrupt()
+        _, txn = child.expect("TXN")
+        assert txn == "0"
+        _, after = child.expect("AFTER")
+        assert after == "1 0", after               # same session, nothing closed
+        child.finish()
+    finally:
+        child.close()
+    assert took < BOUND, took
+
+
 def test_ctrl_c_handler_that_uses_the_pool(pg, app):
     child = Child("nested", pg.dsn(application_name=app))
     try:

@@ -123,30 +123,30 @@ def test_connections_opened_together_do_not_expire_together(pg):
 # SET persistence
 # ---------------------------------------------------------------------------
 
-def test_session_settings_made_with_set_stay_with_the_connection(pg):
-    """README: "Session settings made with SET stay with the connection, as with
-    psycopg_pool": across borrows, and across a return that rolled back an open
-    transaction (the reset is a ROLLBACK, not a RESET ALL or DISCARD ALL)."""
-    with DatabaseConnectionPool(pg.dsn(application_name="nct_set_persistence"), max_connections=1,
+def test_session_settings_made_with_set_do_not_reach_the_next_borrower(pg):
+    """README: "Session settings made with SET do not reach the next borrower" (issue 10): the
+    return runs DISCARD ALL after a SET, on the same session (not a new connection), and a
+    return that only rolled back an open transaction runs nothing more."""
+    with DatabaseConnectionPool(pg.dsn(application_name="nct_set_reset"), max_connections=1,
                                 timeout=5) as pool:
-        with pool.get_connection() as c:
-            pid = c.backend_pid
-            c.execute_query("SET statement_timeout = '4321ms'")
-            c.execute_query("SET search_path TO nct_nowhere, public")
-
         def settings(c):
             return (c.execute_query("SHOW statement_timeout")[0]["statement_timeout"],
                     c.execute_query("SHOW search_path")[0]["search_path"])
 
         with pool.get_connection() as c:
-            assert c.backend_pid == pid
+            pid = c.backend_pid
+            defaults = settings(c)
+            c.execute_query("SET statement_timeout = '4321ms'")
+            c.execute_query("SET search_path TO nct_nowhere, public")
             assert settings(c) == ("4321ms", "nct_nowhere, public")
+        with pool.get_connection() as c:
+            assert c.backend_pid == pid
+            assert settings(c) == defaults
             c.begin()                                    # left open: rolled back on return
             c.execute_query("SELECT 1")
         with pool.get_connection() as c:
             assert c.backend_pid == pid
-            assert settings(c) == ("4321ms", "nct_nowhere, public")
-            assert c.execute_query("SELECT current_setting('transaction_isolation') AS i") != []
+            assert settings(c) == defaults
         assert pool.get_stats().connections_opened == 1
 
 

@@ -29,10 +29,12 @@ typedef struct nc_backend_ops {
     int (*ping)(void *ctx, void *conn, double deadline, nc_error *err);
 
     /* 1 when giving the connection back needs I/O (an open transaction to roll
-     * back), 0 when it is clean, -1 when it is broken and must be discarded. */
+     * back, session state a borrower changed), 0 when it is clean, -1 when it
+     * is broken (or cannot be reset) and must be discarded. */
     int (*return_state)(void *ctx, void *conn);
 
-    /* Roll back what is open before deadline: 0 ok, -1 discard it. */
+    /* Roll back what is open and reset the session before deadline: 0 ok, -1
+     * discard it. */
     int (*reset)(void *ctx, void *conn, double deadline, nc_error *err);
 
     /* Close and free the connection.  Must not wait long (no deadline: it only

@@ -13,7 +13,7 @@
 #define _GNU_SOURCE
 #endif
 #include "nc_pg.h"
-#include "nc_pg_cancel.h"
+#include "nc_pg_internal.h"
 #include "nc_stop.h"
 #include "nc_time.h"
 
@@ -214,7 +214,7 @@ int nc_pg_wait(int fd, short events, double deadline)
     }
 }
 
-static void set_conn_error(nc_error *err, int code, PGconn *pg, const char *what)
+void nc_pg_conn_error(nc_error *err, int code, PGconn *pg, const char *what)
 {
     char buf[512];
     copy_trimmed(buf, sizeof buf, pg ? PQerrorMessage(pg) : "out of memory");
@@ -294,6 +294,23 @@ static void note_receiver(void *arg, const PGresult *res)
 }
 
 /* Connect to host i of a multi-host string (i < 0: the string as it is). */
+/* The text formats the binding decodes: DateStyle ISO (the day/month order
+ * part kept) and IntervalStyle postgres.  The server reports both
+ * (ParameterStatus), so this costs a round trip only when a DSN option, a
+ * role's or database's setting asked for others.  After connecting and
+ * after DISCARD ALL, which goes back to those settings.  0 ok, -1 err. */
+static int fix_styles(nc_pg_conn *c, double deadline, nc_error *err)
+{
+    const char *ds = PQparameterStatus(c->pg, "DateStyle");
+    if ((!ds || strncmp(ds, "ISO", 3) != 0) && nc_pg_command(c, "SET DateStyle TO ISO", deadline, err) < 0)
+        return -1;
+    const char *is = PQparameterStatus(c->pg, "IntervalStyle");
+    if (is && strcmp(is, "postgres") != 0
+        && nc_pg_command(c, "SET IntervalStyle TO postgres", deadline, err) < 0)
+        return -1;
+    return 0;
+}
+
 static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *err)
 {
     /* Later keywords override what the connection string says: we need UTF-8
@@ -320,7 +337,7 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
     vals[k] = NULL;
     PGconn *pg = PQconnectStartParams(keys, vals, 1);
     if (!pg || PQstatus(pg) == CONNECTION_BAD) {
-        set_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
+        nc_pg_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
         PQfinish(pg);
         return NULL;
     }
@@ -352,7 +369,7 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
     }
     PQsetErrorVerbosity(pg, PQERRORS_DEFAULT);   /* verbose was for the connect's SQLSTATE only */
     if (PQsetnonblocking(pg, 1) != 0) {
-        set_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
+        nc_pg_conn_error(err, NC_E_CONNECTION, pg, ctx->display);
         PQfinish(pg);
         return NULL;
     }
@@ -364,14 +381,11 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
     }
     c->pg = pg;
     PQsetNoticeReceiver(pg, note_receiver, c);
-    const char *ds = PQparameterStatus(pg, "DateStyle");
-    if (!ds || strncmp(ds, "ISO", 3) != 0) {
-        if (nc_pg_command(c, "SET DateStyle TO ISO", deadline, err) < 0) {
-            nc_error_prefix(err, "%s", ctx->display);
-            PQfinish(pg);
-            free(c);
-            return NULL;
-        }
+    if (fix_styles(c, deadline, err) < 0) {
+        nc_error_prefix(err, "%s", ctx->display);
+        PQfinish(pg);
+        free(c);
+        return NULL;
     }
     return c;
 }
@@ -435,7 +449,7 @@ static int pg_looks_alive(void *vctx, void *vconn)
 
 /* ---- statements -------------------------------------------------------- */
 
-static void set_result_error(nc_error *err, PGresult *res)
+void nc_pg_result_error(nc_error *err, PGresult *res)
 {
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
@@ -452,7 +466,7 @@ static void set_result_error(nc_error *err, PGresult *res)
 }
 
 /* Send everything queued, within deadline.  0 ok, -1 err (broken). */
-static int flush_out(nc_pg_conn *c, double deadline, nc_error *err)
+int nc_pg_flush(nc_pg_conn *c, double deadline, nc_error *err)
 {
     for (;;) {
         int rc = PQflush(c->pg);
@@ -460,7 +474,7 @@ static int flush_out(nc_pg_conn *c, double deadline, nc_error *err)
             return 0;
         if (rc < 0) {
             c->broken = 1;
-            set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost while sending");
+            nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost while sending");
             return -1;
         }
         /* Wait for either direction: the server may be blocked sending to
@@ -482,14 +496,12 @@ static int flush_out(nc_pg_conn *c, double deadline, nc_error *err)
         }
         if (w < 0 || PQconsumeInput(c->pg) == 0) {
             c->broken = 1;
-            set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost while sending");
+            nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost while sending");
             return -1;
         }
     }
 }
 
-/* Why a cancel request went out. */
-enum { WHY_NONE = 0, WHY_DEADLINE, WHY_STOP };
 
 /* Wait until the connection has input, driving the cancel request k while
  * it is pending.  1 readable, 0 until passed, -1 socket error, -2 the
@@ -556,6 +568,87 @@ static void given_up(nc_error *err, int why, const nc_pg_cancel *k, double grace
         memcpy(err->sqlstate, "57014", 6);
 }
 
+void nc_pg_waiter_init(nc_pg_waiter *w, double deadline, int cancel)
+{
+    memset(w, 0, sizeof *w);
+    w->k.fd = -1;
+    w->why = WHY_NONE;
+    w->cancel = cancel;
+    w->wait_until = deadline;
+}
+
+int nc_pg_waiter_ready(nc_pg_conn *c, nc_pg_waiter *wt, nc_error *err)
+{
+    while (PQisBusy(c->pg)) {
+        int w = wait_result(c, &wt->k, wt->wait_until);
+        if ((w == 0 || w == -2) && wt->why == WHY_NONE && wt->cancel) {
+            wt->why = w == 0 ? WHY_DEADLINE : WHY_STOP;
+            wt->grace = wt->why == WHY_STOP ? NC_PG_INTERRUPT_GRACE : NC_PG_CANCEL_GRACE;
+            nc_pg_cancel_start(&wt->k, c->pg);
+            /* No cancel: nothing to wait for, the connection must go. */
+            wt->wait_until = wt->k.state == NC_CANCEL_FAILED ? nc_now() : nc_now() + wt->grace;
+            continue;
+        }
+        if (w == 0 || w == -2) {
+            c->broken = 1;
+            if (wt->why != WHY_NONE)
+                given_up(err, wt->why, &wt->k, wt->grace);
+            else if (w == -2)
+                nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "interrupted; connection discarded");
+            else
+                nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
+                             "the server did not answer before the deadline; connection discarded");
+            if (err->code == NC_E_QUERY_TIMEOUT)
+                memcpy(err->sqlstate, "57014", 6);
+            nc_pg_cancel_close(&wt->k);
+            return -1;
+        }
+        if (w < 0 || PQconsumeInput(c->pg) == 0) {
+            c->broken = 1;
+            nc_pg_cancel_close(&wt->k);
+            nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int nc_pg_waiter_end(nc_pg_conn *c, nc_pg_waiter *wt, PGresult *error, nc_error *err)
+{
+    if (PQstatus(c->pg) != CONNECTION_OK)
+        c->broken = 1;
+    const char *state = error ? PQresultErrorField(error, PG_DIAG_SQLSTATE) : NULL;
+    int stopped = wt->why != WHY_NONE && state && !strcmp(state, "57014");
+    if (wt->why != WHY_NONE) {
+        /* The connection is kept only when our cancel stopped the statement
+         * and is known to be processed: any other end (a result, another
+         * error) leaves a cancel in flight that could hit the next statement. */
+        if (stopped)
+            finish_cancel(&wt->k, wt->wait_until);
+        if (!stopped || wt->k.state == NC_CANCEL_PENDING || wt->k.state == NC_CANCEL_FAILED)
+            c->broken = 1;
+        nc_pg_cancel_close(&wt->k);
+    }
+    if (!error)
+        return 0;
+    if (stopped && wt->why == WHY_STOP) {
+        nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL,
+                     "interrupted; the statement was cancelled on the server");
+    } else if (stopped) {
+        nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
+                     "statement deadline passed; the statement was cancelled on the server");
+        memcpy(err->sqlstate, "57014", 6);
+    } else {
+        nc_pg_result_error(err, error);
+    }
+    return -1;
+}
+
+void nc_pg_waiter_abandon(nc_pg_waiter *wt)
+{
+    nc_pg_cancel_close(&wt->k);
+}
+
 /* Collect results until libpq says the statement is done.  Keeps the last
  * result, or the first error.  cancel: on the deadline (or when the stop
  * check says stop) send a cancel and wait a grace period for the statement
@@ -564,46 +657,13 @@ static void given_up(nc_error *err, int why, const nc_pg_cancel *k, double grace
 static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *err)
 {
     PGresult *keep = NULL, *error = NULL;
-    nc_pg_cancel k;
-    memset(&k, 0, sizeof k);
-    k.fd = -1;
-    int why = WHY_NONE;
-    double wait_until = deadline, grace = 0;
+    nc_pg_waiter wt;
+    nc_pg_waiter_init(&wt, deadline, cancel);
     for (;;) {
-        while (PQisBusy(c->pg)) {
-            int w = wait_result(c, &k, wait_until);
-            if ((w == 0 || w == -2) && why == WHY_NONE && cancel) {
-                why = w == 0 ? WHY_DEADLINE : WHY_STOP;
-                grace = why == WHY_STOP ? NC_PG_INTERRUPT_GRACE : NC_PG_CANCEL_GRACE;
-                nc_pg_cancel_start(&k, c->pg);
-                /* No cancel: nothing to wait for, the connection must go. */
-                wait_until = k.state == NC_CANCEL_FAILED ? nc_now() : nc_now() + grace;
-                continue;
-            }
-            if (w == 0 || w == -2) {
-                c->broken = 1;
-                PQclear(keep);
-                PQclear(error);
-                if (why != WHY_NONE)
-                    given_up(err, why, &k, grace);
-                else if (w == -2)
-                    nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "interrupted; connection discarded");
-                else
-                    nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
-                                 "the server did not answer before the deadline; connection discarded");
-                if (err->code == NC_E_QUERY_TIMEOUT)
-                    memcpy(err->sqlstate, "57014", 6);
-                nc_pg_cancel_close(&k);
-                return NULL;
-            }
-            if (w < 0 || PQconsumeInput(c->pg) == 0) {
-                c->broken = 1;
-                PQclear(keep);
-                PQclear(error);
-                nc_pg_cancel_close(&k);
-                set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
-                return NULL;
-            }
+        if (nc_pg_waiter_ready(c, &wt, err) < 0) {
+            PQclear(keep);
+            PQclear(error);
+            return NULL;
         }
         PGresult *r = PQgetResult(c->pg);
         if (!r)
@@ -620,7 +680,7 @@ static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *e
             c->broken = 1;
             PQclear(keep);
             PQclear(error);
-            nc_pg_cancel_close(&k);
+            nc_pg_waiter_abandon(&wt);
             nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED,
                          "COPY is not supported through execute_query");
             return NULL;
@@ -629,38 +689,14 @@ static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *e
             keep = r;
         }
     }
-    if (PQstatus(c->pg) != CONNECTION_OK)
-        c->broken = 1;
-    const char *state = error ? PQresultErrorField(error, PG_DIAG_SQLSTATE) : NULL;
-    int stopped = why != WHY_NONE && state && !strcmp(state, "57014");
-    if (why != WHY_NONE) {
-        /* The connection is kept only when our cancel stopped the statement
-         * and is known to be processed: any other end (a result, another
-         * error) leaves a cancel in flight that could hit the next statement. */
-        if (stopped)
-            finish_cancel(&k, wait_until);
-        if (!stopped || k.state == NC_CANCEL_PENDING || k.state == NC_CANCEL_FAILED)
-            c->broken = 1;
-        nc_pg_cancel_close(&k);
-    }
-    if (error) {
+    if (nc_pg_waiter_end(c, &wt, error, err) < 0) {
         PQclear(keep);
-        if (stopped && why == WHY_STOP) {
-            nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL,
-                         "interrupted; the statement was cancelled on the server");
-        } else if (stopped) {
-            nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
-                         "statement deadline passed; the statement was cancelled on the server");
-            memcpy(err->sqlstate, "57014", 6);
-        } else {
-            set_result_error(err, error);
-        }
         PQclear(error);
         return NULL;
     }
     if (!keep) {
         if (c->broken) {
-            set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+            nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
             return NULL;
         }
         nc_error_set(err, NC_E_QUERY, NC_K_INTERNAL, "the server returned no result");
@@ -675,7 +711,7 @@ static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid 
 {
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
         c->broken = 1;
-        set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+        nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
         err->sent = NC_SENT_NO;
         return NULL;
     }
@@ -684,7 +720,7 @@ static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid 
     if (!ok) {
         if (PQstatus(c->pg) != CONNECTION_OK) {
             c->broken = 1;
-            set_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+            nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
         } else {
             char buf[512];
             copy_trimmed(buf, sizeof buf, PQerrorMessage(c->pg));
@@ -693,7 +729,7 @@ static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid 
         err->sent = NC_SENT_NO;
         return NULL;
     }
-    if (flush_out(c, deadline, err) < 0)
+    if (nc_pg_flush(c, deadline, err) < 0)
         return NULL;   /* partly written, maybe: unknown */
     PGresult *r = collect(c, deadline, cancel, err);
     if (!r)
@@ -747,7 +783,7 @@ static int pg_return_state(void *vctx, void *vconn)
         return -1;
     switch (PQtransactionStatus(c->pg)) {
     case PQTRANS_IDLE:
-        return 0;
+        return c->session_dirty;
     case PQTRANS_INTRANS:
     case PQTRANS_INERROR:
         return 1;
@@ -761,11 +797,29 @@ static int pg_reset(void *vctx, void *vconn, double deadline, nc_error *err)
     (void)vctx;
     nc_pg_conn *c = vconn;
     /* No cancel grace: a connection that cannot roll back in time is dropped. */
-    PGresult *r = pg_exec(c, "ROLLBACK", -1, NULL, NULL, NULL, NULL, deadline, 0, err);
-    if (!r)
-        return -1;
-    PQclear(r);
-    return PQtransactionStatus(c->pg) == PQTRANS_IDLE ? 0 : -1;
+    if (PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+        PGresult *r = pg_exec(c, "ROLLBACK", -1, NULL, NULL, NULL, NULL, deadline, 0, err);
+        if (!r)
+            return -1;
+        PQclear(r);
+        if (PQtransactionStatus(c->pg) != PQTRANS_IDLE)
+            return -1;
+    }
+    if (c->session_dirty) {
+        /* What the borrower changed (settings, session characteristics,
+         * role, prepared statements, LISTEN, temp tables) goes back to the
+         * session's defaults, as pgbouncer's server_reset_query does; then
+         * the text formats we decode.  Outside a transaction block only,
+         * hence after the ROLLBACK and on its own. */
+        PGresult *r = pg_exec(c, "DISCARD ALL", -1, NULL, NULL, NULL, NULL, deadline, 0, err);
+        if (!r)
+            return -1;
+        PQclear(r);
+        if (fix_styles(c, deadline, err) < 0)
+            return -1;
+        c->session_dirty = 0;
+    }
+    return 0;
 }
 
 static void pg_close(void *vctx, void *vconn)

@@ -9,6 +9,8 @@
 typedef struct nc_pg_conn {
     PGconn *pg;
     int broken;         /* lost, or a cancel that never came back: discard */
+    int session_dirty;  /* a statement may have changed the session (nc_sql_changes_session):
+                         * DISCARD ALL before the next borrower */
 } nc_pg_conn;
 
 extern const nc_backend_ops nc_pg_ops;
@@ -36,6 +38,26 @@ const char *nc_pg_ctx_display(void *ctx);
 PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
                      const char *const *values, const int *lengths, const int *formats,
                      double deadline, nc_error *err);
+
+/* One parameter set of nc_pg_exec_many (as nc_pg_exec takes them). */
+typedef struct nc_pg_params {
+    const Oid *types;
+    const char *const *values;
+    const int *lengths;
+    const int *formats;
+} nc_pg_params;
+
+/* Run sql ($1..$nparams) once per parameter set rows[0..nrows) in one
+ * round trip (libpq's pipeline mode; nc_pg_pipeline.c), before deadline,
+ * with nc_pg_exec's cancel and stop check.  before/after (or NULL): a
+ * command run first and last in the same pipeline (BEGIN and COMMIT for a
+ * batch that needs its own transaction).  Returns the sum of the rows'
+ * affected-row counts, or -1 with err as nc_pg_exec says, the message
+ * prefixed with "row N of the batch" and *failed = N when a row's statement
+ * failed (-1 when the failure is not one row's).  After a failed row the
+ * server skips the rest of the batch (and after). */
+long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_pg_params *rows, int nrows,
+                          const char *before, const char *after, double deadline, int *failed, nc_error *err);
 
 /* Run a parameterless command (BEGIN, COMMIT, ...).  0 ok, -1 err. */
 int nc_pg_command(nc_pg_conn *c, const char *sql, double deadline, nc_error *err);

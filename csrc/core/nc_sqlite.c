@@ -247,7 +247,7 @@ static int sq_return_state(void *vctx, void *vconn)
 {
     (void)vctx;
     nc_sqlite_conn *c = vconn;
-    if (c->broken)
+    if (c->broken || c->session_dirty)
         return -1;
     return sqlite3_get_autocommit(c->db) ? 0 : 1;
 }

@@ -14,6 +14,8 @@ typedef struct nc_sqlite_conn {
     int timed_out;          /* the progress or busy handler gave up */
     int interrupted;        /* ... because the thread's stop check said stop */
     int broken;
+    int session_dirty;      /* a PRAGMA, ATTACH or temp table (nc_sql_changes_session): SQLite
+                             * cannot reset them, so the connection is closed on return */
 } nc_sqlite_conn;
 
 extern const nc_backend_ops nc_sqlite_ops;

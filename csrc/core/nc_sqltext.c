@@ -574,3 +574,84 @@ int nc_sql_column_type(const char *text, size_t len, char *out, size_t *outlen)
     }
     return 1;
 }
+
+/* ---- session state ----------------------------------------------------------- */
+
+/* The next token that is neither whitespace nor a comment. */
+static int next_code(nc_lexer *lx, nc_token *t)
+{
+    int k;
+    while ((k = nc_lex_next(lx, t)) == NC_TOK_SPACE || k == NC_TOK_COMMENT)
+        ;
+    return k;
+}
+
+/* After CREATE: TEMP / TEMPORARY among the next few words (CREATE [OR
+ * REPLACE] [GLOBAL | LOCAL] TEMP ...). */
+static int creates_temp(nc_lexer *lx, const char *sql)
+{
+    nc_token t;
+    for (int i = 0; i < 4 && next_code(lx, &t) == NC_TOK_WORD; i++) {
+        if (tok_is(sql, &t, "temp") || tok_is(sql, &t, "temporary"))
+            return 1;
+        if (!tok_is(sql, &t, "or") && !tok_is(sql, &t, "replace") && !tok_is(sql, &t, "global")
+            && !tok_is(sql, &t, "local"))
+            return 0;
+    }
+    return 0;
+}
+
+int nc_sql_changes_session(const char *sql, size_t len, int dialect)
+{
+    nc_lexer lx;
+    nc_token t;
+    int pg = dialect != NC_DIALECT_SQLITE;
+    int start = 1;              /* the next code token starts a statement */
+    nc_lex_init(&lx, sql, len, pg ? NC_DIALECT_PG : NC_DIALECT_SQLITE, 0);
+    for (;;) {
+        int k = next_code(&lx, &t);
+        if (k == NC_TOK_END)
+            return 0;
+        if (k == NC_TOK_SEMI) {
+            start = 1;
+            continue;
+        }
+        if (start) {
+            start = 0;
+            if (tok_is(sql, &t, "create") && creates_temp(&lx, sql))
+                return 1;
+            if (pg) {
+                /* not LISTEN: a notification on an idle connection is read
+                 * and dropped (nc_pg.c pg_looks_alive), harmless to the next
+                 * borrower, and a listener may want it to stay */
+                if (tok_is(sql, &t, "reset") || tok_is(sql, &t, "prepare"))
+                    return 1;
+                if (tok_is(sql, &t, "set")) {
+                    /* SET LOCAL and SET TRANSACTION end with the transaction */
+                    next_code(&lx, &t);
+                    if (!tok_is(sql, &t, "local") && !tok_is(sql, &t, "transaction"))
+                        return 1;
+                }
+            } else {
+                if (tok_is(sql, &t, "attach"))
+                    return 1;
+                if (tok_is(sql, &t, "pragma")) {
+                    /* PRAGMA name = value or PRAGMA name(value) writes;
+                     * PRAGMA name only reads */
+                    while ((k = next_code(&lx, &t)) != NC_TOK_END && k != NC_TOK_SEMI)
+                        if (is_punct(sql, &t, '=') || is_punct(sql, &t, '('))
+                            return 1;
+                    if (k == NC_TOK_END)
+                        return 0;
+                    start = 1;
+                }
+            }
+            continue;
+        }
+        /* SELECT set_config('x', 'v', false) anywhere in a statement */
+        if (pg && tok_is(sql, &t, "set_config")) {
+            if (next_code(&lx, &t) == NC_TOK_PUNCT && is_punct(sql, &t, '('))
+                return 1;
+        }
+    }
+}

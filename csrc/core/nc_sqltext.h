@@ -72,6 +72,18 @@ int nc_sql_verb(const char *sql, size_t len, int dialect);
  * Same answers as the Python regular expression it replaces, except that
  * letters and digits must be ASCII (Python's re also takes any Unicode digit
  * in (n) and folds U+017F, U+212A, U+0130, U+0131 to ASCII letters). */
+/* 1 when sql (one or more statements) may change the state of the session
+ * past the end of its transaction, so that the connection must be reset
+ * before another borrower gets it (nc_pg.c, nc_sqlite.c).  PostgreSQL: a
+ * statement starting with SET (but not SET LOCAL / SET TRANSACTION, which
+ * end with the transaction), RESET, PREPARE or CREATE [OR REPLACE]
+ * [GLOBAL | LOCAL] TEMP[ORARY], or a call set_config(...) anywhere.  SQLite:
+ * a PRAGMA that writes (PRAGMA x = v, PRAGMA x(v)), ATTACH, CREATE TEMP.
+ * Not seen: what runs inside a function or a DO block (a string to the
+ * lexer), advisory locks, LISTEN (a notification on an idle connection is
+ * read and dropped; DISCARD ALL ends the listen when it runs anyway). */
+int nc_sql_changes_session(const char *sql, size_t len, int dialect);
+
 int nc_sql_column_type(const char *text, size_t len, char *out, size_t *outlen);
 
 #endif

@@ -320,6 +320,21 @@ static void check_sqltext(const char *sql, size_t len)
     if (rb)
         CHECK(starts_word_ci(sql, len, "rollback"), "a ROLLBACK TO that does not start with ROLLBACK");
 
+    /* the session question: stable, and never true of text with no word at all */
+    for (int d = NC_DIALECT_PG; d <= NC_DIALECT_SQLITE; d++) {
+        int ses = nc_sql_changes_session(sql, len, d);
+        CHECK(ses == nc_sql_changes_session(sql, len, d), "%s: changes_session not stable", dname(d));
+        if (ses) {
+            nc_lexer lx;
+            nc_token t;
+            int words = 0;
+            nc_lex_init(&lx, sql, len, d, 0);
+            while (nc_lex_next(&lx, &t) != NC_TOK_END)
+                words += t.kind == NC_TOK_WORD;
+            CHECK(words > 0, "%s: changes_session without a word", dname(d));
+        }
+    }
+
     char *out = malloc(len + 1);
     if (!out)
         abort();

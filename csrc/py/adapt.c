@@ -539,3 +539,10 @@ void npy_param_name(const nc_sql *q, int i, char *buf, size_t cap)
     else
         nc_text_set(buf, cap, "parameter %d", i + 1);
 }
+
+/* A timedelta of days, seconds (0..86399) and microseconds (0..999999);
+ * NULL with OverflowError beyond timedelta's +-999999999 days. */
+PyObject *npy_adapt_new_timedelta(int days, int seconds, int us)
+{
+    return PyDelta_FromDSU(days, seconds, us);
+}

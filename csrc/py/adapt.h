@@ -40,6 +40,7 @@ const char *npy_adapt_utf8(PyObject *s, Py_ssize_t *len, const char *what);
 PyObject *npy_adapt_tz(int offset_seconds);
 PyObject *npy_adapt_new_date(int y, int m, int d);
 PyObject *npy_adapt_new_time(int h, int mi, int s, int us, PyObject *tz);
+PyObject *npy_adapt_new_timedelta(int days, int seconds, int us);
 PyObject *npy_adapt_new_datetime(int y, int mo, int d, int h, int mi, int s, int us, PyObject *tz);
 
 /* params resolved against q's placeholders: a new list of values in slot

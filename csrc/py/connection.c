@@ -516,8 +516,42 @@ static PyObject *conn_execute_many(NpyConnection *self, PyObject *args, PyObject
     return r;
 }
 
+/* PostgreSQL: the whole sequence in pipelines (pg_exec.c), one deadline for
+ * all of it.  Outside a transaction the batch gets its own, whose BEGIN and
+ * COMMIT travel in the pipelines; a failure rolls it back. */
+static PyObject *execute_many_pg(NpyConnection *self, PyObject *query, PyObject *seq, PyObject *timeout)
+{
+    if (!PyUnicode_Check(query))
+        return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "query must be a str, not %s",
+                         Py_TYPE(query)->tp_name);
+    Py_ssize_t qlen;
+    const char *qtext = PyUnicode_AsUTF8AndSize(query, &qlen);
+    if (!qtext)
+        return NULL;
+    if (memchr(qtext, '\0', (size_t)qlen))
+        return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "the query contains a NUL character");
+    int bad = 0;
+    double deadline = deadline_for(self, timeout, &bad);
+    if (bad)
+        return NULL;
+    nc_pg_conn *pc = self->c->raw;
+    int own = !self->in_txn && PQtransactionStatus(pc->pg) == PQTRANS_IDLE;
+    PyObject *r = npy_pg_execute_many(self->ps->pool, pc, query, seq, deadline, own);
+    if (!r && own && !pc->broken && PQtransactionStatus(pc->pg) != PQTRANS_IDLE
+        && nc_pool_lease_valid(self->ps->pool, self->c, self->lease)) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (run_command(self, "ROLLBACK") < 0)
+            PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+    }
+    return r;
+}
+
 static PyObject *execute_many_impl(NpyConnection *self, PyObject *query, PyObject *seq, PyObject *timeout)
 {
+    if (self->ps->kind == NPY_BACKEND_PG)
+        return execute_many_pg(self, query, seq, timeout);
     PyObject *it = PyObject_GetIter(seq);
     if (!it)
         return NULL;
@@ -531,12 +565,26 @@ static PyObject *execute_many_impl(NpyConnection *self, PyObject *query, PyObjec
         self->in_txn = 1;
     }
     long long total = 0;
+    Py_ssize_t row = 0;
     PyObject *item;
     while ((item = PyIter_Next(it))) {
         PyObject *r = execute_one(self, query, item, timeout, Py_None, 0);
         Py_DECREF(item);
-        if (!r)
+        if (!r) {
+            /* exc.row_index: which parameter set failed (as on PostgreSQL) */
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            if (ev) {
+                PyObject *n = PyLong_FromSsize_t(row);
+                if (!n || PyObject_SetAttrString(ev, "row_index", n) < 0)
+                    PyErr_Clear();
+                Py_XDECREF(n);
+            }
+            PyErr_Restore(et, ev, tb);
             goto fail;
+        }
+        row++;
         if (PyLong_Check(r)) {
             long long n = PyLong_AsLongLong(r);
             if (n == -1 && PyErr_Occurred())
@@ -707,7 +755,9 @@ static PyMethodDef conn_methods[] = {
     {"execute_many", (PyCFunction)(void (*)(void))conn_execute_many, METH_VARARGS | METH_KEYWORDS,
      "execute_many(query, seq_of_params, timeout=None)\n--\n\n"
      "Run query once per parameter set, all in one transaction (its own unless one is open);\n"
-     "returns the total number of rows affected."},
+     "returns the total number of rows affected. On PostgreSQL the statements go in libpq's\n"
+     "pipeline mode, one round trip per 1000 rows, and timeout covers the whole batch. When a\n"
+     "parameter set fails, the exception's row_index is its index in seq_of_params."},
     {"_execute", (PyCFunction)(void (*)(void))conn_dbapi_execute, METH_VARARGS | METH_KEYWORDS,
      "_execute(query, params=None, timeout=None, begin=False)\n--\n\n"
      "For noodlecore.dbapi's cursor: run one statement (as execute_query) and return\n"

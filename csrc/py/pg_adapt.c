@@ -6,8 +6,9 @@
  * does for a literal, like psycopg 3); bytes-likes go in binary format as
  * bytea.  Results arrive in text format (DateStyle ISO, set by the
  * connection) and are decoded by the column's type OID; a type without a
- * decoder of its own (arrays, enums, ranges, user types, interval ...) is
- * returned as str.
+ * decoder of its own (enums, ranges, user types, arrays of those ...) is
+ * returned as str.  A list goes as an array of the type its elements imply
+ * (pg_array.c writes and reads the array syntax); a dict as json.
  *
  * Values Python cannot represent come back as str, unchanged:
  *   - date/timestamp[tz] 'infinity' and '-infinity',
@@ -15,6 +16,7 @@
  *   - time[tz] '24:00:00' (PostgreSQL allows it, datetime.time does not).
  */
 #include "pg_adapt.h"
+#include "pg_array.h"
 
 #include <limits.h>
 #include <math.h>
@@ -52,6 +54,36 @@
 #define OID_NUMERIC     1700
 #define OID_UUID        2950
 #define OID_JSONB       3802
+#define OID_INT2VECTOR  22
+#define OID_OIDVECTOR   30
+
+/* array types (pg_type.dat's typarray of each element type above) */
+#define OID_JSON_ARRAY        199
+#define OID_XML_ARRAY         143
+#define OID_BOOL_ARRAY        1000
+#define OID_BYTEA_ARRAY       1001
+#define OID_CHAR_ARRAY        1002
+#define OID_NAME_ARRAY        1003
+#define OID_INT2_ARRAY        1005
+#define OID_INT2VECTOR_ARRAY  1006
+#define OID_INT4_ARRAY        1007
+#define OID_TEXT_ARRAY        1009
+#define OID_OIDVECTOR_ARRAY   1013
+#define OID_BPCHAR_ARRAY      1014
+#define OID_VARCHAR_ARRAY     1015
+#define OID_INT8_ARRAY        1016
+#define OID_FLOAT4_ARRAY      1021
+#define OID_FLOAT8_ARRAY      1022
+#define OID_OID_ARRAY         1028
+#define OID_TIMESTAMP_ARRAY   1115
+#define OID_DATE_ARRAY        1182
+#define OID_TIME_ARRAY        1183
+#define OID_TIMESTAMPTZ_ARRAY 1185
+#define OID_INTERVAL_ARRAY    1187
+#define OID_NUMERIC_ARRAY     1231
+#define OID_TIMETZ_ARRAY      1270
+#define OID_UUID_ARRAY        2951
+#define OID_JSONB_ARRAY       3807
 
 /* ======================================================================== */
 /* Parameters                                                               */
@@ -213,6 +245,116 @@ static int check_offset(PyObject *value, const char *what)
     return 0;
 }
 
+/* ---- lists as arrays ----------------------------------------------------- */
+
+/* The array type of an element type (0: none we send). */
+static Oid array_oid_of(Oid elem)
+{
+    switch (elem) {
+    case OID_BOOL: return OID_BOOL_ARRAY;
+    case OID_BYTEA: return OID_BYTEA_ARRAY;
+    case OID_INT4: return OID_INT4_ARRAY;
+    case OID_INT8: return OID_INT8_ARRAY;
+    case OID_TEXT: return OID_TEXT_ARRAY;
+    case OID_FLOAT8: return OID_FLOAT8_ARRAY;
+    case OID_NUMERIC: return OID_NUMERIC_ARRAY;
+    case OID_DATE: return OID_DATE_ARRAY;
+    case OID_TIME: return OID_TIME_ARRAY;
+    case OID_TIMETZ: return OID_TIMETZ_ARRAY;
+    case OID_TIMESTAMP: return OID_TIMESTAMP_ARRAY;
+    case OID_TIMESTAMPTZ: return OID_TIMESTAMPTZ_ARRAY;
+    case OID_INTERVAL: return OID_INTERVAL_ARRAY;
+    case OID_UUID: return OID_UUID_ARRAY;
+    case OID_JSON: return OID_JSON_ARRAY;
+    default: return 0;
+    }
+}
+
+/* Two element types in one list: integers widen (int4 < int8 < numeric,
+ * Decimal is numeric), as one int column would; anything else is refused. */
+static unsigned merge_elem(unsigned a, unsigned b)
+{
+    int ra = a == OID_INT4 ? 1 : a == OID_INT8 ? 2 : a == OID_NUMERIC ? 3 : 0;
+    int rb = b == OID_INT4 ? 1 : b == OID_INT8 ? 2 : b == OID_NUMERIC ? 3 : 0;
+    if (!ra || !rb)
+        return 0;
+    return ra > rb ? a : b;
+}
+
+/* One element through the scalar rules, in a one-slot npy_pg_params that
+ * the whole list shares; bytea (binary as a scalar) is written as its hex
+ * text, str (unknown as a scalar) becomes text. */
+typedef struct {
+    npy_pg_params one;
+    char *hex;
+    const char *what;
+} elem_ctx;
+
+static int encode_elem(void *vctx, PyObject *leaf, const char **text, Py_ssize_t *len, unsigned *oid)
+{
+    elem_ctx *ec = vctx;
+    if (npy_pg_params_set(&ec->one, 0, leaf, ec->what) < 0)
+        return -1;
+    Oid t = ec->one.types[0];
+    if (ec->one.formats[0] == 1) {
+        static const char hexd[] = "0123456789abcdef";
+        const unsigned char *b = (const unsigned char *)ec->one.values[0];
+        size_t n = (size_t)ec->one.lengths[0];
+        free(ec->hex);
+        ec->hex = malloc(2 * n + 3);
+        if (!ec->hex) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        ec->hex[0] = '\\';
+        ec->hex[1] = 'x';
+        for (size_t k = 0; k < n; k++) {
+            ec->hex[2 + 2 * k] = hexd[b[k] >> 4];
+            ec->hex[3 + 2 * k] = hexd[b[k] & 15];
+        }
+        *text = ec->hex;
+        *len = (Py_ssize_t)(2 * n + 2);
+    } else {
+        *text = ec->one.values[0];
+        *len = ec->one.lengths[0];
+    }
+    *oid = t ? t : OID_TEXT;
+    return 0;
+}
+
+/* A list as an array of the type its elements imply (psycopg 3's rule);
+ * an empty or all-None list goes as "unknown", so the server takes the
+ * array type from the context (an int[] column, = ANY(...)). */
+static int set_list(npy_pg_params *pp, int i, PyObject *list, const char *what)
+{
+    elem_ctx ec;
+    memset(&ec, 0, sizeof ec);
+    ec.what = what;
+    if (npy_pg_params_init(&ec.one, 1) < 0)
+        return -1;
+    unsigned elem = 0;
+    Py_ssize_t len = 0;
+    char *text = npy_pg_array_format(list, encode_elem, &ec, merge_elem, &elem, &len, what);
+    npy_pg_params_free(&ec.one);
+    free(ec.hex);
+    if (!text)
+        return -1;
+    if (len > INT_MAX) {
+        free(text);
+        npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING, "%s: list too long as an array", what);
+        return -1;
+    }
+    Oid type = elem ? array_oid_of(elem) : 0;
+    if (elem && !type) {            /* cannot happen: every scalar type maps */
+        free(text);
+        npy_adapt_raisef(NC_E_PARAM_TYPE, NC_K_PROGRAMMING, "%s: no array type for element type %u",
+                         what, elem);
+        return -1;
+    }
+    pp->owned[i] = text;
+    return set_text(pp, i, text, (int)len, type);
+}
+
 int npy_pg_params_set(npy_pg_params *pp, int i, PyObject *value, const char *what)
 {
     if (!what)
@@ -335,6 +477,8 @@ int npy_pg_params_set(npy_pg_params *pp, int i, PyObject *value, const char *wha
         return set_str(pp, i, s, OID_UUID, what);
 
     case NPY_V_JSON:
+        if (PyList_Check(value))
+            return set_list(pp, i, value, what);
         s = npy_adapt_json_dumps(value, what);
         if (!s)
             return -1;
@@ -410,7 +554,6 @@ TEXT_DECODER(dec_name, OID_NAME, "name")
 TEXT_DECODER(dec_char, OID_CHAR, "\"char\"")
 TEXT_DECODER(dec_unknown, OID_UNKNOWN, "unknown")
 TEXT_DECODER(dec_xml, OID_XML, "xml")
-TEXT_DECODER(dec_interval, OID_INTERVAL, "interval")
 /* every type without a decoder: the OID is not known here */
 TEXT_DECODER(dec_other, 0, "a type without a decoder of its own, read as str")
 
@@ -796,6 +939,142 @@ static PyObject *dec_timestamp_impl(const char *v, int len, int tz)
 static PyObject *dec_timestamp(const char *v, int len) { return dec_timestamp_impl(v, len, 0); }
 static PyObject *dec_timestamptz(const char *v, int len) { return dec_timestamp_impl(v, len, 1); }
 
+/* ---- interval ------------------------------------------------------------ */
+
+/* IntervalStyle postgres (the connection makes sure of it):
+ * "[N year[s]] [N mon[s]] [N day[s]] [[+-]H+:MM:SS[.f]]", each part signed,
+ * e.g. "-1 days +02:03:04.5", "1 year 2 mons", "00:00:00".  timedelta has
+ * no months: a month is 30 days and a year 365, psycopg 3's rule for the
+ * text format (so '1 mon' and '30 days' decode alike, and '1 year' is not
+ * 12 months' 360 days).  Beyond timedelta's range (999999999 days) is a
+ * DataError; 'infinity' (PostgreSQL 17) comes back as str. */
+static PyObject *dec_interval(const char *v, int len)
+{
+    const char *p = v, *end = v + len;
+    long long days = 0, secs = 0, us = 0;   /* the time part in seconds and microseconds */
+    if ((len == 8 && memcmp(v, "infinity", 8) == 0) || (len == 9 && memcmp(v, "-infinity", 9) == 0))
+        return as_str(v, len);
+    while (p < end) {
+        while (p < end && *p == ' ')
+            p++;
+        if (p >= end)
+            break;
+        int neg = 0;
+        if (*p == '-' || *p == '+')
+            neg = *p++ == '-';
+        const char *num = p;
+        long long x = 0;
+        while (p < end && *p >= '0' && *p <= '9' && p - num < 12)
+            x = x * 10 + (*p++ - '0');
+        if (p == num)
+            goto bad;
+        if (p < end && *p == ':') {     /* the time part: H+:MM:SS[.f] */
+            int mi, sec, frac = 0;
+            p++;
+            if (digits(&p, end, 2, &mi) < 0 || expect(&p, end, ':') < 0 || digits(&p, end, 2, &sec) < 0)
+                goto bad;
+            if (p < end && *p == '.') {
+                int nd = 0;
+                p++;
+                while (p < end && *p >= '0' && *p <= '9' && nd < 6) {
+                    frac = frac * 10 + (*p++ - '0');
+                    nd++;
+                }
+                if (nd == 0)
+                    goto bad;
+                for (; nd < 6; nd++)
+                    frac *= 10;
+            }
+            long long t = (x * 60 + mi) * 60 + sec;   /* x < 10^12: no overflow */
+            secs = neg ? -t : t;
+            us = neg ? -frac : frac;
+            if (p != end)
+                goto bad;
+            break;
+        }
+        if (neg)
+            x = -x;
+        if (expect(&p, end, ' ') < 0)
+            goto bad;
+        const char *unit = p;
+        while (p < end && *p != ' ')
+            p++;
+        size_t ul = (size_t)(p - unit);
+        if ((ul == 4 && !memcmp(unit, "year", 4)) || (ul == 5 && !memcmp(unit, "years", 5)))
+            days += x * 365;
+        else if ((ul == 3 && !memcmp(unit, "mon", 3)) || (ul == 4 && !memcmp(unit, "mons", 4)))
+            days += x * 30;
+        else if ((ul == 3 && !memcmp(unit, "day", 3)) || (ul == 4 && !memcmp(unit, "days", 4)))
+            days += x;
+        else
+            goto bad;
+    }
+    {
+        /* normalise as timedelta does: us in [0, 10^6), secs in [0, 86400) */
+        if (us < 0) {
+            us += 1000000;
+            secs--;
+        }
+        long long carry = secs / 86400;
+        secs -= carry * 86400;
+        if (secs < 0) {
+            secs += 86400;
+            carry--;
+        }
+        days += carry;
+        if (days < -999999999LL || days > 999999999LL)
+            return decode_error(OID_INTERVAL, "interval", v, len,
+                                "out of timedelta's range (a month is 30 days, a year 365)");
+        PyObject *r = npy_adapt_new_timedelta((int)days, (int)secs, (int)us);
+        CHECK_BUILT(r, OID_INTERVAL, "interval");
+        return r;
+    }
+bad:
+    return decode_error(OID_INTERVAL, "interval", v, len, "malformed (IntervalStyle must be postgres)");
+}
+
+/* ---- arrays --------------------------------------------------------------- */
+
+#define ARRAY_DECODER(fname, elem, tname) \
+    static PyObject *fname(const char *v, int len) { return npy_pg_array_parse(v, len, elem, tname); }
+
+static PyObject *dec_int2vector(const char *v, int len)
+{
+    return npy_pg_vector_parse(v, len, "int2vector");
+}
+
+static PyObject *dec_oidvector(const char *v, int len)
+{
+    return npy_pg_vector_parse(v, len, "oidvector");
+}
+
+ARRAY_DECODER(dec_bool_array, dec_bool, "bool[]")
+ARRAY_DECODER(dec_bytea_array, dec_bytea, "bytea[]")
+ARRAY_DECODER(dec_char_array, dec_char, "\"char\"[]")
+ARRAY_DECODER(dec_name_array, dec_name, "name[]")
+ARRAY_DECODER(dec_int2_array, dec_int2, "int2[]")
+ARRAY_DECODER(dec_int2vector_array, dec_int2vector, "int2vector[]")
+ARRAY_DECODER(dec_int4_array, dec_int4, "int4[]")
+ARRAY_DECODER(dec_int8_array, dec_int8, "int8[]")
+ARRAY_DECODER(dec_oid_array, dec_oid, "oid[]")
+ARRAY_DECODER(dec_oidvector_array, dec_oidvector, "oidvector[]")
+ARRAY_DECODER(dec_text_array, dec_text, "text[]")
+ARRAY_DECODER(dec_varchar_array, dec_varchar, "varchar[]")
+ARRAY_DECODER(dec_bpchar_array, dec_bpchar, "bpchar[]")
+ARRAY_DECODER(dec_xml_array, dec_xml, "xml[]")
+ARRAY_DECODER(dec_float4_array, dec_float4, "float4[]")
+ARRAY_DECODER(dec_float8_array, dec_float8, "float8[]")
+ARRAY_DECODER(dec_numeric_array, dec_numeric, "numeric[]")
+ARRAY_DECODER(dec_date_array, dec_date, "date[]")
+ARRAY_DECODER(dec_time_array, dec_time, "time[]")
+ARRAY_DECODER(dec_timetz_array, dec_timetz, "timetz[]")
+ARRAY_DECODER(dec_timestamp_array, dec_timestamp, "timestamp[]")
+ARRAY_DECODER(dec_timestamptz_array, dec_timestamptz, "timestamptz[]")
+ARRAY_DECODER(dec_interval_array, dec_interval, "interval[]")
+ARRAY_DECODER(dec_uuid_array, dec_uuid, "uuid[]")
+ARRAY_DECODER(dec_json_array, dec_json, "json[]")
+ARRAY_DECODER(dec_jsonb_array, dec_jsonb, "jsonb[]")
+
 /* ---- the table ---------------------------------------------------------- */
 
 npy_pg_decoder npy_pg_decoder_for(Oid type)
@@ -826,6 +1105,34 @@ npy_pg_decoder npy_pg_decoder_for(Oid type)
     case OID_UUID: return dec_uuid;
     case OID_JSON: return dec_json;
     case OID_JSONB: return dec_jsonb;
+    case OID_INT2VECTOR: return dec_int2vector;
+    case OID_OIDVECTOR: return dec_oidvector;
+    case OID_BOOL_ARRAY: return dec_bool_array;
+    case OID_BYTEA_ARRAY: return dec_bytea_array;
+    case OID_CHAR_ARRAY: return dec_char_array;
+    case OID_NAME_ARRAY: return dec_name_array;
+    case OID_INT2_ARRAY: return dec_int2_array;
+    case OID_INT2VECTOR_ARRAY: return dec_int2vector_array;
+    case OID_INT4_ARRAY: return dec_int4_array;
+    case OID_INT8_ARRAY: return dec_int8_array;
+    case OID_OID_ARRAY: return dec_oid_array;
+    case OID_OIDVECTOR_ARRAY: return dec_oidvector_array;
+    case OID_TEXT_ARRAY: return dec_text_array;
+    case OID_VARCHAR_ARRAY: return dec_varchar_array;
+    case OID_BPCHAR_ARRAY: return dec_bpchar_array;
+    case OID_XML_ARRAY: return dec_xml_array;
+    case OID_FLOAT4_ARRAY: return dec_float4_array;
+    case OID_FLOAT8_ARRAY: return dec_float8_array;
+    case OID_NUMERIC_ARRAY: return dec_numeric_array;
+    case OID_DATE_ARRAY: return dec_date_array;
+    case OID_TIME_ARRAY: return dec_time_array;
+    case OID_TIMETZ_ARRAY: return dec_timetz_array;
+    case OID_TIMESTAMP_ARRAY: return dec_timestamp_array;
+    case OID_TIMESTAMPTZ_ARRAY: return dec_timestamptz_array;
+    case OID_INTERVAL_ARRAY: return dec_interval_array;
+    case OID_UUID_ARRAY: return dec_uuid_array;
+    case OID_JSON_ARRAY: return dec_json_array;
+    case OID_JSONB_ARRAY: return dec_jsonb_array;
     default: return dec_other;
     }
 }

@@ -1,6 +1,7 @@
 /* pg_exec.c - statements on a PostgreSQL connection (see pg_exec.h). */
 #include "pg_exec.h"
 #include "interrupt.h"
+#include "../core/nc_sqltext.h"
 
 #include <stdlib.h>
 
@@ -211,10 +212,160 @@ PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObjec
     const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
     if (!sql)
         return NULL;
+    /* a SET (or the like) makes the return reset the session: one lexer
+     * pass here, a DISCARD ALL only after such a statement */
+    if (!pc->session_dirty)
+        pc->session_dirty = nc_sql_changes_session(sql, (size_t)len, NC_DIALECT_PG);
     PGresult *res = pg_run(pool, pc, sql, len, params, deadline);
     if (!res)
         return NULL;
     PyObject *out = shape == NPY_SHAPE_DBAPI ? pg_result_dbapi(res) : pg_result_value(res, shape == NPY_SHAPE_TUPLE);
     PQclear(res);
     return out;
+}
+
+/* ---- execute_many ------------------------------------------------------- */
+
+/* Rows per pipeline: a batch's converted parameters and libpq's output
+ * buffer are held in memory until its results are read, so a long sequence
+ * goes in pipelines of this many rows (one round trip each). */
+#define NPY_PG_BATCH 1000
+
+/* exc.row_index = row on the pending exception (the index in the caller's
+ * sequence of the parameter set that failed). */
+static void note_row(Py_ssize_t row)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (ev) {
+        PyObject *n = PyLong_FromSsize_t(row);
+        if (!n || PyObject_SetAttrString(ev, "row_index", n) < 0)
+            PyErr_Clear();
+        Py_XDECREF(n);
+    }
+    PyErr_Restore(et, ev, tb);
+}
+
+typedef struct {
+    npy_pg_params pp[NPY_PG_BATCH];
+    nc_pg_params rows[NPY_PG_BATCH];
+    int n;
+} pg_batch;
+
+static void batch_clear(pg_batch *b)
+{
+    for (int i = 0; i < b->n; i++)
+        npy_pg_params_free(&b->pp[i]);
+    b->n = 0;
+}
+
+/* Convert one parameter set into the batch's next slot.  -1 raised. */
+static int batch_add(pg_batch *b, const nc_sql *q, PyObject *params)
+{
+    PyObject *vals = npy_params_ordered(q, params);
+    if (!vals)
+        return -1;
+    npy_pg_params *pp = &b->pp[b->n];
+    if (npy_pg_params_init(pp, q->nslots) < 0) {
+        Py_DECREF(vals);
+        return -1;
+    }
+    for (int i = 0; i < q->nslots; i++) {
+        char what[160];
+        npy_param_name(q, i, what, sizeof what);
+        if (npy_pg_params_set(pp, i, PyList_GET_ITEM(vals, i), what) < 0) {
+            npy_pg_params_free(pp);
+            Py_DECREF(vals);
+            return -1;
+        }
+    }
+    Py_DECREF(vals);
+    b->rows[b->n] = (nc_pg_params){pp->types, (const char *const *)pp->values, pp->lengths, pp->formats};
+    b->n++;
+    return 0;
+}
+
+PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *seq, double deadline,
+                              int own_txn)
+{
+    Py_ssize_t len;
+    const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
+    if (!sql)
+        return NULL;
+    PyObject *it = PyObject_GetIter(seq);
+    if (!it)
+        return NULL;
+    if (!pc->session_dirty)
+        pc->session_dirty = nc_sql_changes_session(sql, (size_t)len, NC_DIALECT_PG);
+    nc_error err;
+    nc_error_clear(&err);
+    nc_sql q;
+    if (nc_sql_translate(sql, (size_t)len, NC_DIALECT_PG, &q, &err) < 0) {
+        Py_DECREF(it);
+        npy_raise_error(&err);
+        return NULL;
+    }
+    pg_batch *b = calloc(1, sizeof *b);
+    if (!b) {
+        nc_sql_free(&q);
+        Py_DECREF(it);
+        return PyErr_NoMemory();
+    }
+    long long total = 0;
+    Py_ssize_t base = 0;            /* the sequence index of the batch's first row */
+    int began = 0, last = 0;
+    while (!last) {
+        PyObject *item = NULL;
+        while (b->n < NPY_PG_BATCH && (item = PyIter_Next(it))) {
+            int rc = batch_add(b, &q, item);
+            Py_DECREF(item);
+            if (rc < 0) {
+                note_row(base + b->n);
+                goto fail;
+            }
+        }
+        if (PyErr_Occurred())
+            goto fail;
+        last = b->n < NPY_PG_BATCH;
+        if (last && !began && b->n == 0)
+            break;                  /* an empty sequence: nothing to run */
+        const char *before = own_txn && !began ? "BEGIN" : NULL;
+        const char *after = own_txn && last ? "COMMIT" : NULL;
+        int failed = -1;
+        long long n;
+        npy_interrupt ir;
+        npy_interrupt_arm(&ir);
+        Py_BEGIN_ALLOW_THREADS
+        n = nc_pg_exec_many(pc, q.sql, q.nslots, b->rows, b->n, before, after, deadline, &failed, &err);
+        if (n < 0)
+            nc_pool_statement_done(pool, &err);   /* the observer: a failover decision may follow */
+        Py_END_ALLOW_THREADS
+        int interrupted = npy_interrupt_disarm(&ir);
+        began = 1;
+        if (n >= 0)
+            nc_pool_statement_done(pool, NULL);
+        if (interrupted)
+            goto fail;
+        if (n < 0) {
+            npy_raise_error(&err);
+            if (failed >= 0)
+                note_row(base + failed);
+            goto fail;
+        }
+        total += n;
+        base += b->n;
+        batch_clear(b);
+    }
+    batch_clear(b);
+    free(b);
+    nc_sql_free(&q);
+    Py_DECREF(it);
+    return PyLong_FromLongLong(total);
+fail:
+    batch_clear(b);
+    free(b);
+    nc_sql_free(&q);
+    Py_DECREF(it);
+    return NULL;
 }

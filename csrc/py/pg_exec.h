@@ -17,4 +17,15 @@
 PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *params, double deadline,
                          int shape);
 
+/* Run query once per parameter set of seq (an iterable of sequences or
+ * mappings) in pipelines of up to 1000 rows, one round trip each
+ * (nc_pg_exec_many), all before deadline.  own_txn: wrap the whole run in
+ * BEGIN ... COMMIT, sent in the first and last pipelines.  The total
+ * affected-row count, or NULL with the exception set; when a parameter set
+ * is to blame, the exception's row_index is its index in seq.  On failure
+ * a transaction may be left open (aborted or not): the caller rolls back
+ * its own. */
+PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *seq, double deadline,
+                              int own_txn);
+
 #endif

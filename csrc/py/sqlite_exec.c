@@ -47,6 +47,10 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
     const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
     if (!sql)
         return NULL;
+    /* a PRAGMA that writes (or ATTACH, a temp table) closes the connection
+     * on return: SQLite cannot reset them */
+    if (!sc->session_dirty)
+        sc->session_dirty = nc_sql_changes_session(sql, (size_t)len, NC_DIALECT_SQLITE);
     nc_error err;
     nc_error_clear(&err);
     nc_sql q;

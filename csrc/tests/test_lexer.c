@@ -211,6 +211,7 @@ static void test_random_tokens(void)
         (void)nc_sql_is_blank(copy, len, dialect);
         (void)nc_sql_is_plain_select(copy, len);
         (void)nc_sql_is_rollback_to(copy, len);
+        (void)nc_sql_changes_session(copy, len, dialect);
         size_t olen = 0;
         if (nc_sql_column_type(copy, len, out, &olen) && (olen > len || strlen(out) != olen))
             bad = 1;
@@ -614,6 +615,52 @@ static void test_column_type(void)
     TYPE_NO("VARCHAR(\xd9\xa3)");
 }
 
+static int session_pg(const char *s, size_t n) { return nc_sql_changes_session(s, n, NC_DIALECT_PG); }
+static int session_sqlite(const char *s, size_t n) { return nc_sql_changes_session(s, n, NC_DIALECT_SQLITE); }
+#define SESSION_PG(in, expect) ANSWER(session_pg, in, expect)
+#define SESSION_SQ(in, expect) ANSWER(session_sqlite, in, expect)
+
+static void test_changes_session(void)
+{
+    /* what must be reset before the next borrower (nc_pg.c pg_reset) */
+    SESSION_PG("SET TimeZone = 'UTC'", 1);
+    SESSION_PG("  /* why */ -- and\n set search_path to x", 1);
+    SESSION_PG("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", 1);
+    SESSION_PG("SET SESSION AUTHORIZATION bob", 1);
+    SESSION_PG("RESET ALL", 1);
+    SESSION_PG("LISTEN chan", 0);
+    SESSION_PG("PREPARE p AS SELECT 1", 1);
+    SESSION_PG("CREATE TEMP TABLE t (a int)", 1);
+    SESSION_PG("create or replace temporary view v as select 1", 1);
+    SESSION_PG("CREATE LOCAL TEMP TABLE t (a int)", 1);
+    SESSION_PG("SELECT set_config('TimeZone', 'UTC', false)", 1);
+    SESSION_PG("SELECT 1; SET x.y = 1", 1);
+    SESSION_PG("BEGIN; SET default_transaction_read_only = on; COMMIT", 1);
+    /* what ends with the transaction, or is no change at all */
+    SESSION_PG("SET LOCAL TimeZone = 'UTC'", 0);
+    SESSION_PG("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", 0);
+    SESSION_PG("UPDATE t SET a = 1", 0);
+    SESSION_PG("SELECT 'SET x = 1; RESET ALL'", 0);
+    SESSION_PG("SELECT $$; set x = 1$$", 0);
+    SESSION_PG("SELECT set_config", 0);
+    SESSION_PG("SELECT current_setting('TimeZone')", 0);
+    SESSION_PG("CREATE TABLE temp (a int)", 0);
+    SESSION_PG("-- SET x = 1\nSELECT 1", 0);
+    SESSION_PG("SHOW TimeZone", 0);
+    SESSION_PG("", 0);
+    /* SQLite */
+    SESSION_SQ("PRAGMA read_uncommitted = 1", 1);
+    SESSION_SQ("pragma main.cache_size(100)", 1);
+    SESSION_SQ("PRAGMA read_uncommitted; PRAGMA foreign_keys=ON", 1);
+    SESSION_SQ("ATTACH DATABASE 'x.db' AS x", 1);
+    SESSION_SQ("CREATE TEMP TABLE t (a)", 1);
+    SESSION_SQ("PRAGMA read_uncommitted", 0);
+    SESSION_SQ("PRAGMA table_info('t')", 1);   /* a read in call form: reset anyway (conservative) */
+    SESSION_SQ("SELECT 'PRAGMA x = 1'", 0);
+    SESSION_SQ("SET x = 1", 0);
+    SESSION_SQ("UPDATE t SET a = 1", 0);
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -625,6 +672,7 @@ int main(void)
         {"rollback_to", test_rollback_to},
         {"verb", test_verb},
         {"column_type", test_column_type},
+        {"changes_session", test_changes_session},
     };
     return nc_run_cases("test_lexer", cases, NC_NCASES(cases));
 }

@@ -105,6 +105,7 @@ class TcpProxy:
         self._closed = False
         self.accepted = 0             # connections accepted so far (including rejected)
         self.rejected = 0
+        self.client_bytes = 0         # bytes received from clients so far (all connections)
         self.error = None             # exception that killed the loop, if any
 
     # ---- public knobs ------------------------------------------------------
@@ -337,6 +338,7 @@ class TcpProxy:
                 c.client_eof = True
             else:
                 c.c2s += data
+                self.client_bytes += len(data)
         else:
             if not data:
                 c.upstream_eof = True

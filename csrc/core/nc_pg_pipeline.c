@@ -1,0 +1,165 @@
+/* nc_pg_pipeline.c - one statement run once per parameter set in a single
+ * round trip, with libpq's pipeline mode (see nc_pg.h, nc_pg_exec_many).
+ *
+ * Every statement is queued (PQsendQueryParams), then one Sync; everything
+ * is sent (reading what comes back meanwhile, so neither side blocks on a
+ * full socket buffer), then the results are read in order under the same
+ * deadline, cancel and stop check as nc_pg_exec (nc_pg_waiter).  After an
+ * error the server skips the statements up to the Sync (libpq reports them
+ * as PIPELINE_ABORTED): the first error is the batch's, with the index of
+ * its row.  Inside a transaction block the failed transaction is the
+ * caller's to roll back; the optional before/after commands (BEGIN/COMMIT)
+ * travel in the same pipeline, so a batch with its own transaction is still
+ * one round trip.  libpq without pipeline mode (before 14) runs the
+ * statements one after the other instead.
+ */
+#include "nc_pg.h"
+#include "nc_pg_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef LIBPQ_HAS_PIPELINING
+
+static int send_one(nc_pg_conn *c, const char *sql, int nparams, const nc_pg_params *p)
+{
+    return PQsendQueryParams(c->pg, sql, nparams, p ? p->types : NULL, p ? p->values : NULL,
+                             p ? p->lengths : NULL, p ? p->formats : NULL, 0);
+}
+
+long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_pg_params *rows, int nrows,
+                          const char *before, const char *after, double deadline, int *failed, nc_error *err)
+{
+    *failed = -1;
+    if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
+        c->broken = 1;
+        nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+        err->sent = NC_SENT_NO;
+        return -1;
+    }
+    int first = before ? 1 : 0;                 /* query index of row 0 */
+    int nq = first + nrows + (after ? 1 : 0);
+    if (nq == 0)
+        return 0;
+    if (!PQenterPipelineMode(c->pg)) {
+        nc_pg_conn_error(err, NC_E_QUERY, c->pg, "cannot enter pipeline mode");
+        err->kind = NC_K_INTERNAL;
+        err->sent = NC_SENT_NO;
+        return -1;
+    }
+    /* Queue everything.  libpq may already send part of it (it flushes a
+     * full buffer): a failure here leaves an unknown part on the wire. */
+    int ok = !before || send_one(c, before, 0, NULL);
+    for (int i = 0; ok && i < nrows; i++)
+        ok = send_one(c, sql, nparams, &rows[i]);
+    if (ok && after)
+        ok = send_one(c, after, 0, NULL);
+    if (ok)
+        ok = PQpipelineSync(c->pg);
+    if (!ok) {
+        c->broken = 1;
+        nc_pg_conn_error(err, PQstatus(c->pg) == CONNECTION_OK ? NC_E_QUERY : NC_E_CONNECTION, c->pg,
+                         "queueing the batch");
+        return -1;
+    }
+    if (nc_pg_flush(c, deadline, err) < 0)
+        return -1;
+
+    nc_pg_waiter wt;
+    nc_pg_waiter_init(&wt, deadline, 1);
+    PGresult *error = NULL;
+    int error_q = -1;
+    long long total = 0;
+    for (int q = 0; q < nq; q++) {
+        for (;;) {
+            if (nc_pg_waiter_ready(c, &wt, err) < 0)
+                goto lost;
+            PGresult *r = PQgetResult(c->pg);
+            if (!r)
+                break;                          /* this statement's results end */
+            ExecStatusType st = PQresultStatus(r);
+            if (st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR) {
+                if (!error) {
+                    error = r;
+                    error_q = q;
+                } else {
+                    PQclear(r);
+                }
+            } else if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+                PQclear(r);
+                c->broken = 1;
+                nc_pg_waiter_abandon(&wt);
+                PQclear(error);
+                nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED,
+                             "COPY is not supported through execute_many");
+                err->sent = NC_SENT_YES;
+                return -1;
+            } else {
+                if (q >= first && q < first + nrows && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)) {
+                    const char *n = PQcmdTuples(r);
+                    if (n && *n)
+                        total += strtoll(n, NULL, 10);
+                }
+                PQclear(r);                     /* rows of a SELECT, PIPELINE_ABORTED */
+            }
+        }
+    }
+    /* the Sync's own result ends the pipeline */
+    if (nc_pg_waiter_ready(c, &wt, err) < 0)
+        goto lost;
+    PGresult *sync = PQgetResult(c->pg);
+    int synced = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+    PQclear(sync);
+    if (!synced || !PQexitPipelineMode(c->pg))
+        c->broken = 1;                          /* out of step with the server: discard */
+    if (nc_pg_waiter_end(c, &wt, error, err) < 0) {
+        PQclear(error);
+        if (error_q >= first && error_q < first + nrows) {
+            *failed = error_q - first;
+            nc_error_prefix(err, "row %d of the batch", *failed);
+        } else {
+            nc_error_prefix(err, "%s", error_q < first ? before : after);
+        }
+        err->sent = NC_SENT_YES;
+        return -1;
+    }
+    if (!synced) {
+        nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "the batch did not end as expected; connection discarded");
+        err->sent = NC_SENT_YES;
+        return -1;
+    }
+    return total;
+lost:
+    PQclear(error);
+    err->sent = NC_SENT_YES;
+    return -1;
+}
+
+#else   /* libpq < 14: no pipeline mode */
+
+long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_pg_params *rows, int nrows,
+                          const char *before, const char *after, double deadline, int *failed, nc_error *err)
+{
+    *failed = -1;
+    long long total = 0;
+    if (before && nc_pg_command(c, before, deadline, err) < 0)
+        return -1;
+    for (int i = 0; i < nrows; i++) {
+        PGresult *r = nc_pg_exec(c, sql, nparams, rows[i].types, rows[i].values, rows[i].lengths,
+                                 rows[i].formats, deadline, err);
+        if (!r) {
+            *failed = i;
+            nc_error_prefix(err, "row %d of the batch", i);
+            return -1;
+        }
+        const char *n = PQcmdTuples(r);
+        if (n && *n)
+            total += strtoll(n, NULL, 10);
+        PQclear(r);
+    }
+    if (after && nc_pg_command(c, after, deadline, err) < 0)
+        return -1;
+    return total;
+}
+
+#endif
