@@ -57,6 +57,12 @@ class NoodleDialectMixin:
         return dbapi
 
     @classmethod
+    def load_provisioning(cls) -> None:
+        # SQLAlchemy's test provisioning (temporary tables, schemas, database
+        # files) for this backend lives with its own dialects, not beside ours.
+        __import__("sqlalchemy.dialects.%s.provision" % cls.name)
+
+    @classmethod
     def get_pool_class(cls, url: Any) -> Any:
         # The native pool queues, validates and recycles; SQLAlchemy's pool
         # only passes connections through (a check-in is close(), which

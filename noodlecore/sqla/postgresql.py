@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from sqlalchemy import TEXT
+from sqlalchemy import cast as sa_cast
+from sqlalchemy import type_coerce
+from sqlalchemy.dialects.postgresql import JSON, JSONB, ranges
 from sqlalchemy.dialects.postgresql.base import PGDialect, PGExecutionContext
+from sqlalchemy.dialects.postgresql.pg8000 import PGDialect_pg8000
+from sqlalchemy.sql import sqltypes
 
 from ._common import NoodleDialectMixin, pool_options
 
@@ -16,7 +22,49 @@ class PGExecutionContext_noodlecore(PGExecutionContext):
     pass
 
 
+class _JSONAsText(JSON):
+    """JSON read as text, for an engine with its own ``json_deserializer``:
+    the driver decodes JSON itself (with json.loads), so the column is
+    selected as text and SQLAlchemy's result processor decodes it once, with
+    the user's function."""
+
+    render_bind_cast = True
+
+    def column_expression(self, colexpr: Any) -> Any:
+        return type_coerce(sa_cast(colexpr, TEXT), self)
+
+
+class _JSONBAsText(JSONB):
+    __doc__ = _JSONAsText.__doc__
+    render_bind_cast = True
+
+    def column_expression(self, colexpr: Any) -> Any:
+        return type_coerce(sa_cast(colexpr, TEXT), self)
+
+
+def _colspecs() -> Any:
+    # Like pg8000 (binary-free, server-side $n parameters, JSON decoded by the
+    # driver): bound values carry a cast where PostgreSQL cannot infer their
+    # type, and result types are converted by the description's type OID.  Its
+    # range types are its driver's own classes: ours use the base dialect's.
+    specs = {k: v for k, v in PGDialect_pg8000.colspecs.items()
+             if v.__module__ == "sqlalchemy.dialects.postgresql.pg8000"
+             and not v.__name__.startswith("_Pg8000")}
+    specs.update({k: v for k, v in PGDialect.colspecs.items()
+                  if isinstance(k, type) and issubclass(k, (ranges.AbstractRange,
+                                                            ranges.AbstractMultiRange))})
+    out = dict(PGDialect.colspecs)
+    out.update(specs)
+    return out
+
+
 class PGDialect_noodlecore(NoodleDialectMixin, PGDialect):
+    render_bind_cast = True
+    supports_native_json_serialization = False
+    supports_native_json_deserialization = True
+    # a custom json_deserializer: columns read as text (type_descriptor), decoded by SQLAlchemy
+    dialect_injects_custom_json_deserializer = False
+    colspecs = _colspecs()
     supports_statement_cache = True
     default_paramstyle = "pyformat"
     supports_sane_multi_rowcount = True
@@ -48,12 +96,22 @@ class PGDialect_noodlecore(NoodleDialectMixin, PGDialect):
             dsn += "?" + urlencode(rest, doseq=True)
         return [dsn], pool
 
+    def type_descriptor(self, typeobj: Any) -> Any:
+        impl = super().type_descriptor(typeobj)
+        if self._json_deserializer is not None and type(impl) in _JSON_IMPLS:
+            return impl.adapt(_JSON_IMPLS[type(impl)])
+        return impl
+
     def get_isolation_level_values(self, dbapi_connection: Any) -> Any:
         return _LEVELS
 
     def set_isolation_level(self, dbapi_connection: Any, level: str) -> None:
         level = level.replace("_", " ")
         if level == "AUTOCOMMIT":
+            # SQLAlchemy switches outside its transactions; what is open on
+            # the DB-API connection is the driver's implicit one (e.g. from
+            # reading the level), so end it first.
+            dbapi_connection.rollback()
             dbapi_connection.autocommit = True
             return
         if dbapi_connection.autocommit:
@@ -105,5 +163,8 @@ class PGDialect_noodlecore(NoodleDialectMixin, PGDialect):
         cur.close()
         return str(value)
 
+
+_JSON_IMPLS = {PGDialect_noodlecore.colspecs[sqltypes.JSON]: _JSONAsText,
+               PGDialect_noodlecore.colspecs[JSONB]: _JSONBAsText}
 
 dialect = PGDialect_noodlecore

@@ -12,4 +12,17 @@ def _off(reason):
 
 
 class NoodleRequirements(DefaultRequirements):
-    pass
+    @property
+    def infinity_floats(self):
+        # SQLAlchemy lists the drivers known to round-trip inf/-inf/nan;
+        # noodlecore's adapters do (float8's text form both ways), as psycopg's.
+        return exclusions.open()
+
+    @property
+    def regexp_match(self):
+        # SQLite has no REGEXP function of its own: pysqlite registers a Python
+        # one (sqlite3's create_function).  noodlecore.dbapi has no way to run
+        # Python inside a native statement, so on SQLite the operator is not
+        # supported; PostgreSQL's ~ operator works.
+        return super().regexp_match + exclusions.skip_if(
+            "sqlite+noodlecore", "SQLite has no REGEXP; noodlecore registers no Python functions")
