@@ -121,6 +121,21 @@ def test_returning_and_insertmanyvalues_on_postgresql(pg, app):
         e.dispose()
 
 
+def test_stream_results_fetches_in_batches_from_a_server_side_cursor(pg, app):
+    e = sa.create_engine(pg_url(pg, app))
+    try:
+        with e.connect() as c:
+            r = c.execution_options(yield_per=100).execute(sa.text("select g from generate_series(1, 1000) g"))
+            assert r.cursor.server_side
+            # the cursor is PostgreSQL's: the server holds it, the client a batch
+            held = c.exec_driver_sql("select count(*) from pg_cursors where name = %(n)s",
+                                     {"n": r.cursor.name}).scalar()
+            assert held == 1
+            assert [row.g for row in r] == list(range(1, 1001))
+    finally:
+        e.dispose()
+
+
 def test_sqlite_lastrowid_and_isolation(tmp_path):
     e = sa.create_engine("sqlite+noodlecore:///%s" % (tmp_path / "b.db"))
     md = sa.MetaData()

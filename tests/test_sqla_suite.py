@@ -29,7 +29,7 @@ SUITE_DIR = os.path.join(HERE, "sqla_suite")
 # Measured with this harness (README, "SQLAlchemy"); the floor is the passed
 # count, which is what can silently shrink.
 CONTROL_PG_PASSED = 1883
-NOODLE_PG_PASSED = 1868
+NOODLE_PG_PASSED = 1883
 NOODLE_SQLITE_PASSED = 1588
 
 SETUP_CFG = """\

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -18,8 +19,74 @@ from ._common import NoodleDialectMixin, pool_options
 _LEVELS = ("AUTOCOMMIT", "READ COMMITTED", "READ UNCOMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 
 
+_server_side_id = itertools.count(1)
+
+
+class _ServerSideCursor:
+    """SQLAlchemy's server-side cursor (``stream_results``, ``yield_per``):
+    PostgreSQL's own cursor (DECLARE, then FETCH FORWARD n), so a large result
+    comes in batches and never sits in memory whole.  Outside a transaction
+    (AUTOCOMMIT) it is declared WITH HOLD, which PostgreSQL requires there."""
+
+    server_side = True
+
+    def __init__(self, dbapi_connection: Any, name: str):
+        self._dbapi_connection = dbapi_connection
+        self.cursor = dbapi_connection.cursor()
+        self.name = name
+        self.arraysize = 1
+
+    @property
+    def connection(self) -> Any:
+        return self.cursor.connection
+
+    @property
+    def rowcount(self) -> int:
+        return int(self.cursor.rowcount)
+
+    @property
+    def description(self) -> Any:
+        return self.cursor.description
+
+    def execute(self, operation: str, parameters: Any = None) -> "_ServerSideCursor":
+        hold = " WITH HOLD" if self._dbapi_connection.autocommit else ""
+        self.cursor.execute("DECLARE %s NO SCROLL CURSOR%s FOR %s" % (self.name, hold, operation),
+                            parameters)
+        return self
+
+    def executemany(self, operation: str, seq_of_parameters: Any) -> "_ServerSideCursor":
+        self.cursor.executemany(operation, seq_of_parameters)
+        return self
+
+    def _fetch(self, how: str) -> Any:
+        self.cursor.execute("FETCH FORWARD %s FROM %s" % (how, self.name))
+        return self.cursor.fetchall()
+
+    def fetchone(self) -> Any:
+        rows = self._fetch("1")
+        return rows[0] if rows else None
+
+    def fetchmany(self, size: Any = None) -> Any:
+        return self._fetch(str(int(self.arraysize if size is None else size)))
+
+    def fetchall(self) -> Any:
+        return self._fetch("ALL")
+
+    def close(self) -> None:
+        if not self._dbapi_connection.closed:
+            self.cursor.execute("CLOSE " + self.name)
+        self.cursor.close()
+
+    def setinputsizes(self, *sizes: Any) -> None:
+        pass
+
+    def setoutputsize(self, size: Any, column: Any = None) -> None:
+        pass
+
+
 class PGExecutionContext_noodlecore(PGExecutionContext):
-    pass
+    def create_server_side_cursor(self) -> Any:
+        return _ServerSideCursor(self._dbapi_connection, "nc_ss_%d_%d" % (id(self), next(_server_side_id)))
 
 
 class _JSONAsText(JSON):
@@ -68,7 +135,7 @@ class PGDialect_noodlecore(NoodleDialectMixin, PGDialect):
     supports_statement_cache = True
     default_paramstyle = "pyformat"
     supports_sane_multi_rowcount = True
-    supports_server_side_cursors = False
+    supports_server_side_cursors = True
     execution_ctx_cls = PGExecutionContext_noodlecore
 
     def create_connect_args(self, url: Any) -> Any:
