@@ -46,6 +46,19 @@ def test_url_query_splits_pool_options_from_the_dsn(pg, app):
     assert args == ["postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write"] and kwargs == {}
 
 
+def test_connect_args_configure_the_native_pool(pg, app):
+    """connect_args reach dbapi.connect(): here a one-connection pool whose
+    second borrow times out with the pool's typed error."""
+    e = sa.create_engine(pg_url(pg, app), connect_args={"max_connections": 1, "timeout": 0.2})
+    try:
+        with e.connect():
+            with pytest.raises(sa.exc.DBAPIError) as info:
+                e.connect()
+            assert 1000 <= info.value.orig.error_code <= 9999
+    finally:
+        e.dispose()
+
+
 def test_checkins_go_back_to_the_native_pool(pg, app):
     """Same backend on the next checkout: the native pool kept it."""
     e = sa.create_engine(pg_url(pg, app, max_connections=1))

@@ -103,6 +103,17 @@ def suite_database(pg, name):
     return "%s@%s:%d/%s" % (pg.user, pg.host, pg.port, name)
 
 
+def test_readme_states_the_floors():
+    """The README's table says what this file asserts (passed / failed)."""
+    readme = open(os.path.join(HERE, "..", "README.md")).read()
+    for url, passed in (("postgresql+psycopg", CONTROL_PG_PASSED),
+                        ("postgresql+noodlecore", NOODLE_PG_PASSED),
+                        ("sqlite+noodlecore", NOODLE_SQLITE_PASSED)):
+        row = [line for line in readme.splitlines() if line.startswith("| `%s`" % url)]
+        assert len(row) == 1, url
+        assert "| {:,} / 0 /".format(passed) in row[0], row[0]
+
+
 def test_control_psycopg(pg, tmp_path):
     """The control: postgresql+psycopg with SQLAlchemy's own requirements."""
     where = suite_database(pg, "sqla_control")
