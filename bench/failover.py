@@ -102,8 +102,7 @@ def meta_info(pri, args):
         "kernel": "Linux %s" % platform.release(),
         "python": platform.python_version(), "postgres": pri.scalar("SHOW server_version"),
         "git": git_info(), "peer_versions": pv,
-        "noodlecore_version": getattr(noodlecore, "__version__", None)
-        or (pv.get("noodlecore") or "").replace("noodlecore ", ""),
+        "noodlecore_version": noodlecore.__version__,
         "noodlecore_module": noodlecore.__file__,
     }
 

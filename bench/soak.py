@@ -141,7 +141,7 @@ def run(args):
     work = args.work or tempfile.mkdtemp(prefix="noodlecore-soak-")
     os.makedirs(work, exist_ok=True)
     log("noodlecore %s from %s; checkout commit %s; %s threads, a fault every %s s, %s minutes"
-        % (getattr(noodlecore, "__version__", "?"), os.path.dirname(noodlecore.__file__), commit(),
+        % (noodlecore.__version__, os.path.dirname(noodlecore.__file__), commit(),
            args.threads, args.fault_interval, args.minutes))
     sweep_stale()
     logging.basicConfig(filename=os.path.join(work, "soak.log"), level=logging.INFO,

@@ -131,6 +131,7 @@ def impl_noodlecore(dsn, maxconn):
                         "select1_validate_off": ("b", select1_nv),
                         "select1_one_borrow": ("b", select1_one_borrow),
                         "fetch_dict_rows": ("d", fetch_dict)},
+                # a baseline build from before noodlecore.__version__ has only the metadata
                 version=getattr(noodlecore, "__version__", None) or _dist_version("noodlecore"),
                 module_file=noodlecore.__file__)
 

@@ -134,6 +134,24 @@ def table(pg, app):
 
 
 # ===========================================================================
+# DB-API (test_dbapi*.py)
+#
+#   fresh_dbapi_pools  function  the pools noodlecore.dbapi.connect() made during
+#                                the test are shut down at its end
+# ===========================================================================
+
+@pytest.fixture
+def fresh_dbapi_pools():
+    from noodlecore import dbapi
+    before = set(dbapi._pools)
+    yield
+    with dbapi._pools_lock:
+        made = [dbapi._pools.pop(k) for k in list(dbapi._pools) if k not in before]
+    for pool in made:
+        pool.shutdown(timeout=0)
+
+
+# ===========================================================================
 # DatabaseManager without a server (test_database_manager_*.py)
 #
 #   clean_env   function  no NOODLE_DB_* variables, cwd in tmp_path; returns monkeypatch
@@ -162,3 +180,39 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.section("fault matrix figures")
     for row, text in FIGURES:
         terminalreporter.write_line("FAULT-MATRIX %s: %s" % (row, text))
+
+
+# ===========================================================================
+# Patroni cluster (tests/test_patroni.py; marked `once`, run in ONE pytest
+# stage only: tests/run.sh deselects it in the others)
+#
+#   patroni   module  a 3-member PatroniCluster (etcd + Patroni, noodlecore.testing.patroni);
+#                     after each test that uses it, it waits until the cluster is
+#                     healthy again (leader writable, every replica streaming)
+#
+# A missing Patroni, etcd or tini is an error, never a skip.
+# ===========================================================================
+
+@pytest.fixture(scope="module")
+def patroni_cluster_module():
+    from noodlecore.testing.patroni import PatroniCluster
+    sweep_stale()
+    cluster = PatroniCluster(n=3)
+    try:
+        cluster.start(timeout=120)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def patroni(patroni_cluster_module):
+    patroni_cluster_module.wait_healthy(timeout=90)
+    yield patroni_cluster_module
+    patroni_cluster_module.resume_api()
+    for m in patroni_cluster_module.members:
+        patroni_cluster_module.resume_replay(m)
+
+# ===========================================================================
+# (end of Patroni cluster)
+# ===========================================================================

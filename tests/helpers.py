@@ -137,3 +137,13 @@ def query_until_ok(m, sql, params=None, timeout=10):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------
+# DB-API (test_dbapi*.py)
+# ---------------------------------------------------------------------------
+
+def dbapi_pool(dsn):
+    """The native pool noodlecore.dbapi.connect(dsn) lends from (its first, by options)."""
+    from noodlecore import dbapi
+    return next(p for k, p in dbapi._pools.items() if k[0] == dsn)

@@ -6,10 +6,15 @@
 #   c-tsan          the threaded ones (pool, janitor, monitor, route; make
 #                   list-threaded) built with clang -fsanitize=thread
 #   c-fuzz          the libFuzzer targets of csrc/fuzz (SQL lexer/rewrite,
-#                   DSN parser) under ASan + UBSan, NOODLE_FUZZ_SECONDS (60)
+#                   DSN parser, Patroni HTTP/JSON/URL readers) under ASan + UBSan, NOODLE_FUZZ_SECONDS (60)
 #                   each on the repo's corpus; runs in the background while
 #                   c-tsan runs (the machine has 2 cores)
-#   pytest-python3  the pytest suite on python3, PYTHONMALLOC=debug
+#   pytest-python3  the pytest suite on python3, PYTHONMALLOC=debug; the only
+#                   stage that runs the tests marked `once` (among them those
+#                   on a real Patroni cluster: etcd, Patroni from
+#                   tests/patroni-requirements.txt in its own venv on
+#                   /usr/bin/python3, tini); the others deselect them
+#                   (-m "not once")
 #   pytest-second   the suite on a second CPython: the newest pyenv CPython
 #                   newer than python3 if there is one, else Debian's debug
 #                   build python3-dbg (catches reference-count errors)
@@ -18,8 +23,9 @@
 #
 # Before that it installs what is missing, as root with apt-get (python3,
 # python3-venv, python3-dev, python3-dbg when it is the second CPython,
-# libpq-dev, libsqlite3-dev, postgresql-15, gcc, libc6-dev, make, and for
-# c-tsan and c-fuzz clang with its sanitizer/libFuzzer runtime), and makes
+# libpq-dev, libsqlite3-dev, postgresql-15, pgbouncer, gcc, libc6-dev, make, and for
+# c-tsan and c-fuzz clang with its sanitizer/libFuzzer runtime, for the Patroni
+# tests etcd-server and tini; no service is started by an install), and makes
 # one virtual environment per interpreter with the exact versions of
 # tests/requirements.txt.  The suite starts its own PostgreSQL servers.
 #
@@ -83,14 +89,28 @@ apt_install() {
     [ "$(id -u)" = 0 ] || die "missing $* and not root: install them first"
     # Debian's postgresql-common makes and starts a "main" cluster when the
     # server is installed; the suite starts its own servers, so ask for none.
+    # Nor any other service (etcd): a policy-rc.d that says no, when there is none.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\n# tests/run.sh: packages must not start services\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+    fi
     mkdir -p /etc/postgresql-common/createcluster.d
     echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/50-noodlecore-tests.conf
     if [ -z "$APT_UPDATED" ]; then
         apt-get update -qq || die "apt-get update failed"
         APT_UPDATED=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >"$WORK/apt.log" 2>&1 \
-        || { cat "$WORK/apt.log" >&2; die "apt-get install $* failed"; }
+    # Debian starts a package's service when it is installed (pgbouncer on port
+    # 6432): the suite starts its own, so a policy-rc.d refuses it for the
+    # install (ours only: an existing one is left alone).
+    local policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >"$WORK/apt.log" 2>&1
+    local rc=$?
+    [ -z "$policy" ] || rm -f /usr/sbin/policy-rc.d
+    [ $rc = 0 ] || { cat "$WORK/apt.log" >&2; die "apt-get install $* failed"; }
 }
 
 py_has() {   # py_has PYTHON: the interpreter runs, makes venvs and has its headers
@@ -112,11 +132,20 @@ fi
 [ -x "$PGBIN/initdb" ] || need+=(postgresql-15)
 command -v pg_config >/dev/null && [ -f "$(pg_config --includedir)/libpq-fe.h" ] || need+=(libpq-dev)
 [ -f /usr/include/sqlite3.h ] || need+=(libsqlite3-dev)
+# tests/test_pgbouncer.py: the pool through Debian's pgbouncer
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/include/stdio.h ] || need+=(libc6-dev)
 command -v make >/dev/null || need+=(make)
 if wanted c-tsan || wanted c-fuzz; then
     command -v clang >/dev/null || need+=(clang)
+fi
+if wanted pytest-python3; then
+    command -v etcd >/dev/null || need+=(etcd-server)
+    command -v tini >/dev/null || need+=(tini)
+    # Patroni's venv is built on Debian's interpreter: the postgres user runs it
+    [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 \
+        || need+=(python3 python3-venv)
 fi
 apt_install "${need[@]}"
 # clang's libFuzzer and ThreadSanitizer runtimes are a package of their own
@@ -258,7 +287,7 @@ run_c_stage() {
 }
 
 # run_fuzz_targets DIR: build csrc/fuzz (clang, libFuzzer, ASan + UBSan) and
-# run both targets at once, FUZZ_SECONDS each, on the repo's corpus (new
+# run the targets at once, FUZZ_SECONDS each, on the repo's corpus (new
 # inputs go to DIR, the repo's corpus is not changed) with its
 # dictionary.  A crash, a sanitizer report, a leak or a broken invariant ends
 # the target with a non-zero exit and an input file (shown).  Prints a line
@@ -270,8 +299,8 @@ run_fuzz_targets() {
         echo "result FAILED 0 1 build failed"
         return
     fi
-    # The two targets at once, one core each (the wall time is what bounds them).
-    for t in sql dsn; do
+    # The three targets at once (the wall time is what bounds them).
+    for t in sql dsn patroni; do
         local art="$dir/artifacts-$t/"
         mkdir -p "$dir/new-$t" "$art"
         # No log_path: libFuzzer prints the report with the input that caused it.
@@ -282,7 +311,7 @@ run_fuzz_targets() {
             -artifact_prefix="$art" "$dir/new-$t" csrc/fuzz/corpus/$t >"$dir/fuzz_$t.log" 2>&1 &
         eval "fuzz_pid_$t=\$!"
     done
-    for t in sql dsn; do
+    for t in sql dsn patroni; do
         local log="$dir/fuzz_$t.log" new="$dir/new-$t" art="$dir/artifacts-$t/" rc pidvar="fuzz_pid_$t"
         wait "${!pidvar}"
         rc=$?
@@ -320,7 +349,7 @@ fi
 # c-fuzz: in the background from here, so it overlaps c-tsan (mostly
 # compiling; its timing bounds are scaled for TSan) and not the plain and
 # ASan stages, whose tighter timing bounds a busy second core could break.
-# The two targets run at once; the report comes after c-tsan.
+# The targets run at once; the report comes after c-tsan.
 FUZZ_PID=
 if wanted c-fuzz; then
     rm -rf "$WORK/c-fuzz"
@@ -370,23 +399,29 @@ fresh_source() {
 make_env() {
     local name=$1 python=$2 cflags=${3:-} ldflags=${4:-}
     local venv="$WORK/venv-$name" src="$WORK/src-$name" log="$WORK/pip-$name.log"
-    # The main venv also gets SQLAlchemy's compliance suite and its control
-    # driver (tests/requirements-sqla.txt): only pytest-python3 runs that suite.
+    # The packaging tests' tools (mypy, auditwheel) only where they run, and
+    # SQLAlchemy's compliance suite with its control driver
+    # (tests/requirements-sqla.txt, tests marked `once`) likewise.
     local reqs=(tests/requirements.txt)
-    [ "$name" = main ] && reqs+=(tests/requirements-sqla.txt)
+    [ "$name" = main ] && reqs+=(tests/requirements-packaging.txt scripts/requirements-wheel.txt tests/requirements-sqla.txt)
     local key
     key="$(readlink -f "$(command -v "$python")") $("$python" -c 'import sys; print(sys.version.split()[0], sys.abiflags)') $(cat "${reqs[@]}" | sha256sum | cut -c1-16)"
     if [ ! -f "$venv/.noodlecore-stamp" ] || [ "$(cat "$venv/.noodlecore-stamp")" != "$key" ] \
         || ! "$venv/bin/python" -c 'import pytest, pytest_timeout' >/dev/null 2>&1; then
         rm -rf "$venv"
         { "$python" -m venv "$venv" \
-            && "$venv/bin/python" -m pip install -q --no-deps "${reqs[@]/#/-r}" \
+            && "$venv/bin/python" -m pip install -q --no-deps -r tests/requirements.txt \
+                ${reqs[1]:+-r "${reqs[1]}"} ${reqs[3]:+-r "${reqs[3]}"} \
             && "$venv/bin/python" -m pip check; } >"$log" 2>&1 || { cat "$log" >&2; return 1; }
         echo "$key" >"$venv/.noodlecore-stamp"
     fi
     fresh_source "$src"
-    NOODLE_CFLAGS="-Werror $cflags" NOODLE_LDFLAGS="$ldflags" \
-        "$venv/bin/python" -m pip install -q --no-build-isolation --force-reinstall --no-deps "$src" \
+    # A wheel, then its install: the first pytest stage's wheel test repairs
+    # this one (NOODLE_RAW_WHEEL) instead of compiling the extension again.
+    rm -rf "$WORK/wheel-$name"
+    { NOODLE_CFLAGS="-Werror $cflags" NOODLE_LDFLAGS="$ldflags" \
+        "$venv/bin/python" -m pip wheel -q --no-build-isolation --no-deps -w "$WORK/wheel-$name" "$src" \
+        && "$venv/bin/python" -m pip install -q --force-reinstall --no-deps "$WORK/wheel-$name"/noodlecore-*.whl; } \
         >>"$log" 2>&1 || { cat "$log" >&2; return 1; }
     echo "$venv"
 }
@@ -400,7 +435,14 @@ print("%s %s%s (%s%s)" % (platform.python_implementation(), platform.python_vers
 }
 
 # -- 4. the pytest suite -----------------------------------------------------
-# run_pytest_stage STAGE VENV [ENV...]; PYTEST_MARK (a -m expression) selects.
+# Tests marked `once` (tests/conftest.py) run in pytest-python3 only: slow
+# integration tests whose subject is neither the extension's memory safety
+# nor the interpreter version (the CLI, the test harness itself, other
+# projects' suites, clusters of other programs).  The other stages run
+# everything else; their note says how many were left to pytest-python3.
+ONCE_ONLY=(-m "not once")
+PYTEST_SELECT=()
+# run_pytest_stage STAGE VENV [ENV...]; PYTEST_SELECT: extra pytest arguments
 run_pytest_stage() {
     local stage=$1 venv=$2
     shift 2
@@ -408,7 +450,7 @@ run_pytest_stage() {
     local xml="$dir/junit.xml" log="$dir/pytest.log"
     rm -rf "$dir"
     mkdir -p "$dir"
-    say "$stage: pytest suite on $(describe_python "$venv/bin/python")"
+    say "$stage: pytest suite on $(describe_python "$venv/bin/python")${PYTEST_SELECT[*]:+ (${PYTEST_SELECT[*]})}"
     # The venv's pytest script, not "python -m pytest": the repo root must
     # not be on sys.path, so the tests import the installed package.  -v in
     # the log names the test that was running if the stage dies.  The thread
@@ -416,7 +458,7 @@ run_pytest_stage() {
     # the GIL: it dumps every thread's stack and ends the process.
     ( cd "$ROOT" && env NOODLE_EXPECT_INSTALLED=1 "$@" timeout -k 30 "$STAGE_TIMEOUT" \
           "$venv/bin/pytest" -v -rfEs -p no:cacheprovider --timeout="$TEST_TIMEOUT" --timeout-method=thread \
-          --junitxml="$xml" ${PYTEST_MARK:+-m "$PYTEST_MARK"} tests ) >"$log" 2>&1
+          --junitxml="$xml" "${PYTEST_SELECT[@]}" tests ) >"$log" 2>&1
     local rc=$?
     local counts
     counts=$("$PY" - "$xml" <<'PYEOF'
@@ -441,6 +483,9 @@ PYEOF
         grep -E '^(SKIPPED|FAILED|ERROR) |^=+ .*(passed|failed|error|skipped).* =+$' "$log" | tail -20
     fi
     local p f s status=ok note="log: $log"
+    local desel
+    desel=$(grep -o -E '[0-9]+ deselected' "$log" | tail -1)
+    [ -n "$desel" ] && note="$desel (marked once: they run in pytest-python3); $note"
     if [ "$counts" = none ]; then
         # No report: the process died or was killed.  From the -v lines, what
         # finished and which test had started without a result.
@@ -486,12 +531,37 @@ env_or_fail() {   # env_or_fail STAGE NAME PYTHON [CFLAGS LDFLAGS] -> sets VENV 
     fi
 }
 
+# The Patroni the Patroni tests run (noodlecore.testing.patroni finds it through
+# NOODLE_PATRONI_BIN): a venv on /usr/bin/python3 with tests/patroni-requirements.txt,
+# kept under the work dir while its stamp matches.  Prints the patroni executable.
+make_patroni_env() {
+    local venv="$WORK/venv-patroni" log="$WORK/pip-patroni.log" key
+    key="$(/usr/bin/python3 -c 'import sys; print(sys.version.split()[0])') $(sha256sum tests/patroni-requirements.txt | cut -c1-16)"
+    if [ ! -f "$venv/.noodlecore-stamp" ] || [ "$(cat "$venv/.noodlecore-stamp")" != "$key" ] \
+        || ! "$venv/bin/python" -c 'import patroni' >/dev/null 2>&1; then
+        rm -rf "$venv"
+        { /usr/bin/python3 -m venv "$venv" \
+            && "$venv/bin/python" -m pip install -q --no-deps -r tests/patroni-requirements.txt \
+            && "$venv/bin/python" -m pip check; } >"$log" 2>&1 || { cat "$log" >&2; return 1; }
+        echo "$key" >"$venv/.noodlecore-stamp"
+    fi
+    # the postgres user runs it: every directory on the way must be searchable
+    chmod -R a+rX "$venv"
+    local d=$venv
+    while [ "$d" != / ]; do chmod a+x "$d" 2>/dev/null; d=$(dirname "$d"); done
+    echo "$venv/bin/patroni"
+}
+
 if wanted pytest-python3; then
+    PATRONI_BIN=
+    say "pytest-python3: the Patroni venv (tests/patroni-requirements.txt)"
+    PATRONI_BIN=$(make_patroni_env) || echo "could not make the Patroni venv (log: $WORK/pip-patroni.log): the patroni tests will fail"
     # PYTHONMALLOC=debug makes CPython abort on any allocator call made without
     # the GIL (a native thread bug that the release build would hide).
     if env_or_fail pytest-python3 main "$PY"; then
         INTERPRETERS+=("pytest-python3: $(describe_python "$VENV/bin/python"), PYTHONMALLOC=debug")
-        run_pytest_stage pytest-python3 "$VENV" PYTHONMALLOC=debug
+        run_pytest_stage pytest-python3 "$VENV" PYTHONMALLOC=debug NOODLE_PATRONI_BIN="$PATRONI_BIN" \
+            NOODLE_RAW_WHEEL="$(ls "$WORK"/wheel-main/noodlecore-*.whl)"
     fi
 fi
 
@@ -500,7 +570,9 @@ if wanted pytest-second; then
         record pytest-second MISSING 0 0 0 "no second CPython: no pyenv CPython newer than $PY and not Debian; opt out with NOODLE_TEST_SKIP=pytest-second"
     elif env_or_fail pytest-second second "$SECOND"; then
         INTERPRETERS+=("pytest-second: $(describe_python "$VENV/bin/python") [$SECOND_WHY]")
-        PYTEST_MARK="not sqla_suite" run_pytest_stage pytest-second "$VENV"
+        PYTEST_SELECT=("${ONCE_ONLY[@]}")
+        run_pytest_stage pytest-second "$VENV"
+        PYTEST_SELECT=()
     fi
 fi
 
@@ -508,7 +580,8 @@ if wanted pytest-asan; then
     if env_or_fail pytest-asan asan "$PY" "$SAN_CFLAGS" "$SAN_LDFLAGS"; then
         LIBASAN=$(gcc -print-file-name=libasan.so)
         INTERPRETERS+=("pytest-asan: $(describe_python "$VENV/bin/python"), extension with ASan+UBSan, $LIBASAN preloaded")
-        PYTEST_MARK="not sqla_suite" run_pytest_stage pytest-asan "$VENV" LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc \
+        PYTEST_SELECT=("${ONCE_ONLY[@]}")
+        run_pytest_stage pytest-asan "$VENV" LD_PRELOAD="$LIBASAN" PYTHONMALLOC=malloc \
             ASAN_OPTIONS="$(asan_options "$WORK/pytest-asan")" LSAN_OPTIONS="$LSAN_OPTS" \
             UBSAN_OPTIONS="$(ubsan_options "$WORK/pytest-asan")" \
             NOODLE_SANITIZER=1

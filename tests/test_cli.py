@@ -16,6 +16,10 @@ import pytest
 
 from helpers import subprocess_env
 
+# The command line and the harness are Python over code the other tests cover:
+# they run in the pytest-python3 stage only (tests/run.sh).
+pytestmark = pytest.mark.once
+
 
 def cli():
     script = pathlib.Path(sys.executable).parent / "noodlecore-db"

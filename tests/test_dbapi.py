@@ -9,14 +9,16 @@ import threading
 
 import pytest
 
+from helpers import dbapi_pool
 from noodlecore import dbapi
 from noodlecore.database import DatabaseConnectionPool, errors
+
+pytestmark = pytest.mark.usefixtures("fresh_dbapi_pools")
 
 
 @pytest.fixture(params=["pg", "sqlite"])
 def db(request, tmp_path):
-    """(kind, dsn) of an empty database; the pools connect() made for it are
-    shut down at the end."""
+    """(kind, dsn) of an empty database."""
     if request.param == "pg":
         pg = request.getfixturevalue("pg")
         app = request.getfixturevalue("app")
@@ -25,11 +27,6 @@ def db(request, tmp_path):
     else:
         dsn = f"sqlite:///{tmp_path}/dbapi.db"
     yield request.param, dsn
-    with dbapi._pools_lock:
-        mine = [k for k in dbapi._pools if k[0] == dsn]
-        pools = [dbapi._pools.pop(k) for k in mine]
-    for p in pools:
-        p.shutdown(timeout=0)
     if request.param == "pg":
         request.getfixturevalue("pg").sql("drop table if exists dbt; drop table if exists dbt2")
 
@@ -363,19 +360,6 @@ def test_pool_connect(db):
             assert pc.execute_query("select name from dbt") == [{"name": "q"}]
 
 
-def test_a_connection_is_one_threads_at_a_time(db):
-    kind, dsn = db
-    conn = dbapi.connect(dsn)
-    cur = conn.cursor()
-    cur.execute("select 1")
-    got = []
-    t = threading.Thread(target=lambda: got.append(conn.cursor().execute("select 2").fetchone()))
-    t.start()
-    t.join(30)
-    assert got == [(2,)]        # one after the other is fine
-    conn.close()
-
-
 # ---- percent signs -----------------------------------------------------------
 
 def test_percent_signs_with_and_without_params(db):
@@ -423,3 +407,85 @@ def test_failover_manager_connect(pg, app, table):
         conn = m.connect()
         assert conn.backend_pid != pid
         conn.close()
+
+
+def test_two_threads_on_one_connection_are_refused(pg, app):
+    # threadsafety 1: a connection in use by one thread refuses another
+    conn = dbapi.connect(pg.dsn(application_name=app), autocommit=True)
+    pid = conn.backend_pid
+    errors_seen = []
+
+    def long_statement():
+        try:
+            conn.cursor().execute("select pg_sleep(60)")
+        except dbapi.Error as exc:
+            errors_seen.append(exc)
+
+    t = threading.Thread(target=long_statement)
+    t.start()
+    try:
+        for _ in range(600):     # until the server runs it (each psql call is a round trip)
+            if pg.sql("select count(*) from pg_stat_activity where pid = %d and state = 'active' "
+                      "and query like 'select pg_sleep%%'" % pid)[0][0] == "1":
+                break
+        else:
+            pytest.fail("the statement never started")
+        with pytest.raises(dbapi.InterfaceError) as e:
+            conn.cursor().execute("select 1")
+        assert e.value.error_code == 2022
+    finally:
+        pg.sql("select pg_cancel_backend(%d)" % pid)
+        t.join(60)
+    assert not t.is_alive()
+    assert len(errors_seen) == 1 and errors_seen[0].sqlstate == "57014"
+    assert conn.cursor().execute("select 1").fetchone() == (1,)   # usable again
+    conn.close()
+
+
+def test_a_dropped_connection_goes_back_to_its_pool(db):
+    import gc
+    kind, dsn = db
+    conn = dbapi.connect(dsn)
+    conn.cursor().execute("select 1")
+    pool = dbapi_pool(dsn)
+    assert pool.get_stats().active_connections == 1
+    del conn
+    gc.collect()
+    assert pool.get_stats().active_connections == 0
+
+
+def test_multi_host_dsn(pg, app):
+    # the pool's DSNs: the first host refuses, libpq goes on to the second
+    dsn = "postgresql://%s@127.0.0.1:1,%s:%d/%s?application_name=%s" % (pg.user, pg.host, pg.port, pg.dbname, app)
+    conn = dbapi.connect(dsn)
+    assert conn.cursor().execute("select 41 + 1").fetchone() == (42,)
+    conn.close()
+
+
+def test_a_python_backend_pool_is_refused():
+    class Backend:
+        def execute_query(self, sql, params=None):
+            return 1
+
+        def close(self):
+            pass
+
+    with DatabaseConnectionPool(Backend, max_connections=1) as pool:
+        conn = pool.connect()
+        with pytest.raises(dbapi.NotSupportedError) as e:
+            conn.cursor().execute("select 1")
+        assert e.value.error_code == 2021
+        conn.close()
+
+
+def test_passwords_stay_out_of_errors_and_reprs(pg, app):
+    dsn = "postgresql://nobody:s3cr3t-pw@127.0.0.1:1/db?connect_timeout=2"
+    with pytest.raises(dbapi.OperationalError) as e:
+        dbapi.connect(dsn, retry_attempts=1, timeout=5)
+    assert "s3cr3t-pw" not in str(e.value) and "s3cr3t-pw" not in repr(e.value)
+    assert "s3cr3t-pw" not in repr(dbapi_pool(dsn))
+    good = pg.dsn(application_name=app).replace("postgresql://postgres@", "postgresql://postgres:unused-pw@")
+    conn = dbapi.connect(good)        # trust authentication: the password is not needed
+    assert "unused-pw" not in repr(conn) and "unused-pw" not in repr(conn.cursor())
+    conn.close()
+    assert "unused-pw" not in repr(conn)

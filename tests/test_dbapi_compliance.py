@@ -15,11 +15,7 @@ import pytest
 from noodlecore import dbapi
 
 
-def _drop_pools(dsn):
-    with dbapi._pools_lock:
-        pools = [dbapi._pools.pop(k) for k in list(dbapi._pools) if k[0] == dsn]
-    for p in pools:
-        p.shutdown(timeout=0)
+pytestmark = pytest.mark.usefixtures("fresh_dbapi_pools")
 
 
 class _Ours:
@@ -55,16 +51,10 @@ class _Ours:
 class TestPostgreSQL(_Ours, dbapi20.DatabaseAPI20Test):
     @pytest.fixture(autouse=True)
     def _server(self, pg):
-        dsn = pg.dsn(application_name="nct_dbapi20")
-        self.connect_args = (dsn,)
-        yield
-        _drop_pools(dsn)
+        self.connect_args = (pg.dsn(application_name="nct_dbapi20"),)
 
 
 class TestSQLite(_Ours, dbapi20.DatabaseAPI20Test):
     @pytest.fixture(autouse=True)
     def _file(self, tmp_path):
-        dsn = f"sqlite:///{tmp_path}/dbapi20.db"
-        self.connect_args = (dsn,)
-        yield
-        _drop_pools(dsn)
+        self.connect_args = (f"sqlite:///{tmp_path}/dbapi20.db",)

@@ -10,6 +10,10 @@ from noodlecore.testing import PgCluster, SqlError, SqlTimeout, TcpProxy, popen_
 from noodlecore.testing import processes
 from noodlecore.testing.cluster import ROOT_PREFIX
 
+# The command line and the harness are Python over code the other tests cover:
+# they run in the pytest-python3 stage only (tests/run.sh).
+pytestmark = pytest.mark.once
+
 
 def _wait_for(cond, timeout=5, interval=0.01, what="condition"):
     deadline = time.monotonic() + timeout

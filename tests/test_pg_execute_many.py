@@ -131,9 +131,12 @@ def test_many_pipelines_one_transaction(pool, table):
         assert ei.value.row_index == 1500 and ei.value.error_code == 2015
         assert not c.in_transaction
         assert count(pool, table) == 0
-        # a generator, counted exactly
+        # a generator, counted exactly; a pipeline's worth exactly, and one more
         assert c.execute_many(sql, ({"k": i, "v": "g"} for i in range(2500))) == 2500
-    assert count(pool, table) == 2500
+        assert c.execute_many(sql, [{"k": i, "v": "g"} for i in range(2500, 3500)]) == 1000
+        assert c.execute_many(sql, [{"k": i, "v": "g"} for i in range(3500, 4501)]) == 1001
+        assert not c.in_transaction
+    assert count(pool, table) == 4501
 
 
 def test_row_counts_add_up(pool, table):
@@ -184,3 +187,13 @@ def test_sqlite_names_the_failed_row_too(tmp_path):
             c.execute_many("INSERT INTO t VALUES (%s)", [(1,), (2,), (1,)])
         assert ei.value.row_index == 2
         assert c.execute_query("SELECT count(*) FROM t", row_format="tuple") == [(0,)]
+
+
+def test_row_index_is_none_when_no_row_is_to_blame(pool):
+    with pool.get_connection() as c:
+        with pytest.raises(DatabaseError) as ei:
+            c.execute_query("SELECT 1 / 0")
+        assert ei.value.row_index is None
+        with pytest.raises(DatabaseError) as ei:
+            c.execute_many("SELECT 1 /", [(), ()])     # the statement itself: the first row fails
+        assert ei.value.row_index == 0

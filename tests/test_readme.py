@@ -37,7 +37,7 @@ def test_readme_python_example(index, pg, tmp_path, monkeypatch, capsys):
     exec(compile(code, f"README.md python block {index}", "exec"), namespace)
 
 
-@pytest.mark.sqla_suite
+@pytest.mark.once
 def test_readme_sqlalchemy_example(pg, tmp_path, monkeypatch):
     """The SQLAlchemy section's example (needs SQLAlchemy: only the stage
     that installs tests/requirements-sqla.txt runs it)."""

@@ -137,3 +137,18 @@ def test_sqlite_pragma_does_not_reach_the_next_borrower(tmp_path):
         with p.get_connection() as c:
             assert c.connection_id != serial                 # a fresh connection, with the defaults
             assert one(c, "PRAGMA read_uncommitted") == 0
+
+
+def test_sqlite_memory_database_survives_the_closed_connection():
+    """sqlite:///:memory: is one shared database per pool (kept open by the pool): closing a
+    connection a PRAGMA marked does not lose it."""
+    with DatabaseConnectionPool("sqlite:///:memory:", max_connections=1, row_format="tuple") as p:
+        with p.get_connection() as c:
+            c.execute_query("CREATE TABLE kept (a)")
+            c.execute_query("INSERT INTO kept VALUES (1)")
+            c.execute_query("PRAGMA read_uncommitted = 1")
+            first = c.connection_id
+        with p.get_connection() as c:
+            assert c.connection_id != first
+            assert one(c, "PRAGMA read_uncommitted") == 0
+            assert c.execute_query("SELECT a FROM kept") == [(1,)]

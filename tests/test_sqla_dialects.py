@@ -2,12 +2,12 @@
 harness's PostgreSQL and a SQLite file: what the compliance suite does not
 look at (the pool underneath, disconnects, isolation per engine).
 
-Marked `sqla_suite`: SQLAlchemy is installed in the pytest-python3 stage only.
+Marked `once`: SQLAlchemy is installed in the pytest-python3 stage only.
 """
 
 import pytest
 
-pytestmark = pytest.mark.sqla_suite
+pytestmark = pytest.mark.once
 
 import sqlalchemy as sa  # noqa: E402  (a missing SQLAlchemy is an error, never a skip)
 from sqlalchemy import pool as sa_pool  # noqa: E402

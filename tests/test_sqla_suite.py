@@ -10,7 +10,7 @@ passed count must reach the floor below, because a class switched off by a
 class-level requirement disappears at collection without being counted as
 skipped (so "0 failed" alone proves little).
 
-Marked `sqla_suite`: only the pytest-python3 stage of tests/run.sh installs
+Marked `once`: only the pytest-python3 stage of tests/run.sh installs
 tests/requirements-sqla.txt and runs it; the other stages deselect it.
 """
 
@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-pytestmark = pytest.mark.sqla_suite
+pytestmark = pytest.mark.once
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SUITE_DIR = os.path.join(HERE, "sqla_suite")

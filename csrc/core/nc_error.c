@@ -138,6 +138,7 @@ static const nc_code_info codes[] = {
     {NC_E_DBAPI_CLOSED, "DB-API connection or cursor used after close()", NC_C_INTERFACE, NULL, 0},
     {NC_E_DBAPI_NO_RESULT, "no result set to fetch from (no execute yet, or the statement returned no rows)",
      NC_C_PROGRAMMING, NULL, 0},
+    {NC_E_STREAMING, "connection busy streaming a result", NC_C_INTERFACE, NULL, 0},
     {NC_E_INTERNAL, "internal error", NC_C_INTERNAL, NULL, 0},
     /* manager: the Python DatabaseManager raises these, keeping the class of
      * the error that caused them (hence no class here) */
@@ -173,6 +174,15 @@ static const nc_code_info codes[] = {
     {NC_E_FO_SHUTDOWN, "failover: shutdown failed", NC_C_POOL, NULL, 0},
     {NC_E_FO_NO_ENDPOINT, "failover: no usable endpoint", NC_C_OPERATIONAL, NULL, 0},
     {NC_E_FO_UNKNOWN_ENDPOINT, "failover: unknown endpoint", NC_C_CONFIGURATION, NULL, 0},
+    {NC_E_FO_NO_STANDBY, "failover: no standby within the lag limits", NC_C_OPERATIONAL, NULL, 0},
+    {NC_E_FO_BAD_TARGET, "failover: unknown borrow target", NC_C_CONFIGURATION, NULL, 0},
+    {NC_E_FO_SPLIT_DSN, "failover: the connection string cannot be split into endpoints", NC_C_CONFIGURATION,
+     NULL, 0},
+    /* Patroni */
+    {NC_E_PATRONI_UNREACHABLE, "patroni: no REST API answered", NC_C_OPERATIONAL, NULL, 0},
+    {NC_E_PATRONI_ANSWER, "patroni: unreadable answer from the REST API", NC_C_OPERATIONAL, NULL, 0},
+    {NC_E_PATRONI_URL, "patroni: invalid REST API URL", NC_C_CONFIGURATION, NULL, 0},
+    {NC_E_PATRONI_NO_MEMBER, "patroni: no member with a host and port", NC_C_OPERATIONAL, NULL, 0},
 };
 
 #undef MGR_OP
@@ -318,4 +328,33 @@ int nc_error_failure(int code, const char *s)
 int nc_error_not_applied(const nc_error *err)
 {
     return err && (err->sent == NC_SENT_NO || !strcmp(err->sqlstate, "25006"));
+}
+
+/* Every byte that does not start a valid UTF-8 character becomes '?'
+ * (see nc_error.h). */
+void nc_utf8_clean(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        unsigned c = *p, n = 0, cp = 0;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF)
+            n = 1, cp = c & 0x1F;
+        else if (c >= 0xE0 && c <= 0xEF)
+            n = 2, cp = c & 0x0F;
+        else if (c >= 0xF0 && c <= 0xF4)
+            n = 3, cp = c & 0x07;
+        unsigned i = 1;
+        for (; n && i <= n && (p[i] & 0xC0) == 0x80; i++)
+            cp = (cp << 6) | (p[i] & 0x3F);
+        if (!n || i <= n || (n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF))
+            || (cp >= 0xD800 && cp <= 0xDFFF)) {
+            *p++ = '?';     /* only the lead byte: what follows is looked at again */
+            continue;
+        }
+        p += n + 1;
+    }
 }

@@ -41,6 +41,7 @@ enum nc_code {
     NC_E_INTERRUPTED = 2023,        /* a wait ended by its thread's stop check (Ctrl-C, nc_stop.h) */
     NC_E_DBAPI_CLOSED = 2024,       /* a DB-API connection or cursor used after close() */
     NC_E_DBAPI_NO_RESULT = 2025,    /* DB-API fetch without a result set (no execute, or no rows returned) */
+    NC_E_STREAMING = 2026,          /* a statement while a streamed result is still being read */
     NC_E_INTERNAL = 2099,           /* out of memory, thread creation failed, ... */
     /* manager range 3001-3099: raised by the Python DatabaseManager only; the
      * table (nc_error.c) names the operation of each */
@@ -51,7 +52,15 @@ enum nc_code {
     NC_E_FO_RECOVERY = 4013,        /* manual recovery failed */
     NC_E_FO_SHUTDOWN = 4014,        /* shutdown failed */
     NC_E_FO_NO_ENDPOINT = 4015,     /* no usable endpoint */
-    NC_E_FO_UNKNOWN_ENDPOINT = 4016 /* trigger_failover(target=) names no endpoint */
+    NC_E_FO_UNKNOWN_ENDPOINT = 4016, /* trigger_failover(target=) names no endpoint */
+    NC_E_FO_NO_STANDBY = 4017,      /* target="standby": no standby within the lag limits */
+    NC_E_FO_BAD_TARGET = 4018,      /* a target name that is not primary/standby/prefer-standby/any */
+    NC_E_FO_SPLIT_DSN = 4019,       /* a multi-host connection string that cannot be split into endpoints */
+    /* Patroni (nc_patroni.c) 4025-4029 */
+    NC_E_PATRONI_UNREACHABLE = 4025, /* no Patroni REST API answered GET /cluster */
+    NC_E_PATRONI_ANSWER = 4026,     /* a Patroni API answered something we cannot read */
+    NC_E_PATRONI_URL = 4027,        /* a Patroni URL we cannot use */
+    NC_E_PATRONI_NO_MEMBER = 4028   /* Patroni lists no member with a host and port */
 };
 
 /* The exception class of an error.  The names (nc_class_name) are the class
@@ -119,6 +128,13 @@ void nc_error_prefix(nc_error *err, const char *fmt, ...) __attribute__((format(
 /* After a truncating snprintf of UTF-8 text: drop a split last character,
  * so the binding can always decode messages strictly. */
 void nc_utf8_fix_tail(char *s);
+/* Replace, in place, every byte that does not start a valid UTF-8 character
+ * (overlong forms, surrogates, beyond U+10FFFF, stray continuation bytes) by
+ * '?'.  For text that may hold %XX-decoded bytes: libpq decodes them in a URI,
+ * so a valid connection string can give a user, host or option name that is
+ * not UTF-8, and the binding must be able to decode every message and display
+ * (found by csrc/fuzz/fuzz_dsn). */
+void nc_utf8_clean(char *s);
 /* snprintf for text (messages, reasons, server strings): what does not fit
  * is cut on a UTF-8 character boundary, never inside a character.  The one
  * way the core copies text into a fixed buffer.  Returns snprintf's value. */

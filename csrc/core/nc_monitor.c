@@ -42,7 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NC_MONITOR_MAX 64          /* endpoints per monitor */
+#define NC_MONITOR_MAX NC_MONITOR_ENDPOINTS_MAX
 
 struct nc_monitor {
     pthread_mutex_t mu;
@@ -791,6 +791,16 @@ int nc_monitor_trigger_recovery(nc_monitor *m, nc_error *err)
     probe_unknown_locked(m, !m->running, NC_NO_DEADLINE);
     nc_fo_decision d = nc_fo_manual_recovery(m->fo, nc_now());
     return finish_manual_unlock(m, &d, err);
+}
+
+uint64_t nc_monitor_last_event(nc_monitor *m)
+{
+    if (!m)
+        return 0;
+    pthread_mutex_lock(&m->mu);
+    uint64_t id = m->last_id;
+    pthread_mutex_unlock(&m->mu);
+    return id;
 }
 
 int nc_monitor_wait_events(nc_monitor *m, uint64_t after, nc_event *out, int cap, double timeout)

@@ -35,6 +35,8 @@ typedef int (*nc_probe_fn)(void *arg, int i, double deadline, double *latency, i
  * `from` to `to` (no monitor lock held). */
 typedef void (*nc_switch_fn)(void *arg, int from, int to);
 
+#define NC_MONITOR_ENDPOINTS_MAX 64   /* endpoints per monitor */
+
 typedef struct nc_monitor_config {
     nc_fo_config fo;
     double health_check_interval;   /* seconds between probes of one endpoint */
@@ -128,6 +130,10 @@ int nc_monitor_trigger_recovery(nc_monitor *m, nc_error *err);
  * until (as for nc_monitor_passive).  1 when the current endpoint is usable
  * afterwards, 0 not, -1 busy. */
 int nc_monitor_recheck(nc_monitor *m, double until);
+
+/* The id of the newest event, 0 none: what a waiter for the next change
+ * (nc_monitor_wait_events) starts after. */
+uint64_t nc_monitor_last_event(nc_monitor *m);
 
 /* Copy events with id > after (oldest first) into out[0..cap); returns the
  * count.  With timeout > 0, waits up to timeout seconds for one to arrive

@@ -91,39 +91,6 @@ static void copy_trimmed(char *dst, size_t cap, const char *src)
         dst[--n] = '\0';
 }
 
-/* Replace, in place, each byte of s that is not part of a valid UTF-8
- * character by '?'.  libpq decodes %XX in a URI, so a valid (even ASCII)
- * connection string can give a user, host, database or option name that is
- * not UTF-8, and the Python layer must be able to decode every message and
- * display (found by csrc/fuzz/fuzz_dsn: ?con%ect_timeout=3 raised
- * UnicodeDecodeError instead of ConfigurationError). */
-static void utf8_clean(char *s)
-{
-    unsigned char *p = (unsigned char *)s;
-    while (*p) {
-        unsigned c = *p, n = 0, cp = 0;
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        if (c >= 0xC2 && c <= 0xDF)
-            n = 1, cp = c & 0x1F;
-        else if (c >= 0xE0 && c <= 0xEF)
-            n = 2, cp = c & 0x0F;
-        else if (c >= 0xF0 && c <= 0xF4)
-            n = 3, cp = c & 0x07;
-        unsigned i = 1;
-        for (; n && i <= n && (p[i] & 0xC0) == 0x80; i++)
-            cp = (cp << 6) | (p[i] & 0x3F);
-        if (!n || i <= n || (n == 2 && cp < 0x800) || (n == 3 && (cp < 0x10000 || cp > 0x10FFFF))
-            || (cp >= 0xD800 && cp <= 0xDFFF)) {
-            *p++ = '?';     /* only the lead byte: what follows is looked at again */
-            continue;
-        }
-        p += n + 1;
-    }
-}
-
 void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
 {
     char *msg = NULL;
@@ -131,7 +98,7 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
     if (!opts) {
         char buf[512];
         copy_trimmed(buf, sizeof buf, msg ? msg : "out of memory");
-        utf8_clean(buf);
+        nc_utf8_clean(buf);
         nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "invalid PostgreSQL connection string: %s", buf);
         PQfreemem(msg);
         return NULL;
@@ -164,7 +131,7 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
     nc_text_set(ctx->display, sizeof ctx->display, "%s%s%s:%s/%s", user ? user : "", user ? "@" : "",
                  host ? host : "localhost", port ? port : "5432", db ? db : (user ? user : ""));
     nc_utf8_fix_tail(ctx->display);   /* a split last character (cut, or %XX-decoded) */
-    utf8_clean(ctx->display);         /* other %XX-decoded bytes of a URI */
+    nc_utf8_clean(ctx->display);      /* other %XX-decoded bytes of a URI */
     int nh = split_list(hostlist, ctx->hosts), na = split_list(hostaddr, ctx->hostaddrs);
     int np = split_list(port, ctx->ports);
     PQconninfoFree(opts);
@@ -193,6 +160,103 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err)
 const char *nc_pg_ctx_display(void *vctx)
 {
     return ((nc_pg_ctx *)vctx)->display;
+}
+
+/* Append keyword='value' to buf (libpq's quoting: \\ and \' escaped). */
+static int append_kv(char **buf, size_t *len, size_t *cap, const char *key, const char *val)
+{
+    size_t need = *len + strlen(key) + 2 * strlen(val) + 6;
+    if (need > *cap) {
+        size_t nc = need * 2;
+        char *nb = realloc(*buf, nc);
+        if (!nb)
+            return -1;
+        *buf = nb;
+        *cap = nc;
+    }
+    char *o = *buf + *len;
+    if (*len)
+        *o++ = ' ';
+    o += sprintf(o, "%s='", key);
+    for (const char *v = val; *v; v++) {
+        if (*v == '\\' || *v == '\'')
+            *o++ = '\\';
+        *o++ = *v;
+    }
+    *o++ = '\'';
+    *o = '\0';
+    *len = (size_t)(o - *buf);
+    return 0;
+}
+
+int nc_pg_split_hosts(const char *conninfo, char **dsns, char **names, int cap, nc_error *err)
+{
+    /* nc_pg_ctx_new checks the string and splits the lists, once. */
+    nc_pg_ctx *ctx = nc_pg_ctx_new(conninfo, err);
+    if (!ctx)
+        return -1;
+    int n = ctx->nhosts > 0 ? ctx->nhosts : 1;
+    if (n > cap) {
+        pg_ctx_free(ctx);
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "connection string: more than %d hosts", cap);
+        return -1;
+    }
+    for (int i = 0; i < ctx->nhosts; i++) {
+        if ((ctx->hosts[i] && !ctx->hosts[i][0]) || (ctx->hostaddrs[i] && !ctx->hostaddrs[i][0]) ||
+            (!ctx->hosts[i] && !ctx->hostaddrs[i])) {
+            pg_ctx_free(ctx);
+            nc_error_set(err, NC_E_FO_SPLIT_DSN, NC_K_INTERFACE,
+                         "connection string: host %d of the list is empty (each endpoint needs its host)", i + 1);
+            return -1;
+        }
+    }
+    char *msg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &msg);
+    PQfreemem(msg);
+    int made = 0;
+    for (; opts && made < n; made++) {
+        char *buf = NULL;
+        size_t len = 0, bcap = 0;
+        int bad = 0;
+        for (PQconninfoOption *o = opts; o->keyword && !bad; o++) {
+            if (!o->val || !strcmp(o->keyword, "host") || !strcmp(o->keyword, "hostaddr") ||
+                !strcmp(o->keyword, "port") || !strcmp(o->keyword, "target_session_attrs"))
+                continue;
+            bad = append_kv(&buf, &len, &bcap, o->keyword, o->val) < 0;
+        }
+        const char *host = ctx->nhosts ? ctx->hosts[made] : NULL;
+        const char *addr = ctx->nhosts ? ctx->hostaddrs[made] : NULL;
+        const char *port = ctx->ports[made] ? ctx->ports[made] : ctx->ports[0];
+        if (!bad && host)
+            bad = append_kv(&buf, &len, &bcap, "host", host) < 0;
+        if (!bad && addr)
+            bad = append_kv(&buf, &len, &bcap, "hostaddr", addr) < 0;
+        if (!bad && port && port[0])
+            bad = append_kv(&buf, &len, &bcap, "port", port) < 0;
+        char name[300];
+        nc_text_set(name, sizeof name, "%s:%s", host ? host : addr ? addr : "localhost",
+                    port && port[0] ? port : "5432");
+        nc_utf8_clean(name);
+        char *nm = strdup(name);
+        if (bad || !buf || !nm) {
+            free(buf);
+            free(nm);
+            break;
+        }
+        dsns[made] = buf;
+        names[made] = nm;
+    }
+    PQconninfoFree(opts);
+    pg_ctx_free(ctx);
+    if (made < n) {
+        for (int i = 0; i < made; i++) {
+            free(dsns[i]);
+            free(names[i]);
+        }
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
+        return -1;
+    }
+    return n;
 }
 
 
@@ -557,8 +621,13 @@ static void given_up(nc_error *err, int why, const nc_pg_cancel *k, double grace
                      "within %.1f s (server not responding); connection discarded", what, grace);
         break;
     case NC_CANCEL_DONE:
+        /* Also what pgbouncer (up to at least 1.18) does with the cancel of a
+         * statement still queued for a server connection: it takes and
+         * drops the request.  Closing the connection drops the statement. */
         nc_error_set(err, code, NC_K_OPERATIONAL, "%s; the server took the cancel request but the statement "
-                     "did not stop within %.1f s; connection discarded", what, grace);
+                     "did not stop within %.1f s (or a pooler such as pgbouncer took it and ignored it, as it "
+                     "does while the statement waits for a server connection); connection discarded",
+                     what, grace);
         break;
     default:
         nc_error_set(err, code, NC_K_OPERATIONAL, "%s and the server did not answer the cancel within %.1f s; "
@@ -653,8 +722,10 @@ void nc_pg_waiter_abandon(nc_pg_waiter *wt)
  * result, or the first error.  cancel: on the deadline (or when the stop
  * check says stop) send a cancel and wait a grace period for the statement
  * to stop (the connection stays usable); without it the connection is given
- * up at once (pings and rollbacks, where the connection is dropped anyway). */
-static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *err)
+ * up at once (pings and rollbacks, where the connection is dropped anyway).
+ * one_row (single-row mode, nc_pg_stream_next): return the first row's
+ * result as soon as it comes, unless a cancel or an error is under way. */
+static PGresult *collect_mode(nc_pg_conn *c, double deadline, int cancel, int one_row, nc_error *err)
 {
     PGresult *keep = NULL, *error = NULL;
     nc_pg_waiter wt;
@@ -684,6 +755,9 @@ static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *e
             nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED,
                          "COPY is not supported through execute_query");
             return NULL;
+        } else if (one_row && st == PGRES_SINGLE_TUPLE && wt.why == WHY_NONE && !error) {
+            PQclear(keep);
+            return r;   /* more follow: the statement is still running */
         } else {
             PQclear(keep);
             keep = r;
@@ -705,15 +779,21 @@ static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *e
     return keep;
 }
 
-static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
-                        const char *const *values, const int *lengths, const int *formats,
-                        double deadline, int cancel, nc_error *err)
+static PGresult *collect(nc_pg_conn *c, double deadline, int cancel, nc_error *err)
+{
+    return collect_mode(c, deadline, cancel, 0, err);
+}
+
+/* Send a statement (the first half of pg_exec); 0, or -1 with err. */
+static int send_query(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths, const int *formats, int single_row,
+                      double deadline, nc_error *err)
 {
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
         c->broken = 1;
         nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
         err->sent = NC_SENT_NO;
-        return NULL;
+        return -1;
     }
     int ok = nparams < 0 ? PQsendQuery(c->pg, sql)
                          : PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
@@ -727,10 +807,22 @@ static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid 
             nc_error_set(err, NC_E_QUERY, NC_K_PROGRAMMING, "%s", buf);
         }
         err->sent = NC_SENT_NO;
-        return NULL;
+        return -1;
     }
+    /* Right after the send, as libpq asks; cannot fail then. */
+    if (single_row)
+        PQsetSingleRowMode(c->pg);
     if (nc_pg_flush(c, deadline, err) < 0)
-        return NULL;   /* partly written, maybe: unknown */
+        return -1;   /* partly written, maybe: unknown */
+    return 0;
+}
+
+static PGresult *pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                        const char *const *values, const int *lengths, const int *formats,
+                        double deadline, int cancel, nc_error *err)
+{
+    if (send_query(c, sql, nparams, types, values, lengths, formats, 0, deadline, err) < 0)
+        return NULL;
     PGresult *r = collect(c, deadline, cancel, err);
     if (!r)
         err->sent = NC_SENT_YES;
@@ -742,6 +834,21 @@ PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *typ
                      double deadline, nc_error *err)
 {
     return pg_exec(c, sql, nparams, types, values, lengths, formats, deadline, 1, err);
+}
+
+int nc_pg_stream_send(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths, const int *formats, double deadline,
+                      nc_error *err)
+{
+    return send_query(c, sql, nparams, types, values, lengths, formats, 1, deadline, err);
+}
+
+PGresult *nc_pg_stream_next(nc_pg_conn *c, double deadline, nc_error *err)
+{
+    PGresult *r = collect_mode(c, deadline, 1, 1, err);
+    if (!r)
+        err->sent = NC_SENT_YES;
+    return r;
 }
 
 int nc_pg_command(nc_pg_conn *c, const char *sql, double deadline, nc_error *err)

@@ -26,6 +26,17 @@ void *nc_pg_ctx_new(const char *conninfo, nc_error *err);
 /* "host:port/dbname" for messages (no password). */
 const char *nc_pg_ctx_display(void *ctx);
 
+/* A multi-host string as one connection string per host, for a failover
+ * manager's endpoints (priority in list order): every setting of conninfo
+ * except the host lists and target_session_attrs (which endpoint serves what
+ * is the route's to decide, and read-write would refuse a standby's
+ * connection), with that host's host, hostaddr and port.  dsns[i] and
+ * names[i] ("host:port", no password) are malloc'd, the caller frees them.
+ * Returns the count (1 for a single host), or -1 with err (NC_E_CONFIG for a
+ * string libpq refuses or with more than cap hosts, lists of different
+ * lengths; NC_E_FO_SPLIT_DSN for a host list with an empty entry). */
+int nc_pg_split_hosts(const char *conninfo, char **dsns, char **names, int cap, nc_error *err);
+
 /* Run sql before deadline.  With nparams < 0 the simple protocol is used
  * (several statements allowed, no parameters).  Returns a PGresult whose
  * status is TUPLES_OK, COMMAND_OK or EMPTY_QUERY (caller PQclear()s it), or
@@ -38,6 +49,19 @@ const char *nc_pg_ctx_display(void *ctx);
 PGresult *nc_pg_exec(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
                      const char *const *values, const int *lengths, const int *formats,
                      double deadline, nc_error *err);
+
+/* Streaming a result row by row (libpq's single-row mode), so a large
+ * result never sits in memory at once.  nc_pg_stream_send sends sql as
+ * nc_pg_exec would (0, or -1 with err); then each nc_pg_stream_next waits
+ * (before deadline, cancelling as nc_pg_exec does) for the next result: a
+ * PGRES_SINGLE_TUPLE one is a row and more follow; any other status ends
+ * the statement (TUPLES_OK with no rows after the last row, COMMAND_OK for
+ * a statement without rows); NULL with err as nc_pg_exec (the statement is
+ * over then too).  Until the end, nothing else may be sent on c. */
+int nc_pg_stream_send(nc_pg_conn *c, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths, const int *formats, double deadline,
+                      nc_error *err);
+PGresult *nc_pg_stream_next(nc_pg_conn *c, double deadline, nc_error *err);
 
 /* One parameter set of nc_pg_exec_many (as nc_pg_exec takes them). */
 typedef struct nc_pg_params {

@@ -874,6 +874,14 @@ static double hist_quantile(const uint64_t *h, uint64_t n, double q)
     return 0.0;
 }
 
+int nc_pool_lent(nc_pool *p)
+{
+    lock(p);
+    int n = p->nlent;
+    unlock(p);
+    return n;
+}
+
 void nc_pool_get_stats(nc_pool *p, nc_pool_stats *s)
 {
     memset(s, 0, sizeof *s);

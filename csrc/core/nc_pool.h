@@ -128,6 +128,9 @@ int nc_pool_leaks_pending(nc_pool *p);
 /* Up to max found leaks into out (taken: not reported again); how many. */
 int nc_pool_take_leaks(nc_pool *p, nc_leak *out, int max);
 void nc_pool_get_stats(nc_pool *p, nc_pool_stats *out);
+/* Connections lent now (the stats' active, without the rest): read
+ * routing's "least in flight". */
+int nc_pool_lent(nc_pool *p);
 /* Whoever runs a statement on a borrowed connection reports its end here,
  * once: err NULL when it succeeded.  It is counted, and a failure that says
  * something about the endpoint (nc_error_failure: a lost connection, a

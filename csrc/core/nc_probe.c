@@ -17,6 +17,7 @@
 #endif
 #include "nc_probe.h"
 #include "nc_pg.h"
+#include "nc_replica.h"
 #include "nc_time.h"
 
 #include <errno.h>
@@ -27,8 +28,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The monitor's probe: role only, one cheap round trip. */
-#define ROLE_SQL "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')"
+/* The monitor's probe: the role, and the WAL position read routing
+ * measures replica lag with (a primary's current position, a standby's
+ * replayed one), in one cheap round trip.  Servers before 10 (other
+ * function names) get the role only. */
+#define WAL_LSN_SQL                                                                                 \
+    " (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text"
+#define ROLE_SQL "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')," WAL_LSN_SQL
+#define ROLE_SQL_OLD "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')"
+#define ROLE_LSN_COL 2
+#define DETAIL_LSN_COL 7
 
 /* The status display's probe: the same two columns first, then the version
  * and the replication state; a second statement lists a primary's standbys
@@ -42,7 +51,7 @@
     "   pg_last_xact_replay_timestamp())::float8 END,"                                              \
     " CASE WHEN pg_is_in_recovery() THEN (SELECT status FROM pg_stat_wal_receiver LIMIT 1) END,"    \
     " CASE WHEN pg_is_in_recovery() THEN (SELECT sender_host || ':' || sender_port"                 \
-    "   FROM pg_stat_wal_receiver LIMIT 1) END;"                                                    \
+    "   FROM pg_stat_wal_receiver LIMIT 1) END," WAL_LSN_SQL ";"                                    \
     "SELECT application_name, client_addr::text, state, sync_state,"                               \
     " CASE WHEN pg_is_in_recovery() THEN NULL ELSE"                                                 \
     "   pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::float8 END,"                             \
@@ -244,7 +253,8 @@ static void read_detail(PGresult *first, PGresult *second, nc_probe_result *out)
  * detail), -1 with out->error. */
 static int run_query(PGconn *pg, int detail, double deadline, nc_probe_result *out)
 {
-    if (!PQsendQuery(pg, detail ? DETAIL_SQL : ROLE_SQL)) {
+    int wal = PQserverVersion(pg) >= 100000;
+    if (!PQsendQuery(pg, detail ? DETAIL_SQL : wal ? ROLE_SQL : ROLE_SQL_OLD)) {
         conn_error(out, pg, "probe query could not be sent");
         return -1;
     }
@@ -307,6 +317,10 @@ static int run_query(PGconn *pg, int detail, double deadline, nc_probe_result *o
     const char *ro = PQgetvalue(rows[0], 0, 1);
     int read_only = (rec && rec[0] == 't') || (ro && !strcmp(ro, "on"));
     out->role = read_only ? NC_ROLE_READ_ONLY : NC_ROLE_WRITABLE;
+    int lsn_col = detail ? DETAIL_LSN_COL : ROLE_LSN_COL;
+    if (lsn_col < PQnfields(rows[0]) && !PQgetisnull(rows[0], 0, lsn_col))
+        out->have_lsn = nc_lsn_parse(PQgetvalue(rows[0], 0, lsn_col), &out->lsn) == 0;
+    out->in_recovery = rec && rec[0] == 't';
     if (detail)
         read_detail(rows[0], rows[1], out);
     PQclear(rows[0]);

@@ -5,7 +5,8 @@
  * probe connection, opened through the pool's backend ops but never lent by
  * the pool.  Each probe answers, within a deadline, whether the endpoint is
  * reachable and how long a round trip takes; on PostgreSQL also whether it
- * accepts writes (pg_is_in_recovery(), default_transaction_read_only) and,
+ * accepts writes (pg_is_in_recovery(), default_transaction_read_only), its
+ * WAL position (current on a primary, replayed on a standby) and,
  * with detail, its version and replication state.  Other backends are pinged
  * through their ops (role unknown).  A probe that fails or runs out of time
  * drops the probe connection (no cancel, no grace); the next one connects
@@ -15,6 +16,7 @@
 #define NC_PROBE_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "nc_error.h"
 #include "nc_failover.h"   /* enum nc_role */
 #include "nc_pool.h"
@@ -38,6 +40,12 @@ typedef struct nc_probe_result {
     int role;                   /* enum nc_role */
     int error_code;             /* a failure's code (NC_E_CONNECTION, NC_E_QUERY_TIMEOUT ...) */
     char error[256];            /* one line */
+    /* PostgreSQL 10+: the WAL position (a primary's current one, a
+     * standby's replayed one: pg_last_wal_replay_lsn()), for read routing's
+     * lag; have_lsn 0 when unknown (other backends, a standby that has
+     * replayed nothing yet). */
+    int have_lsn;
+    uint64_t lsn;
     /* with detail, PostgreSQL only: */
     int detailed;
     char server_version[32];

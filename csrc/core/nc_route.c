@@ -13,6 +13,7 @@
 #include "nc_stop.h"
 #include "nc_time.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,15 @@ typedef struct route_ep {
     nc_route *r;
     int i;
 } route_ep;
+
+/* What read routing knows of one endpoint (under rmu). */
+typedef struct route_read {
+    int probed, up, standby;
+    int have_lsn;
+    uint64_t lsn;               /* primary: current; standby: replayed */
+    double lsn_at;              /* when it was read */
+    uint64_t reads, writes;
+} route_read;
 
 struct nc_route {
     pthread_mutex_t mu;         /* guards refs, users, closed, freeing */
@@ -34,6 +44,12 @@ struct nc_route {
     nc_prober **probers;
     route_ep *eps;              /* observer args, one per pool */
     nc_monitor *mon;
+    double check_interval;      /* the monitor's health_check_interval */
+    pthread_mutex_t rmu;        /* guards what follows: read routing */
+    nc_read_config rcfg;
+    route_read *rd;             /* one per endpoint */
+    nc_lsn_history hist;        /* the primary's WAL positions over time */
+    unsigned rr;                /* round-robin cursor among equally busy standbys */
 };
 
 /* ---- counting ----------------------------------------------------------------- */
@@ -47,6 +63,8 @@ static void route_destroy(nc_route *r)
     free(r->probers);
     free(r->pools);
     free(r->eps);
+    free(r->rd);
+    pthread_mutex_destroy(&r->rmu);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -98,12 +116,32 @@ static int route_probe(void *arg, int i, double deadline, double *latency, int *
 {
     nc_route *r = arg;
     nc_probe_result res;
+    /* A primary's position is dated when the probe started: whatever
+     * completed before then is at or below it (read your writes). */
+    double started = nc_now();
     int rc = nc_prober_probe(r->probers[i], deadline, &res);
     *latency = res.latency;
     *role = res.role;
     if (rc < 0) {
         nc_text_set(errbuf, errlen, "%s", res.error);
     }
+    /* The primary's position only from the current endpoint (two writable
+     * ones in a split brain would make one history jump back and forth). */
+    int cur = rc == 0 && res.role == NC_ROLE_WRITABLE && res.have_lsn ? nc_monitor_current(r->mon, NULL) : -2;
+    double now = nc_now();
+    pthread_mutex_lock(&r->rmu);
+    route_read *d = &r->rd[i];
+    d->probed = 1;
+    d->up = rc == 0;
+    d->standby = rc == 0 && res.role == NC_ROLE_READ_ONLY;
+    d->have_lsn = rc == 0 && res.have_lsn;
+    if (d->have_lsn) {
+        d->lsn = res.lsn;
+        d->lsn_at = now;
+    }
+    if (cur == i || cur == -1)
+        nc_lsn_history_add(&r->hist, started, res.lsn);
+    pthread_mutex_unlock(&r->rmu);
     return rc;
 }
 
@@ -123,6 +161,13 @@ static void route_monitor_gone(void *arg)
 
 /* ---- what the pools report (the statement path, no GIL) ------------------------ */
 
+static void mark_down(nc_route *r, int i)
+{
+    pthread_mutex_lock(&r->rmu);
+    r->rd[i].up = 0;
+    pthread_mutex_unlock(&r->rmu);
+}
+
 static void ep_failure(void *arg, int failure, const nc_error *err)
 {
     route_ep *ep = arg;
@@ -130,6 +175,8 @@ static void ep_failure(void *arg, int failure, const nc_error *err)
     if (!m)
         return;
     int kind = failure == NC_FAIL_READ_ONLY ? NC_FO_PASSIVE_READ_ONLY : NC_FO_PASSIVE_LOST;
+    if (kind == NC_FO_PASSIVE_LOST)
+        mark_down(ep->r, ep->i);   /* no read goes there before a probe says it is back */
     /* May decide and switch right here when no monitor thread runs (within
      * the monitor's own bounds: the observer knows no caller's deadline). */
     nc_monitor_passive(m, ep->i, kind, err->message, NC_NO_DEADLINE);
@@ -156,11 +203,21 @@ nc_route *nc_route_new(nc_pool *const *pools, int n, const int *priority, int pr
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
         return NULL;
     }
+    if (pthread_mutex_init(&r->rmu, NULL) != 0) {
+        pthread_mutex_destroy(&r->mu);
+        free(r);
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot create a mutex");
+        return NULL;
+    }
     r->refs = 1;
+    nc_read_config_defaults(&r->rcfg);
+    nc_lsn_history_clear(&r->hist);
+    r->check_interval = cfg ? cfg->health_check_interval : 1.0;
     r->pools = calloc((size_t)n, sizeof *r->pools);
     r->probers = calloc((size_t)n, sizeof *r->probers);
     r->eps = calloc((size_t)n, sizeof *r->eps);
-    if (!r->pools || !r->probers || !r->eps) {
+    r->rd = calloc((size_t)n, sizeof *r->rd);
+    if (!r->pools || !r->probers || !r->eps || !r->rd) {
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
         route_destroy(r);
         return NULL;
@@ -216,13 +273,84 @@ int nc_route_count(nc_route *r)
     return r->n;
 }
 
-int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uint64_t *lease, nc_error *err)
+/* ---- borrowing ------------------------------------------------------------------------ */
+
+void nc_read_config_defaults(nc_read_config *cfg)
 {
-    nc_monitor *m = nc_route_enter(r);
-    if (!m) {
-        nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the failover manager is shut down");
+    cfg->failover_wait = 0.0;
+    cfg->max_replica_lag_bytes = 16.0 * 1024 * 1024;
+    cfg->max_replica_lag_seconds = 30.0;
+}
+
+int nc_route_configure_reads(nc_route *r, const nc_read_config *cfg, nc_error *err)
+{
+    /* Written so that NaN fails too. */
+    if (!(cfg->failover_wait >= 0) || !(cfg->failover_wait < 1e9)) {
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "failover_wait must be a number of seconds from 0, not %g",
+                     cfg->failover_wait);
         return -1;
     }
+    if (!(cfg->max_replica_lag_bytes > 0) || !(cfg->max_replica_lag_seconds > 0)) {
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE,
+                     "max_replica_lag_bytes and max_replica_lag_seconds must be > 0, not %g and %g",
+                     cfg->max_replica_lag_bytes, cfg->max_replica_lag_seconds);
+        return -1;
+    }
+    pthread_mutex_lock(&r->rmu);
+    r->rcfg = *cfg;
+    pthread_mutex_unlock(&r->rmu);
+    return 0;
+}
+
+static void count_lend(nc_route *r, int i, int read)
+{
+    pthread_mutex_lock(&r->rmu);
+    if (read)
+        r->rd[i].reads++;
+    else
+        r->rd[i].writes++;
+    pthread_mutex_unlock(&r->rmu);
+}
+
+/* Wait, before until, for the monitor to record a change after event
+ * `seen` (a switch, a resume, an outage).  Without monitor threads nobody
+ * else looks: probe again (nc_monitor_recheck) once per
+ * health_check_interval.  0 on a change or at until, -1 with err on
+ * Ctrl-C. */
+static int wait_change(nc_route *r, nc_monitor *m, uint64_t seen, double until, nc_error *err)
+{
+    double next_recheck = 0;
+    for (;;) {
+        double now = nc_now();
+        if (now >= until)
+            return 0;
+        if (nc_stop_check()) {
+            nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "interrupted while waiting for a primary");
+            return -1;
+        }
+        if (!nc_monitor_running(m) && now >= next_recheck) {
+            next_recheck = now + r->check_interval;
+            nc_stop_saved stop = nc_stop_pause();   /* probes: never cut short by Ctrl-C */
+            int usable = nc_monitor_recheck(m, until);
+            nc_stop_resume(stop);
+            if (usable == 1 || nc_monitor_last_event(m) > seen)
+                return 0;
+            continue;
+        }
+        double slice = nc_stop_slice(until);
+        if (!nc_monitor_running(m) && slice > next_recheck)
+            slice = next_recheck;
+        nc_event ev;
+        if (nc_monitor_wait_events(m, seen, &ev, 1, slice - nc_now()) > 0)
+            return 0;
+    }
+}
+
+/* The borrow of the current (writable) endpoint: nc_route_lend's body (read:
+ * counted as a read, for a read target that fell back to the primary). */
+static int lend_primary(nc_route *r, nc_monitor *m, double timeout, int read, int *endpoint, nc_conn **out,
+                        uint64_t *lease, nc_error *err)
+{
     /* One deadline for the whole borrow, and every probe it causes (the
      * monitor's own bounds, health_check_timeout and failover_timeout, may
      * be far longer than the caller is prepared to wait). */
@@ -232,9 +360,16 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
         timeout = nc_pool_config_of(r->pools[cur >= 0 ? cur : 0])->acquire_timeout;
     }
     double deadline = start + timeout;
-    int resumed = 0, rc;
+    pthread_mutex_lock(&r->rmu);
+    double wait = r->rcfg.failover_wait;
+    pthread_mutex_unlock(&r->rmu);
+    /* failover_wait: how long this borrow may wait for a writable endpoint
+     * to appear (within its own deadline). */
+    double wait_until = start + wait < deadline ? start + wait : deadline;
+    int resumed = 0, rc, lost = 0;
     for (int attempt = 0;; attempt++) {
         uint64_t gen;
+        uint64_t seen = nc_monitor_last_event(m);
         int idx = nc_monitor_current(m, &gen);
         if (idx < 0 && !resumed && !nc_monitor_running(m)) {
             /* Nobody is watching: look once whether an endpoint came back
@@ -246,10 +381,20 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
             nc_stop_resume(stop);
             idx = nc_monitor_current(m, &gen);
         }
+        if (idx < 0 && nc_now() < wait_until) {
+            /* No writable endpoint: wait for the monitor to find one. */
+            if (wait_change(r, m, seen, wait_until, err) < 0) {
+                rc = -1;
+                break;
+            }
+            attempt = -1;   /* a new endpoint gets the full set of tries */
+            continue;
+        }
         if (idx < 0) {
             nc_error_set(err, NC_E_FO_NO_ENDPOINT, NC_K_OPERATIONAL,
                          "no usable database endpoint: every endpoint failed its health check or is "
-                         "read-only; service resumes when one comes back");
+                         "read-only; service resumes when one comes back%s",
+                         wait > 0 ? " (waited failover_wait for one)" : "");
             rc = -1;
             break;
         }
@@ -272,19 +417,35 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
             rc = -1;
             break;
         }
-        if (got == 0)
+        if (got == 0) {
+            /* With failover_wait, a connect to a current endpoint that is
+             * going away should not use up the whole wait: at most what is
+             * left of it. */
             got = nc_pool_acquire(p, left, &c, &l, err) == 0 ? 1 : -1;
+        }
         if (got < 0) {
             /* Could not even connect: that is a failure of the endpoint (the
              * monitor may switch right away); then try the endpoint it chose
              * instead. */
-            if (attempt < r->n && nc_error_failure(err->code, err->sqlstate) == NC_FAIL_LOST) {
+            if (nc_error_failure(err->code, err->sqlstate) == NC_FAIL_LOST &&
+                (attempt < r->n || nc_now() < wait_until)) {
                 uint64_t before = nc_monitor_generation(m);
                 nc_stop_saved stop = nc_stop_pause();   /* it may probe here: see nc_stop.h */
                 nc_monitor_passive(m, idx, NC_FO_PASSIVE_LOST, err->message, deadline);
                 nc_stop_resume(stop);
                 if (nc_monitor_generation(m) != before || nc_monitor_current(m, NULL) != idx)
                     continue;
+                if (nc_now() < wait_until && lost++ < 1000) {
+                    /* Not switched (yet): within failover_wait, wait for
+                     * the monitor's verdict instead of failing now. */
+                    nc_error keep = *err;
+                    if (wait_change(r, m, seen, wait_until, err) < 0) {
+                        rc = -1;
+                        break;
+                    }
+                    *err = keep;
+                    continue;
+                }
             }
             rc = -1;
             break;
@@ -293,6 +454,7 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
             *endpoint = idx;
             *out = c;
             *lease = l;
+            count_lend(r, idx, read);
             rc = 0;
             break;
         }
@@ -310,8 +472,169 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
          * connection of the abandoned one. */
         nc_pool_release(p, c, 1);
     }
+    return rc;
+}
+
+/* Fill eps (n entries) with what read routing knows now, and the limits
+ * (with read your writes for a write completed at written_at, > 0). */
+static void read_view(nc_route *r, double written_at, nc_read_ep *eps, nc_read_limits *lim)
+{
+    int lent[NC_MONITOR_ENDPOINTS_MAX];
+    for (int i = 0; i < r->n; i++)
+        lent[i] = nc_pool_lent(r->pools[i]);   /* the pool's lock, not under ours */
+    pthread_mutex_lock(&r->rmu);
+    for (int i = 0; i < r->n; i++) {
+        const route_read *d = &r->rd[i];
+        eps[i].up = d->up;
+        eps[i].standby = d->standby;
+        eps[i].lag_bytes = d->standby && d->have_lsn ? nc_lag_bytes(&r->hist, d->lsn) : NAN;
+        eps[i].lag_seconds = d->standby && d->have_lsn ? nc_lag_seconds(&r->hist, d->lsn, d->lsn_at) : NAN;
+        eps[i].in_flight = lent[i];
+        eps[i].have_replay = d->standby && d->have_lsn;
+        eps[i].replay = d->lsn;
+    }
+    lim->max_lag_bytes = r->rcfg.max_replica_lag_bytes;
+    lim->max_lag_seconds = r->rcfg.max_replica_lag_seconds;
+    lim->need_lsn = 0;
+    lim->min_lsn = 0;
+    if (written_at > 0) {
+        /* Read your writes: no standby qualifies before the primary was
+         * seen after the write. */
+        lim->need_lsn = 1;
+        if (nc_lsn_history_seen_after(&r->hist, written_at, &lim->min_lsn) < 0)
+            lim->min_lsn = UINT64_MAX;
+    }
+    pthread_mutex_unlock(&r->rmu);
+}
+
+static int lend_read(nc_route *r, nc_monitor *m, int target, double written_at, double timeout, int *endpoint,
+                     nc_conn **out, uint64_t *lease, nc_error *err)
+{
+    double start = nc_now();
+    if (timeout < 0)
+        timeout = nc_pool_config_of(r->pools[0])->acquire_timeout;
+    double deadline = start + timeout;
+    if (!nc_monitor_running(m)) {
+        /* Nobody probes: endpoints never looked at are probed once here
+         * (their role and position), within the borrow's deadline. */
+        pthread_mutex_lock(&r->rmu);
+        int unknown = 0;
+        for (int i = 0; i < r->n; i++)
+            unknown |= !r->rd[i].probed;
+        pthread_mutex_unlock(&r->rmu);
+        if (unknown) {
+            nc_stop_saved stop = nc_stop_pause();
+            nc_monitor_recheck(m, deadline);
+            nc_stop_resume(stop);
+        }
+    }
+    nc_read_ep eps[NC_MONITOR_ENDPOINTS_MAX];
+    for (int attempt = 0; attempt <= r->n; attempt++) {
+        nc_read_limits lim;
+        read_view(r, written_at, eps, &lim);
+        int primary = nc_monitor_current(m, NULL);
+        pthread_mutex_lock(&r->rmu);
+        int idx = nc_read_choose(target, eps, r->n, primary, &lim, &r->rr);
+        int fresh = idx < 0 && lim.need_lsn;
+        if (fresh) {
+            /* None has the session's write yet: is that the only reason? */
+            unsigned rr = r->rr;
+            lim.need_lsn = 0;
+            fresh = nc_read_choose(target, eps, r->n, primary, &lim, &rr) >= 0;
+        }
+        pthread_mutex_unlock(&r->rmu);
+        if (fresh && target == NC_TARGET_STANDBY)
+            idx = -1, target = NC_TARGET_PREFER_STANDBY;   /* read your writes: the primary */
+        if (idx < 0 && target == NC_TARGET_STANDBY) {
+            nc_error_set(err, NC_E_FO_NO_STANDBY, NC_K_OPERATIONAL,
+                         "no standby can serve the read: none is up within max_replica_lag_bytes (%.0f) and "
+                         "max_replica_lag_seconds (%g)",
+                         lim.max_lag_bytes, lim.max_lag_seconds);
+            return -1;
+        }
+        if (idx < 0 || idx == primary) {
+            double left = deadline - nc_now();
+            return lend_primary(r, m, left > 0 ? left : 0, 1, endpoint, out, lease, err);
+        }
+        nc_pool *p = r->pools[idx];
+        nc_conn *c;
+        uint64_t l;
+        double left = deadline - nc_now();
+        int got = nc_pool_try_acquire(p, &c, &l, err);
+        if (got == 0)
+            got = nc_pool_acquire(p, left > 0 ? left : 0, &c, &l, err) == 0 ? 1 : -1;
+        if (got > 0) {
+            *endpoint = idx;
+            *out = c;
+            *lease = l;
+            count_lend(r, idx, 1);
+            return 0;
+        }
+        if (nc_error_failure(err->code, err->sqlstate) != NC_FAIL_LOST)
+            return -1;
+        /* The standby cannot be reached: no reads there until a probe says
+         * it is back; the monitor hears of it; choose again. */
+        mark_down(r, idx);
+        nc_stop_saved stop = nc_stop_pause();
+        nc_monitor_passive(m, idx, NC_FO_PASSIVE_LOST, err->message, deadline);
+        nc_stop_resume(stop);
+        if (nc_now() >= deadline)
+            return -1;
+    }
+    return -1;
+}
+
+int nc_route_lend_to(nc_route *r, int target, double timeout, int *endpoint, nc_conn **out, uint64_t *lease,
+                     nc_error *err)
+{
+    return nc_route_lend_after(r, target, 0, timeout, endpoint, out, lease, err);
+}
+
+int nc_route_lend_after(nc_route *r, int target, double written_at, double timeout, int *endpoint, nc_conn **out,
+                        uint64_t *lease, nc_error *err)
+{
+    if (target < 0 || target >= NC_TARGET_COUNT) {
+        nc_error_set(err, NC_E_FO_BAD_TARGET, NC_K_INTERFACE, "unknown borrow target %d", target);
+        return -1;
+    }
+    nc_monitor *m = nc_route_enter(r);
+    if (!m) {
+        nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the failover manager is shut down");
+        return -1;
+    }
+    int rc = target == NC_TARGET_PRIMARY ? lend_primary(r, m, timeout, 0, endpoint, out, lease, err)
+                                         : lend_read(r, m, target, written_at, timeout, endpoint, out, lease, err);
     nc_route_leave(r);
     return rc;
+}
+
+int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uint64_t *lease, nc_error *err)
+{
+    return nc_route_lend_to(r, NC_TARGET_PRIMARY, timeout, endpoint, out, lease, err);
+}
+
+void nc_route_read_status(nc_route *r, nc_route_ep_status *out)
+{
+    nc_read_ep eps[NC_MONITOR_ENDPOINTS_MAX];
+    nc_read_limits lim;
+    read_view(r, 0, eps, &lim);
+    pthread_mutex_lock(&r->rmu);
+    for (int i = 0; i < r->n; i++) {
+        const route_read *d = &r->rd[i];
+        nc_route_ep_status *o = &out[i];
+        o->probed = d->probed;
+        o->up = d->up;
+        o->standby = d->standby;
+        o->have_lsn = d->have_lsn;
+        o->lsn = d->lsn;
+        o->lag_bytes = eps[i].lag_bytes;
+        o->lag_seconds = eps[i].lag_seconds;
+        o->eligible = nc_read_eligible(&eps[i], &lim);
+        o->in_flight = eps[i].in_flight;
+        o->reads = d->reads;
+        o->writes = d->writes;
+    }
+    pthread_mutex_unlock(&r->rmu);
 }
 
 void nc_route_close(nc_route *r)

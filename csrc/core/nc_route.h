@@ -22,8 +22,35 @@
 #include "nc_error.h"
 #include "nc_monitor.h"
 #include "nc_pool.h"
+#include "nc_replica.h"
 
 typedef struct nc_route nc_route;
+
+/* Read routing and waiting for a primary (nc_route_lend_to). */
+typedef struct nc_read_config {
+    double failover_wait;           /* seconds a primary borrow waits while no writable endpoint
+                                       exists (0: fail at once, NC_E_FO_NO_ENDPOINT) */
+    double max_replica_lag_bytes;   /* a standby further behind serves no reads */
+    double max_replica_lag_seconds; /* likewise, measured (nc_replica.h) */
+} nc_read_config;
+
+/* failover_wait 0, 16 MB, 30 s. */
+void nc_read_config_defaults(nc_read_config *cfg);
+
+/* The endpoint set is fixed for a route's life; roles are not: each
+ * endpoint's role (writable, standby) comes from its probes, so a list of
+ * endpoints with the leader marked is_primary (priority) is all a topology
+ * source (Patroni's members) needs to build one.  When members come and go,
+ * the way that fits this code is to build a new route over the new set,
+ * reusing the pools of the members that stay (nc_route_new refuses a pool
+ * another route still watches: nc_route_close the old route first, which
+ * unhooks them), and swap it in the binding the way a forked child's route
+ * is swapped in (failover.c, fresh()): connections lent meanwhile go back
+ * to their pools as ever, new borrows use the new route, whose
+ * monitor starts on the current leader (trigger_failover to it).  Growing a
+ * route in place would need the monitor's arrays (nc_fo health, probe
+ * threads), the probers and the read state to grow under their locks,
+ * which nothing does yet. */
 
 /* pools[i] is endpoint i's pool (a reference is taken to each); priority
  * and primary as for nc_monitor_new.  NULL with err on failure. */
@@ -39,6 +66,50 @@ nc_route *nc_route_new(nc_pool *const *pools, int n, const int *priority, int pr
  * nc_route_close).  May wait and probe: call it without locks (and from
  * the binding without the GIL). */
 int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **c, uint64_t *lease, nc_error *err);
+
+/* Set the read configuration (before use or between borrows).  -1 with
+ * err (NC_E_CONFIG) when a value is out of range. */
+int nc_route_configure_reads(nc_route *r, const nc_read_config *cfg, nc_error *err);
+
+/* nc_route_lend for a target (enum nc_target): PRIMARY is nc_route_lend
+ * (with failover_wait: while no writable endpoint exists, it waits for the
+ * monitor to find one, up to failover_wait and its own timeout; Ctrl-C
+ * ends the wait); the others pick a standby (nc_read_choose) from what the
+ * probes saw, lend from its pool, and on a standby that cannot be connected
+ * to mark it down, report it and choose again.  No eligible standby:
+ * STANDBY fails at once with NC_E_FO_NO_STANDBY, PREFER_STANDBY and ANY
+ * borrow as PRIMARY does. */
+int nc_route_lend_to(nc_route *r, int target, double timeout, int *endpoint, nc_conn **c, uint64_t *lease,
+                     nc_error *err);
+
+/* nc_route_lend_to for a session that wrote: a write completed at
+ * written_at (nc_now() seconds; <= 0 none) is read from a standby only once
+ * that standby has replayed the primary's position first seen after it
+ * (probes date a position by their start), else from the primary, also for
+ * STANDBY (which still fails when no standby is within the lag limits).
+ * No round trip on the write path: the monitor's probes carry the
+ * positions, so a standby serves the session again one probe after its
+ * write has been replayed. */
+int nc_route_lend_after(nc_route *r, int target, double written_at, double timeout, int *endpoint, nc_conn **c,
+                        uint64_t *lease, nc_error *err);
+
+/* What read routing knows of one endpoint. */
+typedef struct nc_route_ep_status {
+    int probed;                 /* a probe result was seen */
+    int up;                     /* answered its last probe, no lost connection since */
+    int standby;                /* answered read-only */
+    int have_lsn;
+    uint64_t lsn;               /* primary: current WAL position; standby: replayed */
+    double lag_bytes;           /* standby: NAN unknown (and for a primary) */
+    double lag_seconds;         /* standby: NAN unknown */
+    int eligible;               /* a standby within the lag limits */
+    int in_flight;              /* connections lent now */
+    uint64_t reads;             /* borrows for a read target served here */
+    uint64_t writes;            /* borrows for the primary target served here */
+} nc_route_ep_status;
+
+/* out must have room for nc_route_count(r) entries. */
+void nc_route_read_status(nc_route *r, nc_route_ep_status *out);
 
 /* The pool of endpoint i (valid as long as the route). */
 nc_pool *nc_route_pool(nc_route *r, int i);

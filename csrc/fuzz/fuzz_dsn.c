@@ -15,7 +15,13 @@
  *   - the display is NUL-terminated, valid UTF-8 (also when it was cut at
  *     its 256 bytes), and never holds the
  *     password (when the password is not also the user, host, port or
- *     database name, which the display rightly shows).
+ *     database name, which the display rightly shows);
+ *   - nc_pg_split_hosts (DatabaseFailoverManager.from_dsn) accepts what
+ *     nc_pg_ctx_new accepts, one piece per host (refusing only an empty
+ *     entry of the host lists); each piece is accepted again and splits into
+ *     itself (same name), has no target_session_attrs, and its name is valid
+ *     UTF-8 without the password (unless a host or port holds it, or it is
+ *     too short to say).
  * A broken promise prints what failed and aborts.
  */
 #include <stdint.h>
@@ -27,6 +33,7 @@
 
 #include "nc_error.h"
 #include "nc_pg.h"
+#include "utf8_check.h"   /* csrc/tests: the tests' UTF-8 oracle */
 
 #define CHECK(cond, ...)                                                      \
     do {                                                                      \
@@ -38,36 +45,6 @@
             abort();                                                          \
         }                                                                     \
     } while (0)
-
-/* Valid UTF-8 (no overlong forms, no surrogates, at most U+10FFFF). */
-static int utf8_ok(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        unsigned c = *p, n, cp;
-        if (c < 0x80) {
-            p++;
-            continue;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            n = 1, cp = c & 0x1F;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            n = 2, cp = c & 0x0F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            n = 3, cp = c & 0x07;
-        } else {
-            return 0;
-        }
-        for (unsigned i = 1; i <= n; i++) {
-            if ((p[i] & 0xC0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (p[i] & 0x3F);
-        }
-        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        p += n + 1;
-    }
-    return 1;
-}
 
 static int list_len(const char *s)
 {
@@ -175,8 +152,45 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(utf8_ok(display), "the display is not valid UTF-8: %s", display);
         CHECK(!pw_secret || !strstr(display, password), "the password is in the display: %s", display);
     }
-    if (ctx)
+    if (ctx) {
+        char *dsns[NC_PG_MAX_HOSTS], *names[NC_PG_MAX_HOSTS];
+        nc_error se;
+        nc_error_clear(&se);
+        int n = nc_pg_split_hosts(dsn, dsns, names, NC_PG_MAX_HOSTS, &se);
+        int hosts = nh > na ? nh : na;
+        CHECK(n > 0 || se.code == NC_E_FO_SPLIT_DSN || se.code == NC_E_INTERNAL, "split refused with %d: %s",
+              se.code, se.message);
+        CHECK(n < 0 || n == (hosts > 0 ? hosts : 1), "%d pieces for %d hosts", n, hosts);
+        int pw_named = pw_secret &&
+                       ((others[0] && strstr(others[0], password)) || (others[1] && strstr(others[1], password)) ||
+                        (others[2] && strstr(others[2], password)) || !strcmp(password, "5432") ||
+                        strstr("localhost", password));
+        for (int i = 0; i < n; i++) {
+            CHECK(utf8_ok(names[i]), "a name is not valid UTF-8: %s", names[i]);
+            /* (a name's invalid UTF-8 bytes become '?': a password with one may match them) */
+            CHECK(!pw_secret || pw_named || strchr(password, '?') || !strstr(names[i], password),
+                  "the password is in a name: %s", names[i]);
+            PQconninfoOption *po = PQconninfoParse(dsns[i], NULL);
+            CHECK(po, "libpq cannot parse piece %d", i);
+            for (PQconninfoOption *o = po; o->keyword; o++)
+                CHECK(!o->val || strcmp(o->keyword, "target_session_attrs"), "a piece keeps target_session_attrs");
+            PQconninfoFree(po);
+            char *one[NC_PG_MAX_HOSTS], *nm[NC_PG_MAX_HOSTS];
+            nc_error e1;
+            nc_error_clear(&e1);
+            int k = nc_pg_split_hosts(dsns[i], one, nm, NC_PG_MAX_HOSTS, &e1);
+            CHECK(k == 1, "piece %d splits into %d: %s", i, k, e1.message);
+            CHECK(k != 1 || !strcmp(nm[0], names[i]), "piece %d is named %s, not %s", i, k == 1 ? nm[0] : "",
+                  names[i]);
+            for (int j = 0; j < k; j++) {
+                free(one[j]);
+                free(nm[j]);
+            }
+            free(dsns[i]);
+            free(names[i]);
+        }
         nc_pg_ops.ctx_free(ctx);
+    }
     if (ctx2)
         nc_pg_ops.ctx_free(ctx2);
     PQconninfoFree(opts);

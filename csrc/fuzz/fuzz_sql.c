@@ -19,7 +19,8 @@
  *              count of placeholders in the output equals what the rewrite
  *              reports; len == strlen; the same answer twice.  On error:
  *              code 2014, a printable-ASCII message, out zeroed.
- *   sqltext    each answer the same twice; blank = only space, comments and
+ *   sqltext    each answer the same twice; the verb one of the four (OTHER
+ *              for blank text); blank = only space, comments and
  *              ';' (an unterminated block comment is not blank for
  *              PostgreSQL); a plain select starts with SELECT or WITH and
  *              holds none of the bytes it must refuse; a ROLLBACK TO starts
@@ -285,6 +286,10 @@ static void check_sqltext(const char *sql, size_t len)
                   || (t.kind == NC_TOK_COMMENT && !(d == NC_DIALECT_PG && (t.flags & NC_TOKF_UNTERMINATED)))))
                 model = 0;
         CHECK(blank == model, "%s: is_blank says %d, the tokens %d", dname(d), blank, model);
+        int verb = nc_sql_verb(sql, len, d);
+        CHECK(verb == nc_sql_verb(sql, len, d), "%s: verb not stable", dname(d));
+        CHECK(verb >= NC_VERB_OTHER && verb <= NC_VERB_DELETE, "%s: verb %d", dname(d), verb);
+        CHECK(!(blank && verb != NC_VERB_OTHER), "%s: a blank text with verb %d", dname(d), verb);
     }
 
     int plain = nc_sql_is_plain_select(sql, len);

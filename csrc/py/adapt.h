@@ -12,7 +12,8 @@
 /* What a statement's result is returned as (pg_exec.c, sqlite_exec.c):
  * execute_query's rows as dicts or tuples (else the affected row count),
  * or the DB-API cursor's (description, rows, rowcount, lastrowid). */
-enum npy_shape { NPY_SHAPE_DICT = 0, NPY_SHAPE_TUPLE = 1, NPY_SHAPE_DBAPI = 2 };
+enum npy_shape { NPY_SHAPE_DICT = 0, NPY_SHAPE_TUPLE = 1, NPY_SHAPE_DBAPI = 2,
+                 NPY_SHAPE_STREAM = 3 /* DBAPI, PostgreSQL rows streamed (pg_exec.h) */ };
 
 /* Initialise the caches (Decimal, UUID, json, the datetime C API). -1 on error. */
 int npy_adapt_init(void);

@@ -43,10 +43,8 @@ static int check_live(NpyConnection *self)
 /* One operation at a time per PooledConnection.  A statement runs with the
  * GIL released, so without this a second thread using (or releasing) the
  * same object could reach a connection that is in use or being closed. */
-static int op_begin(NpyConnection *self)
+static int op_claim(NpyConnection *self)
 {
-    if (check_live(self) < 0)
-        return -1;
     if (self->busy) {
         npy_raise(NC_E_IN_USE, NC_K_INTERFACE, NULL,
                  "this connection is in use by another thread; borrow one per thread");
@@ -54,6 +52,18 @@ static int op_begin(NpyConnection *self)
     }
     self->busy = 1;
     return 0;
+}
+
+static int op_begin(NpyConnection *self)
+{
+    if (check_live(self) < 0)
+        return -1;
+    if (self->streaming) {
+        npy_raise(NC_E_STREAMING, NC_K_INTERFACE, NULL,
+                 "a result is being streamed on this connection; fetch it to the end or close its cursor first");
+        return -1;
+    }
+    return op_claim(self);
 }
 
 static void op_end(NpyConnection *self)
@@ -82,8 +92,14 @@ void npy_connection_release(NpyConnection *self, int discard)
     }
     self->released = 1;
     self->in_txn = 0;
+    self->streaming = 0;   /* a PostgreSQL session still streaming is closed by the pool (its return state) */
     if (inherited(self))
         return;   /* the parent's: abandoned as it is */
+    if (self->stream_stmt) {
+        /* before the return's rollback, which an unfinished statement would block */
+        sqlite3_finalize(self->stream_stmt);
+        self->stream_stmt = NULL;
+    }
     nc_pool *p = self->ps ? self->ps->pool : NULL;   /* ps is NULL after conn_clear */
     nc_conn *c = self->c;
     if (!p || !c || !nc_pool_lease_valid(p, c, self->lease))
@@ -140,6 +156,8 @@ NpyConnection *npy_connection_alloc(void)
     conn->in_txn = 0;
     conn->busy = 0;
     conn->pending_release = 0;
+    conn->streaming = 0;
+    conn->stream_stmt = NULL;
     conn->row_tuple = 0;
     PyObject_GC_Track(conn);
     return conn;
@@ -289,7 +307,7 @@ static int row_format_arg(NpyConnection *self, PyObject *rf, int *tuple)
 /* One statement; shape NPY_SHAPE_DBAPI for the DB-API's 4-tuple, else
  * execute_query's rows (row_format, or the pool's default) or count. */
 static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *params, PyObject *timeout,
-                             PyObject *row_format, int dbapi)
+                             PyObject *row_format, int dbapi, int stream)
 {
     if (!PyUnicode_Check(query))
         return npy_raise(NC_E_PARAMS, NC_K_PROGRAMMING, NULL, "query must be a str, not %s",
@@ -306,13 +324,13 @@ static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *par
     double deadline = deadline_for(self, timeout, &bad);
     if (bad || row_format_arg(self, row_format, &tuple) < 0)
         return NULL;
-    int shape = dbapi ? NPY_SHAPE_DBAPI : tuple ? NPY_SHAPE_TUPLE : NPY_SHAPE_DICT;
+    int shape = stream ? NPY_SHAPE_STREAM : dbapi ? NPY_SHAPE_DBAPI : tuple ? NPY_SHAPE_TUPLE : NPY_SHAPE_DICT;
     switch (self->ps->kind) {
     case NPY_BACKEND_PG:
         return npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, shape);
     case NPY_BACKEND_SQLITE:
         return npy_sqlite_execute(self->ps->pool, self->c->raw, query, params, deadline, self->ps->busy_wait,
-                                  shape);
+                                  shape, (sqlite3_stmt **)&self->stream_stmt);
     default:
         if (dbapi)
             return npy_raise(NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED, NULL,
@@ -369,7 +387,7 @@ static PyObject *conn_execute_query(NpyConnection *self, PyObject *const *args, 
     PyObject *query = a[0], *params = a[1], *timeout = a[2], *rf = a[3];
     if (op_begin(self) < 0)
         return NULL;
-    PyObject *r = execute_one(self, query, params, timeout, rf, 0);
+    PyObject *r = execute_one(self, query, params, timeout, rf, 0, 0);
     op_end(self);
     return r;
 }
@@ -482,10 +500,11 @@ static PyObject *conn_rollback(NpyConnection *self, PyObject *unused)
  * as SQL is seen). */
 static PyObject *conn_dbapi_execute(NpyConnection *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"query", "params", "timeout", "begin", NULL};
+    static char *kwlist[] = {"query", "params", "timeout", "begin", "stream", NULL};
     PyObject *query, *params = Py_None, *timeout = Py_None;
-    int begin = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOp:_execute", kwlist, &query, &params, &timeout, &begin))
+    int begin = 0, stream = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOpp:_execute", kwlist, &query, &params, &timeout, &begin,
+                                     &stream))
         return NULL;
     if (op_begin(self) < 0)
         return NULL;
@@ -495,10 +514,82 @@ static PyObject *conn_dbapi_execute(NpyConnection *self, PyObject *args, PyObjec
             goto done;
         self->in_txn = 1;
     }
-    r = execute_one(self, query, params, timeout, Py_None, 1);
+    r = execute_one(self, query, params, timeout, Py_None, 1, stream);
+    /* Rows still coming: the session is busy with this statement until the
+     * stream ends (libpq's status says so; SQLite left us the statement). */
+    if (r && stream && self->ps->kind == NPY_BACKEND_PG)
+        self->streaming = PQtransactionStatus(((nc_pg_conn *)self->c->raw)->pg) == PQTRANS_ACTIVE;
+    else if (r && stream && self->ps->kind == NPY_BACKEND_SQLITE)
+        self->streaming = self->stream_stmt != NULL;
 done:
     op_end(self);
     return r;
+}
+
+/* The stream's next rows (_stream_fetch) or the end of it (_stream_close):
+ * op_begin, but for the streaming connection itself. */
+static int stream_begin(NpyConnection *self)
+{
+    if (check_live(self) < 0)
+        return -1;
+    return op_claim(self);
+}
+
+static PyObject *conn_stream_fetch(NpyConnection *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"n", "timeout", NULL};
+    int n;
+    PyObject *timeout = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|O:_stream_fetch", kwlist, &n, &timeout))
+        return NULL;
+    if (stream_begin(self) < 0)
+        return NULL;
+    PyObject *r = NULL;
+    int bad = 0, done = 1;
+    double deadline = deadline_for(self, timeout, &bad);
+    if (!bad && self->streaming) {
+        PyObject *rows;
+        if (self->stream_stmt) {
+            rows = npy_sqlite_stream_fetch(self->ps->pool, self->c->raw, self->stream_stmt, n > 0 ? n : 1,
+                                           deadline, self->ps->busy_wait, &done);
+            if (done) {
+                sqlite3_finalize(self->stream_stmt);
+                self->stream_stmt = NULL;
+            }
+        } else {
+            rows = npy_pg_stream_fetch(self->ps->pool, self->c->raw, n > 0 ? n : 1, deadline, &done);
+        }
+        if (done)
+            self->streaming = 0;
+        if (rows)
+            r = Py_BuildValue("(NO)", rows, done ? Py_True : Py_False);
+    } else if (!bad) {
+        r = Py_BuildValue("([]O)", Py_True);   /* nothing streaming: the end */
+    }
+    op_end(self);
+    return r;
+}
+
+static PyObject *conn_stream_close(NpyConnection *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->released || !self->streaming)
+        Py_RETURN_NONE;
+    if (stream_begin(self) < 0)
+        return NULL;
+    int bad = 0, rc = 0;
+    double deadline = deadline_for(self, Py_None, &bad);
+    if (self->stream_stmt) {
+        sqlite3_finalize(self->stream_stmt);   /* SQLite just stops */
+        self->stream_stmt = NULL;
+    } else if (self->streaming) {
+        rc = npy_pg_stream_drain(self->ps->pool, self->c->raw, deadline);
+    }
+    self->streaming = 0;
+    op_end(self);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyObject *execute_many_impl(NpyConnection *self, PyObject *query, PyObject *seq, PyObject *timeout);
@@ -568,7 +659,7 @@ static PyObject *execute_many_impl(NpyConnection *self, PyObject *query, PyObjec
     Py_ssize_t row = 0;
     PyObject *item;
     while ((item = PyIter_Next(it))) {
-        PyObject *r = execute_one(self, query, item, timeout, Py_None, 0);
+        PyObject *r = execute_one(self, query, item, timeout, Py_None, 0, 0);
         Py_DECREF(item);
         if (!r) {
             /* exc.row_index: which parameter set failed (as on PostgreSQL) */
@@ -759,12 +850,18 @@ static PyMethodDef conn_methods[] = {
      "pipeline mode, one round trip per 1000 rows, and timeout covers the whole batch. When a\n"
      "parameter set fails, the exception's row_index is its index in seq_of_params."},
     {"_execute", (PyCFunction)(void (*)(void))conn_dbapi_execute, METH_VARARGS | METH_KEYWORDS,
-     "_execute(query, params=None, timeout=None, begin=False)\n--\n\n"
+     "_execute(query, params=None, timeout=None, begin=False, stream=False)\n--\n\n"
      "For noodlecore.dbapi's cursor: run one statement (as execute_query) and return\n"
      "(description, rows, rowcount, lastrowid): description a list of PEP 249 7-tuples (None\n"
      "without a result set), rows a list of tuples (or None), rowcount -1 where unknown,\n"
      "lastrowid SQLite's rowid after an INSERT (else None). begin=True first opens a\n"
-     "transaction unless one is open."},
+     "transaction unless one is open. stream=True (PostgreSQL): rows come one by one (libpq's\n"
+     "single-row mode): rows holds the first, the rest come from _stream_fetch."},
+    {"_stream_fetch", (PyCFunction)(void (*)(void))conn_stream_fetch, METH_VARARGS | METH_KEYWORDS,
+     "_stream_fetch(n, timeout=None) -> (rows, done): up to n more rows of the result _execute(stream=True)\n"
+     "is streaming (PostgreSQL); done once the statement is over."},
+    {"_stream_close", (PyCFunction)conn_stream_close, METH_NOARGS,
+     "End a stream early: its remaining rows are read and dropped (no-op without one)."},
     {"begin", (PyCFunction)conn_begin, METH_NOARGS, "Open a transaction (ProgrammingError 2017 if one is open)."},
     {"commit", (PyCFunction)conn_commit, METH_NOARGS, "Commit the open transaction (no-op outside one)."},
     {"rollback", (PyCFunction)conn_rollback, METH_NOARGS, "Roll back the open transaction (no-op outside one)."},

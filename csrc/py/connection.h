@@ -42,6 +42,9 @@ typedef struct NpyConnection {
     int in_txn;             /* inside begin()/transaction() */
     int busy;               /* a method is running (maybe with the GIL released) */
     int pending_release;    /* release asked for while busy: 1 return, 2 discard */
+    int streaming;          /* a DB-API stream's rows are still coming (PostgreSQL single-row mode, or
+                             * SQLite's statement in stream_stmt) */
+    void *stream_stmt;      /* SQLite: the streaming statement (a sqlite3_stmt), else NULL */
     int row_tuple;
 } NpyConnection;
 

@@ -12,6 +12,7 @@
 #include "options.h"
 #include "pool.h"
 #include "../core/nc_fork.h"
+#include "../core/nc_pg.h"
 #include "../core/nc_route.h"
 #include "../core/nc_time.h"
 
@@ -27,6 +28,7 @@ typedef struct NpyFailover {
     /* fork(): a child makes its own route from these at first use */
     uint64_t fork_gen;          /* the fork generation route was made in */
     nc_monitor_config cfg;
+    nc_read_config rcfg;
     int prio[64], primary;
     int monitoring;             /* start() and no stop() since: the child's route monitors too */
     int resume;                 /* the child's route is to start monitoring at its first use */
@@ -94,7 +96,21 @@ void npy_failovers_close_all(double max_wait)
 
 static int policy_from_name(const char *s) { return nc_fo_policy_from_name(s); }
 
-#define FO(f) offsetof(nc_monitor_config, fo.f)
+/* What one option table fills: the monitor's settings and read routing's. */
+typedef struct fo_settings {
+    nc_monitor_config mc;
+    nc_read_config rc;
+} fo_settings;
+
+static void settings_defaults(fo_settings *st)
+{
+    nc_monitor_config_defaults(&st->mc);
+    nc_read_config_defaults(&st->rc);
+}
+
+#define FO(f) offsetof(fo_settings, mc.fo.f)
+#define MC(f) offsetof(fo_settings, mc.f)
+#define RC(f) offsetof(fo_settings, rc.f)
 static const npy_option failover_option_table[] = {
     {"mode", NPY_OPT_NAME, FO(mode), nc_fo_mode_from_name, nc_fo_mode_name},
     {"policy", NPY_OPT_NAME, FO(policy), policy_from_name, nc_fo_policy_name},
@@ -107,12 +123,17 @@ static const npy_option failover_option_table[] = {
     {"auto_recovery", NPY_OPT_BOOL, FO(auto_recovery), NULL, NULL},
     {"require_writable", NPY_OPT_BOOL, FO(require_writable), NULL, NULL},
     {"hold_down", NPY_OPT_DOUBLE, FO(hold_down), NULL, NULL},
-    {"health_check_interval", NPY_OPT_DOUBLE, offsetof(nc_monitor_config, health_check_interval), NULL, NULL},
-    {"health_check_timeout", NPY_OPT_DOUBLE, offsetof(nc_monitor_config, health_check_timeout), NULL, NULL},
-    {"failover_timeout", NPY_OPT_DOUBLE, offsetof(nc_monitor_config, failover_timeout), NULL, NULL},
+    {"health_check_interval", NPY_OPT_DOUBLE, MC(health_check_interval), NULL, NULL},
+    {"health_check_timeout", NPY_OPT_DOUBLE, MC(health_check_timeout), NULL, NULL},
+    {"failover_timeout", NPY_OPT_DOUBLE, MC(failover_timeout), NULL, NULL},
+    {"failover_wait", NPY_OPT_DOUBLE, RC(failover_wait), NULL, NULL},
+    {"max_replica_lag_bytes", NPY_OPT_DOUBLE, RC(max_replica_lag_bytes), NULL, NULL},
+    {"max_replica_lag_seconds", NPY_OPT_DOUBLE, RC(max_replica_lag_seconds), NULL, NULL},
     {NULL, 0, 0, NULL, NULL},
 };
 #undef FO
+#undef MC
+#undef RC
 
 static PyObject *names_tuple(const char *(*name)(int), int first, int count)
 {
@@ -139,8 +160,8 @@ static int add(PyObject *module, const char *name, PyObject *v)
 
 int npy_failover_add_constants(PyObject *module)
 {
-    nc_monitor_config mc;
-    nc_monitor_config_defaults(&mc);
+    fo_settings mc;
+    settings_defaults(&mc);
     static const int policies[] = {NC_FO_FAILURE_COUNT, NC_FO_RESPONSE_TIME, NC_FO_HEALTH_CHECK, NC_FO_COMBINED};
     PyObject *pol = PyTuple_New(4);
     for (int i = 0; pol && i < 4; i++) {
@@ -155,9 +176,41 @@ int npy_failover_add_constants(PyObject *module)
                    add(module, "FAILOVER_POLICIES", pol) < 0 ||
                    add(module, "FAILOVER_STATES", names_tuple(nc_fo_state_name, 0, NC_FO_STATE_COUNT)) < 0 ||
                    add(module, "EVENT_KINDS", names_tuple(nc_event_kind_name, 1, NC_EV_COUNT)) < 0 ||
-                   add(module, "ROLES", names_tuple(nc_role_name, 0, NC_ROLE_COUNT)) < 0
+                   add(module, "ROLES", names_tuple(nc_role_name, 0, NC_ROLE_COUNT)) < 0 ||
+                   add(module, "TARGETS", names_tuple(nc_target_name, 0, NC_TARGET_COUNT)) < 0
                ? -1
                : 0;
+}
+
+/* ---- a multi-host connection string as endpoints ---------------------------------- */
+
+PyObject *npy_failover_split_hosts(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyUnicode_Check(arg))
+        return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "the connection string must be a str");
+    const char *dsn = PyUnicode_AsUTF8(arg);
+    if (!dsn)
+        return NULL;
+    char *dsns[NC_PG_MAX_HOSTS], *names[NC_PG_MAX_HOSTS];
+    nc_error err;
+    nc_error_clear(&err);
+    int n = nc_pg_split_hosts(dsn, dsns, names, NC_PG_MAX_HOSTS, &err);
+    if (n < 0)
+        return npy_raise_error(&err);
+    PyObject *out = PyList_New(n);
+    for (int i = 0; i < n; i++) {
+        PyObject *t = out ? Py_BuildValue("(ss)", names[i], dsns[i]) : NULL;
+        if (out && !t)
+            Py_CLEAR(out);
+        if (out)
+            PyList_SET_ITEM(out, i, t);
+        /* the password is in dsns[i]: wiped before it goes back to malloc */
+        memset(dsns[i], 0, strlen(dsns[i]));
+        free(dsns[i]);
+        free(names[i]);
+    }
+    return out;
 }
 
 /* ---- the type ------------------------------------------------------------------ */
@@ -201,17 +254,22 @@ static int fo_init(NpyFailover *self, PyObject *args, PyObject *kwds)
         }
         prio[i] = (int)x;
     }
-    nc_monitor_config mc;
-    nc_monitor_config_defaults(&mc);
-    if (npy_options_read(cfgd, failover_option_table, &mc, "failover") < 0)
+    fo_settings st;
+    settings_defaults(&st);
+    if (npy_options_read(cfgd, failover_option_table, &st, "failover") < 0)
         return -1;
     nc_error err;
     nc_error_clear(&err);
     nc_route *r;
     Py_BEGIN_ALLOW_THREADS
-    r = nc_route_new(cpools, (int)n, prio, primary, &mc, &err);
+    r = nc_route_new(cpools, (int)n, prio, primary, &st.mc, &err);
     Py_END_ALLOW_THREADS
     if (!r) {
+        npy_raise_error(&err);
+        return -1;
+    }
+    if (nc_route_configure_reads(r, &st.rc, &err) < 0) {
+        nc_route_free(r);
         npy_raise_error(&err);
         return -1;
     }
@@ -224,7 +282,8 @@ static int fo_init(NpyFailover *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->pools, copy);
     registry_add(self);
     self->fork_gen = nc_fork_generation();
-    self->cfg = mc;
+    self->cfg = st.mc;
+    self->rcfg = st.rc;
     memcpy(self->prio, prio, sizeof(int) * (size_t)n);
     self->primary = primary;
     self->last_ep = -1;
@@ -327,6 +386,7 @@ static int fresh(NpyFailover *self)
         self->route = nc_route_new(cpools, (int)n, self->prio, self->primary, &self->cfg, &err);
         if (!self->route)
             return npy_raise_error(&err), -1;
+        (void)nc_route_configure_reads(self->route, &self->rcfg, &err);   /* checked when first made */
         self->resume = self->monitoring;
         follow_parent(self, gen);
     } else if (wait_follow(self, gen) < 0) {
@@ -412,8 +472,15 @@ static nc_monitor *enter(NpyFailover *self, int code)
     return m;
 }
 
-static PyObject *fo_lend(NpyFailover *self, PyObject *arg)
+/* lend and lend_to: a connection, and its endpoint in *ep_out
+ * (written_at: nc_route_lend_after's). */
+static PyObject *lend_impl(NpyFailover *self, PyObject *arg, const char *tname, double written_at, int *ep_out)
 {
+    int target = NC_TARGET_PRIMARY;
+    if (tname && (target = nc_target_from_name(tname)) < 0)
+        return npy_raise(NC_E_FO_BAD_TARGET, NC_K_INTERFACE, NULL,
+                         "target must be \"primary\", \"standby\", \"prefer-standby\" or \"any\", not \"%.100s\"",
+                         tname);
     double timeout = -1.0;
     if (arg != Py_None) {
         timeout = PyFloat_AsDouble(arg);
@@ -450,7 +517,7 @@ static PyObject *fo_lend(NpyFailover *self, PyObject *arg)
     npy_interrupt it;
     npy_interrupt_arm(&it);
     Py_BEGIN_ALLOW_THREADS
-    rc = nc_route_lend(r, timeout, &ep, &c, &lease, &err);
+    rc = nc_route_lend_after(r, target, written_at, timeout, &ep, &c, &lease, &err);
     Py_END_ALLOW_THREADS
     if (npy_interrupt_disarm(&it)) {
         /* Ctrl-C: a connection got just as it came is given back. */
@@ -469,8 +536,32 @@ static PyObject *fo_lend(NpyFailover *self, PyObject *arg)
     }
     NpyPool *pool = (NpyPool *)PyTuple_GET_ITEM(self->pools, ep);
     npy_connection_attach(conn, (PyObject *)pool, &pool->s, c, lease);
-    self->last_ep = ep;
+    if (target == NC_TARGET_PRIMARY)
+        self->last_ep = ep;
+    *ep_out = ep;
     return (PyObject *)conn;
+}
+
+static PyObject *fo_lend(NpyFailover *self, PyObject *args)
+{
+    PyObject *arg = Py_None;
+    const char *tname = NULL;
+    int ep;
+    if (!PyArg_ParseTuple(args, "|Oz:lend", &arg, &tname))
+        return NULL;
+    return lend_impl(self, arg, tname, 0, &ep);
+}
+
+static PyObject *fo_lend_to(NpyFailover *self, PyObject *args)
+{
+    PyObject *arg = Py_None;
+    const char *tname = NULL;
+    int ep = -1;
+    double written_at = 0;
+    if (!PyArg_ParseTuple(args, "|Ozd:lend_to", &arg, &tname, &written_at))
+        return NULL;
+    PyObject *conn = lend_impl(self, arg, tname, written_at, &ep);
+    return conn ? Py_BuildValue("(Ni)", conn, ep) : NULL;
 }
 
 static PyObject *fo_start(NpyFailover *self, PyObject *unused)
@@ -696,24 +787,38 @@ static PyObject *fo_status(NpyFailover *self, PyObject *unused)
         nc_route_leave(self->route);
         return PyErr_NoMemory();
     }
+    nc_route_ep_status *rs = PyMem_Calloc((size_t)n, sizeof *rs);
+    if (!rs) {
+        PyMem_Free(h);
+        nc_route_leave(self->route);
+        return PyErr_NoMemory();
+    }
     nc_monitor_get_status(m, &st, h);
+    nc_route_read_status(self->route, rs);
     nc_route_leave(self->route);
     double mono = nc_now(), wall = nc_wall();
     PyObject *eps = PyList_New(n);
     for (int i = 0; eps && i < n; i++) {
         const nc_fo_health *x = &h[i];
+        const nc_route_ep_status *y = &rs[i];
         PyObject *d = Py_BuildValue(
-            "{s:O,s:O,s:s,s:d,s:d,s:i,s:d,s:s}", "probed", x->probed ? Py_True : Py_False, "available",
-            x->available ? Py_True : Py_False, "role", nc_role_name(x->role), "last_check",
+            "{s:O,s:O,s:s,s:d,s:d,s:i,s:d,s:s,s:N,s:N,s:N,s:O,s:i,s:K,s:K}", "probed", x->probed ? Py_True : Py_False,
+            "available", x->available ? Py_True : Py_False, "role", nc_role_name(x->role), "last_check",
             x->last_check > 0 ? wall - (mono - x->last_check) : 0.0, "response_time", x->response_time,
             "consecutive_failures", x->consecutive_failures, "last_failure",
-            x->last_failure > 0 ? wall - (mono - x->last_failure) : 0.0, "last_error", x->last_error);
+            x->last_failure > 0 ? wall - (mono - x->last_failure) : 0.0, "last_error", x->last_error,
+            "lsn", y->have_lsn ? PyLong_FromUnsignedLongLong(y->lsn) : Py_NewRef(Py_None),
+            "lag_bytes", y->lag_bytes == y->lag_bytes ? PyFloat_FromDouble(y->lag_bytes) : Py_NewRef(Py_None),
+            "lag_seconds", y->lag_seconds == y->lag_seconds ? PyFloat_FromDouble(y->lag_seconds) : Py_NewRef(Py_None),
+            "serves_reads", y->eligible ? Py_True : Py_False, "in_flight", y->in_flight,
+            "reads", (unsigned long long)y->reads, "writes", (unsigned long long)y->writes);
         if (!d) {
             Py_CLEAR(eps);
             break;
         }
         PyList_SET_ITEM(eps, i, d);
     }
+    PyMem_Free(rs);
     PyMem_Free(h);
     if (!eps)
         return NULL;
@@ -745,7 +850,12 @@ static PyObject *fo_get_running(NpyFailover *self, void *c)
 }
 
 static PyMethodDef fo_methods[] = {
-    {"lend", (PyCFunction)fo_lend, METH_O, "lend(timeout) -> PooledConnection of the current endpoint."},
+    {"lend", (PyCFunction)fo_lend, METH_VARARGS,
+     "lend(timeout=None, target=None) -> PooledConnection of the current endpoint, or of a standby the core "
+     "chooses for a read target (\"standby\", \"prefer-standby\", \"any\")."},
+    {"lend_to", (PyCFunction)fo_lend_to, METH_VARARGS,
+     "lend_to(timeout=None, target=None, written_at=0.0) -> (PooledConnection, endpoint index): lend, and where "
+     "it came from; written_at (time.monotonic(), CLOCK_MONOTONIC as the core's clock): read your writes."},
     {"start", (PyCFunction)fo_start, METH_NOARGS, "Start the monitor threads (idempotent)."},
     {"stop", (PyCFunction)fo_stop, METH_NOARGS, "Stop the monitor threads."},
     {"close", (PyCFunction)fo_close, METH_NOARGS, "Stop the monitor; later calls raise PoolClosedError."},

@@ -12,6 +12,10 @@ extern PyTypeObject NpyFailover_Type;
  * and roles, from the core's tables. */
 int npy_failover_add_constants(PyObject *module);
 
+/* split_hosts(dsn) -> [(name, dsn)]: a multi-host connection string as one
+ * per host (the core's nc_pg_split_hosts), for DatabaseFailoverManager.from_dsn. */
+PyObject *npy_failover_split_hosts(PyObject *module, PyObject *arg);
+
 /* The exit hook: close every live FailoverMonitor's route (its monitor
  * threads stopped, joined for at most max_wait seconds each; a probe stuck
  * longer is left to finish on its own, owning what it uses).  With the GIL;

@@ -10,6 +10,7 @@
 #include "errors.h"
 #include "failover.h"
 #include "lease.h"
+#include "patroni.h"
 #include "pool.h"
 #include "transaction.h"
 #include "../core/nc_params.h"
@@ -240,6 +241,9 @@ static PyMethodDef module_methods[] = {
      "error_facts(code, sqlstate=None) -> (connection_failure, not_applied) by the core's tables."},
     {"error_class", error_class, METH_VARARGS,
      "error_class(code, kind=0, sqlstate=None) -> the name of the exception class of such an error."},
+    {"split_hosts", npy_failover_split_hosts, METH_O,
+     "split_hosts(dsn) -> [(name, dsn)]: a multi-host PostgreSQL connection string as one per host, in list order "
+     "(target_session_attrs dropped)."},
     {"_atexit", atexit_hook, METH_NOARGS, "Stop every failover monitor and shut down every pool before the interpreter exits (internal)."},
     {"translate", translate, METH_VARARGS,
      "translate(sql, dialect=DIALECT_PG) -> (sql, style, nslots, names): the placeholder rewrite."},
@@ -253,6 +257,10 @@ static PyMethodDef module_methods[] = {
     {"sql_column_type", sql_column_type, METH_O,
      "sql_column_type(text) -> str | None: the column type normalized (whitespace runs made one space), "
      "or None when it is not in the accepted grammar."},
+    {"patroni_cluster", npy_patroni_cluster, METH_VARARGS,
+     "patroni_cluster(urls, timeout) -> dict: GET /cluster from the first Patroni REST API that answers "
+     "within timeout seconds (shared among the URLs); {'scope', 'source', 'members': [{'name', 'role', "
+     "'state', 'host', 'port', 'timeline', 'replay_lag', 'lag', 'routing_lag', 'api_url', 'leader'}]}."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -285,7 +293,7 @@ PyMODINIT_FUNC PyInit__native(void)
         PyModule_AddIntConstant(m, "DIALECT_SQLITE", NC_DIALECT_SQLITE) < 0 ||
         PyModule_AddIntConstant(m, "libpq_version", PQlibVersion()) < 0 ||
         PyModule_AddStringConstant(m, "sqlite_version", sqlite3_libversion()) < 0 || npy_add_error_tables(m) < 0 ||
-        npy_pool_add_constants(m) < 0 || npy_failover_add_constants(m) < 0) {
+        npy_pool_add_constants(m) < 0 || npy_failover_add_constants(m) < 0 || npy_patroni_add_constants(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -115,7 +115,8 @@ static PyObject *pg_description(PGresult *res)
 /* The DB-API cursor's view: (description, rows, rowcount, lastrowid). */
 static PyObject *pg_result_dbapi(PGresult *res)
 {
-    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+    /* SINGLE_TUPLE: a stream's first row (its count comes at the end). */
+    if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_SINGLE_TUPLE)
         return Py_BuildValue("(OOLO)", Py_None, Py_None, pg_rowcount(res), Py_None);
     PyObject *desc = pg_description(res);
     if (!desc)
@@ -128,9 +129,21 @@ static PyObject *pg_result_dbapi(PGresult *res)
     return Py_BuildValue("(NNLO)", desc, rows, pg_rowcount(res), Py_None);
 }
 
+/* The round trip (GIL released): the whole result, or for a stream
+ * (single-row mode) its first result. */
+static PGresult *pg_send(nc_pg_conn *pc, const char *sql, int n, const Oid *types, const char *const *values,
+                         const int *lengths, const int *formats, double deadline, int stream, nc_error *err)
+{
+    if (!stream)
+        return nc_pg_exec(pc, sql, n, types, values, lengths, formats, deadline, err);
+    if (nc_pg_stream_send(pc, sql, n, types, values, lengths, formats, deadline, err) < 0)
+        return NULL;
+    return nc_pg_stream_next(pc, deadline, err);
+}
+
 /* Run one statement; returns a new PGresult or NULL with the exception set. */
 static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize_t sqllen, PyObject *params,
-                        double deadline)
+                        double deadline, int stream)
 {
     nc_error err;
     nc_error_clear(&err);
@@ -140,7 +153,7 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
     if (params == Py_None) {
         npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
-        res = nc_pg_exec(pc, sql, -1, NULL, NULL, NULL, NULL, deadline, &err);
+        res = pg_send(pc, sql, -1, NULL, NULL, NULL, NULL, deadline, stream, &err);
         Py_END_ALLOW_THREADS
         interrupted = npy_interrupt_disarm(&it);
     } else {
@@ -172,8 +185,8 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
         }
         npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
-        res = nc_pg_exec(pc, q.sql, q.nslots, pp.types, (const char *const *)pp.values, pp.lengths,
-                         pp.formats, deadline, &err);
+        res = pg_send(pc, q.sql, q.nslots, pp.types, (const char *const *)pp.values, pp.lengths, pp.formats,
+                      deadline, stream, &err);
         Py_END_ALLOW_THREADS
         interrupted = npy_interrupt_disarm(&it);
         npy_pg_params_free(&pp);
@@ -216,12 +229,97 @@ PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObjec
      * pass here, a DISCARD ALL only after such a statement */
     if (!pc->session_dirty)
         pc->session_dirty = nc_sql_changes_session(sql, (size_t)len, NC_DIALECT_PG);
-    PGresult *res = pg_run(pool, pc, sql, len, params, deadline);
+    PGresult *res = pg_run(pool, pc, sql, len, params, deadline, shape == NPY_SHAPE_STREAM);
     if (!res)
         return NULL;
-    PyObject *out = shape == NPY_SHAPE_DBAPI ? pg_result_dbapi(res) : pg_result_value(res, shape == NPY_SHAPE_TUPLE);
+    PyObject *out = shape >= NPY_SHAPE_DBAPI ? pg_result_dbapi(res) : pg_result_value(res, shape == NPY_SHAPE_TUPLE);
     PQclear(res);
     return out;
+}
+
+/* Up to n more rows of a stream: the results come with the GIL released,
+ * the rows are made with it.  An error ends the stream (told to the pool
+ * as a failed statement). */
+PyObject *npy_pg_stream_fetch(nc_pool *pool, nc_pg_conn *pc, int n, double deadline, int *done)
+{
+    PGresult **got = PyMem_Malloc(sizeof(PGresult *) * (size_t)(n > 0 ? n : 1));
+    if (!got)
+        return PyErr_NoMemory();
+    nc_error err;
+    nc_error_clear(&err);
+    int k = 0, failed = 0;
+    *done = 0;
+    npy_interrupt it;
+    npy_interrupt_arm(&it);
+    Py_BEGIN_ALLOW_THREADS
+    while (k < n) {
+        PGresult *r = nc_pg_stream_next(pc, deadline, &err);
+        if (!r) {
+            failed = 1;
+            break;
+        }
+        if (PQresultStatus(r) != PGRES_SINGLE_TUPLE) {
+            PQclear(r);   /* the end: TUPLES_OK with no rows */
+            *done = 1;
+            break;
+        }
+        got[k++] = r;
+    }
+    if (failed)
+        nc_pool_statement_done(pool, &err);   /* maybe a failover decision: not with the GIL */
+    Py_END_ALLOW_THREADS
+    int interrupted = npy_interrupt_disarm(&it);
+    PyObject *rows = NULL;
+    if (failed) {
+        *done = 1;
+        if (!interrupted)
+            npy_raise_error(&err);
+    } else {
+        rows = PyList_New(k);
+        for (int i = 0; rows && i < k; i++) {
+            PyObject *one = pg_rows(got[i], 1);   /* a list of one tuple */
+            if (!one) {
+                Py_CLEAR(rows);
+                break;
+            }
+            PyList_SET_ITEM(rows, i, Py_NewRef(PyList_GET_ITEM(one, 0)));
+            Py_DECREF(one);
+        }
+    }
+    for (int i = 0; i < k; i++)
+        PQclear(got[i]);
+    PyMem_Free(got);
+    return rows;
+}
+
+int npy_pg_stream_drain(nc_pool *pool, nc_pg_conn *pc, double deadline)
+{
+    nc_error err;
+    nc_error_clear(&err);
+    int failed = 0;
+    npy_interrupt it;
+    npy_interrupt_arm(&it);
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        PGresult *r = nc_pg_stream_next(pc, deadline, &err);
+        if (!r) {
+            failed = 1;
+            nc_pool_statement_done(pool, &err);
+            break;
+        }
+        int row = PQresultStatus(r) == PGRES_SINGLE_TUPLE;
+        PQclear(r);
+        if (!row)
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    if (npy_interrupt_disarm(&it))
+        return -1;
+    if (failed) {
+        npy_raise_error(&err);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- execute_many ------------------------------------------------------- */
@@ -315,19 +413,21 @@ PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, Py
     long long total = 0;
     Py_ssize_t base = 0;            /* the sequence index of the batch's first row */
     int began = 0, last = 0;
+    PyObject *next = PyIter_Next(it);   /* one ahead: the last pipeline carries the COMMIT */
     while (!last) {
-        PyObject *item = NULL;
-        while (b->n < NPY_PG_BATCH && (item = PyIter_Next(it))) {
-            int rc = batch_add(b, &q, item);
-            Py_DECREF(item);
+        while (next && b->n < NPY_PG_BATCH) {
+            int rc = batch_add(b, &q, next);
+            Py_DECREF(next);
+            next = NULL;
             if (rc < 0) {
                 note_row(base + b->n);
                 goto fail;
             }
+            next = PyIter_Next(it);
         }
         if (PyErr_Occurred())
             goto fail;
-        last = b->n < NPY_PG_BATCH;
+        last = next == NULL;
         if (last && !began && b->n == 0)
             break;                  /* an empty sequence: nothing to run */
         const char *before = own_txn && !began ? "BEGIN" : NULL;
@@ -363,6 +463,7 @@ PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, Py
     Py_DECREF(it);
     return PyLong_FromLongLong(total);
 fail:
+    Py_XDECREF(next);
     batch_clear(b);
     free(b);
     nc_sql_free(&q);

@@ -17,6 +17,20 @@
 PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *params, double deadline,
                          int shape);
 
+/* With shape NPY_SHAPE_STREAM npy_pg_execute starts the statement in
+ * single-row mode and gives the DB-API 4-tuple of its first result: the
+ * first row (rowcount -1) while more follow (the session's transaction
+ * status is then PQTRANS_ACTIVE), else the whole (empty) result.  This
+ * gives up to n more rows (a list of tuples); *done is set when the
+ * statement is over (after the last row, or on error: NULL with the
+ * exception set, KeyboardInterrupt on Ctrl-C). */
+PyObject *npy_pg_stream_fetch(nc_pool *pool, nc_pg_conn *pc, int n, double deadline, int *done);
+
+/* Read a stream's remaining rows and drop them (the statement runs to its
+ * end, so an open transaction stays as it would be).  0, or -1 with the
+ * exception set (the stream is over either way). */
+int npy_pg_stream_drain(nc_pool *pool, nc_pg_conn *pc, double deadline);
+
 /* Run query once per parameter set of seq (an iterable of sequences or
  * mappings) in pipelines of up to 1000 rows, one round trip each
  * (nc_pg_exec_many), all before deadline.  own_txn: wrap the whole run in

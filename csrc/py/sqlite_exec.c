@@ -35,10 +35,40 @@ static PyObject *sqlite_description(sqlite3_stmt *st, int ncols)
     return desc;
 }
 
-PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,
-                             double deadline, double busy_wait, int shape)
+/* Append the row st is on to rows (a tuple, or a dict keyed by names).
+ * 0, or -1 with the exception set. */
+static int sqlite_row(sqlite3_stmt *st, int ncols, int tuple, PyObject *names, PyObject *rows)
 {
-    const int tuple = shape != NPY_SHAPE_DICT, dbapi = shape == NPY_SHAPE_DBAPI;
+    PyObject *row = tuple ? PyTuple_New(ncols) : PyDict_New();
+    if (!row || PyList_Append(rows, row) < 0) {
+        Py_XDECREF(row);
+        return -1;
+    }
+    Py_DECREF(row);
+    for (int j = 0; j < ncols; j++) {
+        PyObject *v = npy_sqlite_value(st, j);
+        if (!v)
+            return -1;
+        if (tuple) {
+            PyTuple_SET_ITEM(row, j, v);
+        } else {
+            int r2 = PyDict_SetItem(row, PyTuple_GET_ITEM(names, j), v);
+            Py_DECREF(v);
+            if (r2 < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,
+                             double deadline, double busy_wait, int shape, sqlite3_stmt **stream)
+{
+    const int tuple = shape != NPY_SHAPE_DICT, dbapi = shape >= NPY_SHAPE_DBAPI;
+    if (shape != NPY_SHAPE_STREAM)
+        stream = NULL;
+    if (stream)
+        *stream = NULL;
     /* DB-API: the last statement's description, row count and rowid. */
     PyObject *desc = NULL;
     long long rowcount = -1, lastrowid = 0;
@@ -148,6 +178,9 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
             }
         }
         sqlite3_int64 before = sqlite3_total_changes64(sc->db);
+        /* A stream: the last statement's rows after the first are stepped
+         * by npy_sqlite_stream_fetch. */
+        int streaming = 0;
         for (;;) {
             Py_BEGIN_ALLOW_THREADS
             rc = sqlite3_step(st);
@@ -156,32 +189,14 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
                 break;
             if (!rows)
                 continue;
-            PyObject *row = tuple ? PyTuple_New(ncols) : PyDict_New();
-            if (!row || PyList_Append(rows, row) < 0) {
-                Py_XDECREF(row);
+            if (sqlite_row(st, ncols, tuple, names, rows) < 0) {
                 rc = -1;
                 break;
             }
-            Py_DECREF(row);
-            for (int j = 0; j < ncols; j++) {
-                PyObject *v = npy_sqlite_value(st, j);
-                if (!v) {
-                    rc = -1;
-                    break;
-                }
-                if (tuple) {
-                    PyTuple_SET_ITEM(row, j, v);
-                } else {
-                    int r2 = PyDict_SetItem(row, PyTuple_GET_ITEM(names, j), v);
-                    Py_DECREF(v);
-                    if (r2 < 0) {
-                        rc = -1;
-                        break;
-                    }
-                }
-            }
-            if (rc == -1)
+            if (stream && blank(next)) {
+                streaming = 1;
                 break;
+            }
         }
         Py_XDECREF(names);
         if (rc == -1) {
@@ -189,7 +204,7 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
             sqlite3_finalize(st);
             goto error_raised;
         }
-        if (rc != SQLITE_DONE) {
+        if (rc != SQLITE_DONE && !streaming) {
             Py_XDECREF(rows);
             nc_sqlite_error(sc, rc, &err);
             sqlite3_finalize(st);
@@ -201,7 +216,9 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
              * verb, by the core's lexer: a CREATE changes none and has no
              * count), the rowid after an INSERT or REPLACE. */
             int verb = nc_sql_verb(tail, (size_t)(next - tail), NC_DIALECT_SQLITE);
-            if (rows)
+            if (streaming)
+                rowcount = -1;   /* known at the end */
+            else if (rows)
                 rowcount = PyList_GET_SIZE(rows);
             else
                 rowcount = verb != NC_VERB_OTHER ? sqlite3_changes64(sc->db) : -1;
@@ -213,7 +230,10 @@ PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query,
             int dml = !sqlite3_stmt_readonly(st) && delta > 0;
             result = PyLong_FromLongLong(dml ? sqlite3_changes64(sc->db) : (delta == 0 && !sqlite3_stmt_readonly(st) ? 0 : -1));
         }
-        sqlite3_finalize(st);
+        if (streaming)
+            *stream = st;   /* the caller's now: stepped on, then finalized */
+        else
+            sqlite3_finalize(st);
         if (!result && !dbapi)   /* the count's int (a DB-API statement without rows has none) */
             goto error_raised;
         first = 0;
@@ -258,9 +278,62 @@ interrupted:
     /* KeyboardInterrupt is set; counted as a failed statement. */
     nc_pool_statement_done(pool, &err);
 cleanup:
+    if (stream && *stream) {
+        sqlite3_finalize(*stream);
+        *stream = NULL;
+    }
     Py_XDECREF(desc);
     Py_XDECREF(result);
     Py_XDECREF(vals);
     nc_sql_free(&q);
     return NULL;
+}
+
+PyObject *npy_sqlite_stream_fetch(nc_pool *pool, nc_sqlite_conn *sc, sqlite3_stmt *st, int n, double deadline,
+                                  double busy_wait, int *done)
+{
+    *done = 0;
+    PyObject *rows = PyList_New(0);
+    if (!rows)
+        return NULL;
+    double busy_until = nc_now() + busy_wait;
+    nc_sqlite_begin(sc, deadline, busy_until < deadline ? busy_until : deadline);
+    int ncols = sqlite3_column_count(st), rc = SQLITE_ROW;
+    npy_interrupt it;
+    npy_interrupt_arm(&it);
+    for (int k = 0; k < n; k++) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = sqlite3_step(st);
+        Py_END_ALLOW_THREADS
+        if (rc != SQLITE_ROW)
+            break;
+        if (sqlite_row(st, ncols, 1, NULL, rows) < 0) {
+            rc = -1;
+            break;
+        }
+    }
+    int interrupted = npy_interrupt_disarm(&it);
+    if (rc == SQLITE_ROW && !interrupted)
+        return rows;
+    *done = 1;   /* the end, or an error: either way the stream is over */
+    if (rc == SQLITE_DONE && !interrupted)
+        return rows;
+    Py_DECREF(rows);
+    nc_error err;
+    nc_error_clear(&err);
+    if (interrupted) {
+        nc_error_set(&err, NC_E_INTERRUPTED, NC_K_OPERATIONAL, "interrupted");
+        nc_pool_statement_done(pool, &err);   /* KeyboardInterrupt is set */
+        return NULL;
+    }
+    if (rc == -1) {
+        nc_error_set(&err, NC_E_QUERY, NC_K_NONE, "statement failed in the binding");
+        nc_pool_statement_done(pool, &err);
+        return NULL;
+    }
+    nc_sqlite_error(sc, rc, &err);
+    Py_BEGIN_ALLOW_THREADS
+    nc_pool_statement_done(pool, &err);
+    Py_END_ALLOW_THREADS
+    return npy_raise_error(&err);
 }

@@ -15,6 +15,14 @@
  * (description with declared types, rows, rowcount, lastrowid); NULL
  * with the exception set (failures counted in pool and reported). */
 PyObject *npy_sqlite_execute(nc_pool *pool, nc_sqlite_conn *sc, PyObject *query, PyObject *params,
-                             double deadline, double busy_wait, int shape);
+                             double deadline, double busy_wait, int shape, sqlite3_stmt **stream);
+
+/* Streams (shape NPY_SHAPE_STREAM, stream not NULL): when the last
+ * statement returns rows, only its first is read; the statement is left in
+ * *stream (rowcount -1) for npy_sqlite_stream_fetch to step on, up to n
+ * rows at a time (*done once it is over: after the last row, or on error,
+ * NULL with the exception set); the caller finalizes it. */
+PyObject *npy_sqlite_stream_fetch(nc_pool *pool, nc_sqlite_conn *sc, sqlite3_stmt *st, int n, double deadline,
+                                  double busy_wait, int *done);
 
 #endif

@@ -8,35 +8,7 @@
 #include "check.h"
 #include "nc_error.h"
 #include "nc_pg.h"
-
-static int utf8_ok(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        unsigned c = *p, n, cp;
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        if (c >= 0xC2 && c <= 0xDF)
-            n = 1, cp = c & 0x1F;
-        else if (c >= 0xE0 && c <= 0xEF)
-            n = 2, cp = c & 0x0F;
-        else if (c >= 0xF0 && c <= 0xF4)
-            n = 3, cp = c & 0x07;
-        else
-            return 0;
-        for (unsigned i = 1; i <= n; i++) {
-            if ((p[i] & 0xC0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (p[i] & 0x3F);
-        }
-        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        p += n + 1;
-    }
-    return 1;
-}
+#include "utf8_check.h"
 
 /* A refused string: 2013, a valid UTF-8 message holding want. */
 static void refused(const char *dsn, const char *want)
@@ -93,11 +65,69 @@ static void test_valid_text_kept(void)
     refused("host='unterminated", "unterminated quoted string");
 }
 
+/* A multi-host string split into one string per endpoint (the failover
+ * manager's from_dsn): list order, each host's port, the other settings
+ * kept, target_session_attrs dropped, names without the password. */
+static void test_split_hosts(void)
+{
+    char *dsns[NC_PG_MAX_HOSTS], *names[NC_PG_MAX_HOSTS];
+    nc_error err;
+    nc_error_clear(&err);
+    int n = nc_pg_split_hosts("postgresql://u:s3cret@h1:5432,h2:5433/db?target_session_attrs=read-write"
+                              "&connect_timeout=3&application_name=it's",
+                              dsns, names, NC_PG_MAX_HOSTS, &err);
+    CHECK(n == 2, "two: %d %s", n, err.message);
+    if (n == 2) {
+        CHECK(!strcmp(names[0], "h1:5432") && !strcmp(names[1], "h2:5433"), "names %s %s", names[0], names[1]);
+        CHECK(strstr(dsns[0], "host='h1'") && strstr(dsns[0], "port='5432'") && strstr(dsns[1], "host='h2'") &&
+                  strstr(dsns[1], "port='5433'"),
+              "hosts: %s | %s", dsns[0], dsns[1]);
+        CHECK(!strstr(dsns[0], "target_session_attrs") && !strstr(dsns[1], "h1"), "dropped: %s | %s", dsns[0],
+              dsns[1]);
+        CHECK(strstr(dsns[1], "dbname='db'") && strstr(dsns[1], "user='u'") && strstr(dsns[1], "password='s3cret'") &&
+                  strstr(dsns[1], "connect_timeout='3'") && strstr(dsns[1], "application_name='it\\'s'"),
+              "kept and quoted: %s", dsns[1]);
+        CHECK(!strstr(names[0], "s3cret"), "no password in a name");
+        /* Each piece is a valid connection string for one host. */
+        for (int i = 0; i < n; i++) {
+            char *one[NC_PG_MAX_HOSTS], *nm[NC_PG_MAX_HOSTS];
+            int k = nc_pg_split_hosts(dsns[i], one, nm, NC_PG_MAX_HOSTS, &err);
+            CHECK(k == 1 && !strcmp(nm[0], names[i]), "piece %d: %d %s", i, k, err.message);
+            for (int j = 0; j < k; j++) {
+                free(one[j]);
+                free(nm[j]);
+            }
+            free(dsns[i]);
+            free(names[i]);
+        }
+    }
+    n = nc_pg_split_hosts("host=a,b,c port=1,2,3 dbname=x", dsns, names, NC_PG_MAX_HOSTS, &err);
+    CHECK(n == 3 && !strcmp(names[2], "c:3"), "key=value form: %d", n);
+    for (int i = 0; i < n; i++) {
+        free(dsns[i]);
+        free(names[i]);
+    }
+    n = nc_pg_split_hosts("host=a,b port=7 dbname=x", dsns, names, NC_PG_MAX_HOSTS, &err);
+    CHECK(n == 2 && !strcmp(names[0], "a:7") && !strcmp(names[1], "b:7"), "one port for all: %d", n);
+    for (int i = 0; i < n; i++) {
+        free(dsns[i]);
+        free(names[i]);
+    }
+    CHECK(nc_pg_split_hosts("host=a,,b", dsns, names, NC_PG_MAX_HOSTS, &err) == -1 && err.code == NC_E_FO_SPLIT_DSN,
+          "empty host: %d", err.code);
+    CHECK(nc_pg_split_hosts("host=a,b port=1,2,3", dsns, names, NC_PG_MAX_HOSTS, &err) == -1 &&
+              err.code == NC_E_CONFIG,
+          "lists differ: %d", err.code);
+    CHECK(nc_pg_split_hosts("host=a,b,c", dsns, names, 2, &err) == -1 && err.code == NC_E_CONFIG, "over cap");
+    CHECK(nc_pg_split_hosts("nonsense", dsns, names, 2, &err) == -1 && err.code == NC_E_CONFIG, "bad string");
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
         {"percent_decoded_bytes", test_percent_decoded_bytes},
         {"valid_text_kept", test_valid_text_kept},
+        {"split_hosts", test_split_hosts},
     };
     return nc_run_cases("test_pg_dsn", cases, NC_NCASES(cases));
 }

@@ -383,6 +383,117 @@ static void test_close_during_report(void)
     }
 }
 
+/* Read targets over endpoints whose role nobody can tell (a fake backend,
+ * as SQLite or a Python backend): no standby, so "standby" fails at once
+ * with NC_E_FO_NO_STANDBY and the others borrow from the current endpoint,
+ * counted as reads. */
+static void test_read_targets_without_standbys(void)
+{
+    setup s;
+    make(&s, 2, NC_FO_AUTOMATIC);
+    int ep = -1;
+    nc_conn *c;
+    uint64_t l;
+    nc_error err;
+    double t0 = nc_now();
+    int rc = nc_route_lend_to(s.r, NC_TARGET_STANDBY, 5, &ep, &c, &l, &err);
+    CHECK(rc == -1 && err.code == NC_E_FO_NO_STANDBY && nc_now() - t0 < 5, "standby: rc %d code %d (%s)", rc,
+          err.code, err.message);
+    for (int t = NC_TARGET_PREFER_STANDBY; t <= NC_TARGET_ANY; t++) {
+        rc = nc_route_lend_to(s.r, t, 5, &ep, &c, &l, &err);
+        CHECK(rc == 0 && ep == 0, "%s: rc %d ep %d (%s)", nc_target_name(t), rc, ep, err.message);
+        if (rc == 0)
+            nc_pool_release(s.pools[ep], c, 0);
+    }
+    rc = nc_route_lend_to(s.r, NC_TARGET_COUNT, 5, &ep, &c, &l, &err);
+    CHECK(rc == -1 && err.code == NC_E_FO_BAD_TARGET, "bad target: %d", err.code);
+    CHECK(nc_route_lend(s.r, 5, &ep, &c, &l, &err) == 0 && ep == 0, "primary");
+    nc_pool_release(s.pools[0], c, 0);
+    nc_route_ep_status st[2];
+    nc_route_read_status(s.r, st);
+    CHECK(st[0].reads == 2 && st[0].writes == 1 && st[1].reads == 0 && st[1].writes == 0,
+          "counted: %llu reads %llu writes", (unsigned long long)st[0].reads, (unsigned long long)st[0].writes);
+    CHECK(st[0].probed && st[0].up && !st[0].standby && !st[0].eligible && !st[0].have_lsn, "endpoint 0's view");
+    nc_read_config rc_bad;
+    nc_read_config_defaults(&rc_bad);
+    CHECK(rc_bad.failover_wait == 0 && rc_bad.max_replica_lag_bytes == 16.0 * 1024 * 1024 &&
+              rc_bad.max_replica_lag_seconds == 30.0,
+          "defaults");
+    rc_bad.failover_wait = -1;
+    CHECK(nc_route_configure_reads(s.r, &rc_bad, &err) == -1 && err.code == NC_E_CONFIG, "failover_wait < 0");
+    rc_bad.failover_wait = 0;
+    rc_bad.max_replica_lag_seconds = 0;
+    CHECK(nc_route_configure_reads(s.r, &rc_bad, &err) == -1 && err.code == NC_E_CONFIG, "lag 0");
+    finish(&s);
+}
+
+typedef struct waiter {
+    setup *s;
+    int rc, ep, code;
+    double waited;
+    int done;
+} waiter;
+
+static void *wait_borrow(void *arg)
+{
+    waiter *w = arg;
+    nc_conn *c;
+    uint64_t l;
+    nc_error err;
+    nc_error_clear(&err);
+    double t0 = nc_now();
+    w->rc = nc_route_lend(w->s->r, 20, &w->ep, &c, &l, &err);
+    w->waited = nc_now() - t0;
+    w->code = err.code;
+    if (w->rc == 0)
+        nc_pool_release(w->s->pools[w->ep], c, 0);
+    ST(w->done, 1);
+    return NULL;
+}
+
+/* failover_wait, with monitor threads: while every endpoint is down a
+ * borrow for the primary waits (on the monitor's events) instead of
+ * failing; one whose own timeout is shorter fails at it; when an endpoint
+ * comes back the monitor switches and the waiting borrow is served. */
+static void test_failover_wait(void)
+{
+    setup s;
+    make(&s, 2, NC_FO_AUTOMATIC);
+    nc_error err;
+    nc_read_config rcfg;
+    nc_read_config_defaults(&rcfg);
+    rcfg.failover_wait = 20;
+    CHECK(nc_route_configure_reads(s.r, &rcfg, &err) == 0, "configure");
+    ST(s.eps[0].down, 1);
+    ST(s.eps[1].down, 1);
+    nc_monitor *m = nc_route_enter(s.r);
+    CHECK(m && nc_monitor_start(m, &err) == 0, "start");
+    /* the outage seen: the monitor's no_target event (its probes run every 0.05 s) */
+    uint64_t seen = 0;
+    nc_event e;
+    while (nc_monitor_current(m, NULL) >= 0 && nc_monitor_wait_events(m, seen, &e, 1, 10 * nc_time_scale()) == 1)
+        seen = e.id;
+    CHECK(nc_monitor_current(m, NULL) == -1, "unavailable");
+    waiter w = {&s, -2, -1, 0, 0, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, wait_borrow, &w);
+    int ep;
+    nc_conn *c;
+    uint64_t l;
+    double t0 = nc_now();
+    int rc = nc_route_lend(s.r, 0.3, &ep, &c, &l, &err);
+    double took = nc_now() - t0;
+    CHECK(rc == -1 && err.code == NC_E_FO_NO_ENDPOINT && took >= 0.3 && took < 0.3 + SLACK * 4,
+          "a short borrow waits its own timeout: rc %d code %d took %.3f", rc, err.code, took);
+    CHECK(!LD(w.done), "the long borrow still waits");
+    ST(s.eps[1].down, 0);
+    pthread_join(t, NULL);
+    CHECK(w.rc == 0 && w.ep == 1, "served by the endpoint that came back: rc %d ep %d code %d after %.3f s", w.rc,
+          w.ep, w.code, w.waited);
+    nc_route_leave(s.r);
+    finish(&s);
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -393,6 +504,8 @@ int main(void)
         {"closed", test_closed},
         {"close_during_report", test_close_during_report},
         {"late_start_and_shared_pools", test_close_refuses_a_late_start_and_pools_are_not_shared},
+        {"read_targets_without_standbys", test_read_targets_without_standbys},
+        {"failover_wait", test_failover_wait},
     };
     return nc_run_cases("test_route", cases, NC_NCASES(cases));
 }

@@ -94,7 +94,11 @@ class Error(Exception):
     #: For errors of a statement: False when it certainly never reached the
     #: server (safe to run again elsewhere), True when it did (its outcome
     #: may be unknown if the connection was lost), None when not known.
-    statement_sent = None
+    statement_sent: Optional[bool] = None
+
+    #: For an error of ``execute_many``: the index in its sequence of the
+    #: parameter set that failed (None when no one row is to blame).
+    row_index = None
 
     #: (set per instance) ``connection_failure``: True when the error is a
     #: failure of the connection or the endpoint (lost, refused, no usable

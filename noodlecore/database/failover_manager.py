@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import enum
 import logging
 import os
 import threading
@@ -43,9 +42,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .. import _native
-from . import errors
+from . import errors, patroni as _patroni
 from .config import backend_kind, redact_dsn
 from .connection_pool import DatabaseConnectionPool, PooledConnection
+from .failover_enums import FailoverMode, FailoverPolicy, FailoverState
+from .routing import check_target
 
 __all__ = [
     "FailoverMode", "FailoverPolicy", "FailoverState", "FailoverConfig", "DatabaseEndpoint",
@@ -54,25 +55,6 @@ __all__ = [
 
 log = logging.getLogger("noodlecore.database.failover")
 
-
-def _names_enum(name: str, names: tuple, doc: str) -> type:
-    # The members are the C core's names (csrc/core/nc_failover.c), the one
-    # copy: MANUAL = "manual", and so on.
-    cls = enum.Enum(name, [(n.upper(), n) for n in names], module=__name__)
-    cls.__doc__ = doc
-    return cls
-
-
-FailoverMode = _names_enum(
-    "FailoverMode", _native.FAILOVER_MODES,
-    "MANUAL (switch only on trigger_failover()), AUTOMATIC, SEMI_AUTOMATIC (fail back only on "
-    "trigger_recovery()).")
-FailoverPolicy = _names_enum(
-    "FailoverPolicy", _native.FAILOVER_POLICIES,
-    "What makes the current endpoint failing: FAILURE_COUNT, RESPONSE_TIME, HEALTH_CHECK, or COMBINED (any).")
-FailoverState = _names_enum(
-    "FailoverState", _native.FAILOVER_STATES,
-    "PRIMARY, FAILING_OVER, SECONDARY, FAILING_BACK, RECOVERING, UNAVAILABLE (no usable endpoint).")
 
 #: The defaults of the failover settings: the C core's (nc_monitor_config_defaults).
 _FO_DEFAULTS = _native.FAILOVER_DEFAULTS
@@ -87,7 +69,10 @@ class FailoverConfig:
     ``max_failure_count``; ``failover_timeout`` bounds one switch (verifying
     the target); ``max_recovery_attempts`` failed failbacks stop automatic
     failback until ``trigger_recovery()``; ``hold_down`` is the least time
-    between two automatic switches; ``slow_probe_count`` consecutive probes
+    between two automatic switches; ``failover_wait``: how long a primary
+    borrow waits while no writable endpoint exists (0: 4015 at once); a
+    standby serves reads while at most ``max_replica_lag_bytes`` and
+    ``max_replica_lag_seconds`` behind; ``slow_probe_count`` consecutive probes
     slower than ``response_time_threshold`` fire the RESPONSE_TIME policy;
     ``enable_connection_pooling=False`` closes every connection when it is
     returned instead of keeping it; ``pool_options`` go to every endpoint's
@@ -111,6 +96,9 @@ class FailoverConfig:
     require_writable: bool = _FO_DEFAULTS["require_writable"]
     slow_probe_count: int = _FO_DEFAULTS["slow_probe_count"]
     hold_down: float = _FO_DEFAULTS["hold_down"]
+    failover_wait: float = _FO_DEFAULTS["failover_wait"]
+    max_replica_lag_bytes: float = _FO_DEFAULTS["max_replica_lag_bytes"]
+    max_replica_lag_seconds: float = _FO_DEFAULTS["max_replica_lag_seconds"]
     event_history: int = 100
     pool_options: Dict[str, Any] = field(default_factory=dict)
 
@@ -140,9 +128,11 @@ class FailoverConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v != v \
                     or v == float("inf"):
                 bad(name, f"must be a positive number of seconds, not {v!r}")
-        v = self.hold_down
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != v:
-            bad("hold_down", f"must be a number of seconds of at least 0, not {v!r}")
+        for name in ("hold_down", "failover_wait", "max_replica_lag_bytes", "max_replica_lag_seconds"):
+            v, pos = getattr(self, name), name.startswith("max_")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 if pos else v >= 0) \
+                    or v == float("inf"):
+                bad(name, f"must be a {'positive number' if pos else 'number of seconds of at least 0'}, not {v!r}")
         for name in ("enable_connection_pooling", "auto_recovery", "require_writable"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, f"must be True or False, not {getattr(self, name)!r}")
@@ -194,6 +184,12 @@ class FailoverEvent:
                 "success": self.success, "metadata": dict(self.metadata)}
 
 
+def dsn_endpoints(dsn: str) -> List[DatabaseEndpoint]:
+    """Each host of a libpq (multi-host) DSN as an endpoint (the core splits it)."""
+    return [DatabaseEndpoint(id=name, name=name, connection_string=one, priority=i + 1)
+            for i, (name, one) in enumerate(_native.split_hosts(dsn))]
+
+
 # Managers alive in this process, for the fork hook below: plain weak
 # references without callbacks (a WeakSet's callbacks kept a dropped manager
 # in a reference cycle from being collected under pytest's thread-exception
@@ -238,7 +234,7 @@ def _iso(ts: Optional[float]) -> Optional[datetime.datetime]:
     return datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)
 
 
-class DatabaseFailoverManager:
+class DatabaseFailoverManager(_patroni.PatroniSource):
     """Pools per endpoint, a native monitor, and the switch between them.
 
     ``backend_factory``: None to use the native backend each endpoint's
@@ -321,24 +317,46 @@ class DatabaseFailoverManager:
 
     # -- borrowing --------------------------------------------------------
 
-    @contextlib.contextmanager
-    def get_connection(self, timeout: Optional[float] = None) -> Iterator[PooledConnection]:
-        """Borrow a connection of the current endpoint (a context manager).
+    @classmethod
+    def from_dsn(cls, dsn: str, config: Optional[FailoverConfig] = None) -> "DatabaseFailoverManager":
+        """A manager over a libpq multi-host connection string (URI or
+        ``host=h1,h2 port=5432,5433``): each host an endpoint, id
+        ``"host:port"``, priority in list order; ``target_session_attrs`` is
+        dropped (the probes find the writable host)."""
+        return cls(dsn_endpoints(dsn), config=config)
 
-        Raises OperationalError 4015 at once when no endpoint is usable, and
-        PoolClosedError (2002) after shutdown()."""
+    @contextlib.contextmanager
+    def get_connection(self, timeout: Optional[float] = None,
+                       target: str = "primary") -> Iterator[PooledConnection]:
+        """Borrow a connection (a context manager).  ``target``: ``"primary"``
+        (the current writable endpoint), ``"standby"`` (a standby within the
+        lag limits, the least busy, ties in turn; OperationalError 4017 at
+        once when none is), ``"prefer-standby"`` (such a standby, else the
+        primary) or ``"any"`` (the least busy of the primary and those).
+        For the primary: OperationalError 4015 when no endpoint is usable, at
+        once or after ``failover_wait`` seconds (within ``timeout``) of
+        waiting for one; PoolClosedError (2002) after shutdown()."""
+        conn, _ = self._lend(timeout, target)
+        try:
+            yield conn
+        finally:
+            self._give_back(conn)
+
+    def _lend(self, timeout: Optional[float], target: str, written_at: float = 0.0) -> "tuple[PooledConnection, str]":
+        # The connection and its endpoint's id (for the DatabaseManager's logs).
         if self._closed:
             raise errors.PoolClosedError("the failover manager is shut down")
         if self._restart_dispatcher:
             self._resume_in_child()
-        conn = self._native.lend(timeout)
-        try:
-            yield conn
-        finally:
-            if self.config.enable_connection_pooling:
-                conn.release()
-            else:
-                conn.discard()
+        check_target(target)
+        conn, idx = self._native.lend_to(timeout, target, written_at)
+        return conn, self.endpoints[idx].id
+
+    def _give_back(self, conn: PooledConnection) -> None:
+        if self.config.enable_connection_pooling:
+            conn.release()
+        else:
+            conn.discard()
 
     def connect(self, timeout: Optional[float] = None, autocommit: bool = False) -> Any:
         """A PEP 249 connection (``noodlecore.dbapi.Connection``) of the
@@ -442,6 +460,11 @@ class DatabaseFailoverManager:
                 "response_time": e.response_time,
                 "last_health_check": e.last_health_check.isoformat() if e.last_health_check else None,
                 "last_error": h["last_error"] or None,
+                # read routing (README "Reads on standbys"): reads/writes are
+                # borrows served for read targets / for the primary
+                "lsn": h["lsn"], "lag_bytes": h["lag_bytes"], "lag_seconds": h["lag_seconds"],
+                "serves_reads": h["serves_reads"], "in_flight": h["in_flight"],
+                "reads": h["reads"], "writes": h["writes"],
             }
         s = st["stats"]
         with self._events_lock:

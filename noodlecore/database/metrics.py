@@ -37,6 +37,10 @@ noodlecore_endpoint_role                        gauge      endpoint, role (1 for
 noodlecore_endpoint_latency_seconds             gauge      endpoint (last health probe)
 noodlecore_endpoint_consecutive_failures        gauge      endpoint
 noodlecore_current_endpoint                     gauge      endpoint (1 for the one in use)
+noodlecore_endpoint_replica_lag_bytes           gauge      endpoint (standbys whose lag is known)
+noodlecore_endpoint_replica_lag_seconds         gauge      endpoint (standbys whose lag is known)
+noodlecore_endpoint_serves_reads                gauge      endpoint (1 for a standby within the lag limits)
+noodlecore_endpoint_borrows_total               counter    endpoint, target (read/primary)
 noodlecore_failover_state                       gauge      state (1 for the current state)
 noodlecore_failover_monitoring                  gauge
 noodlecore_failovers_total                      counter
@@ -126,6 +130,11 @@ def _failover_metrics(mgr: DatabaseFailoverManager) -> Dict[str, Any]:
             "last_health_check": h["last_health_check"],
             "last_error": h["last_error"],
             "current": e.id == st["current_endpoint"],
+            "lag_bytes": h["lag_bytes"],
+            "lag_seconds": h["lag_seconds"],
+            "serves_reads": h["serves_reads"],
+            "reads": h["reads"],
+            "writes": h["writes"],
             "pool": _pool_metrics(mgr.get_pool(e.id)),
         }
     return {
@@ -185,7 +194,9 @@ def get_metrics(obj: Any) -> Dict[str, Any]:
 
     Failover manager: ``kind`` "failover", ``state``, ``current_endpoint``,
     ``monitoring``, ``endpoints`` (per id: up, role, latency_seconds,
-    consecutive_failures, priority, current, and its ``pool`` as above),
+    consecutive_failures, priority, current, a standby's ``lag_bytes`` and
+    ``lag_seconds`` (None unknown), ``serves_reads``, the borrows served for
+    reads (``reads``) and for the primary (``writes``), and its ``pool`` as above),
     ``failovers_total`` / ``_successful`` / ``_failed``,
     ``recoveries_total`` / ``_successful`` / ``_failed``,
     ``average_failover_seconds``.
@@ -293,6 +304,14 @@ class NoodlecoreCollector:
                            "Consecutive failed health probes.", labels=pl),
             "cur": Gauge("noodlecore_current_endpoint", "1 for the endpoint connections come from.",
                          labels=pl),
+            "lagb": Gauge("noodlecore_endpoint_replica_lag_bytes",
+                          "Bytes of WAL a standby has not replayed yet (standbys whose lag is known).", labels=pl),
+            "lags": Gauge("noodlecore_endpoint_replica_lag_seconds",
+                          "How long the primary has been past a standby's replay position.", labels=pl),
+            "reads_ok": Gauge("noodlecore_endpoint_serves_reads", "1 for a standby within the lag limits.",
+                              labels=pl),
+            "borrows": Counter("noodlecore_endpoint_borrows", "Borrows served, by target (read or primary).",
+                               labels=pl + ["target"]),
             "state": Gauge("noodlecore_failover_state", "1 for the failover manager's current state.",
                            labels=["name", "state"]),
             "mon": Gauge("noodlecore_failover_monitoring", "1 while the native health monitor runs.",
@@ -367,6 +386,13 @@ class NoodlecoreCollector:
             f["lat"].add_metric(lv, e["latency_seconds"] or 0.0)
             f["cfail"].add_metric(lv, e["consecutive_failures"])
             f["cur"].add_metric(lv, 1 if e["current"] else 0)
+            if e["lag_bytes"] is not None:
+                f["lagb"].add_metric(lv, e["lag_bytes"])
+            if e["lag_seconds"] is not None:
+                f["lags"].add_metric(lv, e["lag_seconds"])
+            f["reads_ok"].add_metric(lv, 1 if e["serves_reads"] else 0)
+            f["borrows"].add_metric(lv + ["read"], e["reads"])
+            f["borrows"].add_metric(lv + ["primary"], e["writes"])
             self._add_pool(f, name, eid, e["pool"])
         for s in FailoverState:
             f["state"].add_metric([name, s.value], 1 if s.value == m["state"] else 0)

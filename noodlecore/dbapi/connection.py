@@ -5,6 +5,7 @@ transaction; Python only says whether to).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional
 
 from .. import _native
@@ -34,27 +35,29 @@ class Connection:
     InterfaceError (2022); give each thread its own (``threadsafety`` 1).
     """
 
-    # PEP 249's optional extension: the exception classes as attributes.
-    Warning = errors.DatabaseWarning
-    Error = errors.Error
-    InterfaceError = errors.InterfaceError
-    DatabaseError = errors.DatabaseError
-    DataError = errors.DataError
-    OperationalError = errors.OperationalError
-    IntegrityError = errors.IntegrityError
-    InternalError = errors.InternalError
-    ProgrammingError = errors.ProgrammingError
-    NotSupportedError = errors.NotSupportedError
-
     def __init__(self, pooled: Any, autocommit: bool = False, discard: bool = False):
         self._pooled: Optional[Any] = pooled
         self._autocommit = bool(autocommit)
         self._discard = discard      # close() closes the native connection instead of pooling it
+        self._streamer: Optional["weakref.ref[Cursor]"] = None   # the cursor a stream was started by
 
     def _live(self) -> Any:
         if self._pooled is None:
             raise _native.make_error(_CLOSED, 0, None, "the connection is closed")
         return self._pooled
+
+    def _idle(self) -> Any:
+        """The pooled connection, for a statement: a stream whose cursor was
+        dropped unread is ended first (its rows read and dropped)."""
+        pooled = self._live()
+        ref = self._streamer
+        if ref is not None and ref() is None:
+            self._streamer = None
+            try:
+                pooled._stream_close()
+            except errors.Error:
+                pass    # the stream is over either way; the statement will tell
+        return pooled
 
     @property
     def closed(self) -> bool:
@@ -81,10 +84,11 @@ class Connection:
         """The PostgreSQL server process of the session (None on SQLite)."""
         return self._live().backend_pid
 
-    def cursor(self) -> Cursor:
-        """A new cursor on this connection's session."""
+    def cursor(self, stream: bool = False) -> Cursor:
+        """A new cursor on this connection's session; ``stream=True``: one
+        that reads a query's rows as they are fetched (see Cursor)."""
         self._live()
-        return Cursor(self)
+        return Cursor(self, stream=stream)
 
     def execute(self, operation: str, parameters: Any = None) -> Cursor:
         """A new cursor with ``operation`` executed on it (the shortcut
@@ -94,11 +98,11 @@ class Connection:
 
     def commit(self) -> None:
         """Commit the open transaction (nothing to do when none is open)."""
-        self._live().commit()
+        self._idle().commit()
 
     def rollback(self) -> None:
         """Roll the open transaction back (nothing to do when none is open)."""
-        self._live().rollback()
+        self._idle().rollback()
 
     def close(self) -> None:
         """Give the connection back to its pool (an open transaction is
@@ -126,3 +130,13 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<noodlecore.dbapi.Connection {'closed' if self.closed else repr(self._pooled)}>"
+
+
+#: PEP 249's exceptions (the module's, and as Connection attributes: the
+#: PEP's optional extension); Warning is DatabaseWarning.
+PEP249_ERRORS = {"Warning": errors.DatabaseWarning, "Error": errors.Error,
+                 **{name: getattr(errors, name) for name in (
+                     "InterfaceError", "DatabaseError", "DataError", "OperationalError", "IntegrityError",
+                     "InternalError", "ProgrammingError", "NotSupportedError")}}
+for _name, _cls in PEP249_ERRORS.items():
+    setattr(Connection, _name, _cls)

@@ -3,14 +3,18 @@
 row count and rowid), fetching from the rows it returned.
 
 A cursor holds the whole result of its last statement (the binding reads
-it in one go); ``fetch*`` hands it out.
+it in one go); ``fetch*`` hands it out.  A streaming cursor
+(``connection.cursor(stream=True)``) holds ``itersize`` rows at most: the
+binding reads the rest as they are fetched.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple
 
 from .. import _native
+from ..database import errors
 
 if TYPE_CHECKING:   # pragma: no cover
     from .connection import Connection
@@ -38,11 +42,26 @@ class Cursor:
     ``execute`` and after a statement that returned no rows.  A closed
     cursor, or one of a closed connection, raises InterfaceError (2024);
     closing twice does not.
+
+    ``stream=True``: the rows of a query are read as they are fetched,
+    ``itersize`` (default 2000) at a time (PostgreSQL: libpq's single-row
+    mode; SQLite: the statement is stepped on), so a large result never sits
+    in memory at once; ``rowcount`` is -1 until the last row was fetched.
+    While a stream is open its connection runs nothing else (InterfaceError
+    2026): fetch to the end, or ``close()`` the cursor or run another
+    statement on it (PostgreSQL reads the rest and drops it, SQLite just
+    stops).  Closing the connection meanwhile: on PostgreSQL the session is
+    closed rather than pooled.
     """
 
-    def __init__(self, connection: "Connection"):
+    def __init__(self, connection: "Connection", stream: bool = False):
         self._connection = connection
         self._closed = False
+        self._stream = bool(stream)
+        self._streaming = False     # rows still to come from the server
+        self._count = 0             # rows of the stream so far
+        #: streaming cursors: how many rows one round of fetching reads.
+        self.itersize = 2000
         self._rows: Optional[List[Tuple[Any, ...]]] = None
         self._pos = 0
         #: PEP 249: a sequence of 7-item tuples, or None after a statement without a result set.
@@ -63,12 +82,23 @@ class Cursor:
     def closed(self) -> bool:
         return self._closed or self._connection.closed
 
-    def _pooled(self) -> Any:
+    def _pooled(self, statement: bool = False) -> Any:
         if self._closed:
             raise _error(_CLOSED, "the cursor is closed")
-        return self._connection._live()
+        return self._connection._idle() if statement else self._connection._live()
+
+    def _end_stream(self) -> None:
+        # the rest of a stream read and dropped (the connection is free again)
+        if self._streaming:
+            self._streaming = False
+            if not self._connection.closed:
+                try:
+                    self._connection._live()._stream_close()
+                except errors.Error:
+                    pass    # the stream is over either way; the next statement tells
 
     def _forget(self) -> None:
+        self._end_stream()
         self._rows = None
         self._pos = 0
         self.description = None
@@ -80,10 +110,14 @@ class Cursor:
 
         Outside autocommit mode the first statement opens a transaction
         that ``commit()`` or ``rollback()`` of the connection ends."""
-        pooled = self._pooled()
+        pooled = self._pooled(statement=True)
         self._forget()
         desc, rows, count, rowid = pooled._execute(operation, parameters,
-                                                   begin=not self._connection.autocommit)
+                                                   begin=not self._connection.autocommit, stream=self._stream)
+        if self._stream and desc is not None and count == -1:
+            self._streaming = True      # rows holds the first row; the rest is on its way
+            self._count = len(rows)
+            self._connection._streamer = weakref.ref(self)
         self.description = desc
         self._rows = rows
         self.rowcount = count
@@ -93,23 +127,39 @@ class Cursor:
     def executemany(self, operation: str, seq_of_parameters: Any) -> "Cursor":
         """Run one statement once per parameter set (in one transaction);
         ``rowcount`` is the total of rows affected."""
-        pooled = self._pooled()
+        pooled = self._pooled(statement=True)
         self._forget()
         if not self._connection.autocommit and not pooled.in_transaction:
             pooled.begin()
         self.rowcount = pooled.execute_many(operation, seq_of_parameters)
         return self
 
-    def _result(self) -> List[Tuple[Any, ...]]:
-        self._pooled()
+    def _result(self, want: int = 1) -> List[Tuple[Any, ...]]:
+        # the rows at hand; a stream reads more first when fewer than want
+        # are left (want < 0: all)
+        pooled = self._pooled()
         if self._rows is None:
             raise _error(_NO_RESULT, "no result set to fetch from: no statement was executed yet, "
                                      "or the last one returned no rows")
+        if self._streaming and (want < 0 or len(self._rows) - self._pos < want):
+            rows = self._rows = self._rows[self._pos:]   # the unread rows, then more of them
+            self._pos = 0
+            while self._streaming and (want < 0 or len(rows) < want):
+                try:
+                    more, done = pooled._stream_fetch(max(self.itersize, want, 1))
+                except BaseException:
+                    self._streaming = False     # an error ends the stream
+                    raise
+                rows.extend(more)
+                self._count += len(more)
+                if done:
+                    self._streaming = False
+                    self.rowcount = self._count
         return self._rows
 
     def fetchone(self) -> Optional[Tuple[Any, ...]]:
         """The next row, or None when there are no more."""
-        rows = self._result()
+        rows = self._result(1)
         if self._pos >= len(rows):
             return None
         self._pos += 1
@@ -117,15 +167,15 @@ class Cursor:
 
     def fetchmany(self, size: Optional[int] = None) -> List[Tuple[Any, ...]]:
         """Up to ``size`` (default ``arraysize``) next rows."""
-        rows = self._result()
         n = self.arraysize if size is None else size
+        rows = self._result(n)
         start = self._pos
         self._pos = min(len(rows), start + max(0, n))
         return rows[start:self._pos]
 
     def fetchall(self) -> List[Tuple[Any, ...]]:
         """All remaining rows."""
-        rows = self._result()
+        rows = self._result(-1)
         start, self._pos = self._pos, len(rows)
         return rows[start:]
 
@@ -145,7 +195,9 @@ class Cursor:
         """PEP 249: may do nothing, and does nothing."""
 
     def close(self) -> None:
-        """Close the cursor (its result is dropped); closing twice does not raise."""
+        """Close the cursor (its result is dropped; a stream's remaining rows
+        are read and dropped); closing twice does not raise."""
+        self._end_stream()
         self._closed = True
         self._rows = None
 

@@ -54,20 +54,25 @@ resets every connection, leaves them half-open (the server's side gone, the
 client's silent), trickles the server's bytes (slow drip) or redirects new ones.  Errors: PgHarnessError (with
 the server log's tail), SqlError and SqlTimeout from the psql helpers.
 
+Pgbouncer (Debian's binary) in front of a node, transaction pooling by default:
+``factory.pgbouncer(node)`` (a started ``PgBouncer``: ``dsn()``, ``restart()``,
+``admin("SHOW SERVERS")``).
+
 Modules: ``processes`` (binaries, running as postgres, /proc, ports), ``psql``,
 ``node`` (PgNode), ``cluster`` (PgCluster, PgFactory, sweep_stale), ``proxy``
-(TcpProxy), ``tls`` (TestCA).
+(TcpProxy), ``tls`` (TestCA), ``pgbouncer`` (PgBouncer).
 """
 
 from .cluster import BASE_SETTINGS, ROOT_PREFIX, PgCluster, PgFactory, sweep_stale
 from .node import PgNode
 from .processes import PgHarnessError, check_binaries, find_bindir, free_port
+from .pgbouncer import PgBouncer, find_pgbouncer
 from .proxy import TcpProxy
 from .psql import SqlError, SqlTimeout, popen_psql, run_psql
 from .tls import TestCA
 
 __all__ = [
-    "PgCluster", "PgFactory", "PgNode", "TcpProxy", "TestCA", "PgHarnessError", "SqlError", "SqlTimeout",
+    "PgCluster", "PgFactory", "PgNode", "PgBouncer", "find_pgbouncer", "TcpProxy", "TestCA", "PgHarnessError", "SqlError", "SqlTimeout",
     "run_psql", "popen_psql", "sweep_stale", "check_binaries", "find_bindir", "free_port",
     "BASE_SETTINGS", "ROOT_PREFIX",
 ]

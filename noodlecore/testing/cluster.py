@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
+from typing import Any, Mapping, Optional
 
 from .node import PG_HBA_TRUST, PgNode, conf_text
 from .processes import (SHM_DIR, PgHarnessError, all_pids, check_binaries, chown_pg, free_port, kill_all_hard,
@@ -64,7 +65,9 @@ BASE_SETTINGS = {
 class PgCluster:
     """Owns a root directory in /dev/shm, a template data dir and all nodes made from it."""
 
-    def __init__(self, root=None, base_settings=None, template_from=None, bindir=None, prefix=ROOT_PREFIX):
+    def __init__(self, root: Optional[str] = None, base_settings: Optional[Mapping[str, Any]] = None,
+                 template_from: Optional[PgCluster] = None, bindir: Optional[str] = None,
+                 prefix: str = ROOT_PREFIX) -> None:
         """root: the directory (default: a new /dev/shm/<prefix><pid>-XXXX).  base_settings:
         merged over BASE_SETTINGS for every node.  template_from: copy the (ready) template of
         another PgCluster instead of running initdb again.  bindir: the server binaries
@@ -163,7 +166,7 @@ class PgCluster:
                     continue
                 raise e
 
-    def primary(self, name="primary", settings=None):
+    def primary(self, name: str = "primary", settings: Optional[Mapping[str, Any]] = None) -> PgNode:
         """A new primary from the template (cp -a), started."""
         self._ensure_template()
         t0 = time.monotonic()
@@ -174,7 +177,8 @@ class PgCluster:
         self.timings.setdefault("primary", []).append(time.monotonic() - t0)
         return node
 
-    def standby(self, primary, name="standby", sync=False, settings=None, upstream=None):
+    def standby(self, primary: PgNode, name: str = "standby", sync: bool = False,
+                settings: Optional[Mapping[str, Any]] = None, upstream: Optional[PgNode] = None) -> PgNode:
         """A hot standby of `primary` through pg_basebackup, started and streaming.
 
         sync=True adds it to the primary's synchronous_standby_names (application_name = node name)
@@ -246,7 +250,7 @@ class PgCluster:
                 self.nodes.remove(node)
         release_port(node.port)
 
-    def close(self):
+    def close(self) -> None:
         """Stop every node (immediate), kill leftovers, remove the root.  Idempotent."""
         if self._closed:
             return
@@ -262,10 +266,10 @@ class PgCluster:
         except Exception:
             pass
 
-    def __enter__(self):
+    def __enter__(self) -> PgCluster:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -290,6 +294,7 @@ class PgFactory:
         self.cluster = cluster
         self.nodes = []
         self.proxies = []
+        self.bouncers = []
 
     def primary(self, name="primary", settings=None):
         node = self.cluster.primary(name, settings)
@@ -311,8 +316,20 @@ class PgFactory:
         self.proxies.append(px)
         return px
 
+    def pgbouncer(self, node, pool_mode="transaction", settings=None):
+        """A started PgBouncer (pool_mode=transaction) in front of a PgNode."""
+        from .pgbouncer import PgBouncer
+        bouncer = PgBouncer(node, pool_mode=pool_mode, settings=settings)
+        self.bouncers.append(bouncer)
+        return bouncer.start()
+
     def close(self):
         errors = []
+        for b in self.bouncers:
+            try:
+                b.close()
+            except Exception as e:
+                errors.append(e)
         for px in self.proxies:
             try:
                 px.close()
@@ -323,7 +340,7 @@ class PgFactory:
                 self.cluster.destroy(node)
             except Exception as e:
                 errors.append(e)
-        self.proxies, self.nodes = [], []
+        self.proxies, self.nodes, self.bouncers = [], [], []
         if errors:
             raise errors[0]
 

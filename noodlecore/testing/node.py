@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 import urllib.parse
+from typing import Any, Optional
 
 from .processes import (PgHarnessError, alive, as_pg, children, clean_env, dsm_files, kill, log_tail,
                         pidfile_shmid, proc_stat, read_pidfile, shm_remove, tail_msg, unlink_all, wait_dead,
@@ -79,13 +80,13 @@ class PgNode:
             self.name, self.port, "running" if self.is_running() else "stopped")
 
     # ---- connection strings -------------------------------------------
-    def dsn(self, **extra):
+    def dsn(self, **extra: Any) -> str:
         s = "postgresql://%s@%s:%d/%s" % (self.user, self.host, self.port, self.dbname)
         if extra:
             s += "?" + urllib.parse.urlencode({k: str(v) for k, v in extra.items()})
         return s
 
-    def kv_dsn(self, **extra):
+    def kv_dsn(self, **extra: Any) -> str:
         parts = {"host": self.host, "port": self.port, "user": self.user, "dbname": self.dbname}
         parts.update(extra)
         return " ".join("%s=%s" % (k, _kv_quote(v)) for k, v in parts.items())
@@ -377,14 +378,15 @@ class PgNode:
         return fixed
 
     # ---- SQL --------------------------------------------------------------
-    def sql(self, query, timeout=10, dbname=None, tcp=False, user=None):
+    def sql(self, query: str, timeout: float = 10, dbname: Optional[str] = None, tcp: bool = False,
+            user: Optional[str] = None) -> list[list[str]]:
         """Run query through psql (unix socket, or TCP with tcp=True); rows as lists of str (NULL -> '')."""
         host = self.host if tcp else self.sockdir
         return run_psql(host, self.port, query, timeout=timeout, dbname=dbname or self.dbname,
                         user=user or self.user, label="%s port %s" % (self.name, self.port),
                         bindir=self.cluster.bindir)
 
-    def scalar(self, query, timeout=10, **kw):
+    def scalar(self, query: str, timeout: float = 10, **kw: Any) -> Optional[str]:
         rows = self.sql(query, timeout=timeout, **kw)
         return rows[0][0] if rows and rows[0] else None
 
@@ -411,8 +413,8 @@ class PgNode:
         rows = self.sql(q, timeout=timeout + 5)
         return [int(r[0]) for r in rows]
 
-    def wait_replayed(self, primary, timeout=30):
-        """Wait until this standby has replayed the primary's current WAL position."""
+    def wait_replayed(self, primary: PgNode, timeout: float = 30) -> Optional[str]:
+        """Wait until this standby has replayed the primary's current WAL position; returns that position."""
         lsn = primary.scalar("select pg_current_wal_lsn()")
         deadline = time.monotonic() + timeout
         q = "select pg_last_wal_replay_lsn() >= '%s'::pg_lsn" % lsn

@@ -35,25 +35,28 @@ class SqlTimeout(SqlError, TimeoutError):
     """The whole psql call took longer than its timeout (psql was killed)."""
 
 
-def _psql_cmd(host, port, query, dbname, user, bindir):
-    return [os.path.join(bindir or default_bindir(), "psql"), "-X", "-A", "-t", "-q",
+def _psql_cmd(host, port, query, dbname, user, bindir, header=False):
+    # header: -t (tuples only) off, the row-count footer off
+    shape = ["-P", "footer=off"] if header else ["-t"]
+    return [os.path.join(bindir or default_bindir(), "psql"), "-X", "-A"] + shape + ["-q",
             "-F", FIELD_SEP, "-R", RECORD_SEP, "-v", "ON_ERROR_STOP=1", "-h", str(host), "-p", str(port),
             "-U", user, "-d", dbname, "-c", query]
 
 
 def run_psql(host, port, query, timeout=10, connect_timeout=None, dbname="postgres",
-             user="postgres", label=None, bindir=None):
+             user="postgres", label=None, bindir=None, header=False):
     """Run one query with the psql binary against host:port (host may be a socket dir).
 
     Returns rows as lists of strings (NULL -> '').  Raises SqlTimeout when the whole call
     exceeds `timeout` (psql is killed), SqlError on any psql failure (with its stderr).
-    connect_timeout defaults to max(2, timeout) (libpq's minimum is 2 s).
+    connect_timeout defaults to max(2, timeout) (libpq's minimum is 2 s).  header=True: the
+    first row is the column names.
     """
     label = label or "%s:%s" % (host, port)
     ct = connect_timeout if connect_timeout is not None else max(2, int(timeout + 0.999))
     env = clean_env(PGAPPNAME=HARNESS_APPNAME, PGCONNECT_TIMEOUT=str(ct))
     try:
-        r = subprocess.run(_psql_cmd(host, port, query, dbname, user, bindir), stdin=subprocess.DEVNULL,
+        r = subprocess.run(_psql_cmd(host, port, query, dbname, user, bindir, header), stdin=subprocess.DEVNULL,
                            capture_output=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise SqlTimeout("[%s] psql timed out after %ss: %s" % (label, timeout, query),

@@ -1,7 +1,8 @@
 """``noodlecore-db demo``: the command, and its one-pool form (``--db DSN``).
 
 Owns: checking the demo's options and choosing the demo (SQLite with a
-simulated outage in demo_sqlite, real PostgreSQL servers in demo_postgres),
+simulated outage in demo_sqlite, real PostgreSQL servers in demo_postgres,
+a real Patroni cluster in demo_patroni),
 and the single-pool demo: the workload on one DSN, no outage, the demo's
 table removed again if the demo made it.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from ..config import redact_dsn
 from ..connection_pool import DatabaseConnectionPool
+from .demo_patroni import run_patroni_demo
 from .demo_postgres import run_postgres_demo
 from .demo_sqlite import run_sqlite_demo
 from .output import EXIT_FAIL, EXIT_OK, Style, UsageError, is_tty, print_json, render_table
@@ -81,9 +83,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("--threads and --pool-size must be at least 1")
     if not 0 < args.seconds <= 300:
         raise UsageError("--seconds must be above 0 and at most 300")
-    if args.postgres and args.db:
-        raise UsageError("--postgres and --db exclude each other")
+    if sum(bool(x) for x in (args.postgres, args.db, args.patroni)) > 1:
+        raise UsageError("--postgres, --patroni and --db exclude each other")
     style = Style.for_stdout(args.json)
+    if args.patroni:
+        return run_patroni_demo(args, style)
     if args.postgres:
         return run_postgres_demo(args, style)
     if args.db:

@@ -96,9 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
                                    "primary\n"
                                    "             rejoining and a switchover back; everything removed at "
                                    "the end\n"
+                                   "--patroni    a throwaway Patroni cluster of 3 members (etcd, Patroni "
+                                   "under tini):\n"
+                                   "             a manager made from Patroni's REST API, reads on "
+                                   "standbys,\n"
+                                   "             a Patroni switchover and a SIGKILL of the leader's "
+                                   "postmaster\n"
                                    "--db DSN     a single pool on DSN, no outage"))
     d.add_argument("--postgres", action="store_true",
                    help="real servers (needs the PostgreSQL server binaries; as root they run as postgres)")
+    d.add_argument("--patroni", action="store_true",
+                   help="a real Patroni cluster (needs PostgreSQL, etcd, tini and Patroni: $NOODLE_PATRONI_BIN or "
+                        "patroni on the PATH)")
     d.add_argument("--db", metavar="DSN", help="run the workload on one pool to DSN instead (no failover)")
     d.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
     d.add_argument("--pool-size", type=int, default=4, help="connections per endpoint (default 4)")
@@ -124,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pg_stat_replication.\nExit status 1 when any endpoint is down."))
     st.add_argument("--endpoint", action="append", metavar="ID=DSN", help=ep_help)
     st.add_argument("--timeout", type=float, default=3.0, help="deadline of each probe (default 3 s)")
+    st.add_argument("--patroni", metavar="URL[,URL...]",
+                    help="also the members Patroni's REST API lists (GET /cluster, the next URL when one "
+                         "does not answer), leader first, beside Patroni's role, state and lag")
+    st.add_argument("--dsn", default="", help="with --patroni: user, database and options for the members "
+                                               "(their host and port come from Patroni)")
     st.set_defaults(func=cmd_status)
 
     w = sub.add_parser("watch", parents=[common], help="the status, refreshed",

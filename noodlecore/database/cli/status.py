@@ -225,15 +225,46 @@ def _status_json(results: List[dict]) -> dict:
             "all_up": all(r["up"] for r in results), "endpoints": results}
 
 
+def _patroni_specs(args: argparse.Namespace) -> tuple:
+    """--patroni URL: Patroni's members as ID=DSN endpoint specs (the leader first, as
+    DatabaseFailoverManager.from_patroni orders them), and Patroni's view."""
+    from .. import patroni
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be above 0")
+    cluster = patroni.fetch_cluster(args.patroni, args.timeout)
+    eps = patroni.endpoints_from_cluster(cluster, args.dsn or "")
+    return [f"{e.id}={e.connection_string}" for e in eps], cluster
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    prober = Prober(args.endpoint or [], args.timeout)
+    specs, cluster = list(args.endpoint or []), None
+    if getattr(args, "patroni", None):
+        more, cluster = _patroni_specs(args)
+        specs += more
+    prober = Prober(specs, args.timeout)
     try:
         results = prober.probe_all()
     finally:
         prober.close()
+    if cluster is not None:
+        # what Patroni says beside what the probe found: they differ for a loop or so
+        # around a switchover, and the manager trusts the probe for writes
+        by_name = {m["name"]: m for m in cluster["members"]}
+        for r in results:
+            m = by_name.get(r["id"])
+            r["patroni"] = None if m is None else {
+                "role": m["role"], "state": m["state"], "timeline": m["timeline"], "lag_bytes": m["routing_lag"]}
     if args.json:
-        print_json(_status_json(results))
+        doc = _status_json(results)
+        if cluster is not None:
+            doc["patroni"] = {"scope": cluster["scope"], "source": cluster["source"]}
+        print_json(doc)
     else:
+        if cluster is not None:
+            print(f"Patroni cluster {cluster['scope']!r} (from {cluster['source']}): "
+                  + ", ".join(f"{m['name']} {m['role']}/{m['state']}"
+                              + (f" lag {fmt_bytes(m['routing_lag'])}" if m["routing_lag"] else "")
+                              for m in cluster["members"]))
         print(status_table(results, Style.for_stdout()))
     down = [r["id"] for r in results if not r["up"]]
     if down:

@@ -12,6 +12,7 @@ the retry rules of the package docstring.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from typing import Any, Callable, List, NamedTuple, Optional, Tuple
@@ -19,6 +20,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 from .. import errors
 from ..connection_pool import DatabaseConnectionPool, PooledConnection
 from ..failover_manager import DatabaseEndpoint, DatabaseFailoverManager
+from ..routing import check_target
 from ._dialect import connection_kind
 
 log = logging.getLogger("noodlecore.database.manager")
@@ -79,33 +81,36 @@ class Source:
         self.failover = failover
 
 
-def lend_from(source: Source, timeout: Optional[float]) -> Lease:
-    """One borrow from the pool, or from the failover manager's current endpoint."""
+def lend_from(source: Source, timeout: Optional[float], target: str = "primary",
+              written_at: float = 0.0) -> Lease:
+    """One borrow from the pool, or from the failover manager's endpoint for
+    ``target`` (the core chooses; a plain pool has no standbys); written_at:
+    read your writes (DatabaseFailoverManager._lend)."""
+    check_target(target)
     if source.failover is not None:
         fo = source.failover
-        cm = fo.get_connection(timeout)
-        conn = cm.__enter__()
-        # The lend hands out only connections of the endpoint current at
-        # that moment: read it now (a switch in between is rare and only
-        # affects what the logs and messages name).
-        eid = fo.current_endpoint
+        conn, eid = fo._lend(timeout, target, written_at)
         try:
             kind = connection_kind(conn)
         except BaseException:
-            cm.__exit__(None, None, None)
+            fo._give_back(conn)
             raise
-        return Lease(conn, eid, kind, lambda: cm.__exit__(None, None, None))
+        return Lease(conn, eid, kind, lambda: fo._give_back(conn))
+    if target == "standby":
+        raise errors.OperationalError(
+            'target="standby": this manager has one database (no failover endpoints), no standby', 4017)
     pool = source.pool
     conn = pool.acquire(timeout)
     return Lease(conn, pool.target, pool.backend_kind, conn.release)
 
 
-def lend(source: Source, deadline: Optional[float], wait_until: Optional[float]) -> Lease:
+def lend(source: Source, deadline: Optional[float], wait_until: Optional[float],
+         target: str = "primary", written_at: float = 0.0) -> Lease:
     """Borrow; with failover, a borrow that fails for connection reasons is
     tried again (nothing was sent) until ``wait_until``."""
     while True:
         try:
-            return lend_from(source, left(deadline))
+            return lend_from(source, left(deadline), target, written_at)
         except BaseException as exc:
             now = time.monotonic()
             if (source.failover is None or wait_until is None or not classify_failure(exc).connection
@@ -209,6 +214,19 @@ class Lending:
     _source: Optional[Source]
     failover_retry_wait: float
     failover_endpoints: List[DatabaseEndpoint]
+    read_your_writes: bool
+    _session: threading.local     # read_your_writes: this thread's last write (time.monotonic())
+
+    def _note_write(self) -> None:
+        """A write of this session (thread) completed now."""
+        if self.read_your_writes:
+            self._session.written_at = time.monotonic()
+
+    def _written_at(self, target: str) -> float:
+        # The core's clock is CLOCK_MONOTONIC, as time.monotonic() on Linux.
+        if not self.read_your_writes or target == "primary":
+            return 0.0
+        return getattr(self._session, "written_at", 0.0)
 
     def _require(self, op: str) -> Source:
         source = self._source
@@ -220,7 +238,7 @@ class Lending:
         return source
 
     def _borrow(self, source: Source, op: str, what: str, cid: str, t0: float, deadline: Optional[float],
-                endpoint: Optional[str] = None) -> Lease:
+                endpoint: Optional[str] = None, target: str = "primary") -> Lease:
         """Borrow for ``op``; with failover wait up to ``failover_retry_wait``
         (bounded by ``deadline``) for a usable endpoint.  A failure raises
         the operation's "no connection" code, naming ``endpoint`` (where a
@@ -231,7 +249,7 @@ class Lending:
             if deadline is not None:
                 wait_until = min(wait_until, deadline)
         try:
-            return lend(source, deadline, wait_until)
+            return lend(source, deadline, wait_until, target, self._written_at(target))
         except errors.Error as exc:
             code = OP_CODES[op][0]
             new = rewrap(exc, code, f"{what}: no connection: {exc.message}", endpoint, cid)
@@ -251,18 +269,22 @@ class Lending:
         return fo.get_pool(eid), eid
 
     def _run(self, op: str, what: str, work: Callable[[Lease, Optional[float]], Any], *,
-             repeatable: bool, timeout: Optional[float], cid: Optional[str] = None) -> Any:
+             repeatable: bool, timeout: Optional[float], cid: Optional[str] = None,
+             target: str = "primary", write: Optional[bool] = None) -> Any:
         """Borrow, run ``work(lease, seconds_left)``, give back; the failover
         and error rules of the package docstring.  ``repeatable``: running the
-        work twice is harmless."""
+        work twice is harmless; ``target``: where the borrow goes
+        (DatabaseFailoverManager.get_connection); ``write``: the work writes
+        (read_your_writes notes it; default: not repeatable)."""
         source = self._require(op)
+        check_target(target)      # a bad argument, not a failure to borrow
         cid = cid or new_id()
         t0 = time.monotonic()
         deadline = None if timeout is None else t0 + timeout
         retried = False
         endpoint: Optional[str] = None
         while True:
-            lease = self._borrow(source, op, what, cid, t0, deadline, endpoint)
+            lease = self._borrow(source, op, what, cid, t0, deadline, endpoint, target)
             endpoint = lease.endpoint
             try:
                 result = work(lease, left(deadline))
@@ -286,5 +308,7 @@ class Lending:
                     raise
                 raise new from exc
             lease.release()
+            if target == "primary" and (not repeatable if write is None else write):
+                self._note_write()
             log_event(logging.DEBUG, "%s ok", what, op=op, cid=cid, endpoint=endpoint, t0=t0, retried=retried)
             return result

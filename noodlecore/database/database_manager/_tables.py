@@ -132,10 +132,10 @@ class TableHelpers(Lending):
 
     def select(self, table: str, columns: Optional[Sequence[str]] = None,
                conditions: Optional[Mapping[str, Any]] = None, limit: Optional[int] = None,
-               timeout: Optional[float] = None) -> List[dict]:
+               timeout: Optional[float] = None, target: str = "primary") -> List[dict]:
         """``SELECT columns FROM table [WHERE ...] [LIMIT n]`` as a list of row
         dicts (no ORDER BY: order rows yourself).  ``columns``: None for all,
-        a column name, or a list of them."""
+        a column name, or a list of them; ``target`` as for execute_query."""
         op = "select"
         self._require(op)
         qt = self._ident(op, table, "table name")
@@ -162,7 +162,7 @@ class TableHelpers(Lending):
         def work(lease: Lease, left: Optional[float]) -> List[dict]:
             rows = lease.conn.execute_query(sql, tparams, timeout=left)
             return rows if isinstance(rows, list) else []
-        return self._run(op, f"select from {table!r}", work, repeatable=True, timeout=timeout)
+        return self._run(op, f"select from {table!r}", work, repeatable=True, timeout=timeout, target=target)
 
     def table_exists(self, name: str, timeout: Optional[float] = None) -> bool:
         """True when a table or view of that name is visible (PostgreSQL: on

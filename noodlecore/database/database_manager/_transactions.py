@@ -74,6 +74,7 @@ class Transactions(Lending):
                     results.append(conn.execute_query(q, p, timeout=left(deadline)))
                 stage = "commit"
                 conn.commit()
+                self._note_write()
             except BaseException as exc:
                 quiet_rollback(conn)
                 lease.release()
@@ -195,6 +196,7 @@ class Transactions(Lending):
                 log_event(logging.WARNING, "%s", new.message, op=op, cid=cid, endpoint=endpoint, t0=t0,
                           code=3009, cause_code=code_of(exc))
                 raise new from exc
+            self._note_write()
             log_event(logging.DEBUG, "transaction committed", op=op, cid=cid, endpoint=endpoint, t0=t0)
         finally:
             tx._done = True

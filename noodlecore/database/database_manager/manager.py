@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 from .. import errors
 from ..config import DatabaseConfig, backend_kind, redact_dsn, resolve_pool_options
 from ..connection_pool import DatabaseConnectionPool, PooledConnection, PoolStats
-from ..failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
+from ..failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig, dsn_endpoints
+from ..patroni import patroni_urls
 from ._dialect import server_stats
 from ._retry import Lease, Source, code_of, lend_from, log, log_event, new_id, preferred_endpoint, rewrap
 from ._sqltext import is_plain_select
@@ -54,17 +55,25 @@ class DatabaseManager(TableHelpers, Transactions):
     connection string).  ``config``: a DatabaseConfig, a
     DSN string, or None for ``DatabaseConfig()``.  ``enable_failover=True``
     needs ``failover_endpoints`` (DatabaseEndpoint objects or dicts of their
-    fields); ``failover_config`` is a FailoverConfig.  ``failover_retry_wait``
-    bounds how long a transparent retry waits for a usable endpoint.  Other
+    fields) or a multi-host PostgreSQL DSN as ``config`` (each host an
+    endpoint, as DatabaseFailoverManager.from_dsn); ``failover_config`` is a FailoverConfig.  ``failover_retry_wait``
+    bounds how long a transparent retry waits for a usable endpoint.
+    ``patroni``: Patroni REST API URL(s): failover over the members Patroni
+    lists when connect() runs (DatabaseFailoverManager.from_patroni, with
+    ``config``'s connection string for user, database and options; implies
+    ``enable_failover``).  ``read_your_writes``: after a write of a thread (its session), that
+    thread's reads with a standby target go to a standby only once it has
+    replayed the write, else to the primary (no round trip added; writes
+    made on a connection from get_connection() are not seen).  Other
     keywords are pool options (see DatabaseConnectionPool).  Every problem
     with these raises ConfigurationError here, before connect().
     """
 
-    def __init__(self, backend_factory: Optional[Callable[..., Any]] = None,
+    def __init__(self, backend_factory: Union[str, Callable[..., Any], None] = None,
                  config: Union[DatabaseConfig, str, None] = None, enable_failover: bool = False,
                  failover_endpoints: Optional[Sequence[Union[DatabaseEndpoint, Mapping[str, Any]]]] = None,
                  failover_config: Optional[FailoverConfig] = None, *, failover_retry_wait: float = 5.0,
-                 **pool_options: Any):
+                 read_your_writes: bool = False, patroni: Any = None, **pool_options: Any):
         if isinstance(backend_factory, str):
             # What DatabaseConnectionPool accepts: a DSN in place of a factory.
             if config is not None or enable_failover:
@@ -87,6 +96,14 @@ class DatabaseManager(TableHelpers, Transactions):
                 f"{type(backend_factory).__name__}")
         if not isinstance(enable_failover, bool):
             raise errors.ConfigurationError(f"enable_failover must be True or False, not {enable_failover!r}")
+        self.patroni = None if patroni is None else patroni_urls(patroni)
+        if self.patroni:
+            if failover_endpoints:
+                raise errors.ConfigurationError("patroni= and failover_endpoints are two topologies: give one")
+            if backend_factory is None and backend_kind(config.connection_string) != "postgresql":
+                raise errors.ConfigurationError("patroni= needs a PostgreSQL connection string as config= (user, "
+                                                "database, options; Patroni gives the hosts)")
+            enable_failover = True
         w = failover_retry_wait
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0 or math.isinf(w):
             raise errors.ConfigurationError(f"failover_retry_wait must be a number of seconds >= 0, not {w!r}")
@@ -94,11 +111,18 @@ class DatabaseManager(TableHelpers, Transactions):
         self.backend_factory = backend_factory
         self.enable_failover = enable_failover
         self.failover_retry_wait = float(w)
+        if not isinstance(read_your_writes, bool):
+            raise errors.ConfigurationError(f"read_your_writes must be True or False, not {read_your_writes!r}")
+        self.read_your_writes = read_your_writes
+        self._session = threading.local()
         self.failover_endpoints: List[DatabaseEndpoint] = []
         self.failover_config: Optional[FailoverConfig] = None
 
         if enable_failover:
-            self.failover_endpoints = self._check_endpoints(failover_endpoints)
+            if not failover_endpoints and backend_factory is None and not self.patroni:
+                failover_endpoints = self._dsn_endpoints(config.connection_string)
+            if not self.patroni:             # else Patroni names them at connect()
+                self.failover_endpoints = self._check_endpoints(failover_endpoints)
             fc = failover_config if failover_config is not None else FailoverConfig()
             if not isinstance(fc, FailoverConfig):
                 raise errors.ConfigurationError("failover_config must be a FailoverConfig")
@@ -127,10 +151,20 @@ class DatabaseManager(TableHelpers, Transactions):
         self._source: Optional[Source] = None
         _live.add(self)
 
+    @staticmethod
+    def _dsn_endpoints(dsn: str) -> List[DatabaseEndpoint]:
+        """A multi-host PostgreSQL DSN's hosts as endpoints (as
+        DatabaseFailoverManager.from_dsn); [] for one host or another backend."""
+        if backend_kind(dsn) != "postgresql":
+            return []
+        eps = dsn_endpoints(dsn)
+        return eps if len(eps) > 1 else []
+
     def _check_endpoints(self, failover_endpoints: Any) -> List[DatabaseEndpoint]:
         if not failover_endpoints:
             raise errors.ConfigurationError(
-                "enable_failover=True needs failover_endpoints (a list of DatabaseEndpoint); "
+                "enable_failover=True needs failover_endpoints (a list of DatabaseEndpoint) or a multi-host "
+                "PostgreSQL DSN as config; "
                 "without failover, leave enable_failover False")
         eps = []
         for e in failover_endpoints:
@@ -165,9 +199,15 @@ class DatabaseManager(TableHelpers, Transactions):
             source = Source()
             endpoint = None
             try:
+                if self.patroni:
+                    source.failover = DatabaseFailoverManager.from_patroni(
+                        self.patroni, dsn=self.config.connection_string, config=self.failover_config,
+                        backend_factory=self.backend_factory)
+                    self.failover_endpoints = source.failover.endpoints
                 if self.enable_failover:
-                    source.failover = DatabaseFailoverManager(self.failover_endpoints, self.backend_factory,
-                                                              self.failover_config)
+                    if source.failover is None:
+                        source.failover = DatabaseFailoverManager(self.failover_endpoints, self.backend_factory,
+                                                                  self.failover_config)
                     source.failover.start_monitoring()
                     fc = self.failover_config
                     timeout = fc.pool_options.get("timeout", fc.pool_timeout)
@@ -254,18 +294,20 @@ class DatabaseManager(TableHelpers, Transactions):
     # -- statements ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def get_connection(self, timeout: Optional[float] = None) -> Iterator[PooledConnection]:
-        """Borrow a connection (of the current endpoint with failover), a
-        context manager; the pool's errors pass through as they are."""
+    def get_connection(self, timeout: Optional[float] = None,
+                       target: str = "primary") -> Iterator[PooledConnection]:
+        """Borrow a connection (of the current endpoint with failover, or for
+        ``target`` as DatabaseFailoverManager.get_connection), a context
+        manager; the pool's errors pass through as they are."""
         source = self._require("query")
-        lease = lend_from(source, timeout)
+        lease = lend_from(source, timeout, target, self._written_at(target))
         try:
             yield lease.conn
         finally:
             lease.release()
 
     def execute_query(self, query: str, params: Any = None, timeout: Optional[float] = None,
-                      idempotent: Optional[bool] = None) -> Any:
+                      idempotent: Optional[bool] = None, target: str = "primary") -> Any:
         """Run one statement: a list of row dicts, or the affected row count.
 
         Placeholders as the pool's: ``%s`` with a sequence, ``%(name)s`` with
@@ -273,14 +315,18 @@ class DatabaseManager(TableHelpers, Transactions):
         failover wait); past it the statement is cancelled (QueryTimeoutError,
         3004).  ``idempotent``: True when running it twice is harmless, False
         when even a read must not be repeated, None to let the manager decide
-        (plain SELECTs only)."""
+        (plain SELECTs only).  ``target``: ``"primary"`` (default), or with
+        failover a read target, ``"standby"``, ``"prefer-standby"`` or
+        ``"any"`` (DatabaseFailoverManager.get_connection); a standby refuses
+        writes."""
         if idempotent is not None and not isinstance(idempotent, bool):
             raise errors.ProgrammingError(f"idempotent must be True, False or None, not {idempotent!r}", 3005)
         repeatable = idempotent if idempotent is not None else is_plain_select(query)
 
         def work(lease: Lease, left: Optional[float]) -> Any:
             return lease.conn.execute_query(query, params, timeout=left)
-        return self._run("query", "query", work, repeatable=repeatable, timeout=timeout)
+        return self._run("query", "query", work, repeatable=repeatable, timeout=timeout, target=target,
+                         write=not is_plain_select(query))
 
     # -- failover ----------------------------------------------------------------
 

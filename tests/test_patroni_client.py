@@ -1,0 +1,189 @@
+"""The core's Patroni REST client through the binding (_native.patroni_cluster, via
+noodlecore.database.patroni.fetch_cluster), against small local HTTP servers made here
+(no Patroni needed; the real cluster is in test_patroni.py): the answer with
+Content-Length and chunked, the fallback past a silent URL within the deadline, the GIL
+released while it waits, Ctrl-C ending the wait, and the typed errors.
+"""
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from noodlecore.database import errors
+from noodlecore.database.patroni import endpoints_from_cluster, fetch_cluster, member_dsn
+
+CLUSTER = {
+    "members": [
+        {"name": "a", "role": "replica", "state": "streaming", "api_url": "http://127.0.0.1:1/patroni",
+         "host": "127.0.0.1", "port": 5433, "timeline": 2, "receive_lag": 0, "replay_lag": 4096, "lag": 0,
+         "tags": {"nofailover": False}},
+        {"name": "b", "role": "leader", "state": "running", "api_url": "http://127.0.0.1:2/patroni",
+         "host": "127.0.0.1", "port": 5432, "timeline": 2},
+        {"name": "c", "role": "replica", "state": "starting", "host": "", "port": 0, "lag": "unknown"},
+    ],
+    "scope": "demo \u00e9",
+}
+
+
+class OneShotServer:
+    """Answers GET /cluster on 127.0.0.1 with `body`, chunked or with Content-Length."""
+
+    def __init__(self, body, chunked=False, status=200):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.body, self.chunked, self.status = body.encode(), chunked, status
+        self.requests = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with c:
+                req = b""
+                while b"\r\n\r\n" not in req:
+                    data = c.recv(4096)
+                    if not data:
+                        break
+                    req += data
+                self.requests.append(req.decode())
+                head = "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n" % self.status
+                if self.chunked:
+                    out = head.encode() + b"Transfer-Encoding: chunked\r\n\r\n"
+                    for i in range(0, len(self.body), 17):
+                        piece = self.body[i:i + 17]
+                        out += b"%x\r\n%s\r\n" % (len(piece), piece)
+                    out += b"0\r\n\r\n"
+                else:
+                    out = head.encode() + b"Content-Length: %d\r\n\r\n" % len(self.body) + self.body
+                c.sendall(out)
+
+    def close(self):
+        # shutdown() wakes the accept() of the serving thread (close() alone does not)
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def silent():
+    """A socket that accepts in the kernel and never answers (a hung API)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    yield "http://127.0.0.1:%d" % s.getsockname()[1]
+    s.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_cluster_answer_read(chunked):
+    srv = OneShotServer(json.dumps(CLUSTER), chunked=chunked)
+    try:
+        got = fetch_cluster(srv.url + "/patroni", 5)
+    finally:
+        srv.close()
+    assert srv.requests[0].startswith("GET /cluster HTTP/1.1\r\n") and "Connection: close" in srv.requests[0]
+    assert got["scope"] == "demo \u00e9" and got["source"] == srv.url + "/patroni"
+    a, b, c = got["members"]
+    assert (a["name"], a["role"], a["state"], a["port"], a["timeline"]) == ("a", "replica", "streaming", 5433, 2)
+    assert (a["replay_lag"], a["lag"], a["routing_lag"], a["leader"]) == (4096, 0, 4096, False)
+    assert b["leader"] is True and b["replay_lag"] is None and b["routing_lag"] is None
+    assert c["lag"] is None and c["port"] is None and c["api_url"] == ""
+    # endpoints: the leader first, members without an address left out
+    eps = endpoints_from_cluster(got, "user=app dbname=shop")
+    assert [(e.id, e.priority, e.is_primary) for e in eps] == [("b", 1, True), ("a", 2, False)]
+    assert eps[0].connection_string == "user=app dbname=shop host='127.0.0.1' port=5432"
+    assert member_dsn("postgresql://app@/shop?sslmode=disable", "::1", 5) == \
+        "postgresql://app@/shop?sslmode=disable&host=%3A%3A1&port=5"
+
+
+def test_falls_back_past_a_silent_url_within_the_deadline(silent):
+    srv = OneShotServer(json.dumps(CLUSTER))
+    try:
+        t0 = time.monotonic()
+        got = fetch_cluster([silent, srv.url], 2.0)
+        took = time.monotonic() - t0
+    finally:
+        srv.close()
+    assert got["source"] == srv.url
+    assert 0.9 <= took < 2.0 + 1.0, took     # the silent URL had half the budget, no more
+
+
+def test_unreachable_names_each_url(silent):
+    t0 = time.monotonic()
+    with pytest.raises(errors.OperationalError) as ei:
+        fetch_cluster([silent, "http://127.0.0.1:1"], 0.6)
+    assert time.monotonic() - t0 < 0.6 + 1.0
+    e = ei.value
+    assert e.error_code == 4025 and silent in str(e) and "timed out" in str(e) and "127.0.0.1:1" in str(e)
+
+
+def test_bad_answers_and_arguments():
+    srv = OneShotServer("<html>not json</html>")
+    try:
+        with pytest.raises(errors.OperationalError) as ei:
+            fetch_cluster(srv.url, 2)
+    finally:
+        srv.close()
+    assert ei.value.error_code == 4025 and "not a JSON object" in str(ei.value)
+    srv = OneShotServer(json.dumps(CLUSTER), status=503)
+    try:
+        with pytest.raises(errors.OperationalError, match="HTTP status 503"):
+            fetch_cluster(srv.url, 2)
+    finally:
+        srv.close()
+    for bad in ("https://h:8008", ["http://h", 5], [], ["http://h"] * 17, 42):
+        with pytest.raises(errors.ConfigurationError) as ei:
+            fetch_cluster(bad, 1)
+        assert ei.value.error_code == 4027, bad
+    for t in (0, -1, float("nan"), "1", True):
+        with pytest.raises(errors.ConfigurationError):
+            fetch_cluster("http://127.0.0.1:1", t)
+    with pytest.raises(errors.OperationalError) as ei:
+        endpoints_from_cluster({"members": [CLUSTER["members"][2]], "source": "u", "scope": "s"}, "")
+    assert ei.value.error_code == 4028
+
+
+def test_gil_released_while_waiting(silent):
+    ticks = []
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks.append(1)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        with pytest.raises(errors.OperationalError):
+            fetch_cluster(silent, 0.5)
+    finally:
+        stop.set()
+        t.join()
+    assert len(ticks) > 20      # the other thread ran all along (~100 ticks in 0.5 s)
+
+
+def test_ctrl_c_ends_the_wait(silent):
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fetch_cluster(silent, 30)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 0.3 + 1.0     # not the 30 s deadline
