@@ -12,7 +12,7 @@ pytestmark = pytest.mark.once
 import sqlalchemy as sa  # noqa: E402  (a missing SQLAlchemy is an error, never a skip)
 from sqlalchemy import pool as sa_pool  # noqa: E402
 
-from noodlecore.sqla import PGDialect_noodlecore, SQLiteDialect_noodlecore  # noqa: E402
+from noodlecore.sqla import PGDialect_noodlecore, SQLiteDialect_noodlecore, _common  # noqa: E402
 
 
 def pg_url(pg, app, **query):
@@ -43,7 +43,62 @@ def test_url_query_splits_pool_options_from_the_dsn(pg, app):
     multi = sa.engine.make_url("postgresql+noodlecore://u@/db?host=h1:5432&host=h2:5433"
                                "&target_session_attrs=read-write")
     args, kwargs = e.dialect.create_connect_args(multi)
-    assert args == ["postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write"] and kwargs == {}
+    assert args == ["postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write"]
+    assert kwargs == {"_noodle_failover": {}}
+
+
+def test_orm_session_with_relationships_across_a_failover(pg_factory):
+    """A multi-host URL runs the failover manager under the engine: the primary
+    crashes, the standby is promoted, and the same engine's next sessions read
+    what was committed and write again, without a change in the application."""
+    from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Parent(Base):
+        __tablename__ = "parent"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+        children: Mapped[list["Child"]] = relationship(back_populates="parent", order_by="Child.id")
+
+    class Child(Base):
+        __tablename__ = "child"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        parent_id: Mapped[int] = mapped_column(sa.ForeignKey("parent.id"))
+        parent: Mapped[Parent] = relationship(back_populates="children")
+
+    p = pg_factory.primary("sqp")
+    s = pg_factory.standby(p, name="sqs")
+    url = ("postgresql+noodlecore://postgres@/postgres?host=127.0.0.1:%d&host=127.0.0.1:%d"
+           "&target_session_attrs=read-write&health_check_interval=0.1&health_check_timeout=1"
+           "&failover_timeout=5&hold_down=0.5&max_failure_count=2&failover_wait=30&connect_timeout=1"
+           % (p.port, s.port))
+    engine = sa.create_engine(url)
+    managers = []
+    try:
+        Base.metadata.create_all(engine)
+        with Session(engine) as session, session.begin():
+            session.add(Parent(name="p1", children=[Child(), Child()]))
+        s.wait_replayed(p)
+        p.crash()
+        s.promote()
+        with Session(engine) as session:
+            parent = session.scalars(sa.select(Parent)).one()
+            assert parent.name == "p1" and len(parent.children) == 2
+            parent.children.append(Child())
+            session.commit()
+        with engine.connect() as c:
+            assert c.scalar(sa.text("select inet_server_port()")) == s.port
+            assert c.scalar(sa.text("select count(*) from child")) == 3
+        # the engine's connections came from the failover manager, which switched
+        managers = [m for (dsn, _), m in _common._managers.items() if ":%d," % p.port in dsn]
+        assert len(managers) == 1 and managers[0].monitoring
+        assert managers[0].current_endpoint == "127.0.0.1:%d" % s.port
+    finally:
+        engine.dispose()
+        for m in managers:
+            m.shutdown()
 
 
 def test_connect_args_configure_the_native_pool(pg, app):

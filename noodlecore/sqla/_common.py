@@ -5,6 +5,8 @@ a lost connection) come from the core, through the binding."""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from typing import Any, Dict, Tuple
 
 from sqlalchemy import pool as sa_pool
@@ -25,6 +27,38 @@ def pool_options(query: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]
         else:
             rest[key] = value
     return pool, rest
+
+
+def failover_options(query: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Split (FailoverConfig's fields, the rest), converted like pool options."""
+    from ..database.failover_manager import FailoverConfig
+    fields = {f.name: f.default for f in dataclasses.fields(FailoverConfig)}
+    fo, rest = {}, {}
+    for key, value in query.items():
+        if key in fields and key != "pool_options":
+            fo[key] = _convert(value, fields[key])
+        else:
+            rest[key] = value
+    return fo, rest
+
+
+_managers: Dict[Tuple[str, str], Any] = {}
+_managers_lock = threading.Lock()
+
+
+def failover_manager_for(dsn: str, failover: Dict[str, Any], pool: Dict[str, Any]) -> Any:
+    """The failover manager, monitoring, for a multi-host DSN and these
+    options: one per process, as noodlecore.dbapi keeps one pool per DSN."""
+    from ..database.failover_manager import DatabaseFailoverManager, FailoverConfig
+    key = (dsn, repr(sorted(failover.items())) + repr(sorted(pool.items())))
+    with _managers_lock:
+        manager = _managers.get(key)
+        if manager is None or manager._closed:
+            config = FailoverConfig(**failover, pool_options=pool)
+            manager = DatabaseFailoverManager.from_dsn(dsn, config=config)
+            manager.start_monitoring()
+            _managers[key] = manager
+        return manager
 
 
 def _convert(value: Any, default: Any) -> Any:

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql.base import PGDialect, PGExecutionContext
 from sqlalchemy.dialects.postgresql.pg8000 import PGDialect_pg8000
 from sqlalchemy.sql import sqltypes
 
-from ._common import NoodleDialectMixin, pool_options
+from ._common import NoodleDialectMixin, failover_manager_for, failover_options, pool_options
 
 _LEVELS = ("AUTOCOMMIT", "READ COMMITTED", "READ UNCOMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 
@@ -158,10 +158,23 @@ class PGDialect_noodlecore(NoodleDialectMixin, PGDialect):
             netloc += ("[%s]" % url.host) if ":" in url.host else url.host
             if url.port:
                 netloc += ":%d" % url.port
+        failover = None
+        if hosts and len(hosts) > 1:
+            # Several hosts: the failover manager under the engine (its
+            # probes find the writable one; target_session_attrs is dropped).
+            failover, rest = failover_options(rest)
         dsn = "postgresql://%s/%s" % (netloc, quote(url.database or "", safe=""))
         if rest:
             dsn += "?" + urlencode(rest, doseq=True)
+        if failover is not None:
+            pool["_noodle_failover"] = failover
         return [dsn], pool
+
+    def connect(self, *cargs: Any, **cparams: Any) -> Any:
+        failover = cparams.pop("_noodle_failover", None)
+        if failover is None:
+            return self.loaded_dbapi.connect(*cargs, **cparams)
+        return failover_manager_for(cargs[0], failover, cparams).connect()
 
     def type_descriptor(self, typeobj: Any) -> Any:
         impl = super().type_descriptor(typeobj)
