@@ -15,6 +15,10 @@ _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+# SQLAlchemy's compliance suite runs in a child pytest of its own
+# (tests/test_sqla_suite.py), never collected with ours.
+collect_ignore = ["sqla_suite"]
+
 
 # ===========================================================================
 # PostgreSQL harness fixtures (noodlecore.testing, shipped in the package)

@@ -399,9 +399,11 @@ fresh_source() {
 make_env() {
     local name=$1 python=$2 cflags=${3:-} ldflags=${4:-}
     local venv="$WORK/venv-$name" src="$WORK/src-$name" log="$WORK/pip-$name.log"
-    # The packaging tests' tools (mypy, auditwheel) only where they run.
+    # The packaging tests' tools (mypy, auditwheel) only where they run, and
+    # SQLAlchemy's compliance suite with its control driver
+    # (tests/requirements-sqla.txt, tests marked `once`) likewise.
     local reqs=(tests/requirements.txt)
-    [ "$name" = main ] && reqs+=(tests/requirements-packaging.txt scripts/requirements-wheel.txt)
+    [ "$name" = main ] && reqs+=(tests/requirements-packaging.txt scripts/requirements-wheel.txt tests/requirements-sqla.txt)
     local key
     key="$(readlink -f "$(command -v "$python")") $("$python" -c 'import sys; print(sys.version.split()[0], sys.abiflags)') $(cat "${reqs[@]}" | sha256sum | cut -c1-16)"
     if [ ! -f "$venv/.noodlecore-stamp" ] || [ "$(cat "$venv/.noodlecore-stamp")" != "$key" ] \
@@ -409,7 +411,7 @@ make_env() {
         rm -rf "$venv"
         { "$python" -m venv "$venv" \
             && "$venv/bin/python" -m pip install -q --no-deps -r tests/requirements.txt \
-                ${reqs[1]:+-r "${reqs[1]}"} \
+                ${reqs[1]:+-r "${reqs[1]}"} ${reqs[3]:+-r "${reqs[3]}"} \
             && "$venv/bin/python" -m pip check; } >"$log" 2>&1 || { cat "$log" >&2; return 1; }
         echo "$key" >"$venv/.noodlecore-stamp"
     fi

@@ -37,6 +37,16 @@ def test_readme_python_example(index, pg, tmp_path, monkeypatch, capsys):
     exec(compile(code, f"README.md python block {index}", "exec"), namespace)
 
 
+@pytest.mark.once
+def test_readme_sqlalchemy_example(pg, tmp_path, monkeypatch):
+    """The SQLAlchemy section's example (needs SQLAlchemy: only the stage
+    that installs tests/requirements-sqla.txt runs it)."""
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python sqlalchemy\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "README.md sqlalchemy block", "exec"), {"__name__": "__readme__", "PG_DSN": pg.dsn()})
+
+
 def _env():
     return subprocess_env()
 

@@ -737,6 +737,20 @@ static PyObject *conn_ping(NpyConnection *self, PyObject *unused)
     return PyBool_FromLong(rc == 0);
 }
 
+/* The pool's own cheap check (a zero-timeout poll of the socket, no round
+ * trip): what SQLAlchemy's pool_pre_ping asks through the dialect's do_ping.
+ * Python-backend connections run user code, so they take the GIL path. */
+static PyObject *conn_looks_alive(NpyConnection *self, PyObject *unused)
+{
+    (void)unused;
+    if (op_begin(self) < 0)
+        return NULL;
+    const nc_backend_ops *ops = nc_pool_ops(self->ps->pool);
+    int ok = ops->looks_alive(nc_pool_ctx(self->ps->pool), self->c->raw);
+    op_end(self);
+    return PyBool_FromLong(ok == 1);
+}
+
 static PyObject *conn_transaction(NpyConnection *self, PyObject *unused)
 {
     (void)unused;
@@ -848,6 +862,9 @@ static PyMethodDef conn_methods[] = {
     {"transaction", (PyCFunction)conn_transaction, METH_NOARGS,
      "A context manager: begins, commits at the end, or rolls back if the block raises."},
     {"ping", (PyCFunction)conn_ping, METH_NOARGS, "Round-trip health check; True when it answered."},
+    {"looks_alive", (PyCFunction)conn_looks_alive, METH_NOARGS,
+     "The pool's cheap check, no round trip (a poll of the socket): False when the connection is\n"
+     "certainly dead."},
     {"release", (PyCFunction)conn_release, METH_NOARGS,
      "Give the connection back to the pool; this object is dead afterwards."},
     {"close", (PyCFunction)conn_release, METH_NOARGS, "Same as release()."},

@@ -28,6 +28,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, Tuple
 
+from .. import _native
 from ..database import errors
 from ..database.connection_pool import DatabaseConnectionPool
 from .connection import Connection
@@ -46,6 +47,11 @@ __all__ = [
 apilevel = "2.0"
 threadsafety = 1
 paramstyle = "pyformat"
+
+# The linked SQLite, under the names the sqlite3 module uses (SQLAlchemy's
+# SQLite dialect reads sqlite_version_info to pick its features).
+sqlite_version = _native.sqlite_version
+sqlite_version_info = tuple(int(x) for x in sqlite_version.split("."))
 
 Warning = errors.DatabaseWarning   # noqa: A001 - PEP 249's name
 Error = errors.Error

@@ -90,6 +90,12 @@ class Connection:
         self._live()
         return Cursor(self, stream=stream)
 
+    def execute(self, operation: str, parameters: Any = None) -> Cursor:
+        """A new cursor with ``operation`` executed on it (the shortcut
+        sqlite3 and psycopg 3 connections have; SQLAlchemy's SQLite test
+        provisioning uses it)."""
+        return self.cursor().execute(operation, parameters)
+
     def commit(self) -> None:
         """Commit the open transaction (nothing to do when none is open)."""
         self._idle().commit()
