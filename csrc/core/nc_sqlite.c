@@ -14,6 +14,7 @@
 #include "nc_stop.h"
 #include "nc_time.h"
 
+#include <regex.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,6 +133,56 @@ static int progress_handler(void *arg)
     return 0;
 }
 
+/* X REGEXP Y calls regexp(Y, X).  SQLite has no such function of its own
+ * (pysqlite's users get one written in Python, which we never run inside a
+ * statement): POSIX extended regular expressions (regex.h) in the process's
+ * locale, searched anywhere in the text (as Python's re.search), NULL when
+ * either side is NULL.  Python-only syntax (\d, (?i), lazy quantifiers) is
+ * not understood.  The compiled pattern is kept for the statement. */
+static void regexp_free(void *p)
+{
+    regfree(p);
+    free(p);
+}
+
+static void sq_regexp(sqlite3_context *ctx, int argc, sqlite3_value **argv)
+{
+    (void)argc;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL || sqlite3_value_type(argv[1]) == SQLITE_NULL) {
+        sqlite3_result_null(ctx);
+        return;
+    }
+    regex_t *re = sqlite3_get_auxdata(ctx, 0);
+    int fresh = 0;
+    if (!re) {
+        const char *pattern = (const char *)sqlite3_value_text(argv[0]);
+        re = malloc(sizeof *re);
+        if (!pattern || !re) {
+            free(re);
+            sqlite3_result_error_nomem(ctx);
+            return;
+        }
+        int rc = regcomp(re, pattern, REG_EXTENDED | REG_NOSUB);
+        if (rc != 0) {
+            char why[200], msg[256];
+            regerror(rc, re, why, sizeof why);
+            free(re);
+            snprintf(msg, sizeof msg, "REGEXP: invalid pattern: %s", why);
+            sqlite3_result_error(ctx, msg, -1);
+            return;
+        }
+        fresh = 1;
+    }
+    const char *text = (const char *)sqlite3_value_text(argv[1]);
+    if (!text)
+        sqlite3_result_error_nomem(ctx);
+    else
+        sqlite3_result_int(ctx, regexec(re, text, 0, NULL, 0) == 0);
+    /* Last: SQLite may free it at once (then it is gone for the next row). */
+    if (fresh)
+        sqlite3_set_auxdata(ctx, 0, re, regexp_free);
+}
+
 static void *sq_connect(void *vctx, double deadline, nc_error *err)
 {
     nc_sqlite_ctx *ctx = vctx;
@@ -160,6 +211,8 @@ static void *sq_connect(void *vctx, double deadline, nc_error *err)
     c->busy_deadline = deadline;
     sqlite3_busy_handler(c->db, busy_handler, c);
     sqlite3_progress_handler(c->db, 1000, progress_handler, c);
+    sqlite3_create_function_v2(c->db, "regexp", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL, sq_regexp, NULL, NULL,
+                               NULL);
     return c;
 }
 

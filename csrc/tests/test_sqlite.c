@@ -376,6 +376,31 @@ static char url1[256], url2[256];
 static void case_connect_ping_reset(void) { test_connect_ping_reset(url1); }
 static void case_lock_deadline(void) { test_lock_deadline(url2); }
 
+/* REGEXP: POSIX extended, searched anywhere, NULL in NULL out, a bad
+ * pattern an error (SQLAlchemy's regexp_match on SQLite). */
+static void test_regexp(void)
+{
+    void *ctx = new_ctx(url1);
+    nc_sqlite_conn *c = open_conn(ctx);
+    CHECK(scalar(c, "SELECT 'abcde' REGEXP 'a.cde'") == 1, "a.cde matches abcde");
+    CHECK(scalar(c, "SELECT 'acde' REGEXP 'a.cde'") == 0, "a.cde does not match acde");
+    CHECK(scalar(c, "SELECT 'xabcde' REGEXP 'abc'") == 1, "found anywhere");
+    CHECK(scalar(c, "SELECT 'xabc' REGEXP '^abc'") == 0, "anchored");
+    CHECK(scalar(c, "SELECT 'b' REGEXP '^(b|c)$'") == 1, "alternation");
+    CHECK(scalar(c, "SELECT count(*) FROM (SELECT 'a1' AS v UNION ALL SELECT 'b2' UNION ALL SELECT 'a3') "
+                    "WHERE v REGEXP '^a[0-9]'") == 2, "per row, the pattern kept");
+    CHECK(scalar(c, "SELECT (NULL REGEXP 'a') IS NULL AND ('a' REGEXP NULL) IS NULL") == 1, "NULL");
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(c->db, "SELECT 'a' REGEXP '('", -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    CHECK(rc == SQLITE_ERROR && strstr(sqlite3_errmsg(c->db), "REGEXP: invalid pattern"), "bad pattern: %d %s", rc,
+          sqlite3_errmsg(c->db));
+    sqlite3_finalize(st);
+    ops->close(ctx, c);
+    ops->ctx_free(ctx);
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/nc_test_sqlite.XXXXXX");
@@ -390,6 +415,7 @@ int main(void)
         {"connect_ping_reset", case_connect_ping_reset},
         {"lock_deadline", case_lock_deadline},
         {"memory", test_memory},
+        {"regexp", test_regexp},
         {"former_bugs", known_bugs},   /* regression tests of a fixed bug */
     };
     int rc = nc_run_cases("test_sqlite", cases, NC_NCASES(cases));

@@ -7,10 +7,6 @@ from sqlalchemy.testing import exclusions
 from sqla_default_requirements import DefaultRequirements
 
 
-def _off(reason):
-    return exclusions.skip_if(lambda config: True, reason)
-
-
 class NoodleRequirements(DefaultRequirements):
     @property
     def infinity_floats(self):
@@ -19,10 +15,8 @@ class NoodleRequirements(DefaultRequirements):
         return exclusions.open()
 
     @property
-    def regexp_match(self):
-        # SQLite has no REGEXP function of its own: pysqlite registers a Python
-        # one (sqlite3's create_function).  noodlecore.dbapi has no way to run
-        # Python inside a native statement, so on SQLite the operator is not
-        # supported; PostgreSQL's ~ operator works.
-        return super().regexp_match + exclusions.skip_if(
-            "sqlite+noodlecore", "SQLite has no REGEXP; noodlecore registers no Python functions")
+    def dbapi_lastrowid(self):
+        # SQLAlchemy names the drivers whose cursors have lastrowid;
+        # noodlecore.dbapi's has it on SQLite (sqlite3_last_insert_rowid).
+        # (On PostgreSQL, as for psycopg, there is none: only_on leaves it off.)
+        return exclusions.only_on(["sqlite+noodlecore"])
