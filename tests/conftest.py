@@ -216,3 +216,22 @@ def patroni(patroni_cluster_module):
 # ===========================================================================
 # (end of Patroni cluster)
 # ===========================================================================
+
+
+# ===========================================================================
+# Modules marked `once` as a whole (`pytestmark = pytest.mark.once`) are not
+# even imported when the run deselects them (-m "not once": tests/run.sh's
+# second and ASan stages), so that one may import what only the
+# pytest-python3 venv has (SQLAlchemy: tests/requirements-sqla.txt).
+# ===========================================================================
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    if not (config.option.markexpr or "").strip().startswith("not once"):
+        return None
+    try:
+        text = collection_path.read_text()
+    except OSError:
+        return None
+    return True if "\npytestmark = pytest.mark.once\n" in text else None

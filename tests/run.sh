@@ -17,7 +17,8 @@
 #                   (-m "not once")
 #   pytest-second   the suite on a second CPython: the newest pyenv CPython
 #                   newer than python3 if there is one, else Debian's debug
-#                   build python3-dbg (catches reference-count errors)
+#                   build python3-dbg (catches reference-count errors);
+#                   without the timing scenarios (marked `scenario`)
 #   pytest-asan     the suite with the extension built with ASan + UBSan,
 #                   leak detection on
 #
@@ -485,7 +486,7 @@ PYEOF
     local p f s status=ok note="log: $log"
     local desel
     desel=$(grep -o -E '[0-9]+ deselected' "$log" | tail -1)
-    [ -n "$desel" ] && note="$desel (marked once: they run in pytest-python3); $note"
+    [ -n "$desel" ] && note="$desel (${PYTEST_SELECT[*]}; modules marked once are not collected); $note"
     if [ "$counts" = none ]; then
         # No report: the process died or was killed.  From the -v lines, what
         # finished and which test had started without a result.
@@ -570,7 +571,9 @@ if wanted pytest-second; then
         record pytest-second MISSING 0 0 0 "no second CPython: no pyenv CPython newer than $PY and not Debian; opt out with NOODLE_TEST_SKIP=pytest-second"
     elif env_or_fail pytest-second second "$SECOND"; then
         INTERPRETERS+=("pytest-second: $(describe_python "$VENV/bin/python") [$SECOND_WHY]")
-        PYTEST_SELECT=("${ONCE_ONLY[@]}")
+        # nor the timing scenarios (marked `scenario`): the second CPython is
+        # there for the binding's interpreter-dependent code
+        PYTEST_SELECT=(-m "not once and not scenario")
         run_pytest_stage pytest-second "$VENV"
         PYTEST_SELECT=()
     fi

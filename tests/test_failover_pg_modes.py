@@ -21,6 +21,10 @@ from helpers import (
 from noodlecore.database import DatabaseError, OperationalError
 from noodlecore.database.failover_manager import DatabaseFailoverManager, FailoverMode, FailoverPolicy
 
+# Timing scenarios on real servers: the same C paths on every interpreter, so
+# tests/run.sh runs them in pytest-python3 and pytest-asan, not on the second CPython.
+pytestmark = pytest.mark.scenario
+
 
 # ---------------------------------------------------------------------------
 # MANUAL and SEMI_AUTOMATIC

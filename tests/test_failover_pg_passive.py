@@ -19,6 +19,10 @@ from helpers import cfg, ep, events, insert, port_of, query_until_ok, switches, 
 from noodlecore.database import DatabaseError, OperationalError
 from noodlecore.database.failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverMode
 
+# Timing scenarios on real servers: the same C paths on every interpreter, so
+# tests/run.sh runs them in pytest-python3 and pytest-asan, not on the second CPython.
+pytestmark = pytest.mark.scenario
+
 
 # ---------------------------------------------------------------------------
 # passive detection on the query path, no monitor thread

@@ -19,6 +19,10 @@ from helpers import cfg, events, insert, on_endpoint, switches, two, wait_for, w
 from noodlecore.database import DatabaseError
 from noodlecore.database.failover_manager import DatabaseFailoverManager, FailoverEvent
 
+# Timing scenarios on real servers: the same C paths on every interpreter, so
+# tests/run.sh runs them in pytest-python3 and pytest-asan, not on the second CPython.
+pytestmark = pytest.mark.scenario
+
 
 def ints(node, sql):
     return [int(r[0]) for r in node.sql(sql)]

@@ -25,6 +25,10 @@ from noodlecore.database import (
 )
 from noodlecore.testing import free_port
 
+# Timing scenarios on real servers: the same C paths on every interpreter, so
+# tests/run.sh runs them in pytest-python3 and pytest-asan, not on the second CPython.
+pytestmark = pytest.mark.scenario
+
 
 # ---------------------------------------------------------------------------
 # server terminating every session, server restart

@@ -51,10 +51,10 @@ default = {url}
 """
 
 
-def run_suite(workdir, url, requirements, timeout=900, env=None):
-    """Run the suite against url with the given requirements class
-    ("module:Class" of tests/sqla_suite) in a child pytest; returns
-    (passed, failed, skipped, log_path)."""
+def start_suite(workdir, url, requirements, env=None):
+    """Start the suite against url with the given requirements class
+    ("module:Class" of tests/sqla_suite) in a child pytest; returns what
+    finish_suite takes."""
     os.makedirs(workdir, exist_ok=True)
     cfg = os.path.join(workdir, "setup.cfg")
     with open(cfg, "w") as f:
@@ -66,9 +66,22 @@ def run_suite(workdir, url, requirements, timeout=900, env=None):
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-c", cfg, "--rootdir", workdir,
            "--confcutdir", SUITE_DIR, "--junitxml", xml, "--dburi", url,
            os.path.join(SUITE_DIR, "test_suite.py")]
-    with open(log, "w") as out:
-        subprocess.run(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-                       stdin=subprocess.DEVNULL, env=env)
+    out = open(log, "w")
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=env)
+    return proc, out, xml, log
+
+
+def finish_suite(started, timeout=900):
+    """Wait for a started run; (passed, failed, skipped, log_path)."""
+    proc, out, xml, log = started
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
     return junit_counts(xml) + (log,)
 
 
@@ -114,40 +127,55 @@ def test_readme_states_the_floors():
         assert "| {:,} / 0 /".format(passed) in row[0], row[0]
 
 
-def test_control_psycopg(pg, tmp_path):
-    """The control: postgresql+psycopg with SQLAlchemy's own requirements."""
-    where = suite_database(pg, "sqla_control")
+@pytest.fixture(scope="module")
+def suite_results(pg, tmp_path_factory):
+    """The three runs at once (the control and our two dialects: they share
+    nothing but the server, and together take about half the time they take
+    one after the other); {name: (passed, failed, skipped, log)}."""
+    # The control runs none of our C code: without PYTHONMALLOC=debug's
+    # checks (the stage sets them for our extension), it takes less of the
+    # test command's time.
+    control_env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
+    control = suite_database(pg, "sqla_control")
+    ours = suite_database(pg, "sqla_noodle")
+    sqlite_dir = tmp_path_factory.mktemp("sqla_sqlite")
+    runs = {}
     try:
-        # The control runs none of our C code: without PYTHONMALLOC=debug's
-        # checks (the stage sets them for our extension), it takes less of
-        # the test command's time.
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
-        p, f, s, log = run_suite(str(tmp_path), "postgresql+psycopg://" + where,
-                                 "sqla_default_requirements:DefaultRequirements", env=env)
+        runs["control"] = start_suite(str(tmp_path_factory.mktemp("sqla_control")), "postgresql+psycopg://" + control,
+                                      "sqla_default_requirements:DefaultRequirements", env=control_env)
+        runs["postgresql"] = start_suite(str(tmp_path_factory.mktemp("sqla_noodle")), "postgresql+noodlecore://" + ours,
+                                         "noodle_requirements:NoodleRequirements")
+        runs["sqlite"] = start_suite(str(sqlite_dir), "sqlite+noodlecore:///%s" % (sqlite_dir / "suite.db"),
+                                     "noodle_requirements:NoodleRequirements")
+        results = {name: finish_suite(started) for name, started in runs.items()}
     finally:
+        for proc, out, _, _ in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            out.close()
         pg.sql('drop database if exists "sqla_control" with (force)')
+        pg.sql('drop database if exists "sqla_noodle" with (force)')
+    return results
+
+
+def test_control_psycopg(suite_results):
+    """The control: postgresql+psycopg with SQLAlchemy's own requirements."""
+    p, f, s, log = suite_results["control"]
     print("SQLA-SUITE postgresql+psycopg (control): %d passed / %d failed / %d skipped" % (p, f, s))
     assert f == 0, failures_of(log)
     assert p >= CONTROL_PG_PASSED, "only %d passed (log: %s)" % (p, log)
 
 
-def _run_ours(tmp_path, url):
-    return run_suite(str(tmp_path), url, "noodle_requirements:NoodleRequirements")
-
-
-def test_noodlecore_postgresql(pg, tmp_path):
-    where = suite_database(pg, "sqla_noodle")
-    try:
-        p, f, s, log = _run_ours(tmp_path, "postgresql+noodlecore://" + where)
-    finally:
-        pg.sql('drop database if exists "sqla_noodle" with (force)')
+def test_noodlecore_postgresql(suite_results):
+    p, f, s, log = suite_results["postgresql"]
     print("SQLA-SUITE postgresql+noodlecore: %d passed / %d failed / %d skipped" % (p, f, s))
     assert f == 0, failures_of(log)
     assert p >= NOODLE_PG_PASSED, "only %d passed (log: %s)" % (p, log)
 
 
-def test_noodlecore_sqlite(tmp_path):
-    p, f, s, log = _run_ours(tmp_path, "sqlite+noodlecore:///%s" % (tmp_path / "suite.db"))
+def test_noodlecore_sqlite(suite_results):
+    p, f, s, log = suite_results["sqlite"]
     print("SQLA-SUITE sqlite+noodlecore: %d passed / %d failed / %d skipped" % (p, f, s))
     assert f == 0, failures_of(log)
     assert p >= NOODLE_SQLITE_PASSED, "only %d passed (log: %s)" % (p, log)
