@@ -393,26 +393,43 @@ def test_fork_while_another_thread_connects_a_database_manager():
     # A thread is inside DatabaseManager.connect() (holding the manager's
     # lock) while the Python backend's factory waits; the main thread forks.
     # The child's own connect() and query must not wait for that thread.
+    # The factory waits in read(2) on a pipe, and the fork comes once the
+    # thread is seen blocked there (/proc/.../syscall): a thread forked in the
+    # middle of a malloc would deadlock the child under GCC 12's libasan,
+    # whose allocator has no fork handler (glibc's malloc has one), whatever
+    # our code does.
     code = """
 import signal, threading
 PARENT = os.getpid()
-entered, release = threading.Event(), threading.Event()
+gate_r, gate_w = os.pipe()
+waiter = []
 
 class Backend:
     def __init__(self):
         if os.getpid() == PARENT:
-            entered.set()
-            release.wait(60)
+            waiter.append(threading.get_native_id())
+            os.read(gate_r, 1)
         self.pid = os.getpid()
     def execute_query(self, sql, params=None):
         return [{"pid": self.pid}]
     def close(self):
         pass
 
+def blocked_in_read(tid):
+    try:
+        with open("/proc/self/task/%d/syscall" % tid) as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] == "0" and int(fields[1], 16) == gate_r   # read(gate_r, ...)
+
 dbm = DatabaseManager(backend_factory=Backend, max_connections=2)
 t = threading.Thread(target=dbm.connect)
 t.start()
-assert entered.wait(20), "connect never reached the factory"
+deadline = time.monotonic() + 20
+while not (waiter and blocked_in_read(waiter[0])):
+    assert time.monotonic() < deadline, "connect never reached the factory"
+    time.sleep(0.005)
 pid = os.fork()
 if pid == 0:
     signal.alarm(20)          # a deadlock ends the child (SIGALRM) instead of the test
@@ -421,7 +438,7 @@ if pid == 0:
     dbm.close()
     sys.exit(0 if rows == [{"pid": os.getpid()}] else 3)
 status = wait_child(pid)
-release.set()
+os.write(gate_w, b"x")
 t.join(20)
 report(status=status, parent=dbm.execute_query("select 1"), me=os.getpid())
 dbm.close()
