@@ -6,9 +6,8 @@
 #include "nc_patroni.h"
 #include "nc_stop.h"
 #include "check.h"
+#include "listen_local.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -230,20 +229,6 @@ typedef struct server {
     const char *answer;
     pthread_t thread;
 } server;
-
-static int listen_local(int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t al = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 8) < 0
-        || getsockname(fd, (struct sockaddr *)&a, &al) < 0)
-        return -1;
-    *port = ntohs(a.sin_port);
-    return fd;
-}
 
 /* Answers one request: reads until the blank line, writes the answer in pieces, closes. */
 static void *serve_one(void *arg)

@@ -4,9 +4,8 @@
  * kept), a stop that ends a fetch waiting on a silent API, bad arguments. */
 #include "nc_patroni_watch.h"
 #include "check.h"
+#include "listen_local.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -58,20 +57,6 @@ typedef struct server {
     int fd, port, stop;
     pthread_t thread;
 } server;
-
-static int listen_local(int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t al = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 8) < 0
-        || getsockname(fd, (struct sockaddr *)&a, &al) < 0)
-        return -1;
-    *port = ntohs(a.sin_port);
-    return fd;
-}
 
 static void *serve(void *arg)
 {

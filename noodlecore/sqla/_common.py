@@ -116,3 +116,19 @@ class NoodleDialectMixin:
         # the socket).  The native borrow behind every checkout has already
         # validated the connection (a round trip after ping_after_idle).
         return bool(dbapi_connection._live().looks_alive())
+
+
+def switch_autocommit(dbapi_connection: Any, level: str) -> bool:
+    """The part of set_isolation_level both dialects share: AUTOCOMMIT (True:
+    done), or back from it before a real level is set (False: set it).
+    SQLAlchemy switches outside its transactions; what is open on the DB-API
+    connection is the driver's implicit one (e.g. from reading the level), so
+    it is ended first."""
+    if level == "AUTOCOMMIT":
+        dbapi_connection.rollback()
+        dbapi_connection.autocommit = True
+        return True
+    if dbapi_connection.autocommit:
+        dbapi_connection.rollback()
+        dbapi_connection.autocommit = False
+    return False

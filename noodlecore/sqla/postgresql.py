@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql.base import PGDialect, PGExecutionContext
 from sqlalchemy.dialects.postgresql.pg8000 import PGDialect_pg8000
 from sqlalchemy.sql import sqltypes
 
-from ._common import NoodleDialectMixin, failover_manager_for, failover_options, pool_options
+from ._common import NoodleDialectMixin, failover_manager_for, failover_options, pool_options, switch_autocommit
 
 _LEVELS = ("AUTOCOMMIT", "READ COMMITTED", "READ UNCOMMITTED", "REPEATABLE READ", "SERIALIZABLE")
 
@@ -187,16 +187,8 @@ class PGDialect_noodlecore(NoodleDialectMixin, PGDialect):
 
     def set_isolation_level(self, dbapi_connection: Any, level: str) -> None:
         level = level.replace("_", " ")
-        if level == "AUTOCOMMIT":
-            # SQLAlchemy switches outside its transactions; what is open on
-            # the DB-API connection is the driver's implicit one (e.g. from
-            # reading the level), so end it first.
-            dbapi_connection.rollback()
-            dbapi_connection.autocommit = True
+        if switch_autocommit(dbapi_connection, level):
             return
-        if dbapi_connection.autocommit:
-            dbapi_connection.rollback()
-            dbapi_connection.autocommit = False
         self._session_characteristics(dbapi_connection, "ISOLATION LEVEL " + level)
 
     def get_isolation_level(self, dbapi_connection: Any) -> str:

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 
-from ._common import NoodleDialectMixin, pool_options
+from ._common import NoodleDialectMixin, pool_options, switch_autocommit
 
 
 class _QmarkConnection:
@@ -80,16 +80,8 @@ class SQLiteDialect_noodlecore(NoodleDialectMixin, SQLiteDialect):
         return super()._get_table_sql(_qmark(connection), table_name, schema=schema, **kw)
 
     def set_isolation_level(self, dbapi_connection: Any, level: str) -> None:
-        if level == "AUTOCOMMIT":
-            # SQLAlchemy switches outside its transactions; what is open on
-            # the DB-API connection is the driver's implicit one (e.g. from
-            # reading the level), so end it first.
-            dbapi_connection.rollback()
-            dbapi_connection.autocommit = True
+        if switch_autocommit(dbapi_connection, level):
             return
-        if dbapi_connection.autocommit:
-            dbapi_connection.rollback()
-            dbapi_connection.autocommit = False
         super().set_isolation_level(dbapi_connection, level)
 
     def get_isolation_level(self, dbapi_connection: Any) -> str:
