@@ -1,5 +1,5 @@
 /* listen_local.h - a listening TCP socket on 127.0.0.1 at a port the kernel
- * picks, for the C tests' little local servers (test_patroni.c,
+ * picks, and reading one HTTP request, for the C tests' little local servers (test_patroni.c,
  * test_patroni_watch.c).  The socket, its port in *port; -1 (and port 0)
  * on failure. */
 #ifndef NC_TEST_LISTEN_LOCAL_H
@@ -7,7 +7,9 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 
 static inline int listen_local(int *port)
 {
@@ -22,6 +24,24 @@ static inline int listen_local(int *port)
         return -1;
     *port = ntohs(a.sin_port);
     return fd;
+}
+
+/* Read an HTTP request from c into req (cap bytes, NUL-terminated) up to
+ * its blank line, or until the peer stops sending; the bytes read. */
+static inline size_t read_request(int c, char *req, size_t cap)
+{
+    size_t n = 0;
+    req[0] = '\0';
+    while (n < cap - 1) {
+        ssize_t k = recv(c, req + n, cap - 1 - n, 0);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+        req[n] = '\0';
+        if (strstr(req, "\r\n\r\n"))
+            break;
+    }
+    return n;
 }
 
 #endif

@@ -238,16 +238,7 @@ static void *serve_one(void *arg)
     if (c < 0)
         return NULL;
     char req[2048];
-    size_t n = 0;
-    while (n < sizeof req - 1) {
-        ssize_t k = recv(c, req + n, sizeof req - 1 - n, 0);
-        if (k <= 0)
-            break;
-        n += (size_t)k;
-        req[n] = '\0';
-        if (strstr(req, "\r\n\r\n"))
-            break;
-    }
+    read_request(c, req, sizeof req);
     if (!strncmp(req, "GET /cluster HTTP/1.1\r\n", 23) && strstr(req, "Connection: close\r\n")) {
         size_t l = strlen(s->answer);
         for (size_t off = 0; off < l; off += 7)        /* in small pieces: the reader must gather */

@@ -71,16 +71,7 @@ static void *serve(void *arg)
         if (c < 0)
             continue;
         char req[2048];
-        size_t n = 0;
-        while (n < sizeof req - 1) {
-            ssize_t k = recv(c, req + n, sizeof req - 1 - n, 0);
-            if (k <= 0)
-                break;
-            n += (size_t)k;
-            req[n] = '\0';
-            if (strstr(req, "\r\n\r\n"))
-                break;
-        }
+        read_request(c, req, sizeof req);
         (void)!send(c, answer, strlen(answer), MSG_NOSIGNAL);
         close(c);
     }
