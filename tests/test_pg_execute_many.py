@@ -69,8 +69,10 @@ def test_rows_go_without_waiting_for_each_other(pg, app, pool, table):
             t.start()
             try:
                 wait_for(lambda: lock_waiters(direct, pid), timeout=10, what="the first row to wait")
-                # every row carries the statement (Parse) at least: 299 more of them are on the way
-                wait_for(lambda: px.client_bytes - before >= len(rows) * len(sql), timeout=10,
+                # every row carries its values and its Bind, Describe and Execute messages (5, 7
+                # and 10 bytes at least), so the 299 other rows are this much on the way:
+                rest = sum(22 + sum(len(str(v)) for v in row) for row in rows[1:])
+                wait_for(lambda: px.client_bytes - before >= rest, timeout=10,
                          what="the whole batch to be sent while the first row waits")
                 assert "n" not in out
             finally:
@@ -197,3 +199,71 @@ def test_row_index_is_none_when_no_row_is_to_blame(pool):
         with pytest.raises(DatabaseError) as ei:
             c.execute_many("SELECT 1 /", [(), ()])     # the statement itself: the first row fails
         assert ei.value.row_index == 0
+
+
+def parses_logged(pg, table, offset):
+    """How many times the server parsed (extended protocol) a statement on table since offset of
+    its log: with log_min_duration_statement = 0 it logs each Parse as "parse <unnamed>: ..."."""
+    with open(pg.logfile, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode("utf-8", "replace")
+    return len(re.findall(r"parse <unnamed>: INSERT INTO %s\b" % table, text))
+
+
+def log_size(pg):
+    with open(pg.logfile, "rb") as f:
+        return f.seek(0, 2)
+
+
+def test_the_server_parses_the_statement_once_per_pipeline(pg, pool, table):
+    """Each row binds and executes the statement parsed once at the head of its pipeline (the
+    unnamed statement): 2500 rows in three pipelines are three parses, not 2500. The server logs
+    every statement's parse while log_min_duration_statement is 0 (its lines are written before
+    the results are sent, so they are all there when execute_many returns)."""
+    sql = "INSERT INTO %s (k, v) VALUES (%%s, %%s)" % table
+    with pool.get_connection() as c:
+        c.execute_query("SET log_min_duration_statement = 0")
+        start = log_size(pg)
+        assert c.execute_many(sql, [(i, "v%d" % i) for i in range(2500)]) == 2500
+        assert parses_logged(pg, table, start) == 3
+        # inside the caller's transaction, the same
+        c.begin()
+        start = log_size(pg)
+        assert c.execute_many(sql, [(i, None) for i in range(2500, 2600)]) == 100
+        c.commit()
+        assert parses_logged(pg, table, start) == 1
+    assert count(pool, table) == 2600
+
+
+def test_each_row_runs_with_its_own_parameter_types(pg, pool, table):
+    """A row whose parameter types differ from the rows before it (int4 by value, int8 beyond, a
+    float, a NULL) is parsed again with its own types, as it would be alone: the statement sees the
+    type of each row's value, and no value is sent for a type chosen for another row."""
+    sql = "INSERT INTO %s (k, v) VALUES (%%s, pg_typeof(%%s)::text)" % table
+    rows = [(1, 7), (2, 2 ** 40), (3, 2 ** 41), (4, 8), (5, 1.5), (6, 9)]
+    with pool.get_connection() as c:
+        c.execute_query("SET log_min_duration_statement = 0")
+        start = log_size(pg)
+        assert c.execute_many(sql, rows) == 6
+        assert parses_logged(pg, table, start) == 5        # rows 0, 1, 3, 4, 5: row 2 has row 1's types
+        got = c.execute_query("SELECT k, v FROM %s ORDER BY k" % table)
+        assert got == [(1, "integer"), (2, "bigint"), (3, "bigint"), (4, "integer"), (5, "double precision"),
+                       (6, "integer")]
+        # a NULL has no type of its own (unknown): alone, pg_typeof cannot take it, and after an
+        # int4 row it is not given the int4 either
+        with pytest.raises(ProgrammingError) as ei:
+            c.execute_many(sql, [(7, 7), (8, None)])
+        assert ei.value.row_index == 1 and "could not determine data type of parameter $2" in str(ei.value)
+    assert count(pool, table) == 6
+
+
+def test_a_failed_reparse_names_its_row(pool, table):
+    """A parse sent for a row whose types changed fails as that row: here the text value meets
+    int4 % int4 is fine, float8 % int4 is no operator."""
+    with pool.get_connection() as c:
+        with pytest.raises(ProgrammingError) as ei:
+            c.execute_many("INSERT INTO %s (k, v) VALUES (%%s %%%% 7, 'x')" % table, [(1,), (2,), (3.5,), (4,)])
+        assert ei.value.row_index == 2 and "row 2 of the batch" in str(ei.value)
+        assert ei.value.sqlstate == "42883"
+        assert not c.in_transaction
+    assert count(pool, table) == 0

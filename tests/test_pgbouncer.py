@@ -135,6 +135,29 @@ def test_threads_share_few_server_connections(pg_factory, bpool, table, pg):
     assert 1 <= len(servers) <= 2, servers
 
 
+def test_execute_many_on_a_shared_server_connection(shared_server, bpool, pg, table):
+    """execute_many parses its statement once per pipeline into the unnamed statement and binds
+    each row to it: two clients taking turns on pgbouncer's one server connection, each with
+    batches of several pipelines (1500 rows: two) in their own or the caller's transaction, never
+    find the other's statement there (a named statement would clash or be missing)."""
+    pool = bpool(shared_server, max_connections=2, timeout=10, query_timeout=10, row_format="tuple")
+    a, b = pool.acquire(), pool.acquire()
+    try:
+        ins = "insert into %s (v, note) values (%%s, %%s)" % table
+        upd = "update %s set note = %%s where v = %%s" % table
+        assert a.execute_many(ins, [(i, "a") for i in range(1500)]) == 1500
+        assert b.execute_many(upd, [("b", i) for i in range(0, 1500, 2)]) == 750
+        assert a.execute_many(ins, [(i, "a2") for i in range(1500, 3000)]) == 1500
+        b.begin()
+        assert b.execute_many(ins, [(i, 2 ** 40 if i % 2 else "x") for i in range(3000, 4500)]) == 1500
+        b.commit()
+    finally:
+        a.release()
+        b.release()
+    assert pg.sql("select note, count(*) from %s group by note order by note" % table) == [
+        ["1099511627776", "750"], ["a", "750"], ["a2", "1500"], ["b", "750"], ["x", "750"]]
+
+
 def test_statement_timeout_cancels_the_right_backend(pg_factory, bpool, make_pool, pg, app):
     """Two server connections, one statement on each: the one past its deadline is cancelled
     (through pgbouncer, with pgbouncer's key) and stops on the server; the other, waiting on a

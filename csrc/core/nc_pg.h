@@ -72,7 +72,8 @@ typedef struct nc_pg_params {
 } nc_pg_params;
 
 /* Run sql ($1..$nparams) once per parameter set rows[0..nrows) in one
- * round trip (libpq's pipeline mode; nc_pg_pipeline.c), before deadline,
+ * round trip (libpq's pipeline mode; nc_pg_pipeline.c; the server parses sql
+ * once, and again only for a row whose parameter types differ: nc_pg_batch.h), before deadline,
  * with nc_pg_exec's cancel and stop check.  before/after (or NULL): a
  * command run first and last in the same pipeline (BEGIN and COMMIT for a
  * batch that needs its own transaction).  Returns the sum of the rows'

@@ -1,19 +1,23 @@
 /* nc_pg_pipeline.c - one statement run once per parameter set in a single
  * round trip, with libpq's pipeline mode (see nc_pg.h, nc_pg_exec_many).
  *
- * Every statement is queued (PQsendQueryParams), then one Sync; everything
+ * The statement is parsed once into the unnamed statement (again only for
+ * a row whose parameter types differ: nc_pg_batch.c plans which), each row
+ * binds and executes it (PQsendQueryPrepared), then one Sync; everything
  * is sent (reading what comes back meanwhile, so neither side blocks on a
  * full socket buffer), then the results are read in order under the same
  * deadline, cancel and stop check as nc_pg_exec (nc_pg_waiter).  After an
  * error the server skips the statements up to the Sync (libpq reports them
  * as PIPELINE_ABORTED): the first error is the batch's, with the index of
- * its row.  Inside a transaction block the failed transaction is the
- * caller's to roll back; the optional before/after commands (BEGIN/COMMIT)
- * travel in the same pipeline, so a batch with its own transaction is still
- * one round trip.  libpq without pipeline mode (before 14) runs the
- * statements one after the other instead.
+ * its row (a failed parse is the row's it was sent for).  Inside a
+ * transaction block the failed transaction is the caller's to roll back;
+ * the optional before/after commands (BEGIN/COMMIT) travel in the same
+ * pipeline, so a batch with its own transaction is still one round trip.
+ * libpq without pipeline mode (before 14) runs the statements one after the
+ * other instead.
  */
 #include "nc_pg.h"
+#include "nc_pg_batch.h"
 #include "nc_pg_internal.h"
 
 #include <stdlib.h>
@@ -21,10 +25,23 @@
 
 #ifdef LIBPQ_HAS_PIPELINING
 
-static int send_one(nc_pg_conn *c, const char *sql, int nparams, const nc_pg_params *p)
+/* Queue one planned query. */
+static int send_query(nc_pg_conn *c, const nc_pgq *q, const char *sql, int nparams, const nc_pg_params *rows,
+                      const char *before, const char *after)
 {
-    return PQsendQueryParams(c->pg, sql, nparams, p ? p->types : NULL, p ? p->values : NULL,
-                             p ? p->lengths : NULL, p ? p->formats : NULL, 0);
+    switch (q->kind) {
+    case NC_PGQ_BEFORE:
+        return PQsendQueryParams(c->pg, before, 0, NULL, NULL, NULL, NULL, 0);
+    case NC_PGQ_AFTER:
+        return PQsendQueryParams(c->pg, after, 0, NULL, NULL, NULL, NULL, 0);
+    case NC_PGQ_PARSE:
+        return PQsendPrepare(c->pg, "", sql, nparams, rows[q->row].types);
+    case NC_PGQ_ROW:
+    default: {
+        const nc_pg_params *p = &rows[q->row];
+        return PQsendQueryPrepared(c->pg, "", nparams, p->values, p->lengths, p->formats, 0);
+    }
+    }
 }
 
 long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_pg_params *rows, int nrows,
@@ -37,11 +54,17 @@ long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_
         err->sent = NC_SENT_NO;
         return -1;
     }
-    int first = before ? 1 : 0;                 /* query index of row 0 */
-    int nq = first + nrows + (after ? 1 : 0);
-    if (nq == 0)
+    if (nrows == 0 && !before && !after)
         return 0;
+    nc_pgq *plan = malloc(sizeof *plan * (size_t)nc_pg_batch_max(nrows));
+    if (!plan) {
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory planning the batch");
+        err->sent = NC_SENT_NO;
+        return -1;
+    }
+    int nq = nc_pg_batch_plan(rows, nrows, nparams, before != NULL, after != NULL, plan);
     if (!PQenterPipelineMode(c->pg)) {
+        free(plan);
         nc_pg_conn_error(err, NC_E_QUERY, c->pg, "cannot enter pipeline mode");
         err->kind = NC_K_INTERNAL;
         err->sent = NC_SENT_NO;
@@ -49,21 +72,22 @@ long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_
     }
     /* Queue everything.  libpq may already send part of it (it flushes a
      * full buffer): a failure here leaves an unknown part on the wire. */
-    int ok = !before || send_one(c, before, 0, NULL);
-    for (int i = 0; ok && i < nrows; i++)
-        ok = send_one(c, sql, nparams, &rows[i]);
-    if (ok && after)
-        ok = send_one(c, after, 0, NULL);
+    int ok = 1;
+    for (int q = 0; ok && q < nq; q++)
+        ok = send_query(c, &plan[q], sql, nparams, rows, before, after);
     if (ok)
         ok = PQpipelineSync(c->pg);
     if (!ok) {
+        free(plan);
         c->broken = 1;
         nc_pg_conn_error(err, PQstatus(c->pg) == CONNECTION_OK ? NC_E_QUERY : NC_E_CONNECTION, c->pg,
                          "queueing the batch");
         return -1;
     }
-    if (nc_pg_flush(c, deadline, err) < 0)
+    if (nc_pg_flush(c, deadline, err) < 0) {
+        free(plan);
         return -1;
+    }
 
     nc_pg_waiter wt;
     nc_pg_waiter_init(&wt, deadline, 1);
@@ -90,12 +114,13 @@ long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_
                 c->broken = 1;
                 nc_pg_waiter_abandon(&wt);
                 PQclear(error);
+                free(plan);
                 nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED,
                              "COPY is not supported through execute_many");
                 err->sent = NC_SENT_YES;
                 return -1;
             } else {
-                if (q >= first && q < first + nrows && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)) {
+                if (plan[q].kind == NC_PGQ_ROW && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)) {
                     const char *n = PQcmdTuples(r);
                     if (n && *n)
                         total += strtoll(n, NULL, 10);
@@ -114,15 +139,17 @@ long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_
         c->broken = 1;                          /* out of step with the server: discard */
     if (nc_pg_waiter_end(c, &wt, error, err) < 0) {
         PQclear(error);
-        if (error_q >= first && error_q < first + nrows) {
-            *failed = error_q - first;
+        if (error_q >= 0 && (plan[error_q].kind == NC_PGQ_ROW || plan[error_q].kind == NC_PGQ_PARSE)) {
+            *failed = plan[error_q].row;
             nc_error_prefix(err, "row %d of the batch", *failed);
         } else {
-            nc_error_prefix(err, "%s", error_q < first ? before : after);
+            nc_error_prefix(err, "%s", error_q >= 0 && plan[error_q].kind == NC_PGQ_BEFORE ? before : after);
         }
+        free(plan);
         err->sent = NC_SENT_YES;
         return -1;
     }
+    free(plan);
     if (!synced) {
         nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "the batch did not end as expected; connection discarded");
         err->sent = NC_SENT_YES;
@@ -131,6 +158,7 @@ long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_
     return total;
 lost:
     PQclear(error);
+    free(plan);
     err->sent = NC_SENT_YES;
     return -1;
 }
