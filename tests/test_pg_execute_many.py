@@ -131,6 +131,7 @@ def test_many_pipelines_one_transaction(pool, table):
         with pytest.raises(ProgrammingError) as ei:
             c.execute_many(sql, rows)
         assert ei.value.row_index == 1500 and ei.value.error_code == 2015
+        assert "parameter 'v'" in str(ei.value)          # the slot's name, made once per batch
         assert not c.in_transaction
         assert count(pool, table) == 0
         # a generator, counted exactly; a pipeline's worth exactly, and one more
@@ -175,6 +176,10 @@ def test_errors_keep_what_the_pool_errors_carry(pool):
         with pytest.raises(DatabaseError) as ei:
             c.execute_many("SELECT 1 / %s", [(1,), (0,)])
         assert ei.value.sqlstate == "22012" and ei.value.row_index == 1
+        with pytest.raises(ProgrammingError) as ei:
+            c.execute_many("SELECT %s, %s", [(1, 2), (3, b"x"), (4, object())])
+        assert ei.value.row_index == 2 and ei.value.error_code == 2015
+        assert "parameter 2: cannot send a value of type 'object'" in str(ei.value)
         with pytest.raises(ProgrammingError) as ei:
             c.execute_many("SELECT %s, %s", [(1, 2), (1,)])
         assert ei.value.row_index == 1 and ei.value.error_code == 2014

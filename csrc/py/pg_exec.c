@@ -342,8 +342,12 @@ static void batch_clear(pg_batch *b)
     b->n = 0;
 }
 
+/* Each slot's name for error messages ("parameter 2", "parameter 'k'"),
+ * made once per batch instead of once per row and slot. */
+typedef char npy_slot_name[160];
+
 /* Convert one parameter set into the batch's next slot.  -1 raised. */
-static int batch_add(pg_batch *b, const nc_sql *q, PyObject *params)
+static int batch_add(pg_batch *b, const nc_sql *q, const npy_slot_name *names, PyObject *params)
 {
     PyObject *vals = npy_params_ordered(q, params);
     if (!vals)
@@ -354,9 +358,7 @@ static int batch_add(pg_batch *b, const nc_sql *q, PyObject *params)
         return -1;
     }
     for (int i = 0; i < q->nslots; i++) {
-        char what[160];
-        npy_param_name(q, i, what, sizeof what);
-        if (npy_pg_params_set(pp, i, PyList_GET_ITEM(vals, i), what) < 0) {
+        if (npy_pg_params_set(pp, i, PyList_GET_ITEM(vals, i), names[i]) < 0) {
             npy_pg_params_free(pp);
             Py_DECREF(vals);
             return -1;
@@ -389,18 +391,23 @@ PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, Py
         return NULL;
     }
     pg_batch *b = calloc(1, sizeof *b);
-    if (!b) {
+    npy_slot_name *names = malloc(sizeof *names * (size_t)(q.nslots > 0 ? q.nslots : 1));
+    if (!b || !names) {
+        free(b);
+        free(names);
         nc_sql_free(&q);
         Py_DECREF(it);
         return PyErr_NoMemory();
     }
+    for (int i = 0; i < q.nslots; i++)
+        npy_param_name(&q, i, names[i], sizeof names[i]);
     long long total = 0;
     Py_ssize_t base = 0;            /* the sequence index of the batch's first row */
     int began = 0, last = 0;
     PyObject *next = PyIter_Next(it);   /* one ahead: the last pipeline carries the COMMIT */
     while (!last) {
         while (next && b->n < NPY_PG_BATCH) {
-            int rc = batch_add(b, &q, next);
+            int rc = batch_add(b, &q, (const npy_slot_name *)names, next);
             Py_DECREF(next);
             next = NULL;
             if (rc < 0) {
@@ -443,6 +450,7 @@ PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, Py
     }
     batch_clear(b);
     free(b);
+    free(names);
     nc_sql_free(&q);
     Py_DECREF(it);
     return PyLong_FromLongLong(total);
@@ -450,6 +458,7 @@ fail:
     Py_XDECREF(next);
     batch_clear(b);
     free(b);
+    free(names);
     nc_sql_free(&q);
     Py_DECREF(it);
     return NULL;
