@@ -237,6 +237,8 @@ def test_the_server_parses_the_statement_once_per_pipeline(pg, pool, table):
         assert c.execute_many(sql, [(i, None) for i in range(2500, 2600)]) == 100
         c.commit()
         assert parses_logged(pg, table, start) == 1
+        # the unnamed statement: no named one stays in the session for the next borrower
+        assert c.execute_query("SELECT count(*) FROM pg_prepared_statements") == [(0,)]
     assert count(pool, table) == 2600
 
 
