@@ -14,6 +14,7 @@
 #include "sqlite_exec.h"
 #include "transaction.h"
 #include "../core/nc_fork.h"
+#include "../core/nc_sqltext.h"
 #include "../core/nc_time.h"
 
 /* Borrowed in another process, before a fork(): the connection is the
@@ -159,6 +160,7 @@ NpyConnection *npy_connection_alloc(void)
     conn->streaming = 0;
     conn->stream_stmt = NULL;
     conn->row_tuple = 0;
+    conn->outcome_errors = 0;
     PyObject_GC_Track(conn);
     return conn;
 }
@@ -324,6 +326,33 @@ static int check_query(PyObject *query)
     return 0;
 }
 
+static int session_in_txn(NpyConnection *self);
+
+/* Whether a statement lost in flight is reported as an unknown outcome
+ * (3039): on a failover manager's PostgreSQL connections, where a statement
+ * in flight at a switchover or a kill is the one thing that may fail, and
+ * the caller must not replay a write blindly.  (A plain pool keeps 2004
+ * with statement_sent: README, "Failover".  SQLite and Python backends:
+ * their errors are their own.) */
+static int tracks_outcome(const NpyConnection *self)
+{
+    return self->outcome_errors && self->ps->kind == NPY_BACKEND_PG;
+}
+
+/* After sql failed: the core decides whether its outcome is unknown (its
+ * effect by nc_sql_effect; in_txn: the session was in a transaction when it
+ * was sent), npy_outcome_check raises 3039 if so.  sql is a str (checked). */
+static void outcome_check(NpyConnection *self, PyObject *sql, int in_txn)
+{
+    Py_ssize_t len;
+    const char *text = PyUnicode_AsUTF8AndSize(sql, &len);   /* cached by check_query: cannot fail */
+    if (!text) {
+        PyErr_Clear();
+        return;
+    }
+    npy_outcome_check(nc_sql_effect(text, (size_t)len, NC_DIALECT_PG), in_txn, self->ps->display);
+}
+
 /* One statement; shape NPY_SHAPE_DBAPI for the DB-API's 4-tuple, else
  * execute_query's rows (row_format, or the pool's default) or count. */
 static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *params, PyObject *timeout,
@@ -337,8 +366,13 @@ static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *par
         return NULL;
     int shape = stream ? NPY_SHAPE_STREAM : dbapi ? NPY_SHAPE_DBAPI : tuple ? NPY_SHAPE_TUPLE : NPY_SHAPE_DICT;
     switch (self->ps->kind) {
-    case NPY_BACKEND_PG:
-        return npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, shape);
+    case NPY_BACKEND_PG: {
+        int track = tracks_outcome(self), in_txn = track && session_in_txn(self);
+        PyObject *r = npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, shape);
+        if (!r && track)
+            outcome_check(self, query, in_txn);
+        return r;
+    }
     case NPY_BACKEND_SQLITE:
         return npy_sqlite_execute(self->ps->pool, self->c->raw, query, params, deadline, self->ps->busy_wait,
                                   shape, (sqlite3_stmt **)&self->stream_stmt);
@@ -479,8 +513,20 @@ static PyObject *end_impl(NpyConnection *self, const char *sql)
     self->in_txn = 0;
     if (!open)
         Py_RETURN_NONE;
-    if (run_command(self, sql) < 0)
+    if (run_command(self, sql) < 0) {
+        if (tracks_outcome(self)) {
+            /* a COMMIT lost in flight: committed or not, nobody knows (a
+             * lost ROLLBACK: rolled back either way) */
+            PyObject *text = PyUnicode_FromString(sql);
+            if (text) {
+                outcome_check(self, text, 1);
+                Py_DECREF(text);
+            } else {
+                PyErr_Clear();   /* out of memory: the error as it was */
+            }
+        }
         return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -632,6 +678,11 @@ static PyObject *execute_many_pg(NpyConnection *self, PyObject *query, PyObject 
     nc_pg_conn *pc = self->c->raw;
     int own = !self->in_txn && PQtransactionStatus(pc->pg) == PQTRANS_IDLE;
     PyObject *r = npy_pg_execute_many(self->ps->pool, pc, query, seq, deadline, own);
+    /* Its own transaction's COMMIT travels with the rows: lost in flight,
+     * a batch that writes has an unknown outcome; inside the caller's
+     * transaction it is rolled back with the session. */
+    if (!r && tracks_outcome(self))
+        outcome_check(self, query, !own);
     if (!r && own && !pc->broken && PQtransactionStatus(pc->pg) != PQTRANS_IDLE
         && nc_pool_lease_valid(self->ps->pool, self->c, self->lease)) {
         PyObject *et, *ev, *tb;

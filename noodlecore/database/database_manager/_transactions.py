@@ -12,11 +12,13 @@ import logging
 import time
 from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
 
+from ... import _native
 from .. import errors
 from ..connection_pool import PooledConnection
 from ._dialect import failed_statement_aborts_transaction
 from ._retry import (
-    Lease, Lending, classify_failure, code_of, fail, left, log, log_event, new_id, outcome_unknown, rewrap,
+    Lease, Lending, classify_failure, code_of, fail, left, log, log_event, lost_cause, new_id, outcome_is_unknown,
+    outcome_unknown, rewrap,
 )
 from ._sqltext import is_rollback_to
 
@@ -88,11 +90,11 @@ class Transactions(Lending):
                     if new is exc:
                         raise
                     raise new from exc
-                if stage == "commit" and not failure.not_applied:
+                if stage == "commit" and outcome_is_unknown(failure, _native.EFFECT_COMMIT, True):
                     raise outcome_unknown(
                         exc, f"execute_batch: the outcome is unknown: the connection to endpoint {endpoint!r} was "
                         f"lost during COMMIT, so the batch may or may not have been applied; it was not run again "
-                        f"(cause: {exc})", op, cid, endpoint, t0) from exc
+                        f"(cause: {lost_cause(exc)})", op, cid, endpoint, t0) from lost_cause(exc)
                 if source.failover is not None and not retried:
                     retried = True
                     log_event(logging.WARNING, "execute_batch: connection lost on endpoint %r before COMMIT (%s); "
@@ -179,11 +181,11 @@ class Transactions(Lending):
             except BaseException as exc:
                 quiet_rollback(lease.conn)
                 failure = classify_failure(exc)
-                if failure.connection and not failure.not_applied:
+                if outcome_is_unknown(failure, _native.EFFECT_COMMIT, True):
                     raise outcome_unknown(
                         exc, f"transaction: the outcome is unknown: the connection to endpoint {endpoint!r} was "
-                        f"lost during COMMIT, so the transaction may or may not have been applied (cause: {exc})",
-                        op, cid, endpoint, t0) from exc
+                        f"lost during COMMIT, so the transaction may or may not have been applied (cause: "
+                        f"{lost_cause(exc)})", op, cid, endpoint, t0) from lost_cause(exc)
                 if not isinstance(exc, errors.Error):
                     raise
                 msg = (f"transaction: COMMIT failed on endpoint {endpoint!r}, the transaction was "
