@@ -11,6 +11,8 @@ CPU meanwhile).  A plain DatabaseConnectionPool keeps 2004 with
 ``statement_sent`` (README, "Failover").
 """
 
+import threading
+
 import pytest
 
 from helpers import cfg, on_endpoint, two, wait_for, wait_probed
@@ -40,6 +42,11 @@ def test_the_core_rule_as_the_binding_exports_it():
     assert e.error_code == 3039 and isinstance(e, OperationalError)
     # a lost connection to whoever asks (the DB-API, SQLAlchemy's is_disconnect)
     assert e.connection_failure is True and e.not_applied is False
+
+
+# 5000 rows come at once (more than the server's 8 kB send buffer), then it sleeps
+STREAM_Q = ("SELECT g, (SELECT 1 FROM pg_sleep(CASE WHEN g = 5000 THEN 60 ELSE 0 END)) AS s "
+            "FROM generate_series(1, 6000) g")
 
 
 def lost(e):
@@ -85,6 +92,21 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
                     conn.close()
             return run
 
+        # a DB-API stream lost midway (its first rows read, then the server
+        # sleeps): its statement is not a plain read (pg_sleep), in autocommit
+        streaming, first = threading.Event(), []
+
+        def stream():
+            conn = m.connect(timeout=5, autocommit=True)
+            try:
+                cur = conn.cursor(stream=True)
+                cur.execute(STREAM_Q)
+                first.append(cur.fetchone())
+                streaming.set()
+                return cur.fetchall()
+            finally:
+                conn.close()
+
         def on_plain():
             with plain.get_connection(timeout=5) as c:
                 return c.execute_query("INSERT INTO t (n) VALUES (5)")
@@ -102,6 +124,8 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
         for name, (fn, sql) in runs.items():
             threads[name] = in_thread(fn)
             wait_active(p, sql)     # waiting on the lock: in flight
+        threads["stream"] = in_thread(stream)
+        assert streaming.wait(30) and first == [(1, 1)]
         p.crash()
         out = {}
         for name, (th, o) in threads.items():
@@ -112,7 +136,7 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
         tx_commit.discard()
 
         # an autocommit write and a COMMIT: the outcome is unknown
-        for name in ("insert", "commit", "dbapi_autocommit"):
+        for name in ("insert", "commit", "dbapi_autocommit", "stream"):
             e = out[name]
             assert isinstance(e, OutcomeUnknownError), (name, e)
             assert e.error_code == 3039 and lost(e), (name, e)

@@ -161,6 +161,8 @@ NpyConnection *npy_connection_alloc(void)
     conn->stream_stmt = NULL;
     conn->row_tuple = 0;
     conn->outcome_errors = 0;
+    conn->stream_effect = NC_EFFECT_NONE;
+    conn->stream_in_txn = 0;
     PyObject_GC_Track(conn);
     return conn;
 }
@@ -339,18 +341,13 @@ static int tracks_outcome(const NpyConnection *self)
     return self->outcome_errors && self->ps->kind == NPY_BACKEND_PG;
 }
 
-/* After sql failed: the core decides whether its outcome is unknown (its
- * effect by nc_sql_effect; in_txn: the session was in a transaction when it
- * was sent), npy_outcome_check raises 3039 if so.  sql is a str (checked). */
-static void outcome_check(NpyConnection *self, PyObject *sql, int in_txn)
+/* After a statement failed: the core decides whether its outcome is unknown
+ * (effect: nc_sql_effect of its text; in_txn: the session was in a
+ * transaction when it was sent), and npy_outcome_check raises 3039 if so.
+ * No Python call here: an exception is pending. */
+static void outcome_check(NpyConnection *self, const char *sql, size_t len, int in_txn)
 {
-    Py_ssize_t len;
-    const char *text = PyUnicode_AsUTF8AndSize(sql, &len);   /* cached by check_query: cannot fail */
-    if (!text) {
-        PyErr_Clear();
-        return;
-    }
-    npy_outcome_check(nc_sql_effect(text, (size_t)len, NC_DIALECT_PG), in_txn, self->ps->display);
+    npy_outcome_check(nc_sql_effect(sql, len, NC_DIALECT_PG), in_txn, self->ps->display);
 }
 
 /* One statement; shape NPY_SHAPE_DBAPI for the DB-API's 4-tuple, else
@@ -368,9 +365,18 @@ static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *par
     switch (self->ps->kind) {
     case NPY_BACKEND_PG: {
         int track = tracks_outcome(self), in_txn = track && session_in_txn(self);
+        Py_ssize_t len = 0;
+        const char *text = track ? PyUnicode_AsUTF8AndSize(query, &len) : NULL;   /* cached by check_query */
+        if (track && !text)
+            return NULL;
+        if (stream) {
+            /* a stream that fails later (npy_pg_stream_fetch) is judged as its statement */
+            self->stream_effect = track ? nc_sql_effect(text, (size_t)len, NC_DIALECT_PG) : NC_EFFECT_NONE;
+            self->stream_in_txn = in_txn;
+        }
         PyObject *r = npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, shape);
         if (!r && track)
-            outcome_check(self, query, in_txn);
+            outcome_check(self, text, (size_t)len, in_txn);
         return r;
     }
     case NPY_BACKEND_SQLITE:
@@ -517,13 +523,7 @@ static PyObject *end_impl(NpyConnection *self, const char *sql)
         if (tracks_outcome(self)) {
             /* a COMMIT lost in flight: committed or not, nobody knows (a
              * lost ROLLBACK: rolled back either way) */
-            PyObject *text = PyUnicode_FromString(sql);
-            if (text) {
-                outcome_check(self, text, 1);
-                Py_DECREF(text);
-            } else {
-                PyErr_Clear();   /* out of memory: the error as it was */
-            }
+            outcome_check(self, sql, strlen(sql), 1);
         }
         return NULL;
     }
@@ -615,6 +615,8 @@ static PyObject *conn_stream_fetch(NpyConnection *self, PyObject *args, PyObject
             }
         } else {
             rows = npy_pg_stream_fetch(self->ps->pool, self->c->raw, n > 0 ? n : 1, deadline, &done);
+            if (!rows && tracks_outcome(self))   /* the statement is still running until its last row */
+                npy_outcome_check(self->stream_effect, self->stream_in_txn, self->ps->display);
         }
         if (done)
             self->streaming = 0;
@@ -641,6 +643,8 @@ static PyObject *conn_stream_close(NpyConnection *self, PyObject *unused)
         self->stream_stmt = NULL;
     } else if (self->streaming) {
         rc = npy_pg_stream_drain(self->ps->pool, self->c->raw, deadline);
+        if (rc < 0 && tracks_outcome(self))
+            npy_outcome_check(self->stream_effect, self->stream_in_txn, self->ps->display);
     }
     self->streaming = 0;
     op_end(self);
@@ -681,8 +685,12 @@ static PyObject *execute_many_pg(NpyConnection *self, PyObject *query, PyObject 
     /* Its own transaction's COMMIT travels with the rows: lost in flight,
      * a batch that writes has an unknown outcome; inside the caller's
      * transaction it is rolled back with the session. */
-    if (!r && tracks_outcome(self))
-        outcome_check(self, query, !own);
+    if (!r && tracks_outcome(self)) {
+        Py_ssize_t len;
+        const char *text = PyUnicode_AsUTF8AndSize(query, &len);   /* cached by check_query: cannot fail */
+        if (text)
+            outcome_check(self, text, (size_t)len, !own);
+    }
     if (!r && own && !pc->broken && PQtransactionStatus(pc->pg) != PQTRANS_IDLE
         && nc_pool_lease_valid(self->ps->pool, self->c, self->lease)) {
         PyObject *et, *ev, *tb;

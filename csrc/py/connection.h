@@ -48,6 +48,8 @@ typedef struct NpyConnection {
     int row_tuple;
     int outcome_errors;     /* a failover manager's: a statement lost in flight whose outcome cannot be
                              * known raises OutcomeUnknownError (3039; npy_outcome_check) */
+    int stream_effect;      /* PostgreSQL stream: its statement's enum nc_effect, and whether the session */
+    int stream_in_txn;      /* was in a transaction when it was sent (for a stream lost midway) */
 } NpyConnection;
 
 extern PyTypeObject NpyConnection_Type;
