@@ -107,6 +107,10 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
             finally:
                 conn.close()
 
+        def many():
+            with m.get_connection(timeout=5) as c:
+                return c.execute_many("INSERT INTO t (n) VALUES (%s)", [(6,), (7,)])
+
         def on_plain():
             with plain.get_connection(timeout=5) as c:
                 return c.execute_query("INSERT INTO t (n) VALUES (5)")
@@ -118,6 +122,7 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
             "commit": (tx_commit.commit, "COMMIT"),
             "dbapi_autocommit": (dbapi("INSERT INTO t (n) VALUES (3)", True), "INSERT INTO t (n) VALUES (3)"),
             "dbapi_tx": (dbapi("INSERT INTO t (n) VALUES (4)", False), "INSERT INTO t (n) VALUES (4)"),
+            "execute_many": (many, "INSERT INTO t (n) VALUES ($1)"),   # its own BEGIN ... COMMIT
             "plain_insert": (on_plain, "INSERT INTO t (n) VALUES (5)"),
         }
         threads = {}
@@ -136,7 +141,7 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
         tx_commit.discard()
 
         # an autocommit write and a COMMIT: the outcome is unknown
-        for name in ("insert", "commit", "dbapi_autocommit", "stream"):
+        for name in ("insert", "commit", "dbapi_autocommit", "stream", "execute_many"):
             e = out[name]
             assert isinstance(e, OutcomeUnknownError), (name, e)
             assert e.error_code == 3039 and lost(e), (name, e)

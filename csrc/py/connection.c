@@ -681,16 +681,16 @@ static PyObject *execute_many_pg(NpyConnection *self, PyObject *query, PyObject 
         return NULL;
     nc_pg_conn *pc = self->c->raw;
     int own = !self->in_txn && PQtransactionStatus(pc->pg) == PQTRANS_IDLE;
+    Py_ssize_t len = 0;
+    const char *text = PyUnicode_AsUTF8AndSize(query, &len);   /* cached by check_query */
+    if (!text)
+        return NULL;
     PyObject *r = npy_pg_execute_many(self->ps->pool, pc, query, seq, deadline, own);
     /* Its own transaction's COMMIT travels with the rows: lost in flight,
      * a batch that writes has an unknown outcome; inside the caller's
      * transaction it is rolled back with the session. */
-    if (!r && tracks_outcome(self)) {
-        Py_ssize_t len;
-        const char *text = PyUnicode_AsUTF8AndSize(query, &len);   /* cached by check_query: cannot fail */
-        if (text)
-            outcome_check(self, text, (size_t)len, !own);
-    }
+    if (!r && tracks_outcome(self))
+        outcome_check(self, text, (size_t)len, !own);
     if (!r && own && !pc->broken && PQtransactionStatus(pc->pg) != PQTRANS_IDLE
         && nc_pool_lease_valid(self->ps->pool, self->c, self->lease)) {
         PyObject *et, *ev, *tb;
