@@ -685,12 +685,14 @@ static PyObject *execute_many_pg(NpyConnection *self, PyObject *query, PyObject 
     const char *text = PyUnicode_AsUTF8AndSize(query, &len);   /* cached by check_query */
     if (!text)
         return NULL;
-    PyObject *r = npy_pg_execute_many(self->ps->pool, pc, query, seq, deadline, own);
-    /* Its own transaction's COMMIT travels with the rows: lost in flight,
-     * a batch that writes has an unknown outcome; inside the caller's
-     * transaction it is rolled back with the session. */
+    int committing = 0;
+    PyObject *r = npy_pg_execute_many(self->ps->pool, pc, query, seq, deadline, own, &committing);
+    /* Its own transaction's COMMIT travels with the last rows: lost with
+     * them, a batch that writes has an unknown outcome; lost before (an
+     * earlier pipeline), or inside the caller's transaction, it is rolled
+     * back with the session, as a statement inside a transaction. */
     if (!r && tracks_outcome(self))
-        outcome_check(self, text, (size_t)len, !own);
+        outcome_check(self, text, (size_t)len, !(own && committing));
     if (!r && own && !pc->broken && PQtransactionStatus(pc->pg) != PQTRANS_IDLE
         && nc_pool_lease_valid(self->ps->pool, self->c, self->lease)) {
         PyObject *et, *ev, *tb;
