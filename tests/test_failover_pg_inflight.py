@@ -19,7 +19,7 @@ from helpers import cfg, on_endpoint, two, wait_for, wait_probed
 from noodlecore import _native
 from noodlecore.database import (DatabaseConnectionPool, OperationalError, OutcomeUnknownError)
 from noodlecore.database.failover_manager import DatabaseFailoverManager
-from test_database_manager_pg import in_thread, wait_active
+from test_database_manager_pg import failover_manager, in_thread, wait_active
 
 
 def test_the_core_rule_as_the_binding_exports_it():
@@ -173,4 +173,42 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
                 [{"port": s.port}]
     finally:
         m.shutdown()
+        plain.shutdown()
+
+
+@pytest.mark.scenario
+def test_manager_over_the_binding_verdict(pg_factory):
+    """DatabaseManager on failover connections, whose lost write now comes as
+    3039: an idempotent write is still run once more on the new primary; any
+    other gets the manager's 3039 (endpoint id, the 2004 as cause)."""
+    p = pg_factory.primary("inflight_m")
+    p.sql("CREATE TABLE t (n int PRIMARY KEY)")
+    s = pg_factory.standby(p, name="inflight_ms")
+    s.wait_replayed(p)
+    plain = DatabaseConnectionPool(p.dsn(application_name="nct_plain"), max_connections=1, timeout=5)
+    try:
+        with failover_manager(p, s) as dbm:
+            assert dbm.execute_query("SELECT 1 AS one") == [{"one": 1}]
+            holder = plain.acquire(5)
+            holder.begin()
+            holder.execute_query("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+            again = "INSERT INTO t (n) VALUES (1) ON CONFLICT DO NOTHING RETURNING inet_server_port() AS port"
+            once = "INSERT INTO t (n) VALUES (2)"
+            th_again, out_again = in_thread(lambda: dbm.execute_query(again, idempotent=True))
+            wait_active(p, again)
+            th_once, out_once = in_thread(lambda: dbm.execute_query(once))
+            wait_active(p, once)
+            p.crash()
+            holder.discard()
+            s.promote()
+            th_again.join(30)
+            th_once.join(30)
+            assert out_again.get("result") == [{"port": s.port}], out_again
+            e = out_once.get("error")
+            assert isinstance(e, OutcomeUnknownError) and e.error_code == 3039, out_once
+            assert e.endpoint == "a" and "'a'" in str(e)
+            assert type(e.__cause__) is OperationalError and e.__cause__.error_code == 2004
+            assert e.statement_sent is True
+            assert dbm.execute_query("SELECT n FROM t ORDER BY n") == [{"n": 1}]   # 2 not replayed
+    finally:
         plain.shutdown()
