@@ -271,6 +271,26 @@ def test_mock_batch_is_rerun_after_failover_but_commit_loss_is_unknown(fm, clust
     assert cluster.statements("mock://0", "INSERT") == []      # never replayed elsewhere
 
 
+def test_mock_lost_statement_that_commits_is_unknown_not_rolled_back(fm, cluster):
+    """Inside transaction() or execute_batch, a lost statement is rolled back
+    with the session, unless it commits (COMMIT, END ... sent as SQL: the
+    core's nc_sql_effect): then its outcome is unknown, and a batch is not
+    run again."""
+    fm.execute_query("SELECT warmup")
+    with pytest.raises(OutcomeUnknownError) as ei:
+        with fm.transaction() as tx:
+            tx.execute_query("INSERT INTO t VALUES (1)")
+            cluster.lose["mock://0"] = (True, False)
+            tx.execute_query("COMMIT")
+    assert ei.value.error_code == 3039 and "unknown" in str(ei.value) and ei.value.endpoint == "db0"
+    wait_for(lambda: fm.get_failover_status()["current_endpoint"] == "db1", what="failover to db1")
+    cluster.lose["mock://1"] = (True, False)
+    with pytest.raises(OutcomeUnknownError) as ei:
+        fm.execute_batch(["end transaction"])
+    assert "statement 0" in str(ei.value) and ei.value.endpoint == "db1"
+    assert cluster.statements("mock://0", "INSERT") == [] and cluster.statements("mock://1", "end") == []
+
+
 def test_mock_no_usable_endpoint_waits_then_fails(cluster, clean_env):
     with DatabaseManager(cluster.factory, enable_failover=True, failover_endpoints=mock_endpoints(),
                          failover_config=fast_config(), failover_retry_wait=0.3) as m:

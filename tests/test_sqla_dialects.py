@@ -142,6 +142,17 @@ def test_terminated_backend_is_invalidated_and_the_next_checkout_works(pg, app):
         e.dispose()
 
 
+def test_outcome_unknown_is_a_disconnect():
+    """A failover connection's write lost in flight raises OutcomeUnknownError
+    (3039, issue 9): to SQLAlchemy still a disconnect (the connection is gone)."""
+    from noodlecore.database import errors
+    e = errors._native_error(3039, 0, "08006", "the outcome is unknown", statement_sent=True)
+    assert type(e) is errors.OutcomeUnknownError and e.connection_failure
+    for dialect in (PGDialect_noodlecore(), SQLiteDialect_noodlecore()):
+        assert dialect.is_disconnect(e, None, None) is True
+    assert PGDialect_noodlecore().is_disconnect(errors._native_error(2005, 0, "23505", "dup"), None, None) is False
+
+
 def test_pre_ping_uses_the_native_check(pg, app):
     e = sa.create_engine(pg_url(pg, app), pool_pre_ping=True)
     try:

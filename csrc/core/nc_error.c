@@ -165,7 +165,8 @@ static const nc_code_info codes[] = {
     {3036, "manager: close failed", -1, "close", 1},
     {3037, "failover is not enabled (trigger_failover)", -1, "trigger_failover", 1},
     {3038, "failover is not enabled (trigger_recovery)", -1, "trigger_recovery", 1},
-    {3039, "manager: outcome of the statement is unknown (connection lost after it was sent)", -1, NULL, 0},
+    {NC_E_OUTCOME_UNKNOWN, "outcome of the statement is unknown (connection lost after it was sent)",
+     NC_C_OUTCOME_UNKNOWN, NULL, 0},
     /* failover */
     {NC_E_FO_START, "failover: start monitoring failed", NC_C_POOL, NULL, 0},
     {NC_E_FO_STOP, "failover: stop monitoring failed", NC_C_POOL, NULL, 0},
@@ -225,6 +226,7 @@ static const struct { const char *name; int default_code; } classes[NC_C_COUNT] 
     [NC_C_POOL_CLOSED] = {"PoolClosedError", NC_E_POOL_CLOSED},
     [NC_C_CONFIGURATION] = {"ConfigurationError", NC_E_CONFIG},
     [NC_C_QUERY_TIMEOUT] = {"QueryTimeoutError", NC_E_QUERY_TIMEOUT},
+    [NC_C_OUTCOME_UNKNOWN] = {"OutcomeUnknownError", NC_E_OUTCOME_UNKNOWN},
 };
 
 const char *nc_class_name(int cls)
@@ -314,6 +316,7 @@ int nc_error_failure(int code, const char *s)
     case NC_E_NEW_FAILED:
     case NC_E_REPLACE_INVALID:
     case NC_E_REPLACE_FAILED:
+    case NC_E_OUTCOME_UNKNOWN:  /* a lost connection, with the verdict on its statement */
         return NC_FAIL_LOST;
     case NC_E_FO_NO_ENDPOINT:
         return NC_FAIL_NO_ENDPOINT;
@@ -328,6 +331,16 @@ int nc_error_failure(int code, const char *s)
 int nc_error_not_applied(const nc_error *err)
 {
     return err && (err->sent == NC_SENT_NO || !strcmp(err->sqlstate, "25006"));
+}
+
+int nc_outcome_unknown(int failure, int not_applied, int effect, int in_txn)
+{
+    if (!failure || not_applied)
+        return 0;
+    if (effect == NC_EFFECT_COMMIT)
+        return 1;
+    /* inside BEGIN ... the lost session took its transaction with it */
+    return !in_txn && effect != NC_EFFECT_NONE;
 }
 
 /* Every byte that does not start a valid UTF-8 character becomes '?'

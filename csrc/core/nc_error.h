@@ -43,8 +43,10 @@ enum nc_code {
     NC_E_DBAPI_NO_RESULT = 2025,    /* DB-API fetch without a result set (no execute, or no rows returned) */
     NC_E_STREAMING = 2026,          /* a statement while a streamed result is still being read */
     NC_E_INTERNAL = 2099,           /* out of memory, thread creation failed, ... */
-    /* manager range 3001-3099: raised by the Python DatabaseManager only; the
-     * table (nc_error.c) names the operation of each */
+    /* manager range 3001-3099: raised by the Python DatabaseManager; the
+     * table (nc_error.c) names the operation of each.  3039 is also the
+     * binding's, for a failover connection (nc_outcome_unknown). */
+    NC_E_OUTCOME_UNKNOWN = 3039,    /* connection lost after a statement whose outcome cannot be known */
     /* failover range 4010-4099 */
     NC_E_FO_START = 4010,           /* start monitoring failed */
     NC_E_FO_STOP = 4011,            /* stop monitoring failed */
@@ -80,6 +82,7 @@ enum nc_class {
     NC_C_POOL_CLOSED,
     NC_C_CONFIGURATION,
     NC_C_QUERY_TIMEOUT,
+    NC_C_OUTCOME_UNKNOWN,       /* OutcomeUnknownError (3039) */
     NC_C_COUNT
 };
 
@@ -177,5 +180,30 @@ int nc_error_failure(int code, const char *sqlstate);
 /* 1 when the statement certainly had no effect: it never reached the
  * server, or the server refused it as read-only before running it. */
 int nc_error_not_applied(const nc_error *err);
+
+/* What a statement may leave behind once it ran (nc_sql_effect reads it
+ * from the text; a caller that knows better, such as DatabaseManager's
+ * idempotent=, says so itself). */
+enum nc_effect {
+    NC_EFFECT_NONE = 0,         /* nothing that outlives the session: a plain read */
+    NC_EFFECT_WRITE = 1,        /* may change data (anything not known to be a plain read) */
+    NC_EFFECT_COMMIT = 2        /* ends a transaction by committing it (COMMIT, END, PREPARE
+                                 * TRANSACTION, COMMIT PREPARED) */
+};
+
+/* 1 when a statement that failed this way has an unknown outcome: it may or
+ * may not have been applied, and must not be run again by itself (error 3039).
+ *   failure      the error is a connection failure (nc_error_failure != NONE)
+ *   not_applied  the statement certainly had no effect (nc_error_not_applied)
+ *   effect       enum nc_effect of the statement
+ *   in_txn       the session was inside an explicit transaction when the
+ *                statement was sent
+ * The rule: only a connection failure after the statement may have run; a
+ * COMMIT-like statement always (the server may have committed just before
+ * the connection went); inside an explicit transaction any other statement
+ * is known to be rolled back with the session; outside one, a write (it
+ * committed on its own, or not).  A plain read never: running it again is
+ * harmless. */
+int nc_outcome_unknown(int failure, int not_applied, int effect, int in_txn);
 
 #endif

@@ -655,3 +655,39 @@ int nc_sql_changes_session(const char *sql, size_t len, int dialect)
         }
     }
 }
+
+/* ---- what a statement may leave behind (nc_outcome_unknown's input) ------- */
+
+int nc_sql_effect(const char *sql, size_t len, int dialect)
+{
+    nc_lexer lx;
+    nc_token t;
+    int start = 1;              /* the next code token starts a statement */
+    nc_lex_init(&lx, sql, len, dialect == NC_DIALECT_SQLITE ? NC_DIALECT_SQLITE : NC_DIALECT_PG, 0);
+    for (;;) {
+        int k = next_code(&lx, &t);
+        if (k == NC_TOK_END)
+            break;
+        if (k == NC_TOK_SEMI) {
+            start = 1;
+            continue;
+        }
+        if (!start)
+            continue;
+        start = 0;
+        /* any statement of the text, not just the first: in
+         * "INSERT ...; COMMIT" sent inside a transaction the COMMIT may have
+         * run before the connection went */
+        if (tok_is(sql, &t, "commit") || tok_is(sql, &t, "end"))
+            return NC_EFFECT_COMMIT;
+        if (tok_is(sql, &t, "prepare")) {
+            if (next_code(&lx, &t) == NC_TOK_SEMI) {
+                start = 1;
+                continue;
+            }
+            if (tok_is(sql, &t, "transaction"))
+                return NC_EFFECT_COMMIT;
+        }
+    }
+    return nc_sql_is_plain_select(sql, len) ? NC_EFFECT_NONE : NC_EFFECT_WRITE;
+}

@@ -12,6 +12,7 @@
 #define NC_SQLTEXT_H
 
 #include <stddef.h>
+#include "nc_error.h"
 #include "nc_lexer.h"
 
 /* 1 when sql holds nothing but whitespace, comments and ';' (in the given
@@ -85,5 +86,14 @@ int nc_sql_verb(const char *sql, size_t len, int dialect);
 int nc_sql_changes_session(const char *sql, size_t len, int dialect);
 
 int nc_sql_column_type(const char *text, size_t len, char *out, size_t *outlen);
+
+/* What sql (one or more statements) may leave behind once it ran, for
+ * nc_outcome_unknown (enum nc_effect): NC_EFFECT_COMMIT when any of its
+ * statements starts with COMMIT, END or PREPARE TRANSACTION (COMMIT PREPARED
+ * too: it starts with COMMIT); else NC_EFFECT_NONE when it is a plain read
+ * (nc_sql_is_plain_select, whose limits it shares: conservative); else
+ * NC_EFFECT_WRITE.  An END that closes a BEGIN ATOMIC function body reads as
+ * a COMMIT: on the side of "unknown". */
+int nc_sql_effect(const char *sql, size_t len, int dialect);
 
 #endif

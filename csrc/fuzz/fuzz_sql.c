@@ -311,6 +311,27 @@ static void check_sqltext(const char *sql, size_t len)
         }
     }
 
+    /* what a statement may leave behind: a plain read exactly when
+     * is_plain_select says so; a commit only with such a word in the text */
+    for (int d = NC_DIALECT_PG; d <= NC_DIALECT_SQLITE; d++) {
+        int eff = nc_sql_effect(sql, len, d);
+        CHECK(eff == nc_sql_effect(sql, len, d), "%s: effect not stable", dname(d));
+        CHECK(eff >= NC_EFFECT_NONE && eff <= NC_EFFECT_COMMIT, "%s: effect %d", dname(d), eff);
+        CHECK((eff == NC_EFFECT_NONE) == (plain != 0), "%s: effect %d, is_plain_select %d", dname(d), eff, plain);
+        if (eff == NC_EFFECT_COMMIT) {
+            nc_lexer lx;
+            nc_token t;
+            int word = 0;
+            nc_lex_init(&lx, sql, len, d, 0);
+            while (nc_lex_next(&lx, &t) != NC_TOK_END)
+                if (t.kind == NC_TOK_WORD && ((t.len == 6 && !strncasecmp(sql + t.off, "commit", 6))
+                                              || (t.len == 3 && !strncasecmp(sql + t.off, "end", 3))
+                                              || (t.len == 7 && !strncasecmp(sql + t.off, "prepare", 7))))
+                    word = 1;
+            CHECK(word, "%s: a commit without COMMIT, END or PREPARE", dname(d));
+        }
+    }
+
     int rb = nc_sql_is_rollback_to(sql, len);
     CHECK(rb == nc_sql_is_rollback_to(sql, len), "is_rollback_to not stable");
     if (rb)

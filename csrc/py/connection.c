@@ -14,6 +14,7 @@
 #include "sqlite_exec.h"
 #include "transaction.h"
 #include "../core/nc_fork.h"
+#include "../core/nc_sqltext.h"
 #include "../core/nc_time.h"
 
 /* Borrowed in another process, before a fork(): the connection is the
@@ -159,6 +160,9 @@ NpyConnection *npy_connection_alloc(void)
     conn->streaming = 0;
     conn->stream_stmt = NULL;
     conn->row_tuple = 0;
+    conn->outcome_errors = 0;
+    conn->stream_effect = NC_EFFECT_NONE;
+    conn->stream_in_txn = 0;
     PyObject_GC_Track(conn);
     return conn;
 }
@@ -324,6 +328,28 @@ static int check_query(PyObject *query)
     return 0;
 }
 
+static int session_in_txn(NpyConnection *self);
+
+/* Whether a statement lost in flight is reported as an unknown outcome
+ * (3039): on a failover manager's PostgreSQL connections, where a statement
+ * in flight at a switchover or a kill is the one thing that may fail, and
+ * the caller must not replay a write blindly.  (A plain pool keeps 2004
+ * with statement_sent: README, "Failover".  SQLite and Python backends:
+ * their errors are their own.) */
+static int tracks_outcome(const NpyConnection *self)
+{
+    return self->outcome_errors && self->ps->kind == NPY_BACKEND_PG;
+}
+
+/* After a statement failed: the core decides whether its outcome is unknown
+ * (effect: nc_sql_effect of its text; in_txn: the session was in a
+ * transaction when it was sent), and npy_outcome_check raises 3039 if so.
+ * No Python call here: an exception is pending. */
+static void outcome_check(NpyConnection *self, const char *sql, size_t len, int in_txn)
+{
+    npy_outcome_check(nc_sql_effect(sql, len, NC_DIALECT_PG), in_txn, self->ps->display);
+}
+
 /* One statement; shape NPY_SHAPE_DBAPI for the DB-API's 4-tuple, else
  * execute_query's rows (row_format, or the pool's default) or count. */
 static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *params, PyObject *timeout,
@@ -337,8 +363,22 @@ static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *par
         return NULL;
     int shape = stream ? NPY_SHAPE_STREAM : dbapi ? NPY_SHAPE_DBAPI : tuple ? NPY_SHAPE_TUPLE : NPY_SHAPE_DICT;
     switch (self->ps->kind) {
-    case NPY_BACKEND_PG:
-        return npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, shape);
+    case NPY_BACKEND_PG: {
+        int track = tracks_outcome(self), in_txn = track && session_in_txn(self);
+        Py_ssize_t len = 0;
+        const char *text = track ? PyUnicode_AsUTF8AndSize(query, &len) : NULL;   /* cached by check_query */
+        if (track && !text)
+            return NULL;
+        if (stream) {
+            /* a stream that fails later (npy_pg_stream_fetch) is judged as its statement */
+            self->stream_effect = track ? nc_sql_effect(text, (size_t)len, NC_DIALECT_PG) : NC_EFFECT_NONE;
+            self->stream_in_txn = in_txn;
+        }
+        PyObject *r = npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, shape);
+        if (!r && track)
+            outcome_check(self, text, (size_t)len, in_txn);
+        return r;
+    }
     case NPY_BACKEND_SQLITE:
         return npy_sqlite_execute(self->ps->pool, self->c->raw, query, params, deadline, self->ps->busy_wait,
                                   shape, (sqlite3_stmt **)&self->stream_stmt);
@@ -479,8 +519,14 @@ static PyObject *end_impl(NpyConnection *self, const char *sql)
     self->in_txn = 0;
     if (!open)
         Py_RETURN_NONE;
-    if (run_command(self, sql) < 0)
+    if (run_command(self, sql) < 0) {
+        if (tracks_outcome(self)) {
+            /* a COMMIT lost in flight: committed or not, nobody knows (a
+             * lost ROLLBACK: rolled back either way) */
+            outcome_check(self, sql, strlen(sql), 1);
+        }
         return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -569,6 +615,8 @@ static PyObject *conn_stream_fetch(NpyConnection *self, PyObject *args, PyObject
             }
         } else {
             rows = npy_pg_stream_fetch(self->ps->pool, self->c->raw, n > 0 ? n : 1, deadline, &done);
+            if (!rows && tracks_outcome(self))   /* the statement is still running until its last row */
+                npy_outcome_check(self->stream_effect, self->stream_in_txn, self->ps->display);
         }
         if (done)
             self->streaming = 0;
@@ -595,6 +643,8 @@ static PyObject *conn_stream_close(NpyConnection *self, PyObject *unused)
         self->stream_stmt = NULL;
     } else if (self->streaming) {
         rc = npy_pg_stream_drain(self->ps->pool, self->c->raw, deadline);
+        if (rc < 0 && tracks_outcome(self))
+            npy_outcome_check(self->stream_effect, self->stream_in_txn, self->ps->display);
     }
     self->streaming = 0;
     op_end(self);
@@ -631,7 +681,18 @@ static PyObject *execute_many_pg(NpyConnection *self, PyObject *query, PyObject 
         return NULL;
     nc_pg_conn *pc = self->c->raw;
     int own = !self->in_txn && PQtransactionStatus(pc->pg) == PQTRANS_IDLE;
-    PyObject *r = npy_pg_execute_many(self->ps->pool, pc, query, seq, deadline, own);
+    Py_ssize_t len = 0;
+    const char *text = PyUnicode_AsUTF8AndSize(query, &len);   /* cached by check_query */
+    if (!text)
+        return NULL;
+    int committing = 0;
+    PyObject *r = npy_pg_execute_many(self->ps->pool, pc, query, seq, deadline, own, &committing);
+    /* Its own transaction's COMMIT travels with the last rows: lost with
+     * them, a batch that writes has an unknown outcome; lost before (an
+     * earlier pipeline), or inside the caller's transaction, it is rolled
+     * back with the session, as a statement inside a transaction. */
+    if (!r && tracks_outcome(self))
+        outcome_check(self, text, (size_t)len, !(own && committing));
     if (!r && own && !pc->broken && PQtransactionStatus(pc->pg) != PQTRANS_IDLE
         && nc_pool_lease_valid(self->ps->pool, self->c, self->lease)) {
         PyObject *et, *ev, *tb;

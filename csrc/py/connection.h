@@ -46,6 +46,10 @@ typedef struct NpyConnection {
                              * SQLite's statement in stream_stmt) */
     void *stream_stmt;      /* SQLite: the streaming statement (a sqlite3_stmt), else NULL */
     int row_tuple;
+    int outcome_errors;     /* a failover manager's: a statement lost in flight whose outcome cannot be
+                             * known raises OutcomeUnknownError (3039; npy_outcome_check) */
+    int stream_effect;      /* PostgreSQL stream: its statement's enum nc_effect, and whether the session */
+    int stream_in_txn;      /* was in a transaction when it was sent (for a stream lost midway) */
 } NpyConnection;
 
 extern PyTypeObject NpyConnection_Type;
@@ -60,6 +64,8 @@ NpyConnection *npy_connection_lend(PyObject *owner, const npy_pool_settings *ps,
  * nothing yet (allocate it before borrowing, so that nothing can fail after
  * the borrow), then attach the borrow to it. */
 NpyConnection *npy_connection_alloc(void);
+/* (A lender sets conn->outcome_errors after attaching, for 3039 instead of
+ * 2004 when a statement's outcome cannot be known.) */
 void npy_connection_attach(NpyConnection *conn, PyObject *owner, const npy_pool_settings *ps, nc_conn *c,
                            uint64_t lease);
 

@@ -147,6 +147,81 @@ void npy_error_from_backend(PyObject *exc, nc_error *out)
     PyErr_Restore(et, ev, tb);
 }
 
+/* An attribute as a truth value; -1 when it is missing or not a bool. */
+static int flag_of(PyObject *exc, const char *name)
+{
+    PyObject *v = PyObject_GetAttrString(exc, name);
+    int r = v == Py_True ? 1 : v == Py_False ? 0 : -1;
+    Py_XDECREF(v);
+    PyErr_Clear();
+    return r;
+}
+
+/* The 3039 error for cause (a noodlecore error the core's rule called an
+ * unknown outcome), or NULL with an exception set. */
+static PyObject *outcome_error(PyObject *cause, PyObject *where)
+{
+    int sent = flag_of(cause, "statement_sent");
+    PyObject *state = PyObject_GetAttrString(cause, "sqlstate");
+    if (!state)
+        return NULL;
+    const char *sqlstate = PyUnicode_Check(state) ? PyUnicode_AsUTF8(state) : NULL;
+    PyObject *exc = NULL, *text = PyUnicode_FromFormat(
+        "the outcome is unknown: the connection to %S was lost after the statement was sent, so it may or may "
+        "not have been applied; it was not run again (cause: %S)", where ? where : Py_None, cause);
+    const char *msg = text ? PyUnicode_AsUTF8(text) : NULL;
+    if (msg && (!PyUnicode_Check(state) || sqlstate))
+        exc = npy_error_new(NC_E_OUTCOME_UNKNOWN, NC_K_OPERATIONAL, sqlstate, msg,
+                            sent == 1 ? NC_SENT_YES : sent == 0 ? NC_SENT_NO : NC_SENT_UNKNOWN);
+    Py_XDECREF(text);
+    Py_DECREF(state);
+    if (!exc)
+        return NULL;
+    /* the server's own words, if it said any, are the cause's */
+    PyObject *said = PyObject_GetAttrString(cause, "server_message");
+    if (!said || PyObject_SetAttrString(exc, "server_message", said) < 0)
+        Py_CLEAR(exc);
+    Py_XDECREF(said);
+    return exc;
+}
+
+void npy_outcome_check(int effect, int in_txn, PyObject *where)
+{
+    if (!PyErr_Occurred() || !classes[NC_C_ERROR])
+        return;
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    int is_ours = ev ? PyObject_IsInstance(ev, classes[NC_C_ERROR]) : 0;
+    if (is_ours != 1) {
+        if (is_ours < 0)
+            PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+        return;
+    }
+    /* The verdict the core put on the error (errors.h), and the core's rule. */
+    int failure = flag_of(ev, "connection_failure") == 1, not_applied = flag_of(ev, "not_applied") == 1;
+    if (!nc_outcome_unknown(failure, not_applied, effect, in_txn)) {
+        PyErr_Restore(et, ev, tb);
+        return;
+    }
+    PyObject *exc = outcome_error(ev, where);
+    if (!exc) {
+        /* cannot build it (out of memory): the cause is still true */
+        PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+        return;
+    }
+    PyException_SetCause(exc, Py_NewRef(ev));
+    PyException_SetContext(exc, ev);   /* steals ev */
+    if (tb)
+        PyException_SetTraceback(exc, tb);
+    Py_XDECREF(tb);
+    Py_DECREF(et);
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+}
+
 int npy_add_error_tables(PyObject *module)
 {
     int n;

@@ -34,6 +34,17 @@ PyObject *npy_error_new(int code, int kind, const char *sqlstate, const char *me
  * not_applied, so that callers read the same verdict. */
 void npy_error_from_backend(PyObject *exc, nc_error *out);
 
+/* After a failed statement, on a connection whose errors say so (a failover
+ * manager's, connection.c): when the pending exception is a noodlecore
+ * error that the core's rule (nc_outcome_unknown: its connection_failure
+ * and not_applied, the statement's effect, whether the session was in a
+ * transaction when it was sent) calls an unknown outcome, replace it with
+ * OutcomeUnknownError (3039): the same statement_sent, sqlstate and
+ * server_message, connection_failure true, a message naming where (the
+ * pool's display) and the old exception as __cause__.  Anything else is
+ * left pending as it is. */
+void npy_outcome_check(int effect, int in_txn, PyObject *where);
+
 /* _set_error_classes(mapping): the classes by name (errors.py). */
 PyObject *npy_set_error_classes(PyObject *mapping);
 /* ERROR_TABLE, ERROR_CLASSES: the core's tables as module constants. */

@@ -536,6 +536,7 @@ static PyObject *lend_impl(NpyFailover *self, PyObject *arg, const char *tname, 
     }
     NpyPool *pool = (NpyPool *)PyTuple_GET_ITEM(self->pools, ep);
     npy_connection_attach(conn, (PyObject *)pool, &pool->s, c, lease);
+    conn->outcome_errors = 1;   /* a statement lost at a switchover or a kill: 3039 when its outcome is unknown */
     if (target == NC_TARGET_PRIMARY)
         self->last_ep = ep;
     *ep_out = ep;

@@ -68,6 +68,17 @@ static PyObject *error_class(PyObject *mod, PyObject *args)
     return PyUnicode_FromString(nc_class_name(nc_error_class(code, kind, sqlstate)));
 }
 
+static PyObject *outcome_unknown(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    int failure, not_applied, effect, in_txn;
+    if (!PyArg_ParseTuple(args, "ppip:outcome_unknown", &failure, &not_applied, &effect, &in_txn))
+        return NULL;
+    if (effect != NC_EFFECT_NONE && effect != NC_EFFECT_WRITE && effect != NC_EFFECT_COMMIT)
+        return PyErr_Format(PyExc_ValueError, "unknown statement effect %d", effect);
+    return PyBool_FromLong(nc_outcome_unknown(failure, not_applied, effect, in_txn));
+}
+
 static PyObject *atexit_hook(PyObject *mod, PyObject *unused)
 {
     (void)mod;
@@ -158,6 +169,26 @@ static PyObject *sql_is_rollback_to(PyObject *mod, PyObject *sql)
     return sql_check(sql, nc_sql_is_rollback_to);
 }
 
+static PyObject *sql_effect(PyObject *mod, PyObject *args, PyObject *kwargs)
+{
+    (void)mod;
+    static char *kwlist[] = {"sql", "dialect", NULL};
+    PyObject *sql;
+    int dialect = NC_DIALECT_PG;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|i:sql_effect", kwlist, &sql, &dialect))
+        return NULL;
+    if (dialect != NC_DIALECT_PG && dialect != NC_DIALECT_SQLITE)
+        return PyErr_Format(PyExc_ValueError, "unknown SQL dialect %d", dialect);
+    Py_ssize_t len;
+    PyObject *keep;
+    const char *p = sql_text(sql, &len, &keep);
+    if (!p)
+        return NULL;
+    int r = nc_sql_effect(p, (size_t)len, dialect);
+    Py_XDECREF(keep);
+    return PyLong_FromLong(r);
+}
+
 static PyObject *sql_is_blank(PyObject *mod, PyObject *args, PyObject *kwargs)
 {
     (void)mod;
@@ -241,6 +272,10 @@ static PyMethodDef module_methods[] = {
      "error_facts(code, sqlstate=None) -> (connection_failure, not_applied) by the core's tables."},
     {"error_class", error_class, METH_VARARGS,
      "error_class(code, kind=0, sqlstate=None) -> the name of the exception class of such an error."},
+    {"outcome_unknown", outcome_unknown, METH_VARARGS,
+     "outcome_unknown(connection_failure, not_applied, effect, in_transaction) -> bool: the core's rule for "
+     "OutcomeUnknownError (3039): a connection failure after a statement of this EFFECT_* that may have run "
+     "(a commit always; a write outside a transaction)."},
     {"split_hosts", npy_failover_split_hosts, METH_O,
      "split_hosts(dsn) -> [(name, dsn)]: a multi-host PostgreSQL connection string as one per host, in list order "
      "(target_session_attrs dropped)."},
@@ -250,6 +285,9 @@ static PyMethodDef module_methods[] = {
     {"sql_is_plain_select", sql_is_plain_select, METH_O,
      "sql_is_plain_select(sql) -> bool: certainly one read without side effects (safe to run again); "
      "False for anything but a str."},
+    {"sql_effect", (PyCFunction)(void (*)(void))sql_effect, METH_VARARGS | METH_KEYWORDS,
+     "sql_effect(sql, dialect=DIALECT_PG) -> EFFECT_COMMIT when a statement of it commits, EFFECT_NONE for a "
+     "plain read, else EFFECT_WRITE."},
     {"sql_is_blank", (PyCFunction)(void (*)(void))sql_is_blank, METH_VARARGS | METH_KEYWORDS,
      "sql_is_blank(sql, dialect=DIALECT_PG) -> bool: only whitespace, comments and ';'."},
     {"sql_is_rollback_to", sql_is_rollback_to, METH_O,
@@ -291,6 +329,9 @@ PyMODINIT_FUNC PyInit__native(void)
         add_type(m, "FailoverMonitor", &NpyFailover_Type) < 0 || add_type(m, "PatroniWatch", &NpyPatroniWatch_Type) < 0 ||
         PyModule_AddIntConstant(m, "DIALECT_PG", NC_DIALECT_PG) < 0 ||
         PyModule_AddIntConstant(m, "DIALECT_SQLITE", NC_DIALECT_SQLITE) < 0 ||
+        PyModule_AddIntConstant(m, "EFFECT_NONE", NC_EFFECT_NONE) < 0 ||
+        PyModule_AddIntConstant(m, "EFFECT_WRITE", NC_EFFECT_WRITE) < 0 ||
+        PyModule_AddIntConstant(m, "EFFECT_COMMIT", NC_EFFECT_COMMIT) < 0 ||
         PyModule_AddIntConstant(m, "libpq_version", PQlibVersion()) < 0 ||
         PyModule_AddStringConstant(m, "sqlite_version", sqlite3_libversion()) < 0 || npy_add_error_tables(m) < 0 ||
         npy_pool_add_constants(m) < 0 || npy_failover_add_constants(m) < 0 || npy_patroni_add_constants(m) < 0) {

@@ -371,8 +371,9 @@ static int batch_add(pg_batch *b, const nc_sql *q, const npy_slot_name *names, P
 }
 
 PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *seq, double deadline,
-                              int own_txn)
+                              int own_txn, int *committing)
 {
+    *committing = 0;
     Py_ssize_t len;
     const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
     if (!sql)
@@ -439,6 +440,7 @@ PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, Py
         if (interrupted)
             goto fail;
         if (n < 0) {
+            *committing = after != NULL;
             npy_raise_error(&err);
             if (failed >= 0)
                 npy_note_row(base + failed);

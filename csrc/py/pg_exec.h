@@ -38,8 +38,10 @@ int npy_pg_stream_drain(nc_pool *pool, nc_pg_conn *pc, double deadline);
  * affected-row count, or NULL with the exception set; when a parameter set
  * is to blame, the exception's row_index is its index in seq.  On failure
  * a transaction may be left open (aborted or not): the caller rolls back
- * its own. */
+ * its own.  *committing is set when the pipeline that failed carried
+ * own_txn's COMMIT (before it, a lost connection certainly rolled the batch
+ * back; with it, the batch may have committed). */
 PyObject *npy_pg_execute_many(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *seq, double deadline,
-                              int own_txn);
+                              int own_txn, int *committing);
 
 #endif

@@ -2,7 +2,8 @@
  * buffer ends on a UTF-8 character boundary (nc_text_set, used by
  * nc_error_set, nc_error_prefix and every copy of server text).  A message
  * cut inside a character made the binding raise UnicodeDecodeError instead
- * of the error (issue 8, point 4). */
+ * of the error (issue 8, point 4).  And the unknown-outcome rule
+ * (nc_outcome_unknown) and its code 3039 (issue 9). */
 #include "nc_error.h"
 #include "check.h"
 
@@ -74,11 +75,54 @@ static void test_error_messages_cut_on_characters(void)
     }
 }
 
+/* ---- the unknown-outcome rule (nc_outcome_unknown) --------------------------- */
+
+static void test_outcome_rule(void)
+{
+    static const int effects[] = {NC_EFFECT_NONE, NC_EFFECT_WRITE, NC_EFFECT_COMMIT};
+    /* every input: only a connection failure after the statement may have run */
+    for (int f = 0; f < 2; f++)
+        for (int na = 0; na < 2; na++)
+            for (int e = 0; e < 3; e++)
+                for (int tx = 0; tx < 2; tx++) {
+                    int want = f && !na && (effects[e] == NC_EFFECT_COMMIT || (!tx && effects[e] == NC_EFFECT_WRITE));
+                    CHECK(nc_outcome_unknown(f, na, effects[e], tx) == want, "failure %d not_applied %d effect %d "
+                          "in_txn %d should be %d", f, na, effects[e], tx, want);
+                }
+    /* the cases the issue names */
+    CHECK(nc_outcome_unknown(1, 0, NC_EFFECT_WRITE, 0), "an autocommit write in flight: unknown");
+    CHECK(!nc_outcome_unknown(1, 0, NC_EFFECT_NONE, 0), "a read in flight: known (it changed nothing)");
+    CHECK(nc_outcome_unknown(1, 0, NC_EFFECT_COMMIT, 1), "COMMIT in flight: unknown");
+    CHECK(!nc_outcome_unknown(1, 0, NC_EFFECT_WRITE, 1), "a write inside a transaction: rolled back with it");
+    CHECK(!nc_outcome_unknown(1, 1, NC_EFFECT_COMMIT, 1), "a COMMIT never sent: nothing happened");
+    CHECK(!nc_outcome_unknown(0, 0, NC_EFFECT_WRITE, 0), "a server error: the server said what happened");
+}
+
+static void test_outcome_code(void)
+{
+    /* 3039 is OutcomeUnknownError, a lost connection (so a driver and
+     * SQLAlchemy still see a disconnect), not a statement known not applied */
+    CHECK(nc_error_class(NC_E_OUTCOME_UNKNOWN, NC_K_NONE, NULL) == NC_C_OUTCOME_UNKNOWN, "3039's class");
+    CHECK(nc_error_class(NC_E_OUTCOME_UNKNOWN, NC_K_NONE, "08006") == NC_C_OUTCOME_UNKNOWN,
+          "3039 keeps its class whatever the SQLSTATE of its cause");
+    CHECK(!strcmp(nc_class_name(NC_C_OUTCOME_UNKNOWN), "OutcomeUnknownError"), "the class name of errors.py");
+    CHECK(nc_class_default_code(NC_C_OUTCOME_UNKNOWN) == 3039, "its default code");
+    CHECK(nc_error_failure(NC_E_OUTCOME_UNKNOWN, NULL) == NC_FAIL_LOST, "a lost connection");
+    CHECK(nc_error_failure(NC_E_OUTCOME_UNKNOWN, "57P01") == NC_FAIL_LOST, "with a SQLSTATE too");
+    nc_error e;
+    nc_error_set(&e, NC_E_OUTCOME_UNKNOWN, NC_K_NONE, "x");
+    e.sent = NC_SENT_YES;
+    CHECK(!nc_error_not_applied(&e), "sent: maybe applied");
+    CHECK(nc_error_describe(NC_E_OUTCOME_UNKNOWN) != NULL, "described");
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
         {"text_set_cuts_on_characters", test_text_set_cuts_on_characters},
         {"error_messages_cut_on_characters", test_error_messages_cut_on_characters},
+        {"outcome_rule", test_outcome_rule},
+        {"outcome_code", test_outcome_code},
     };
     return nc_run_cases("test_error", cases, NC_NCASES(cases));
 }

@@ -661,6 +661,59 @@ static void test_changes_session(void)
     SESSION_SQ("UPDATE t SET a = 1", 0);
 }
 
+/* ---- what a statement may leave behind (nc_sql_effect) ---------------------- */
+
+static int effect_pg(const char *s, size_t n) { return nc_sql_effect(s, n, NC_DIALECT_PG); }
+static int effect_sqlite(const char *s, size_t n) { return nc_sql_effect(s, n, NC_DIALECT_SQLITE); }
+#define EFFECT(in, expect) ANSWER(effect_pg, in, expect)
+#define EFFECT_SQ(in, expect) ANSWER(effect_sqlite, in, expect)
+
+static void test_effect(void)
+{
+    /* a plain read: nothing outlives the session */
+    EFFECT("SELECT 1", NC_EFFECT_NONE);
+    EFFECT("  WITH x AS (SELECT a FROM t) SELECT * FROM x;", NC_EFFECT_NONE);
+    EFFECT("SELECT count(*) FROM t a CROSS JOIN t b", NC_EFFECT_NONE);
+    /* anything else may write */
+    EFFECT("INSERT INTO t (n) SELECT 1 FROM pg_sleep(2)", NC_EFFECT_WRITE);
+    EFFECT("UPDATE t SET a = 1", NC_EFFECT_WRITE);
+    EFFECT("SELECT nextval('s')", NC_EFFECT_WRITE);
+    EFFECT("SELECT * FROM t FOR UPDATE", NC_EFFECT_WRITE);
+    EFFECT("SELECT 1; SELECT 2", NC_EFFECT_WRITE);          /* not one statement: not known to be plain */
+    EFFECT("CALL p()", NC_EFFECT_WRITE);
+    EFFECT("BEGIN", NC_EFFECT_WRITE);
+    EFFECT("ROLLBACK PREPARED 'x'", NC_EFFECT_WRITE);
+    EFFECT("PREPARE q AS SELECT 1", NC_EFFECT_WRITE);       /* a prepared statement, not a transaction */
+    EFFECT("PREPARE", NC_EFFECT_WRITE);
+    EFFECT("PREPARE; SELECT 1", NC_EFFECT_WRITE);
+    EFFECT("", NC_EFFECT_WRITE);                            /* blank: not a plain read, so on the safe side */
+    /* a commit, as any statement of the text */
+    EFFECT("COMMIT", NC_EFFECT_COMMIT);
+    EFFECT("commit work;", NC_EFFECT_COMMIT);
+    EFFECT("COMMIT AND CHAIN", NC_EFFECT_COMMIT);
+    EFFECT("END", NC_EFFECT_COMMIT);
+    EFFECT("End Transaction", NC_EFFECT_COMMIT);
+    EFFECT("PREPARE TRANSACTION 'tx1'", NC_EFFECT_COMMIT);
+    EFFECT("prepare /* c */ transaction 'tx1'", NC_EFFECT_COMMIT);
+    EFFECT("COMMIT PREPARED 'tx1'", NC_EFFECT_COMMIT);
+    EFFECT("/* lead */ -- line\n COMMIT", NC_EFFECT_COMMIT);
+    EFFECT("INSERT INTO t VALUES (1); COMMIT", NC_EFFECT_COMMIT);
+    EFFECT("BEGIN; INSERT INTO t VALUES (1); END;", NC_EFFECT_COMMIT);
+    /* not at a statement's start, or inside a literal or comment */
+    EFFECT("SELECT 'COMMIT'", NC_EFFECT_NONE);
+    EFFECT("INSERT INTO log (w) VALUES ('commit')", NC_EFFECT_WRITE);
+    EFFECT("UPDATE t SET state = 'x' WHERE kind = 'END'", NC_EFFECT_WRITE);
+    EFFECT("SELECT a AS commit FROM t", NC_EFFECT_NONE);
+    EFFECT("-- COMMIT\nINSERT INTO t VALUES (1)", NC_EFFECT_WRITE);
+    EFFECT("SELECT $$;COMMIT$$", NC_EFFECT_WRITE);          /* a dollar quote: never plain, never a COMMIT */
+    EFFECT("INSERT INTO t VALUES (E'\\';COMMIT')", NC_EFFECT_WRITE);
+    /* SQLite reads its own quotes */
+    EFFECT_SQ("COMMIT", NC_EFFECT_COMMIT);
+    EFFECT_SQ("END TRANSACTION", NC_EFFECT_COMMIT);
+    EFFECT_SQ("SELECT 1", NC_EFFECT_NONE);
+    EFFECT_SQ("INSERT INTO t VALUES (`;COMMIT`)", NC_EFFECT_WRITE);
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -673,6 +726,7 @@ int main(void)
         {"verb", test_verb},
         {"column_type", test_column_type},
         {"changes_session", test_changes_session},
+        {"effect", test_effect},
     };
     return nc_run_cases("test_lexer", cases, NC_NCASES(cases));
 }

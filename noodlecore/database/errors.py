@@ -211,10 +211,15 @@ def _native_error(code: int, kind: int, sqlstate: Optional[str], message: str,
 # ---------------------------------------------------------------------------
 
 class OutcomeUnknownError(OperationalError):
-    """The connection was lost after a statement that may change data was sent:
-    it may or may not have been applied.  It was not run again.  Attributes:
-    ``endpoint`` (where it was sent), ``correlation_id``."""
-    default_code = 3039
+    """The connection was lost after a statement that may change data was sent
+    (an autocommit write, or a COMMIT): it may or may not have been applied.
+    It was not run again.  Raised by DatabaseManager (attributes ``endpoint``,
+    ``correlation_id``) and by a DatabaseFailoverManager's connections (the
+    message names the endpoint; ``statement_sent``, ``sqlstate`` and the
+    lost-connection error as ``__cause__`` kept).  The C core decides when
+    (nc_outcome_unknown); ``connection_failure`` is True, so code that treats
+    a lost connection as a disconnect still does."""
+    default_code = _default("OutcomeUnknownError")
 
 
 class TransactionError(OperationalError):

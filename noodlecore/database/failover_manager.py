@@ -335,7 +335,10 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
         primary) or ``"any"`` (the least busy of the primary and those).
         For the primary: OperationalError 4015 when no endpoint is usable, at
         once or after ``failover_wait`` seconds (within ``timeout``) of
-        waiting for one; PoolClosedError (2002) after shutdown()."""
+        waiting for one; PoolClosedError (2002) after shutdown().  On the
+        connection, a statement lost in flight whose outcome cannot be known
+        (an autocommit write, a COMMIT) raises OutcomeUnknownError (3039);
+        the core decides (nc_outcome_unknown), nothing is run again."""
         conn, _ = self._lend(timeout, target)
         try:
             yield conn

@@ -64,7 +64,8 @@ What happens when:
   when the block raises (the exception propagates as it was).  A lost
   connection inside it (a failover, say) rolls it back and raises
   :class:`TransactionError` (3009): nothing of it was applied.  A connection
-  lost during COMMIT itself raises OutcomeUnknownError.  On PostgreSQL a
+  lost during COMMIT itself (or during a statement of it that commits,
+  such as COMMIT or END sent as SQL) raises OutcomeUnknownError.  On PostgreSQL a
   statement that failed inside the transaction aborts it: committing then
   raises TransactionError instead of silently rolling back (unless a
   ``ROLLBACK TO SAVEPOINT`` recovered it).  ``execute_batch`` runs its

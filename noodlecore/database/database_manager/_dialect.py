@@ -1,14 +1,16 @@
 """What differs between PostgreSQL, SQLite and a Python backend, for the
 manager: which kind a borrowed connection is, identifier quoting and its
 length limit, the catalog queries (a relation's columns, the server's
-version, size and table count), and whether a failed statement aborts the
-transaction around it.  SQL that depends on the backend is written here only.
+version, size and table count), whether a failed statement aborts the
+transaction around it, and what a statement may leave behind (the core's
+reading, in the connection's dialect).  SQL that depends on the backend is written here only.
 """
 
 from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
+from ... import _native
 from .. import errors
 from ..connection_pool import PooledConnection
 
@@ -102,3 +104,12 @@ def server_stats(conn: PooledConnection, kind: str, timeout: Optional[float]) ->
         return {"server_version": None, "database_size": None, "table_count": None}
     row = conn.execute_query(sql, (), timeout=timeout)[0]
     return {"server_version": row["v"], "database_size": int(row["size"]), "table_count": int(row["tables"])}
+
+
+def statement_effect(kind: str, sql: Any) -> int:
+    """What ``sql`` may leave behind once it ran (``_native.EFFECT_*``, the
+    core's nc_sql_effect): a commit, a plain read, or a write (also anything
+    that is not a str)."""
+    if not isinstance(sql, str):
+        return _native.EFFECT_WRITE
+    return _native.sql_effect(sql, _native.DIALECT_SQLITE if kind == SQLITE else _native.DIALECT_PG)

@@ -17,6 +17,7 @@ import time
 import uuid
 from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
+from ... import _native
 from .. import errors
 from ..connection_pool import DatabaseConnectionPool, PooledConnection
 from ..failover_manager import DatabaseEndpoint, DatabaseFailoverManager
@@ -49,6 +50,14 @@ def classify_failure(exc: BaseException) -> Failure:
     connection failure."""
     return Failure(connection=bool(getattr(exc, "connection_failure", False)),
                    not_applied=bool(getattr(exc, "not_applied", False)))
+
+
+def outcome_is_unknown(failure: Failure, effect: int, in_transaction: bool = False) -> bool:
+    """Whether a failure of a statement that may leave ``effect`` behind
+    (``_native.EFFECT_NONE`` / ``EFFECT_WRITE`` / ``EFFECT_COMMIT``) leaves
+    its outcome unknown: the C core's rule (nc_outcome_unknown), the same one
+    a DatabaseFailoverManager's connections raise OutcomeUnknownError by."""
+    return _native.outcome_unknown(failure.connection, failure.not_applied, effect, in_transaction)
 
 
 # ---------------------------------------------------------------------------
@@ -180,6 +189,8 @@ def fail(exc: BaseException, op: str, cid: str, endpoint: Optional[str], t0: flo
     code = OP_CODES[op][1]
     if op == "query" and isinstance(exc, errors.QueryTimeoutError):
         code = 3004
+    if isinstance(exc, errors.OutcomeUnknownError):
+        code = exc.error_code     # the failover connection's verdict stays what it says (3039)
     if isinstance(exc, errors.Error):
         new = rewrap(exc, code, f"{what} failed on endpoint {endpoint!r}: {exc.message}", endpoint, cid)
     else:
@@ -190,11 +201,20 @@ def fail(exc: BaseException, op: str, cid: str, endpoint: Optional[str], t0: flo
     return new
 
 
+def lost_cause(exc: BaseException) -> BaseException:
+    """The lost-connection error behind ``exc``: a failover connection's own
+    OutcomeUnknownError carries it as its cause (the manager's keeps it so)."""
+    if isinstance(exc, errors.OutcomeUnknownError) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
+
+
 def outcome_unknown(exc: BaseException, message: str, op: str, cid: str, endpoint: Optional[str],
                     t0: float) -> errors.OutcomeUnknownError:
     """Log (at ERROR) and build the OutcomeUnknownError for ``exc``, a
     connection lost after something that may change data was sent."""
-    new = errors.OutcomeUnknownError(message)
+    new = errors.OutcomeUnknownError(message, None, getattr(exc, "sqlstate", None),
+                                     getattr(exc, "server_message", None))
     new.endpoint = endpoint
     new.correlation_id = cid
     new.statement_sent = getattr(exc, "statement_sent", None)
@@ -298,11 +318,11 @@ class Lending:
                               "on the current endpoint", what, endpoint, exc, op=op, cid=cid, endpoint=endpoint,
                               t0=t0, code=code_of(exc), retry=True)
                     continue
-                if failure.connection and not (failure.not_applied or repeatable):
+                if outcome_is_unknown(failure, _native.EFFECT_NONE if repeatable else _native.EFFECT_WRITE):
                     raise outcome_unknown(
                         exc, f"{what}: the outcome is unknown: the connection to endpoint {endpoint!r} was lost "
                         f"after the statement was sent, so it may or may not have been applied; it was not run "
-                        f"again (cause: {exc})", op, cid, endpoint, t0) from exc
+                        f"again (cause: {lost_cause(exc)})", op, cid, endpoint, t0) from lost_cause(exc)
                 new = fail(exc, op, cid, endpoint, t0, what)
                 if new is exc:
                     raise

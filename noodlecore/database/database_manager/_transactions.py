@@ -12,11 +12,13 @@ import logging
 import time
 from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
 
+from ... import _native
 from .. import errors
 from ..connection_pool import PooledConnection
-from ._dialect import failed_statement_aborts_transaction
+from ._dialect import failed_statement_aborts_transaction, statement_effect
 from ._retry import (
-    Lease, Lending, classify_failure, code_of, fail, left, log, log_event, new_id, outcome_unknown, rewrap,
+    Lease, Lending, classify_failure, code_of, fail, left, log, log_event, lost_cause, new_id, outcome_is_unknown,
+    outcome_unknown, rewrap,
 )
 from ._sqltext import is_rollback_to
 
@@ -88,11 +90,19 @@ class Transactions(Lending):
                     if new is exc:
                         raise
                     raise new from exc
-                if stage == "commit" and not failure.not_applied:
+                if stage == "commit" and outcome_is_unknown(failure, _native.EFFECT_COMMIT, True):
                     raise outcome_unknown(
                         exc, f"execute_batch: the outcome is unknown: the connection to endpoint {endpoint!r} was "
                         f"lost during COMMIT, so the batch may or may not have been applied; it was not run again "
-                        f"(cause: {exc})", op, cid, endpoint, t0) from exc
+                        f"(cause: {lost_cause(exc)})", op, cid, endpoint, t0) from lost_cause(exc)
+                if stage == "statements" and outcome_is_unknown(
+                        failure, statement_effect(lease.kind, items[index][0]), True):
+                    # a statement of the batch that commits (COMMIT, END ...): what it committed may stand
+                    raise outcome_unknown(
+                        exc, f"execute_batch: the outcome is unknown: the connection to endpoint {endpoint!r} was "
+                        f"lost during statement {index}, which commits, so the batch may or may not have been "
+                        f"applied; it was not run again (cause: {lost_cause(exc)})", op, cid, endpoint,
+                        t0) from lost_cause(exc)
                 if source.failover is not None and not retried:
                     retried = True
                     log_event(logging.WARNING, "execute_batch: connection lost on endpoint %r before COMMIT (%s); "
@@ -179,11 +189,11 @@ class Transactions(Lending):
             except BaseException as exc:
                 quiet_rollback(lease.conn)
                 failure = classify_failure(exc)
-                if failure.connection and not failure.not_applied:
+                if outcome_is_unknown(failure, _native.EFFECT_COMMIT, True):
                     raise outcome_unknown(
                         exc, f"transaction: the outcome is unknown: the connection to endpoint {endpoint!r} was "
-                        f"lost during COMMIT, so the transaction may or may not have been applied (cause: {exc})",
-                        op, cid, endpoint, t0) from exc
+                        f"lost during COMMIT, so the transaction may or may not have been applied (cause: "
+                        f"{lost_cause(exc)})", op, cid, endpoint, t0) from lost_cause(exc)
                 if not isinstance(exc, errors.Error):
                     raise
                 msg = (f"transaction: COMMIT failed on endpoint {endpoint!r}, the transaction was "
@@ -234,9 +244,17 @@ class Transaction:
         try:
             result = self._lease.conn.execute_query(query, params, timeout=timeout)
         except BaseException as exc:
-            if classify_failure(exc).connection:
+            failure = classify_failure(exc)
+            if failure.connection:
                 self._failed = exc
                 quiet_rollback(self._lease.conn)
+                if outcome_is_unknown(failure, statement_effect(self._lease.kind, query), True):
+                    # the statement commits (COMMIT, END ...): what it committed may stand
+                    raise outcome_unknown(
+                        exc, f"transaction: the outcome is unknown: the connection to endpoint {self.endpoint!r} "
+                        f"was lost during a statement that commits, so the transaction may or may not have been "
+                        f"applied (cause: {lost_cause(exc)})", "transaction", self.correlation_id, self.endpoint,
+                        t0) from lost_cause(exc)
                 new = errors.TransactionError(
                     f"the connection to endpoint {self.endpoint!r} was lost inside the transaction; it was "
                     f"rolled back, nothing of it was applied (cause: {exc})", 3009)
