@@ -109,6 +109,7 @@ nc_patroni_follow *nc_patroni_follow_new(nc_route *r, const char *const *names, 
     }
     f->n = n;
     f->pool_cfg = *pool_cfg;
+    f->pool_cfg.leak_timeout = 0;   /* nobody would take its leak reports (the binding keeps no stacks for it) */
     nc_route_ref(r);
     f->route = r;
     return f;
