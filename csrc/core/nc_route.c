@@ -388,9 +388,12 @@ int nc_route_set_removed(nc_route *r, int i, int removed)
     pthread_mutex_unlock(&r->rmu);
     nc_monitor_set_removed(m, i, removed);
     nc_route_leave(r);
-    /* Its idle connections go now, lent ones when they come back. */
-    if (removed && !was)
+    /* Its idle connections go now, lent ones when they come back; and the
+     * probe connection (its probes have stopped). */
+    if (removed && !was) {
         nc_pool_drain(r->pools[i], 1);
+        nc_prober_idle(r->probers[i]);
+    }
     pthread_mutex_unlock(&r->grow_mu);
     return 0;
 }
