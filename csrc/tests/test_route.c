@@ -410,7 +410,7 @@ static void test_read_targets_without_standbys(void)
     CHECK(rc == -1 && err.code == NC_E_FO_BAD_TARGET, "bad target: %d", err.code);
     CHECK(nc_route_lend(s.r, 5, &ep, &c, &l, &err) == 0 && ep == 0, "primary");
     nc_pool_release(s.pools[0], c, 0);
-    nc_route_ep_status st[2];
+    nc_route_ep_status st[NC_MONITOR_ENDPOINTS_MAX];
     nc_route_read_status(s.r, st);
     CHECK(st[0].reads == 2 && st[0].writes == 1 && st[1].reads == 0 && st[1].writes == 0,
           "counted: %llu reads %llu writes", (unsigned long long)st[0].reads, (unsigned long long)st[0].writes);

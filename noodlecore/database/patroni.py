@@ -117,6 +117,8 @@ class PatroniSource:
     _patroni_watch: Any = None
     #: the DSN new members' endpoints are made from (from_patroni)
     _patroni_dsn: Optional[str] = None
+    #: refusals to follow a member already logged (_patroni_status)
+    _patroni_refusals_logged = 0
 
     @classmethod
     def from_patroni(cls, urls: PatroniUrls, dsn: str = "", config: Any = None, timeout: float = DEFAULT_TIMEOUT,
@@ -225,10 +227,17 @@ class PatroniSource:
         fetches, failures, consecutive_failures, last_ok_age (seconds, None before the
         first answer), last_error, cluster (the last answer, as fetch_cluster; None
         before one), joined and gone (member names Patroni lists that are no endpoint,
-        endpoint ids Patroni no longer lists), interval."""
+        endpoint ids Patroni no longer lists), interval, follow (None with a
+        backend_factory: the endpoints that were added, removed, returned, and the
+        refusals with the last one's reason; a new refusal is logged here as a warning)."""
         if self._patroni_watch is None:
             return None
-        return self._patroni_watch.status()
+        st = self._patroni_watch.status()
+        f = st["follow"]
+        if f is not None and f["refusals"] > self._patroni_refusals_logged:
+            self._patroni_refusals_logged = f["refusals"]
+            log.warning("Patroni: %s (%d refusal(s) so far)", f["last_refusal"], f["refusals"])
+        return st
 
     def patroni_cluster(self, timeout: float = DEFAULT_TIMEOUT) -> Dict[str, Any]:
         """Patroni's current view (fetch_cluster) from the URLs this manager was made from.
