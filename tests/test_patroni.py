@@ -68,7 +68,8 @@ def test_harness_cluster_and_replay_stall(patroni):
 def test_harness_member_added_and_removed(patroni):
     """A member that joins becomes an endpoint (the core's watch applies /cluster) and
     serves standby reads once streaming; one that leaves is marked removed and no borrow
-    goes to it; the leader never changes meanwhile."""
+    goes to it; back at its address it gets its slot again; the leader never changes
+    meanwhile."""
     leader = patroni.leader()
     before = set(by_name(patroni.cluster_view()))
     with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg(), interval=0.2) as fm:
@@ -123,6 +124,18 @@ def test_harness_member_added_and_removed(patroni):
         assert fm.get_pool(m.name).get_stats().total_connections == 0     # its connections were closed
         with fm.get_connection(timeout=3) as c:      # service went on throughout, on the same leader
             assert c.execute_query("SELECT 1 AS one")[0]["one"] == 1
+        assert fm.current_endpoint == leader.name and patroni.leader().name == leader.name
+
+        # back under its name at its address: its slot again, reads again
+        patroni.restart_member(m)
+        try:
+            st = wait_for(lambda: (s := fm.get_status())["endpoints"][m.name]["serves_reads"] and s, 20,
+                          interval=0.05, what="%s back and serving reads" % m.name)
+            assert not st["endpoints"][m.name]["removed"] and st["patroni"]["follow"]["returned"] == 1
+            assert [e.id for e in fm.endpoints] == ids + [m.name]
+            wait_for(lambda: m.port in standby_ports(fm), 10, interval=0.05, what="a read on %s again" % m.name)
+        finally:
+            patroni.remove_member(m)
         assert fm.current_endpoint == leader.name and patroni.leader().name == leader.name
         assert fm.get_status()["statistics"]["total_failovers"] == 0
         fm.stop_monitoring()
