@@ -66,9 +66,12 @@ def test_harness_cluster_and_replay_stall(patroni):
 
 
 def test_harness_member_added_and_removed(patroni):
+    """A member that joins becomes an endpoint (the core's watch applies /cluster) and
+    serves standby reads once streaming; one that leaves is marked removed and no borrow
+    goes to it; back at its address it gets its slot again; the leader never changes
+    meanwhile."""
+    leader = patroni.leader()
     before = set(by_name(patroni.cluster_view()))
-    # a running manager re-reads /cluster (the core's watch) and reports the member
-    # that joined, then left; its endpoints stay those it was made with
     with DatabaseFailoverManager.from_patroni(patroni.api_urls, dsn=DSN, config=cfg(), interval=0.2) as fm:
         fm.start_monitoring()
         ids = [e.id for e in fm.endpoints]
@@ -82,22 +85,59 @@ def test_harness_member_added_and_removed(patroni):
 
         st = wait_for(watched(lambda st: st["fetches"] >= 1), 10, interval=0.05, what="the watch's first answer")
         assert st["running"] and st["joined"] == [] and st["gone"] == [] and st["failures"] == 0
+        assert st["follow"] == {"added": 0, "removed": 0, "returned": 0, "refusals": 0, "last_refusal": ""}
         m = patroni.add_member()
         view = by_name(patroni.cluster_view())
         assert set(view) == before | {m.name}
         assert view[m.name]["state"] == "streaming" and view[m.name]["port"] == m.port
         assert by_name(fetch_cluster(patroni.api_urls, 5))[m.name]["state"] == "streaming"
-        st = wait_for(watched(lambda st: st["joined"] == [m.name]), 10, interval=0.05,
-                      what="the watch to see %s join" % m.name)
-        assert by_name(st["cluster"])[m.name]["port"] == m.port and st["gone"] == []
-        assert [e.id for e in fm.endpoints] == ids and m.name not in fm.get_status()["endpoints"]
+
+        # it becomes an endpoint, appended (the others keep their places) ...
+        def joined():
+            st = fm.get_status()
+            e = st["endpoints"].get(m.name)
+            return e is not None and e["serves_reads"] and st
+        st = wait_for(joined, 20, interval=0.05, what="%s to serve reads" % m.name)
+        assert [e.id for e in fm.endpoints] == ids + [m.name]
+        assert fm.endpoints[-1].connection_string == member_dsn(DSN, "127.0.0.1", m.port)
+        assert st["endpoints"][m.name]["role"] == "standby" and not st["endpoints"][m.name]["removed"]
+        assert st["patroni"]["joined"] == [m.name] and st["patroni"]["follow"]["added"] == 1
+        # ... and serves target="standby" reads (the core balances the standbys by in-flight count)
+        wait_for(lambda: m.port in standby_ports(fm), 10, interval=0.05, what="a standby read on %s" % m.name)
+        assert fm.get_pool(m.name).get_stats().connections_opened >= 1
+        assert fm.current_endpoint == leader.name and port_of(fm) == leader.port
+
+        # it leaves: marked removed (the entry stays), no borrow goes to it
+        with fm.get_connection(timeout=3, target="standby"):
+            pass
         patroni.remove_member(m)
         assert set(by_name(patroni.cluster_view())) == before
         assert m.name not in by_name(fetch_cluster(patroni.api_urls, 5))
-        wait_for(watched(lambda st: st["joined"] == [] and m.name not in by_name(st["cluster"])), 10,
-                 interval=0.05, what="the watch to see %s leave" % m.name)
-        with fm.get_connection(timeout=3) as c:      # service went on throughout
+        st = wait_for(lambda: (s := fm.get_status())["endpoints"][m.name]["removed"] and s, 10, interval=0.05,
+                      what="%s marked removed" % m.name)
+        assert st["patroni"]["follow"]["removed"] == 1 and st["patroni"]["gone"] == []
+        assert not st["endpoints"][m.name]["is_available"] and not st["endpoints"][m.name]["serves_reads"]
+        assert "removed" in st["endpoints"][m.name]["last_error"]
+        assert [e.id for e in fm.endpoints] == ids + [m.name]
+        ports = standby_ports(fm, 12)
+        assert m.port not in ports and set(ports) <= {patroni.member(i).port for i in ids}
+        assert fm.get_pool(m.name).get_stats().total_connections == 0     # its connections were closed
+        with fm.get_connection(timeout=3) as c:      # service went on throughout, on the same leader
             assert c.execute_query("SELECT 1 AS one")[0]["one"] == 1
+        assert fm.current_endpoint == leader.name and patroni.leader().name == leader.name
+
+        # back under its name at its address: its slot again, reads again
+        patroni.restart_member(m)
+        try:
+            st = wait_for(lambda: (s := fm.get_status())["endpoints"][m.name]["serves_reads"] and s, 20,
+                          interval=0.05, what="%s back and serving reads" % m.name)
+            assert not st["endpoints"][m.name]["removed"] and st["patroni"]["follow"]["returned"] == 1
+            assert [e.id for e in fm.endpoints] == ids + [m.name]
+            wait_for(lambda: m.port in standby_ports(fm), 10, interval=0.05, what="a read on %s again" % m.name)
+        finally:
+            patroni.remove_member(m)
+        assert fm.current_endpoint == leader.name and patroni.leader().name == leader.name
+        assert fm.get_status()["statistics"]["total_failovers"] == 0
         fm.stop_monitoring()
         assert fm.get_status()["patroni"]["running"] is False
 

@@ -108,6 +108,9 @@ def test_cluster_answer_read(chunked):
     assert eps[0].connection_string == "user=app dbname=shop host='127.0.0.1' port=5432"
     assert member_dsn("postgresql://app@/shop?sslmode=disable", "::1", 5) == \
         "postgresql://app@/shop?sslmode=disable&host=%3A%3A1&port=5"
+    # the core's (nc_patroni_member_dsn: also what members that join later get)
+    assert member_dsn("", "it's\\x", 6) == "host='it\\'s\\\\x' port=6"
+    assert member_dsn("postgresql://app@/shop", "db 1", 7) == "postgresql://app@/shop?host=db%201&port=7"
 
 
 def test_falls_back_past_a_silent_url_within_the_deadline(silent):

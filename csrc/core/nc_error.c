@@ -179,6 +179,7 @@ static const nc_code_info codes[] = {
     {NC_E_FO_BAD_TARGET, "failover: unknown borrow target", NC_C_CONFIGURATION, NULL, 0},
     {NC_E_FO_SPLIT_DSN, "failover: the connection string cannot be split into endpoints", NC_C_CONFIGURATION,
      NULL, 0},
+    {NC_E_FO_CAPACITY, "failover: no room for another endpoint", NC_C_OPERATIONAL, NULL, 0},
     /* Patroni */
     {NC_E_PATRONI_UNREACHABLE, "patroni: no REST API answered", NC_C_OPERATIONAL, NULL, 0},
     {NC_E_PATRONI_ANSWER, "patroni: unreadable answer from the REST API", NC_C_OPERATIONAL, NULL, 0},

@@ -58,6 +58,7 @@ enum nc_code {
     NC_E_FO_NO_STANDBY = 4017,      /* target="standby": no standby within the lag limits */
     NC_E_FO_BAD_TARGET = 4018,      /* a target name that is not primary/standby/prefer-standby/any */
     NC_E_FO_SPLIT_DSN = 4019,       /* a multi-host connection string that cannot be split into endpoints */
+    NC_E_FO_CAPACITY = 4020,        /* an endpoint joined but the route has no room left for it */
     /* Patroni (nc_patroni.c) 4025-4029 */
     NC_E_PATRONI_UNREACHABLE = 4025, /* no Patroni REST API answered GET /cluster */
     NC_E_PATRONI_ANSWER = 4026,     /* a Patroni API answered something we cannot read */

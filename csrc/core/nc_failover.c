@@ -78,6 +78,7 @@ struct nc_fo {
     int sb_active;      /* the previous automatic decision was a split-brain hold ... */
     int sb_from, sb_to; /* ... of this pair */
     int outage;         /* a NO_TARGET was noted and service has not resumed since */
+    unsigned char *removed; /* nc_fo_set_removed: left the topology (a tombstone) */
 };
 
 /* ---- text ----------------------------------------------------------------- */
@@ -212,7 +213,8 @@ nc_fo *nc_fo_new(const nc_fo_config *cfg, int n, const int *priority, int primar
     fo->since_ok = calloc((size_t)n, sizeof *fo->since_ok);
     fo->healthy = calloc((size_t)n, sizeof *fo->healthy);
     fo->h = calloc((size_t)n, sizeof *fo->h);
-    if (!fo->priority || !fo->since_ok || !fo->healthy || !fo->h) {
+    fo->removed = calloc((size_t)n, sizeof *fo->removed);
+    if (!fo->priority || !fo->since_ok || !fo->healthy || !fo->h || !fo->removed) {
         nc_fo_free(fo);
         return NULL;
     }
@@ -241,7 +243,86 @@ void nc_fo_free(nc_fo *fo)
     free(fo->since_ok);
     free(fo->healthy);
     free(fo->h);
+    free(fo->removed);
     free(fo);
+}
+
+/* Grow every per-endpoint array to n + 1 (the caller serialises, as for
+ * every call here, so nobody holds a pointer into them meanwhile). */
+static int grow(nc_fo *fo)
+{
+    size_t k = (size_t)fo->n + 1;
+    int *p = realloc(fo->priority, k * sizeof *p);
+    if (!p)
+        return -1;
+    fo->priority = p;
+    int *s = realloc(fo->since_ok, k * sizeof *s);
+    if (!s)
+        return -1;
+    fo->since_ok = s;
+    int *y = realloc(fo->healthy, k * sizeof *y);
+    if (!y)
+        return -1;
+    fo->healthy = y;
+    nc_fo_health *h = realloc(fo->h, k * sizeof *h);
+    if (!h)
+        return -1;
+    fo->h = h;
+    unsigned char *r = realloc(fo->removed, k * sizeof *r);
+    if (!r)
+        return -1;
+    fo->removed = r;
+    return 0;
+}
+
+int nc_fo_add(nc_fo *fo, int priority)
+{
+    if (!fo || priority < 1 || fo->n >= 1 << 20 || grow(fo) < 0)
+        return -1;
+    int i = fo->n;
+    fo->priority[i] = priority;
+    fo->since_ok[i] = 0;
+    fo->healthy[i] = 0;
+    memset(&fo->h[i], 0, sizeof fo->h[i]);
+    fo->removed[i] = 0;
+    fo->n = i + 1;
+    return i;
+}
+
+void nc_fo_set_removed(nc_fo *fo, int i, int removed, double now)
+{
+    if (!fo || i < 0 || i >= fo->n)
+        return;
+    fo->removed[i] = removed ? 1 : 0;
+    nc_fo_health *h = &fo->h[i];
+    h->removed = fo->removed[i];
+    fo->since_ok[i] = 0;
+    h->nfail = 0;
+    h->consecutive_failures = 0;
+    h->consecutive_slow = 0;
+    h->healthy_since = 0;
+    fo->healthy[i] = 0;
+    if (removed) {
+        /* A failed health check as far as every decision is concerned: the
+         * current endpoint leaving is a failover (HEALTH_CHECK), and it is
+         * never a target (qualifies) nor a writer (split brain). */
+        h->probed = 1;
+        h->available = 0;
+        h->last_failure = now;
+        h->last_bad = now;
+        copy_text(h->last_error, sizeof h->last_error, "removed from the topology");
+    } else {
+        /* Back under the same name: known only from its next probe. */
+        h->probed = 0;
+        h->available = 0;
+        h->role = NC_ROLE_UNKNOWN;
+        h->last_error[0] = '\0';
+    }
+}
+
+int nc_fo_removed(const nc_fo *fo, int i)
+{
+    return fo && i >= 0 && i < fo->n && fo->removed[i];
 }
 
 /* ---- health bookkeeping ------------------------------------------------------ */
@@ -254,7 +335,7 @@ static int role_ok(const nc_fo *fo, int i)
 static int qualifies(const nc_fo *fo, int i)
 {
     const nc_fo_health *h = &fo->h[i];
-    return h->probed && h->available && role_ok(fo, i);
+    return !fo->removed[i] && h->probed && h->available && role_ok(fo, i);
 }
 
 static int is_slow(const nc_fo *fo, int i)
@@ -314,8 +395,8 @@ static int valid_role(int role)
 
 void nc_fo_probe(nc_fo *fo, int i, double now, int ok, double latency, int role, const char *error)
 {
-    if (!fo || i < 0 || i >= fo->n)
-        return;
+    if (!fo || i < 0 || i >= fo->n || fo->removed[i])
+        return;   /* a removed endpoint's late probe changes nothing */
     nc_fo_health *h = &fo->h[i];
     if (!ok) {
         record_failure(fo, i, now, error);
@@ -353,7 +434,7 @@ void nc_fo_probe(nc_fo *fo, int i, double now, int ok, double latency, int role,
 
 void nc_fo_passive(nc_fo *fo, int i, double now, int kind, const char *error)
 {
-    if (!fo || i < 0 || i >= fo->n)
+    if (!fo || i < 0 || i >= fo->n || fo->removed[i])
         return;
     /* A report from the query path counts towards FAILURE_COUNT, but one
      * terminated session or one client's READ ONLY transaction does not
@@ -431,7 +512,7 @@ static int writable_count(const nc_fo *fo, char *list, size_t cap)
         list[0] = '\0';
     for (int i = 0; i < fo->n; i++) {
         const nc_fo_health *h = &fo->h[i];
-        if (!(h->probed && h->available && h->role == NC_ROLE_WRITABLE))
+        if (fo->removed[i] || !(h->probed && h->available && h->role == NC_ROLE_WRITABLE))
             continue;
         if (o < cap) {
             int r = snprintf(list + o, cap - o, "%s%d", c ? ", " : "", i);
@@ -449,7 +530,7 @@ static int unprobed_in_grace(const nc_fo *fo, double now)
     if (!(now < fo->grace_until))
         return -1;
     for (int i = 0; i < fo->n; i++)
-        if (!fo->h[i].probed)
+        if (!fo->h[i].probed && !fo->removed[i])
             return i;
     return -1;
 }
@@ -883,7 +964,9 @@ static void done_impl(nc_fo *fo, const nc_fo_decision *d, double now, double dur
 
 int nc_fo_current_usable(const nc_fo *fo)
 {
-    return fo && fo->state != NC_FO_UNAVAILABLE;
+    /* A current endpoint that left the topology takes no more borrows,
+     * whatever the mode, until a switch. */
+    return fo && fo->state != NC_FO_UNAVAILABLE && !fo->removed[fo->current];
 }
 
 int nc_fo_current(const nc_fo *fo)

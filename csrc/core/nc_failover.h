@@ -74,6 +74,7 @@ typedef struct nc_fo_health {
     double healthy_since;       /* since when good (and writable if required) without a break; 0 not */
     double fail_times[NC_FO_MAX_FAILS]; /* ring of failure times, for the window */
     int nfail;
+    int removed;                /* left the topology (nc_fo_set_removed) */
 } nc_fo_health;
 
 enum nc_fo_action {
@@ -111,6 +112,21 @@ void nc_fo_free(nc_fo *fo);
 /* A probe of endpoint i finished at now: ok, its latency, the role it saw
  * (NC_ROLE_UNKNOWN when the backend cannot tell), an error text when !ok. */
 void nc_fo_probe(nc_fo *fo, int i, double now, int ok, double latency, int role, const char *error);
+
+/* An endpoint joined the topology while running: index n (the new count
+ * - 1), priority as for nc_fo_new, nothing known of it yet (it qualifies as
+ * a target only once probed).  -1 on bad arguments / no memory. */
+int nc_fo_add(nc_fo *fo, int priority);
+
+/* Endpoint i left the topology (removed != 0), or came back under the same
+ * name (0).  Removed: its health reads as a failed check ("removed from the
+ * topology") and stays so (probe results and passive reports for it are
+ * ignored), it is never a target nor counted as a writer, and when it is
+ * the current endpoint the next decision fails over from it.  Back: its
+ * history is forgotten and its next probe counts.  The index stays (a
+ * tombstone): events and indices keep their meaning. */
+void nc_fo_set_removed(nc_fo *fo, int i, int removed, double now);
+int nc_fo_removed(const nc_fo *fo, int i);
 
 /* The query path saw endpoint i fail (counts at once, before any probe). */
 void nc_fo_passive(nc_fo *fo, int i, double now, int kind, const char *error);

@@ -67,8 +67,8 @@ struct nc_monitor {
     int running;                /* threads started and not stopped */
     uint64_t run;               /* changes at every start and stop: a thread of an older run quits */
     uint64_t stops;             /* number of stops, wakes event waiters */
-    pthread_t *threads;         /* this run's threads (n probe threads, then the decision thread) */
-    int nthreads;
+    pthread_t *threads;         /* this run's threads (probe threads and the decision thread) */
+    int nthreads, threads_cap;
 
     int kick;                   /* something was reported: decide again */
     int busy;                   /* a switch is being carried out */
@@ -76,6 +76,8 @@ struct nc_monitor {
     uint64_t generation;
 
     unsigned char probe_now[NC_MONITOR_MAX];  /* a passive report asks for a probe now */
+    uint64_t probe_gen[NC_MONITOR_MAX];  /* changes when endpoint i is removed or comes back: its
+                                            probe thread of an older generation quits */
 
     uint64_t last_id;           /* id of the newest event, 0 none */
     nc_event ring[NC_EVENT_RING];
@@ -85,6 +87,7 @@ typedef struct thread_arg {
     nc_monitor *m;
     int i;                      /* endpoint, -1 the decision thread */
     uint64_t run;
+    uint64_t gen;               /* probe threads: probe_gen[i] when started */
 } thread_arg;
 
 /* ---- helpers ----------------------------------------------------------------- */
@@ -283,7 +286,7 @@ static int probe_unknown_locked(nc_monitor *m, int also_failed, double until)
     m->busy = 1;
     for (int i = 0; i < m->n; i++) {
         const nc_fo_health *h = nc_fo_health_of(m->fo, i);
-        if (h->probed && (h->available || !also_failed))
+        if (h->removed || (h->probed && (h->available || !also_failed)))
             continue;
         double now = nc_now();
         if (now >= end)
@@ -350,11 +353,11 @@ static void *probe_main(void *varg)
     thread_arg *a = varg;
     nc_monitor *m = a->m;
     int i = a->i;
-    uint64_t run = a->run;
+    uint64_t run = a->run, gen = a->gen;
     free(a);
     char eb[256];
     pthread_mutex_lock(&m->mu);
-    while (m->run == run) {
+    while (m->run == run && m->probe_gen[i] == gen) {
         m->probe_now[i] = 0;
         pthread_mutex_unlock(&m->mu);
         double start = nc_now();
@@ -364,7 +367,7 @@ static void *probe_main(void *varg)
         int rc = m->probe(m->probe_arg, i, start + m->cfg.health_check_timeout, &latency, &role, eb, sizeof eb);
         double now = nc_now();
         pthread_mutex_lock(&m->mu);
-        if (m->run != run)
+        if (m->run != run || m->probe_gen[i] != gen)
             break;
         if (rc != 0 && !eb[0])
             snprintf(eb, sizeof eb, "probe failed");
@@ -372,7 +375,7 @@ static void *probe_main(void *varg)
         kick_locked(m);
         double wake = start + m->cfg.health_check_interval;
         struct timespec ts = nc_abstime(wake);
-        while (m->run == run && nc_now() < wake && !m->probe_now[i]) {
+        while (m->run == run && m->probe_gen[i] == gen && nc_now() < wake && !m->probe_now[i]) {
             if (pthread_cond_timedwait(&m->probe_cv, &m->mu, &ts) == ETIMEDOUT)
                 break;
         }
@@ -505,12 +508,22 @@ nc_monitor *nc_monitor_new(const nc_monitor_config *cfg, int n, const int *prior
 /* Start one thread of this run (with m->mu held).  0 ok, -1 failed. */
 static int start_thread_locked(nc_monitor *m, int i, uint64_t run)
 {
+    if (m->nthreads == m->threads_cap) {
+        /* Endpoints added (or back) while running get threads too. */
+        int cap = m->threads_cap ? 2 * m->threads_cap : m->n + 1;
+        pthread_t *t = realloc(m->threads, (size_t)cap * sizeof *t);
+        if (!t)
+            return -1;
+        m->threads = t;
+        m->threads_cap = cap;
+    }
     thread_arg *a = malloc(sizeof *a);
     if (!a)
         return -1;
     a->m = m;
     a->i = i;
     a->run = run;
+    a->gen = i >= 0 ? m->probe_gen[i] : 0;
     m->refs++;
     if (pthread_create(&m->threads[m->nthreads], NULL, i >= 0 ? probe_main : decide_main, a) != 0) {
         m->refs--;
@@ -537,13 +550,8 @@ int nc_monitor_start(nc_monitor *m, nc_error *err)
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the monitor is closed");
         return -1;
     }
-    m->threads = calloc((size_t)m->n + 1, sizeof *m->threads);
-    if (!m->threads) {
-        pthread_mutex_unlock(&m->mu);
-        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
-        return -1;
-    }
-    m->nthreads = 0;
+    m->threads = NULL;
+    m->nthreads = m->threads_cap = 0;
     uint64_t run = ++m->run;
     m->running = 1;
     /* Endpoints get health_check_timeout to answer their first probe. */
@@ -551,7 +559,7 @@ int nc_monitor_start(nc_monitor *m, nc_error *err)
     m->kick = 1;   /* the decision thread looks once at what was reported before */
     int ok = 1;
     for (int i = 0; ok && i < m->n; i++)
-        ok = start_thread_locked(m, i, run) == 0;
+        ok = nc_fo_removed(m->fo, i) || start_thread_locked(m, i, run) == 0;
     if (ok)
         ok = start_thread_locked(m, -1, run) == 0;
     pthread_mutex_unlock(&m->mu);
@@ -584,7 +592,7 @@ void nc_monitor_stop_within(nc_monitor *m, double max_wait)
     pthread_t *threads = m->threads;
     int nthreads = m->nthreads;
     m->threads = NULL;
-    m->nthreads = 0;
+    m->nthreads = m->threads_cap = 0;
     pthread_cond_broadcast(&m->probe_cv);
     pthread_cond_broadcast(&m->decide_cv);
     pthread_cond_broadcast(&m->event_cv);
@@ -669,9 +677,13 @@ uint64_t nc_monitor_generation(nc_monitor *m)
 
 void nc_monitor_passive(nc_monitor *m, int i, int kind, const char *error, double until)
 {
-    if (!m || i < 0 || i >= m->n)
+    if (!m || i < 0)
         return;
     pthread_mutex_lock(&m->mu);
+    if (i >= m->n || nc_fo_removed(m->fo, i)) {
+        pthread_mutex_unlock(&m->mu);   /* gone from the topology: nothing to decide */
+        return;
+    }
     double now = nc_now();
     nc_fo_passive(m->fo, i, now, kind, error);
     /* The report is a reason to look now, not a verdict: one terminated
@@ -749,7 +761,10 @@ int nc_monitor_trigger_failover(nc_monitor *m, int target, const char *reason, n
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "no monitor");
         return -1;
     }
-    if (target < -1 || target >= m->n) {
+    pthread_mutex_lock(&m->mu);
+    int n = m->n;
+    pthread_mutex_unlock(&m->mu);
+    if (target < -1 || target >= n) {
         nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "there is no endpoint %d", target);
         return -1;
     }
@@ -832,6 +847,57 @@ int nc_monitor_wait_events(nc_monitor *m, uint64_t after, nc_event *out, int cap
     }
     pthread_mutex_unlock(&m->mu);
     return k;
+}
+
+int nc_monitor_add(nc_monitor *m, int priority, nc_error *err)
+{
+    pthread_mutex_lock(&m->mu);
+    if (m->n >= NC_MONITOR_MAX) {
+        pthread_mutex_unlock(&m->mu);
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "monitor: at most %d endpoints", NC_MONITOR_MAX);
+        return -1;
+    }
+    int i = nc_fo_add(m->fo, priority);
+    if (i < 0) {
+        pthread_mutex_unlock(&m->mu);
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "monitor: cannot add an endpoint (out of memory)");
+        return -1;
+    }
+    m->n = i + 1;
+    m->probe_now[i] = 0;
+    m->probe_gen[i]++;
+    /* No probe thread (out of threads): it is probed as a target would be,
+     * by a caller's recheck; not fatal to the others. */
+    if (m->running)
+        (void)start_thread_locked(m, i, m->run);
+    kick_locked(m);
+    pthread_mutex_unlock(&m->mu);
+    return i;
+}
+
+void nc_monitor_set_removed(nc_monitor *m, int i, int removed)
+{
+    pthread_mutex_lock(&m->mu);
+    if (i < 0 || i >= m->n || nc_fo_removed(m->fo, i) == !!removed) {
+        pthread_mutex_unlock(&m->mu);
+        return;
+    }
+    nc_fo_set_removed(m->fo, i, removed, nc_now());
+    m->probe_gen[i]++;   /* its probe thread quits (it is joined at stop) */
+    m->probe_now[i] = 0;
+    pthread_cond_broadcast(&m->probe_cv);
+    if (!removed && m->running)
+        (void)start_thread_locked(m, i, m->run);
+    kick_locked(m);   /* the current endpoint may have gone: decide now */
+    pthread_mutex_unlock(&m->mu);
+}
+
+int nc_monitor_count(nc_monitor *m)
+{
+    pthread_mutex_lock(&m->mu);
+    int n = m->n;
+    pthread_mutex_unlock(&m->mu);
+    return n;
 }
 
 void nc_monitor_get_status(nc_monitor *m, nc_monitor_status *st, nc_fo_health *health)

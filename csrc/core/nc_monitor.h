@@ -140,8 +140,21 @@ uint64_t nc_monitor_last_event(nc_monitor *m);
  * (or the monitor to be freed/stopped). */
 int nc_monitor_wait_events(nc_monitor *m, uint64_t after, nc_event *out, int cap, double timeout);
 
+/* Endpoints that join and leave while running (grow in place, never
+ * shrink: indices and event ids stay stable).  nc_monitor_add: endpoint n
+ * (returned) with that priority, nothing known of it until its first probe
+ * (a probe thread starts at once when monitoring); -1 with err past
+ * NC_MONITOR_ENDPOINTS_MAX.  nc_monitor_set_removed: endpoint i left (its
+ * probe thread ends, it is never a target, a current endpoint that left is
+ * failed over from: nc_fo_set_removed) or came back (0: probed again).
+ * The probe callback must know endpoint i before nc_monitor_add returns i. */
+int nc_monitor_add(nc_monitor *m, int priority, nc_error *err);
+void nc_monitor_set_removed(nc_monitor *m, int i, int removed);
+int nc_monitor_count(nc_monitor *m);
+
 /* A consistent snapshot: state, current, statistics and each endpoint's
- * health (health must have room for n entries). */
+ * health (health must have room for NC_MONITOR_ENDPOINTS_MAX entries, or
+ * for nc_monitor_count when no endpoint is added meanwhile). */
 typedef struct nc_monitor_status {
     int state, current, preferred, n;
     nc_fo_stats stats;

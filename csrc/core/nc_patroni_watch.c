@@ -1,5 +1,6 @@
 /* nc_patroni_watch.c - re-reading Patroni while running (see nc_patroni_watch.h). */
 #include "nc_patroni_watch.h"
+#include "nc_patroni_follow.h"
 #include "nc_fork.h"
 #include "nc_stop.h"
 #include "nc_time.h"
@@ -26,6 +27,7 @@ struct nc_patroni_watch {
     int have_cluster;
     nc_patroni_cluster cluster;
     nc_patroni_cluster scratch; /* the thread's own buffer: fetched into without the lock */
+    nc_patroni_follow *follow;  /* applies each answer to a route (nc_patroni_watch_follow), or NULL */
 };
 
 /* The thread's stop check: nc_patroni_fetch consults it, so a stop ends a
@@ -55,6 +57,15 @@ static void *run(void *arg)
             w->last_ok = nc_now();
             memcpy(&w->cluster, &w->scratch, sizeof w->cluster);
             w->have_cluster = 1;
+            nc_patroni_follow *f = w->follow;
+            if (f) {
+                /* Outside the lock: making a pool, adding or removing an
+                 * endpoint takes the route's and monitor's locks (and the
+                 * owner's stop waits for this thread). */
+                pthread_mutex_unlock(&w->mu);
+                nc_patroni_follow_apply(f, &w->scratch);
+                pthread_mutex_lock(&w->mu);
+            }
         } else {
             /* counted and shown; the last answer stays (a Patroni API that is
              * down does not change what we know of the members) */
@@ -177,6 +188,13 @@ void nc_patroni_watch_status_get(nc_patroni_watch *w, nc_patroni_watch_status *o
         memcpy(&out->cluster, &w->cluster, sizeof out->cluster);
     else
         out->cluster.n = 0;
+    pthread_mutex_unlock(&w->mu);
+}
+
+void nc_patroni_watch_follow(nc_patroni_watch *w, nc_patroni_follow *f)
+{
+    pthread_mutex_lock(&w->mu);
+    w->follow = f;
     pthread_mutex_unlock(&w->mu);
 }
 

@@ -2,10 +2,10 @@
  * native thread fetches it every interval (nc_patroni_fetch: fallback across
  * the URLs, a deadline), keeps the last answer and counts the failures.
  *
- * It only observes: a fetch that fails changes nothing but the counters, and
- * the endpoint set is not changed by what it sees (status reports the members
- * that joined or left since the manager was made: nc_patroni_diff).  The
- * thread never touches Python.
+ * A fetch that fails changes nothing but the counters.  An answer is handed
+ * to the follower, when one is set (nc_patroni_watch_follow), which keeps a
+ * route's endpoints in step with the members (nc_patroni_follow.h), in this
+ * thread.  The thread never touches Python.
  */
 #ifndef NC_PATRONI_WATCH_H
 #define NC_PATRONI_WATCH_H
@@ -16,6 +16,7 @@
 #include "nc_patroni.h"
 
 typedef struct nc_patroni_watch nc_patroni_watch;
+typedef struct nc_patroni_follow nc_patroni_follow;
 
 typedef struct nc_patroni_watch_status {
     int running;
@@ -45,6 +46,10 @@ void nc_patroni_watch_stop(nc_patroni_watch *w);
 
 /* A copy of the counters and the last answer. */
 void nc_patroni_watch_status_get(nc_patroni_watch *w, nc_patroni_watch_status *out);
+
+/* Apply every answer to f from now on (NULL: none).  f must outlive the
+ * watch's thread: free the watch (or stop it) before f. */
+void nc_patroni_watch_follow(nc_patroni_watch *w, nc_patroni_follow *f);
 
 /* Whether w was made before a fork() in this process (its thread and mutex
  * are the parent's: do not use it, make a new one). */

@@ -144,6 +144,19 @@ void nc_prober_close(nc_prober *p)
     }
 }
 
+void nc_prober_idle(nc_prober *p)
+{
+    if (!p)
+        return;
+    /* A probe running now keeps its connection: never wait for it. */
+    if (pthread_mutex_trylock(&p->mu) == 0) {
+        if (p->conn)
+            p->ops->close(p->ctx, p->conn);
+        p->conn = NULL;
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
 void nc_prober_free(nc_prober *p)
 {
     if (!p)

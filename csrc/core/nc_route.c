@@ -26,6 +26,7 @@ typedef struct route_ep {
 
 /* What read routing knows of one endpoint (under rmu). */
 typedef struct route_read {
+    int removed;                /* left the topology: never chosen (nc_route_set_removed) */
     int probed, up, standby;
     int have_lsn;
     uint64_t lsn;               /* primary: current; standby: replayed */
@@ -39,7 +40,9 @@ struct nc_route {
     int users;
     int closed;
     int freeing;                /* the monitor is to be freed by the last user */
-    int n;
+    int n;                      /* endpoints: grows (nc_route_add), never shrinks; atomic */
+    int cap;                    /* room in the arrays below, fixed: they never move */
+    pthread_mutex_t grow_mu;    /* serialises nc_route_add/set_removed and close */
     nc_pool **pools;            /* referenced */
     nc_prober **probers;
     route_ep *eps;              /* observer args, one per pool */
@@ -54,6 +57,13 @@ struct nc_route {
 
 /* ---- counting ----------------------------------------------------------------- */
 
+/* The endpoint count now: slots below it are filled before it grows
+ * (release), so a reader that sees i < n sees slot i whole (acquire). */
+static int count(nc_route *r)
+{
+    return __atomic_load_n(&r->n, __ATOMIC_ACQUIRE);
+}
+
 static void route_destroy(nc_route *r)
 {
     for (int i = 0; i < r->n; i++) {
@@ -64,6 +74,7 @@ static void route_destroy(nc_route *r)
     free(r->pools);
     free(r->eps);
     free(r->rd);
+    pthread_mutex_destroy(&r->grow_mu);
     pthread_mutex_destroy(&r->rmu);
     pthread_mutex_destroy(&r->mu);
     free(r);
@@ -150,7 +161,7 @@ static void route_switched(void *arg, int from, int to)
     nc_route *r = arg;
     /* The abandoned endpoint's idle connections go now, lent ones when they
      * come back: no borrower gets one of them again. */
-    if (from >= 0 && from < r->n && from != to)
+    if (from >= 0 && from < count(r) && from != to)
         nc_pool_drain(r->pools[from], 1);
 }
 
@@ -209,14 +220,24 @@ nc_route *nc_route_new(nc_pool *const *pools, int n, const int *priority, int pr
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot create a mutex");
         return NULL;
     }
+    if (pthread_mutex_init(&r->grow_mu, NULL) != 0) {
+        pthread_mutex_destroy(&r->rmu);
+        pthread_mutex_destroy(&r->mu);
+        free(r);
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "cannot create a mutex");
+        return NULL;
+    }
     r->refs = 1;
     nc_read_config_defaults(&r->rcfg);
     nc_lsn_history_clear(&r->hist);
     r->check_interval = cfg ? cfg->health_check_interval : 1.0;
-    r->pools = calloc((size_t)n, sizeof *r->pools);
-    r->probers = calloc((size_t)n, sizeof *r->probers);
-    r->eps = calloc((size_t)n, sizeof *r->eps);
-    r->rd = calloc((size_t)n, sizeof *r->rd);
+    /* Room for endpoints that join later, allocated now: the arrays never
+     * move, so a borrow reads them without a lock or a reference. */
+    r->cap = n > NC_ROUTE_CAPACITY ? n : NC_ROUTE_CAPACITY;
+    r->pools = calloc((size_t)r->cap, sizeof *r->pools);
+    r->probers = calloc((size_t)r->cap, sizeof *r->probers);
+    r->eps = calloc((size_t)r->cap, sizeof *r->eps);
+    r->rd = calloc((size_t)r->cap, sizeof *r->rd);
     if (!r->pools || !r->probers || !r->eps || !r->rd) {
         nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "out of memory");
         route_destroy(r);
@@ -265,12 +286,126 @@ nc_route *nc_route_new(nc_pool *const *pools, int n, const int *priority, int pr
 
 nc_pool *nc_route_pool(nc_route *r, int i)
 {
-    return i >= 0 && i < r->n ? r->pools[i] : NULL;
+    return i >= 0 && i < count(r) ? r->pools[i] : NULL;
 }
 
 int nc_route_count(nc_route *r)
 {
-    return r->n;
+    return count(r);
+}
+
+int nc_route_capacity(nc_route *r)
+{
+    return r->cap;
+}
+
+int nc_route_add(nc_route *r, nc_pool *pool, int priority, nc_error *err)
+{
+    if (!pool || priority < 1) {
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "failover: an added endpoint needs a pool and a priority >= 1");
+        return -1;
+    }
+    pthread_mutex_lock(&r->grow_mu);
+    /* The monitor is used under nc_route_enter: a close may free it. */
+    nc_monitor *m = nc_route_enter(r);
+    int i = r->n;
+    if (!m) {
+        nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "the failover manager is shut down");
+        goto fail;
+    }
+    if (i >= r->cap || i >= NC_MONITOR_ENDPOINTS_MAX) {
+        nc_error_set(err, NC_E_FO_CAPACITY, NC_K_OPERATIONAL,
+                     "failover: no room for another endpoint (%d endpoints, removed ones included, of %d)", i,
+                     r->cap < NC_MONITOR_ENDPOINTS_MAX ? r->cap : NC_MONITOR_ENDPOINTS_MAX);
+        goto fail;
+    }
+    for (int k = 0; k < i; k++) {
+        if (r->pools[k] == pool) {
+            nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "failover: endpoint %d already has this pool", k);
+            goto fail;
+        }
+    }
+    nc_prober *pr = nc_prober_new(pool, 0, err);
+    if (!pr)
+        goto fail;
+    if (nc_pool_set_observer(pool, &ep_observer, &r->eps[i]) < 0) {
+        nc_prober_free(pr);
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "failover: the added endpoint's pool already has a route");
+        goto fail;
+    }
+    nc_pool_ref(pool);
+    r->pools[i] = pool;
+    r->probers[i] = pr;
+    r->eps[i] = (route_ep){r, i};
+    pthread_mutex_lock(&r->rmu);
+    memset(&r->rd[i], 0, sizeof r->rd[i]);
+    pthread_mutex_unlock(&r->rmu);
+    /* Published before the monitor knows it: the monitor's probe of i (its
+     * thread starts in nc_monitor_add) finds the slot whole. */
+    __atomic_store_n(&r->n, i + 1, __ATOMIC_RELEASE);
+    int got = nc_monitor_add(m, priority, err);
+    if (got != i) {
+        /* Only past the monitor's own limit, checked above, or out of
+         * memory: the slot stays, removed, so the counts stay equal. */
+        pthread_mutex_lock(&r->rmu);
+        r->rd[i].removed = 1;
+        pthread_mutex_unlock(&r->rmu);
+        nc_route_leave(r);
+        pthread_mutex_unlock(&r->grow_mu);
+        return -1;
+    }
+    nc_route_leave(r);
+    pthread_mutex_unlock(&r->grow_mu);
+    return i;
+fail:
+    if (m)
+        nc_route_leave(r);
+    pthread_mutex_unlock(&r->grow_mu);
+    return -1;
+}
+
+int nc_route_set_removed(nc_route *r, int i, int removed)
+{
+    pthread_mutex_lock(&r->grow_mu);
+    nc_monitor *m = nc_route_enter(r);
+    if (!m || i < 0 || i >= r->n) {
+        if (m)
+            nc_route_leave(r);
+        pthread_mutex_unlock(&r->grow_mu);
+        return -1;
+    }
+    pthread_mutex_lock(&r->rmu);
+    int was = r->rd[i].removed;
+    r->rd[i].removed = removed ? 1 : 0;
+    if (removed) {
+        r->rd[i].up = 0;   /* no read goes there from now on */
+    } else if (was) {
+        route_read keep = r->rd[i];
+        memset(&r->rd[i], 0, sizeof r->rd[i]);   /* known again from its next probe */
+        r->rd[i].reads = keep.reads;
+        r->rd[i].writes = keep.writes;
+    }
+    pthread_mutex_unlock(&r->rmu);
+    nc_monitor_set_removed(m, i, removed);
+    nc_route_leave(r);
+    /* Its idle connections go now, lent ones when they come back; and the
+     * probe connection (its probes have stopped). */
+    if (removed && !was) {
+        nc_pool_drain(r->pools[i], 1);
+        nc_prober_idle(r->probers[i]);
+    }
+    pthread_mutex_unlock(&r->grow_mu);
+    return 0;
+}
+
+int nc_route_removed(nc_route *r, int i)
+{
+    if (i < 0 || i >= count(r))
+        return 0;
+    pthread_mutex_lock(&r->rmu);
+    int v = r->rd[i].removed;
+    pthread_mutex_unlock(&r->rmu);
+    return v;
 }
 
 /* ---- borrowing ------------------------------------------------------------------------ */
@@ -428,7 +563,7 @@ static int lend_primary(nc_route *r, nc_monitor *m, double timeout, int read, in
              * monitor may switch right away); then try the endpoint it chose
              * instead. */
             if (nc_error_failure(err->code, err->sqlstate) == NC_FAIL_LOST &&
-                (attempt < r->n || nc_now() < wait_until)) {
+                (attempt < count(r) || nc_now() < wait_until)) {
                 uint64_t before = nc_monitor_generation(m);
                 nc_stop_saved stop = nc_stop_pause();   /* it may probe here: see nc_stop.h */
                 nc_monitor_passive(m, idx, NC_FO_PASSIVE_LOST, err->message, deadline);
@@ -477,16 +612,17 @@ static int lend_primary(nc_route *r, nc_monitor *m, double timeout, int read, in
 
 /* Fill eps (n entries) with what read routing knows now, and the limits
  * (with read your writes for a write completed at written_at, > 0). */
-static void read_view(nc_route *r, double written_at, nc_read_ep *eps, nc_read_limits *lim)
+static int read_view(nc_route *r, double written_at, nc_read_ep *eps, nc_read_limits *lim)
 {
     int lent[NC_MONITOR_ENDPOINTS_MAX];
-    for (int i = 0; i < r->n; i++)
+    int n = count(r);
+    for (int i = 0; i < n; i++)
         lent[i] = nc_pool_lent(r->pools[i]);   /* the pool's lock, not under ours */
     double now = nc_now();   /* a stalled replica falls behind with the clock */
     pthread_mutex_lock(&r->rmu);
-    for (int i = 0; i < r->n; i++) {
+    for (int i = 0; i < n; i++) {
         const route_read *d = &r->rd[i];
-        eps[i].up = d->up;
+        eps[i].up = d->up && !d->removed;
         eps[i].standby = d->standby;
         eps[i].lag_bytes = d->standby && d->have_lsn ? nc_lag_bytes(&r->hist, d->lsn) : NAN;
         eps[i].lag_seconds = d->standby && d->have_lsn ? nc_lag_seconds(&r->hist, d->lsn, now) : NAN;
@@ -506,6 +642,7 @@ static void read_view(nc_route *r, double written_at, nc_read_ep *eps, nc_read_l
             lim->min_lsn = UINT64_MAX;
     }
     pthread_mutex_unlock(&r->rmu);
+    return n;
 }
 
 static int lend_read(nc_route *r, nc_monitor *m, int target, double written_at, double timeout, int *endpoint,
@@ -519,9 +656,9 @@ static int lend_read(nc_route *r, nc_monitor *m, int target, double written_at, 
         /* Nobody probes: endpoints never looked at are probed once here
          * (their role and position), within the borrow's deadline. */
         pthread_mutex_lock(&r->rmu);
-        int unknown = 0;
-        for (int i = 0; i < r->n; i++)
-            unknown |= !r->rd[i].probed;
+        int unknown = 0, n = count(r);
+        for (int i = 0; i < n; i++)
+            unknown |= !r->rd[i].probed && !r->rd[i].removed;
         pthread_mutex_unlock(&r->rmu);
         if (unknown) {
             nc_stop_saved stop = nc_stop_pause();
@@ -530,18 +667,18 @@ static int lend_read(nc_route *r, nc_monitor *m, int target, double written_at, 
         }
     }
     nc_read_ep eps[NC_MONITOR_ENDPOINTS_MAX];
-    for (int attempt = 0; attempt <= r->n; attempt++) {
+    for (int attempt = 0; attempt <= count(r); attempt++) {
         nc_read_limits lim;
-        read_view(r, written_at, eps, &lim);
+        int n = read_view(r, written_at, eps, &lim);
         int primary = nc_monitor_current(m, NULL);
         pthread_mutex_lock(&r->rmu);
-        int idx = nc_read_choose(target, eps, r->n, primary, &lim, &r->rr);
+        int idx = nc_read_choose(target, eps, n, primary, &lim, &r->rr);
         int fresh = idx < 0 && lim.need_lsn;
         if (fresh) {
             /* None has the session's write yet: is that the only reason? */
             unsigned rr = r->rr;
             lim.need_lsn = 0;
-            fresh = nc_read_choose(target, eps, r->n, primary, &lim, &rr) >= 0;
+            fresh = nc_read_choose(target, eps, n, primary, &lim, &rr) >= 0;
         }
         pthread_mutex_unlock(&r->rmu);
         if (fresh && target == NC_TARGET_STANDBY)
@@ -614,15 +751,16 @@ int nc_route_lend(nc_route *r, double timeout, int *endpoint, nc_conn **out, uin
     return nc_route_lend_to(r, NC_TARGET_PRIMARY, timeout, endpoint, out, lease, err);
 }
 
-void nc_route_read_status(nc_route *r, nc_route_ep_status *out)
+int nc_route_read_status(nc_route *r, nc_route_ep_status *out)
 {
     nc_read_ep eps[NC_MONITOR_ENDPOINTS_MAX];
     nc_read_limits lim;
-    read_view(r, 0, eps, &lim);
+    int n = read_view(r, 0, eps, &lim);
     pthread_mutex_lock(&r->rmu);
-    for (int i = 0; i < r->n; i++) {
+    for (int i = 0; i < n; i++) {
         const route_read *d = &r->rd[i];
         nc_route_ep_status *o = &out[i];
+        o->removed = d->removed;
         o->probed = d->probed;
         o->up = d->up;
         o->standby = d->standby;
@@ -636,6 +774,7 @@ void nc_route_read_status(nc_route *r, nc_route_ep_status *out)
         o->writes = d->writes;
     }
     pthread_mutex_unlock(&r->rmu);
+    return n;
 }
 
 void nc_route_close(nc_route *r)
@@ -653,14 +792,17 @@ void nc_route_close_within(nc_route *r, double max_wait)
     pthread_mutex_unlock(&r->mu);
     if (!first)
         return;
-    for (int i = 0; i < r->n; i++)
+    pthread_mutex_lock(&r->grow_mu);   /* an add in progress finishes first; later ones fail */
+    int n = r->n;
+    pthread_mutex_unlock(&r->grow_mu);
+    for (int i = 0; i < n; i++)
         nc_pool_set_observer(r->pools[i], NULL, NULL);
     /* Safe while calls are inside it (bounded); a start still inside one
      * fails from here on, so no thread outlives the close. */
     nc_monitor_close_within(r->mon, max_wait);
     /* The probe connections go now (a probe still running closes its own as
      * it ends); the probers stay until the route's memory goes. */
-    for (int i = 0; i < r->n; i++)
+    for (int i = 0; i < n; i++)
         nc_prober_close(r->probers[i]);
     pthread_mutex_lock(&r->mu);
     int now = r->users == 0;

@@ -37,20 +37,19 @@ typedef struct nc_read_config {
 /* failover_wait 0, 16 MB, 30 s. */
 void nc_read_config_defaults(nc_read_config *cfg);
 
-/* The endpoint set is fixed for a route's life; roles are not: each
- * endpoint's role (writable, standby) comes from its probes, so a list of
- * endpoints with the leader marked is_primary (priority) is all a topology
- * source (Patroni's members) needs to build one.  When members come and go,
- * the way that fits this code is to build a new route over the new set,
- * reusing the pools of the members that stay (nc_route_new refuses a pool
- * another route still watches: nc_route_close the old route first, which
- * unhooks them), and swap it in the binding the way a forked child's route
- * is swapped in (failover.c, fresh()): connections lent meanwhile go back
- * to their pools as ever, new borrows use the new route, whose
- * monitor starts on the current leader (trigger_failover to it).  Growing a
- * route in place would need the monitor's arrays (nc_fo health, probe
- * threads), the probers and the read state to grow under their locks,
- * which nothing does yet. */
+/* The endpoint set grows in place and never shrinks.  Roles come from the
+ * probes, so a list of endpoints with the leader marked is_primary
+ * (priority) is all a topology source (Patroni's members) needs to build
+ * a route; members that join later are appended (nc_route_add) and members
+ * that leave become tombstones (nc_route_set_removed), under the route's
+ * and the monitor's locks.  Why not a new route swapped in: a borrow reads
+ * the route without a reference, a pool has one route at a time (a gap
+ * in which borrows fail), and a new monitor would number its events from
+ * 1 again.  So the arrays are made once with room for NC_ROUTE_CAPACITY
+ * endpoints (more: NC_E_FO_CAPACITY, the others unaffected) and never
+ * move; the count is published after the slot is filled; an index, once
+ * given, names one endpoint for the route's life (events, status). */
+#define NC_ROUTE_CAPACITY 32
 
 /* pools[i] is endpoint i's pool (a reference is taken to each); priority
  * and primary as for nc_monitor_new.  NULL with err on failure. */
@@ -95,6 +94,7 @@ int nc_route_lend_after(nc_route *r, int target, double written_at, double timeo
 
 /* What read routing knows of one endpoint. */
 typedef struct nc_route_ep_status {
+    int removed;                /* left the topology (nc_route_set_removed) */
     int probed;                 /* a probe result was seen */
     int up;                     /* answered its last probe, no lost connection since */
     int standby;                /* answered read-only */
@@ -108,12 +108,32 @@ typedef struct nc_route_ep_status {
     uint64_t writes;            /* borrows for the primary target served here */
 } nc_route_ep_status;
 
-/* out must have room for nc_route_count(r) entries. */
-void nc_route_read_status(nc_route *r, nc_route_ep_status *out);
+/* out must have room for NC_MONITOR_ENDPOINTS_MAX entries (endpoints may
+ * be added meanwhile); returns how many it filled. */
+int nc_route_read_status(nc_route *r, nc_route_ep_status *out);
 
 /* The pool of endpoint i (valid as long as the route). */
 nc_pool *nc_route_pool(nc_route *r, int i);
 int nc_route_count(nc_route *r);
+/* How many endpoints the route can ever hold (removed ones included). */
+int nc_route_capacity(nc_route *r);
+
+/* Append an endpoint over pool (a reference is taken; the pool must have no
+ * route) with that priority: it is probed at once when monitoring, becomes
+ * a failover target once probed writable, serves reads once probed a
+ * standby within the lag limits.  Its index, or -1 with err:
+ * NC_E_FO_CAPACITY when the route is full, NC_E_POOL_CLOSED after close,
+ * NC_E_CONFIG for a pool already used. */
+int nc_route_add(nc_route *r, nc_pool *pool, int priority, nc_error *err);
+
+/* Endpoint i left the topology (removed 1): no borrow goes to it any more
+ * (a current endpoint that left is failed over from, and while none can
+ * take over primary borrows fail with NC_E_FO_NO_ENDPOINT), its probes
+ * stop, its idle connections are closed now and lent ones when they come
+ * back; the slot stays.  removed 0: it came back (same pool), known again
+ * from its next probe.  0, or -1 for no such endpoint. */
+int nc_route_set_removed(nc_route *r, int i, int removed);
+int nc_route_removed(nc_route *r, int i);
 
 /* Use the monitor (start, stop, triggers, events, status): NULL once the
  * route is closed; otherwise pair with nc_route_leave.  The monitor is not

@@ -22,7 +22,9 @@
 typedef struct NpyFailover {
     PyObject_HEAD
     nc_route *route;
-    PyObject *pools;            /* tuple of Pool, index = endpoint (a copy: the caller's list may change) */
+    PyObject *pools;            /* tuple of Pool, index = endpoint (a copy: the caller's list may change);
+                                   endpoints that joined later get a Pool over the core's (sync_pools) */
+    Py_ssize_t ninit;           /* how many endpoints it was made with */
     struct NpyFailover *reg_next, *reg_prev;   /* the registry the exit hook closes (with the GIL) */
     int registered;
     /* fork(): a child makes its own route from these at first use */
@@ -280,6 +282,7 @@ static int fo_init(NpyFailover *self, PyObject *args, PyObject *kwds)
     }
     self->route = r;
     Py_XSETREF(self->pools, copy);
+    self->ninit = n;
     registry_add(self);
     self->fork_gen = nc_fork_generation();
     self->cfg = st.mc;
@@ -371,6 +374,15 @@ static int fresh(NpyFailover *self)
         abandon_route(self);
         if (self->closed)
             return 0;
+        /* Endpoints that joined in the parent are not followed here (their
+         * pools are the parent's follower's): the child starts over from
+         * the endpoints the manager was made with. */
+        if (PyTuple_GET_SIZE(self->pools) > self->ninit) {
+            PyObject *first = PyTuple_GetSlice(self->pools, 0, self->ninit);
+            if (!first)
+                return -1;
+            Py_SETREF(self->pools, first);
+        }
         Py_ssize_t n = PyTuple_GET_SIZE(self->pools);
         nc_pool *cpools[64];
         for (Py_ssize_t i = 0; i < n; i++) {
@@ -472,6 +484,34 @@ static nc_monitor *enter(NpyFailover *self, int code)
     return m;
 }
 
+/* Pools for endpoints the route gained since (a Patroni member that
+ * joined): self->pools grows to nc_route_count.  0, or -1 with an
+ * exception. */
+static int sync_pools(NpyFailover *self)
+{
+    if (!self->route || !self->pools)
+        return 0;
+    Py_ssize_t have = PyTuple_GET_SIZE(self->pools), n = nc_route_count(self->route);
+    if (n <= have)
+        return 0;
+    PyObject *t = PyTuple_New(n);
+    if (!t)
+        return -1;
+    for (Py_ssize_t i = 0; i < have; i++)
+        PyTuple_SET_ITEM(t, i, Py_NewRef(PyTuple_GET_ITEM(self->pools, i)));
+    PyObject *like = PyTuple_GET_ITEM(self->pools, 0);
+    for (Py_ssize_t i = have; i < n; i++) {
+        PyObject *p = npy_pool_wrap(nc_route_pool(self->route, (int)i), like);
+        if (!p) {
+            Py_DECREF(t);
+            return -1;
+        }
+        PyTuple_SET_ITEM(t, i, p);
+    }
+    Py_SETREF(self->pools, t);
+    return 0;
+}
+
 /* lend and lend_to: a connection, and its endpoint in *ep_out
  * (written_at: nc_route_lend_after's). */
 static PyObject *lend_impl(NpyFailover *self, PyObject *arg, const char *tname, double written_at, int *ep_out)
@@ -494,6 +534,8 @@ static PyObject *lend_impl(NpyFailover *self, PyObject *arg, const char *tname, 
     nc_route *r = self->route;
     if (!r || !self->pools)
         return npy_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "the failover manager is shut down");
+    if (sync_pools(self) < 0)
+        return NULL;
     /* Leaks the endpoint pools found (leak_timeout), warned on this thread
      * before borrowing: a warning filter may raise. */
     for (Py_ssize_t i = 0; self->pools && i < PyTuple_GET_SIZE(self->pools); i++) {
@@ -522,7 +564,7 @@ static PyObject *lend_impl(NpyFailover *self, PyObject *arg, const char *tname, 
     if (npy_interrupt_disarm(&it)) {
         /* Ctrl-C: a connection got just as it came is given back. */
         if (rc == 0) {
-            nc_pool *p = ((NpyPool *)PyTuple_GET_ITEM(self->pools, ep))->s.pool;
+            nc_pool *p = nc_route_pool(r, ep);
             Py_BEGIN_ALLOW_THREADS
             nc_pool_release(p, c, 0);
             Py_END_ALLOW_THREADS
@@ -533,6 +575,20 @@ static PyObject *lend_impl(NpyFailover *self, PyObject *arg, const char *tname, 
     if (rc < 0) {
         Py_DECREF(conn);
         return npy_raise_error(&err);
+    }
+    if (!self->pools || ep >= PyTuple_GET_SIZE(self->pools)) {
+        /* An endpoint that joined while we borrowed (or a close meanwhile):
+         * its Pool now, or the connection goes back. */
+        if (!self->pools || sync_pools(self) < 0 || ep >= PyTuple_GET_SIZE(self->pools)) {
+            nc_pool *p = nc_route_pool(r, ep);
+            Py_BEGIN_ALLOW_THREADS
+            nc_pool_release(p, c, 0);
+            Py_END_ALLOW_THREADS
+            Py_DECREF(conn);
+            if (!PyErr_Occurred())
+                npy_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "the failover manager is shut down");
+            return NULL;
+        }
     }
     NpyPool *pool = (NpyPool *)PyTuple_GET_ITEM(self->pools, ep);
     npy_connection_attach(conn, (PyObject *)pool, &pool->s, c, lease);
@@ -781,7 +837,8 @@ static PyObject *fo_status(NpyFailover *self, PyObject *unused)
     nc_monitor *m = enter(self, NC_E_POOL_CLOSED);
     if (!m)
         return NULL;
-    int n = nc_route_count(self->route);
+    /* Room for every endpoint there can be: one may join meanwhile. */
+    int n = NC_MONITOR_ENDPOINTS_MAX;
     nc_monitor_status st;
     nc_fo_health *h = PyMem_Calloc((size_t)n, sizeof *h);
     if (!h) {
@@ -795,15 +852,17 @@ static PyObject *fo_status(NpyFailover *self, PyObject *unused)
         return PyErr_NoMemory();
     }
     nc_monitor_get_status(m, &st, h);
-    nc_route_read_status(self->route, rs);
+    int nr = nc_route_read_status(self->route, rs);
     nc_route_leave(self->route);
+    n = st.n < nr ? st.n : nr;   /* the route's slots fill before the monitor knows them */
     double mono = nc_now(), wall = nc_wall();
     PyObject *eps = PyList_New(n);
     for (int i = 0; eps && i < n; i++) {
         const nc_fo_health *x = &h[i];
         const nc_route_ep_status *y = &rs[i];
         PyObject *d = Py_BuildValue(
-            "{s:O,s:O,s:s,s:d,s:d,s:i,s:d,s:s,s:N,s:N,s:N,s:O,s:i,s:K,s:K}", "probed", x->probed ? Py_True : Py_False,
+            "{s:O,s:O,s:O,s:s,s:d,s:d,s:i,s:d,s:s,s:N,s:N,s:N,s:O,s:i,s:K,s:K}", "removed",
+            x->removed ? Py_True : Py_False, "probed", x->probed ? Py_True : Py_False,
             "available", x->available ? Py_True : Py_False, "role", nc_role_name(x->role), "last_check",
             x->last_check > 0 ? wall - (mono - x->last_check) : 0.0, "response_time", x->response_time,
             "consecutive_failures", x->consecutive_failures, "last_failure",
@@ -837,6 +896,30 @@ static PyObject *fo_status(NpyFailover *self, PyObject *unused)
         s->recovery_suspended ? Py_True : Py_False);
 }
 
+static PyObject *fo_pool(NpyFailover *self, PyObject *arg)
+{
+    Py_ssize_t i = PyLong_AsSsize_t(arg);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if (fresh(self) < 0 || sync_pools(self) < 0)
+        return NULL;
+    if (!self->pools || i < 0 || i >= PyTuple_GET_SIZE(self->pools))
+        return npy_raise(NC_E_FO_UNKNOWN_ENDPOINT, NC_K_INTERFACE, NULL, "unknown endpoint %zd", i);
+    return Py_NewRef(PyTuple_GET_ITEM(self->pools, i));
+}
+
+nc_route *npy_failover_route(PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, &NpyFailover_Type))
+        return (nc_route *)npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "not a FailoverMonitor");
+    NpyFailover *self = (NpyFailover *)obj;
+    if (fresh(self) < 0)
+        return NULL;
+    if (!self->route)
+        return (nc_route *)npy_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "the failover manager is shut down");
+    return self->route;
+}
+
 static PyObject *fo_get_running(NpyFailover *self, void *c)
 {
     (void)c;
@@ -868,6 +951,8 @@ static PyMethodDef fo_methods[] = {
     {"waiter", (PyCFunction)fo_waiter, METH_NOARGS,
      "waiter() -> an EventWaiter: wait(after, timeout) without keeping this monitor alive."},
     {"status", (PyCFunction)fo_status, METH_NOARGS, "A snapshot of state, endpoints and statistics."},
+    {"pool", (PyCFunction)fo_pool, METH_O,
+     "pool(i) -> the Pool of endpoint i (one over the core's pool for an endpoint that joined later)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,6 +5,7 @@
 #define NPY_FAILOVER_H
 
 #include "state.h"
+#include "../core/nc_route.h"
 
 extern PyTypeObject NpyFailover_Type;
 
@@ -15,6 +16,10 @@ int npy_failover_add_constants(PyObject *module);
 /* split_hosts(dsn) -> [(name, dsn)]: a multi-host connection string as one
  * per host (the core's nc_pg_split_hosts), for DatabaseFailoverManager.from_dsn. */
 PyObject *npy_failover_split_hosts(PyObject *module, PyObject *arg);
+
+/* The core route of a FailoverMonitor (borrowed: valid while obj lives and
+ * is not closed), for the Patroni watch's follower; NULL with an exception. */
+nc_route *npy_failover_route(PyObject *obj);
 
 /* The exit hook: close every live FailoverMonitor's route (its monitor
  * threads stopped, joined for at most max_wait seconds each; a probe stuck

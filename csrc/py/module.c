@@ -299,6 +299,9 @@ static PyMethodDef module_methods[] = {
      "patroni_cluster(urls, timeout) -> dict: GET /cluster from the first Patroni REST API that answers "
      "within timeout seconds (shared among the URLs); {'scope', 'source', 'members': [{'name', 'role', "
      "'state', 'host', 'port', 'timeline', 'replay_lag', 'lag', 'routing_lag', 'api_url', 'leader'}]}."},
+    {"patroni_member_dsn", npy_patroni_member_dsn, METH_VARARGS,
+     "patroni_member_dsn(dsn, host, port) -> str: dsn pointed at host:port (a later host/port overrides: "
+     "query parameters of a URI, appended key=value pairs otherwise)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,6 +7,9 @@
 #include "interrupt.h"
 #include "../core/nc_patroni.h"
 #include "../core/nc_patroni_watch.h"
+#include "../core/nc_patroni_follow.h"
+#include "../core/nc_pg.h"
+#include "failover.h"
 #include "../core/nc_fork.h"
 
 #include <stdlib.h>
@@ -138,6 +141,22 @@ PyObject *npy_patroni_cluster(PyObject *mod, PyObject *args)
     return res;
 }
 
+PyObject *npy_patroni_member_dsn(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    const char *dsn, *host;
+    int port;
+    if (!PyArg_ParseTuple(args, "ssi:patroni_member_dsn", &dsn, &host, &port))
+        return NULL;
+    char *s = nc_patroni_member_dsn(dsn, host, port);
+    if (!s)
+        return PyErr_NoMemory();
+    PyObject *out = PyUnicode_DecodeUTF8(s, (Py_ssize_t)strlen(s), "replace");
+    memset(s, 0, strlen(s));   /* it may hold a password */
+    free(s);
+    return out;
+}
+
 /* ---- PatroniWatch: GET /cluster every interval on a native thread ------------------ */
 
 typedef struct NpyPatroniWatch {
@@ -147,6 +166,8 @@ typedef struct NpyPatroniWatch {
     PyObject *known;            /* tuple of str: the member names the endpoints were made from */
     double interval, timeout;
     int started;                /* start() and no stop() since: a child's watch runs too */
+    nc_patroni_follow *follow;  /* follow(): keeps a route's endpoints in step (freed after w) */
+    uint64_t follow_gen;        /* the fork generation follow was made in */
 } NpyPatroniWatch;
 
 /* A new core watch from self's settings; -1 with an exception. */
@@ -173,6 +194,12 @@ static int watch_make(NpyPatroniWatch *self)
  * running when the parent's was.  NULL with an exception. */
 static nc_patroni_watch *watch_get(NpyPatroniWatch *self)
 {
+    if (self->follow && self->follow_gen != nc_fork_generation()) {
+        /* The parent's follower and its pools: left alone.  A child does not
+         * follow members (its manager starts over from its first endpoints). */
+        nc_fork_keep(self->follow);
+        self->follow = NULL;
+    }
     if (self->w && nc_patroni_watch_inherited(self->w)) {
         nc_fork_keep(self->w);
         self->w = NULL;
@@ -237,11 +264,28 @@ static void watch_free_core(nc_patroni_watch *w)
     Py_END_ALLOW_THREADS
 }
 
+/* After the watch whose thread applies to it is gone. */
+static void follow_free(NpyPatroniWatch *self)
+{
+    nc_patroni_follow *f = self->follow;
+    self->follow = NULL;
+    if (!f)
+        return;
+    if (self->follow_gen != nc_fork_generation()) {
+        nc_fork_keep(f);
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    nc_patroni_follow_free(f);
+    Py_END_ALLOW_THREADS
+}
+
 static void watch_dealloc(PyObject *op)
 {
     NpyPatroniWatch *self = (NpyPatroniWatch *)op;
     watch_free_core(self->w);
     self->w = NULL;
+    follow_free(self);
     Py_CLEAR(self->urls);
     Py_CLEAR(self->known);
     Py_TYPE(op)->tp_free(op);
@@ -286,7 +330,110 @@ static PyObject *watch_close(PyObject *op, PyObject *unused)
     self->w = NULL;
     self->started = 0;
     watch_free_core(w);
+    follow_free(self);
     Py_RETURN_NONE;
+}
+
+/* follow(monitor, names, hosts, ports, dsn): from now on each answer adds
+ * the members that join to monitor's route and marks those that leave
+ * (nc_patroni_follow.h); names/hosts/ports: its endpoints, by index.  Only
+ * over PostgreSQL pools made by the core (a backend_factory's endpoints
+ * cannot be made for a new member): False, following nothing, otherwise. */
+static PyObject *watch_follow(PyObject *op, PyObject *args)
+{
+    NpyPatroniWatch *self = (NpyPatroniWatch *)op;
+    PyObject *mon, *names, *hosts, *ports;
+    const char *dsn;
+    if (!PyArg_ParseTuple(args, "OO!O!O!s:follow", &mon, &PyList_Type, &names, &PyList_Type, &hosts, &PyList_Type,
+                          &ports, &dsn))
+        return NULL;
+    nc_patroni_watch *w = watch_get(self);
+    if (!w)
+        return NULL;
+    if (self->follow)
+        return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "the Patroni watch already follows a manager");
+    nc_route *r = npy_failover_route(mon);
+    if (!r)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(names);
+    if (n != nc_route_count(r) || PyList_GET_SIZE(hosts) != n || PyList_GET_SIZE(ports) != n ||
+        n > NC_MONITOR_ENDPOINTS_MAX)
+        return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "follow: one name, host and port per endpoint");
+    nc_pool *p0 = nc_route_pool(r, 0);
+    if (nc_pool_ops(p0) != &nc_pg_ops)
+        Py_RETURN_FALSE;
+    const char *nm[NC_MONITOR_ENDPOINTS_MAX], *hs[NC_MONITOR_ENDPOINTS_MAX];
+    int ps[NC_MONITOR_ENDPOINTS_MAX];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyList_GET_ITEM(names, i), *b = PyList_GET_ITEM(hosts, i), *c = PyList_GET_ITEM(ports, i);
+        if (!PyUnicode_Check(a) || !PyUnicode_Check(b) || !PyLong_Check(c))
+            return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "follow: names and hosts are str, ports int");
+        nm[i] = PyUnicode_AsUTF8(a);
+        hs[i] = PyUnicode_AsUTF8(b);
+        long v = PyLong_AsLong(c);
+        if (!nm[i] || !hs[i] || (v == -1 && PyErr_Occurred()))
+            return NULL;
+        ps[i] = (int)v;
+    }
+    nc_error err;
+    nc_error_clear(&err);
+    nc_patroni_follow *f = nc_patroni_follow_new(r, nm, hs, ps, (int)n, dsn, nc_pool_config_of(p0), &err);
+    if (!f)
+        return npy_raise_error(&err);
+    self->follow = f;
+    self->follow_gen = nc_fork_generation();
+    Py_BEGIN_ALLOW_THREADS
+    nc_patroni_watch_follow(w, f);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_TRUE;
+}
+
+/* endpoints() -> [(name, host, port, removed, added)] by endpoint index, or
+ * None when not following. */
+static PyObject *watch_endpoints(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    NpyPatroniWatch *self = (NpyPatroniWatch *)op;
+    if (!watch_get(self))
+        return NULL;
+    if (!self->follow)
+        Py_RETURN_NONE;
+    nc_follow_status *st = malloc(sizeof *st);
+    if (!st)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    nc_patroni_follow_status(self->follow, st);
+    Py_END_ALLOW_THREADS
+    PyObject *l = PyList_New(st->n);
+    for (int i = 0; l && i < st->n; i++) {
+        const nc_follow_endpoint *e = &st->eps[i];
+        PyObject *t = Py_BuildValue("(ssiOO)", e->name, e->host, e->port, e->removed ? Py_True : Py_False,
+                                    e->added ? Py_True : Py_False);
+        if (!t)
+            Py_CLEAR(l);
+        else
+            PyList_SET_ITEM(l, i, t);
+    }
+    free(st);
+    return l;
+}
+
+/* The follower's counters for status(): added, removed, returned, refusals,
+ * last_refusal (None when not following). */
+static PyObject *follow_counters(NpyPatroniWatch *self)
+{
+    if (!self->follow)
+        Py_RETURN_NONE;
+    nc_follow_status *st = malloc(sizeof *st);
+    if (!st)
+        return PyErr_NoMemory();
+    Py_BEGIN_ALLOW_THREADS
+    nc_patroni_follow_status(self->follow, st);
+    Py_END_ALLOW_THREADS
+    PyObject *d = Py_BuildValue("{s:i,s:i,s:i,s:i,s:s}", "added", st->added, "removed", st->removed, "returned",
+                                st->returned, "refusals", st->refusals, "last_refusal", st->last_refusal);
+    free(st);
+    return d;
 }
 
 static PyObject *str_list(PyObject *tuple, const int *idx, int n)
@@ -344,6 +491,12 @@ static PyObject *watch_status(PyObject *op, PyObject *unused)
                       "consecutive_failures", st->consecutive_failures, "last_ok_age",
                       Py_None, "last_error", st->last_error, "cluster", cl,
                       "joined", joined, "gone", gone, "interval", self->interval);
+    if (d) {
+        PyObject *fc = follow_counters(self);
+        if (!fc || PyDict_SetItemString(d, "follow", fc) < 0)
+            Py_CLEAR(d);
+        Py_XDECREF(fc);
+    }
     if (d && st->last_ok_age >= 0) {
         PyObject *age = PyFloat_FromDouble(st->last_ok_age);
         if (!age || PyDict_SetItemString(d, "last_ok_age", age) < 0)
@@ -363,6 +516,10 @@ static PyMethodDef watch_methods[] = {
     {"start", watch_start, METH_NOARGS, "start() -> None: start the thread (idempotent)"},
     {"stop", watch_stop, METH_NOARGS, "stop() -> None: stop and join the thread"},
     {"close", watch_close, METH_NOARGS, "close() -> None: stop and free (idempotent)"},
+    {"follow", watch_follow, METH_VARARGS,
+     "follow(monitor, names, hosts, ports, dsn) -> bool: keep monitor's endpoints in step with the members"},
+    {"endpoints", watch_endpoints, METH_NOARGS,
+     "endpoints() -> [(name, host, port, removed, added)] by endpoint index, None when not following"},
     {"status", watch_status, METH_NOARGS,
      "status() -> dict: running, fetches, failures, consecutive_failures, last_ok_age, last_error, "
      "cluster (the last answer or None), joined, gone (member names since the known set), interval"},

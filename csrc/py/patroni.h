@@ -7,6 +7,8 @@
 
 /* patroni_cluster(urls, timeout) -> dict; METH_VARARGS. */
 PyObject *npy_patroni_cluster(PyObject *mod, PyObject *args);
+/* patroni_member_dsn(dsn, host, port) -> str (nc_patroni_member_dsn); METH_VARARGS. */
+PyObject *npy_patroni_member_dsn(PyObject *mod, PyObject *args);
 /* PatroniWatch: Patroni's /cluster re-read every interval by the core (nc_patroni_watch.c). */
 extern PyTypeObject NpyPatroniWatch_Type;
 /* PATRONI_MAX_URLS, PATRONI_LAG_UNKNOWN. */

@@ -233,6 +233,33 @@ static int pool_init(NpyPool *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+PyObject *npy_pool_wrap(nc_pool *p, PyObject *like_obj)
+{
+    /* Of like's type (DatabaseConnectionPool): its Python methods work on
+     * it; its __init__ is not run (the core pool exists already). */
+    const npy_pool_settings *like = &((NpyPool *)like_obj)->s;
+    PyTypeObject *type = Py_TYPE(like_obj);
+    NpyPool *self = (NpyPool *)type->tp_alloc(type, 0);
+    if (!self)
+        return NULL;
+    const char *where = nc_pool_ops(p) == &nc_pg_ops ? nc_pg_ctx_display(nc_pool_ctx(p)) : "shared pool";
+    self->s.display = PyUnicode_DecodeUTF8(where, (Py_ssize_t)strlen(where), "replace");
+    if (!self->s.display) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->s.kind = nc_pool_ops(p) == &nc_pg_ops ? NPY_BACKEND_PG : like->kind;
+    self->s.row_tuple = like->row_tuple;
+    self->s.query_timeout = like->query_timeout;
+    self->s.busy_wait = like->busy_wait;
+    self->s.leak_timeout = 0;   /* no borrow stacks kept: the core's pool settings say nothing of them */
+    self->s.fork_gen = nc_fork_generation();
+    nc_pool_ref(p);
+    self->s.pool = p;
+    self->shared = 1;
+    return (PyObject *)self;
+}
+
 /* After fork(): drop, untouched, what the parent made (the prober and its
  * connection; the pool itself when it was not used here).  Leaked on
  * purpose: freeing would lock mutexes a parent thread may hold and close
@@ -261,6 +288,13 @@ static void pool_dealloc(NpyPool *self)
         self->prober = NULL;
         Py_BEGIN_ALLOW_THREADS
         nc_prober_free(pr);
+        Py_END_ALLOW_THREADS
+    }
+    if (self->s.pool && self->shared) {
+        nc_pool *p = self->s.pool;
+        self->s.pool = NULL;
+        Py_BEGIN_ALLOW_THREADS
+        nc_pool_unref(p);   /* its owner shuts it down */
         Py_END_ALLOW_THREADS
     }
     if (self->s.pool) {

@@ -15,9 +15,16 @@ typedef struct NpyPool {
     PyObject *dict;         /* instance __dict__, for the Python subclass */
     struct NpyPool *reg_next, *reg_prev;
     int registered;
+    int shared;             /* s.pool is another's (npy_pool_wrap): only a reference is ours */
 } NpyPool;
 
 extern PyTypeObject NpyPool_Type;
+
+/* A Pool over a core pool made elsewhere (a Patroni member that joined:
+ * nc_patroni_follow owns it), of like's type (a Pool) with its
+ * per-connection settings (row format, query timeout); holds a reference
+ * only, never shuts it down.  NULL with an exception. */
+PyObject *npy_pool_wrap(nc_pool *p, PyObject *like);
 
 /* Shut down every live pool without waiting (the exit hook). */
 void npy_pools_shutdown_all(void);

@@ -1357,6 +1357,56 @@ static void test_detected_at(void)
     nc_fo_free(fo);
 }
 
+/* Endpoints added while running and removed (tombstones): a removed current
+ * endpoint is failed over from, a removed one is never a target nor a
+ * writer, its late probes count for nothing; back, it qualifies again once
+ * probed. */
+static void test_add_and_remove(void)
+{
+    nc_fo_config c = defaults();
+    c.hold_down = 0;
+    static const int prio[] = {1};
+    nc_fo *fo = mk(&c, 1, prio, 0);
+    ok(fo, 0, 1, 0.01, W);
+    CHECK(nc_fo_add(fo, 0) == -1, "priority 0 refused");
+    CHECK(nc_fo_add(fo, 2) == 1 && nc_fo_count(fo) == 2, "added as 1");
+    CHECK(!nc_fo_health_of(fo, 1)->probed, "nothing known of it");
+    nc_fo_decision d = nc_fo_decide(fo, 2);
+    CHECK_D(d, NC_FO_NONE, 0, -1, 0);
+    ok(fo, 1, 2, 0.01, W);
+    CHECK(nc_fo_add(fo, 3) == 2, "added as 2");
+    ok(fo, 2, 2, 0.01, RO);
+    /* split brain: 0 and 1 both writable, but only while 0 is a member */
+    nc_fo_set_removed(fo, 0, 1, 3);
+    CHECK(nc_fo_removed(fo, 0) && nc_fo_health_of(fo, 0)->removed && !nc_fo_health_of(fo, 0)->available,
+          "removed");
+    CHECK(!nc_fo_current_usable(fo), "a removed current endpoint takes no borrow");
+    ok(fo, 0, 4, 0.01, W);   /* a late probe of it */
+    CHECK(!nc_fo_health_of(fo, 0)->available, "its late probe counts for nothing");
+    d = nc_fo_decide(fo, 5);
+    CHECK_D(d, NC_FO_DO_FAILOVER, 0, 1, NC_FO_HEALTH_CHECK);
+    CHECK_REASON(d, "removed");
+    run(fo, &d, 5, 0.1, 1);
+    CHECK(nc_fo_current(fo) == 1 && nc_fo_current_usable(fo), "on 1");
+    /* failback never goes to a removed preferred endpoint, manual neither */
+    d = nc_fo_decide(fo, 100);
+    CHECK_D(d, NC_FO_NONE, 1, -1, 0);
+    d = nc_fo_manual_failover(fo, 100, 0, "back");
+    CHECK(d.action == NC_FO_NONE, "no manual switch to a removed endpoint: %s", d.reason);
+    /* back: probed again, then it qualifies (and is preferred: failback) */
+    nc_fo_set_removed(fo, 0, 0, 101);
+    CHECK(!nc_fo_removed(fo, 0) && !nc_fo_health_of(fo, 0)->probed, "back, unknown");
+    d = nc_fo_manual_failover(fo, 102, 0, "back");
+    CHECK(d.action == NC_FO_NONE, "not before its probe");
+    nc_fo_set_removed(fo, 1, 1, 103);   /* now 1 leaves too: 0 is not probed, 2 is read-only */
+    d = nc_fo_decide(fo, 103);
+    CHECK(d.action == NC_FO_NO_TARGET, "nothing can take over: %s", act_name(d.action));
+    ok(fo, 0, 104, 0.01, W);
+    d = nc_fo_decide(fo, 105);
+    CHECK_D(d, NC_FO_DO_FAILBACK, 1, 0, NC_FO_HEALTH_CHECK);   /* to the preferred one */
+    nc_fo_free(fo);
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -1382,6 +1432,7 @@ int main(void)
         {"note_outage_once", test_note_outage_once},
         {"start_grace", test_start_grace},
         {"detected_at", test_detected_at},
+        {"add_and_remove", test_add_and_remove},
     };
     return nc_run_cases("test_failover", cases, NC_NCASES(cases));
 }

@@ -3,6 +3,9 @@
  * local server that answers, then goes away (failures counted, the last answer
  * kept), a stop that ends a fetch waiting on a silent API, bad arguments. */
 #include "nc_patroni_watch.h"
+#include "nc_patroni_follow.h"
+#include "nc_pg.h"
+#include "nc_route.h"
 #include "check.h"
 #include "listen_local.h"
 
@@ -170,6 +173,179 @@ static void test_bad_arguments(void)
     nc_patroni_watch_free(NULL);
 }
 
+/* ---- following the members into a route ----------------------------------------- */
+
+static void test_member_dsn(void)
+{
+    struct { const char *dsn, *host; int port; const char *want; } cases[] = {
+        {"", "10.0.0.1", 5432, "host='10.0.0.1' port=5432"},
+        {"  ", "h", 1, "host='h' port=1"},
+        {"dbname=app user=u", "db-1.local", 6543, "dbname=app user=u host='db-1.local' port=6543"},
+        {"user=u", "it's\\x", 5, "user=u host='it\\'s\\\\x' port=5"},
+        {"postgresql://u@x/app", "10.0.0.1", 5432, "postgresql://u@x/app?host=10.0.0.1&port=5432"},
+        {"postgres://u@x/app?sslmode=disable", "::1", 7, "postgres://u@x/app?sslmode=disable&host=%3A%3A1&port=7"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *got = nc_patroni_member_dsn(cases[k].dsn, cases[k].host, cases[k].port);
+        CHECK(got && !strcmp(got, cases[k].want), "case %zu: %s", k, got ? got : "(null)");
+        free(got);
+    }
+}
+
+static void add_member(nc_patroni_cluster *c, const char *name, const char *host, int port)
+{
+    member(c, name);
+    snprintf(c->members[c->n - 1].host, sizeof c->members[c->n - 1].host, "%s", host);
+    c->members[c->n - 1].port = port;
+}
+
+typedef struct followed {
+    nc_pool *p0;
+    nc_route *r;
+    nc_patroni_follow *f;
+} followed;
+
+/* A route over one PostgreSQL pool named n0 (never connected: no monitor
+ * thread runs), followed from dsn. */
+static void follow_make(followed *x)
+{
+    nc_error err;
+    nc_error_clear(&err);
+    nc_pool_config pc;
+    nc_pool_config_defaults(&pc);
+    pc.validate = 0;
+    pc.max_lifetime = 0;
+    void *ctx = nc_pg_ctx_new("host=127.0.0.1 port=1 connect_timeout=1", &err);
+    x->p0 = ctx ? nc_pool_new(&pc, &nc_pg_ops, ctx, &err) : NULL;
+    nc_monitor_config mc;
+    nc_monitor_config_defaults(&mc);
+    int prio = 1;
+    x->r = x->p0 ? nc_route_new(&x->p0, 1, &prio, 0, &mc, &err) : NULL;
+    const char *names[] = {"n0"}, *hosts[] = {"127.0.0.1"};
+    int ports[] = {1};
+    x->f = x->r ? nc_patroni_follow_new(x->r, names, hosts, ports, 1, "user=u password=secret", &pc, &err) : NULL;
+    if (!x->f) {
+        printf("FATAL: follow_make: %s\n", err.message);
+        exit(2);
+    }
+}
+
+static void follow_finish(followed *x)
+{
+    nc_route_close(x->r);
+    nc_patroni_follow_free(x->f);
+    nc_route_free(x->r);
+    nc_pool_shutdown(x->p0, 0);
+    nc_pool_free(x->p0);
+}
+
+static void test_follow_add_remove_return(void)
+{
+    followed x;
+    follow_make(&x);
+    static nc_patroni_cluster c;
+    static nc_follow_status st;
+    c.n = 0;
+    add_member(&c, "n0", "127.0.0.1", 1);
+    add_member(&c, "n1", "127.0.0.1", 2);
+    member(&c, "n2");   /* no address yet: not followed yet */
+    nc_patroni_follow_apply(x.f, &c);
+    nc_patroni_follow_status(x.f, &st);
+    CHECK(nc_route_count(x.r) == 2 && st.n == 2 && !strcmp(st.eps[1].name, "n1") && st.eps[1].added &&
+              st.eps[1].port == 2 && st.added == 1,
+          "n1 joined: %d %d", nc_route_count(x.r), st.n);
+    CHECK(nc_pool_config_of(nc_route_pool(x.r, 1))->validate == 0, "the pool settings of the others");
+    nc_patroni_follow_apply(x.f, &c);
+    CHECK(nc_route_count(x.r) == 2, "the same answer again: nothing new");
+    /* n2 gets an address, n1 leaves */
+    c.n = 0;
+    add_member(&c, "n0", "127.0.0.1", 1);
+    add_member(&c, "n2", "127.0.0.1", 3);
+    nc_patroni_follow_apply(x.f, &c);
+    nc_patroni_follow_status(x.f, &st);
+    CHECK(st.n == 3 && !strcmp(st.eps[2].name, "n2") && st.eps[1].removed && nc_route_removed(x.r, 1) &&
+              !nc_route_removed(x.r, 2) && st.removed == 1,
+          "n2 joined, n1 removed: n %d", st.n);
+    /* n1 back at another address: refused, stays removed */
+    add_member(&c, "n1", "127.0.0.1", 9);
+    nc_patroni_follow_apply(x.f, &c);
+    nc_patroni_follow_status(x.f, &st);
+    CHECK(st.refusals == 1 && strstr(st.last_refusal, "n1") && nc_route_removed(x.r, 1), "refused: %s",
+          st.last_refusal);
+    CHECK(!strstr(st.last_refusal, "secret"), "no password in the refusal");
+    /* back at its address: its slot again */
+    c.members[c.n - 1].port = 2;
+    nc_patroni_follow_apply(x.f, &c);
+    nc_patroni_follow_status(x.f, &st);
+    CHECK(st.returned == 1 && !st.eps[1].removed && !nc_route_removed(x.r, 1) && nc_route_count(x.r) == 3,
+          "n1 returned to slot 1");
+    /* everybody gone but n0: tombstones, the count never shrinks */
+    c.n = 0;
+    add_member(&c, "n0", "127.0.0.1", 1);
+    nc_patroni_follow_apply(x.f, &c);
+    CHECK(nc_route_count(x.r) == 3 && nc_route_removed(x.r, 1) && nc_route_removed(x.r, 2) &&
+              !nc_route_removed(x.r, 0),
+          "tombstones");
+    follow_finish(&x);
+}
+
+static void test_follow_capacity(void)
+{
+    followed x;
+    follow_make(&x);
+    static nc_patroni_cluster c;
+    static nc_follow_status st;
+    c.n = 0;
+    add_member(&c, "n0", "127.0.0.1", 1);
+    for (int k = 1; k < NC_ROUTE_CAPACITY + 3; k++) {
+        char name[16];
+        snprintf(name, sizeof name, "m%d", k);
+        add_member(&c, name, "127.0.0.1", 1000 + k);
+    }
+    nc_patroni_follow_apply(x.f, &c);
+    nc_patroni_follow_status(x.f, &st);
+    CHECK(nc_route_count(x.r) == NC_ROUTE_CAPACITY && st.n == NC_ROUTE_CAPACITY, "filled: %d", st.n);
+    CHECK(st.refusals == 3 && strstr(st.last_refusal, "at most"), "refused the rest: %d %s", st.refusals,
+          st.last_refusal);
+    follow_finish(&x);
+}
+
+static int two_endpoints_followed(void *arg)
+{
+    static nc_follow_status st;
+    nc_patroni_follow_status(arg, &st);
+    return st.n == 2;
+}
+
+/* The watch's thread applies what it fetched. */
+static void test_watch_applies_to_the_route(void)
+{
+    server s = {0};
+    s.fd = listen_local(&s.port);
+    CHECK(s.fd >= 0, "listen");
+    pthread_create(&s.thread, NULL, serve, &s);
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d", s.port);
+    const char *urls[] = {u};
+    followed x;
+    follow_make(&x);
+    nc_error err;
+    nc_error_clear(&err);
+    nc_patroni_watch *w = nc_patroni_watch_new(urls, 1, 0.05, 2.0, &err);
+    CHECK(w != NULL, "made: %s", err.message);
+    nc_patroni_watch_follow(w, x.f);
+    CHECK(nc_patroni_watch_start(w, &err) == 0, "started");
+    double end = nc_now() + 10 * nc_time_scale();
+    while (!two_endpoints_followed(x.f) && nc_now() < end)
+        usleep(10000);
+    CHECK(two_endpoints_followed(x.f) && nc_route_count(x.r) == 2, "n1 became endpoint 1");
+    nc_patroni_watch_free(w);
+    ST(s.stop, 1);
+    pthread_join(s.thread, NULL);
+    close(s.fd);
+    follow_finish(&x);
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -177,6 +353,10 @@ int main(void)
         {"watch_follows_then_counts_failures", test_watch_follows_then_counts_failures},
         {"stop_ends_a_silent_fetch", test_stop_ends_a_silent_fetch},
         {"bad_arguments", test_bad_arguments},
+        {"member_dsn", test_member_dsn},
+        {"follow_add_remove_return", test_follow_add_remove_return},
+        {"follow_capacity", test_follow_capacity},
+        {"watch_applies_to_the_route", test_watch_applies_to_the_route},
     };
     return nc_run_cases("test_patroni_watch", cases, NC_NCASES(cases));
 }

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -409,7 +410,7 @@ static void test_read_targets_without_standbys(void)
     CHECK(rc == -1 && err.code == NC_E_FO_BAD_TARGET, "bad target: %d", err.code);
     CHECK(nc_route_lend(s.r, 5, &ep, &c, &l, &err) == 0 && ep == 0, "primary");
     nc_pool_release(s.pools[0], c, 0);
-    nc_route_ep_status st[2];
+    nc_route_ep_status st[NC_MONITOR_ENDPOINTS_MAX];
     nc_route_read_status(s.r, st);
     CHECK(st[0].reads == 2 && st[0].writes == 1 && st[1].reads == 0 && st[1].writes == 0,
           "counted: %llu reads %llu writes", (unsigned long long)st[0].reads, (unsigned long long)st[0].writes);
@@ -494,6 +495,217 @@ static void test_failover_wait(void)
     finish(&s);
 }
 
+/* ---- endpoints that join and leave (grow in place, never shrink) ---------------- */
+
+static nc_pool *fake_pool(endpoint *ep, int id)
+{
+    nc_pool_config pc;
+    nc_pool_config_defaults(&pc);
+    pc.max_connections = 2;
+    pc.retry_attempts = 1;
+    pc.validate = 0;
+    pc.max_lifetime = 0;
+    memset(ep, 0, sizeof *ep);
+    ep->id = id;
+    nc_error err;
+    nc_pool *p = nc_pool_new(&pc, &fake_ops, ep, &err);
+    if (!p) {
+        printf("FATAL: nc_pool_new: %s\n", err.message);
+        exit(2);
+    }
+    return p;
+}
+
+static void drop_pool(nc_pool *p)
+{
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+/* An endpoint appended takes over when the current one is removed; a
+ * removed endpoint is never lent from, its idle connections are closed,
+ * a lent one is closed when it comes back; back under the same slot it is
+ * probed again and serves again. */
+static void test_add_remove_readd(void)
+{
+    setup s;
+    make(&s, 1, NC_FO_AUTOMATIC);
+    endpoint extra;
+    nc_pool *px = fake_pool(&extra, 7);
+    nc_error err;
+    int ep = -1;
+    nc_conn *c, *c2;
+    uint64_t l, l2;
+    CHECK(nc_route_lend(s.r, 1, &ep, &c, &l, &err) == 0 && ep == 0, "lend from 0: %s", err.message);
+    CHECK(nc_route_lend(s.r, 1, &ep, &c2, &l2, &err) == 0 && ep == 0, "a second from 0: %s", err.message);
+    nc_pool_release(s.pools[0], c2, 0);   /* one idle, one lent */
+    int i = nc_route_add(s.r, px, 2, &err);
+    CHECK(i == 1 && nc_route_count(s.r) == 2 && nc_route_pool(s.r, 1) == px, "added as 1: %d %s", i, err.message);
+    CHECK(nc_route_add(s.r, px, 3, &err) < 0 && err.code == NC_E_CONFIG, "the same pool twice: %d", err.code);
+    CHECK(current(&s) == 0, "still on 0");
+
+    /* probed once (a manual failover probes what is unknown): its prober keeps a connection */
+    nc_monitor *m = nc_route_enter(s.r);
+    CHECK(nc_monitor_trigger_failover(m, 0, "probe", &err) == 0, "already on 0");
+    nc_route_leave(s.r);
+    /* 0 leaves: its idle connection and its probe connection close now, no borrow goes there */
+    int closes = LD(s.eps[0].closes);
+    CHECK(nc_route_set_removed(s.r, 0, 1) == 0 && nc_route_removed(s.r, 0), "removed");
+    CHECK(LD(s.eps[0].closes) == closes + 2, "the idle and probe connections closed: %d",
+          LD(s.eps[0].closes) - closes);
+    CHECK(current(&s) == -1, "a removed current endpoint takes no borrow");
+    CHECK(nc_route_lend(s.r, 2, &ep, &c2, &l2, &err) == 0 && ep == 1, "lent from the new one: ep %d (%s)", ep,
+          err.message);
+    nc_pool_release(px, c2, 0);
+    CHECK(current(&s) == 1, "switched to 1: %d", current(&s));
+    nc_pool_release(s.pools[0], c, 0);   /* the one lent before: closed on return */
+    CHECK(LD(s.eps[0].closes) == closes + 3, "the lent one closed on return");
+    nc_route_ep_status st[NC_MONITOR_ENDPOINTS_MAX];
+    CHECK(nc_route_read_status(s.r, st) == 2 && st[0].removed && !st[1].removed, "status shows it removed");
+    nc_monitor_status ms;
+    nc_fo_health h[NC_MONITOR_ENDPOINTS_MAX];
+    m = nc_route_enter(s.r);
+    nc_monitor_get_status(m, &ms, h);
+    CHECK(ms.n == 2 && h[0].removed && !h[0].available && strstr(h[0].last_error, "removed"), "health: %s",
+          h[0].last_error);
+    /* a manual failover to it is refused */
+    CHECK(nc_monitor_trigger_failover(m, 0, "back", &err) == 0, "no manual switch to a removed endpoint");
+    nc_route_leave(s.r);
+    for (int k = 0; k < 5; k++) {
+        CHECK(nc_route_lend(s.r, 1, &ep, &c2, &l2, &err) == 0 && ep == 1, "never 0 again: %d", ep);
+        nc_pool_release(px, c2, 0);
+    }
+
+    /* back under the same slot: probed again, a target again */
+    CHECK(nc_route_set_removed(s.r, 0, 0) == 0 && !nc_route_removed(s.r, 0), "back");
+    m = nc_route_enter(s.r);
+    CHECK(nc_monitor_trigger_failover(m, 0, "back", &err) == 1, "switch to it: %s", err.message);
+    nc_route_leave(s.r);
+    CHECK(nc_route_lend(s.r, 1, &ep, &c2, &l2, &err) == 0 && ep == 0, "lent from 0 again: %d", ep);
+    nc_pool_release(s.pools[0], c2, 0);
+    CHECK(nc_route_set_removed(s.r, 5, 1) == -1, "no endpoint 5");
+    finish(&s);
+    drop_pool(px);
+}
+
+/* Endpoints past the capacity are refused with their own code; the route
+ * works on. */
+static void test_capacity(void)
+{
+    setup s;
+    make(&s, 1, NC_FO_AUTOMATIC);
+    CHECK(nc_route_capacity(s.r) == NC_ROUTE_CAPACITY, "capacity %d", nc_route_capacity(s.r));
+    static endpoint more[NC_ROUTE_CAPACITY + 1];
+    nc_pool *pools[NC_ROUTE_CAPACITY + 1];
+    nc_error err;
+    int added = 0;
+    for (int k = 0; k < NC_ROUTE_CAPACITY; k++) {
+        pools[k] = fake_pool(&more[k], 10 + k);
+        int i = nc_route_add(s.r, pools[k], 2 + k, &err);
+        if (i == k + 1)
+            added++;
+        else
+            CHECK(k == NC_ROUTE_CAPACITY - 1 && err.code == NC_E_FO_CAPACITY, "add %d: %d (%s)", k, err.code,
+                  err.message);
+    }
+    CHECK(added == NC_ROUTE_CAPACITY - 1 && nc_route_count(s.r) == NC_ROUTE_CAPACITY, "filled: %d", added);
+    CHECK(strstr(err.message, "no room") != NULL, "message: %s", err.message);
+    int ep;
+    nc_conn *c;
+    uint64_t l;
+    CHECK(nc_route_lend(s.r, 1, &ep, &c, &l, &err) == 0 && ep == 0, "lends on");
+    nc_pool_release(s.pools[0], c, 0);
+    finish(&s);
+    for (int k = 0; k < NC_ROUTE_CAPACITY; k++)
+        drop_pool(pools[k]);
+    CHECK(nc_error_describe(NC_E_FO_CAPACITY) != NULL, "4020 in the table");
+}
+
+typedef struct lender {
+    setup *s;
+    nc_pool **extra;
+    int stop;
+    int lends, failures;
+    double removed_at;          /* set by the main thread once 0 is removed */
+    int late_from_removed;      /* a borrow begun after the removal was served by 0 */
+} lender;
+
+static void *lend_loop(void *arg)
+{
+    lender *w = arg;
+    while (!LD(w->stop)) {
+        double t0 = nc_now();
+        double removed_at;
+        __atomic_load(&w->removed_at, &removed_at, __ATOMIC_SEQ_CST);
+        int ep;
+        nc_conn *c;
+        uint64_t l;
+        nc_error err;
+        if (nc_route_lend_to(w->s->r, NC_TARGET_PRIMARY, 2, &ep, &c, &l, &err) == 0) {
+            INC(w->lends);
+            if (ep == 0 && removed_at > 0 && t0 > removed_at)
+                INC(w->late_from_removed);
+            nc_pool_release(nc_route_pool(w->s->r, ep), c, 0);
+        } else {
+            INC(w->failures);
+        }
+        nc_route_ep_status st[NC_MONITOR_ENDPOINTS_MAX];
+        (void)nc_route_read_status(w->s->r, st);
+    }
+    return NULL;
+}
+
+/* Borrows (and status reads) on four threads while endpoints are added,
+ * the current one removed and brought back, with the monitor running:
+ * nothing crashes or races (the TSan stage runs this), no borrow begun
+ * after the removal is served by the removed endpoint. */
+static void test_concurrent_lend_during_add_remove(void)
+{
+    setup s;
+    make(&s, 1, NC_FO_AUTOMATIC);
+    nc_error err;
+    nc_monitor *m = nc_route_enter(s.r);
+    CHECK(m && nc_monitor_start(m, &err) == 0, "start");
+    static endpoint more[6];
+    nc_pool *pools[6];
+    lender w;
+    memset(&w, 0, sizeof w);
+    w.s = &s;
+    pthread_t t[4];
+    for (int k = 0; k < 4; k++)
+        pthread_create(&t[k], NULL, lend_loop, &w);
+    for (int k = 0; k < 6; k++) {
+        pools[k] = fake_pool(&more[k], 20 + k);
+        CHECK(nc_route_add(s.r, pools[k], 2 + k, &err) == k + 1, "add %d: %s", k, err.message);
+    }
+    while (LD(w.lends) < 50)
+        usleep(1000);
+    CHECK(nc_route_set_removed(s.r, 0, 1) == 0, "remove the current one");
+    double now = nc_now();
+    __atomic_store(&w.removed_at, &now, __ATOMIC_SEQ_CST);
+    /* the monitor switches to a new endpoint (probed writable by its thread) */
+    double end = nc_now() + 10 * nc_time_scale();
+    while (nc_monitor_current(m, NULL) <= 0 && nc_now() < end)
+        usleep(1000);
+    CHECK(nc_monitor_current(m, NULL) > 0, "switched to an added endpoint: %d", nc_monitor_current(m, NULL));
+    int before = LD(w.lends);
+    while (LD(w.lends) < before + 50 && nc_now() < end)
+        usleep(1000);
+    CHECK(nc_route_set_removed(s.r, 3, 1) == 0 && nc_route_set_removed(s.r, 0, 0) == 0, "remove 3, 0 back");
+    before = LD(w.lends);
+    while (LD(w.lends) < before + 50 && nc_now() < end)
+        usleep(1000);
+    ST(w.stop, 1);
+    for (int k = 0; k < 4; k++)
+        pthread_join(t[k], NULL);
+    CHECK(LD(w.late_from_removed) == 0, "borrows begun after the removal served by it: %d", w.late_from_removed);
+    CHECK(LD(w.lends) >= 150, "borrows went on: %d (failures %d)", w.lends, w.failures);
+    nc_route_leave(s.r);
+    finish(&s);
+    for (int k = 0; k < 6; k++)
+        drop_pool(pools[k]);
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -506,6 +718,9 @@ int main(void)
         {"late_start_and_shared_pools", test_close_refuses_a_late_start_and_pools_are_not_shared},
         {"read_targets_without_standbys", test_read_targets_without_standbys},
         {"failover_wait", test_failover_wait},
+        {"add_remove_readd", test_add_remove_readd},
+        {"capacity", test_capacity},
+        {"concurrent_lend_during_add_remove", test_concurrent_lend_during_add_remove},
     };
     return nc_run_cases("test_route", cases, NC_NCASES(cases));
 }

@@ -353,6 +353,7 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
             self._resume_in_child()
         check_target(target)
         conn, idx = self._native.lend_to(timeout, target, written_at)
+        self._sync_endpoints(idx)     # served by a member that joined since?
         return conn, self.endpoints[idx].id
 
     def _give_back(self, conn: PooledConnection) -> None:
@@ -405,9 +406,9 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
         self._resume_in_child()
         idx = -1
         if target is not None:
-            if target not in self._index:
+            idx = self._endpoint_index(target)
+            if idx is None:
                 raise errors.ConfigurationError(f"unknown endpoint id {target!r}", 4016)
-            idx = self._index[target]
         done, why = self._native.trigger_failover(idx, str(reason))
         if not done:
             log.warning("manual failover not done: %s", self._names(why), extra={"reason": reason})
@@ -442,7 +443,7 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
 
     @property
     def current_endpoint(self) -> Optional[str]:
-        st = self._native.status()
+        st = self._status()
         return self.endpoints[st["current"]].id if st["current"] >= 0 else None
 
     @property
@@ -453,13 +454,13 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
         """State, current endpoint, per-endpoint health, statistics and the
         last 10 failovers, in the shape of the original manager."""
         self._resume_in_child()
-        st = self._native.status()
+        st = self._status()
         self._drain_events()
         endpoints = {}
         for e, h in zip(self.endpoints, st["endpoints"]):
             self._refresh_endpoint(e, h)
             endpoints[e.id] = {
-                "name": e.name, "priority": e.priority, "is_primary": e.is_primary,
+                "name": e.name, "priority": e.priority, "is_primary": e.is_primary, "removed": h["removed"],
                 "is_available": e.is_available, "role": e.role, "failure_count": e.failure_count,
                 "last_failure": e.last_failure.isoformat() if e.last_failure else None,
                 "response_time": e.response_time,
@@ -496,7 +497,8 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
 
     def get_pool(self, endpoint_id: str) -> DatabaseConnectionPool:
         """The pool of one endpoint (for stats)."""
-        return self._pools[self._index[endpoint_id]]
+        i = self._endpoint_index(endpoint_id, strict=True)
+        return self._pools[i] if i < len(self._pools) else self._joined_pool(i)
 
     def shutdown(self) -> None:
         """Stop monitoring and the event thread, shut down every pool."""
@@ -534,7 +536,7 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
         return text
 
     def _refresh_endpoint(self, e: DatabaseEndpoint, h: dict) -> None:
-        e.is_available = bool(h["available"]) if h["probed"] else e.is_available
+        e.is_available = False if h["removed"] else bool(h["available"]) if h["probed"] else e.is_available
         e.role = h["role"]
         e.failure_count = h["consecutive_failures"]
         e.response_time = h["response_time"]
@@ -543,6 +545,7 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
 
     def _make_event(self, raw: tuple) -> FailoverEvent:
         (eid, kind, frm, to, success, policy, manual, ts, duration, detected_ago, reason) = raw
+        self._sync_endpoints(max(frm, to))
         meta = {"kind": kind, "manual": manual, "triggered_by": "operator" if manual else "monitor"}
         if policy is not None:
             meta["policy"] = policy

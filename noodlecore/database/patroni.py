@@ -9,12 +9,14 @@ endpoint is still probed by the monitor (its live role decides where writes go).
 
 from __future__ import annotations
 
-import urllib.parse
 import logging
+import os
+import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .. import _native
 from . import errors
+from .config import redact_dsn
 
 __all__ = ["PatroniUrls", "patroni_urls", "fetch_cluster", "member_dsn", "endpoints_from_cluster", "describe",
            "PatroniSource"]
@@ -28,6 +30,19 @@ DEFAULT_TIMEOUT = 5.0
 DEFAULT_INTERVAL = 5.0
 
 log = logging.getLogger("noodlecore.database.failover")
+
+# Serialises PatroniSource._sync_endpoints (made anew in a forked child: a parent
+# thread may have held it at the fork).
+_sync_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _sync_lock
+    _sync_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def patroni_urls(urls: PatroniUrls) -> List[str]:
@@ -55,14 +70,11 @@ def fetch_cluster(urls: PatroniUrls, timeout: float = DEFAULT_TIMEOUT) -> Dict[s
 
 
 def member_dsn(dsn: str, host: str, port: int) -> str:
-    """dsn pointed at host:port.  libpq lets a later host/port override the earlier
-    one in both forms, so nothing of the DSN is parsed here: the URI form gets them as
-    query parameters, the key=value form appended."""
-    if "://" in dsn:
-        sep = "&" if "?" in dsn else "?"
-        return "%s%shost=%s&port=%d" % (dsn, sep, urllib.parse.quote(host, safe=""), port)
-    quoted = host.replace("\\", "\\\\").replace("'", "\\'")
-    return "%s host='%s' port=%d" % (dsn, quoted, port) if dsn.strip() else "host='%s' port=%d" % (quoted, port)
+    """dsn pointed at host:port (the core's nc_patroni_member_dsn, which also makes the
+    DSNs of members that join later).  libpq lets a later host/port override the earlier
+    one in both forms, so nothing of the DSN is parsed: the URI form gets them as query
+    parameters, the key=value form appended."""
+    return _native.patroni_member_dsn(dsn, host, int(port))
 
 
 def endpoints_from_cluster(cluster: Dict[str, Any], dsn: str) -> list:
@@ -103,6 +115,10 @@ class PatroniSource:
     patroni_urls: Optional[List[str]] = None
     #: the core's re-reader of /cluster (from_patroni): runs while the manager monitors
     _patroni_watch: Any = None
+    #: the DSN new members' endpoints are made from (from_patroni)
+    _patroni_dsn: Optional[str] = None
+    #: refusals to follow a member already logged (_patroni_status)
+    _patroni_refusals_logged = 0
 
     @classmethod
     def from_patroni(cls, urls: PatroniUrls, dsn: str = "", config: Any = None, timeout: float = DEFAULT_TIMEOUT,
@@ -116,9 +132,16 @@ class PatroniSource:
         which standbys serve reads), so a Patroni API that becomes unreachable later
         changes nothing.  While the manager monitors, the core re-reads ``/cluster`` every
         ``interval`` seconds (each fetch within ``timeout``, falling back across the URLs);
-        ``get_status()["patroni"]`` shows the last answer, the fetch failures and the
-        members that joined or left since (the endpoints themselves stay those it was
-        made with).  Raises OperationalError 4025 when no URL answers, 4028 when no
+        ``get_status()["patroni"]`` shows the last answer and the fetch failures.  The
+        endpoints follow the members (the core applies each answer, no Python involved):
+        a member that joins becomes an endpoint (its pool made from ``dsn`` with its
+        host and port and the other endpoints' pool options; writes only once probed
+        writable, reads only once probed a standby within the lag limits), one that
+        leaves is marked ``removed`` (never routed to, its connections closed; its entry
+        stays), one that comes back at the same address is used again; at most 32
+        endpoints in all (removed ones included), more are refused and counted in
+        ``get_status()["patroni"]["follow"]``.  With a ``backend_factory`` the endpoints
+        stay those it was made with.  Raises OperationalError 4025 when no URL answers, 4028 when no
         member has an address, ConfigurationError 4027 for a bad URL."""
         url_list = patroni_urls(urls)
         if not isinstance(dsn, str):
@@ -128,15 +151,63 @@ class PatroniSource:
         cluster = fetch_cluster(url_list, timeout)
         m = cls(endpoints_from_cluster(cluster, dsn), backend_factory=backend_factory, config=config)
         m.patroni_urls = url_list
+        m._patroni_dsn = dsn
         try:
             m._patroni_watch = _native.PatroniWatch(url_list, float(interval), float(timeout),
                                                     [e.id for e in m.endpoints])
+            if backend_factory is None:
+                m._patroni_watch.follow(m._native, [e.id for e in m.endpoints],
+                                        [e.metadata["patroni"]["host"] for e in m.endpoints],
+                                        [int(e.metadata["patroni"]["port"]) for e in m.endpoints], dsn)
         except BaseException:
             m.shutdown()
             raise
         log.info("failover manager from Patroni %s (scope %r): %s", cluster["source"], cluster["scope"],
                  ", ".join(f"{e.id} ({e.metadata['patroni']['role']})" for e in m.endpoints))
         return m
+
+    def _sync_endpoints(self, index: int = -2) -> None:
+        """Append a DatabaseEndpoint for each endpoint the core added since (a member that
+        joined), in the core's order: endpoint i of the core is self.endpoints[i].  With
+        index: only when that endpoint is not known yet (-1: none)."""
+        w = self._patroni_watch
+        if w is None or (index != -2 and index < len(self.endpoints)):
+            return
+        eps = w.endpoints()
+        if not eps or len(eps) <= len(self.endpoints):
+            return
+        from .failover_manager import DatabaseEndpoint
+        with _sync_lock:
+            for i in range(len(self.endpoints), len(eps)):
+                name, host, port = eps[i][:3]
+                self.endpoints.append(DatabaseEndpoint(
+                    id=name, name=name, connection_string=member_dsn(self._patroni_dsn or "", host, port),
+                    priority=i + 1, metadata={"patroni": {"name": name, "host": host, "port": port},
+                                              "patroni_joined": True}))
+                self._index[name] = i
+                log.info("Patroni member %s joined: endpoint %s at %s:%d", name, name, host, port)
+
+    def _status(self) -> Dict[str, Any]:
+        """The core's status, with a DatabaseEndpoint for every endpoint it lists."""
+        st = self._native.status()
+        self._sync_endpoints(len(st["endpoints"]) - 1)
+        return st
+
+    def _endpoint_index(self, endpoint_id: str, strict: bool = False) -> Optional[int]:
+        """The index of an endpoint id (one that joined since included); None, or with
+        strict KeyError, when there is none."""
+        if endpoint_id not in self._index:
+            self._sync_endpoints()
+        return self._index[endpoint_id] if strict else self._index.get(endpoint_id)
+
+    def _joined_pool(self, i: int) -> Any:
+        """The pool of endpoint i, which joined later: a DatabaseConnectionPool over the
+        core's pool (its __init__ was the core's: the options are endpoint 0's)."""
+        p = self._native.pool(i)
+        if getattr(p, "_options", None) is None:
+            p._options = self._pools[0].options
+            p._dsn = redact_dsn(self.endpoints[i].connection_string)
+        return p
 
     def _patroni_start(self) -> None:
         if self._patroni_watch is not None:
@@ -156,10 +227,17 @@ class PatroniSource:
         fetches, failures, consecutive_failures, last_ok_age (seconds, None before the
         first answer), last_error, cluster (the last answer, as fetch_cluster; None
         before one), joined and gone (member names Patroni lists that are no endpoint,
-        endpoint ids Patroni no longer lists), interval."""
+        endpoint ids Patroni no longer lists), interval, follow (None with a
+        backend_factory: the endpoints that were added, removed, returned, and the
+        refusals with the last one's reason; a new refusal is logged here as a warning)."""
         if self._patroni_watch is None:
             return None
-        return self._patroni_watch.status()
+        st = self._patroni_watch.status()
+        f = st["follow"]
+        if f is not None and f["refusals"] > self._patroni_refusals_logged:
+            self._patroni_refusals_logged = f["refusals"]
+            log.warning("Patroni: %s (%d refusal(s) so far)", f["last_refusal"], f["refusals"])
+        return st
 
     def patroni_cluster(self, timeout: float = DEFAULT_TIMEOUT) -> Dict[str, Any]:
         """Patroni's current view (fetch_cluster) from the URLs this manager was made from.

@@ -36,8 +36,8 @@ import urllib.error
 import urllib.request
 
 from .cluster import ROOT_PREFIX
-from .processes import (SHM_DIR, PgHarnessError, alive, as_pg, check_binaries, chown_pg, clean_env, free_port,
-                        kill, kill_all_hard, pids_in, proc_stat, read_pidfile, release_port, tail_msg,
+from .processes import (SHM_DIR, PgHarnessError, alive, as_pg, check_binaries, chown_pg, claim_port, clean_env,
+                        free_port, kill, kill_all_hard, pids_in, proc_stat, read_pidfile, release_port, tail_msg,
                         wait_dead)
 from .psql import run_psql
 
@@ -542,6 +542,20 @@ class PatroniCluster:
         m = self._new_member()
         self.wait_healthy(timeout=timeout)
         return m
+
+    def restart_member(self, member, timeout=90):
+        """A member remove_member took out, back under its name at its address (its data
+        directory kept: Patroni starts it as a replica again); returns it once it streams."""
+        claim_port(member.port)
+        try:
+            claim_port(member.api_port)
+        except PgHarnessError:
+            release_port(member.port)
+            raise
+        self.members.append(member)
+        member.start()
+        self.wait_healthy(timeout=timeout)
+        return member
 
     def remove_member(self, member, timeout=60):
         """Stop a member's Patroni (and its postgres) and wait until Patroni's view no longer

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 
-__all__ = ["PgHarnessError", "REQUIRED", "find_bindir", "check_binaries", "free_port", "alive",
+__all__ = ["PgHarnessError", "REQUIRED", "find_bindir", "check_binaries", "free_port", "claim_port", "alive",
            "children", "log_tail"]
 
 #: The binaries the harness runs; find_bindir() wants all of them in one directory.
@@ -390,3 +390,22 @@ def free_port():
 def release_port(port):
     with _port_lock:
         _used_ports.discard(port)
+
+
+def claim_port(port):
+    """Hand out port again (one a stopped server had, e.g. a Patroni member restarted at
+    its address): checked by binding, as free_port.  PgHarnessError when it is taken."""
+    with _port_lock:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if port in _used_ports:
+                raise OSError("handed out already")
+            # connections the stopped server closed may linger in TIME_WAIT: they do not
+            # keep a server from listening (PostgreSQL and Patroni set SO_REUSEADDR too)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise PgHarnessError("port %d is not free: %s" % (port, e)) from None
+        finally:
+            s.close()
+        _used_ports.add(port)
