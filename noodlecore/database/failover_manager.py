@@ -333,12 +333,9 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
         lag limits, the least busy, ties in turn; OperationalError 4017 at
         once when none is), ``"prefer-standby"`` (such a standby, else the
         primary) or ``"any"`` (the least busy of the primary and those).
-        For the primary: OperationalError 4015 when no endpoint is usable, at
-        once or after ``failover_wait`` seconds (within ``timeout``) of
-        waiting for one; PoolClosedError (2002) after shutdown().  On the
-        connection, a statement lost in flight whose outcome cannot be known
-        (an autocommit write, a COMMIT) raises OutcomeUnknownError (3039);
-        the core decides (nc_outcome_unknown), nothing is run again."""
+        Primary: OperationalError 4015 when no endpoint is usable, at once or
+        after ``failover_wait`` s (within ``timeout``); PoolClosedError (2002)
+        after shutdown().  A lost autocommit write or COMMIT: 3039."""
         conn, _ = self._lend(timeout, target)
         try:
             yield conn
