@@ -314,3 +314,15 @@ def test_a_session_to_reset_still_waits_for_rollback_and_discard(pg, app):
         with pool.get_connection() as c:
             assert not c.in_transaction
             assert c.execute_query("SHOW search_path")[0]["search_path"] == '"$user", public'
+
+
+def test_too_many_parameters_are_refused_before_anything_is_sent(pg, app):
+    conn = dbapi.connect(pg.dsn(application_name=app))
+    try:
+        cur = conn.cursor()
+        with pytest.raises(dbapi.ProgrammingError) as ei:
+            cur.execute("SELECT " + ",".join(["%s"] * 70000), [1] * 70000)
+        assert ei.value.statement_sent is False and "65535" in str(ei.value)
+        assert cur.execute("SELECT %s::int", (3,)).fetchone() == (3,)   # the same session goes on
+    finally:
+        conn.close()

@@ -146,6 +146,13 @@ PGresult *nc_pg_exec_begin(nc_pg_conn *c, const char *first, const char *sql, in
                            const char *const *values, const int *lengths, const int *formats, double deadline,
                            nc_error *err)
 {
+    if (nparams > 65535) {
+        /* libpq refuses it before sending anything: that refusal (a
+         * ProgrammingError, the connection kept) is nc_pg_exec's to give */
+        if (nc_pg_command(c, first, deadline, err) < 0)
+            return NULL;
+        return nc_pg_exec(c, sql, nparams, types, values, lengths, formats, deadline, err);
+    }
     if (nc_pg_settle(c, deadline, err) < 0)
         return NULL;
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
