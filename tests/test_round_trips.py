@@ -10,11 +10,11 @@ return, while no reply can come.  Then the error paths of both: a failing
 statement after the pipelined BEGIN, the deadline, a lost connection, a
 ROLLBACK whose connection dies before its reply is read (the next borrower is
 served by another connection; on a borrowed connection the next statement
-fails, not sent), shutdown and fork() with a reply pending.
+fails, not sent), shutdown and fork() with a reply pending, Ctrl-C.
 """
 
 import json
-import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -326,3 +326,47 @@ def test_too_many_parameters_are_refused_before_anything_is_sent(pg, app):
         assert cur.execute("SELECT %s::int", (3,)).fetchone() == (3,)   # the same session goes on
     finally:
         conn.close()
+
+
+CTRL_C_CHILD = r'''
+import sys
+from noodlecore import dbapi
+conn = dbapi.connect(sys.argv[1])
+cur = conn.cursor()
+print("PID", conn.backend_pid, flush=True)
+try:
+    cur.execute("SELECT pg_sleep(%s)", (30,))       # BEGIN and the statement, one pipeline
+    print("NOT INTERRUPTED", flush=True)
+except KeyboardInterrupt:
+    print("INTERRUPTED", flush=True)
+conn.rollback()
+print("AFTER", cur.execute("SELECT %s::int", (1,)).fetchone()[0], flush=True)
+conn.close()
+'''
+
+
+def test_ctrl_c_during_the_pipelined_begin_and_statement(pg, app):
+    """Ctrl-C cancels the statement on the server; the session stays usable."""
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD, pg.dsn(application_name=app)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+                            cwd="/")
+    try:
+        first = proc.stdout.readline().split()
+        assert first[:1] == ["PID"], (first, proc.stderr.read() if proc.poll() is not None else "")
+        pid = int(first[1])
+        with DatabaseConnectionPool(pg.dsn(application_name=app + "_w"), max_connections=1) as watch:
+            def active():
+                with watch.get_connection() as c:
+                    return c.execute_query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = %s "
+                                           "AND state = 'active' AND query LIKE 'SELECT pg_sleep%%'",
+                                           (pid,))[0]["n"]
+            wait_for(active, timeout=15, what="the statement to run")
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+            assert not active()
+        assert "INTERRUPTED" in out.split("\n") and "AFTER 1" in out, (out, err)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
