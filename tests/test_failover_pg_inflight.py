@@ -62,7 +62,7 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
     s = pg_factory.standby(p, name="inflight_s")
     s.wait_replayed(p)
     plain = DatabaseConnectionPool(p.dsn(application_name="nct_plain"), max_connections=3, timeout=5)
-    m = DatabaseFailoverManager(two(p, s), config=cfg(pool_max_connections=10))
+    m = DatabaseFailoverManager(two(p, s), config=cfg(pool_max_connections=12))
     try:
         m.start_monitoring()
         wait_probed(m, {"a": "primary", "b": "standby"})
@@ -83,11 +83,11 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
                     return c.execute_query(sql)
             return run
 
-        def dbapi(sql, autocommit):
+        def dbapi(sql, autocommit, params=None):
             def run():
                 conn = m.connect(timeout=5, autocommit=autocommit)
                 try:
-                    conn.cursor().execute(sql)
+                    conn.cursor().execute(sql, params)
                 finally:
                     conn.close()
             return run
@@ -124,6 +124,9 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
             "commit": (tx_commit.commit, "COMMIT"),
             "dbapi_autocommit": (dbapi("INSERT INTO t (n) VALUES (3)", True), "INSERT INTO t (n) VALUES (3)"),
             "dbapi_tx": (dbapi("INSERT INTO t (n) VALUES (4)", False), "INSERT INTO t (n) VALUES (4)"),
+            # with parameters, PEP 249's BEGIN travels with the statement (one round trip)
+            "dbapi_tx_params": (dbapi("INSERT INTO t (n) VALUES (%s + 0)", False, (8,)),
+                                "INSERT INTO t (n) VALUES ($1 + 0)"),
             # its own BEGIN ... COMMIT, which goes with the last pipeline of 1000 rows:
             # lost with it, unknown; lost in an earlier one, rolled back
             "execute_many": (many("INSERT INTO t (n) VALUES (%s)", [(6,), (7,)]),
@@ -156,7 +159,7 @@ def test_statements_in_flight_at_a_primary_kill(pg_factory):
             assert isinstance(e.__cause__, OperationalError) and e.__cause__.error_code == 2004, (name, e.__cause__)
             assert e.sqlstate == e.__cause__.sqlstate, name
         # a read, and a write inside a transaction (rolled back with the session): known
-        for name in ("select", "update_in_tx", "dbapi_tx", "execute_many_early"):
+        for name in ("select", "update_in_tx", "dbapi_tx", "dbapi_tx_params", "execute_many_early"):
             e = out[name]
             assert not isinstance(e, OutcomeUnknownError) and e.error_code == 2004 and lost(e), (name, e)
         # a plain pool keeps 2004 with statement_sent

@@ -237,3 +237,54 @@ def test_sqlite_memory_is_refused_with_a_reason():
     with pytest.raises(dbapi.NotSupportedError, match="in-memory database is not shared") as info:
         sa.create_engine("sqlite+noodlecore://")
     assert 1000 <= info.value.error_code <= 9999
+
+
+def test_a_checkout_select_and_return_wait_for_the_server_once(pg, app):
+    """Issue 10: a checkout + Core select + return sends BEGIN with the SELECT
+    (the one wait for the server) and the return's ROLLBACK without waiting
+    for its reply, which the next checkout reads.  A proxy that forwards
+    nothing (blackhole) proves both: what a waiting client could not send, it
+    sent; what would wait, returned."""
+    import threading
+
+    from helpers import wait_for
+    from noodlecore.testing.proxy import TcpProxy
+
+    stmt = sa.text("SELECT CAST(:k AS int) AS k, '" + "x" * 3000 + "' AS pad")
+
+    def in_thread(fn):
+        out = {}
+        t = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+        t.start()
+        return t, out
+
+    with TcpProxy(pg.host, pg.port) as px:
+        e = sa.create_engine("postgresql+noodlecore://postgres@127.0.0.1:%d/postgres?application_name=%s"
+                             "&ping_after_idle=3600" % (px.port, app))
+        try:
+            with e.connect() as c:                  # the first connect: the dialect's own queries
+                c.execute(stmt, {"k": 0}).one()
+            c = e.connect()
+            px.blackhole(True)
+            before = px.client_bytes
+            t, out = in_thread(lambda: c.execute(stmt, {"k": 1}).one().k)
+            wait_for(lambda: px.client_bytes - before >= 3000, timeout=10,
+                     what="the SELECT sent with BEGIN, before any reply")
+            assert t.is_alive()
+            px.blackhole(False)
+            t.join(10)
+            assert out == {"value": 1}
+            pid = c.connection.dbapi_connection.backend_pid
+            px.blackhole(True)
+            before = px.client_bytes
+            t, out = in_thread(c.close)             # SQLAlchemy's rollback, then the native return
+            t.join(10)
+            assert not t.is_alive(), "the return waited for ROLLBACK's reply"
+            wait_for(lambda: px.client_bytes > before, timeout=10, what="the ROLLBACK to reach the proxy")
+            px.blackhole(False)
+            with e.connect() as c:
+                assert c.connection.dbapi_connection.backend_pid == pid   # reused once the reply was read
+                assert c.execute(stmt, {"k": 2}).one().k == 2
+        finally:
+            px.blackhole(False)
+            e.dispose()

@@ -37,6 +37,13 @@ typedef struct nc_backend_ops {
      * discard it. */
     int (*reset)(void *ctx, void *conn, double deadline, nc_error *err);
 
+    /* A reply the server still owes (the ROLLBACK a return sent without
+     * waiting): read it before deadline, or with deadline 0 only what has
+     * arrived (no wait; safe under the pool mutex).  0 nothing owed any more,
+     * 1 still owed (deadline 0), -1 it failed or the connection died: discard.
+     * NULL: the backend never leaves a reply owed. */
+    int (*settle)(void *ctx, void *conn, double deadline);
+
     /* Close and free the connection.  Must not wait long (no deadline: it only
      * sends a terminate message / closes a file). */
     void (*close)(void *ctx, void *conn);

@@ -479,12 +479,22 @@ static void *pg_connect(void *vctx, double deadline, nc_error *err)
     return NULL;
 }
 
+static int settle_reply(nc_pg_conn *c, int wait, double deadline, nc_error *err);
+
 static int pg_looks_alive(void *vctx, void *vconn)
 {
     (void)vctx;
     nc_pg_conn *c = vconn;
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
         return 0;
+    if (c->pending) {
+        /* The return's ROLLBACK: its reply, if here, is read (a failed one
+         * is a dead connection); one still on its way is read by its next
+         * user (nc_pg_settle), under that user's deadline. */
+        nc_error ignored;
+        if (settle_reply(c, 0, 0, &ignored) < 0)
+            return 0;
+    }
     /* An idle connection usually has nothing to say.  When it has, read it
      * before judging: a NOTIFY (a LISTEN of an earlier borrower) or a
      * ParameterStatus (a reloaded setting, a promotion) is harmless, while
@@ -509,6 +519,89 @@ static int pg_looks_alive(void *vctx, void *vconn)
             return 0;
     }
     return 1;   /* four reads and neither EOF nor FATAL: a talkative but live server */
+}
+
+/* ---- a ROLLBACK whose reply is read later ------------------------------- */
+
+int nc_pg_rollback_send(nc_pg_conn *c, double deadline, nc_error *err)
+{
+    if (nc_pg_settle(c, deadline, err) < 0)
+        return -1;
+    if (c->broken || PQstatus(c->pg) != CONNECTION_OK || !PQsendQuery(c->pg, "ROLLBACK")) {
+        c->broken = 1;
+        nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+        return -1;
+    }
+    c->pending = 1;
+    return nc_pg_flush(c, deadline, err);   /* all of it on the wire, or broken */
+}
+
+/* Read the pending reply: 0 read (ok), 1 not all here yet (only when
+ * wait is 0), -1 err (broken). */
+static int settle_reply(nc_pg_conn *c, int wait, double deadline, nc_error *err)
+{
+    int failed = 0;
+    while (c->pending) {
+        if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
+            goto lost;
+        if (PQisBusy(c->pg)) {
+            int w = 1;
+            if (!wait) {
+                struct pollfd pfd = {PQsocket(c->pg), POLLIN, 0};
+                w = poll(&pfd, 1, 0);
+                if (w == 0)
+                    return 1;
+                if (w < 0)
+                    w = errno == EINTR ? 1 : -1;
+            } else {
+                w = nc_pg_wait(PQsocket(c->pg), POLLIN, deadline);
+            }
+            if (w == 0 || w == -2) {
+                c->broken = 1;
+                nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "%s while waiting for the reply to the "
+                             "previous ROLLBACK; connection discarded",
+                             w == 0 ? "deadline passed" : "interrupted");
+                err->sent = NC_SENT_NO;
+                return -1;
+            }
+            if (w < 0 || !PQconsumeInput(c->pg))
+                goto lost;
+            continue;
+        }
+        PGresult *r = PQgetResult(c->pg);
+        if (!r) {
+            c->pending = 0;
+            break;
+        }
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            failed = 1;
+        PQclear(r);
+    }
+    if (failed || PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+        c->broken = 1;
+        nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL,
+                     "the previous ROLLBACK failed on this connection; connection discarded");
+        err->sent = NC_SENT_NO;
+        return -1;
+    }
+    return 0;
+lost:
+    c->broken = 1;
+    nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost (reading the reply to the previous ROLLBACK)");
+    err->sent = NC_SENT_NO;
+    return -1;
+}
+
+int nc_pg_settle(nc_pg_conn *c, double deadline, nc_error *err)
+{
+    if (!c->pending)
+        return 0;
+    return settle_reply(c, 1, deadline, err);
+}
+
+PGTransactionStatusType nc_pg_txn_status(const nc_pg_conn *c)
+{
+    return c->pending ? PQTRANS_IDLE : PQtransactionStatus(c->pg);
 }
 
 /* ---- statements -------------------------------------------------------- */
@@ -789,6 +882,8 @@ static int send_query(nc_pg_conn *c, const char *sql, int nparams, const Oid *ty
                       const char *const *values, const int *lengths, const int *formats, int single_row,
                       double deadline, nc_error *err)
 {
+    if (nc_pg_settle(c, deadline, err) < 0)
+        return -1;
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
         c->broken = 1;
         nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
@@ -888,7 +983,7 @@ static int pg_return_state(void *vctx, void *vconn)
     nc_pg_conn *c = vconn;
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
         return -1;
-    switch (PQtransactionStatus(c->pg)) {
+    switch (nc_pg_txn_status(c)) {   /* a ROLLBACK on its way: idle */
     case PQTRANS_IDLE:
         return c->session_dirty;
     case PQTRANS_INTRANS:
@@ -903,6 +998,15 @@ static int pg_reset(void *vctx, void *vconn, double deadline, nc_error *err)
 {
     (void)vctx;
     nc_pg_conn *c = vconn;
+    if (nc_pg_settle(c, deadline, err) < 0)
+        return -1;
+    if (!c->session_dirty && PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+        /* Only the transaction to end: ROLLBACK is sent and the return does
+         * not wait for its reply; the next borrow or check reads it (and
+         * drops the connection if it failed, before any statement of the
+         * next borrower is sent on it). */
+        return nc_pg_rollback_send(c, deadline, err);
+    }
     /* No cancel grace: a connection that cannot roll back in time is dropped. */
     if (PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
         PGresult *r = pg_exec(c, "ROLLBACK", -1, NULL, NULL, NULL, NULL, deadline, 0, err);
@@ -929,6 +1033,16 @@ static int pg_reset(void *vctx, void *vconn, double deadline, nc_error *err)
     return 0;
 }
 
+static int pg_settle(void *vctx, void *vconn, double deadline)
+{
+    (void)vctx;
+    nc_pg_conn *c = vconn;
+    if (!c->pending)
+        return 0;
+    nc_error ignored;
+    return settle_reply(c, deadline > 0, deadline, &ignored);
+}
+
 static void pg_close(void *vctx, void *vconn)
 {
     (void)vctx;
@@ -947,6 +1061,7 @@ const nc_backend_ops nc_pg_ops = {
     .ping = pg_ping,
     .return_state = pg_return_state,
     .reset = pg_reset,
+    .settle = pg_settle,
     .close = pg_close,
     .ctx_free = pg_ctx_free,
 };

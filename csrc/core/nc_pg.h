@@ -11,6 +11,8 @@ typedef struct nc_pg_conn {
     int broken;         /* lost, or a cancel that never came back: discard */
     int session_dirty;  /* a statement may have changed the session (nc_sql_changes_session):
                          * DISCARD ALL before the next borrower */
+    int pending;        /* a ROLLBACK was sent (nc_pg_rollback_send) and its reply not read yet:
+                         * nc_pg_settle reads it before anything else uses the connection */
 } nc_pg_conn;
 
 extern const nc_backend_ops nc_pg_ops;
@@ -62,6 +64,32 @@ int nc_pg_stream_send(nc_pg_conn *c, const char *sql, int nparams, const Oid *ty
                       const char *const *values, const int *lengths, const int *formats, double deadline,
                       nc_error *err);
 PGresult *nc_pg_stream_next(nc_pg_conn *c, double deadline, nc_error *err);
+
+/* BEGIN (first) and sql in one round trip (libpq's pipeline mode,
+ * nc_pg_pipeline.c; with nparams >= 0 only: the extended protocol, one
+ * statement), for PEP 249's implicit transaction.  Returns and fails as
+ * nc_pg_exec; a failure of first is prefixed with it (the server then
+ * skipped sql). */
+PGresult *nc_pg_exec_begin(nc_pg_conn *c, const char *first, const char *sql, int nparams, const Oid *types,
+                           const char *const *values, const int *lengths, const int *formats, double deadline,
+                           nc_error *err);
+
+/* Send ROLLBACK without waiting for its reply (c->pending): the caller
+ * goes on (a DB-API rollback() before close(), a return to the pool) and
+ * the reply is read by nc_pg_settle before the connection's next use: any
+ * statement here, the pool's next borrow or check (nc_pg_ops.settle).
+ * Safe because whatever the reply, the transaction is over: a failure only
+ * means the connection is lost.  0 sent, -1 err (marked broken). */
+int nc_pg_rollback_send(nc_pg_conn *c, double deadline, nc_error *err);
+
+/* Read a pending reply (nothing to do without one) before deadline.
+ * 0 ok; -1 err (NC_E_CONNECTION, statement not sent; marked broken) when
+ * the ROLLBACK failed, the session is not idle after it, the connection was
+ * lost, the deadline passed or the stop check said stop. */
+int nc_pg_settle(nc_pg_conn *c, double deadline, nc_error *err);
+
+/* PQtransactionStatus as it is once a pending ROLLBACK is read (IDLE). */
+PGTransactionStatusType nc_pg_txn_status(const nc_pg_conn *c);
 
 /* One parameter set of nc_pg_exec_many (as nc_pg_exec takes them). */
 typedef struct nc_pg_params {

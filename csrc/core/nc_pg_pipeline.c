@@ -13,8 +13,9 @@
  * transaction block the failed transaction is the caller's to roll back;
  * the optional before/after commands (BEGIN/COMMIT) travel in the same
  * pipeline, so a batch with its own transaction is still one round trip.
- * libpq without pipeline mode (before 14) runs the statements one after the
- * other instead.
+ * nc_pg_exec_begin is the same for PEP 249's implicit BEGIN and the
+ * statement that opens the transaction.  libpq without pipeline mode
+ * (before 14) runs the statements one after the other instead.
  */
 #include "nc_pg.h"
 #include "nc_pg_batch.h"
@@ -48,6 +49,8 @@ long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_
                           const char *before, const char *after, double deadline, int *failed, nc_error *err)
 {
     *failed = -1;
+    if (nc_pg_settle(c, deadline, err) < 0)
+        return -1;
     if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
         c->broken = 1;
         nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
@@ -163,6 +166,118 @@ lost:
     return -1;
 }
 
+/* nc_pg_exec_begin: first (BEGIN) and the statement queued, one Sync, so one
+ * round trip.  The statement's results are query 1's (the last kept);
+ * PIPELINE_ABORTED (first failed, so the server skipped the statement) is
+ * none. */
+PGresult *nc_pg_exec_begin(nc_pg_conn *c, const char *first, const char *sql, int nparams, const Oid *types,
+                           const char *const *values, const int *lengths, const int *formats, double deadline,
+                           nc_error *err)
+{
+    if (nparams > 65535) {
+        /* libpq refuses it before sending anything: that refusal (a
+         * ProgrammingError, the connection kept) is nc_pg_exec's to give */
+        if (nc_pg_command(c, first, deadline, err) < 0)
+            return NULL;
+        return nc_pg_exec(c, sql, nparams, types, values, lengths, formats, deadline, err);
+    }
+    if (nc_pg_settle(c, deadline, err) < 0)
+        return NULL;
+    if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
+        c->broken = 1;
+        nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+        err->sent = NC_SENT_NO;
+        return NULL;
+    }
+    if (!PQenterPipelineMode(c->pg)) {
+        nc_pg_conn_error(err, NC_E_QUERY, c->pg, "cannot enter pipeline mode");
+        err->kind = NC_K_INTERNAL;
+        err->sent = NC_SENT_NO;
+        return NULL;
+    }
+    int ok = PQsendQueryParams(c->pg, first, 0, NULL, NULL, NULL, NULL, 0)
+             && PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0)
+             && PQpipelineSync(c->pg);
+    if (!ok) {
+        /* libpq may have sent part of it (a full buffer is flushed) */
+        c->broken = 1;
+        nc_pg_conn_error(err, PQstatus(c->pg) == CONNECTION_OK ? NC_E_QUERY : NC_E_CONNECTION, c->pg,
+                         "queueing the statement");
+        return NULL;
+    }
+    if (nc_pg_flush(c, deadline, err) < 0)
+        return NULL;   /* partly written, maybe: unknown */
+
+    nc_pg_waiter wt;
+    nc_pg_waiter_init(&wt, deadline, 1);
+    PGresult *keep = NULL, *error = NULL;
+    int error_q = -1;
+    for (int q = 0; q < 2; q++) {
+        for (;;) {
+            if (nc_pg_waiter_ready(c, &wt, err) < 0)
+                goto lost;
+            PGresult *r = PQgetResult(c->pg);
+            if (!r)
+                break;
+            ExecStatusType st = PQresultStatus(r);
+            if (st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR) {
+                if (!error) {
+                    error = r;
+                    error_q = q;
+                } else {
+                    PQclear(r);
+                }
+            } else if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+                PQclear(r);
+                c->broken = 1;
+                nc_pg_waiter_abandon(&wt);
+                PQclear(keep);
+                PQclear(error);
+                nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED,
+                             "COPY is not supported through execute_query");
+                err->sent = NC_SENT_YES;
+                return NULL;
+            } else if (q == 1 && st != PGRES_PIPELINE_ABORTED) {
+                PQclear(keep);
+                keep = r;
+            } else {
+                PQclear(r);                     /* BEGIN's, or the skipped statement's */
+            }
+        }
+    }
+    if (nc_pg_waiter_ready(c, &wt, err) < 0)
+        goto lost;
+    PGresult *sync = PQgetResult(c->pg);
+    int synced = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+    PQclear(sync);
+    if (!synced || !PQexitPipelineMode(c->pg))
+        c->broken = 1;                          /* out of step with the server: discard */
+    if (nc_pg_waiter_end(c, &wt, error, err) < 0) {
+        PQclear(error);
+        PQclear(keep);
+        if (error_q == 0)
+            nc_error_prefix(err, "%s", first);
+        err->sent = NC_SENT_YES;
+        return NULL;
+    }
+    if (!synced || !keep) {
+        PQclear(keep);
+        if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
+            nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "the statement did not end as expected; "
+                             "connection discarded");
+        else
+            nc_error_set(err, NC_E_QUERY, NC_K_INTERNAL, "the server returned no result");
+        err->sent = NC_SENT_YES;
+        return NULL;
+    }
+    return keep;
+lost:
+    PQclear(keep);
+    PQclear(error);
+    err->sent = NC_SENT_YES;
+    return NULL;
+}
+
 #else   /* libpq < 14: no pipeline mode */
 
 long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_pg_params *rows, int nrows,
@@ -188,6 +303,15 @@ long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_
     if (after && nc_pg_command(c, after, deadline, err) < 0)
         return -1;
     return total;
+}
+
+PGresult *nc_pg_exec_begin(nc_pg_conn *c, const char *first, const char *sql, int nparams, const Oid *types,
+                           const char *const *values, const int *lengths, const int *formats, double deadline,
+                           nc_error *err)
+{
+    if (nc_pg_command(c, first, deadline, err) < 0)
+        return NULL;
+    return nc_pg_exec(c, sql, nparams, types, values, lengths, formats, deadline, err);
 }
 
 #endif

@@ -469,6 +469,8 @@ static int fresh_enough(nc_pool *p, nc_conn *c, double now)
 {
     if (now >= c->expires)
         return 0;
+    if (p->ops->settle && p->ops->settle(p->ctx, c->raw, 0) != 0)
+        return 0;   /* a reply still owed (or failed): the slow path waits for it */
     if (!p->cfg.validate)
         return 1;
     if (now - c->last_used > p->cfg.ping_after_idle)
@@ -518,6 +520,13 @@ static int check_for_borrow(nc_pool *p, nc_conn *c, double deadline)
     double now = nc_now();
     if (now >= c->expires)
         return 0;
+    if (p->ops->settle) {
+        /* The reply to the ROLLBACK its return sent: before anything of
+         * this borrower is sent, or the connection is replaced. */
+        double sdl = now + p->cfg.validation_timeout;
+        if (p->ops->settle(p->ctx, c->raw, sdl < deadline ? sdl : deadline) != 0)
+            return 0;
+    }
     if (!p->cfg.validate)
         return 1;
     if (!p->ops->looks_alive(p->ctx, c->raw))
@@ -624,7 +633,8 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
             }
             if (w.result == NC_WAIT_CLOSED)
                 continue;
-            if (w.result == NC_WAIT_GOT) {
+            if (w.result == NC_WAIT_GOT &&
+                (!p->ops->settle || p->ops->settle(p->ctx, w.conn->raw, 0) == 0)) {
                 /* Straight from another borrower: it was in use a moment ago. */
                 record_wait_locked(p, nc_now() - start);
                 *out = w.conn;
@@ -632,8 +642,17 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
                 unlock(p);
                 return 0;
             }
-            c = w.conn;          /* NC_WAIT_MAY_OPEN: a reserved slot */
-            may_open = 1;
+            c = w.conn;
+            if (w.result == NC_WAIT_GOT) {
+                /* Its return's ROLLBACK has not answered yet (or failed):
+                 * checked like an idle one, which waits for the reply or
+                 * drops and replaces it. */
+                c->state = NC_SLOT_CHECKING;
+                p->nlent--;
+                p->nbusy++;
+            } else {
+                may_open = 1;    /* NC_WAIT_MAY_OPEN: a reserved slot */
+            }
         }
         unlock(p);
 

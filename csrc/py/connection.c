@@ -17,6 +17,8 @@
 #include "../core/nc_sqltext.h"
 #include "../core/nc_time.h"
 
+#include <string.h>
+
 /* Borrowed in another process, before a fork(): the connection is the
  * parent's session.  Never touched here (no lease check, which would lock
  * the inherited pool's mutex; no rollback, no close). */
@@ -353,7 +355,7 @@ static void outcome_check(NpyConnection *self, const char *sql, size_t len, int 
 /* One statement; shape NPY_SHAPE_DBAPI for the DB-API's 4-tuple, else
  * execute_query's rows (row_format, or the pool's default) or count. */
 static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *params, PyObject *timeout,
-                             PyObject *row_format, int dbapi, int stream)
+                             PyObject *row_format, int dbapi, int stream, int begin)
 {
     if (check_query(query) < 0)
         return NULL;
@@ -364,7 +366,8 @@ static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *par
     int shape = stream ? NPY_SHAPE_STREAM : dbapi ? NPY_SHAPE_DBAPI : tuple ? NPY_SHAPE_TUPLE : NPY_SHAPE_DICT;
     switch (self->ps->kind) {
     case NPY_BACKEND_PG: {
-        int track = tracks_outcome(self), in_txn = track && session_in_txn(self);
+        /* begin: the statement runs in the transaction BEGIN opens with it */
+        int track = tracks_outcome(self), in_txn = track && (begin || session_in_txn(self));
         Py_ssize_t len = 0;
         const char *text = track ? PyUnicode_AsUTF8AndSize(query, &len) : NULL;   /* cached by check_query */
         if (track && !text)
@@ -374,7 +377,7 @@ static PyObject *execute_one(NpyConnection *self, PyObject *query, PyObject *par
             self->stream_effect = track ? nc_sql_effect(text, (size_t)len, NC_DIALECT_PG) : NC_EFFECT_NONE;
             self->stream_in_txn = in_txn;
         }
-        PyObject *r = npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, shape);
+        PyObject *r = npy_pg_execute(self->ps->pool, self->c->raw, query, params, deadline, shape, begin);
         if (!r && track)
             outcome_check(self, text, (size_t)len, in_txn);
         return r;
@@ -438,7 +441,7 @@ static PyObject *conn_execute_query(NpyConnection *self, PyObject *const *args, 
     PyObject *query = a[0], *params = a[1], *timeout = a[2], *rf = a[3];
     if (op_begin(self) < 0)
         return NULL;
-    PyObject *r = execute_one(self, query, params, timeout, rf, 0, 0);
+    PyObject *r = execute_one(self, query, params, timeout, rf, 0, 0, 0);
     op_end(self);
     return r;
 }
@@ -448,13 +451,16 @@ static PyObject *conn_execute_query(NpyConnection *self, PyObject *const *args, 
 static int session_in_txn(NpyConnection *self)
 {
     if (self->ps->kind == NPY_BACKEND_PG)
-        return PQtransactionStatus(((nc_pg_conn *)self->c->raw)->pg) != PQTRANS_IDLE;
+        return nc_pg_txn_status(self->c->raw) != PQTRANS_IDLE;
     if (self->ps->kind == NPY_BACKEND_SQLITE)
         return !sqlite3_get_autocommit(((nc_sqlite_conn *)self->c->raw)->db);
     return self->in_txn;
 }
 
-/* BEGIN / COMMIT / ROLLBACK.  0, or -1 with the exception set. */
+/* BEGIN / COMMIT / ROLLBACK.  0, or -1 with the exception set.  A
+ * PostgreSQL ROLLBACK is sent without waiting for its reply (nc_pg.h,
+ * nc_pg_rollback_send): the next use of the connection, or the pool, reads
+ * it first. */
 static int run_command(NpyConnection *self, const char *sql)
 {
     int kind = self->ps->kind;
@@ -476,8 +482,11 @@ static int run_command(NpyConnection *self, const char *sql)
     npy_interrupt it;
     npy_interrupt_arm(&it);
     Py_BEGIN_ALLOW_THREADS
-    rc = kind == NPY_BACKEND_PG ? nc_pg_command(raw, sql, deadline, &err)
-                                : nc_sqlite_command_busy(raw, sql, deadline, busy_until, &err);
+    if (kind == NPY_BACKEND_PG && !strcmp(sql, "ROLLBACK"))
+        rc = nc_pg_rollback_send(raw, deadline, &err);
+    else
+        rc = kind == NPY_BACKEND_PG ? nc_pg_command(raw, sql, deadline, &err)
+                                    : nc_sqlite_command_busy(raw, sql, deadline, busy_until, &err);
     if (rc < 0)
         nc_pool_report(pool, &err);   /* the pool's observer: maybe a failover decision */
     Py_END_ALLOW_THREADS
@@ -566,12 +575,17 @@ static PyObject *conn_dbapi_execute(NpyConnection *self, PyObject *args, PyObjec
     if (op_begin(self) < 0)
         return NULL;
     PyObject *r = NULL;
+    int pipelined = 0;
     if (begin && self->ps->kind != NPY_BACKEND_PY && !session_in_txn(self)) {
-        if (run_command(self, "BEGIN") < 0)
+        /* PostgreSQL, a statement with parameters (the extended protocol:
+         * one statement) that is not streamed: BEGIN travels with it, one
+         * round trip.  Otherwise BEGIN goes first, on its own. */
+        pipelined = self->ps->kind == NPY_BACKEND_PG && params != Py_None && !stream;
+        if (!pipelined && run_command(self, "BEGIN") < 0)
             goto done;
         self->in_txn = 1;
     }
-    r = execute_one(self, query, params, timeout, Py_None, 1, stream);
+    r = execute_one(self, query, params, timeout, Py_None, 1, stream, pipelined);
     /* Rows still coming: the session is busy with this statement until the
      * stream ends (libpq's status says so; SQLite left us the statement). */
     if (r && stream && self->ps->kind == NPY_BACKEND_PG)
@@ -680,7 +694,7 @@ static PyObject *execute_many_pg(NpyConnection *self, PyObject *query, PyObject 
     if (bad)
         return NULL;
     nc_pg_conn *pc = self->c->raw;
-    int own = !self->in_txn && PQtransactionStatus(pc->pg) == PQTRANS_IDLE;
+    int own = !self->in_txn && nc_pg_txn_status(pc) == PQTRANS_IDLE;
     Py_ssize_t len = 0;
     const char *text = PyUnicode_AsUTF8AndSize(query, &len);   /* cached by check_query */
     if (!text)
@@ -693,7 +707,7 @@ static PyObject *execute_many_pg(NpyConnection *self, PyObject *query, PyObject 
      * back with the session, as a statement inside a transaction. */
     if (!r && tracks_outcome(self))
         outcome_check(self, text, (size_t)len, !(own && committing));
-    if (!r && own && !pc->broken && PQtransactionStatus(pc->pg) != PQTRANS_IDLE
+    if (!r && own && !pc->broken && nc_pg_txn_status(pc) != PQTRANS_IDLE
         && nc_pool_lease_valid(self->ps->pool, self->c, self->lease)) {
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb);
@@ -724,7 +738,7 @@ static PyObject *execute_many_impl(NpyConnection *self, PyObject *query, PyObjec
     Py_ssize_t row = 0;
     PyObject *item;
     while ((item = PyIter_Next(it))) {
-        PyObject *r = execute_one(self, query, item, timeout, Py_None, 0, 0);
+        PyObject *r = execute_one(self, query, item, timeout, Py_None, 0, 0, 0);
         Py_DECREF(item);
         if (!r) {
             npy_note_row(row);   /* which parameter set failed (as on PostgreSQL) */

@@ -132,8 +132,11 @@ static PyObject *pg_result_dbapi(PGresult *res)
 /* The round trip (GIL released): the whole result, or for a stream
  * (single-row mode) its first result. */
 static PGresult *pg_send(nc_pg_conn *pc, const char *sql, int n, const Oid *types, const char *const *values,
-                         const int *lengths, const int *formats, double deadline, int stream, nc_error *err)
+                         const int *lengths, const int *formats, double deadline, int stream, int begin,
+                         nc_error *err)
 {
+    if (begin)   /* PEP 249's implicit BEGIN in the same round trip (n >= 0, not a stream) */
+        return nc_pg_exec_begin(pc, "BEGIN", sql, n, types, values, lengths, formats, deadline, err);
     if (!stream)
         return nc_pg_exec(pc, sql, n, types, values, lengths, formats, deadline, err);
     if (nc_pg_stream_send(pc, sql, n, types, values, lengths, formats, deadline, err) < 0)
@@ -143,7 +146,7 @@ static PGresult *pg_send(nc_pg_conn *pc, const char *sql, int n, const Oid *type
 
 /* Run one statement; returns a new PGresult or NULL with the exception set. */
 static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize_t sqllen, PyObject *params,
-                        double deadline, int stream)
+                        double deadline, int stream, int begin)
 {
     nc_error err;
     nc_error_clear(&err);
@@ -153,7 +156,7 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
     if (params == Py_None) {
         npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
-        res = pg_send(pc, sql, -1, NULL, NULL, NULL, NULL, deadline, stream, &err);
+        res = pg_send(pc, sql, -1, NULL, NULL, NULL, NULL, deadline, stream, 0, &err);
         Py_END_ALLOW_THREADS
         interrupted = npy_interrupt_disarm(&it);
     } else {
@@ -186,7 +189,7 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
         npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
         res = pg_send(pc, q.sql, q.nslots, pp.types, (const char *const *)pp.values, pp.lengths, pp.formats,
-                      deadline, stream, &err);
+                      deadline, stream, begin, &err);
         Py_END_ALLOW_THREADS
         interrupted = npy_interrupt_disarm(&it);
         npy_pg_params_free(&pp);
@@ -219,7 +222,7 @@ static PGresult *pg_run(nc_pool *pool, nc_pg_conn *pc, const char *sql, Py_ssize
 }
 
 PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *params, double deadline,
-                         int shape)
+                         int shape, int begin)
 {
     Py_ssize_t len;
     const char *sql = PyUnicode_AsUTF8AndSize(query, &len);
@@ -229,7 +232,8 @@ PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObjec
      * pass here, a DISCARD ALL only after such a statement */
     if (!pc->session_dirty)
         pc->session_dirty = nc_sql_changes_session(sql, (size_t)len, NC_DIALECT_PG);
-    PGresult *res = pg_run(pool, pc, sql, len, params, deadline, shape == NPY_SHAPE_STREAM);
+    PGresult *res = pg_run(pool, pc, sql, len, params, deadline, shape == NPY_SHAPE_STREAM,
+                           begin && params != Py_None && shape != NPY_SHAPE_STREAM);
     if (!res)
         return NULL;
     PyObject *out = shape >= NPY_SHAPE_DBAPI ? pg_result_dbapi(res) : pg_result_value(res, shape == NPY_SHAPE_TUPLE);

@@ -13,9 +13,10 @@
  * dicts) or the affected row count (-1 none), or the DB-API 4-tuple
  * (description with type OIDs, rows, rowcount, None); NULL with the
  * exception set.  A failure of the server or
- * the connection is counted in pool and reported to its observer. */
+ * the connection is counted in pool and reported to its observer.  begin
+ * (with params, not a stream): BEGIN goes first in the same round trip. */
 PyObject *npy_pg_execute(nc_pool *pool, nc_pg_conn *pc, PyObject *query, PyObject *params, double deadline,
-                         int shape);
+                         int shape, int begin);
 
 /* With shape NPY_SHAPE_STREAM npy_pg_execute starts the statement in
  * single-row mode and gives the DB-API 4-tuple of its first result: the

@@ -49,6 +49,8 @@ typedef struct fconn {
     int ping_fail;  /* ping fails */
     int in_txn;     /* return_state 1 until reset */
     int in_use;     /* set by the stress test while it holds the connection */
+    int owed;       /* a reply owed (the reset of fake_ops_owed sends and does not wait) */
+    int owed_fails; /* that reply will be a failure (settle -1) */
     double opened;  /* nc_now() when connected */
 } fconn;
 
@@ -64,6 +66,7 @@ typedef struct fake {
     int forced_return_state; /* 0: from in_txn; -1 or 1 forced */
     int reset_fail;
     int ping_new;
+    int settles_nowait, settles_waited;   /* fake_ops_owed's settle calls */
     /* counts */
     int connect_calls, connects, closes, pings, resets, looks;
     int next_id;
@@ -169,6 +172,32 @@ static int f_reset(void *ctx, void *conn, double deadline, nc_error *err)
     return 0;
 }
 
+/* Like PostgreSQL's return (nc_pg.c): the rollback is sent, its reply owed. */
+static int f_reset_owed(void *ctx, void *conn, double deadline, nc_error *err)
+{
+    int rc = f_reset(ctx, conn, deadline, err);
+    if (rc == 0)
+        ST(((fconn *)conn)->owed, 1);
+    return rc;
+}
+
+/* The owed reply never arrives by itself: without a wait it is still owed;
+ * a wait reads it (ok, or the failure it is told to be). */
+static int f_settle(void *ctx, void *conn, double deadline)
+{
+    fake *f = ctx;
+    fconn *c = conn;
+    if (!LD(c->owed))
+        return 0;
+    if (deadline == 0) {
+        INC(f->settles_nowait);
+        return 1;
+    }
+    INC(f->settles_waited);
+    ST(c->owed, 0);
+    return LD(c->owed_fails) ? -1 : 0;
+}
+
 static void f_close(void *ctx, void *conn)
 {
     fake *f = ctx;
@@ -206,6 +235,19 @@ static const nc_backend_ops fake_ops_ping_new = {
     .ping = f_ping,
     .return_state = f_return_state,
     .reset = f_reset,
+    .close = f_close,
+    .ctx_free = f_ctx_free,
+};
+
+static const nc_backend_ops fake_ops_owed = {
+    .kind = "fake",
+    .ping_new = 0,
+    .connect = f_connect,
+    .looks_alive = f_looks_alive,
+    .ping = f_ping,
+    .return_state = f_return_state,
+    .reset = f_reset_owed,
+    .settle = f_settle,
     .close = f_close,
     .ctx_free = f_ctx_free,
 };
@@ -713,6 +755,91 @@ static void test_return_state(void)
     nc_pool_release(p, a, 1);
     ST(f.forced_return_state, 0);
     CHECK(f.resets == 2, "discard ran a reset");
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+/* A return that leaves a reply owed (PostgreSQL's ROLLBACK sent without
+ * waiting): no borrower gets the connection before the reply is read, the
+ * fast path never waits for it, and a failed reply means another
+ * connection for the borrower, also when the connection is handed straight
+ * to a waiter. */
+static void test_owed_reply(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 1);
+    nc_error err;
+    nc_error_clear(&err);
+    nc_pool *p = nc_pool_new(&cfg, &fake_ops_owed, &f, &err);
+    CHECK(p != NULL, "%s", err.message);
+    if (!p)
+        return;
+    nc_conn *a, *x;
+    uint64_t la, lx;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    uint64_t serial = a->serial;
+    ST(raw(a)->in_txn, 1);
+    nc_pool_release(p, a, 0);
+    CHECK(f.resets == 1 && LD(raw(a)->owed) == 1 && stats(p).idle == 1, "the return did not leave a reply owed");
+
+    /* the fast path (GIL held in the binding) does not wait: it declines */
+    nc_error_clear(&err);
+    CHECK(nc_pool_try_acquire(p, &x, &lx, &err) == 0, "try_acquire lent a connection that owes a reply");
+    CHECK(f.settles_nowait >= 1 && f.settles_waited == 0, "nowait %d waited %d", f.settles_nowait,
+          f.settles_waited);
+    /* acquire reads the reply, then lends the same connection */
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    CHECK(a->serial == serial && f.settles_waited == 1 && !LD(raw(a)->owed), "serial %llu waited %d",
+          (unsigned long long)a->serial, f.settles_waited);
+
+    /* a failed reply: the borrower gets a new connection */
+    ST(raw(a)->in_txn, 1);
+    ST(raw(a)->owed_fails, 1);
+    nc_pool_release(p, a, 0);
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    nc_pool_stats s = stats(p);
+    CHECK(a->serial != serial && !LD(raw(a)->owed_fails), "lent the connection whose reply failed");
+    CHECK(s.validation_failures == 1 && s.replaced == 1 && s.closed == 1 && s.total == 1,
+          "validation_failures %llu replaced %llu closed %llu total %d",
+          (unsigned long long)s.validation_failures, (unsigned long long)s.replaced,
+          (unsigned long long)s.closed, s.total);
+    serial = a->serial;
+
+    /* handed straight to a waiter: the waiter reads the reply first */
+    borrower w;
+    start_borrower(&w, p, 5.0, 0);
+    CHECK(wait_for(p, waiting_is, 1, 2.0), "borrower never queued");
+    ST(raw(a)->in_txn, 1);
+    nc_pool_release(p, a, 0);
+    pthread_join(w.th, NULL);
+    CHECK(w.rc == 0 && w.serial == serial, "rc %d: %s", w.rc, w.err.message);
+    CHECK(w.rc == 0 && !LD(raw(w.c)->owed) && f.settles_waited == 3, "the waiter did not read the reply "
+          "(waited %d)", f.settles_waited);
+    CHECK(w.rc == 0 && nc_pool_lease_valid(p, w.c, w.lease), "the waiter's lease is not valid");
+    s = stats(p);
+    CHECK(s.active == 1 && s.idle == 0 && s.total == 1, "active %d idle %d total %d", s.active, s.idle, s.total);
+
+    /* handed to a waiter, and the reply failed: a new one for the waiter */
+    borrower w2;
+    start_borrower(&w2, p, 5.0, 0);
+    CHECK(wait_for(p, waiting_is, 1, 2.0), "borrower never queued");
+    if (w.rc == 0) {
+        ST(raw(w.c)->in_txn, 1);
+        ST(raw(w.c)->owed_fails, 1);
+        nc_pool_release(p, w.c, 0);
+    }
+    pthread_join(w2.th, NULL);
+    CHECK(w2.rc == 0 && w2.serial != serial, "rc %d serial %llu: %s", w2.rc, (unsigned long long)w2.serial,
+          w2.err.message);
+    s = stats(p);
+    CHECK(s.active == 1 && s.idle == 0 && s.total == 1 && s.opening == 0 && s.validation_failures == 2 &&
+              s.closed == 2,
+          "active %d idle %d total %d opening %d validation_failures %llu closed %llu", s.active, s.idle,
+          s.total, s.opening, (unsigned long long)s.validation_failures, (unsigned long long)s.closed);
+    if (w2.rc == 0)
+        nc_pool_release(p, w2.c, 0);
+    CHECK(f.connects == 3 && f.closes == 2, "connects %d closes %d", f.connects, f.closes);
     nc_pool_shutdown(p, 0);
     nc_pool_free(p);
 }
@@ -2040,6 +2167,7 @@ int main(void)
         {"discard_frees_place", test_discard_frees_place},
         {"return_state", test_return_state},
         {"dead_on_borrow", test_dead_on_borrow},
+        {"owed_reply", test_owed_reply},
         {"ping_after_idle", test_ping_after_idle},
         {"connect_retry", test_connect_retry},
         {"retry_deadline", test_retry_deadline},

@@ -70,7 +70,7 @@ _pools_lock = threading.Lock()
 
 def _pool_for(dsn: str, options: Dict[str, Any]) -> DatabaseConnectionPool:
     # repr() makes any option value part of a key; equal options, one pool
-    key = (dsn, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    key = (dsn, tuple(sorted((k, repr(v)) for k, v in options.items())) if options else ())
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None or pool.closed:

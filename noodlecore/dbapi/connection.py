@@ -49,7 +49,9 @@ class Connection:
     def _idle(self) -> Any:
         """The pooled connection, for a statement: a stream whose cursor was
         dropped unread is ended first (its rows read and dropped)."""
-        pooled = self._live()
+        pooled = self._pooled     # _live(), inlined: this is every statement's path
+        if pooled is None:
+            raise _native.make_error(_CLOSED, 0, None, "the connection is closed")
         ref = self._streamer
         if ref is not None and ref() is None:
             self._streamer = None

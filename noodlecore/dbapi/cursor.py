@@ -110,10 +110,19 @@ class Cursor:
 
         Outside autocommit mode the first statement opens a transaction
         that ``commit()`` or ``rollback()`` of the connection ends."""
-        pooled = self._pooled(statement=True)
-        self._forget()
+        if self._closed:
+            raise _error(_CLOSED, "the cursor is closed")
+        pooled = self._connection._idle()
+        if self._streaming:
+            self._end_stream()
+        # _forget(), inlined (the hot path): what stays if the statement fails
+        self._rows = None
+        self._pos = 0
+        self.description = None
+        self.rowcount = -1
+        self.lastrowid = None
         desc, rows, count, rowid = pooled._execute(operation, parameters,
-                                                   begin=not self._connection.autocommit, stream=self._stream)
+                                                   begin=not self._connection._autocommit, stream=self._stream)
         if self._stream and desc is not None and count == -1:
             self._streaming = True      # rows holds the first row; the rest is on its way
             self._count = len(rows)
@@ -159,11 +168,14 @@ class Cursor:
 
     def fetchone(self) -> Optional[Tuple[Any, ...]]:
         """The next row, or None when there are no more."""
-        rows = self._result(1)
-        if self._pos >= len(rows):
+        rows = self._rows
+        if rows is None or self._streaming or self._closed or self._connection._pooled is None:
+            rows = self._result(1)      # the checks (and their errors), a stream's next rows
+        pos = self._pos
+        if pos >= len(rows):
             return None
-        self._pos += 1
-        return rows[self._pos - 1]
+        self._pos = pos + 1
+        return rows[pos]
 
     def fetchmany(self, size: Optional[int] = None) -> List[Tuple[Any, ...]]:
         """Up to ``size`` (default ``arraysize``) next rows."""
