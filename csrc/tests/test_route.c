@@ -621,6 +621,56 @@ static void test_capacity(void)
     CHECK(nc_error_describe(NC_E_FO_CAPACITY) != NULL, "4020 in the table");
 }
 
+typedef struct reporter {
+    nc_pool *pool;
+    int stop;
+    int reports;
+} reporter;
+
+/* The statement path of a connection lent from the pool before it joined
+ * the route: lost connections reported over and over. */
+static void *report_loop(void *arg)
+{
+    reporter *w = arg;
+    nc_error lost;
+    nc_error_set(&lost, NC_E_CONNECTION, NC_K_OPERATIONAL, "server closed the connection unexpectedly");
+    while (!LD(w->stop)) {
+        nc_pool_report(w->pool, &lost);
+        INC(w->reports);
+    }
+    return NULL;
+}
+
+/* A pool already in use when it is added: its failure reports reach the
+ * route's observer as soon as the observer is set, so the observer's
+ * argument must be filled before (the pool's lock orders the two; the TSan
+ * stage sees a race otherwise, a plain build may crash on a NULL route). */
+static void test_add_a_pool_in_use(void)
+{
+    setup s;
+    make(&s, 1, NC_FO_AUTOMATIC);
+    endpoint extra;
+    nc_pool *px = fake_pool(&extra, 7);
+    reporter w;
+    memset(&w, 0, sizeof w);
+    w.pool = px;
+    pthread_t t;
+    pthread_create(&t, NULL, report_loop, &w);
+    while (LD(w.reports) < 10)
+        usleep(100);
+    nc_error err;
+    int i = nc_route_add(s.r, px, 2, &err);
+    CHECK(i == 1, "added: %d %s", i, err.message);
+    int before = LD(w.reports);
+    while (LD(w.reports) < before + 10)
+        usleep(100);
+    ST(w.stop, 1);
+    pthread_join(t, NULL);
+    CHECK(current(&s) == 0, "reports on the new endpoint left the current one alone: %d", current(&s));
+    finish(&s);
+    drop_pool(px);
+}
+
 typedef struct lender {
     setup *s;
     nc_pool **extra;
@@ -720,6 +770,7 @@ int main(void)
         {"failover_wait", test_failover_wait},
         {"add_remove_readd", test_add_remove_readd},
         {"capacity", test_capacity},
+        {"add_a_pool_in_use", test_add_a_pool_in_use},
         {"concurrent_lend_during_add_remove", test_concurrent_lend_during_add_remove},
     };
     return nc_run_cases("test_route", cases, NC_NCASES(cases));
