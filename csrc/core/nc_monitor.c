@@ -240,10 +240,16 @@ static int execute_locked(nc_monitor *m, const nc_fo_decision *d, uint64_t run, 
         snprintf(eb, sizeof eb, "probe failed");
     nc_fo_probe(m->fo, to, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
     int read_only = rc == 0 && m->cfg.fo.require_writable && role == NC_ROLE_READ_ONLY;
-    int ok = rc == 0 && !read_only;
+    /* Removed while we verified it (the lock was released): never switch
+     * to it, it would be current and take no borrow until the next
+     * decision, the abandoned endpoint drained meanwhile. */
+    int gone = nc_fo_removed(m->fo, to);
+    int ok = rc == 0 && !read_only && !gone;
     char reason[256];
     if (ok) {
         text_set(reason, sizeof reason, "%s", d->reason);
+    } else if (gone) {
+        text_set(reason, sizeof reason, "%s; not switched: endpoint %d left the topology", d->reason, to);
     } else if (read_only) {
         text_set(reason, sizeof reason, "%s; not switched: endpoint %d is read-only", d->reason, to);
     } else {

@@ -56,6 +56,7 @@ typedef struct fep {
     int delay_ms;       /* take this long (up to the deadline) */
     int hang;           /* wait for the deadline, then fail */
     int ignore_ms;      /* sleep this long whatever the deadline (misbehaving) */
+    int gate;           /* 1: wait (up to the deadline) until the test sets it to 0 */
     int calls;
     int in_flight;
     int overlaps;       /* two probes of this endpoint at once */
@@ -114,6 +115,8 @@ static int fake_probe(void *arg, int i, double deadline, double *latency, int *r
         uint64_t g;
         (void)nc_monitor_current(m, &g);   /* deadlocks if the monitor mutex is held */
     }
+    while (LD(e->gate) && nc_now() < deadline)
+        sleep_s(0.001);
     int rc = 0;
     int ign = LD(e->ignore_ms);
     if (ign > 0) {
@@ -417,6 +420,51 @@ static void test_leave_and_return_keep_one_thread(void)
     int threads = f.ep[1].nprobers;
     pthread_mutex_unlock(&probers_mu);
     CHECK(threads == 1, "endpoint 1 was probed by %d threads over 6 returns", threads);
+    done(&f, m);
+}
+
+typedef struct trigger {
+    nc_monitor *m;
+    int target;
+    int r;
+    char msg[NC_ERRMSG_MAX];
+} trigger;
+
+static void *trigger_main(void *arg)
+{
+    trigger *t = arg;
+    nc_error err;
+    nc_error_clear(&err);
+    t->r = nc_monitor_trigger_failover(t->m, t->target, "operator", &err);
+    snprintf(t->msg, sizeof t->msg, "%s", err.message);
+    return NULL;
+}
+
+/* The target of a switch leaves the topology while it is being verified
+ * (the monitor's lock is released then): no switch to it, the current
+ * endpoint stays and is not drained (no on_switch). */
+static void test_target_removed_while_verified(void)
+{
+    fake f;
+    fake_init(&f, NC_ROLE_WRITABLE);
+    nc_monitor_config c = fast_config();
+    c.fo.mode = NC_FO_MANUAL;
+    c.failover_timeout = 10;   /* the verification waits for the gate, not for its deadline */
+    nc_monitor *m = make(&f, &c, 2);
+    nc_error err;
+    CHECK(nc_monitor_trigger_failover(m, 0, "probe", &err) == 0, "already on 0 (both probed): %s", err.message);
+    ST(f.ep[1].gate, 1);
+    int calls = LD(f.ep[1].calls);
+    trigger t = {m, 1, -9, ""};
+    pthread_t th;
+    pthread_create(&th, NULL, trigger_main, &t);
+    CHECK(wait_int(&f.ep[1].calls, calls + 1, 1.0 + SLACK), "the verification of 1 began");
+    nc_monitor_set_removed(m, 1, 1);
+    ST(f.ep[1].gate, 0);   /* it answers: writable */
+    pthread_join(th, NULL);
+    CHECK(t.r == 0 && strstr(t.msg, "left the topology"), "switched to a removed endpoint: %d %s", t.r, t.msg);
+    CHECK(nc_monitor_current(m, NULL) == 0, "current %d", nc_monitor_current(m, NULL));
+    CHECK(LD(f.switches) == 0, "on_switch called %d times", LD(f.switches));
     done(&f, m);
 }
 
@@ -1064,6 +1112,7 @@ int main(void)
         {"config", test_config},
         {"probing", test_probing},
         {"leave_and_return_keep_one_thread", test_leave_and_return_keep_one_thread},
+        {"target_removed_while_verified", test_target_removed_while_verified},
         {"auto_failover", test_auto_failover},
         {"primary_down_at_start", test_primary_down_at_start},
         {"response_time", test_response_time},
