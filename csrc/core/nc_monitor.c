@@ -76,8 +76,8 @@ struct nc_monitor {
     uint64_t generation;
 
     unsigned char probe_now[NC_MONITOR_MAX];  /* a passive report asks for a probe now */
-    uint64_t probe_gen[NC_MONITOR_MAX];  /* changes when endpoint i is removed or comes back: its
-                                            probe thread of an older generation quits */
+    uint64_t probe_gen[NC_MONITOR_MAX];  /* changes when endpoint i is removed or comes back: a
+                                            probe begun before is stale (not recorded) */
 
     uint64_t last_id;           /* id of the newest event, 0 none */
     nc_event ring[NC_EVENT_RING];
@@ -87,7 +87,6 @@ typedef struct thread_arg {
     nc_monitor *m;
     int i;                      /* endpoint, -1 the decision thread */
     uint64_t run;
-    uint64_t gen;               /* probe threads: probe_gen[i] when started */
 } thread_arg;
 
 /* ---- helpers ----------------------------------------------------------------- */
@@ -241,10 +240,16 @@ static int execute_locked(nc_monitor *m, const nc_fo_decision *d, uint64_t run, 
         snprintf(eb, sizeof eb, "probe failed");
     nc_fo_probe(m->fo, to, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
     int read_only = rc == 0 && m->cfg.fo.require_writable && role == NC_ROLE_READ_ONLY;
-    int ok = rc == 0 && !read_only;
+    /* Removed while we verified it (the lock was released): never switch
+     * to it, it would be current and take no borrow until the next
+     * decision, the abandoned endpoint drained meanwhile. */
+    int gone = nc_fo_removed(m->fo, to);
+    int ok = rc == 0 && !read_only && !gone;
     char reason[256];
     if (ok) {
         text_set(reason, sizeof reason, "%s", d->reason);
+    } else if (gone) {
+        text_set(reason, sizeof reason, "%s; not switched: endpoint %d left the topology", d->reason, to);
     } else if (read_only) {
         text_set(reason, sizeof reason, "%s; not switched: endpoint %d is read-only", d->reason, to);
     } else {
@@ -353,11 +358,19 @@ static void *probe_main(void *varg)
     thread_arg *a = varg;
     nc_monitor *m = a->m;
     int i = a->i;
-    uint64_t run = a->run, gen = a->gen;
+    uint64_t run = a->run;
     free(a);
     char eb[256];
     pthread_mutex_lock(&m->mu);
-    while (m->run == run && m->probe_gen[i] == gen) {
+    while (m->run == run) {
+        if (nc_fo_removed(m->fo, i)) {
+            /* Left the topology: no probes, but the thread stays for when
+             * it comes back (one thread per endpoint and run, however
+             * often it leaves and returns: each is joined at stop). */
+            pthread_cond_wait(&m->probe_cv, &m->mu);
+            continue;
+        }
+        uint64_t gen = m->probe_gen[i];
         m->probe_now[i] = 0;
         pthread_mutex_unlock(&m->mu);
         double start = nc_now();
@@ -367,8 +380,10 @@ static void *probe_main(void *varg)
         int rc = m->probe(m->probe_arg, i, start + m->cfg.health_check_timeout, &latency, &role, eb, sizeof eb);
         double now = nc_now();
         pthread_mutex_lock(&m->mu);
-        if (m->run != run || m->probe_gen[i] != gen)
+        if (m->run != run)
             break;
+        if (m->probe_gen[i] != gen)
+            continue;   /* removed (or removed and back) meanwhile: a stale answer */
         if (rc != 0 && !eb[0])
             snprintf(eb, sizeof eb, "probe failed");
         nc_fo_probe(m->fo, i, now, rc == 0, latency, role, rc == 0 ? NULL : eb);
@@ -523,7 +538,6 @@ static int start_thread_locked(nc_monitor *m, int i, uint64_t run)
     a->m = m;
     a->i = i;
     a->run = run;
-    a->gen = i >= 0 ? m->probe_gen[i] : 0;
     m->refs++;
     if (pthread_create(&m->threads[m->nthreads], NULL, i >= 0 ? probe_main : decide_main, a) != 0) {
         m->refs--;
@@ -559,7 +573,7 @@ int nc_monitor_start(nc_monitor *m, nc_error *err)
     m->kick = 1;   /* the decision thread looks once at what was reported before */
     int ok = 1;
     for (int i = 0; ok && i < m->n; i++)
-        ok = nc_fo_removed(m->fo, i) || start_thread_locked(m, i, run) == 0;
+        ok = start_thread_locked(m, i, run) == 0;   /* a removed endpoint's idles until it is back */
     if (ok)
         ok = start_thread_locked(m, -1, run) == 0;
     pthread_mutex_unlock(&m->mu);
@@ -883,11 +897,9 @@ void nc_monitor_set_removed(nc_monitor *m, int i, int removed)
         return;
     }
     nc_fo_set_removed(m->fo, i, removed, nc_now());
-    m->probe_gen[i]++;   /* its probe thread quits (it is joined at stop) */
+    m->probe_gen[i]++;   /* a probe in flight is stale */
     m->probe_now[i] = 0;
-    pthread_cond_broadcast(&m->probe_cv);
-    if (!removed && m->running)
-        (void)start_thread_locked(m, i, m->run);
+    pthread_cond_broadcast(&m->probe_cv);   /* its thread idles now, or probes at once when back */
     kick_locked(m);   /* the current endpoint may have gone: decide now */
     pthread_mutex_unlock(&m->mu);
 }

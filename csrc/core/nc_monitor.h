@@ -145,7 +145,7 @@ int nc_monitor_wait_events(nc_monitor *m, uint64_t after, nc_event *out, int cap
  * (returned) with that priority, nothing known of it until its first probe
  * (a probe thread starts at once when monitoring); -1 with err past
  * NC_MONITOR_ENDPOINTS_MAX.  nc_monitor_set_removed: endpoint i left (its
- * probe thread ends, it is never a target, a current endpoint that left is
+ * probe thread idles until it is back, it is never a target, a current endpoint that left is
  * failed over from: nc_fo_set_removed) or came back (0: probed again).
  * The probe callback must know endpoint i before nc_monitor_add returns i. */
 int nc_monitor_add(nc_monitor *m, int priority, nc_error *err);

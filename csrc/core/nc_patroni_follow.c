@@ -11,6 +11,7 @@
 
 struct nc_patroni_follow {
     pthread_mutex_t mu;         /* one apply at a time, and the status */
+    int refs;                   /* the owner's and each status read's (nc_patroni_follow_ref); atomic */
     nc_route *route;            /* referenced */
     char *dsn;                  /* the template: may hold a password, wiped when freed */
     nc_pool_config pool_cfg;
@@ -108,6 +109,7 @@ nc_patroni_follow *nc_patroni_follow_new(nc_route *r, const char *const *names, 
         f->eps[i].port = ports[i];
     }
     f->n = n;
+    f->refs = 1;
     f->pool_cfg = *pool_cfg;
     f->pool_cfg.leak_timeout = 0;   /* nobody would take its leak reports (the binding keeps no stacks for it) */
     nc_route_ref(r);
@@ -226,19 +228,39 @@ void nc_patroni_follow_status(nc_patroni_follow *f, nc_follow_status *out)
     pthread_mutex_unlock(&f->mu);
 }
 
-void nc_patroni_follow_free(nc_patroni_follow *f)
+void nc_patroni_follow_ref(nc_patroni_follow *f)
 {
-    if (!f)
+    __atomic_add_fetch(&f->refs, 1, __ATOMIC_RELAXED);
+}
+
+void nc_patroni_follow_unref(nc_patroni_follow *f)
+{
+    if (!f || __atomic_sub_fetch(&f->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
-    for (int i = 0; i < f->n; i++) {
-        if (f->own[i]) {
-            /* Closed for borrowers; its memory stays while the route holds it. */
-            nc_pool_shutdown(f->own[i], 0);
-            nc_pool_free(f->own[i]);
-        }
-    }
     nc_route_unref(f->route);   /* may free the route: no lock held here */
     wipe_free(f->dsn);
     pthread_mutex_destroy(&f->mu);
     free(f);
+}
+
+void nc_patroni_follow_free(nc_patroni_follow *f)
+{
+    if (!f)
+        return;
+    /* No apply runs now (the watch's thread is gone), but a status read may:
+     * under mu, and the memory stays until its reference goes. */
+    pthread_mutex_lock(&f->mu);
+    int n = f->n;
+    nc_pool *own[NC_MONITOR_ENDPOINTS_MAX];
+    memcpy(own, f->own, sizeof own);
+    memset(f->own, 0, sizeof f->own);
+    pthread_mutex_unlock(&f->mu);
+    for (int i = 0; i < n; i++) {
+        if (own[i]) {
+            /* Closed for borrowers; its memory stays while the route holds it. */
+            nc_pool_shutdown(own[i], 0);
+            nc_pool_free(own[i]);
+        }
+    }
+    nc_patroni_follow_unref(f);
 }

@@ -54,9 +54,15 @@ typedef struct nc_follow_status {
 
 void nc_patroni_follow_status(nc_patroni_follow *f, nc_follow_status *out);
 
-/* Drop the route's reference and let go of the pools made here (each is
- * freed once the route no longer holds it).  NULL is fine. */
+/* The owner's end: let go of the pools made here (each is freed once the
+ * route no longer holds it) and drop the owner's reference; the last
+ * reference drops the route's and frees f.  NULL is fine.  No apply may run
+ * (stop the watch first); a status read may, in another thread, when it
+ * holds a reference: nc_patroni_follow_ref, taken while f is known alive
+ * (the binding: with the GIL, before releasing it), then unref. */
 void nc_patroni_follow_free(nc_patroni_follow *f);
+void nc_patroni_follow_ref(nc_patroni_follow *f);
+void nc_patroni_follow_unref(nc_patroni_follow *f);
 
 /* dsn pointed at host:port (a new string, NULL when out of memory).  libpq
  * lets a later host/port override an earlier one in both forms, so nothing

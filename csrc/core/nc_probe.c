@@ -70,6 +70,7 @@ struct nc_prober {
     int refs;                   /* the owner + probes in flight */
     int freed;
     int closed;                 /* nc_prober_close: no more probes, no kept connection */
+    int idle_pending;           /* nc_prober_idle found a probe running: it closes as it ends */
 };
 
 nc_prober *nc_prober_new(nc_pool *pool, int detail, nc_error *err)
@@ -148,13 +149,31 @@ void nc_prober_idle(nc_prober *p)
 {
     if (!p)
         return;
-    /* A probe running now keeps its connection: never wait for it. */
+    /* Never wait for a probe running now: it closes the connection itself
+     * as it ends (idle_pending, set before the try, as for closed). */
+    pthread_mutex_lock(&p->ref_mu);
+    p->idle_pending = 1;
+    pthread_mutex_unlock(&p->ref_mu);
     if (pthread_mutex_trylock(&p->mu) == 0) {
         if (p->conn)
             p->ops->close(p->ctx, p->conn);
         p->conn = NULL;
+        pthread_mutex_lock(&p->ref_mu);
+        p->idle_pending = 0;
+        pthread_mutex_unlock(&p->ref_mu);
         pthread_mutex_unlock(&p->mu);
     }
+}
+
+/* 1 once when nc_prober_idle asked for the connection to go while a probe
+ * ran. */
+static int take_idle(nc_prober *p)
+{
+    pthread_mutex_lock(&p->ref_mu);
+    int v = p->idle_pending;
+    p->idle_pending = 0;
+    pthread_mutex_unlock(&p->ref_mu);
+    return v;
 }
 
 void nc_prober_free(nc_prober *p)
@@ -423,9 +442,10 @@ int nc_prober_probe(nc_prober *p, double deadline, nc_probe_result *out)
         nc_utf8_fix_tail(out->error);
     }
     pthread_mutex_unlock(&p->mu);
-    /* Closed while this probe ran: nc_prober_close could not take mu, so
-     * the connection is ours to close (closed was set before its try). */
-    if (is_closed(p) && pthread_mutex_trylock(&p->mu) == 0) {
+    /* Closed (or idled: an endpoint that left) while this probe ran:
+     * nc_prober_close / nc_prober_idle could not take mu, so the connection
+     * is ours to close (the flag was set before their try). */
+    if ((is_closed(p) || take_idle(p)) && pthread_mutex_trylock(&p->mu) == 0) {
         if (p->conn)
             p->ops->close(p->ctx, p->conn);
         p->conn = NULL;

@@ -72,8 +72,9 @@ nc_prober *nc_prober_new(nc_pool *pool, int detail, nc_error *err);
  * other, a waiting caller never waiting past its own deadline. */
 int nc_prober_probe(nc_prober *p, double deadline, nc_probe_result *out);
 
-/* Close the kept-open probe connection now, unless a probe is using it;
- * the next probe opens a new one (an endpoint that left the topology). */
+/* Close the kept-open probe connection now, or, when a probe is using it,
+ * as that probe ends; the next probe opens a new one (an endpoint that left
+ * the topology). */
 void nc_prober_idle(nc_prober *p);
 
 /* No more probes: the probe connection is closed now (or, when a probe is

@@ -328,6 +328,9 @@ int nc_route_add(nc_route *r, nc_pool *pool, int priority, nc_error *err)
     nc_prober *pr = nc_prober_new(pool, 0, err);
     if (!pr)
         goto fail;
+    /* Filled before the pool can see it: a connection lent from it already
+     * reports through the observer once set (the pool's lock orders it). */
+    r->eps[i] = (route_ep){r, i};
     if (nc_pool_set_observer(pool, &ep_observer, &r->eps[i]) < 0) {
         nc_prober_free(pr);
         nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "failover: the added endpoint's pool already has a route");
@@ -336,7 +339,6 @@ int nc_route_add(nc_route *r, nc_pool *pool, int priority, nc_error *err)
     nc_pool_ref(pool);
     r->pools[i] = pool;
     r->probers[i] = pr;
-    r->eps[i] = (route_ep){r, i};
     pthread_mutex_lock(&r->rmu);
     memset(&r->rd[i], 0, sizeof r->rd[i]);
     pthread_mutex_unlock(&r->rmu);

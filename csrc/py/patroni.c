@@ -347,14 +347,16 @@ static PyObject *watch_follow(PyObject *op, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO!O!O!s:follow", &mon, &PyList_Type, &names, &PyList_Type, &hosts, &PyList_Type,
                           &ports, &dsn))
         return NULL;
+    /* The route first: in a forked child that may start its monitor, with
+     * the GIL released, when another thread may close this watch. */
+    nc_route *r = npy_failover_route(mon);
+    if (!r)
+        return NULL;
     nc_patroni_watch *w = watch_get(self);
     if (!w)
         return NULL;
     if (self->follow)
         return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "the Patroni watch already follows a manager");
-    nc_route *r = npy_failover_route(mon);
-    if (!r)
-        return NULL;
     Py_ssize_t n = PyList_GET_SIZE(names);
     if (n != nc_route_count(r) || PyList_GET_SIZE(hosts) != n || PyList_GET_SIZE(ports) != n ||
         n > NC_MONITOR_ENDPOINTS_MAX)
@@ -382,10 +384,25 @@ static PyObject *watch_follow(PyObject *op, PyObject *args)
         return npy_raise_error(&err);
     self->follow = f;
     self->follow_gen = nc_fork_generation();
-    Py_BEGIN_ALLOW_THREADS
+    /* With the GIL: w->mu is only held for bookkeeping (never over a fetch
+     * or an apply), and without it a close() in another thread could free w
+     * under us. */
     nc_patroni_watch_follow(w, f);
-    Py_END_ALLOW_THREADS
     Py_RETURN_TRUE;
+}
+
+/* The follower's status (self->follow set), without the GIL: its lock may be
+ * held by an apply (making a pool, probing).  The reference taken with the
+ * GIL keeps it alive should another thread close the watch meanwhile
+ * (follow_free, which clears self->follow: read here with the GIL only). */
+static void follow_status(NpyPatroniWatch *self, nc_follow_status *st)
+{
+    nc_patroni_follow *f = self->follow;
+    nc_patroni_follow_ref(f);
+    Py_BEGIN_ALLOW_THREADS
+    nc_patroni_follow_status(f, st);
+    nc_patroni_follow_unref(f);
+    Py_END_ALLOW_THREADS
 }
 
 /* endpoints() -> [(name, host, port, removed, added)] by endpoint index, or
@@ -401,9 +418,7 @@ static PyObject *watch_endpoints(PyObject *op, PyObject *unused)
     nc_follow_status *st = malloc(sizeof *st);
     if (!st)
         return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS
-    nc_patroni_follow_status(self->follow, st);
-    Py_END_ALLOW_THREADS
+    follow_status(self, st);
     PyObject *l = PyList_New(st->n);
     for (int i = 0; l && i < st->n; i++) {
         const nc_follow_endpoint *e = &st->eps[i];
@@ -427,9 +442,7 @@ static PyObject *follow_counters(NpyPatroniWatch *self)
     nc_follow_status *st = malloc(sizeof *st);
     if (!st)
         return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS
-    nc_patroni_follow_status(self->follow, st);
-    Py_END_ALLOW_THREADS
+    follow_status(self, st);
     PyObject *d = Py_BuildValue("{s:i,s:i,s:i,s:i,s:s}", "added", st->added, "removed", st->removed, "returned",
                                 st->returned, "refusals", st->refusals, "last_refusal", st->last_refusal);
     free(st);
@@ -455,9 +468,9 @@ static PyObject *watch_status(PyObject *op, PyObject *unused)
     PyObject *cl = NULL, *joined = NULL, *gone = NULL, *d = NULL, *names = NULL;
     if (!st)
         return PyErr_NoMemory();
-    Py_BEGIN_ALLOW_THREADS   /* the lock is held only while the thread copies an answer */
+    /* With the GIL: the lock is held only while the thread copies an answer,
+     * and without it a close() in another thread could free w under us. */
     nc_patroni_watch_status_get(w, st);
-    Py_END_ALLOW_THREADS
     Py_ssize_t nk = PyTuple_GET_SIZE(self->known);
     const char *known[NC_PATRONI_MAX_MEMBERS];
     int ji[NC_PATRONI_MAX_MEMBERS], gi[NC_PATRONI_MAX_MEMBERS], nj = 0, ng = 0;

@@ -56,10 +56,15 @@ typedef struct fep {
     int delay_ms;       /* take this long (up to the deadline) */
     int hang;           /* wait for the deadline, then fail */
     int ignore_ms;      /* sleep this long whatever the deadline (misbehaving) */
+    int gate;           /* 1: wait (up to the deadline) until the test sets it to 0 */
     int calls;
     int in_flight;
     int overlaps;       /* two probes of this endpoint at once */
+    pthread_t probers[16];  /* the distinct threads (not the test's) that probed it, under probers_mu */
+    int nprobers;
 } fep;
+
+static pthread_mutex_t probers_mu = PTHREAD_MUTEX_INITIALIZER;
 
 typedef struct fake {
     fep ep[MAXEP];
@@ -92,8 +97,17 @@ static int fake_probe(void *arg, int i, double deadline, double *latency, int *r
     fep *e = &f->ep[i];
     INC(f->in_callbacks);
     INC(e->calls);
-    if (pthread_equal(pthread_self(), f->main_thread))
+    if (pthread_equal(pthread_self(), f->main_thread)) {
         INC(f->probes_on_main);
+    } else {
+        pthread_mutex_lock(&probers_mu);
+        int seen = 0;
+        for (int k = 0; k < e->nprobers && !seen; k++)
+            seen = pthread_equal(e->probers[k], pthread_self());
+        if (!seen && e->nprobers < 16)
+            e->probers[e->nprobers++] = pthread_self();
+        pthread_mutex_unlock(&probers_mu);
+    }
     if (INC(e->in_flight) > 1)
         INC(e->overlaps);
     nc_monitor *m = LD(f->m);
@@ -101,6 +115,8 @@ static int fake_probe(void *arg, int i, double deadline, double *latency, int *r
         uint64_t g;
         (void)nc_monitor_current(m, &g);   /* deadlocks if the monitor mutex is held */
     }
+    while (LD(e->gate) && nc_now() < deadline)
+        sleep_s(0.001);
     int rc = 0;
     int ign = LD(e->ignore_ms);
     if (ign > 0) {
@@ -371,6 +387,84 @@ static void test_probing(void)
     for (int i = 0; i < 3; i++)
         over += LD(f.ep[i].overlaps);
     CHECK(over == 0, "%d overlapping probes of one endpoint by the probe threads", over);
+    done(&f, m);
+}
+
+/* An endpoint that leaves and comes back, again and again, while running:
+ * no probes while it is away, probed again when back, and by the one
+ * thread it had (a thread per return would pile up unjoined until stop,
+ * its stack with it, until thread creation fails and a returning endpoint
+ * goes unprobed). */
+static void test_leave_and_return_keep_one_thread(void)
+{
+    fake f;
+    fake_init(&f, NC_ROLE_WRITABLE);
+    nc_monitor_config c = fast_config();
+    nc_monitor *m = make(&f, &c, 2);
+    nc_error err;
+    CHECK(nc_monitor_start(m, &err) == 0, "%s", err.message);
+    CHECK(wait_probed(m, 2, 1.0), "all probed");
+    for (int k = 0; k < 6; k++) {
+        nc_monitor_set_removed(m, 1, 1);
+        double end = nc_now() + 1.0 + SLACK;
+        while (LD(f.ep[1].in_flight) > 0 && nc_now() < end)
+            sleep_s(0.001);   /* a probe in flight ends (stale: not recorded) */
+        int calls = LD(f.ep[1].calls);
+        sleep_s(5 * c.health_check_interval);
+        CHECK(LD(f.ep[1].calls) == calls, "cycle %d: probed while removed (%d -> %d)", k, calls,
+              LD(f.ep[1].calls));
+        nc_monitor_set_removed(m, 1, 0);
+        CHECK(wait_int(&f.ep[1].calls, calls + 2, 1.0 + SLACK), "cycle %d: not probed again once back", k);
+    }
+    pthread_mutex_lock(&probers_mu);
+    int threads = f.ep[1].nprobers;
+    pthread_mutex_unlock(&probers_mu);
+    CHECK(threads == 1, "endpoint 1 was probed by %d threads over 6 returns", threads);
+    done(&f, m);
+}
+
+typedef struct trigger {
+    nc_monitor *m;
+    int target;
+    int r;
+    char msg[NC_ERRMSG_MAX];
+} trigger;
+
+static void *trigger_main(void *arg)
+{
+    trigger *t = arg;
+    nc_error err;
+    nc_error_clear(&err);
+    t->r = nc_monitor_trigger_failover(t->m, t->target, "operator", &err);
+    snprintf(t->msg, sizeof t->msg, "%s", err.message);
+    return NULL;
+}
+
+/* The target of a switch leaves the topology while it is being verified
+ * (the monitor's lock is released then): no switch to it, the current
+ * endpoint stays and is not drained (no on_switch). */
+static void test_target_removed_while_verified(void)
+{
+    fake f;
+    fake_init(&f, NC_ROLE_WRITABLE);
+    nc_monitor_config c = fast_config();
+    c.fo.mode = NC_FO_MANUAL;
+    c.failover_timeout = 10;   /* the verification waits for the gate, not for its deadline */
+    nc_monitor *m = make(&f, &c, 2);
+    nc_error err;
+    CHECK(nc_monitor_trigger_failover(m, 0, "probe", &err) == 0, "already on 0 (both probed): %s", err.message);
+    ST(f.ep[1].gate, 1);
+    int calls = LD(f.ep[1].calls);
+    trigger t = {m, 1, -9, ""};
+    pthread_t th;
+    pthread_create(&th, NULL, trigger_main, &t);
+    CHECK(wait_int(&f.ep[1].calls, calls + 1, 1.0 + SLACK), "the verification of 1 began");
+    nc_monitor_set_removed(m, 1, 1);
+    ST(f.ep[1].gate, 0);   /* it answers: writable */
+    pthread_join(th, NULL);
+    CHECK(t.r == 0 && strstr(t.msg, "left the topology"), "switched to a removed endpoint: %d %s", t.r, t.msg);
+    CHECK(nc_monitor_current(m, NULL) == 0, "current %d", nc_monitor_current(m, NULL));
+    CHECK(LD(f.switches) == 0, "on_switch called %d times", LD(f.switches));
     done(&f, m);
 }
 
@@ -1017,6 +1111,8 @@ int main(void)
     static const nc_test_case cases[] = {
         {"config", test_config},
         {"probing", test_probing},
+        {"leave_and_return_keep_one_thread", test_leave_and_return_keep_one_thread},
+        {"target_removed_while_verified", test_target_removed_while_verified},
         {"auto_failover", test_auto_failover},
         {"primary_down_at_start", test_primary_down_at_start},
         {"response_time", test_response_time},

@@ -310,6 +310,32 @@ static void test_follow_capacity(void)
     follow_finish(&x);
 }
 
+/* A status read holding a reference (the binding's, taken with the GIL)
+ * outlives the owner's free in another thread (close()): the follower's
+ * memory stays until the reader's unref; the pools it made are shut down
+ * at the free all the same. */
+static void test_follow_status_outlives_free(void)
+{
+    followed x;
+    follow_make(&x);
+    static nc_patroni_cluster c;
+    static nc_follow_status st;
+    c.n = 0;
+    add_member(&c, "n0", "127.0.0.1", 1);
+    add_member(&c, "n1", "127.0.0.1", 2);
+    nc_patroni_follow_apply(x.f, &c);
+    nc_patroni_follow_ref(x.f);          /* a status read begins */
+    nc_route_close(x.r);
+    nc_patroni_follow_free(x.f);         /* the owner's close meanwhile */
+    CHECK(nc_pool_is_closed(nc_route_pool(x.r, 1)), "the joined member's pool is shut down at the free");
+    nc_patroni_follow_status(x.f, &st);  /* still valid memory (ASan stage) */
+    CHECK(st.n == 2 && st.added == 1 && !strcmp(st.eps[1].name, "n1"), "status read after the free: n %d", st.n);
+    nc_patroni_follow_unref(x.f);        /* the last reference: freed now */
+    nc_route_free(x.r);
+    nc_pool_shutdown(x.p0, 0);
+    nc_pool_free(x.p0);
+}
+
 static int two_endpoints_followed(void *arg)
 {
     static nc_follow_status st;
@@ -356,6 +382,7 @@ int main(void)
         {"member_dsn", test_member_dsn},
         {"follow_add_remove_return", test_follow_add_remove_return},
         {"follow_capacity", test_follow_capacity},
+        {"follow_status_outlives_free", test_follow_status_outlives_free},
         {"watch_applies_to_the_route", test_watch_applies_to_the_route},
     };
     return nc_run_cases("test_patroni_watch", cases, NC_NCASES(cases));

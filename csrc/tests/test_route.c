@@ -28,6 +28,7 @@ typedef struct endpoint {
     int down;           /* connects refused, pings fail */
     int silent;         /* connects wait for their deadline, then fail (a server that never answers) */
     int connects, closes, pings;
+    int gate;           /* 1: pings wait (up to their deadline) until it is 0 */
 } endpoint;
 
 typedef struct fconn {
@@ -69,9 +70,10 @@ static int f_looks_alive(void *ctx, void *conn)
 static int f_ping(void *ctx, void *conn, double deadline, nc_error *err)
 {
     (void)conn;
-    (void)deadline;
     endpoint *ep = ctx;
     INC(ep->pings);
+    while (LD(ep->gate) && nc_now() < deadline)
+        sleep_until(nc_now() + 0.001);
     if (LD(ep->down)) {
         nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "endpoint %d: no answer", ep->id);
         return -1;
@@ -621,6 +623,95 @@ static void test_capacity(void)
     CHECK(nc_error_describe(NC_E_FO_CAPACITY) != NULL, "4020 in the table");
 }
 
+typedef struct reporter {
+    nc_pool *pool;
+    int stop;
+    int reports;
+} reporter;
+
+/* The statement path of a connection lent from the pool before it joined
+ * the route: lost connections reported over and over. */
+static void *report_loop(void *arg)
+{
+    reporter *w = arg;
+    nc_error lost;
+    nc_error_set(&lost, NC_E_CONNECTION, NC_K_OPERATIONAL, "server closed the connection unexpectedly");
+    while (!LD(w->stop)) {
+        nc_pool_report(w->pool, &lost);
+        INC(w->reports);
+    }
+    return NULL;
+}
+
+/* A pool already in use when it is added: its failure reports reach the
+ * route's observer as soon as the observer is set, so the observer's
+ * argument must be filled before (the pool's lock orders the two; the TSan
+ * stage sees a race otherwise, a plain build may crash on a NULL route). */
+static void test_add_a_pool_in_use(void)
+{
+    setup s;
+    make(&s, 1, NC_FO_AUTOMATIC);
+    endpoint extra;
+    nc_pool *px = fake_pool(&extra, 7);
+    reporter w;
+    memset(&w, 0, sizeof w);
+    w.pool = px;
+    pthread_t t;
+    pthread_create(&t, NULL, report_loop, &w);
+    while (LD(w.reports) < 10)
+        usleep(100);
+    nc_error err;
+    int i = nc_route_add(s.r, px, 2, &err);
+    CHECK(i == 1, "added: %d %s", i, err.message);
+    int before = LD(w.reports);
+    while (LD(w.reports) < before + 10)
+        usleep(100);
+    ST(w.stop, 1);
+    pthread_join(t, NULL);
+    CHECK(current(&s) == 0, "reports on the new endpoint left the current one alone: %d", current(&s));
+    finish(&s);
+    drop_pool(px);
+}
+
+static void *recheck_main(void *arg)
+{
+    nc_route *r = arg;
+    nc_monitor *m = nc_route_enter(r);
+    if (m) {
+        (void)nc_monitor_recheck(m, nc_now() + 5 * nc_time_scale());
+        nc_route_leave(r);
+    }
+    return NULL;
+}
+
+/* An endpoint removed while its probe runs: the probe connection, which
+ * nc_route_set_removed could not close then, is closed as the probe ends
+ * (nothing probes it again, so it would stay open until the route closes). */
+static void test_removed_during_its_probe(void)
+{
+    setup s;
+    make(&s, 1, NC_FO_AUTOMATIC);
+    endpoint extra;
+    nc_pool *px = fake_pool(&extra, 7);
+    nc_error err;
+    CHECK(nc_route_add(s.r, px, 2, &err) == 1, "added: %s", err.message);
+    ST(extra.gate, 1);
+    pthread_t t;
+    pthread_create(&t, NULL, recheck_main, s.r);   /* probes the unknown endpoints, 1 among them */
+    double end = nc_now() + 5 * nc_time_scale();
+    while (LD(extra.pings) < 1 && nc_now() < end)
+        usleep(1000);
+    CHECK(LD(extra.pings) == 1, "the probe of 1 runs");
+    CHECK(nc_route_set_removed(s.r, 1, 1) == 0, "removed");
+    ST(extra.gate, 0);
+    pthread_join(t, NULL);
+    CHECK(LD(extra.connects) == 1 && LD(extra.closes) == 1,
+          "the probe connection closed as its probe ended: %d opened, %d closed", LD(extra.connects),
+          LD(extra.closes));
+    finish(&s);
+    drop_pool(px);
+}
+
 typedef struct lender {
     setup *s;
     nc_pool **extra;
@@ -720,6 +811,8 @@ int main(void)
         {"failover_wait", test_failover_wait},
         {"add_remove_readd", test_add_remove_readd},
         {"capacity", test_capacity},
+        {"add_a_pool_in_use", test_add_a_pool_in_use},
+        {"removed_during_its_probe", test_removed_during_its_probe},
         {"concurrent_lend_during_add_remove", test_concurrent_lend_during_add_remove},
     };
     return nc_run_cases("test_route", cases, NC_NCASES(cases));
