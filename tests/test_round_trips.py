@@ -236,6 +236,25 @@ def test_a_borrowed_connection_lost_after_rollback_fails_the_next_statement_unse
         conn.close()
 
 
+def test_a_reply_not_read_before_the_deadline_is_a_timeout_not_a_lost_connection(proxy, app):
+    """The next statement's deadline passes while the ROLLBACK's reply is
+    awaited: a QueryTimeoutError (not sent), not a lost connection (which a
+    failover manager's observer would take for the endpoint failing)."""
+    conn = dbapi.connect(via(proxy, app), ping_after_idle=3600, query_timeout=0.3)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT %s::int", (1,))
+        proxy.blackhole(True)
+        conn.rollback()                       # sent; its reply held
+        with pytest.raises(QueryTimeoutError) as ei:
+            cur.execute("SELECT %s::int", (2,))
+        assert ei.value.statement_sent is False and ei.value.connection_failure is False, ei.value
+        assert "ROLLBACK" in str(ei.value)
+    finally:
+        proxy.blackhole(False)
+        conn.close()
+
+
 def test_shutdown_with_a_reply_pending(proxy, app):
     pool = DatabaseConnectionPool(via(proxy, app), max_connections=2, ping_after_idle=3600)
     with pool.get_connection() as c:
