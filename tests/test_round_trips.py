@@ -139,6 +139,29 @@ def test_pipelined_begin_and_statement_on_a_connection_killed_meanwhile(pg, app)
         other.shutdown(timeout=0)
 
 
+def test_a_statement_refused_before_sending_leaves_no_transaction_behind(pg, app):
+    """BEGIN travels with the statement: when the statement is refused before
+    anything is sent (a parameter that cannot be converted), no transaction
+    was opened, and the connection must not think one was (an execute_many
+    would then not get its own all-or-nothing transaction)."""
+    conn = dbapi.connect(pg.dsn(application_name=app))
+    try:
+        cur = conn.cursor()
+        conn.autocommit = True
+        cur.execute("CREATE TEMP TABLE rt_refused (v int CHECK (v < 1500))")
+        conn.autocommit = False
+        with pytest.raises(dbapi.ProgrammingError) as ei:
+            cur.execute("SELECT %s", (object(),))
+        assert "cannot send" in str(ei.value)
+        assert not conn._pooled.in_transaction
+        conn.autocommit = True                            # no transaction open: allowed
+        with pytest.raises(dbapi.IntegrityError):         # row 1500 fails, in the second pipeline
+            cur.executemany("INSERT INTO rt_refused VALUES (%s)", [(i,) for i in range(2000)])
+        assert cur.execute("SELECT count(*) FROM rt_refused").fetchone() == (0,)   # all or nothing
+    finally:
+        conn.close()
+
+
 def test_without_parameters_begin_is_its_own_statement(pg, app):
     """Text sent as it is may hold several statements (the simple protocol):
     BEGIN is not glued to it."""
