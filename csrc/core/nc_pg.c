@@ -1043,6 +1043,11 @@ static int pg_settle(void *vctx, void *vconn, double deadline)
 {
     (void)vctx;
     nc_pg_conn *c = vconn;
+    /* Broken with nothing pending: an earlier no-wait settle (the fast
+     * borrow's, which then declined) read a failed ROLLBACK.  Still -1, or
+     * the slow borrow lends it when validation is off. */
+    if (c->broken)
+        return -1;
     if (!c->pending)
         return 0;
     nc_error ignored;
