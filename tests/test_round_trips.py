@@ -139,6 +139,29 @@ def test_pipelined_begin_and_statement_on_a_connection_killed_meanwhile(pg, app)
         other.shutdown(timeout=0)
 
 
+def test_a_statement_refused_before_sending_leaves_no_transaction_behind(pg, app):
+    """BEGIN travels with the statement: when the statement is refused before
+    anything is sent (a parameter that cannot be converted), no transaction
+    was opened, and the connection must not think one was (an execute_many
+    would then not get its own all-or-nothing transaction)."""
+    conn = dbapi.connect(pg.dsn(application_name=app))
+    try:
+        cur = conn.cursor()
+        conn.autocommit = True
+        cur.execute("CREATE TEMP TABLE rt_refused (v int CHECK (v < 1500))")
+        conn.autocommit = False
+        with pytest.raises(dbapi.ProgrammingError) as ei:
+            cur.execute("SELECT %s", (object(),))
+        assert "cannot send" in str(ei.value)
+        assert not conn._pooled.in_transaction
+        conn.autocommit = True                            # no transaction open: allowed
+        with pytest.raises(dbapi.IntegrityError):         # row 1500 fails, in the second pipeline
+            cur.executemany("INSERT INTO rt_refused VALUES (%s)", [(i,) for i in range(2000)])
+        assert cur.execute("SELECT count(*) FROM rt_refused").fetchone() == (0,)   # all or nothing
+    finally:
+        conn.close()
+
+
 def test_without_parameters_begin_is_its_own_statement(pg, app):
     """Text sent as it is may hold several statements (the simple protocol):
     BEGIN is not glued to it."""
@@ -231,6 +254,25 @@ def test_a_borrowed_connection_lost_after_rollback_fails_the_next_statement_unse
             cur.execute("SELECT %s::int", (2,))
         assert ei.value.connection_failure is True
         assert ei.value.statement_sent is False            # nothing of it went out
+    finally:
+        proxy.blackhole(False)
+        conn.close()
+
+
+def test_a_reply_not_read_before_the_deadline_is_a_timeout_not_a_lost_connection(proxy, app):
+    """The next statement's deadline passes while the ROLLBACK's reply is
+    awaited: a QueryTimeoutError (not sent), not a lost connection (which a
+    failover manager's observer would take for the endpoint failing)."""
+    conn = dbapi.connect(via(proxy, app), ping_after_idle=3600, query_timeout=0.3)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT %s::int", (1,))
+        proxy.blackhole(True)
+        conn.rollback()                       # sent; its reply held
+        with pytest.raises(QueryTimeoutError) as ei:
+            cur.execute("SELECT %s::int", (2,))
+        assert ei.value.statement_sent is False and ei.value.connection_failure is False, ei.value
+        assert "ROLLBACK" in str(ei.value)
     finally:
         proxy.blackhole(False)
         conn.close()

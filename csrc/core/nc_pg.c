@@ -557,10 +557,16 @@ static int settle_reply(nc_pg_conn *c, int wait, double deadline, nc_error *err)
                 w = nc_pg_wait(PQsocket(c->pg), POLLIN, deadline);
             }
             if (w == 0 || w == -2) {
+                /* The caller's deadline or Ctrl-C, not a lost connection:
+                 * coded as nc_pg_waiter_ready codes them, so the pool's
+                 * observer (a failover manager) does not take the endpoint
+                 * for down. */
                 c->broken = 1;
-                nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "%s while waiting for the reply to the "
-                             "previous ROLLBACK; connection discarded",
+                nc_error_set(err, w == 0 ? NC_E_QUERY_TIMEOUT : NC_E_INTERRUPTED, NC_K_OPERATIONAL,
+                             "%s while waiting for the reply to the previous ROLLBACK; connection discarded",
                              w == 0 ? "deadline passed" : "interrupted");
+                if (w == 0)
+                    memcpy(err->sqlstate, "57014", 6);
                 err->sent = NC_SENT_NO;
                 return -1;
             }
@@ -1037,6 +1043,11 @@ static int pg_settle(void *vctx, void *vconn, double deadline)
 {
     (void)vctx;
     nc_pg_conn *c = vconn;
+    /* Broken with nothing pending: an earlier no-wait settle (the fast
+     * borrow's, which then declined) read a failed ROLLBACK.  Still -1, or
+     * the slow borrow lends it when validation is off. */
+    if (c->broken)
+        return -1;
     if (!c->pending)
         return 0;
     nc_error ignored;

@@ -83,9 +83,10 @@ PGresult *nc_pg_exec_begin(nc_pg_conn *c, const char *first, const char *sql, in
 int nc_pg_rollback_send(nc_pg_conn *c, double deadline, nc_error *err);
 
 /* Read a pending reply (nothing to do without one) before deadline.
- * 0 ok; -1 err (NC_E_CONNECTION, statement not sent; marked broken) when
- * the ROLLBACK failed, the session is not idle after it, the connection was
- * lost, the deadline passed or the stop check said stop. */
+ * 0 ok; -1 err (statement not sent; marked broken): NC_E_CONNECTION when
+ * the ROLLBACK failed, the session is not idle after it or the connection
+ * was lost, NC_E_QUERY_TIMEOUT when the deadline passed, NC_E_INTERRUPTED
+ * when the stop check said stop. */
 int nc_pg_settle(nc_pg_conn *c, double deadline, nc_error *err);
 
 /* PQtransactionStatus as it is once a pending ROLLBACK is read (IDLE). */

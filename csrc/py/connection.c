@@ -586,6 +586,11 @@ static PyObject *conn_dbapi_execute(NpyConnection *self, PyObject *args, PyObjec
         self->in_txn = 1;
     }
     r = execute_one(self, query, params, timeout, Py_None, 1, stream, pipelined);
+    /* A statement refused before it was sent (its parameters, a pending
+     * ROLLBACK's reply) took its BEGIN with it: no transaction to claim,
+     * or execute_many would not open its own. */
+    if (pipelined && !r)
+        self->in_txn = session_in_txn(self);
     /* Rows still coming: the session is busy with this statement until the
      * stream ends (libpq's status says so; SQLite left us the statement). */
     if (r && stream && self->ps->kind == NPY_BACKEND_PG)
