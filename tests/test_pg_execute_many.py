@@ -274,3 +274,24 @@ def test_a_failed_reparse_names_its_row(pool, table):
         assert ei.value.sqlstate == "42883"
         assert not c.in_transaction
     assert count(pool, table) == 0
+
+
+def test_copy_in_a_pipeline_is_refused_and_the_pool_goes_on(pool, table):
+    """COPY cannot run inside a pipeline: execute_many, and a DB-API statement
+    whose BEGIN travels with it, refuse it with NotSupportedError (the
+    connection, out of step with the server, is discarded), nothing of the
+    batch stays, and the next borrow works."""
+    from noodlecore.database import NotSupportedError
+    with pool.get_connection() as c:
+        with pytest.raises(NotSupportedError, match="COPY is not supported through execute_many") as ei:
+            c.execute_many("COPY %s (k, v) FROM STDIN" % table, [(), ()])
+        assert ei.value.error_code and ei.value.statement_sent
+    conn = pool.connect()
+    try:
+        with pytest.raises(NotSupportedError, match="COPY is not supported through execute_query"):
+            conn.cursor().execute("COPY (SELECT 1) TO STDOUT", ())
+    finally:
+        conn.close()
+    with pool.get_connection() as c:
+        assert c.execute_query("SELECT count(*) FROM %s" % table) == [(0,)]
+        assert c.execute_many("INSERT INTO %s (k, v) VALUES (%%s, %%s)" % table, [(1, "a"), (2, "b")]) == 2

@@ -45,6 +45,58 @@ static int send_query(nc_pg_conn *c, const nc_pgq *q, const char *sql, int npara
     }
 }
 
+/* The next result of pipeline query q for the caller to keep or clear.
+ * NULL at the end of q's results (*st 0) or on failure: *st -1 when the
+ * wait failed (err set by the waiter), -2 on COPY (refused: the connection
+ * is discarded, err set).  An error result is not returned: the first one
+ * is kept in *error (its query in *error_q), later ones are dropped. */
+static PGresult *next_result(nc_pg_conn *c, nc_pg_waiter *wt, int q, PGresult **error, int *error_q,
+                             const char *via, int *st, nc_error *err)
+{
+    for (;;) {
+        *st = nc_pg_waiter_ready(c, wt, err) < 0 ? -1 : 0;
+        if (*st < 0)
+            return NULL;
+        PGresult *r = PQgetResult(c->pg);
+        if (!r)
+            return NULL;                        /* this query's results end */
+        ExecStatusType rs = PQresultStatus(r);
+        if (rs == PGRES_FATAL_ERROR || rs == PGRES_BAD_RESPONSE || rs == PGRES_NONFATAL_ERROR) {
+            if (!*error) {
+                *error = r;
+                *error_q = q;
+            } else {
+                PQclear(r);
+            }
+        } else if (rs == PGRES_COPY_IN || rs == PGRES_COPY_OUT || rs == PGRES_COPY_BOTH) {
+            PQclear(r);
+            c->broken = 1;
+            nc_pg_waiter_abandon(wt);
+            nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED, "COPY is not supported through %s", via);
+            err->sent = NC_SENT_YES;
+            *st = -2;
+            return NULL;
+        } else {
+            return r;
+        }
+    }
+}
+
+/* After the last query, the Sync's own result ends the pipeline: 1 when it
+ * did, 0 when out of step with the server (the connection is marked broken:
+ * discard), -1 when the wait failed (err set). */
+static int read_sync(nc_pg_conn *c, nc_pg_waiter *wt, nc_error *err)
+{
+    if (nc_pg_waiter_ready(c, wt, err) < 0)
+        return -1;
+    PGresult *sync = PQgetResult(c->pg);
+    int synced = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+    PQclear(sync);
+    if (!synced || !PQexitPipelineMode(c->pg))
+        c->broken = 1;
+    return synced;
+}
+
 long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_pg_params *rows, int nrows,
                           const char *before, const char *after, double deadline, int *failed, nc_error *err)
 {
@@ -98,48 +150,23 @@ long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_
     int error_q = -1;
     long long total = 0;
     for (int q = 0; q < nq; q++) {
-        for (;;) {
-            if (nc_pg_waiter_ready(c, &wt, err) < 0)
-                goto lost;
-            PGresult *r = PQgetResult(c->pg);
-            if (!r)
-                break;                          /* this statement's results end */
-            ExecStatusType st = PQresultStatus(r);
-            if (st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR) {
-                if (!error) {
-                    error = r;
-                    error_q = q;
-                } else {
-                    PQclear(r);
-                }
-            } else if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
-                PQclear(r);
-                c->broken = 1;
-                nc_pg_waiter_abandon(&wt);
-                PQclear(error);
-                free(plan);
-                nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED,
-                             "COPY is not supported through execute_many");
-                err->sent = NC_SENT_YES;
-                return -1;
-            } else {
-                if (plan[q].kind == NC_PGQ_ROW && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)) {
-                    const char *n = PQcmdTuples(r);
-                    if (n && *n)
-                        total += strtoll(n, NULL, 10);
-                }
-                PQclear(r);                     /* rows of a SELECT, PIPELINE_ABORTED */
+        PGresult *r;
+        int st;
+        while ((r = next_result(c, &wt, q, &error, &error_q, "execute_many", &st, err))) {
+            ExecStatusType rs = PQresultStatus(r);
+            if (plan[q].kind == NC_PGQ_ROW && (rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK)) {
+                const char *n = PQcmdTuples(r);
+                if (n && *n)
+                    total += strtoll(n, NULL, 10);
             }
+            PQclear(r);                         /* rows of a SELECT, PIPELINE_ABORTED */
         }
+        if (st < 0)
+            goto lost;
     }
-    /* the Sync's own result ends the pipeline */
-    if (nc_pg_waiter_ready(c, &wt, err) < 0)
+    int synced = read_sync(c, &wt, err);
+    if (synced < 0)
         goto lost;
-    PGresult *sync = PQgetResult(c->pg);
-    int synced = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
-    PQclear(sync);
-    if (!synced || !PQexitPipelineMode(c->pg))
-        c->broken = 1;                          /* out of step with the server: discard */
     if (nc_pg_waiter_end(c, &wt, error, err) < 0) {
         PQclear(error);
         if (error_q >= 0 && (plan[error_q].kind == NC_PGQ_ROW || plan[error_q].kind == NC_PGQ_PARSE)) {
@@ -213,45 +240,22 @@ PGresult *nc_pg_exec_begin(nc_pg_conn *c, const char *first, const char *sql, in
     PGresult *keep = NULL, *error = NULL;
     int error_q = -1;
     for (int q = 0; q < 2; q++) {
-        for (;;) {
-            if (nc_pg_waiter_ready(c, &wt, err) < 0)
-                goto lost;
-            PGresult *r = PQgetResult(c->pg);
-            if (!r)
-                break;
-            ExecStatusType st = PQresultStatus(r);
-            if (st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR) {
-                if (!error) {
-                    error = r;
-                    error_q = q;
-                } else {
-                    PQclear(r);
-                }
-            } else if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
-                PQclear(r);
-                c->broken = 1;
-                nc_pg_waiter_abandon(&wt);
-                PQclear(keep);
-                PQclear(error);
-                nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED,
-                             "COPY is not supported through execute_query");
-                err->sent = NC_SENT_YES;
-                return NULL;
-            } else if (q == 1 && st != PGRES_PIPELINE_ABORTED) {
+        PGresult *r;
+        int st;
+        while ((r = next_result(c, &wt, q, &error, &error_q, "execute_query", &st, err))) {
+            if (q == 1 && PQresultStatus(r) != PGRES_PIPELINE_ABORTED) {
                 PQclear(keep);
                 keep = r;
             } else {
                 PQclear(r);                     /* BEGIN's, or the skipped statement's */
             }
         }
+        if (st < 0)
+            goto lost;
     }
-    if (nc_pg_waiter_ready(c, &wt, err) < 0)
+    int synced = read_sync(c, &wt, err);
+    if (synced < 0)
         goto lost;
-    PGresult *sync = PQgetResult(c->pg);
-    int synced = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
-    PQclear(sync);
-    if (!synced || !PQexitPipelineMode(c->pg))
-        c->broken = 1;                          /* out of step with the server: discard */
     if (nc_pg_waiter_end(c, &wt, error, err) < 0) {
         PQclear(error);
         PQclear(keep);

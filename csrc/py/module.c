@@ -169,44 +169,42 @@ static PyObject *sql_is_rollback_to(PyObject *mod, PyObject *sql)
     return sql_check(sql, nc_sql_is_rollback_to);
 }
 
-static PyObject *sql_effect(PyObject *mod, PyObject *args, PyObject *kwargs)
+/* For the functions taking (sql, dialect=PG): f's answer in *out and 0,
+ * or -1 with the exception set. */
+static int sql_dialect_call(PyObject *args, PyObject *kwargs, const char *fmt,
+                            int (*f)(const char *, size_t, int), int *out)
 {
-    (void)mod;
     static char *kwlist[] = {"sql", "dialect", NULL};
     PyObject *sql;
     int dialect = NC_DIALECT_PG;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|i:sql_effect", kwlist, &sql, &dialect))
-        return NULL;
-    if (dialect != NC_DIALECT_PG && dialect != NC_DIALECT_SQLITE)
-        return PyErr_Format(PyExc_ValueError, "unknown SQL dialect %d", dialect);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, fmt, kwlist, &sql, &dialect))
+        return -1;
+    if (dialect != NC_DIALECT_PG && dialect != NC_DIALECT_SQLITE) {
+        PyErr_Format(PyExc_ValueError, "unknown SQL dialect %d", dialect);
+        return -1;
+    }
     Py_ssize_t len;
     PyObject *keep;
     const char *p = sql_text(sql, &len, &keep);
     if (!p)
-        return NULL;
-    int r = nc_sql_effect(p, (size_t)len, dialect);
+        return -1;
+    *out = f(p, (size_t)len, dialect);
     Py_XDECREF(keep);
-    return PyLong_FromLong(r);
+    return 0;
+}
+
+static PyObject *sql_effect(PyObject *mod, PyObject *args, PyObject *kwargs)
+{
+    (void)mod;
+    int r;
+    return sql_dialect_call(args, kwargs, "U|i:sql_effect", nc_sql_effect, &r) < 0 ? NULL : PyLong_FromLong(r);
 }
 
 static PyObject *sql_is_blank(PyObject *mod, PyObject *args, PyObject *kwargs)
 {
     (void)mod;
-    static char *kwlist[] = {"sql", "dialect", NULL};
-    PyObject *sql;
-    int dialect = NC_DIALECT_PG;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "U|i:sql_is_blank", kwlist, &sql, &dialect))
-        return NULL;
-    if (dialect != NC_DIALECT_PG && dialect != NC_DIALECT_SQLITE)
-        return PyErr_Format(PyExc_ValueError, "unknown SQL dialect %d", dialect);
-    Py_ssize_t len;
-    PyObject *keep;
-    const char *p = sql_text(sql, &len, &keep);
-    if (!p)
-        return NULL;
-    int r = nc_sql_is_blank(p, (size_t)len, dialect);
-    Py_XDECREF(keep);
-    return PyBool_FromLong(r);
+    int r;
+    return sql_dialect_call(args, kwargs, "U|i:sql_is_blank", nc_sql_is_blank, &r) < 0 ? NULL : PyBool_FromLong(r);
 }
 
 static PyObject *sql_column_type(PyObject *mod, PyObject *text)
