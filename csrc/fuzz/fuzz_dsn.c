@@ -20,8 +20,8 @@
  *     nc_pg_ctx_new accepts, one piece per host (refusing only an empty
  *     entry of the host lists); each piece is accepted again and splits into
  *     itself (same name), has no target_session_attrs, and its name is valid
- *     UTF-8 without the password (unless a host or port holds it, or it is
- *     too short to say).
+ *     UTF-8 without the password (unless hosts and ports joined as a name
+ *     joins them make it up, or it is too short to say).
  * A broken promise prints what failed and aborts.
  */
 #include <stdint.h>
@@ -53,6 +53,30 @@ static int count_in(const char *hay, const char *needle)
     for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
         n++;
     return n;
+}
+
+/* Whether text shown in a name ("host:port") explains pw there: pw is one
+ * of the hosts, addresses or ports (or the defaults), or is made of such
+ * pieces joined by ':' as a name joins host and port (":5432", "h:5432"). */
+static int named_in(const char *pw, const char *const *shown)
+{
+    char piece[256];
+    for (const char *p = pw;;) {
+        const char *end = strchr(p, ':');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n >= sizeof piece)
+            return 0;
+        memcpy(piece, p, n);
+        piece[n] = '\0';
+        int found = n == 0 || !strcmp(piece, "5432") || strstr("localhost", piece);
+        for (int i = 0; !found && i < 3; i++)
+            found = shown[i] && strstr(shown[i], piece);
+        if (!found)
+            return 0;
+        if (!end)
+            return 1;
+        p = end + 1;
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -152,10 +176,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(n > 0 || se.code == NC_E_FO_SPLIT_DSN || se.code == NC_E_INTERNAL, "split refused with %d: %s",
               se.code, se.message);
         CHECK(n < 0 || n == (hosts > 0 ? hosts : 1), "%d pieces for %d hosts", n, hosts);
-        int pw_named = pw_secret &&
-                       ((others[0] && strstr(others[0], password)) || (others[1] && strstr(others[1], password)) ||
-                        (others[2] && strstr(others[2], password)) || !strcmp(password, "5432") ||
-                        strstr("localhost", password));
+        int pw_named = pw_secret && named_in(password, others);
         for (int i = 0; i < n; i++) {
             CHECK(utf8_ok(names[i]), "a name is not valid UTF-8: %s", names[i]);
             /* (a name's invalid UTF-8 bytes become '?': a password with one may match them) */
