@@ -18,7 +18,8 @@
 #   pytest-second   the suite on a second CPython: the newest pyenv CPython
 #                   newer than python3 if there is one, else Debian's debug
 #                   build python3-dbg (catches reference-count errors);
-#                   without the timing scenarios (marked `scenario`)
+#                   without the timing scenarios (marked `scenario`) and the
+#                   server and network behaviour tests (marked `network`)
 #   pytest-asan     the suite with the extension built with ASan + UBSan,
 #                   leak detection on; without the timing scenarios
 #
@@ -57,7 +58,7 @@ FUZZ_SECONDS=${NOODLE_FUZZ_SECONDS:-45}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 mkdir -p "$WORK"
 
-say() { printf '\n== %s\n' "$*"; }
+say() { printf '\n== [%d s] %s\n' "$SECONDS" "$*"; }   # seconds since the start
 die() { echo "tests/run.sh: $*" >&2; exit 2; }
 
 # -- which stages ------------------------------------------------------------
@@ -571,9 +572,11 @@ if wanted pytest-second; then
         record pytest-second MISSING 0 0 0 "no second CPython: no pyenv CPython newer than $PY and not Debian; opt out with NOODLE_TEST_SKIP=pytest-second"
     elif env_or_fail pytest-second second "$SECOND"; then
         INTERPRETERS+=("pytest-second: $(describe_python "$VENV/bin/python") [$SECOND_WHY]")
-        # nor the timing scenarios (marked `scenario`): the second CPython is
-        # there for the binding's interpreter-dependent code
-        PYTEST_SELECT=(-m "not once and not scenario")
+        # nor the timing scenarios (marked `scenario`) nor the tests whose
+        # subject is the server's or the network's behaviour (marked
+        # `network`): the second CPython is there for the binding's
+        # interpreter-dependent code
+        PYTEST_SELECT=(-m "not once and not scenario and not network")
         run_pytest_stage pytest-second "$VENV"
         PYTEST_SELECT=()
     fi
@@ -611,6 +614,7 @@ for s in "${STAGES[@]}"; do
     [ "${ST_STATUS[$s]}" = ok ] || BAD+=("$s: ${ST_STATUS[$s]} (${ST_NOTE[$s]})")
     TP=$((TP + ST_PASS[$s])) TF=$((TF + ST_FAIL[$s])) TS=$((TS + ST_SKIP[$s]))
 done
+echo "elapsed: $SECONDS s"
 echo "interpreters:"
 for i in "${INTERPRETERS[@]}"; do
     echo "  $i"
