@@ -55,6 +55,7 @@ C_TEST_TIMEOUT=${NOODLE_C_TEST_TIMEOUT:-300}
 STAGE_TIMEOUT=${NOODLE_STAGE_TIMEOUT:-1800}
 STAGES=(c-plain c-sanitizers c-tsan c-fuzz pytest-python3 pytest-second pytest-asan)
 FUZZ_SECONDS=${NOODLE_FUZZ_SECONDS:-45}
+JOBS=$(nproc 2>/dev/null || echo 2)   # parallel builds (make -j, the extension's sources)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 mkdir -p "$WORK"
 
@@ -221,7 +222,9 @@ run_c_stage() {
     local logdir="$WORK/$stage"
     rm -rf "$logdir"
     mkdir -p "$logdir"
-    if ! make -s -C csrc/tests BUILD="$build" CC="$cc" clean "$which" SANFLAGS="$sanflags" \
+    # clean, then the build on every core (the programs are independent)
+    if ! { make -s -C csrc/tests BUILD="$build" clean \
+            && make -s -j"$JOBS" -C csrc/tests BUILD="$build" CC="$cc" "$which" SANFLAGS="$sanflags"; } \
             >"$logdir/build.log" 2>&1; then
         cat "$logdir/build.log"
         record "$stage" FAILED 0 0 0 "build failed"
