@@ -263,9 +263,11 @@ def test_close_on_return_releases_the_gil(tmp_path):
 # targets (PyMem_RawFree, filled with 0xDD under PYTHONMALLOC=debug) after a
 # join of health_check_timeout + 0.5 s, and probe_endpoint then called
 # ops->close(ctx, t->raw) with t->raw read from the freed array: SIGSEGV in
-# py_close(vconn=0xdddddddddddddddd).  A check that succeeds after the free
-# only unlocks a freed mutex, which glibc refuses with EINVAL: no crash, which
-# is why an earlier version of this test passed on that main.
+# py_close(vconn=0xdddddddddddddddd); it passes since 0fc1bb8 (the probers
+# became the core's nc_prober, which a running probe keeps and closes as it
+# ends).  A check that succeeds after the free only unlocks a freed mutex,
+# which glibc refuses with EINVAL: no crash, which is why an earlier version
+# of this test (whose late checks succeeded) passed on that main.
 
 PROBE_OUTLIVES_JOIN = r"""
 import gc, os, sqlite3, sys, tempfile, threading, time
