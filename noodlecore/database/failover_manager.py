@@ -369,7 +369,15 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
             self._resume_in_child()
         from ..dbapi.connection import Connection   # dbapi builds on the database package
         return Connection(self._native.lend(timeout), autocommit=autocommit,
-                          discard=not self.config.enable_connection_pooling)
+                          discard=not self.config.enable_connection_pooling, source=self)
+
+    def drain(self) -> None:
+        """``DatabaseConnectionPool.drain()`` on every endpoint's pool
+        (SQLAlchemy's ``engine.dispose()`` on a multi-host URL calls it)."""
+        if self._closed:
+            return
+        for i in range(len(self.endpoints)):
+            (self._pools[i] if i < len(self._pools) else self._joined_pool(i)).drain()
 
     # -- monitoring -------------------------------------------------------
 
