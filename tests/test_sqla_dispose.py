@@ -136,6 +136,27 @@ def test_dbapi_dispose_drains_the_pools_connect_shares(pg, app, fresh_dbapi_pool
     assert info.value.error_code
 
 
+def test_a_failover_managers_drain_reaches_every_endpoint_pool(pg, app):
+    """What engine.dispose() calls for a multi-host URL (the connections' source
+    is the failover manager)."""
+    from noodlecore.database import DatabaseEndpoint, DatabaseFailoverManager, FailoverConfig
+    eps = [DatabaseEndpoint(n, n, pg.dsn(application_name=app), is_primary=n == "a") for n in "ab"]
+    with DatabaseFailoverManager(eps, config=FailoverConfig()) as m:
+        idle, held = m.connect(), m.connect()
+        assert idle._source is m
+        held_pid = held.backend_pid
+        idle.close()
+        with m.get_pool("b").connect() as other:   # a session of the other endpoint's pool
+            other_pid = other.backend_pid
+        assert len(sessions(pg, app)) == 3
+        m.drain()
+        wait_sessions(pg, app, {held_pid}, "every endpoint pool's idle sessions to close")
+        assert other_pid not in sessions(pg, app)
+        held.close()
+        wait_sessions(pg, app, (), "the borrowed one to close on return")
+    m.drain()   # shut down: nothing to do, no error
+
+
 def sqlite_fds(path):
     """How many of this process's descriptors are open on the database file."""
     n = 0

@@ -371,14 +371,6 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
         return Connection(self._native.lend(timeout), autocommit=autocommit,
                           discard=not self.config.enable_connection_pooling, source=self)
 
-    def drain(self) -> None:
-        """``DatabaseConnectionPool.drain()`` on every endpoint's pool
-        (SQLAlchemy's ``engine.dispose()`` on a multi-host URL calls it)."""
-        if self._closed:
-            return
-        for i in range(len(self.endpoints)):
-            (self._pools[i] if i < len(self._pools) else self._joined_pool(i)).drain()
-
     # -- monitoring -------------------------------------------------------
 
     def start_monitoring(self) -> None:
