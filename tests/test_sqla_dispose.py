@@ -86,9 +86,12 @@ def test_a_checked_out_connection_survives_dispose_and_is_closed_on_return(pg, a
 def test_another_engine_on_the_same_url_only_sees_its_idle_connections_go(pg, app, fresh_dbapi_pools):
     a = sa.create_engine(pg_url(pg, app))
     b = sa.create_engine(pg_url(pg, app))       # the same native pool underneath
-    open_idle(a, 1)
     b_out = b.connect()
     b_pid = backend_pid(b_out)
+    b_idle = open_idle(b, 2)                    # b's idle sessions
+    with a.connect() as c:                      # a borrows one of them and gives it back
+        assert backend_pid(c) in b_idle
+    assert set(sessions(pg, app)) == b_idle | {b_pid}
     a.dispose()
     wait_sessions(pg, app, {b_pid}, "the shared pool's idle sessions to close")
     assert backend_pid(b_out) == b_pid          # b's checkout goes on
@@ -112,7 +115,7 @@ def test_drop_database_after_dispose(pg, app, fresh_dbapi_pools):
         pg.sql("drop database %s" % db, dbname="postgres")   # waits up to 5 s for other sessions, then fails
         assert pg.scalar("select count(*) from pg_database where datname = '%s'" % db,
                          dbname="postgres") == "0"
-        assert dbapi_pool(pg_dsn(pg, app, db)).get_stats().connections_opened == 3
+        assert dbapi_pool(pg_dsn(pg, app, db)).get_stats().total_connections == 0
     finally:
         pg.sql("drop database if exists %s with (force)" % db, dbname="postgres")
 
@@ -155,6 +158,38 @@ def test_a_failover_managers_drain_reaches_every_endpoint_pool(pg, app):
         held.close()
         wait_sessions(pg, app, (), "the borrowed one to close on return")
     m.drain()   # shut down: nothing to do, no error
+
+
+def test_dispose_on_a_multi_host_url_drains_the_failover_managers_pools(pg_factory):
+    """A multi-host URL's connections come from the failover manager under the
+    engine: dispose() closes its idle sessions too (the probes' own sessions
+    are not the pool's: pids are compared, not counts)."""
+    from noodlecore.sqla import _common
+    p = pg_factory.primary("dsp")
+    s = pg_factory.standby(p, name="dss")
+    app = "nct_dispose_multi"
+    url = ("postgresql+noodlecore://postgres@/postgres?host=127.0.0.1:%d&host=127.0.0.1:%d"
+           "&target_session_attrs=read-write&application_name=%s&health_check_interval=0.2"
+           % (p.port, s.port, app))
+    engine = sa.create_engine(url)
+    managers = []
+    try:
+        idle, held = engine.connect(), engine.connect()
+        idle_pid, held_pid = backend_pid(idle), backend_pid(held)
+        idle.close()
+        managers = [m for (dsn, _), m in _common._managers.items() if ":%d," % p.port in dsn]
+        assert len(managers) == 1 and {idle_pid, held_pid} <= set(sessions(p, app))
+        engine.dispose()
+        wait_for(lambda: idle_pid not in sessions(p, app), timeout=10, what="the idle session to close")
+        assert held_pid in sessions(p, app) and backend_pid(held) == held_pid
+        held.close()
+        wait_for(lambda: held_pid not in sessions(p, app), timeout=10, what="the held one to close on return")
+        with engine.connect() as c:
+            assert backend_pid(c) not in (idle_pid, held_pid)
+    finally:
+        engine.dispose()
+        for m in managers:
+            m.shutdown()
 
 
 def sqlite_fds(path):
