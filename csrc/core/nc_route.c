@@ -162,7 +162,7 @@ static void route_switched(void *arg, int from, int to)
     /* The abandoned endpoint's idle connections go now, lent ones when they
      * come back: no borrower gets one of them again. */
     if (from >= 0 && from < count(r) && from != to)
-        nc_pool_drain(r->pools[from], 1);
+        nc_pool_drain(r->pools[from], NC_DRAIN_RETIRE);
 }
 
 static void route_monitor_gone(void *arg)
@@ -393,7 +393,7 @@ int nc_route_set_removed(nc_route *r, int i, int removed)
     /* Its idle connections go now, lent ones when they come back; and the
      * probe connection (its probes have stopped). */
     if (removed && !was) {
-        nc_pool_drain(r->pools[i], 1);
+        nc_pool_drain(r->pools[i], NC_DRAIN_RETIRE);
         nc_prober_idle(r->probers[i]);
     }
     pthread_mutex_unlock(&r->grow_mu);

@@ -221,7 +221,7 @@ static void test_connect_failure_switches_in_one_call(void)
 
     /* everything down: no usable endpoint, at once */
     ST(s.eps[1].down, 1);
-    nc_pool_drain(s.pools[1], 1);
+    nc_pool_drain(s.pools[1], NC_DRAIN_RETIRE);
     rc = nc_route_lend(s.r, 5, &ep, &c, &l, &err);
     CHECK(rc == -1 && err.code == NC_E_FO_NO_ENDPOINT, "all down: rc %d code %d (%s)", rc, err.code, err.message);
     /* endpoint 0 comes back: the next borrow rechecks and resumes there */

@@ -369,7 +369,7 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
             self._resume_in_child()
         from ..dbapi.connection import Connection   # dbapi builds on the database package
         return Connection(self._native.lend(timeout), autocommit=autocommit,
-                          discard=not self.config.enable_connection_pooling)
+                          discard=not self.config.enable_connection_pooling, source=self)
 
     # -- monitoring -------------------------------------------------------
 

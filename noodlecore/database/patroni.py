@@ -209,6 +209,14 @@ class PatroniSource:
             p._dsn = redact_dsn(self.endpoints[i].connection_string)
         return p
 
+    def drain(self) -> None:
+        """``DatabaseConnectionPool.drain()`` on every endpoint's pool, the members that
+        joined included (SQLAlchemy's ``engine.dispose()`` on a multi-host URL calls it)."""
+        if not self._closed:
+            self._sync_endpoints()
+            for i in range(len(self.endpoints)):
+                (self._pools[i] if i < len(self._pools) else self._joined_pool(i)).drain()
+
     def _patroni_start(self) -> None:
         if self._patroni_watch is not None:
             self._patroni_watch.start()
