@@ -179,6 +179,22 @@ static void mark_down(nc_route *r, int i)
     pthread_mutex_unlock(&r->rmu);
 }
 
+/* Whether a connection just lent from endpoint i may be handed out: not
+ * when i was removed meanwhile (the borrow chose i from an earlier look).
+ * Why this check suffices: nc_route_set_removed marks removed under rmu
+ * before it drains the pool, and the lend marked the slot lent (under the
+ * pool's lock) before this reads removed under rmu.  So either this sees
+ * removed (the caller closes the connection), or the drain comes after the
+ * slot was lent and closes it when it comes back: nothing lent after a
+ * removal is ever parked idle in the removed pool. */
+static int still_listed(nc_route *r, int i)
+{
+    pthread_mutex_lock(&r->rmu);
+    int ok = !r->rd[i].removed;
+    pthread_mutex_unlock(&r->rmu);
+    return ok;
+}
+
 static void ep_failure(void *arg, int failure, const nc_error *err)
 {
     route_ep *ep = arg;
@@ -587,7 +603,7 @@ static int lend_primary(nc_route *r, nc_monitor *m, double timeout, int read, in
             rc = -1;
             break;
         }
-        if (nc_monitor_generation(m) == gen) {
+        if (nc_monitor_generation(m) == gen && still_listed(r, idx)) {
             *endpoint = idx;
             *out = c;
             *lease = l;
@@ -605,8 +621,10 @@ static int lend_primary(nc_route *r, nc_monitor *m, double timeout, int read, in
             rc = -1;
             break;
         }
-        /* The endpoint changed while we borrowed: never hand out a
-         * connection of the abandoned one. */
+        /* The endpoint changed (or left the topology) while we borrowed:
+         * never hand out a connection of the abandoned one.  A removed one
+         * stops being current (its health fails), so the next look finds
+         * another endpoint, none (failover_wait), or fails. */
         nc_pool_release(p, c, 1);
     }
     return rc;
@@ -703,6 +721,14 @@ static int lend_read(nc_route *r, nc_monitor *m, int target, double written_at, 
         int got = nc_pool_try_acquire(p, &c, &l, err);
         if (got == 0)
             got = nc_pool_acquire(p, left > 0 ? left : 0, &c, &l, err) == 0 ? 1 : -1;
+        if (got > 0 && !still_listed(r, idx)) {
+            /* Removed after read_view looked: closed, not handed out (and
+             * not parked idle in a pool nothing lends from); choose again. */
+            nc_pool_release(p, c, 1);
+            nc_error_set(err, NC_E_FO_NO_STANDBY, NC_K_OPERATIONAL,
+                         "the standby chosen for the read (endpoint %d) left the topology during the borrow", idx);
+            continue;
+        }
         if (got > 0) {
             *endpoint = idx;
             *out = c;

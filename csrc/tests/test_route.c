@@ -29,7 +29,14 @@ typedef struct endpoint {
     int silent;         /* connects wait for their deadline, then fail (a server that never answers) */
     int connects, closes, pings;
     int gate;           /* 1: pings wait (up to their deadline) until it is 0 */
+    int hold;           /* 1: connects wait (up to their deadline) until it is 0 ... */
+    int held;           /* ... counted here as they begin to wait */
+    int role;           /* what its probes answer (NC_ROLE_UNKNOWN: as a non-PostgreSQL backend) */
+    uint64_t lsn;       /* and the WAL position they report with a role */
 } endpoint;
+
+/* The endpoint the calling thread's probe pinged last (f_ping sets it). */
+static __thread endpoint *pinged;
 
 typedef struct fconn {
     endpoint *ep;
@@ -55,6 +62,11 @@ static void *f_connect(void *ctx, double deadline, nc_error *err)
         nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "endpoint %d: connection refused", ep->id);
         return NULL;
     }
+    if (LD(ep->hold)) {
+        INC(ep->held);
+        while (LD(ep->hold) && nc_now() < deadline)
+            sleep_until(nc_now() + 0.001);
+    }
     fconn *c = calloc(1, sizeof *c);
     c->ep = ep;
     INC(ep->connects);
@@ -72,6 +84,7 @@ static int f_ping(void *ctx, void *conn, double deadline, nc_error *err)
     (void)conn;
     endpoint *ep = ctx;
     INC(ep->pings);
+    pinged = ep;
     while (LD(ep->gate) && nc_now() < deadline)
         sleep_until(nc_now() + 0.001);
     if (LD(ep->down)) {
@@ -101,6 +114,22 @@ static void f_close(void *ctx, void *conn)
 {
     INC(((endpoint *)ctx)->closes);
     free(conn);
+}
+
+/* The probes of a fake endpoint answer its role and WAL position, as a
+ * PostgreSQL server's would (the Makefile links this test with
+ * --wrap=nc_prober_probe): read routing over standbys without a server. */
+int __real_nc_prober_probe(nc_prober *p, double deadline, nc_probe_result *out);
+int __wrap_nc_prober_probe(nc_prober *p, double deadline, nc_probe_result *out)
+{
+    pinged = NULL;
+    int rc = __real_nc_prober_probe(p, deadline, out);
+    if (rc == 0 && pinged && LD(pinged->role) != NC_ROLE_UNKNOWN) {
+        out->role = LD(pinged->role);
+        out->have_lsn = 1;
+        out->lsn = LD(pinged->lsn);
+    }
+    return rc;
 }
 
 static const nc_backend_ops fake_ops = {
@@ -797,6 +826,87 @@ static void test_concurrent_lend_during_add_remove(void)
         drop_pool(pools[k]);
 }
 
+/* ---- a borrow racing a removal ----------------------------------------------- */
+
+typedef struct racer {
+    setup *s;
+    int target;
+    int rc, ep, code;
+    nc_conn *c;
+    char message[NC_ERRMSG_MAX];
+} racer;
+
+static void *lend_racer(void *arg)
+{
+    racer *b = arg;
+    uint64_t l;
+    nc_error err;
+    nc_error_clear(&err);
+    b->rc = nc_route_lend_to(b->s->r, b->target, 5 * nc_time_scale(), &b->ep, &b->c, &l, &err);
+    b->code = err.code;
+    memcpy(b->message, err.message, sizeof b->message);
+    return NULL;
+}
+
+static int open_count(const endpoint *ep)
+{
+    return LD(ep->connects) - LD(ep->closes);
+}
+
+/* Endpoint `victim` is removed while a borrow that already chose it is
+ * opening a connection there (its connect held): the borrow must not hand
+ * that connection out, and nothing may stay open in the removed pool (the
+ * drain at the removal found the slot still opening, so before the check
+ * the connection was lent and then parked idle there for good).  Reads
+ * (0: "standby", which then has no standby left; 1: "prefer-standby",
+ * which goes to the primary) and a primary borrow (2: the current endpoint
+ * removed, no monitor thread to switch yet). */
+static void test_no_lend_from_an_endpoint_removed_during_the_borrow(void)
+{
+    for (int k = 0; k < 3; k++) {
+        setup s;
+        make(&s, 2, NC_FO_AUTOMATIC);
+        ST(s.eps[0].role, NC_ROLE_WRITABLE);
+        ST(s.eps[0].lsn, 5000);
+        ST(s.eps[1].role, k < 2 ? NC_ROLE_READ_ONLY : NC_ROLE_WRITABLE);
+        ST(s.eps[1].lsn, 5000);
+        /* both probed: roles and positions known, 0 current */
+        nc_monitor *m = nc_route_enter(s.r);
+        CHECK(nc_monitor_recheck(m, nc_now() + 5) == 1, "recheck");
+        nc_route_leave(s.r);
+        nc_route_ep_status st[NC_MONITOR_ENDPOINTS_MAX];
+        nc_route_read_status(s.r, st);
+        CHECK(k == 2 || st[1].eligible, "case %d: endpoint 1 serves reads", k);
+        int victim = k < 2 ? 1 : 0;
+        endpoint *v = &s.eps[victim];
+        ST(v->hold, 1);
+        racer b;
+        memset(&b, 0, sizeof b);
+        b.s = &s;
+        b.target = k == 0 ? NC_TARGET_STANDBY : k == 1 ? NC_TARGET_PREFER_STANDBY : NC_TARGET_PRIMARY;
+        pthread_t t;
+        pthread_create(&t, NULL, lend_racer, &b);
+        double end = nc_now() + 5 * nc_time_scale();
+        while (LD(v->held) < 1 && nc_now() < end)
+            usleep(1000);
+        CHECK(LD(v->held) == 1, "case %d: the borrow connects to endpoint %d", k, victim);
+        CHECK(nc_route_set_removed(s.r, victim, 1) == 0, "removed");
+        ST(v->hold, 0);
+        pthread_join(t, NULL);
+        if (k == 0)
+            CHECK(b.rc == -1 && b.code == NC_E_FO_NO_STANDBY, "standby: rc %d ep %d code %d (%s)", b.rc, b.ep,
+                  b.code, b.message);
+        else
+            CHECK(b.rc == 0 && b.ep == 1 - victim, "case %d: rc %d ep %d code %d (%s)", k, b.rc, b.ep, b.code,
+                  b.message);
+        if (b.rc == 0)
+            nc_pool_release(s.pools[b.ep], b.c, 0);
+        CHECK(open_count(v) == 0, "case %d: %d connection(s) left open in the removed endpoint's pool", k,
+              open_count(v));
+        finish(&s);
+    }
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -814,6 +924,7 @@ int main(void)
         {"add_a_pool_in_use", test_add_a_pool_in_use},
         {"removed_during_its_probe", test_removed_during_its_probe},
         {"concurrent_lend_during_add_remove", test_concurrent_lend_during_add_remove},
+        {"no_lend_from_an_endpoint_removed_during_the_borrow", test_no_lend_from_an_endpoint_removed_during_the_borrow},
     };
     return nc_run_cases("test_route", cases, NC_NCASES(cases));
 }
