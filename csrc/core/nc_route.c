@@ -341,9 +341,17 @@ int nc_route_add(nc_route *r, nc_pool *pool, int priority, nc_error *err)
             goto fail;
         }
     }
+    /* All or nothing: everything the add needs is allocated before
+     * anything shows it (the prober here, the monitor's room next), so an
+     * out-of-memory leaves the route and the monitor with the same count
+     * and the pool without a route (the caller may offer it again). */
     nc_prober *pr = nc_prober_new(pool, 0, err);
     if (!pr)
         goto fail;
+    if (nc_monitor_reserve(m, i + 1, err) < 0) {
+        nc_prober_free(pr);
+        goto fail;
+    }
     /* Filled before the pool can see it: a connection lent from it already
      * reports through the observer once set (the pool's lock orders it). */
     r->eps[i] = (route_ep){r, i};
@@ -361,10 +369,10 @@ int nc_route_add(nc_route *r, nc_pool *pool, int priority, nc_error *err)
     /* Published before the monitor knows it: the monitor's probe of i (its
      * thread starts in nc_monitor_add) finds the slot whole. */
     __atomic_store_n(&r->n, i + 1, __ATOMIC_RELEASE);
-    int got = nc_monitor_add(m, priority, err);
-    if (got != i) {
-        /* Only past the monitor's own limit, checked above, or out of
-         * memory: the slot stays, removed, so the counts stay equal. */
+    /* Cannot fail: room reserved, the limit checked, and the monitor's
+     * count follows ours (both grow only here, under grow_mu).  Were it to
+     * fail anyway, the slot stays a tombstone: nothing lends from it. */
+    if (nc_monitor_add(m, priority, err) != i) {
         pthread_mutex_lock(&r->rmu);
         r->rd[i].removed = 1;
         pthread_mutex_unlock(&r->rmu);

@@ -826,6 +826,111 @@ static void test_concurrent_lend_during_add_remove(void)
         drop_pool(pools[k]);
 }
 
+/* ---- out of memory while adding an endpoint ---------------------------------- */
+
+/* The Makefile links this test with --wrap=malloc,calloc,realloc: the core's
+ * allocations come here.  Armed on one thread only (the monitor's and the
+ * pools' threads allocate as they like): the allocation after `fail_after`
+ * more fails, once. */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t k, size_t n);
+void *__real_realloc(void *p, size_t n);
+static __thread long fail_after = -1;
+static __thread int failed_one;
+
+static int inject(void)
+{
+    if (fail_after >= 0 && fail_after-- == 0) {
+        failed_one = 1;
+        return 1;
+    }
+    return 0;
+}
+
+void *__wrap_malloc(size_t n) { return inject() ? NULL : __real_malloc(n); }
+void *__wrap_calloc(size_t k, size_t n) { return inject() ? NULL : __real_calloc(k, n); }
+void *__wrap_realloc(void *p, size_t n) { return inject() ? NULL : __real_realloc(p, n); }
+
+static int monitor_count(setup *s)
+{
+    nc_monitor *m = nc_route_enter(s->r);
+    int n = m ? nc_monitor_count(m) : -1;
+    if (m)
+        nc_route_leave(s->r);
+    return n;
+}
+
+/* An add is all or nothing: each of its allocations in turn fails (a sweep
+ * until one add needs none to fail), and each failure leaves the route and
+ * its monitor with the same count as before and the pool without a route,
+ * so the same pool is added at the end; indices stay in step after (before
+ * the fix the monitor's arrays failed to grow after the route published the
+ * slot: the counts parted for good and the pool stayed taken). */
+static void test_add_is_all_or_nothing_out_of_memory(void)
+{
+    for (int running = 0; running < 2; running++) {
+        setup s;
+        make(&s, 2, NC_FO_AUTOMATIC);
+        nc_error err;
+        if (running) {
+            nc_monitor *m = nc_route_enter(s.r);
+            CHECK(m && nc_monitor_start(m, &err) == 0, "start");
+            nc_route_leave(s.r);
+        }
+        endpoint extra[2];
+        nc_pool *px = fake_pool(&extra[0], 7), *py = fake_pool(&extra[1], 8);
+        int injected = 0, i = -1;
+        for (long k = 0; k < 100; k++) {
+            nc_error_clear(&err);
+            failed_one = 0;
+            fail_after = k;
+            i = nc_route_add(s.r, px, 3, &err);
+            fail_after = -1;
+            if (!failed_one)
+                break;   /* no allocation left to fail */
+            injected++;
+            if (i >= 0) {
+                /* an allocation the add does without (a probe thread that
+                 * could not start is probed otherwise): in step all the same */
+                CHECK(running, "an add succeeded though one of its allocations failed (k %ld)", k);
+                break;
+            }
+            CHECK(err.code == NC_E_INTERNAL, "k %ld: code %d (%s)", k, err.code, err.message);
+            CHECK(nc_route_count(s.r) == 2 && monitor_count(&s) == 2 && !nc_route_pool(s.r, 2),
+                  "k %ld: route %d endpoints, monitor %d", k, nc_route_count(s.r), monitor_count(&s));
+        }
+        CHECK(injected >= 2, "allocations failed in the add: %d", injected);
+        CHECK(i == 2 && nc_route_pool(s.r, 2) == px, "the same pool added at last: %d (%s)", i, err.message);
+        CHECK(nc_route_add(s.r, py, 4, &err) == 3, "the next add: %s", err.message);
+        CHECK(nc_route_count(s.r) == 4 && monitor_count(&s) == 4, "in step: route %d, monitor %d",
+              nc_route_count(s.r), monitor_count(&s));
+        nc_route_ep_status st[NC_MONITOR_ENDPOINTS_MAX];
+        CHECK(nc_route_read_status(s.r, st) == 4 && !st[2].removed && !st[3].removed, "none a tombstone");
+        /* and they serve: the two first leave, the monitor switches to an added one */
+        CHECK(nc_route_set_removed(s.r, 0, 1) == 0 && nc_route_set_removed(s.r, 1, 1) == 0, "0 and 1 leave");
+        int ep = -1;
+        nc_conn *c;
+        uint64_t l;
+        int rc = nc_route_lend(s.r, 5, &ep, &c, &l, &err);
+        if (running && rc < 0) {
+            /* the monitor's threads decide: wait for the switch */
+            double end = nc_now() + 5 * nc_time_scale();
+            while (rc < 0 && nc_now() < end) {
+                usleep(1000);
+                rc = nc_route_lend(s.r, 5, &ep, &c, &l, &err);
+            }
+        }
+        /* (with threads, whichever of the two was probed first) */
+        CHECK(rc == 0 && (ep == 2 || (running && ep == 3)), "running %d: rc %d, lent from %d (%s)", running, rc, ep,
+              err.message);
+        if (rc == 0)
+            nc_pool_release(nc_route_pool(s.r, ep), c, 0);
+        finish(&s);
+        drop_pool(px);
+        drop_pool(py);
+    }
+}
+
 /* ---- a borrow racing a removal ----------------------------------------------- */
 
 typedef struct racer {
@@ -925,6 +1030,7 @@ int main(void)
         {"removed_during_its_probe", test_removed_during_its_probe},
         {"concurrent_lend_during_add_remove", test_concurrent_lend_during_add_remove},
         {"no_lend_from_an_endpoint_removed_during_the_borrow", test_no_lend_from_an_endpoint_removed_during_the_borrow},
+        {"add_is_all_or_nothing_out_of_memory", test_add_is_all_or_nothing_out_of_memory},
     };
     return nc_run_cases("test_route", cases, NC_NCASES(cases));
 }
