@@ -269,3 +269,59 @@ def test_watch_bad_arguments():
     assert ei.value.error_code == 2013
     with pytest.raises(errors.ConfigurationError):
         DatabaseFailoverManager.from_patroni("http://127.0.0.1:1", interval=0)
+
+
+def watch_threads():
+    """How many of this process's threads are Patroni watch threads (the core names them)."""
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/comm" % tid) as f:
+                n += f.read().strip() == "nc-patroni"
+        except OSError:      # a thread that ended meanwhile
+            pass
+    return n
+
+
+def test_watch_stop_and_close_from_two_threads(silent):
+    """stop() and close() at once from two threads (the binding releases the GIL while the
+    core joins the watch thread): close() returns only once the thread has ended, whoever
+    joined it, and nothing is used after it was freed (the pytest-asan stage runs this).
+    The thread is kept inside a read of a silent API, so a join takes up to the stop
+    check's period and the two calls overlap in most rounds."""
+    import gc
+    from noodlecore import _native
+    gc.collect()                 # a watch of an earlier test that is garbage ends now, not midway
+    others = watch_threads()     # watches of earlier tests still alive, if any
+    for k in range(30):
+        w = _native.PatroniWatch([silent], 0.01, 60.0, [])
+        w.start()
+        if k == 0:
+            assert watch_threads() == others + 1     # the core names its thread
+        barrier = threading.Barrier(2)
+        seen, failed = [], []
+
+        def call(name):
+            try:
+                barrier.wait(10)
+                getattr(w, name)()
+                if name == "close":
+                    seen.append(watch_threads())
+            except BaseException as e:      # reported below, in the test's thread
+                failed.append((name, e))
+
+        # The thread that reaches the barrier last usually runs first (it holds the GIL):
+        # each order in turn.
+        order = ("stop", "close") if k % 2 else ("close", "stop")
+        threads = [threading.Thread(target=call, args=(name,)) for name in order]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads), "stop() or close() hangs"
+        assert failed == []
+        assert len(seen) == 1 and seen[0] <= others, "close() returned while the watch thread still ran"
+        with pytest.raises(errors.PoolClosedError):
+            w.status()
+        w.stop()        # after close: nothing to do, no error
+        w.close()

@@ -316,8 +316,14 @@ static PyObject *watch_stop(PyObject *op, PyObject *unused)
     nc_patroni_watch *w = watch_get(self);
     if (!w)
         return NULL;
+    /* Without the GIL a close() in another thread may let go of w while
+     * this stop joins: the reference keeps its memory, and that close's
+     * stop waits for this join (so the follower it frees next has no
+     * thread left applying to it). */
+    nc_patroni_watch_ref(w);
     Py_BEGIN_ALLOW_THREADS
     nc_patroni_watch_stop(w);
+    nc_patroni_watch_unref(w);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
