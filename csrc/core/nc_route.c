@@ -179,22 +179,6 @@ static void mark_down(nc_route *r, int i)
     pthread_mutex_unlock(&r->rmu);
 }
 
-/* Whether a connection just lent from endpoint i may be handed out: not
- * when i was removed meanwhile (the borrow chose i from an earlier look).
- * Why this check suffices: nc_route_set_removed marks removed under rmu
- * before it drains the pool, and the lend marked the slot lent (under the
- * pool's lock) before this reads removed under rmu.  So either this sees
- * removed (the caller closes the connection), or the drain comes after the
- * slot was lent and closes it when it comes back: nothing lent after a
- * removal is ever parked idle in the removed pool. */
-static int still_listed(nc_route *r, int i)
-{
-    pthread_mutex_lock(&r->rmu);
-    int ok = !r->rd[i].removed;
-    pthread_mutex_unlock(&r->rmu);
-    return ok;
-}
-
 static void ep_failure(void *arg, int failure, const nc_error *err)
 {
     route_ep *ep = arg;
@@ -463,14 +447,25 @@ int nc_route_configure_reads(nc_route *r, const nc_read_config *cfg, nc_error *e
     return 0;
 }
 
-static void count_lend(nc_route *r, int i, int read)
+/* Whether a connection just lent from endpoint i may be handed out, and
+ * if so count it (one lock on the borrow path): not when i was removed
+ * meanwhile (the borrow chose i from an earlier look).  Why this check
+ * suffices: nc_route_set_removed marks removed under rmu before it drains
+ * the pool, and the lend marked the slot lent (under the pool's lock)
+ * before this reads removed under rmu.  So either this sees removed (the
+ * caller closes the connection), or the drain comes after the slot was
+ * lent and closes it when it comes back: nothing lent after a removal is
+ * ever parked idle in the removed pool. */
+static int accept_lend(nc_route *r, int i, int read)
 {
     pthread_mutex_lock(&r->rmu);
-    if (read)
+    int ok = !r->rd[i].removed;
+    if (ok && read)
         r->rd[i].reads++;
-    else
+    else if (ok)
         r->rd[i].writes++;
     pthread_mutex_unlock(&r->rmu);
+    return ok;
 }
 
 /* Wait, before until, for the monitor to record a change after event
@@ -611,11 +606,10 @@ static int lend_primary(nc_route *r, nc_monitor *m, double timeout, int read, in
             rc = -1;
             break;
         }
-        if (nc_monitor_generation(m) == gen && still_listed(r, idx)) {
+        if (nc_monitor_generation(m) == gen && accept_lend(r, idx, read)) {
             *endpoint = idx;
             *out = c;
             *lease = l;
-            count_lend(r, idx, read);
             rc = 0;
             break;
         }
@@ -729,7 +723,7 @@ static int lend_read(nc_route *r, nc_monitor *m, int target, double written_at, 
         int got = nc_pool_try_acquire(p, &c, &l, err);
         if (got == 0)
             got = nc_pool_acquire(p, left > 0 ? left : 0, &c, &l, err) == 0 ? 1 : -1;
-        if (got > 0 && !still_listed(r, idx)) {
+        if (got > 0 && !accept_lend(r, idx, 1)) {
             /* Removed after read_view looked: closed, not handed out (and
              * not parked idle in a pool nothing lends from); choose again. */
             nc_pool_release(p, c, 1);
@@ -741,7 +735,6 @@ static int lend_read(nc_route *r, nc_monitor *m, int target, double written_at, 
             *endpoint = idx;
             *out = c;
             *lease = l;
-            count_lend(r, idx, 1);
             return 0;
         }
         if (nc_error_failure(err->code, err->sqlstate) != NC_FAIL_LOST)
