@@ -401,7 +401,7 @@ int nc_route_set_removed(nc_route *r, int i, int removed)
     /* Its idle connections go now, lent ones when they come back; and the
      * probe connection (its probes have stopped). */
     if (removed && !was) {
-        nc_pool_drain(r->pools[i], NC_DRAIN_RETIRE);
+        nc_pool_drain(r->pools[i], NC_DRAIN_RETIRE | NC_DRAIN_HOLD);
         nc_prober_idle(r->probers[i]);
     }
     pthread_mutex_unlock(&r->grow_mu);

@@ -619,6 +619,74 @@ static void test_add_remove_readd(void)
     drop_pool(px);
 }
 
+static int pool_until(nc_pool *p, int (*pred)(const nc_pool_stats *, int), int arg, double timeout)
+{
+    double until = nc_now() + timeout;
+    for (;;) {
+        nc_pool_stats st;
+        nc_pool_get_stats(p, &st);
+        if (pred(&st, arg))
+            return 1;
+        if (nc_now() > until)
+            return 0;
+        sleep_until(nc_now() + 0.005);
+    }
+}
+static int idle_at(const nc_pool_stats *st, int n) { return st->idle == n; }
+static int total_at(const nc_pool_stats *st, int n) { return st->total == n; }
+static int leaked_from(const nc_pool_stats *st, int n) { return st->leaked >= (uint64_t)n; }
+
+/* A removed endpoint whose pool keeps min_connections holds no session of
+ * its server: its idle ones close and its janitor does not open them again
+ * (the drain holds the refill) until it is back and borrowed from.  The
+ * proof that the janitor ran after the removal is a leak it finds (a
+ * borrow held past leak_timeout): its loop refills first. */
+static void test_removed_pool_is_not_refilled(void)
+{
+    setup s;
+    make(&s, 1, NC_FO_AUTOMATIC);
+    endpoint extra;
+    memset(&extra, 0, sizeof extra);
+    extra.id = 7;
+    nc_pool_config pc;
+    nc_pool_config_defaults(&pc);
+    pc.max_connections = 3;
+    pc.min_connections = 2;
+    pc.retry_attempts = 1;
+    pc.validate = 0;
+    pc.max_lifetime = 0;
+    pc.leak_timeout = 0.3;
+    nc_error err;
+    nc_pool *px = nc_pool_new(&pc, &fake_ops, &extra, &err);
+    CHECK(px != NULL, "%s", err.message);
+    if (!px) {
+        finish(&s);
+        return;
+    }
+    CHECK(nc_route_add(s.r, px, 2, &err) == 1, "added: %s", err.message);
+    CHECK(pool_until(px, idle_at, 2, 1.0 + SLACK * 4), "min_connections not opened");
+    nc_conn *held;
+    uint64_t lh;
+    CHECK(nc_pool_acquire(px, 1.0, &held, &lh, &err) == 0, "borrow: %s", err.message);
+    int closes = LD(extra.closes);
+    CHECK(nc_route_set_removed(s.r, 1, 1) == 0, "removed");
+    CHECK(LD(extra.closes) == closes + 1, "the idle one closed: %d", LD(extra.closes) - closes);
+    CHECK(pool_until(px, leaked_from, 1, 2.0 + SLACK * 4), "the janitor did not run");
+    nc_pool_stats st;
+    nc_pool_get_stats(px, &st);
+    CHECK(st.total == 1, "refilled while removed: total %d", st.total);
+    nc_pool_release(px, held, 0);
+    CHECK(LD(extra.closes) == closes + 2, "the lent one closed on return");
+    CHECK(pool_until(px, total_at, 0, 0.5 + SLACK), "total %d", (nc_pool_get_stats(px, &st), st.total));
+    /* back, and borrowed from: min_connections again */
+    CHECK(nc_route_set_removed(s.r, 1, 0) == 0, "back");
+    CHECK(nc_pool_acquire(px, 1.0, &held, &lh, &err) == 0, "borrow: %s", err.message);
+    nc_pool_release(px, held, 0);
+    CHECK(pool_until(px, total_at, 2, 1.0 + SLACK * 4), "not refilled once back and borrowed from");
+    finish(&s);
+    drop_pool(px);
+}
+
 /* Endpoints past the capacity are refused with their own code; the route
  * works on. */
 static void test_capacity(void)
@@ -1031,6 +1099,7 @@ int main(void)
         {"concurrent_lend_during_add_remove", test_concurrent_lend_during_add_remove},
         {"no_lend_from_an_endpoint_removed_during_the_borrow", test_no_lend_from_an_endpoint_removed_during_the_borrow},
         {"add_is_all_or_nothing_out_of_memory", test_add_is_all_or_nothing_out_of_memory},
+        {"removed_pool_is_not_refilled", test_removed_pool_is_not_refilled},
     };
     return nc_run_cases("test_route", cases, NC_NCASES(cases));
 }
