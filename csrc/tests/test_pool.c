@@ -51,6 +51,8 @@ typedef struct fconn {
     int in_use;     /* set by the stress test while it holds the connection */
     int owed;       /* a reply owed (the reset of fake_ops_owed sends and does not wait) */
     int owed_fails; /* that reply will be a failure (settle -1) */
+    double answer_at; /* nc_now() before which no reply (ping, owed) arrives; 0: at once (main
+                       * thread only: the janitor's round never comes in these tests) */
     double opened;  /* nc_now() when connected */
 } fconn;
 
@@ -135,12 +137,30 @@ static int f_looks_alive(void *ctx, void *conn)
     return !LD(c->dead);
 }
 
+/* A reply that comes at c->answer_at: wait for it until deadline, or until
+ * the thread's stop check says stop.  1 it came, 0 not (still owed). */
+static int f_await(fconn *c, double deadline)
+{
+    for (;;) {
+        double now = nc_now(), at = c->answer_at;
+        if (now >= at)
+            return 1;
+        if (now >= deadline || nc_stop_check())
+            return 0;
+        double until = at < deadline ? at : deadline;
+        sleep_s(until - now < 0.005 ? until - now : 0.005);
+    }
+}
+
 static int f_ping(void *ctx, void *conn, double deadline, nc_error *err)
 {
-    (void)deadline;
     fake *f = ctx;
     fconn *c = conn;
     INC(f->pings);
+    if (!f_await(c, deadline)) {
+        ST(c->owed, 1);   /* as nc_pg.c: the ping's reply is left owed, not judged */
+        return 1;
+    }
     if (LD(f->ping_fail_all) || LD(c->ping_fail) || LD(c->dead)) {
         nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "fake ping failed");
         return -1;
@@ -194,6 +214,8 @@ static int f_settle(void *ctx, void *conn, double deadline)
         return 1;
     }
     INC(f->settles_waited);
+    if (!f_await(c, deadline))
+        return 1;   /* late: still owed */
     ST(c->owed, 0);
     return LD(c->owed_fails) ? -1 : 0;
 }
@@ -2045,6 +2067,124 @@ static void test_stop_check(void)
     nc_pool_free(p);
 }
 
+/* Only validation_timeout judges a connection: a check (the owed reply, a
+ * ping) that the borrower's own shorter deadline, or its stop check, cuts
+ * short leaves the connection idle with the reply owed, and the borrow
+ * fails with 2003 (2023); the next borrow reads the reply and lends it. */
+static void test_late_check_keeps(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 1);
+    cfg.validation_timeout = 10.0;
+    cfg.ping_after_idle = 0;
+    nc_error err;
+    nc_error_clear(&err);
+    nc_pool *p = nc_pool_new(&cfg, &fake_ops_owed, &f, &err);
+    CHECK(p != NULL, "%s", err.message);
+    if (!p)
+        return;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    fconn *fc = raw(a);
+    uint64_t serial = a->serial;
+    nc_pool_release(p, a, 0);
+    sleep_s(0.002);   /* idle longer than ping_after_idle: the borrow pings */
+
+    /* the ping answers after the borrower's deadline */
+    fc->answer_at = nc_now() + 0.3;
+    int rc = get(p, 0.05, &a, &la, &err);
+    CHECK(rc == -1 && err.code == NC_E_POOL_TIMEOUT && strstr(err.message, "kept"), "rc %d code %d: %s", rc,
+          err.code, err.message);
+    nc_pool_stats s = stats(p);
+    CHECK(s.idle == 1 && s.total == 1 && s.closed == 0 && s.validation_failures == 0 && LD(fc->owed) == 1,
+          "idle %d total %d closed %llu validation_failures %llu owed %d", s.idle, s.total,
+          (unsigned long long)s.closed, (unsigned long long)s.validation_failures, LD(fc->owed));
+    /* in time: the owed reply is read, then it is pinged and lent */
+    CHECK(get(p, 2, &a, &la, &err) == 0 && a->serial == serial, "%s", err.message);
+    CHECK(!LD(fc->owed), "the owed reply was not read");
+    nc_pool_release(p, a, 0);
+
+    /* the same cut short by the stop check (Ctrl-C) */
+    sleep_s(0.002);
+    fc->answer_at = nc_now() + 5.0;
+    stop_calls = 0;
+    nc_stop_install(stop_after_two, NULL);
+    double t0 = nc_now();
+    rc = get(p, 8, &a, &la, &err);
+    double el = nc_now() - t0;
+    nc_stop_install(NULL, NULL);
+    CHECK(rc == -1 && err.code == NC_E_INTERRUPTED, "rc %d code %d: %s", rc, err.code, err.message);
+    CHECK(el < 3 * NC_STOP_PERIOD + SLACK, "interrupted after %.3f s", el);
+    s = stats(p);
+    CHECK(s.idle == 1 && s.closed == 0 && s.acquire_timeouts == 1, "idle %d closed %llu timeouts %llu", s.idle,
+          (unsigned long long)s.closed, (unsigned long long)s.acquire_timeouts);
+    fc->answer_at = 0;
+    CHECK(get(p, 2, &a, &la, &err) == 0 && a->serial == serial, "%s", err.message);
+    nc_pool_release(p, a, 0);
+
+    /* validation_timeout shorter than the borrow's: the late ping condemns it */
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+    fake g = {0};
+    cfg.validation_timeout = 0.05;
+    p = nc_pool_new(&cfg, &fake_ops_owed, &g, &err);
+    CHECK(p != NULL, "%s", err.message);
+    if (!p)
+        return;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    serial = a->serial;
+    raw(a)->answer_at = nc_now() + 5.0;
+    nc_pool_release(p, a, 0);
+    sleep_s(0.002);
+    CHECK(get(p, 2, &a, &la, &err) == 0 && a->serial != serial, "rc/serial: %s", err.message);
+    s = stats(p);
+    CHECK(s.validation_failures == 1 && s.closed == 1 && s.replaced == 1, "validation_failures %llu closed "
+          "%llu replaced %llu", (unsigned long long)s.validation_failures, (unsigned long long)s.closed,
+          (unsigned long long)s.replaced);
+    nc_pool_release(p, a, 0);
+
+    /* PooledConnection.ping(): no answer within validation_timeout closes it on return */
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    raw(a)->answer_at = nc_now() + 5.0;
+    rc = nc_pool_ping(p, a, &err);
+    CHECK(rc == -1 && err.code == NC_E_QUERY_TIMEOUT, "rc %d code %d", rc, err.code);
+    nc_pool_release(p, a, 0);
+    s = stats(p);
+    CHECK(s.closed == 2 && s.idle == 0, "closed %llu idle %d", (unsigned long long)s.closed, s.idle);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+/* The stop check ends shutdown's wait for a lent connection: the pool stays
+ * closed and the connection is closed when it comes back. */
+static void test_stop_in_shutdown(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    stop_calls = 0;
+    nc_stop_install(stop_after_two, NULL);
+    double t0 = nc_now();
+    int left = nc_pool_shutdown(p, 10.0);
+    double el = nc_now() - t0;
+    nc_stop_install(NULL, NULL);
+    CHECK(left == 1, "left %d", left);
+    CHECK(el < 3 * NC_STOP_PERIOD + SLACK, "shutdown interrupted after %.3f s", el);
+    CHECK(nc_pool_is_closed(p), "the pool is not closed");
+    nc_pool_release(p, a, 0);
+    nc_pool_stats s = stats(p);
+    CHECK(s.total == 0 && f.closes == 1, "total %d closes %d", s.total, f.closes);
+    CHECK(nc_pool_shutdown(p, 10.0) == 0, "a second shutdown");
+    nc_pool_free(p);
+}
+
 /* A full server (53300): the borrow waits for a slot with capped exponential
  * backoff until its deadline, then times out (2003), whatever retry_attempts
  * says; a slot that frees meanwhile is taken.  retry_backoff 0 still backs off. */
@@ -2183,6 +2323,8 @@ int main(void)
         {"churn", test_churn},
         {"observer_and_refs", test_observer_and_refs},
         {"stop_check", test_stop_check},
+        {"late_check_keeps", test_late_check_keeps},
+        {"stop_in_shutdown", test_stop_in_shutdown},
         {"server_full", test_server_full},
         {"leaks", test_leaks},
         {"former_bugs", known_bugs},   /* bugs found by these tests and since fixed */

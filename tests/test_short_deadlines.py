@@ -1,0 +1,158 @@
+"""A borrow's own short deadline never condemns a healthy connection (issue 8, point 6's
+sibling), and a connection given up after an unconfirmed cancel says so.
+
+A borrow checks an idle connection before lending it: the reply its return's ROLLBACK still
+owes is read (`settle`), and one idle longer than ping_after_idle is pinged.  Only
+validation_timeout judges a connection: when the borrower's own, shorter, deadline ends such a
+check, the connection has proven nothing, so it goes back idle with its reply still owed (read
+by the next borrow), and the borrower gets PoolTimeoutError (2003).  The server's reply is made
+late deterministically by a TcpProxy that holds it back (blackhole: held, not dropped, and
+delivered when lifted); the server's own view (pg_stat_activity) and the pool's counters show
+that the session was kept, not replaced.
+"""
+
+import threading
+import time
+
+import pytest
+
+from helpers import sessions
+from noodlecore.database import OperationalError, PoolTimeoutError, QueryTimeoutError
+
+BORROW = 0.3     # the borrower's deadline, far below validation_timeout (30 s)
+
+
+@pytest.fixture
+def proxied(pg, pg_factory, make_pool, app):
+    """proxied(**options) -> (pool through a fresh proxy to the shared server, proxy)."""
+    made = []
+
+    def make(**options):
+        px = pg_factory.proxy(pg)
+        pool = make_pool(dsn="postgresql://postgres@127.0.0.1:%d/postgres?application_name=%s" % (px.port, app),
+                         **options)
+        made.append(px)
+        return pool, px
+
+    yield make
+    for px in made:
+        px.clear()
+
+
+def borrow_fails(pool, timeout):
+    t0 = time.monotonic()
+    with pytest.raises(PoolTimeoutError) as ei:
+        with pool.get_connection(timeout=timeout):
+            pass
+    return ei.value, time.monotonic() - t0
+
+
+def kept(pool, pg, app, pid):
+    """The pool's one connection is still the session pid: nothing closed, replaced or failed."""
+    st = pool._raw_stats()
+    assert (st["connections_opened"], st["connections_closed"], st["validation_failures"]) == (1, 0, 0), st
+    assert list(sessions(pg, app)) == [pid]
+    with pool.get_connection(timeout=5) as c:
+        assert c.backend_pid == pid
+        assert c.execute_query("SELECT 1 AS x", row_format="tuple") == [(1,)]
+        assert not c.in_transaction
+
+
+def test_a_slow_ping_past_the_borrowers_deadline_keeps_the_connection(proxied, pg, app):
+    pool, px = proxied(max_connections=1, timeout=5, ping_after_idle=0, validation_timeout=30)
+    with pool.get_connection() as c:
+        pid = c.backend_pid
+    px.blackhole(True)                  # the ping's reply is held back
+    err, took = borrow_fails(pool, BORROW)
+    assert err.error_code == 2003, err
+    assert "kept" in err.message, err.message
+    assert took < 5, took               # the borrower's deadline, not validation_timeout
+    st = pool._raw_stats()
+    assert (st["idle_connections"], st["total_connections"]) == (1, 1), st
+    px.blackhole(False)                 # the reply arrives; the next borrow reads it first
+    kept(pool, pg, app, pid)
+
+
+def test_a_slow_rollback_reply_past_the_borrowers_deadline_keeps_the_connection(proxied, pg, app):
+    # ping_after_idle large: the borrow's only round trip is the ROLLBACK's reply
+    pool, px = proxied(max_connections=1, timeout=5, ping_after_idle=600, validation_timeout=30)
+    c = pool.acquire()
+    pid = c.backend_pid
+    c.begin()
+    c.execute_query("SELECT 1")
+    px.blackhole(True)
+    c.release()                         # ROLLBACK sent, its reply not awaited (and now held back)
+    err, took = borrow_fails(pool, BORROW)
+    assert err.error_code == 2003 and "kept" in err.message, err
+    px.blackhole(False)
+    kept(pool, pg, app, pid)
+
+
+def test_a_waiter_handed_a_connection_whose_rollback_is_late_keeps_it(proxied, pg, app):
+    """The same on the hand-off path: a borrower waiting in line gets the connection straight
+    from its return, with the ROLLBACK's reply still owed."""
+    pool, px = proxied(max_connections=1, timeout=5, ping_after_idle=600, validation_timeout=30)
+    c = pool.acquire()
+    pid = c.backend_pid
+    c.begin()
+    c.execute_query("SELECT 1")
+    px.blackhole(True)
+    out = {}
+
+    def waiter():
+        try:
+            with pool.get_connection(timeout=1.0):
+                out["got"] = True
+        except PoolTimeoutError as e:
+            out["err"] = e
+    t = threading.Thread(target=waiter)
+    t.start()
+    deadline = time.monotonic() + 10
+    while pool._raw_stats()["requests_waiting"] != 1:
+        assert time.monotonic() < deadline, "the waiter never queued"
+        time.sleep(0.005)
+    c.release()                         # handed to the waiter, its ROLLBACK's reply held back
+    t.join(10)
+    assert "err" in out and out["err"].error_code == 2003, out
+    px.blackhole(False)
+    kept(pool, pg, app, pid)
+
+
+def test_the_validation_timeout_still_condemns_a_silent_connection(proxied, pg, app):
+    """The other side of the rule: when validation_timeout (not the borrower) ends the ping,
+    the connection is dropped and a replacement is tried."""
+    pool, px = proxied(max_connections=1, timeout=5, ping_after_idle=0, validation_timeout=0.2,
+                       connect_timeout=0.3, retry_attempts=1)
+    with pool.get_connection():
+        pass
+    px.blackhole(True)
+    t0 = time.monotonic()
+    with pytest.raises(OperationalError) as ei:
+        with pool.get_connection(timeout=3):
+            pass
+    assert ei.value.error_code == 2011, ei.value          # the replacement's connect failed too
+    assert time.monotonic() - t0 < 3
+    st = pool._raw_stats()
+    assert st["validation_failures"] == 1 and st["connections_closed"] == 1, st
+
+
+def test_a_statement_after_an_unconfirmed_cancel_says_why(proxied):
+    """A statement past its deadline whose cancel the server never confirms (a blackhole holds
+    both) leaves its connection given up; the next statement on it says so and names the
+    endpoint, instead of an empty "connection lost:"."""
+    pool, px = proxied(max_connections=1, timeout=5)
+    with pool.get_connection() as c:
+        c.execute_query("SELECT 1")
+        px.blackhole(True)
+        with pytest.raises(QueryTimeoutError):
+            c.execute_query("SELECT 1", timeout=0.3)
+        with pytest.raises(OperationalError) as ei:
+            c.execute_query("SELECT 1")
+    msg = ei.value.message
+    assert ei.value.error_code == 2004, ei.value
+    assert "127.0.0.1:%d" % px.port in msg, msg
+    assert "cancel of an earlier statement was not confirmed" in msg, msg
+    assert not msg.rstrip().endswith(":"), msg
+    px.blackhole(False)
+    with pool.get_connection(timeout=5) as c:            # the pool replaced it
+        assert c.execute_query("SELECT 2 AS y") == [{"y": 2}]
