@@ -504,10 +504,10 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
             return
         self._closed, self._restart_dispatcher = True, False
         got: List[BaseException] = []
-        d, me, wait = self._dispatcher, threading.current_thread(), lambda t: 0 if got else t  # noqa: E731
-        for step in [self._native.stop, self._stop_dispatch.set, lambda: d is None or d is me or d.join(wait(2)),
-                     self._drain_events, self._native.close, self._patroni_close,
-                     *[lambda p=p: p.shutdown(timeout=wait(1)) for p in self._pools]]:
+        d, me, wait = self._dispatcher, threading.current_thread(), lambda t, q=0.0: q if got else t  # noqa: E731
+        for step in [self._stop_dispatch.set, self._native.stop,   # the event thread ends at the stop's wake-up
+                     lambda: d is None or d is me or d.join(wait(2, 0.2)), self._drain_events, self._native.close,
+                     self._patroni_close, *[lambda p=p: p.shutdown(timeout=wait(1)) for p in self._pools]]:
             try:
                 step()
             except BaseException as exc:
