@@ -18,7 +18,8 @@
 #   pytest-second   the suite on a second CPython: the newest pyenv CPython
 #                   newer than python3 if there is one, else Debian's debug
 #                   build python3-dbg (catches reference-count errors);
-#                   without the timing scenarios (marked `scenario`)
+#                   without the timing scenarios (marked `scenario`) and the
+#                   server and network behaviour tests (marked `network`)
 #   pytest-asan     the suite with the extension built with ASan + UBSan,
 #                   leak detection on; without the timing scenarios
 #
@@ -54,10 +55,11 @@ C_TEST_TIMEOUT=${NOODLE_C_TEST_TIMEOUT:-300}
 STAGE_TIMEOUT=${NOODLE_STAGE_TIMEOUT:-1800}
 STAGES=(c-plain c-sanitizers c-tsan c-fuzz pytest-python3 pytest-second pytest-asan)
 FUZZ_SECONDS=${NOODLE_FUZZ_SECONDS:-45}
+JOBS=$(nproc 2>/dev/null || echo 2)   # parallel builds (make -j, the extension's sources)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 mkdir -p "$WORK"
 
-say() { printf '\n== %s\n' "$*"; }
+say() { printf '\n== [%d s] %s\n' "$SECONDS" "$*"; }   # seconds since the start
 die() { echo "tests/run.sh: $*" >&2; exit 2; }
 
 # -- which stages ------------------------------------------------------------
@@ -220,7 +222,9 @@ run_c_stage() {
     local logdir="$WORK/$stage"
     rm -rf "$logdir"
     mkdir -p "$logdir"
-    if ! make -s -C csrc/tests BUILD="$build" CC="$cc" clean "$which" SANFLAGS="$sanflags" \
+    # clean, then the build on every core (the programs are independent)
+    if ! { make -s -C csrc/tests BUILD="$build" clean \
+            && make -s -j"$JOBS" -C csrc/tests BUILD="$build" CC="$cc" "$which" SANFLAGS="$sanflags"; } \
             >"$logdir/build.log" 2>&1; then
         cat "$logdir/build.log"
         record "$stage" FAILED 0 0 0 "build failed"
@@ -571,9 +575,11 @@ if wanted pytest-second; then
         record pytest-second MISSING 0 0 0 "no second CPython: no pyenv CPython newer than $PY and not Debian; opt out with NOODLE_TEST_SKIP=pytest-second"
     elif env_or_fail pytest-second second "$SECOND"; then
         INTERPRETERS+=("pytest-second: $(describe_python "$VENV/bin/python") [$SECOND_WHY]")
-        # nor the timing scenarios (marked `scenario`): the second CPython is
-        # there for the binding's interpreter-dependent code
-        PYTEST_SELECT=(-m "not once and not scenario")
+        # nor the timing scenarios (marked `scenario`) nor the tests whose
+        # subject is the server's or the network's behaviour (marked
+        # `network`): the second CPython is there for the binding's
+        # interpreter-dependent code
+        PYTEST_SELECT=(-m "not once and not scenario and not network")
         run_pytest_stage pytest-second "$VENV"
         PYTEST_SELECT=()
     fi
@@ -611,6 +617,7 @@ for s in "${STAGES[@]}"; do
     [ "${ST_STATUS[$s]}" = ok ] || BAD+=("$s: ${ST_STATUS[$s]} (${ST_NOTE[$s]})")
     TP=$((TP + ST_PASS[$s])) TF=$((TF + ST_FAIL[$s])) TS=$((TS + ST_SKIP[$s]))
 done
+echo "elapsed: $SECONDS s"
 echo "interpreters:"
 for i in "${INTERPRETERS[@]}"; do
     echo "  $i"

@@ -22,6 +22,11 @@ import pytest
 from noodlecore.database import DatabaseConnectionPool, DataError, PoolTimeoutError, QueryTimeoutError
 from helpers import sessions, wait_for
 
+# Their subject is the server's and the network's behaviour (the same C paths on
+# every interpreter): tests/run.sh runs them in pytest-python3 and pytest-asan,
+# not on the second CPython.
+pytestmark = pytest.mark.network
+
 FROZEN = 17        # one more than the old process-wide cap of cancel threads
 
 

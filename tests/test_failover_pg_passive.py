@@ -20,7 +20,7 @@ from noodlecore.database import DatabaseError, OperationalError
 from noodlecore.database.failover_manager import DatabaseEndpoint, DatabaseFailoverManager, FailoverMode
 
 # Timing scenarios on real servers: the same C paths on every interpreter, so
-# tests/run.sh runs them in pytest-python3 and pytest-asan, not on the second CPython.
+# tests/run.sh runs them in pytest-python3 only (not on the second CPython nor under ASan).
 pytestmark = pytest.mark.scenario
 
 

@@ -20,6 +20,11 @@ from figures import record_figure
 from helpers import sessions, wait_for
 from noodlecore.database import DatabaseError, OperationalError, QueryTimeoutError
 
+# Their subject is the server's and the network's behaviour (the same C paths on
+# every interpreter): tests/run.sh runs them in pytest-python3 and pytest-asan,
+# not on the second CPython.
+pytestmark = pytest.mark.network
+
 CANCEL_GRACE = 0.5   # nc_pg.c: how long a cancelled statement may take to stop
 SLACK = 1.5          # a loaded 2-core machine under ASan
 

@@ -20,6 +20,11 @@ from helpers import wait_for
 from noodlecore.database import ConnectionPoolError, DatabaseConnectionPool, DatabaseError, PoolTimeoutError
 from noodlecore.testing import TestCA
 
+# Their subject is the server's and the network's behaviour (the same C paths on
+# every interpreter): tests/run.sh runs them in pytest-python3 and pytest-asan,
+# not on the second CPython.
+pytestmark = pytest.mark.network
+
 SLACK = 1.5   # a loaded 2-core machine under ASan
 
 

@@ -11,11 +11,13 @@ import time
 import warnings
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from figures import record_figure
 from helpers import wait_for
 from noodlecore import _native
 from noodlecore.database import ConfigurationError, ConnectionLeakWarning, DatabaseConnectionPool
+from noodlecore.database.metrics import get_metrics, register_prometheus
 
 LEAK = 0.3
 
@@ -54,6 +56,12 @@ def test_a_connection_held_past_leak_timeout_is_warned_with_its_borrowers_stack(
     assert warned_after >= LEAK
     st = pool.get_stats()
     assert st.leaked == 1
+    # ... and in the metrics, plain and Prometheus (a leak alert needs the counter)
+    assert get_metrics(pool)["leaked"] == 1
+    reg = CollectorRegistry()
+    register_prometheus(pool, registry=reg, name="leaky")
+    assert 'noodlecore_pool_connections_leaked_total{endpoint="",name="leaky"} 1.0' in \
+        generate_latest(reg).decode()
     assert conn.execute_query("SELECT 1 AS one") == [{"one": 1}]   # still the borrower's
     conn.release()
     record_figure("leaked connection", "warned %.2f s after the borrow (leak_timeout %.1f s), stack names "

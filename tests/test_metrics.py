@@ -100,7 +100,7 @@ def test_pool_metrics_plain_dict():
     assert m2["connections"] == {"active": 0, "idle": 1, "opening": 0, "total": 1, "max": 1, "min": 0}
     assert m2["acquires"] == 1 and m2["acquire_timeouts"] == 1
     assert m2["queries"] == 2 and m2["errors"] == 1
-    assert m2["validation_failures"] == 0 and m2["connections_opened"] == 1
+    assert m2["validation_failures"] == 0 and m2["connections_opened"] == 1 and m2["leaked"] == 0
     w = m2["acquire_wait_seconds"]
     assert set(w) == {"p50", "p99", "mean", "sum"} and 0 <= w["p50"] <= w["p99"]
     assert 0 < m2["health_score"] < 1
@@ -173,7 +173,8 @@ def test_prometheus_pool_metric_names_and_labels():
         assert value(smp, "noodlecore_pool_connections", name="orders", endpoint="", state="idle") == 0
         assert value(smp, "noodlecore_pool_max_connections", name="orders", endpoint="") == 2
         for n in ("noodlecore_pool_acquire_timeouts_total", "noodlecore_pool_validation_failures_total",
-                  "noodlecore_pool_connect_failures_total", "noodlecore_pool_query_errors_total"):
+                  "noodlecore_pool_connect_failures_total", "noodlecore_pool_query_errors_total",
+                  "noodlecore_pool_connections_leaked_total"):
             assert value(smp, n, name="orders", endpoint="") == 0
         assert value(smp, "noodlecore_pool_acquires_total", name="orders", endpoint="") == 1
         assert value(smp, "noodlecore_pool_queries_total", name="orders", endpoint="") == 1

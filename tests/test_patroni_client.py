@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -269,3 +270,108 @@ def test_watch_bad_arguments():
     assert ei.value.error_code == 2013
     with pytest.raises(errors.ConfigurationError):
         DatabaseFailoverManager.from_patroni("http://127.0.0.1:1", interval=0)
+
+
+def watch_threads():
+    """How many of this process's threads are Patroni watch threads (the core names them)."""
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/comm" % tid) as f:
+                n += f.read().strip() == "nc-patroni"
+        except OSError:      # a thread that ended meanwhile
+            pass
+    return n
+
+
+def test_watch_stop_and_close_from_two_threads(silent):
+    """stop() and close() at once from two threads (the binding releases the GIL while the
+    core joins the watch thread): close() returns only once the thread has ended, whoever
+    joined it, and nothing is used after it was freed (the pytest-asan stage runs this).
+    The thread is kept inside a read of a silent API, so a join takes up to the stop
+    check's period and the two calls overlap in most rounds."""
+    import gc
+    from noodlecore import _native
+    gc.collect()                 # a watch of an earlier test that is garbage ends now, not midway
+    others = watch_threads()     # watches of earlier tests still alive, if any
+    for k in range(30):
+        w = _native.PatroniWatch([silent], 0.01, 60.0, [])
+        w.start()
+        if k == 0:
+            assert watch_threads() == others + 1     # the core names its thread
+        barrier = threading.Barrier(2)
+        seen, failed = [], []
+
+        def call(name):
+            try:
+                barrier.wait(10)
+                getattr(w, name)()
+                if name == "close":
+                    seen.append(watch_threads())
+            except BaseException as e:      # reported below, in the test's thread
+                failed.append((name, e))
+
+        # The thread that reaches the barrier last usually runs first (it holds the GIL):
+        # each order in turn.
+        order = ("stop", "close") if k % 2 else ("close", "stop")
+        threads = [threading.Thread(target=call, args=(name,)) for name in order]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads), "stop() or close() hangs"
+        assert failed == []
+        assert len(seen) == 1 and seen[0] <= others, "close() returned while the watch thread still ran"
+        with pytest.raises(errors.PoolClosedError):
+            w.status()
+        w.stop()        # after close: nothing to do, no error
+        w.close()
+
+
+def test_forked_child_follows_the_members_again(pg):
+    """A manager that followed a member joining, then fork(): the child's route starts
+    over from the endpoints the manager was made with (the parent's later pools are the
+    parent's), and its own watch, renewed at the child's first use, learns the member
+    again from its answers: the child lists it, added by its own follower, and the
+    parent's follower is untouched.  Member "b" has no server (127.0.0.1:1): following
+    it needs none."""
+    from noodlecore.database.failover_manager import DatabaseFailoverManager, FailoverConfig
+    a = {"name": "a", "role": "leader", "state": "running", "host": pg.host, "port": pg.port, "timeline": 1}
+    b = {"name": "b", "role": "replica", "state": "streaming", "host": "127.0.0.1", "port": 1, "timeline": 1,
+         "lag": 0}
+    srv = OneShotServer(json.dumps({"members": [a], "scope": "fork"}))
+    m = DatabaseFailoverManager.from_patroni(srv.url, dsn=pg.dsn(), interval=0.05, timeout=2.0,
+                                             config=FailoverConfig(health_check_interval=0.2))
+    try:
+        srv.body = json.dumps({"members": [a, b], "scope": "fork"}).encode()
+        m.start_monitoring()
+        deadline = time.monotonic() + 10
+        while "b" not in m.get_status()["endpoints"]:
+            assert time.monotonic() < deadline, "the parent never followed b"
+            time.sleep(0.01)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                st = m.get_status()             # the first use: a new route over "a", a new watch
+                first = sorted(st["endpoints"])
+                deadline = time.monotonic() + 10
+                while "b" not in st["endpoints"] and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    st = m.get_status()
+                follow = st["patroni"]["follow"]
+                ok = (first in (["a"], ["a", "b"]) and sorted(st["endpoints"]) == ["a", "b"]
+                      and follow["added"] == 1 and [e.id for e in m.endpoints] == ["a", "b"]
+                      and m.endpoints[1].metadata.get("patroni_joined"))
+                code = 0 if ok else 3
+                if not ok:
+                    sys.stderr.write("child saw %r then %r, follow %r\n" % (first, sorted(st["endpoints"]), follow))
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the child did not follow b: %r" % status
+        st = m.get_status()
+        assert sorted(st["endpoints"]) == ["a", "b"] and st["patroni"]["follow"]["added"] == 1
+    finally:
+        m.shutdown()
+        srv.close()

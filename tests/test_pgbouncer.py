@@ -22,6 +22,11 @@ from noodlecore.database.errors import ConnectionPoolError
 from helpers import wait_for
 from test_interrupt import BOUND, Child
 
+# Their subject is the server's and the network's behaviour (the same C paths on
+# every interpreter): tests/run.sh runs them in pytest-python3 and pytest-asan,
+# not on the second CPython.
+pytestmark = pytest.mark.network
+
 
 @pytest.fixture
 def bouncer(pg_factory, pg):

@@ -255,6 +255,19 @@ def test_close_on_return_releases_the_gil(tmp_path):
 # test, not a dead test run.  The probe that outlives shutdown() is held by an
 # event (or a SQLite lock) the program releases only after the manager and
 # its pools are shut down, deleted and collected.
+#
+# The held check then fails (the Python check raises; b's SQLite file is no
+# longer a database), because that is the path that touches the endpoint
+# after the wait: the probe closes the connection its check failed on.  On
+# the main where issue 8 was filed (dea3c68) close_monitor freed the probe
+# targets (PyMem_RawFree, filled with 0xDD under PYTHONMALLOC=debug) after a
+# join of health_check_timeout + 0.5 s, and probe_endpoint then called
+# ops->close(ctx, t->raw) with t->raw read from the freed array: SIGSEGV in
+# py_close(vconn=0xdddddddddddddddd); it passes since 0fc1bb8 (the probers
+# became the core's nc_prober, which a running probe keeps and closes as it
+# ends).  A check that succeeds after the free only unlocks a freed mutex,
+# which glibc refuses with EINVAL: no crash, which is why an earlier version
+# of this test (whose late checks succeeded) passed on that main.
 
 PROBE_OUTLIVES_JOIN = r"""
 import gc, os, sqlite3, sys, tempfile, threading, time
@@ -267,30 +280,40 @@ def wait(cond, what, timeout=30):
             raise SystemExit("timed out waiting for " + what)
         time.sleep(0.005)
 
-in_check, release, closed = threading.Event(), threading.Event(), threading.Event()
+in_check, release = threading.Event(), threading.Event()
+closed_under_check, closed_after_check = threading.Event(), threading.Event()
 a_down, b_stuck = threading.Event(), threading.Event()
 checks = {"b": 0}
 
 class Backend:
     def __init__(self, cs):
         self.cs = cs
+        self.checking = self.was_held = False
     def execute_query(self, sql, params=None):
         if self.cs == "a" and a_down.is_set():
             raise RuntimeError("a is down")
         if self.cs == "b":
             checks["b"] += 1
             if checks["b"] >= BLOCK_FROM or b_stuck.is_set():
+                self.checking = self.was_held = True
                 in_check.set()
                 release.wait(30)       # a health check far longer than the monitor waits for
+                self.checking = False
+                if LATE_CHECK == "fails":  # the probe closes the connection as it ends
+                    raise ConnectionError("b went away during the health check")
         return [{"x": 1}]
     def close(self):
-        if self.cs == "b":
-            closed.set()
+        if self.cs == "b" and self.was_held:
+            (closed_under_check if self.checking else closed_after_check).set()
 
 cfg = FailoverConfig(health_check_interval=0.05, health_check_timeout=0.2, failover_timeout=30)
 if SCENARIO == "sqlite_locked":
     d = tempfile.mkdtemp()
     paths = [os.path.join(d, n) for n in ("a.db", "b.db")]
+    for p in paths:
+        db = sqlite3.connect(p)
+        db.execute("CREATE TABLE t (x)")
+        db.close()
     eps = [DatabaseEndpoint(id=n, name=n, connection_string="sqlite:///" + p, priority=i + 1, is_primary=i == 0)
            for i, (n, p) in enumerate(zip("ab", paths))]
     m = DatabaseFailoverManager(eps, config=cfg)
@@ -335,22 +358,37 @@ m.shutdown()                     # joins briefly, then leaves the probe running
 pools = m._pools
 del m, pools
 gc.collect()
-release.set()                    # the probe goes on, in freed memory if nothing owned it
 if SCENARIO == "sqlite_locked":
-    lock.execute("COMMIT")
+    # b's file stops being a database before the lock goes (the writes come
+    # first; closing this file also drops the process's locks on it): the
+    # waiting check fails (SQLITE_NOTADB) and the probe closes its connection
+    with open(paths[1], "r+b") as f:
+        f.write(b"not a database " * 8)
+    lock.close()
+else:
+    release.set()                # the probe goes on, in freed memory if nothing owned it
 if t is not None:
     t.join(60)
     assert not t.is_alive(), "trigger_failover never returned"
 if SCENARIO != "sqlite_locked":
-    assert closed.wait(30), "the stuck probe's connection was never closed"
+    if LATE_CHECK == "fails":    # on dea3c68 the probe crashes meanwhile: this waits for it
+        assert closed_after_check.wait(30), "the stuck probe's connection was not closed after its check"
+    else:
+        wait(lambda: closed_after_check.is_set() or closed_under_check.is_set(), "the probe's connection to close")
+    assert not closed_under_check.is_set(), "the stuck probe's connection was closed under its check"
 print("OK", outcome)
 """
 
 
-@pytest.mark.parametrize("scenario,block_from", [("slow_health_check", 1), ("trigger_vs_shutdown", 2),
-                                                 ("monitor_switch_vs_shutdown", 10**9), ("sqlite_locked", 0)])
-def test_probe_that_outlives_shutdown_owns_what_it_touches(scenario, block_from):
-    code = "SCENARIO = %r\nBLOCK_FROM = %d\n" % (scenario, block_from) + PROBE_OUTLIVES_JOIN
+@pytest.mark.parametrize("scenario,block_from,late_check", [
+    ("slow_health_check", 1, "fails"), ("trigger_vs_shutdown", 2, "fails"),
+    ("monitor_switch_vs_shutdown", 10**9, "fails"), ("sqlite_locked", 0, "fails"),
+    # the other ending: a late check that succeeds, and the closed probe
+    # closes its connection after it (dea3c68 closed it under the check)
+    ("slow_health_check", 1, "succeeds")])
+def test_probe_that_outlives_shutdown_owns_what_it_touches(scenario, block_from, late_check):
+    code = "SCENARIO = %r\nBLOCK_FROM = %d\nLATE_CHECK = %r\n" % (scenario, block_from, late_check) \
+        + PROBE_OUTLIVES_JOIN
     env = subprocess_env()
     if "ASAN_OPTIONS" in env:
         # The program exits with native threads still running on purpose;

@@ -63,6 +63,7 @@
 struct nc_fo {
     nc_fo_config cfg;
     int n;
+    int cap;            /* room in the per-endpoint arrays (nc_fo_reserve) */
     int preferred;
     int current;
     int state;
@@ -220,6 +221,7 @@ nc_fo *nc_fo_new(const nc_fo_config *cfg, int n, const int *priority, int primar
     }
     fo->cfg = *cfg;
     fo->n = n;
+    fo->cap = n;
     memcpy(fo->priority, priority, (size_t)n * sizeof *priority);
     if (primary >= 0) {
         fo->preferred = primary;
@@ -247,11 +249,16 @@ void nc_fo_free(nc_fo *fo)
     free(fo);
 }
 
-/* Grow every per-endpoint array to n + 1 (the caller serialises, as for
- * every call here, so nobody holds a pointer into them meanwhile). */
-static int grow(nc_fo *fo)
+/* Grow every per-endpoint array to room for n (the caller serialises, as
+ * for every call here, so nobody holds a pointer into them meanwhile).  A
+ * failure part way leaves some arrays longer: harmless, cap stays. */
+int nc_fo_reserve(nc_fo *fo, int n)
 {
-    size_t k = (size_t)fo->n + 1;
+    if (!fo || n < 0 || n > 1 << 20)
+        return -1;
+    if (n <= fo->cap)
+        return 0;
+    size_t k = (size_t)n;
     int *p = realloc(fo->priority, k * sizeof *p);
     if (!p)
         return -1;
@@ -272,12 +279,13 @@ static int grow(nc_fo *fo)
     if (!r)
         return -1;
     fo->removed = r;
+    fo->cap = n;
     return 0;
 }
 
 int nc_fo_add(nc_fo *fo, int priority)
 {
-    if (!fo || priority < 1 || fo->n >= 1 << 20 || grow(fo) < 0)
+    if (!fo || priority < 1 || fo->n >= 1 << 20 || nc_fo_reserve(fo, fo->n + 1) < 0)
         return -1;
     int i = fo->n;
     fo->priority[i] = priority;

@@ -118,6 +118,11 @@ void nc_fo_probe(nc_fo *fo, int i, double now, int ok, double latency, int role,
  * a target only once probed).  -1 on bad arguments / no memory. */
 int nc_fo_add(nc_fo *fo, int priority);
 
+/* Make room for n endpoints in all, allocating now, so that adds up to n
+ * cannot fail for memory (an add that must be all-or-nothing reserves
+ * first).  0, or -1 out of memory (fo unchanged in what it holds). */
+int nc_fo_reserve(nc_fo *fo, int n);
+
 /* Endpoint i left the topology (removed != 0), or came back under the same
  * name (0).  Removed: its health reads as a failed check ("removed from the
  * topology") and stays so (probe results and passive reports for it are

@@ -5,6 +5,7 @@
  * max_lifetime, closes those idle longer than idle_timeout while the pool is
  * above min_connections, pings the rest and replaces the ones that fail.  In
  * between it keeps min_connections open, woken at once when a slot empties.
+ * After a drain with NC_DRAIN_HOLD it opens nothing until the next borrow.
  * It never holds the pool mutex across backend I/O, so borrowers are never
  * held up by a check; a connection being checked is simply not idle.
  *
@@ -59,12 +60,13 @@ static double find_leaks_locked(nc_pool *p, double now)
 }
 
 /* Put a connection the janitor opened or checked (state OPENING or
- * CHECKING) back: idle, or closed when the pool was shut down meanwhile
- * (shutdown closed the idle ones before we got here, and nothing else ever
- * would).  Called with mu held; returns with it released. */
+ * CHECKING) back: idle, or closed when the pool was shut down or drained
+ * with NC_DRAIN_RETIRE meanwhile (the drain closed the idle ones before we
+ * got here, and nothing else ever would).  Called with mu held; returns
+ * with it released. */
 static void park_unlock(nc_pool *p, nc_conn *c)
 {
-    if (!p->closed) {
+    if (!p->closed && !nc_pool_retired_locked(p, c)) {
         nc_pool_put_idle_locked(p, c);
         pthread_mutex_unlock(&p->mu);
         return;
@@ -83,7 +85,8 @@ static void fill_to_min(nc_pool *p, int replacing)
 {
     for (;;) {
         pthread_mutex_lock(&p->mu);
-        if (p->closed || p->janitor_stop || nc_pool_total_locked(p) >= p->cfg.min_connections) {
+        if (p->closed || p->janitor_stop || p->refill_held ||
+            nc_pool_total_locked(p) >= p->cfg.min_connections) {
             pthread_mutex_unlock(&p->mu);
             return;
         }
@@ -156,7 +159,7 @@ static void check_idle(nc_pool *p, int validate_round)
         p->closed_count++;
         if (ping)
             p->validation_failures++;
-        int replace = (ping || retire) && !p->closed && !p->janitor_stop;
+        int replace = (ping || retire) && !p->closed && !p->janitor_stop && !p->refill_held;
         nc_pool_slot_free_locked(p, c);   /* hands the place to a waiter if any */
         if (replace && c->state == NC_SLOT_EMPTY) {
             /* Replace what was unhealthy or retired, so the pool keeps its size. */

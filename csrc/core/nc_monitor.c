@@ -890,6 +890,20 @@ int nc_monitor_add(nc_monitor *m, int priority, nc_error *err)
     return i;
 }
 
+int nc_monitor_reserve(nc_monitor *m, int n, nc_error *err)
+{
+    if (n > NC_MONITOR_MAX) {
+        nc_error_set(err, NC_E_CONFIG, NC_K_INTERFACE, "monitor: at most %d endpoints", NC_MONITOR_MAX);
+        return -1;
+    }
+    pthread_mutex_lock(&m->mu);
+    int rc = nc_fo_reserve(m->fo, n);
+    pthread_mutex_unlock(&m->mu);
+    if (rc < 0)
+        nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "monitor: cannot make room for an endpoint (out of memory)");
+    return rc;
+}
+
 void nc_monitor_set_removed(nc_monitor *m, int i, int removed)
 {
     pthread_mutex_lock(&m->mu);

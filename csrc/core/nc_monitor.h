@@ -149,6 +149,12 @@ int nc_monitor_wait_events(nc_monitor *m, uint64_t after, nc_event *out, int cap
  * failed over from: nc_fo_set_removed) or came back (0: probed again).
  * The probe callback must know endpoint i before nc_monitor_add returns i. */
 int nc_monitor_add(nc_monitor *m, int priority, nc_error *err);
+/* Room for n endpoints in all, allocated now: after it, nc_monitor_add up
+ * to n cannot fail for memory (a caller that publishes the endpoint
+ * elsewhere first, as the route does, reserves before publishing).  0, or
+ * -1 with err (NC_E_CONFIG past NC_MONITOR_ENDPOINTS_MAX, NC_E_INTERNAL
+ * out of memory). */
+int nc_monitor_reserve(nc_monitor *m, int n, nc_error *err);
 void nc_monitor_set_removed(nc_monitor *m, int i, int removed);
 int nc_monitor_count(nc_monitor *m);
 

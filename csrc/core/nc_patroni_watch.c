@@ -1,4 +1,7 @@
 /* nc_patroni_watch.c - re-reading Patroni while running (see nc_patroni_watch.h). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE   /* pthread_setname_np */
+#endif
 #include "nc_patroni_watch.h"
 #include "nc_patroni_follow.h"
 #include "nc_fork.h"
@@ -18,6 +21,8 @@ struct nc_patroni_watch {
     double interval, timeout;
     uint64_t fork_gen;
     int started, stop;          /* under mu; stop is also read by the thread's stop check */
+    int joining;                /* a stop is joining the thread: other stops (a free) wait for it */
+    int refs;                   /* the owner and callers inside a stop (nc_patroni_watch_ref), under mu */
     pthread_t thread;
     /* what status reports, under mu */
     uint64_t fetches, failures;
@@ -139,12 +144,24 @@ nc_patroni_watch *nc_patroni_watch_new(const char *const *urls, int nurls, doubl
     w->interval = interval;
     w->timeout = timeout;
     w->fork_gen = nc_fork_generation();
+    w->refs = 1;
     return w;
+}
+
+/* Wait, under mu, for a stop in another thread to finish joining (the
+ * thread ends within about NC_STOP_PERIOD of its stop flag). */
+static void wait_joined_locked(nc_patroni_watch *w)
+{
+    while (w->joining)
+        pthread_cond_wait(&w->cv, &w->mu);
 }
 
 int nc_patroni_watch_start(nc_patroni_watch *w, nc_error *err)
 {
     pthread_mutex_lock(&w->mu);
+    /* Not while an old thread is being joined: clearing stop now would keep
+     * it running, and its join would never return. */
+    wait_joined_locked(w);
     int rc = 0;
     if (!w->started) {
         w->stop = 0;
@@ -152,6 +169,9 @@ int nc_patroni_watch_start(nc_patroni_watch *w, nc_error *err)
             nc_error_set(err, NC_E_INTERNAL, NC_K_INTERNAL, "could not start the Patroni watch thread");
             rc = -1;
         } else {
+            /* Named (before start returns), so a debugger, top -H or a test
+             * tells it from the others. */
+            (void)pthread_setname_np(w->thread, NC_PATRONI_WATCH_THREAD_NAME);
             w->started = 1;
         }
     }
@@ -163,6 +183,10 @@ void nc_patroni_watch_stop(nc_patroni_watch *w)
 {
     pthread_mutex_lock(&w->mu);
     if (!w->started) {
+        /* Another caller's stop may be joining the thread: returning now
+         * would let a free (or the follower's) pull memory from under the
+         * thread still running.  Wait for that join. */
+        wait_joined_locked(w);
         pthread_mutex_unlock(&w->mu);
         return;
     }
@@ -170,8 +194,38 @@ void nc_patroni_watch_stop(nc_patroni_watch *w)
     pthread_cond_broadcast(&w->cv);
     pthread_t t = w->thread;
     w->started = 0;
+    w->joining = 1;   /* one joiner: a second pthread_join of t is undefined */
     pthread_mutex_unlock(&w->mu);
     pthread_join(t, NULL);
+    pthread_mutex_lock(&w->mu);
+    w->joining = 0;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void nc_patroni_watch_ref(nc_patroni_watch *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->refs++;
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void watch_destroy(nc_patroni_watch *w)
+{
+    for (int i = 0; i < w->nurls; i++)
+        free(w->urls[i]);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w);
+}
+
+void nc_patroni_watch_unref(nc_patroni_watch *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int last = --w->refs == 0;
+    pthread_mutex_unlock(&w->mu);
+    if (last)
+        watch_destroy(w);
 }
 
 void nc_patroni_watch_status_get(nc_patroni_watch *w, nc_patroni_watch_status *out)
@@ -207,12 +261,8 @@ void nc_patroni_watch_free(nc_patroni_watch *w)
 {
     if (!w)
         return;
-    nc_patroni_watch_stop(w);
-    for (int i = 0; i < w->nurls; i++)
-        free(w->urls[i]);
-    pthread_mutex_destroy(&w->mu);
-    pthread_cond_destroy(&w->cv);
-    free(w);
+    nc_patroni_watch_stop(w);   /* the thread has ended when it returns, whoever joined it */
+    nc_patroni_watch_unref(w);
 }
 
 void nc_patroni_diff(const nc_patroni_cluster *c, const char *const *known, int nknown, int *joined, int *njoined,

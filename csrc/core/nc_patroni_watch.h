@@ -16,6 +16,9 @@
 #include "nc_patroni.h"
 
 typedef struct nc_patroni_watch nc_patroni_watch;
+
+/* The watch thread's name (/proc/self/task/N/comm; at most 15 bytes). */
+#define NC_PATRONI_WATCH_THREAD_NAME "nc-patroni"
 typedef struct nc_patroni_follow nc_patroni_follow;
 
 typedef struct nc_patroni_watch_status {
@@ -41,8 +44,18 @@ int nc_patroni_watch_start(nc_patroni_watch *w, nc_error *err);
 
 /* Stop and join the thread.  The thread consults its stop flag during a
  * fetch (every NC_STOP_PERIOD), so this returns within about that, unless
- * a name lookup blocks (then at most the fetch's deadline). */
+ * a name lookup blocks (then at most the fetch's deadline).  Safe from
+ * several threads at once (and with nc_patroni_watch_free): one joins, the
+ * others wait for that join, so each returns once the thread has ended.  A
+ * caller that may race the owner's free holds a reference meanwhile
+ * (nc_patroni_watch_ref). */
 void nc_patroni_watch_stop(nc_patroni_watch *w);
+
+/* Keep w's memory for a call made without the owner's lock (the binding's
+ * stop() with the GIL released while close() may run in another thread);
+ * the last of the owner's free and the unrefs frees it. */
+void nc_patroni_watch_ref(nc_patroni_watch *w);
+void nc_patroni_watch_unref(nc_patroni_watch *w);
 
 /* A copy of the counters and the last answer. */
 void nc_patroni_watch_status_get(nc_patroni_watch *w, nc_patroni_watch_status *out);
@@ -55,7 +68,8 @@ void nc_patroni_watch_follow(nc_patroni_watch *w, nc_patroni_follow *f);
  * are the parent's: do not use it, make a new one). */
 int nc_patroni_watch_inherited(const nc_patroni_watch *w);
 
-/* Stop, join and free (NULL is fine). */
+/* Stop, join (or wait for a stop in progress elsewhere to have joined)
+ * and let go: the memory goes with the last reference.  NULL is fine. */
 void nc_patroni_watch_free(nc_patroni_watch *w);
 
 /* The member names of c not among known[0..nknown) (indexes into

@@ -128,6 +128,7 @@ nc_conn *nc_pool_reserve_locked(nc_pool *p)
         nc_conn *c = &p->slots[i];
         if (c->state == NC_SLOT_EMPTY) {
             c->state = NC_SLOT_OPENING;
+            c->epoch = p->retire_epoch;
             p->nbusy++;
             return c;
         }
@@ -217,11 +218,12 @@ void nc_pool_slot_free_locked(nc_pool *p, nc_conn *c)
         nc_waiter *w = p->wait_head;
         dequeue_waiter_locked(p, w);
         c->state = NC_SLOT_OPENING;
+        c->epoch = p->retire_epoch;
         p->nbusy++;
         w->conn = c;
         w->result = NC_WAIT_MAY_OPEN;
         pthread_cond_signal(&w->cv);
-    } else if (nc_pool_total_locked(p) < p->cfg.min_connections && p->janitor_started) {
+    } else if (nc_pool_total_locked(p) < p->cfg.min_connections && p->janitor_started && !p->refill_held) {
         p->janitor_kick = 1;
         pthread_cond_signal(&p->janitor_cv);
     }
@@ -444,6 +446,17 @@ static int open_into(nc_pool *p, nc_conn *c, double deadline, int fail_code, int
 
 /* ---- borrowing --------------------------------------------------------- */
 
+/* A borrow ends an NC_DRAIN_HOLD: the janitor keeps min_connections again
+ * (woken now when the pool is below it).  Under mu. */
+static void borrow_resumes_refill_locked(nc_pool *p)
+{
+    p->refill_held = 0;
+    if (p->janitor_started && nc_pool_total_locked(p) < p->cfg.min_connections) {
+        p->janitor_kick = 1;
+        pthread_cond_signal(&p->janitor_cv);
+    }
+}
+
 static void record_wait_locked(nc_pool *p, double waited)
 {
     p->acquires++;
@@ -492,6 +505,8 @@ int nc_pool_try_acquire(nc_pool *p, nc_conn **out, uint64_t *lease, nc_error *er
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
         return -1;
     }
+    if (p->refill_held)
+        borrow_resumes_refill_locked(p);
     if (p->wait_head || p->idle_top < 0) {
         unlock(p);
         return 0;
@@ -617,6 +632,8 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
     int replacing = 0;   /* a dead connection was dropped on the way: codes 2010/2011 */
 
     lock(p);
+    if (p->refill_held && !p->closed)
+        borrow_resumes_refill_locked(p);
     for (;;) {
         if (p->closed) {
             unlock(p);
@@ -762,6 +779,7 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
         c->raw = NULL;
         c->lease++;
         c->state = NC_SLOT_OPENING;   /* stays counted in nbusy */
+        c->epoch = p->retire_epoch;
         unlock(p);
         int rc = open_into(p, c, open_by, NC_E_REPLACE_FAILED, NC_E_REPLACE_INVALID, err);
         if (rc < 0)
@@ -788,7 +806,7 @@ int nc_pool_release_quick(nc_pool *p, nc_conn *c)
         return 0;
     double now = nc_now();
     lock(p);
-    int quick = !p->closed && now < c->expires;
+    int quick = !p->closed && now < c->expires && !nc_pool_retired_locked(p, c);
     if (quick) {
         c->lease++;   /* the borrower's handle is dead from here on */
         c->last_used = now;
@@ -823,7 +841,7 @@ void nc_pool_release(nc_pool *p, nc_conn *c, int discard)
     double now = nc_now();
     lock(p);
     c->lease++;   /* the borrower's handle is dead from here on */
-    if (discard || p->closed || now >= c->expires) {
+    if (discard || p->closed || now >= c->expires || nc_pool_retired_locked(p, c)) {
         c->state = NC_SLOT_CHECKING;
         p->nlent--;
         p->nbusy++;
@@ -871,18 +889,31 @@ static void close_idle(nc_pool *p)
     }
 }
 
-void nc_pool_drain(nc_pool *p, int discard_lent)
+void nc_pool_drain(nc_pool *p, int flags)
 {
     lock(p);
     p->drains++;
     pthread_cond_broadcast(&p->changed);   /* wakes connect backoffs */
-    if (discard_lent) {
-        for (int i = 0; i < p->cfg.max_connections; i++)
-            if (p->slots[i].state == NC_SLOT_LENT)
-                p->slots[i].expires = 0;   /* closed when given back */
+    if (flags & NC_DRAIN_RETIRE)
+        p->retire_epoch++;   /* what is lent, checked or opening now is never parked again */
+    if (flags & NC_DRAIN_HOLD)
+        p->refill_held = 1;
+    /* Every idle connection taken in this one critical section (CHECKING,
+     * linked through next_idle), so that no borrow gets one of them after
+     * the drain: a borrow after it gets a connection opened after it. */
+    int taken = -1;
+    nc_conn *c;
+    while ((c = pop_idle_locked(p)) != NULL) {
+        c->next_idle = taken;
+        taken = c->index;
     }
     unlock(p);
-    close_idle(p);
+    while (taken >= 0) {
+        c = &p->slots[taken];
+        taken = c->next_idle;
+        c->next_idle = -1;
+        close_slot(p, c);
+    }
 }
 
 int nc_pool_shutdown(nc_pool *p, double timeout)

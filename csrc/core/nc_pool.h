@@ -55,6 +55,7 @@ typedef struct nc_conn {
     uint64_t leak_lease;        /* the last lease found held past leak_timeout */
     double leak_held;           /* how long it had been held when found */
     int leak_pending;           /* found, not yet taken by nc_pool_take_leaks */
+    uint64_t epoch;             /* the pool's retire epoch when its open began (nc_pool_drain) */
 } nc_conn;
 
 typedef struct nc_pool_stats {
@@ -119,9 +120,19 @@ int nc_pool_lease_valid(nc_pool *p, nc_conn *c, uint64_t lease);
  * second call waits again for those still lent. */
 int nc_pool_shutdown(nc_pool *p, double timeout);
 
-/* Close every idle connection now (used after a failover); lent ones are
- * closed when they come back if discard_lent. */
-void nc_pool_drain(nc_pool *p, int discard_lent);
+/* nc_pool_drain's flags.  RETIRE: every connection open or being opened now
+ * is retired: one lent is closed when it comes back, one being checked or
+ * opened is closed instead of parked idle (what HikariCP calls a soft evict,
+ * pgbouncer RECONNECT; after a failover, engine.dispose()).  HOLD: the
+ * janitor does not reopen min_connections until the next borrow, so a
+ * drained pool holds no server session until it is used again (a DROP
+ * DATABASE right after engine.dispose() works with min_connections > 0). */
+enum { NC_DRAIN_RETIRE = 1, NC_DRAIN_HOLD = 2 };
+
+/* Close every idle connection now, taken all at once under the mutex (no
+ * borrower gets one of them afterwards); the pool stays open and the next
+ * borrow opens a fresh one.  flags: NC_DRAIN_* (0: idle ones only). */
+void nc_pool_drain(nc_pool *p, int flags);
 
 int nc_pool_is_closed(nc_pool *p);
 

@@ -34,6 +34,8 @@ struct nc_pool {
     unsigned rng;               /* lifetime jitter */
     uint64_t serial;
     uint64_t drains;            /* nc_pool_drain calls: an open in progress gives up its retries */
+    uint64_t retire_epoch;      /* NC_DRAIN_RETIRE drains: a connection of an older epoch is never parked */
+    int refill_held;            /* NC_DRAIN_HOLD: no min_connections refill until the next borrow */
 
     /* janitor */
     pthread_t janitor;
@@ -80,6 +82,12 @@ nc_conn *nc_pool_reserve_locked(nc_pool *p);
 /* Remove slot index i from the idle stack; under mu.  0 if it was not idle. */
 int nc_pool_take_idle_locked(nc_pool *p, nc_conn *c);
 int nc_pool_total_locked(nc_pool *p);
+/* 1 when c was open (or being opened) at an NC_DRAIN_RETIRE drain since:
+ * it is closed where it would be parked idle.  Under mu. */
+static inline int nc_pool_retired_locked(const nc_pool *p, const nc_conn *c)
+{
+    return c->epoch != p->retire_epoch;
+}
 
 int nc_janitor_start(nc_pool *p, nc_error *err);
 /* Tell the janitor to stop and wait up to max_wait seconds for it; past that

@@ -162,7 +162,7 @@ static void route_switched(void *arg, int from, int to)
     /* The abandoned endpoint's idle connections go now, lent ones when they
      * come back: no borrower gets one of them again. */
     if (from >= 0 && from < count(r) && from != to)
-        nc_pool_drain(r->pools[from], 1);
+        nc_pool_drain(r->pools[from], NC_DRAIN_RETIRE);
 }
 
 static void route_monitor_gone(void *arg)
@@ -325,9 +325,17 @@ int nc_route_add(nc_route *r, nc_pool *pool, int priority, nc_error *err)
             goto fail;
         }
     }
+    /* All or nothing: everything the add needs is allocated before
+     * anything shows it (the prober here, the monitor's room next), so an
+     * out-of-memory leaves the route and the monitor with the same count
+     * and the pool without a route (the caller may offer it again). */
     nc_prober *pr = nc_prober_new(pool, 0, err);
     if (!pr)
         goto fail;
+    if (nc_monitor_reserve(m, i + 1, err) < 0) {
+        nc_prober_free(pr);
+        goto fail;
+    }
     /* Filled before the pool can see it: a connection lent from it already
      * reports through the observer once set (the pool's lock orders it). */
     r->eps[i] = (route_ep){r, i};
@@ -345,10 +353,10 @@ int nc_route_add(nc_route *r, nc_pool *pool, int priority, nc_error *err)
     /* Published before the monitor knows it: the monitor's probe of i (its
      * thread starts in nc_monitor_add) finds the slot whole. */
     __atomic_store_n(&r->n, i + 1, __ATOMIC_RELEASE);
-    int got = nc_monitor_add(m, priority, err);
-    if (got != i) {
-        /* Only past the monitor's own limit, checked above, or out of
-         * memory: the slot stays, removed, so the counts stay equal. */
+    /* Cannot fail: room reserved, the limit checked, and the monitor's
+     * count follows ours (both grow only here, under grow_mu).  Were it to
+     * fail anyway, the slot stays a tombstone: nothing lends from it. */
+    if (nc_monitor_add(m, priority, err) != i) {
         pthread_mutex_lock(&r->rmu);
         r->rd[i].removed = 1;
         pthread_mutex_unlock(&r->rmu);
@@ -393,7 +401,7 @@ int nc_route_set_removed(nc_route *r, int i, int removed)
     /* Its idle connections go now, lent ones when they come back; and the
      * probe connection (its probes have stopped). */
     if (removed && !was) {
-        nc_pool_drain(r->pools[i], 1);
+        nc_pool_drain(r->pools[i], NC_DRAIN_RETIRE | NC_DRAIN_HOLD);
         nc_prober_idle(r->probers[i]);
     }
     pthread_mutex_unlock(&r->grow_mu);
@@ -439,14 +447,25 @@ int nc_route_configure_reads(nc_route *r, const nc_read_config *cfg, nc_error *e
     return 0;
 }
 
-static void count_lend(nc_route *r, int i, int read)
+/* Whether a connection just lent from endpoint i may be handed out, and
+ * if so count it (one lock on the borrow path): not when i was removed
+ * meanwhile (the borrow chose i from an earlier look).  Why this check
+ * suffices: nc_route_set_removed marks removed under rmu before it drains
+ * the pool, and the lend marked the slot lent (under the pool's lock)
+ * before this reads removed under rmu.  So either this sees removed (the
+ * caller closes the connection), or the drain comes after the slot was
+ * lent and closes it when it comes back: nothing lent after a removal is
+ * ever parked idle in the removed pool. */
+static int accept_lend(nc_route *r, int i, int read)
 {
     pthread_mutex_lock(&r->rmu);
-    if (read)
+    int ok = !r->rd[i].removed;
+    if (ok && read)
         r->rd[i].reads++;
-    else
+    else if (ok)
         r->rd[i].writes++;
     pthread_mutex_unlock(&r->rmu);
+    return ok;
 }
 
 /* Wait, before until, for the monitor to record a change after event
@@ -587,11 +606,10 @@ static int lend_primary(nc_route *r, nc_monitor *m, double timeout, int read, in
             rc = -1;
             break;
         }
-        if (nc_monitor_generation(m) == gen) {
+        if (nc_monitor_generation(m) == gen && accept_lend(r, idx, read)) {
             *endpoint = idx;
             *out = c;
             *lease = l;
-            count_lend(r, idx, read);
             rc = 0;
             break;
         }
@@ -605,8 +623,10 @@ static int lend_primary(nc_route *r, nc_monitor *m, double timeout, int read, in
             rc = -1;
             break;
         }
-        /* The endpoint changed while we borrowed: never hand out a
-         * connection of the abandoned one. */
+        /* The endpoint changed (or left the topology) while we borrowed:
+         * never hand out a connection of the abandoned one.  A removed one
+         * stops being current (its health fails), so the next look finds
+         * another endpoint, none (failover_wait), or fails. */
         nc_pool_release(p, c, 1);
     }
     return rc;
@@ -703,11 +723,18 @@ static int lend_read(nc_route *r, nc_monitor *m, int target, double written_at, 
         int got = nc_pool_try_acquire(p, &c, &l, err);
         if (got == 0)
             got = nc_pool_acquire(p, left > 0 ? left : 0, &c, &l, err) == 0 ? 1 : -1;
+        if (got > 0 && !accept_lend(r, idx, 1)) {
+            /* Removed after read_view looked: closed, not handed out (and
+             * not parked idle in a pool nothing lends from); choose again. */
+            nc_pool_release(p, c, 1);
+            nc_error_set(err, NC_E_FO_NO_STANDBY, NC_K_OPERATIONAL,
+                         "the standby chosen for the read (endpoint %d) left the topology during the borrow", idx);
+            continue;
+        }
         if (got > 0) {
             *endpoint = idx;
             *out = c;
             *lease = l;
-            count_lend(r, idx, 1);
             return 0;
         }
         if (nc_error_failure(err->code, err->sqlstate) != NC_FAIL_LOST)

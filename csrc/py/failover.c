@@ -374,9 +374,10 @@ static int fresh(NpyFailover *self)
         abandon_route(self);
         if (self->closed)
             return 0;
-        /* Endpoints that joined in the parent are not followed here (their
+        /* Endpoints that joined in the parent are not carried over (their
          * pools are the parent's follower's): the child starts over from
-         * the endpoints the manager was made with. */
+         * the endpoints the manager was made with, and the child's Patroni
+         * watch adds the members again (patroni.c watch_get). */
         if (PyTuple_GET_SIZE(self->pools) > self->ninit) {
             PyObject *first = PyTuple_GetSlice(self->pools, 0, self->ninit);
             if (!first)
@@ -928,6 +929,11 @@ nc_route *npy_failover_route(PyObject *obj)
     if (!self->route)
         return (nc_route *)npy_raise(NC_E_POOL_CLOSED, NC_K_OPERATIONAL, NULL, "the failover manager is shut down");
     return self->route;
+}
+
+int npy_failover_closed(PyObject *obj)
+{
+    return PyObject_TypeCheck(obj, &NpyFailover_Type) && ((NpyFailover *)obj)->closed;
 }
 
 static PyObject *fo_get_running(NpyFailover *self, void *c)

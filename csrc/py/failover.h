@@ -20,6 +20,9 @@ PyObject *npy_failover_split_hosts(PyObject *module, PyObject *arg);
 /* The core route of a FailoverMonitor (borrowed: valid while obj lives and
  * is not closed), for the Patroni watch's follower; NULL with an exception. */
 nc_route *npy_failover_route(PyObject *obj);
+/* 1 when obj is a FailoverMonitor that was closed (it has no route to
+ * follow, in a forked child neither), else 0. */
+int npy_failover_closed(PyObject *obj);
 
 /* The exit hook: close every live FailoverMonitor's route (its monitor
  * threads stopped, joined for at most max_wait seconds each; a probe stuck

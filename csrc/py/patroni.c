@@ -168,7 +168,12 @@ typedef struct NpyPatroniWatch {
     int started;                /* start() and no stop() since: a child's watch runs too */
     nc_patroni_follow *follow;  /* follow(): keeps a route's endpoints in step (freed after w) */
     uint64_t follow_gen;        /* the fork generation follow was made in */
+    PyObject *follow_args;      /* follow()'s (monitor, names, hosts, ports, dsn), or NULL: a forked
+                                   child follows its own route from them again */
 } NpyPatroniWatch;
+
+static int follow_route(NpyPatroniWatch *self, nc_patroni_watch *w, nc_route *r, PyObject *names, PyObject *hosts,
+                        PyObject *ports, const char *dsn);
 
 /* A new core watch from self's settings; -1 with an exception. */
 static int watch_make(NpyPatroniWatch *self)
@@ -194,9 +199,24 @@ static int watch_make(NpyPatroniWatch *self)
  * running when the parent's was.  NULL with an exception. */
 static nc_patroni_watch *watch_get(NpyPatroniWatch *self)
 {
+    nc_route *child_route = NULL;
+    if (self->w && nc_patroni_watch_inherited(self->w) && self->follow_args) {
+        /* The parent followed members: so does the child, over its own
+         * route, which starts over from the manager's first endpoints (the
+         * parent's later ones are the parent's follower's pools) and learns
+         * the members again from its first answer.  The route first: making
+         * it may release the GIL (start its monitor), so what follows looks
+         * again at what another thread may have renewed meanwhile. */
+        PyObject *mon = Py_NewRef(PyTuple_GET_ITEM(self->follow_args, 0));   /* a close() meanwhile drops args */
+        if (!npy_failover_closed(mon))   /* a manager shut down: nothing to follow */
+            child_route = npy_failover_route(mon);
+        int failed = !child_route && PyErr_Occurred();
+        Py_DECREF(mon);   /* the route stays the manager's, which the manager keeps */
+        if (failed)
+            return NULL;
+    }
     if (self->follow && self->follow_gen != nc_fork_generation()) {
-        /* The parent's follower and its pools: left alone.  A child does not
-         * follow members (its manager starts over from its first endpoints). */
+        /* The parent's follower and its pools: left alone. */
         nc_fork_keep(self->follow);
         self->follow = NULL;
     }
@@ -205,6 +225,15 @@ static nc_patroni_watch *watch_get(NpyPatroniWatch *self)
         self->w = NULL;
         if (watch_make(self) < 0)
             return NULL;
+        if (child_route) {
+            /* Before the thread starts: its first answer is applied. */
+            PyObject *a = self->follow_args;
+            PyObject *dsn = PyTuple_GET_ITEM(a, 4);
+            const char *d = PyUnicode_AsUTF8(dsn);
+            if (!d || follow_route(self, self->w, child_route, PyTuple_GET_ITEM(a, 1), PyTuple_GET_ITEM(a, 2),
+                                   PyTuple_GET_ITEM(a, 3), d) < 0)
+                return NULL;
+        }
         if (self->started) {
             nc_error err;
             nc_error_clear(&err);
@@ -286,6 +315,7 @@ static void watch_dealloc(PyObject *op)
     watch_free_core(self->w);
     self->w = NULL;
     follow_free(self);
+    Py_CLEAR(self->follow_args);
     Py_CLEAR(self->urls);
     Py_CLEAR(self->known);
     Py_TYPE(op)->tp_free(op);
@@ -316,8 +346,14 @@ static PyObject *watch_stop(PyObject *op, PyObject *unused)
     nc_patroni_watch *w = watch_get(self);
     if (!w)
         return NULL;
+    /* Without the GIL a close() in another thread may let go of w while
+     * this stop joins: the reference keeps its memory, and that close's
+     * stop waits for this join (so the follower it frees next has no
+     * thread left applying to it). */
+    nc_patroni_watch_ref(w);
     Py_BEGIN_ALLOW_THREADS
     nc_patroni_watch_stop(w);
+    nc_patroni_watch_unref(w);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -331,21 +367,68 @@ static PyObject *watch_close(PyObject *op, PyObject *unused)
     self->started = 0;
     watch_free_core(w);
     follow_free(self);
+    Py_CLEAR(self->follow_args);
     Py_RETURN_NONE;
+}
+
+/* Make the follower of route r (names/hosts/ports: its endpoints, by index)
+ * and hand it to w.  1 following, 0 not (a route over other than the
+ * core's PostgreSQL pools), -1 with an exception.  With the GIL, which it
+ * never releases: w->mu is only held for bookkeeping (never over a fetch or
+ * an apply), and without it a close() in another thread could free w under
+ * us. */
+static int follow_route(NpyPatroniWatch *self, nc_patroni_watch *w, nc_route *r, PyObject *names, PyObject *hosts,
+                        PyObject *ports, const char *dsn)
+{
+    if (self->follow)
+        return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "the Patroni watch already follows a manager"), -1;
+    Py_ssize_t n = PyList_GET_SIZE(names);
+    if (n != nc_route_count(r) || PyList_GET_SIZE(hosts) != n || PyList_GET_SIZE(ports) != n ||
+        n > NC_MONITOR_ENDPOINTS_MAX)
+        return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "follow: one name, host and port per endpoint"), -1;
+    nc_pool *p0 = nc_route_pool(r, 0);
+    if (nc_pool_ops(p0) != &nc_pg_ops)
+        return 0;
+    const char *nm[NC_MONITOR_ENDPOINTS_MAX], *hs[NC_MONITOR_ENDPOINTS_MAX];
+    int ps[NC_MONITOR_ENDPOINTS_MAX];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyList_GET_ITEM(names, i), *b = PyList_GET_ITEM(hosts, i), *c = PyList_GET_ITEM(ports, i);
+        if (!PyUnicode_Check(a) || !PyUnicode_Check(b) || !PyLong_Check(c))
+            return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "follow: names and hosts are str, ports int"), -1;
+        nm[i] = PyUnicode_AsUTF8(a);
+        hs[i] = PyUnicode_AsUTF8(b);
+        long v = PyLong_AsLong(c);
+        if (!nm[i] || !hs[i] || (v == -1 && PyErr_Occurred()))
+            return -1;
+        ps[i] = (int)v;
+    }
+    nc_error err;
+    nc_error_clear(&err);
+    nc_patroni_follow *f = nc_patroni_follow_new(r, nm, hs, ps, (int)n, dsn, nc_pool_config_of(p0), &err);
+    if (!f)
+        return npy_raise_error(&err), -1;
+    self->follow = f;
+    self->follow_gen = nc_fork_generation();
+    nc_patroni_watch_follow(w, f);
+    return 1;
 }
 
 /* follow(monitor, names, hosts, ports, dsn): from now on each answer adds
  * the members that join to monitor's route and marks those that leave
  * (nc_patroni_follow.h); names/hosts/ports: its endpoints, by index.  Only
  * over PostgreSQL pools made by the core (a backend_factory's endpoints
- * cannot be made for a new member): False, following nothing, otherwise. */
+ * cannot be made for a new member): False, following nothing, otherwise.
+ * The arguments are kept: a forked child follows its own route again
+ * (watch_get). */
 static PyObject *watch_follow(PyObject *op, PyObject *args)
 {
     NpyPatroniWatch *self = (NpyPatroniWatch *)op;
-    PyObject *mon, *names, *hosts, *ports;
-    const char *dsn;
-    if (!PyArg_ParseTuple(args, "OO!O!O!s:follow", &mon, &PyList_Type, &names, &PyList_Type, &hosts, &PyList_Type,
+    PyObject *mon, *names, *hosts, *ports, *dsn;
+    if (!PyArg_ParseTuple(args, "OO!O!O!U:follow", &mon, &PyList_Type, &names, &PyList_Type, &hosts, &PyList_Type,
                           &ports, &dsn))
+        return NULL;
+    const char *d = PyUnicode_AsUTF8(dsn);
+    if (!d)
         return NULL;
     /* The route first: in a forked child that may start its monitor, with
      * the GIL released, when another thread may close this watch. */
@@ -355,39 +438,26 @@ static PyObject *watch_follow(PyObject *op, PyObject *args)
     nc_patroni_watch *w = watch_get(self);
     if (!w)
         return NULL;
-    if (self->follow)
-        return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "the Patroni watch already follows a manager");
-    Py_ssize_t n = PyList_GET_SIZE(names);
-    if (n != nc_route_count(r) || PyList_GET_SIZE(hosts) != n || PyList_GET_SIZE(ports) != n ||
-        n > NC_MONITOR_ENDPOINTS_MAX)
-        return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "follow: one name, host and port per endpoint");
-    nc_pool *p0 = nc_route_pool(r, 0);
-    if (nc_pool_ops(p0) != &nc_pg_ops)
-        Py_RETURN_FALSE;
-    const char *nm[NC_MONITOR_ENDPOINTS_MAX], *hs[NC_MONITOR_ENDPOINTS_MAX];
-    int ps[NC_MONITOR_ENDPOINTS_MAX];
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *a = PyList_GET_ITEM(names, i), *b = PyList_GET_ITEM(hosts, i), *c = PyList_GET_ITEM(ports, i);
-        if (!PyUnicode_Check(a) || !PyUnicode_Check(b) || !PyLong_Check(c))
-            return npy_raise(NC_E_CONFIG, NC_K_INTERFACE, NULL, "follow: names and hosts are str, ports int");
-        nm[i] = PyUnicode_AsUTF8(a);
-        hs[i] = PyUnicode_AsUTF8(b);
-        long v = PyLong_AsLong(c);
-        if (!nm[i] || !hs[i] || (v == -1 && PyErr_Occurred()))
-            return NULL;
-        ps[i] = (int)v;
+    /* Copies: the caller's lists may change. */
+    PyObject *kept = PyTuple_New(5);
+    if (!kept)
+        return NULL;
+    PyTuple_SET_ITEM(kept, 0, Py_NewRef(mon));
+    PyTuple_SET_ITEM(kept, 1, PySequence_List(names));
+    PyTuple_SET_ITEM(kept, 2, PySequence_List(hosts));
+    PyTuple_SET_ITEM(kept, 3, PySequence_List(ports));
+    PyTuple_SET_ITEM(kept, 4, Py_NewRef(dsn));
+    if (!PyTuple_GET_ITEM(kept, 1) || !PyTuple_GET_ITEM(kept, 2) || !PyTuple_GET_ITEM(kept, 3)) {
+        Py_DECREF(kept);
+        return NULL;
     }
-    nc_error err;
-    nc_error_clear(&err);
-    nc_patroni_follow *f = nc_patroni_follow_new(r, nm, hs, ps, (int)n, dsn, nc_pool_config_of(p0), &err);
-    if (!f)
-        return npy_raise_error(&err);
-    self->follow = f;
-    self->follow_gen = nc_fork_generation();
-    /* With the GIL: w->mu is only held for bookkeeping (never over a fetch
-     * or an apply), and without it a close() in another thread could free w
-     * under us. */
-    nc_patroni_watch_follow(w, f);
+    int rc = follow_route(self, w, r, PyTuple_GET_ITEM(kept, 1), PyTuple_GET_ITEM(kept, 2),
+                          PyTuple_GET_ITEM(kept, 3), d);
+    if (rc <= 0) {
+        Py_DECREF(kept);
+        return rc < 0 ? NULL : Py_NewRef(Py_False);
+    }
+    Py_XSETREF(self->follow_args, kept);
     Py_RETURN_TRUE;
 }
 

@@ -443,14 +443,18 @@ static PyObject *pool_shutdown(NpyPool *self, PyObject *args, PyObject *kwds)
     return PyLong_FromLong(left);
 }
 
-static PyObject *pool_drain(NpyPool *self, PyObject *arg)
+/* _drain(retire, hold=False): nc_pool_drain.  In a forked child check_pool
+ * first gives this process its own pool, so the parent's connections are
+ * never touched. */
+static PyObject *pool_drain(NpyPool *self, PyObject *args)
 {
-    int discard = PyObject_IsTrue(arg);
-    if (discard < 0 || check_pool(self) < 0)
+    int retire, hold = 0;
+    if (!PyArg_ParseTuple(args, "p|p:_drain", &retire, &hold) || check_pool(self) < 0)
         return NULL;
     nc_pool *p = self->s.pool;
-    Py_BEGIN_ALLOW_THREADS
-    nc_pool_drain(p, discard);
+    int flags = (retire ? NC_DRAIN_RETIRE : 0) | (hold ? NC_DRAIN_HOLD : 0);
+    Py_BEGIN_ALLOW_THREADS   /* closing is I/O (a goodbye message, a SQLite checkpoint) */
+    nc_pool_drain(p, flags);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -618,7 +622,9 @@ static PyMethodDef pool_methods[] = {
      "Borrow a PooledConnection without a with-block; give it back with its release()."},
     {"_shutdown", (PyCFunction)(void (*)(void))pool_shutdown, METH_VARARGS | METH_KEYWORDS,
      "Core shutdown; returns how many borrowed connections were not back in time."},
-    {"_drain", (PyCFunction)pool_drain, METH_O, "Close idle connections (and borrowed ones on return)."},
+    {"_drain", (PyCFunction)pool_drain, METH_VARARGS,
+     "_drain(retire, hold=False): close the idle connections now; retire: every other one open now is closed "
+     "when it comes back instead of parked; hold: min_connections not reopened until the next borrow."},
     {"_raw_stats", (PyCFunction)pool_raw_stats, METH_NOARGS,
      "Counters of the core pool, as a dict (reports leaks found since the last call first)."},
     {"_leaks_pending", (PyCFunction)pool_leaks_pending, METH_NOARGS,

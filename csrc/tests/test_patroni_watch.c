@@ -9,8 +9,10 @@
 #include "check.h"
 #include "listen_local.h"
 
+#include <dirent.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -154,6 +156,81 @@ static void test_stop_ends_a_silent_fetch(void)
     nc_patroni_watch_free(w);
     double el = nc_now() - t0;
     CHECK(el < 1.0 * nc_time_scale(), "the stop did not wait for the 60 s deadline: %.2f s", el);
+    close(silent);
+}
+
+/* This process's threads named as the watch names its thread. */
+static int watch_threads(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300], comm[32] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;   /* ended meanwhile */
+        if (fgets(comm, sizeof comm, f))
+            comm[strcspn(comm, "\n")] = '\0';
+        fclose(f);
+        n += strcmp(comm, NC_PATRONI_WATCH_THREAD_NAME) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
+typedef struct stopper {
+    nc_patroni_watch *w;
+    pthread_barrier_t *go;
+} stopper;
+
+static void *stop_main(void *arg)
+{
+    stopper *s = arg;
+    pthread_barrier_wait(s->go);
+    nc_patroni_watch_stop(s->w);
+    nc_patroni_watch_unref(s->w);
+    return NULL;
+}
+
+/* A stop (holding its reference) and the owner's free at once, the thread
+ * inside a fetch of a silent API (a join takes up to NC_STOP_PERIOD): the
+ * free returns only once the thread has ended, whoever joined it, and the
+ * memory outlives the stop (ASan, TSan). */
+static void test_stop_and_free_from_two_threads(void)
+{
+    int port;
+    int silent = listen_local(&port);
+    char u[64];
+    snprintf(u, sizeof u, "http://127.0.0.1:%d", port);
+    const char *urls[] = {u};
+    CHECK(watch_threads() == 0, "no watch thread before");
+    for (int k = 0; k < 20; k++) {
+        nc_error err;
+        nc_error_clear(&err);
+        nc_patroni_watch *w = nc_patroni_watch_new(urls, 1, 0.01, 60.0, &err);
+        CHECK(w && nc_patroni_watch_start(w, &err) == 0, "started: %s", err.message);
+        if (!w)
+            break;
+        CHECK(k > 0 || watch_threads() == 1, "the thread is named");
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, 2);
+        stopper s = {w, &go};
+        nc_patroni_watch_ref(w);
+        pthread_t t;
+        pthread_create(&t, NULL, stop_main, &s);
+        pthread_barrier_wait(&go);
+        nc_patroni_watch_free(w);
+        int left = watch_threads();
+        CHECK(left == 0, "round %d: the free returned with %d watch thread(s) running", k, left);
+        pthread_join(t, NULL);
+        pthread_barrier_destroy(&go);
+    }
     close(silent);
 }
 
@@ -378,6 +455,7 @@ int main(void)
         {"diff", test_diff},
         {"watch_follows_then_counts_failures", test_watch_follows_then_counts_failures},
         {"stop_ends_a_silent_fetch", test_stop_ends_a_silent_fetch},
+        {"stop_and_free_from_two_threads", test_stop_and_free_from_two_threads},
         {"bad_arguments", test_bad_arguments},
         {"member_dsn", test_member_dsn},
         {"follow_add_remove_return", test_follow_add_remove_return},

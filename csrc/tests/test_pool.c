@@ -1521,13 +1521,114 @@ static void test_shutdown(void)
         CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
         CHECK(get(p, 1, &b, &lb, &err) == 0, "%s", err.message);
         nc_pool_release(p, a, 0);
-        nc_pool_drain(p, 1);
+        nc_pool_drain(p, NC_DRAIN_RETIRE);
         CHECK(f.closes == 1 && stats(p).total == 1, "drain: closes %d", f.closes);
         nc_pool_release(p, b, 0);
         CHECK(f.closes == 2 && stats(p).total == 0, "drained lent one kept: closes %d", f.closes);
         CHECK(!nc_pool_is_closed(p), "drain closed the pool");
         CHECK(get(p, 1, &a, &la, &err) == 0, "after drain: %s", err.message);
         nc_pool_release(p, a, 0);
+        nc_pool_shutdown(p, 0);
+        nc_pool_free(p);
+    }
+}
+
+static int leaked_at_least(nc_pool *p, int n) { return stats(p).leaked >= (uint64_t)n; }
+static int connect_calls_at_least(nc_pool *p, int n) { return LD(((fake *)nc_pool_ctx(p))->connect_calls) >= n; }
+
+/* nc_pool_drain(NC_DRAIN_RETIRE | NC_DRAIN_HOLD), what engine.dispose() asks
+ * for: nothing open at the drain is parked idle again, whoever holds it
+ * (a borrower, the janitor, an open in progress), and the janitor reopens
+ * nothing until the next borrow. */
+static void test_drain_retire(void)
+{
+    nc_pool_config cfg;
+    nc_error err;
+    nc_conn *a, *b;
+    uint64_t la, lb;
+
+    /* The janitor's open for min_connections in progress at the drain: closed
+     * when it completes, not parked (it would hold a server session). */
+    {
+        fake f = {0};
+        int gate = 0;
+        f.connect_gate = &gate;
+        base_cfg(&cfg, 2);
+        cfg.min_connections = 1;
+        nc_pool *p = mkpool(&cfg, &f);
+        CHECK(wait_for(p, connect_calls_at_least, 1, 1.0 + SLACK), "the janitor did not start opening");
+        nc_pool_drain(p, NC_DRAIN_RETIRE | NC_DRAIN_HOLD);
+        ST(gate, 1);
+        CHECK(wait_for(p, closes_at_least, 1, 2.0 + SLACK), "the janitor's open parked after the drain");
+        nc_pool_stats s = stats(p);
+        CHECK(s.total == 0 && s.idle == 0 && f.connects == 1, "total %d idle %d connects %d", s.total, s.idle,
+              f.connects);
+        nc_pool_shutdown(p, 0);
+        nc_pool_free(p);
+    }
+
+    /* A borrower's open in progress at the drain: lent, closed on return. */
+    {
+        fake f = {0};
+        int gate = 0;
+        f.connect_gate = &gate;
+        base_cfg(&cfg, 2);
+        nc_pool *p = mkpool(&cfg, &f);
+        borrower w;
+        start_borrower(&w, p, 2.0, 0);
+        CHECK(wait_for(p, connect_calls_at_least, 1, 1.0 + SLACK), "the borrower did not start opening");
+        nc_pool_drain(p, NC_DRAIN_RETIRE);
+        ST(gate, 1);
+        pthread_join(w.th, NULL);
+        CHECK(w.rc == 0, "borrow: %s", w.err.message);
+        if (w.rc == 0) {
+            CHECK(nc_pool_release_quick(p, w.c) == 0, "a retired connection went back idle (quick)");
+            nc_pool_release(p, w.c, 0);
+        }
+        CHECK(f.closes == 1 && stats(p).total == 0, "closes %d total %d", f.closes, stats(p).total);
+        nc_pool_shutdown(p, 0);
+        nc_pool_free(p);
+    }
+
+    /* HOLD: the pool stays below min_connections until a borrow.  The proof
+     * that the janitor ran after the drain is a leak it finds (a borrow made
+     * before the drain, held past leak_timeout): its loop refills first. */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 3);
+        cfg.min_connections = 2;
+        cfg.leak_timeout = 0.3;
+        nc_pool *p = mkpool(&cfg, &f);
+        CHECK(wait_for(p, idle_is, 2, 1.0 + SLACK), "min_connections not opened");
+        CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+        nc_pool_drain(p, NC_DRAIN_RETIRE | NC_DRAIN_HOLD);
+        CHECK(f.closes == 1, "idle one not closed: closes %d", f.closes);
+        CHECK(wait_for(p, leaked_at_least, 1, 2.0 + SLACK), "the janitor did not run");
+        nc_pool_stats s = stats(p);
+        CHECK(s.total == 1 && s.opened == 2, "refilled while held: total %d opened %llu", s.total,
+              (unsigned long long)s.opened);
+        nc_pool_release(p, a, 0);
+        CHECK(f.closes == 2 && stats(p).total == 0, "the lent one kept: closes %d", f.closes);
+        /* The next borrow ends the hold: min_connections again. */
+        CHECK(get(p, 1, &b, &lb, &err) == 0, "%s", err.message);
+        CHECK(wait_for(p, total_is, 2, 1.0 + SLACK), "not refilled after the next borrow: total %d",
+              stats(p).total);
+        nc_pool_release(p, b, 0);
+        CHECK(wait_for(p, idle_is, 2, 1.0 + SLACK), "idle %d", stats(p).idle);
+        nc_pool_shutdown(p, 0);
+        nc_pool_free(p);
+    }
+
+    /* Without HOLD (a failover's drain) min_connections come back at once. */
+    {
+        fake f = {0};
+        base_cfg(&cfg, 3);
+        cfg.min_connections = 2;
+        nc_pool *p = mkpool(&cfg, &f);
+        CHECK(wait_for(p, idle_is, 2, 1.0 + SLACK), "min_connections not opened");
+        nc_pool_drain(p, NC_DRAIN_RETIRE);
+        CHECK(wait_for(p, idle_is, 2, 1.0 + SLACK), "not refilled after a drain without HOLD");
+        CHECK(f.closes == 2 && f.connects == 4, "closes %d connects %d", f.closes, f.connects);
         nc_pool_shutdown(p, 0);
         nc_pool_free(p);
     }
@@ -2318,6 +2419,7 @@ int main(void)
         {"lifetime_jitter", test_lifetime_jitter},
         {"background_validation", test_background_validation},
         {"shutdown", test_shutdown},
+        {"drain_retire", test_drain_retire},
         {"races", test_races},
         {"stress", test_stress},
         {"churn", test_churn},

@@ -29,7 +29,14 @@ typedef struct endpoint {
     int silent;         /* connects wait for their deadline, then fail (a server that never answers) */
     int connects, closes, pings;
     int gate;           /* 1: pings wait (up to their deadline) until it is 0 */
+    int hold;           /* 1: connects wait (up to their deadline) until it is 0 ... */
+    int held;           /* ... counted here as they begin to wait */
+    int role;           /* what its probes answer (NC_ROLE_UNKNOWN: as a non-PostgreSQL backend) */
+    uint64_t lsn;       /* and the WAL position they report with a role */
 } endpoint;
+
+/* The endpoint the calling thread's probe pinged last (f_ping sets it). */
+static __thread endpoint *pinged;
 
 typedef struct fconn {
     endpoint *ep;
@@ -55,6 +62,11 @@ static void *f_connect(void *ctx, double deadline, nc_error *err)
         nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "endpoint %d: connection refused", ep->id);
         return NULL;
     }
+    if (LD(ep->hold)) {
+        INC(ep->held);
+        while (LD(ep->hold) && nc_now() < deadline)
+            sleep_until(nc_now() + 0.001);
+    }
     fconn *c = calloc(1, sizeof *c);
     c->ep = ep;
     INC(ep->connects);
@@ -72,6 +84,7 @@ static int f_ping(void *ctx, void *conn, double deadline, nc_error *err)
     (void)conn;
     endpoint *ep = ctx;
     INC(ep->pings);
+    pinged = ep;
     while (LD(ep->gate) && nc_now() < deadline)
         sleep_until(nc_now() + 0.001);
     if (LD(ep->down)) {
@@ -101,6 +114,22 @@ static void f_close(void *ctx, void *conn)
 {
     INC(((endpoint *)ctx)->closes);
     free(conn);
+}
+
+/* The probes of a fake endpoint answer its role and WAL position, as a
+ * PostgreSQL server's would (the Makefile links this test with
+ * --wrap=nc_prober_probe): read routing over standbys without a server. */
+int __real_nc_prober_probe(nc_prober *p, double deadline, nc_probe_result *out);
+int __wrap_nc_prober_probe(nc_prober *p, double deadline, nc_probe_result *out)
+{
+    pinged = NULL;
+    int rc = __real_nc_prober_probe(p, deadline, out);
+    if (rc == 0 && pinged && LD(pinged->role) != NC_ROLE_UNKNOWN) {
+        out->role = LD(pinged->role);
+        out->have_lsn = 1;
+        out->lsn = LD(pinged->lsn);
+    }
+    return rc;
 }
 
 static const nc_backend_ops fake_ops = {
@@ -221,7 +250,7 @@ static void test_connect_failure_switches_in_one_call(void)
 
     /* everything down: no usable endpoint, at once */
     ST(s.eps[1].down, 1);
-    nc_pool_drain(s.pools[1], 1);
+    nc_pool_drain(s.pools[1], NC_DRAIN_RETIRE);
     rc = nc_route_lend(s.r, 5, &ep, &c, &l, &err);
     CHECK(rc == -1 && err.code == NC_E_FO_NO_ENDPOINT, "all down: rc %d code %d (%s)", rc, err.code, err.message);
     /* endpoint 0 comes back: the next borrow rechecks and resumes there */
@@ -590,6 +619,74 @@ static void test_add_remove_readd(void)
     drop_pool(px);
 }
 
+static int pool_until(nc_pool *p, int (*pred)(const nc_pool_stats *, int), int arg, double timeout)
+{
+    double until = nc_now() + timeout;
+    for (;;) {
+        nc_pool_stats st;
+        nc_pool_get_stats(p, &st);
+        if (pred(&st, arg))
+            return 1;
+        if (nc_now() > until)
+            return 0;
+        sleep_until(nc_now() + 0.005);
+    }
+}
+static int idle_at(const nc_pool_stats *st, int n) { return st->idle == n; }
+static int total_at(const nc_pool_stats *st, int n) { return st->total == n; }
+static int leaked_from(const nc_pool_stats *st, int n) { return st->leaked >= (uint64_t)n; }
+
+/* A removed endpoint whose pool keeps min_connections holds no session of
+ * its server: its idle ones close and its janitor does not open them again
+ * (the drain holds the refill) until it is back and borrowed from.  The
+ * proof that the janitor ran after the removal is a leak it finds (a
+ * borrow held past leak_timeout): its loop refills first. */
+static void test_removed_pool_is_not_refilled(void)
+{
+    setup s;
+    make(&s, 1, NC_FO_AUTOMATIC);
+    endpoint extra;
+    memset(&extra, 0, sizeof extra);
+    extra.id = 7;
+    nc_pool_config pc;
+    nc_pool_config_defaults(&pc);
+    pc.max_connections = 3;
+    pc.min_connections = 2;
+    pc.retry_attempts = 1;
+    pc.validate = 0;
+    pc.max_lifetime = 0;
+    pc.leak_timeout = 0.3;
+    nc_error err;
+    nc_pool *px = nc_pool_new(&pc, &fake_ops, &extra, &err);
+    CHECK(px != NULL, "%s", err.message);
+    if (!px) {
+        finish(&s);
+        return;
+    }
+    CHECK(nc_route_add(s.r, px, 2, &err) == 1, "added: %s", err.message);
+    CHECK(pool_until(px, idle_at, 2, 1.0 + SLACK * 4), "min_connections not opened");
+    nc_conn *held;
+    uint64_t lh;
+    CHECK(nc_pool_acquire(px, 1.0, &held, &lh, &err) == 0, "borrow: %s", err.message);
+    int closes = LD(extra.closes);
+    CHECK(nc_route_set_removed(s.r, 1, 1) == 0, "removed");
+    CHECK(LD(extra.closes) == closes + 1, "the idle one closed: %d", LD(extra.closes) - closes);
+    CHECK(pool_until(px, leaked_from, 1, 2.0 + SLACK * 4), "the janitor did not run");
+    nc_pool_stats st;
+    nc_pool_get_stats(px, &st);
+    CHECK(st.total == 1, "refilled while removed: total %d", st.total);
+    nc_pool_release(px, held, 0);
+    CHECK(LD(extra.closes) == closes + 2, "the lent one closed on return");
+    CHECK(pool_until(px, total_at, 0, 0.5 + SLACK), "total %d", (nc_pool_get_stats(px, &st), st.total));
+    /* back, and borrowed from: min_connections again */
+    CHECK(nc_route_set_removed(s.r, 1, 0) == 0, "back");
+    CHECK(nc_pool_acquire(px, 1.0, &held, &lh, &err) == 0, "borrow: %s", err.message);
+    nc_pool_release(px, held, 0);
+    CHECK(pool_until(px, total_at, 2, 1.0 + SLACK * 4), "not refilled once back and borrowed from");
+    finish(&s);
+    drop_pool(px);
+}
+
 /* Endpoints past the capacity are refused with their own code; the route
  * works on. */
 static void test_capacity(void)
@@ -797,6 +894,192 @@ static void test_concurrent_lend_during_add_remove(void)
         drop_pool(pools[k]);
 }
 
+/* ---- out of memory while adding an endpoint ---------------------------------- */
+
+/* The Makefile links this test with --wrap=malloc,calloc,realloc: the core's
+ * allocations come here.  Armed on one thread only (the monitor's and the
+ * pools' threads allocate as they like): the allocation after `fail_after`
+ * more fails, once. */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t k, size_t n);
+void *__real_realloc(void *p, size_t n);
+static __thread long fail_after = -1;
+static __thread int failed_one;
+
+static int inject(void)
+{
+    if (fail_after >= 0 && fail_after-- == 0) {
+        failed_one = 1;
+        return 1;
+    }
+    return 0;
+}
+
+void *__wrap_malloc(size_t n) { return inject() ? NULL : __real_malloc(n); }
+void *__wrap_calloc(size_t k, size_t n) { return inject() ? NULL : __real_calloc(k, n); }
+void *__wrap_realloc(void *p, size_t n) { return inject() ? NULL : __real_realloc(p, n); }
+
+static int monitor_count(setup *s)
+{
+    nc_monitor *m = nc_route_enter(s->r);
+    int n = m ? nc_monitor_count(m) : -1;
+    if (m)
+        nc_route_leave(s->r);
+    return n;
+}
+
+/* An add is all or nothing: each of its allocations in turn fails (a sweep
+ * until one add needs none to fail), and each failure leaves the route and
+ * its monitor with the same count as before and the pool without a route,
+ * so the same pool is added at the end; indices stay in step after (before
+ * the fix the monitor's arrays failed to grow after the route published the
+ * slot: the counts parted for good and the pool stayed taken). */
+static void test_add_is_all_or_nothing_out_of_memory(void)
+{
+    for (int running = 0; running < 2; running++) {
+        setup s;
+        make(&s, 2, NC_FO_AUTOMATIC);
+        nc_error err;
+        if (running) {
+            nc_monitor *m = nc_route_enter(s.r);
+            CHECK(m && nc_monitor_start(m, &err) == 0, "start");
+            nc_route_leave(s.r);
+        }
+        endpoint extra[2];
+        nc_pool *px = fake_pool(&extra[0], 7), *py = fake_pool(&extra[1], 8);
+        int injected = 0, i = -1;
+        for (long k = 0; k < 100; k++) {
+            nc_error_clear(&err);
+            failed_one = 0;
+            fail_after = k;
+            i = nc_route_add(s.r, px, 3, &err);
+            fail_after = -1;
+            if (!failed_one)
+                break;   /* no allocation left to fail */
+            injected++;
+            if (i >= 0) {
+                /* an allocation the add does without (a probe thread that
+                 * could not start is probed otherwise): in step all the same */
+                CHECK(running, "an add succeeded though one of its allocations failed (k %ld)", k);
+                break;
+            }
+            CHECK(err.code == NC_E_INTERNAL, "k %ld: code %d (%s)", k, err.code, err.message);
+            CHECK(nc_route_count(s.r) == 2 && monitor_count(&s) == 2 && !nc_route_pool(s.r, 2),
+                  "k %ld: route %d endpoints, monitor %d", k, nc_route_count(s.r), monitor_count(&s));
+        }
+        CHECK(injected >= 2, "allocations failed in the add: %d", injected);
+        CHECK(i == 2 && nc_route_pool(s.r, 2) == px, "the same pool added at last: %d (%s)", i, err.message);
+        CHECK(nc_route_add(s.r, py, 4, &err) == 3, "the next add: %s", err.message);
+        CHECK(nc_route_count(s.r) == 4 && monitor_count(&s) == 4, "in step: route %d, monitor %d",
+              nc_route_count(s.r), monitor_count(&s));
+        nc_route_ep_status st[NC_MONITOR_ENDPOINTS_MAX];
+        CHECK(nc_route_read_status(s.r, st) == 4 && !st[2].removed && !st[3].removed, "none a tombstone");
+        /* and they serve: the two first leave, the monitor switches to an added one */
+        CHECK(nc_route_set_removed(s.r, 0, 1) == 0 && nc_route_set_removed(s.r, 1, 1) == 0, "0 and 1 leave");
+        int ep = -1;
+        nc_conn *c;
+        uint64_t l;
+        int rc = nc_route_lend(s.r, 5, &ep, &c, &l, &err);
+        if (running && rc < 0) {
+            /* the monitor's threads decide: wait for the switch */
+            double end = nc_now() + 5 * nc_time_scale();
+            while (rc < 0 && nc_now() < end) {
+                usleep(1000);
+                rc = nc_route_lend(s.r, 5, &ep, &c, &l, &err);
+            }
+        }
+        /* (with threads, whichever of the two was probed first) */
+        CHECK(rc == 0 && (ep == 2 || (running && ep == 3)), "running %d: rc %d, lent from %d (%s)", running, rc, ep,
+              err.message);
+        if (rc == 0)
+            nc_pool_release(nc_route_pool(s.r, ep), c, 0);
+        finish(&s);
+        drop_pool(px);
+        drop_pool(py);
+    }
+}
+
+/* ---- a borrow racing a removal ----------------------------------------------- */
+
+typedef struct racer {
+    setup *s;
+    int target;
+    int rc, ep, code;
+    nc_conn *c;
+    char message[NC_ERRMSG_MAX];
+} racer;
+
+static void *lend_racer(void *arg)
+{
+    racer *b = arg;
+    uint64_t l;
+    nc_error err;
+    nc_error_clear(&err);
+    b->rc = nc_route_lend_to(b->s->r, b->target, 5 * nc_time_scale(), &b->ep, &b->c, &l, &err);
+    b->code = err.code;
+    memcpy(b->message, err.message, sizeof b->message);
+    return NULL;
+}
+
+static int open_count(const endpoint *ep)
+{
+    return LD(ep->connects) - LD(ep->closes);
+}
+
+/* Endpoint `victim` is removed while a borrow that already chose it is
+ * opening a connection there (its connect held): the borrow must not hand
+ * that connection out, and nothing may stay open in the removed pool (the
+ * drain at the removal found the slot still opening, so before the check
+ * the connection was lent and then parked idle there for good).  Reads
+ * (0: "standby", which then has no standby left; 1: "prefer-standby",
+ * which goes to the primary) and a primary borrow (2: the current endpoint
+ * removed, no monitor thread to switch yet). */
+static void test_no_lend_from_an_endpoint_removed_during_the_borrow(void)
+{
+    for (int k = 0; k < 3; k++) {
+        setup s;
+        make(&s, 2, NC_FO_AUTOMATIC);
+        ST(s.eps[0].role, NC_ROLE_WRITABLE);
+        ST(s.eps[0].lsn, 5000);
+        ST(s.eps[1].role, k < 2 ? NC_ROLE_READ_ONLY : NC_ROLE_WRITABLE);
+        ST(s.eps[1].lsn, 5000);
+        /* both probed: roles and positions known, 0 current */
+        nc_monitor *m = nc_route_enter(s.r);
+        CHECK(nc_monitor_recheck(m, nc_now() + 5) == 1, "recheck");
+        nc_route_leave(s.r);
+        nc_route_ep_status st[NC_MONITOR_ENDPOINTS_MAX];
+        nc_route_read_status(s.r, st);
+        CHECK(k == 2 || st[1].eligible, "case %d: endpoint 1 serves reads", k);
+        int victim = k < 2 ? 1 : 0;
+        endpoint *v = &s.eps[victim];
+        ST(v->hold, 1);
+        racer b;
+        memset(&b, 0, sizeof b);
+        b.s = &s;
+        b.target = k == 0 ? NC_TARGET_STANDBY : k == 1 ? NC_TARGET_PREFER_STANDBY : NC_TARGET_PRIMARY;
+        pthread_t t;
+        pthread_create(&t, NULL, lend_racer, &b);
+        double end = nc_now() + 5 * nc_time_scale();
+        while (LD(v->held) < 1 && nc_now() < end)
+            usleep(1000);
+        CHECK(LD(v->held) == 1, "case %d: the borrow connects to endpoint %d", k, victim);
+        CHECK(nc_route_set_removed(s.r, victim, 1) == 0, "removed");
+        ST(v->hold, 0);
+        pthread_join(t, NULL);
+        if (k == 0)
+            CHECK(b.rc == -1 && b.code == NC_E_FO_NO_STANDBY, "standby: rc %d ep %d code %d (%s)", b.rc, b.ep,
+                  b.code, b.message);
+        else
+            CHECK(b.rc == 0 && b.ep == 1 - victim, "case %d: rc %d ep %d code %d (%s)", k, b.rc, b.ep, b.code,
+                  b.message);
+        if (b.rc == 0)
+            nc_pool_release(s.pools[b.ep], b.c, 0);
+        CHECK(open_count(v) == 0, "case %d: %d connection(s) left open in the removed endpoint's pool", k,
+              open_count(v));
+        finish(&s);
+    }
+}
+
 int main(void)
 {
     static const nc_test_case cases[] = {
@@ -814,6 +1097,9 @@ int main(void)
         {"add_a_pool_in_use", test_add_a_pool_in_use},
         {"removed_during_its_probe", test_removed_during_its_probe},
         {"concurrent_lend_during_add_remove", test_concurrent_lend_during_add_remove},
+        {"no_lend_from_an_endpoint_removed_during_the_borrow", test_no_lend_from_an_endpoint_removed_during_the_borrow},
+        {"add_is_all_or_nothing_out_of_memory", test_add_is_all_or_nothing_out_of_memory},
+        {"removed_pool_is_not_refilled", test_removed_pool_is_not_refilled},
     };
     return nc_run_cases("test_route", cases, NC_NCASES(cases));
 }

@@ -140,7 +140,7 @@ class DatabaseConnectionPool(_native.Pool):
         """A PEP 249 connection (``noodlecore.dbapi.Connection``) lent by this
         pool; its ``close()`` gives it back."""
         from ..dbapi.connection import Connection   # dbapi builds on this module
-        return Connection(self.acquire(timeout), autocommit=autocommit)
+        return Connection(self.acquire(timeout), autocommit=autocommit, source=self)
 
     @property
     def options(self) -> dict:
@@ -189,6 +189,16 @@ class DatabaseConnectionPool(_native.Pool):
             log.debug("pool shut down", extra={"target": self.target})
 
     close = shutdown
+
+    def drain(self) -> None:
+        """Close every connection this pool holds, and keep it open: idle
+        ones now, borrowed ones (and any being checked or opened) when they
+        come back; the next borrow opens a fresh one.  ``min_connections``
+        are not reopened until that borrow, so after a drain the pool holds
+        no server session (before ``DROP DATABASE``, after a credential
+        rotation or a failover).  In a forked child it never touches the
+        parent's connections.  SQLAlchemy's ``engine.dispose()`` calls it."""
+        self._drain(True, True)
 
     def __enter__(self) -> "DatabaseConnectionPool":
         return self

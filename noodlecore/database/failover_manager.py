@@ -205,12 +205,11 @@ def _track(manager: "DatabaseFailoverManager") -> None:
 
 
 def _after_fork_in_child() -> None:
-    # The native side needs nothing here (a child's first use makes its own
-    # route, csrc/py/failover.c).  The Python side: the parent's event thread
-    # does not exist in the child and may have held _events_lock at the
-    # moment of the fork, so new ones; the thread restarts at first use.
-    # The child's route numbers its events from 1 again: read from there
-    # (the parent's events stay in the history).
+    # The native side needs nothing here (a child's first use makes its own route,
+    # csrc/py/failover.c).  The Python side: the parent's event thread does not exist in
+    # the child and may have held _events_lock at the moment of the fork, so new ones; the
+    # thread restarts at first use.  The child's route numbers its events from 1 again:
+    # read from there (the parent's events stay in the history).
     global _live_lock
     _live_lock = threading.Lock()   # a parent thread may have held it at the fork
     for r in list(_live_managers):
@@ -310,9 +309,10 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
         _track(self)
 
     def _resume_in_child(self) -> None:
-        # The first use in a forked child starts this process's event thread.
+        # The first use in a forked child starts this process's event thread and Patroni watch.
         if self._restart_dispatcher:
             self._restart_dispatcher = False
+            self._patroni_resume()
             self._start_dispatcher()
 
     # -- borrowing --------------------------------------------------------
@@ -369,7 +369,7 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
             self._resume_in_child()
         from ..dbapi.connection import Connection   # dbapi builds on the database package
         return Connection(self._native.lend(timeout), autocommit=autocommit,
-                          discard=not self.config.enable_connection_pooling)
+                          discard=not self.config.enable_connection_pooling, source=self)
 
     # -- monitoring -------------------------------------------------------
 

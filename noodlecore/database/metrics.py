@@ -29,6 +29,7 @@ noodlecore_pool_connect_failures_total          counter    endpoint
 noodlecore_pool_connections_opened_total        counter    endpoint
 noodlecore_pool_connections_closed_total        counter    endpoint
 noodlecore_pool_connections_replaced_total      counter    endpoint
+noodlecore_pool_connections_leaked_total        counter    endpoint (borrows held past leak_timeout)
 noodlecore_pool_queries_total                   counter    endpoint
 noodlecore_pool_query_errors_total              counter    endpoint
 noodlecore_pool_health_score                    gauge      endpoint
@@ -108,6 +109,7 @@ def _pool_metrics(pool: DatabaseConnectionPool) -> Dict[str, Any]:
         "connections_opened": raw["connections_opened"],
         "connections_closed": raw["connections_closed"],
         "connections_replaced": raw["connections_replaced"],
+        "leaked": raw["leaked"],
         "queries": raw["query_count"],
         "errors": raw["error_count"],
         "health_score": pool.get_stats().pool_health_score,
@@ -286,6 +288,9 @@ class NoodlecoreCollector:
             "closed": Counter("noodlecore_pool_connections_closed", "Connections closed.", labels=pl),
             "replaced": Counter("noodlecore_pool_connections_replaced", "Dead connections replaced.",
                                 labels=pl),
+            "leaked": Counter("noodlecore_pool_connections_leaked",
+                              "Borrows held longer than leak_timeout (each warned once with "
+                              "ConnectionLeakWarning).", labels=pl),
             "q": Counter("noodlecore_pool_queries", "Statements run.", labels=pl),
             "qe": Counter("noodlecore_pool_query_errors", "Statements that raised.", labels=pl),
             "health": Gauge("noodlecore_pool_health_score",
@@ -365,6 +370,7 @@ class NoodlecoreCollector:
         f["opened"].add_metric(lv, m["connections_opened"])
         f["closed"].add_metric(lv, m["connections_closed"])
         f["replaced"].add_metric(lv, m["connections_replaced"])
+        f["leaked"].add_metric(lv, m["leaked"])
         f["q"].add_metric(lv, m["queries"])
         f["qe"].add_metric(lv, m["errors"])
         f["health"].add_metric(lv, m["health_score"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .. import _native
@@ -34,11 +35,18 @@ log = logging.getLogger("noodlecore.database.failover")
 # Serialises PatroniSource._sync_endpoints (made anew in a forked child: a parent
 # thread may have held it at the fork).
 _sync_lock = threading.Lock()
+# Managers whose endpoints follow Patroni's members (from_patroni), for the fork hook:
+# weak references, pruned as managers are added.
+_following: "list[weakref.ref[Any]]" = []
 
 
 def _new_lock_in_child() -> None:
     global _sync_lock
     _sync_lock = threading.Lock()
+    for r in list(_following):
+        m = r()
+        if m is not None:
+            m._patroni_after_fork()
 
 
 if hasattr(os, "register_at_fork"):
@@ -119,6 +127,9 @@ class PatroniSource:
     _patroni_dsn: Optional[str] = None
     #: refusals to follow a member already logged (_patroni_status)
     _patroni_refusals_logged = 0
+    #: how many endpoints the manager was made with (from_patroni): a forked child's
+    #: route starts over from these and learns the members that joined since again
+    _patroni_initial = 0
 
     @classmethod
     def from_patroni(cls, urls: PatroniUrls, dsn: str = "", config: Any = None, timeout: float = DEFAULT_TIMEOUT,
@@ -152,6 +163,8 @@ class PatroniSource:
         m = cls(endpoints_from_cluster(cluster, dsn), backend_factory=backend_factory, config=config)
         m.patroni_urls = url_list
         m._patroni_dsn = dsn
+        m._patroni_initial = len(m.endpoints)
+        _following[:] = [r for r in _following if r() is not None] + [weakref.ref(m)]
         try:
             m._patroni_watch = _native.PatroniWatch(url_list, float(interval), float(timeout),
                                                     [e.id for e in m.endpoints])
@@ -165,6 +178,25 @@ class PatroniSource:
         log.info("failover manager from Patroni %s (scope %r): %s", cluster["source"], cluster["scope"],
                  ", ".join(f"{e.id} ({e.metadata['patroni']['role']})" for e in m.endpoints))
         return m
+
+    def _patroni_after_fork(self) -> None:
+        """In a forked child (the fork hook, before any thread of it runs): the child's
+        route starts over from the endpoints the manager was made with, and its watch,
+        renewed at the first use, adds the members that joined since in the order it
+        meets them; so the endpoints that joined in the parent go from the list, and
+        _sync_endpoints appends them again as the child's route numbers them."""
+        if self._patroni_watch is None or not self._patroni_initial:
+            return
+        del self.endpoints[self._patroni_initial:]
+        self._index = {e.id: i for i, e in enumerate(self.endpoints)}
+        self._patroni_refusals_logged = 0
+
+    def _patroni_resume(self) -> None:
+        """The first use in a forked child: the watch is renewed (following this
+        process's route, running when the parent's ran) now, not only when it is next
+        asked for its status."""
+        if self._patroni_watch is not None:
+            self._patroni_watch.endpoints()
 
     def _sync_endpoints(self, index: int = -2) -> None:
         """Append a DatabaseEndpoint for each endpoint the core added since (a member that
@@ -208,6 +240,14 @@ class PatroniSource:
             p._options = self._pools[0].options
             p._dsn = redact_dsn(self.endpoints[i].connection_string)
         return p
+
+    def drain(self) -> None:
+        """``DatabaseConnectionPool.drain()`` on every endpoint's pool, the members that
+        joined included (SQLAlchemy's ``engine.dispose()`` on a multi-host URL calls it)."""
+        if not self._closed:
+            self._sync_endpoints()
+            for i in range(len(self.endpoints)):
+                (self._pools[i] if i < len(self._pools) else self._joined_pool(i)).drain()
 
     def _patroni_start(self) -> None:
         if self._patroni_watch is not None:

@@ -11,7 +11,8 @@ key=value, multi-host; ``sqlite:///path``) and its options
 (``max_connections``, ``query_timeout`` ...; ``autocommit`` is the
 connection's).  The connection is lent by a native pool shared by every
 ``connect()`` with the same DSN and options, made on first use and shut
-down at exit; ``close()`` gives it back.  ``DatabaseConnectionPool.connect()``
+down at exit; ``close()`` gives it back; ``dispose(dsn)`` closes a pool's server
+connections (idle ones now, borrowed ones when given back) and keeps it.  ``DatabaseConnectionPool.connect()``
 and ``DatabaseFailoverManager.connect()`` lend the same kind of connection
 from a pool you configured.
 
@@ -26,7 +27,7 @@ DatabaseWarning); errors keep ``error_code``, ``sqlstate``,
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .. import _native
 from ..database import errors
@@ -37,7 +38,7 @@ from .types import (BINARY, DATETIME, NUMBER, ROWID, STRING, Binary, Date, DateF
                     DBAPITypeObject, Time, TimeFromTicks, Timestamp, TimestampFromTicks)
 
 __all__ = [
-    "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor",
+    "apilevel", "threadsafety", "paramstyle", "connect", "dispose", "Connection", "Cursor",
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
     "DBAPITypeObject", "STRING", "BINARY", "NUMBER", "DATETIME", "ROWID",
@@ -85,4 +86,18 @@ def connect(dsn: str, *, autocommit: bool = False, timeout: Any = None, **option
     if not isinstance(dsn, str):
         raise errors.ConfigurationError(f"dsn must be a str, not {type(dsn).__name__}")
     pool = _pool_for(dsn.strip(), options)
-    return Connection(pool.acquire(timeout), autocommit=autocommit)
+    return Connection(pool.acquire(timeout), autocommit=autocommit, source=pool)
+
+
+def dispose(dsn: Optional[str] = None) -> None:
+    """Close the server connections of the pools connect() shares: those
+    of ``dsn`` (whatever the options), or all of them.  Idle ones close now,
+    borrowed ones when they are closed; the pools stay, and the next
+    connect() opens a fresh connection (``DatabaseConnectionPool.drain()``)."""
+    if dsn is not None and not isinstance(dsn, str):
+        raise errors.ConfigurationError(f"dsn must be a str or None, not {type(dsn).__name__}")
+    with _pools_lock:
+        pools = [p for (d, _), p in _pools.items() if dsn is None or d == dsn.strip()]
+    for pool in pools:
+        if not pool.closed:
+            pool.drain()

@@ -35,8 +35,11 @@ class Connection:
     InterfaceError (2022); give each thread its own (``threadsafety`` 1).
     """
 
-    def __init__(self, pooled: Any, autocommit: bool = False, discard: bool = False):
+    def __init__(self, pooled: Any, autocommit: bool = False, discard: bool = False, source: Any = None):
         self._pooled: Optional[Any] = pooled
+        # what lent it (a DatabaseConnectionPool or DatabaseFailoverManager):
+        # the SQLAlchemy dialects drain it on engine.dispose()
+        self._source = source
         self._autocommit = bool(autocommit)
         self._discard = discard      # close() closes the native connection instead of pooling it
         self._streamer: Optional["weakref.ref[Cursor]"] = None   # the cursor a stream was started by

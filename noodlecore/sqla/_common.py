@@ -1,6 +1,6 @@
-"""What both dialects share: the pass-through pool, splitting URL query
-options between the native pool and the DSN, disconnect detection and the
-pre-ping.  The facts themselves (which options the pool has, what counts as
+"""What both dialects share: the pass-through pool (and what its dispose()
+closes), splitting URL query options between the native pool and the DSN,
+disconnect detection and the pre-ping.  The facts themselves (which options the pool has, what counts as
 a lost connection) come from the core, through the binding."""
 
 from __future__ import annotations
@@ -80,10 +80,53 @@ def _convert(value: Any, default: Any) -> Any:
     return value
 
 
+class NativePassThroughPool(sa_pool.NullPool):
+    """SQLAlchemy's NullPool (a checkout borrows from the native pool, a
+    check-in gives the connection back), whose dispose() drains the native
+    pools this engine borrowed from: their idle server connections close now,
+    borrowed ones when they come back, and the next checkout opens a fresh
+    one.  The native pools stay (shared with every engine and dbapi.connect()
+    on the same URL and options, which see only that their idle connections
+    went).  ``engine.dispose(close=False)``, the after-fork form, does not
+    call dispose(): nothing is touched, and the child's first checkout gets
+    its own pool (the native pools notice the fork)."""
+
+    def dispose(self) -> None:
+        drain = getattr(self._dialect, "noodle_drain", None)
+        if drain is not None:
+            drain()
+
+
+_sources_lock = threading.Lock()
+
+
 class NoodleDialectMixin:
     """Pool, disconnects and pings, the same for PostgreSQL and SQLite."""
 
     driver = "noodlecore"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # What this engine's connections were lent by (the native pools, or
+        # the failover manager of a multi-host URL): engine.dispose() drains them.
+        self._noodle_sources: set = set()
+
+    def connect(self, *cargs: Any, **cparams: Any) -> Any:
+        return self._noodle_track(super().connect(*cargs, **cparams))  # type: ignore[misc]
+
+    def _noodle_track(self, dbapi_connection: Any) -> Any:
+        source = dbapi_connection._source
+        if source not in self._noodle_sources:   # every checkout's path: the lock only for a new one
+            with _sources_lock:
+                self._noodle_sources.add(source)
+        return dbapi_connection
+
+    def noodle_drain(self) -> None:
+        """Drain every native pool this engine borrowed from (engine.dispose())."""
+        with _sources_lock:
+            sources = tuple(self._noodle_sources)
+        for source in sources:
+            source.drain()
 
     @classmethod
     def import_dbapi(cls) -> Any:
@@ -101,7 +144,7 @@ class NoodleDialectMixin:
         # The native pool queues, validates and recycles; SQLAlchemy's pool
         # only passes connections through (a check-in is close(), which
         # gives the connection back to the native pool).
-        return sa_pool.NullPool
+        return NativePassThroughPool
 
     def is_disconnect(self, e: Any, connection: Any, cursor: Any) -> bool:
         # The core decides what a lost connection is (nc_error_failure);

@@ -173,8 +173,8 @@ class PGDialect_noodlecore(NoodleDialectMixin, PGDialect):
     def connect(self, *cargs: Any, **cparams: Any) -> Any:
         failover = cparams.pop("_noodle_failover", None)
         if failover is None:
-            return self.loaded_dbapi.connect(*cargs, **cparams)
-        return failover_manager_for(cargs[0], failover, cparams).connect()
+            return self._noodle_track(self.loaded_dbapi.connect(*cargs, **cparams))
+        return self._noodle_track(failover_manager_for(cargs[0], failover, cparams).connect())
 
     def type_descriptor(self, typeobj: Any) -> Any:
         impl = super().type_descriptor(typeobj)
