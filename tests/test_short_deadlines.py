@@ -11,6 +11,8 @@ delivered when lifted); the server's own view (pg_stat_activity) and the pool's 
 that the session was kept, not replaced.
 """
 
+import os
+import signal
 import threading
 import time
 
@@ -156,3 +158,58 @@ def test_a_statement_after_an_unconfirmed_cancel_says_why(proxied):
     px.blackhole(False)
     with pool.get_connection(timeout=5) as c:            # the pool replaced it
         assert c.execute_query("SELECT 2 AS y") == [{"y": 2}]
+
+
+@pytest.fixture
+def frozen(pg):
+    """frozen(pid): stop that backend (SIGSTOP: a silent server, the socket open); resumed at the end."""
+    stopped = []
+
+    def freeze(pid):
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+    yield freeze
+    for pid in stopped:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_silent_connection_does_not_fail_every_short_borrow(make_pool, pg, app, frozen):
+    """One silent connection (its backend frozen) on top of the idle stack, a healthy one under
+    it: the first short borrow's check of the silent one is cut short and it goes back UNDER the
+    healthy one, so the next short borrows get the healthy one (the review of h-intr saw every
+    one fail with 2003, "0 of 2 in use", until the janitor's round).  Its ping's reply is owed
+    from when it was sent, so once owed past validation_timeout the next check of it closes it
+    at once, within that borrow's own short deadline, and opens a replacement."""
+    vt = 1.5
+    pool = make_pool(dsn="postgresql://postgres@127.0.0.1:%d/postgres?application_name=%s" % (pg.port, app),
+                     max_connections=2, timeout=5, ping_after_idle=0, validation_timeout=vt)
+    a, b = pool.acquire(), pool.acquire()
+    silent, healthy = a.backend_pid, b.backend_pid
+    b.release()
+    a.release()                         # the silent one on top
+    frozen(silent)
+    outcomes, owed_by = [], None
+    for _ in range(4):
+        try:
+            with pool.get_connection(timeout=BORROW) as c:
+                outcomes.append(c.backend_pid)
+                assert c.execute_query("SELECT 1 AS x", row_format="tuple") == [(1,)]
+        except PoolTimeoutError as e:
+            assert e.error_code == 2003, e
+            outcomes.append("2003")
+            owed_by = time.monotonic()  # its ping was sent before this
+    # the first meets the silent one (on top), the others the healthy one
+    assert outcomes == ["2003"] + [healthy] * 3, (outcomes, silent, healthy)
+    st = pool._raw_stats()
+    assert (st["connections_closed"], st["idle_connections"]) == (0, 2), st
+
+    # the ping owed longer than validation_timeout (a clock condition: the time must pass)
+    time.sleep(max(0.0, owed_by + vt + 0.05 - time.monotonic()))
+    with pool.get_connection(timeout=5) as h:
+        assert h.backend_pid == healthy
+        # had it waited for the reply, its 1 s would run out first (2003)
+        with pool.get_connection(timeout=1.0) as n:
+            assert n.backend_pid not in (silent, healthy)
+            assert n.execute_query("SELECT 2 AS x", row_format="tuple") == [(2,)]
+    st = pool._raw_stats()
+    assert (st["validation_failures"], st["connections_closed"], st["connections_opened"]) == (1, 1, 3), st

@@ -156,6 +156,7 @@ void nc_pool_slot_fill_locked(nc_pool *p, nc_conn *c, void *raw)
     c->last_used = now;
     c->last_checked = now;
     c->last_polled = now;
+    c->owed_since = 0;
     p->opened++;
 }
 
@@ -548,22 +549,40 @@ static int judge(int rc, int by_caller)
     return CHECK_DEAD;
 }
 
-/* Check an idle connection taken for a borrower (state CHECKING, no lock). */
+/* The deadline of a check that may be cut short: validation_timeout from
+ * since (when the reply it waits for was asked), or the borrower's own when
+ * sooner (*by_caller then). */
+static double check_deadline(nc_pool *p, double since, double deadline, int *by_caller)
+{
+    double vdl = since + p->cfg.validation_timeout;
+    *by_caller = deadline < vdl;
+    return *by_caller ? deadline : vdl;
+}
+
+/* Check an idle connection taken for a borrower (state CHECKING, no lock).
+ * A check cut short records in c->owed_since when its reply was asked for:
+ * the reply is owed from then, whoever waits for it next, so a silent
+ * connection is judged dead once owed longer than validation_timeout (a
+ * check that starts past that only reads what arrived, without waiting)
+ * instead of every short borrow waiting its own time on it again. */
 static int check_for_borrow(nc_pool *p, nc_conn *c, double deadline)
 {
     double now = nc_now();
     if (now >= c->expires)
         return CHECK_DEAD;
-    double vdl = now + p->cfg.validation_timeout;
-    int by_caller = deadline < vdl;
-    double dl = by_caller ? deadline : vdl;
+    int by_caller;
     if (p->ops->settle) {
         /* The reply to the ROLLBACK its return sent (or to a ping cut
          * short): before anything of this borrower is sent, or the
          * connection is replaced. */
+        double since = c->owed_since > 0 ? c->owed_since : now;
+        double dl = check_deadline(p, since, deadline, &by_caller);
         int rc = judge(p->ops->settle(p->ctx, c->raw, dl), by_caller);
+        if (rc == CHECK_CUT)
+            c->owed_since = since;
         if (rc != CHECK_OK)
             return rc;
+        c->owed_since = 0;
     }
     if (!p->cfg.validate)
         return CHECK_OK;
@@ -572,7 +591,11 @@ static int check_for_borrow(nc_pool *p, nc_conn *c, double deadline)
     if (now - c->last_used > p->cfg.ping_after_idle) {
         nc_error ignored;
         nc_error_clear(&ignored);
+        double sent = nc_now();
+        double dl = check_deadline(p, sent, deadline, &by_caller);
         int rc = judge(p->ops->ping(p->ctx, c->raw, dl, &ignored), by_caller);
+        if (rc == CHECK_CUT && p->ops->settle)
+            c->owed_since = sent;   /* a backend without settle owes nothing */
         if (rc != CHECK_OK)
             return rc;
         c->last_checked = nc_now();
@@ -580,8 +603,25 @@ static int check_for_borrow(nc_pool *p, nc_conn *c, double deadline)
     return CHECK_OK;
 }
 
+/* Put c idle UNDER the other idle connections: a connection whose check was
+ * cut short is the one least likely to answer, so borrowers (who take the
+ * top of the stack) try the others first. */
+static void put_idle_under_locked(nc_pool *p, nc_conn *c)
+{
+    nc_pool_put_idle_locked(p, c);   /* or to the oldest waiter */
+    if (c->state != NC_SLOT_IDLE || p->idle_top != c->index || c->next_idle < 0)
+        return;
+    p->idle_top = c->next_idle;
+    nc_conn *last = &p->slots[p->idle_top];
+    while (last->next_idle >= 0)
+        last = &p->slots[last->next_idle];
+    last->next_idle = c->index;
+    c->next_idle = -1;
+}
+
 /* The borrower's deadline (or Ctrl-C) ended the check of c: c goes back
- * idle (or to the oldest waiter, whose borrow reads the owed reply first),
+ * idle under the others (or to the oldest waiter, whose borrow reads the
+ * owed reply first),
  * unless the pool was shut down meanwhile; the borrow fails. */
 static void check_cut(nc_pool *p, nc_conn *c, double timeout, nc_error *err)
 {
@@ -593,7 +633,7 @@ static void check_cut(nc_pool *p, nc_conn *c, double timeout, nc_error *err)
         nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
         return;
     }
-    nc_pool_put_idle_locked(p, c);
+    put_idle_under_locked(p, c);
     if (stopped) {
         nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL,
                      "interrupted while checking a connection (kept: its reply is read by the next borrow)");

@@ -50,6 +50,8 @@ typedef struct nc_conn {
     double last_used;           /* monotonic, when it went idle */
     double last_checked;        /* monotonic, last successful ping */
     double last_polled;         /* monotonic, last no-round-trip liveness check */
+    double owed_since;          /* monotonic, when the reply a cut-short check left owed was asked
+                                 * for (0: none); judged by validation_timeout from then */
     int next_idle;              /* idle stack link (slot index, -1 end) */
     double lent_at;             /* monotonic, when the current lease began */
     uint64_t leak_lease;        /* the last lease found held past leak_timeout */

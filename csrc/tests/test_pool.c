@@ -2168,6 +2168,70 @@ static void test_stop_check(void)
     nc_pool_free(p);
 }
 
+/* One silent idle connection (a frozen backend) on top of the idle stack and
+ * a healthy one under it: the first short borrow (timeout < validation_timeout)
+ * is cut short on the silent one, which goes back UNDER the healthy one, so
+ * the next short borrows get the healthy one; and the silent one's reply is
+ * owed from when it was asked for, so once owed past validation_timeout the
+ * next check of it closes it without waiting (found by the review of h-intr:
+ * every short borrow failed with 2003, "0 of 2 in use", until the janitor). */
+static void test_silent_idle_goes_under(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    cfg.validation_timeout = 0.4;
+    cfg.ping_after_idle = 0;
+    nc_error err;
+    nc_error_clear(&err);
+    nc_pool *p = nc_pool_new(&cfg, &fake_ops_owed, &f, &err);
+    CHECK(p != NULL, "%s", err.message);
+    if (!p)
+        return;
+    nc_conn *a, *b;
+    uint64_t la, lb;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    CHECK(get(p, 1, &b, &lb, &err) == 0, "%s", err.message);
+    uint64_t silent = a->serial, healthy = b->serial;
+    nc_pool_release(p, b, 0);           /* the healthy one, below */
+    raw(a)->answer_at = nc_now() + 1e6; /* silent for ever */
+    nc_pool_release(p, a, 0);           /* the silent one, on top */
+    sleep_s(0.002);
+    int fails = 0, got_healthy = 0;
+    for (int i = 0; i < 5; i++) {
+        nc_conn *x;
+        uint64_t lx;
+        if (get(p, 0.05, &x, &lx, &err) == 0) {
+            got_healthy += x->serial == healthy;
+            nc_pool_release(p, x, 0);
+        } else {
+            fails++;
+            CHECK(err.code == NC_E_POOL_TIMEOUT, "code %d: %s", err.code, err.message);
+        }
+        sleep_s(0.002);
+    }
+    nc_pool_stats s = stats(p);
+    CHECK(fails <= 1 && got_healthy == 5 - fails, "%d of 5 short borrows failed (%d got the healthy one), "
+          "idle %d closed %llu: %s", fails, got_healthy, s.idle, (unsigned long long)s.closed, err.message);
+    CHECK(s.closed == 0 && s.idle == 2, "closed %llu idle %d", (unsigned long long)s.closed, s.idle);
+
+    /* Owed past validation_timeout: with the healthy one held, a short
+     * borrow checks the silent one, closes it at once and opens another. */
+    sleep_s(cfg.validation_timeout + 0.05);
+    CHECK(get(p, 1, &b, &lb, &err) == 0 && b->serial == healthy, "the healthy one first: %s", err.message);
+    int rc = get(p, 0.05, &a, &la, &err);   /* had it waited, its 0.05 s would have cut it: 2003 */
+    CHECK(rc == 0 && a->serial != silent && a->serial != healthy, "rc %d: %s", rc, err.message);
+    s = stats(p);
+    CHECK(s.validation_failures == 1 && s.closed == 1 && s.replaced == 1,
+          "validation_failures %llu closed %llu replaced %llu", (unsigned long long)s.validation_failures,
+          (unsigned long long)s.closed, (unsigned long long)s.replaced);
+    if (rc == 0)
+        nc_pool_release(p, a, 0);
+    nc_pool_release(p, b, 0);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
 /* Only validation_timeout judges a connection: a check (the owed reply, a
  * ping) that the borrower's own shorter deadline, or its stop check, cuts
  * short leaves the connection idle with the reply owed, and the borrow
@@ -2426,6 +2490,7 @@ int main(void)
         {"observer_and_refs", test_observer_and_refs},
         {"stop_check", test_stop_check},
         {"late_check_keeps", test_late_check_keeps},
+        {"silent_idle_goes_under", test_silent_idle_goes_under},
         {"stop_in_shutdown", test_stop_in_shutdown},
         {"server_full", test_server_full},
         {"leaks", test_leaks},
