@@ -213,3 +213,29 @@ def test_a_silent_connection_does_not_fail_every_short_borrow(make_pool, pg, app
             assert n.execute_query("SELECT 2 AS x", row_format="tuple") == [(2,)]
     st = pool._raw_stats()
     assert (st["validation_failures"], st["connections_closed"], st["connections_opened"]) == (1, 1, 3), st
+
+
+def test_a_ping_unanswered_within_validation_timeout_gives_the_connection_up(make_pool, pg, app, frozen):
+    """conn.ping() with no answer within validation_timeout: False, and the connection is given
+    up at once, so a statement with no deadline of its own fails at once saying why instead of
+    waiting for the ping's owed reply (for ever, with the server silent); its return closes it."""
+    pool = make_pool(dsn="postgresql://postgres@127.0.0.1:%d/postgres?application_name=%s" % (pg.port, app),
+                     max_connections=1, timeout=5, validation_timeout=0.3)
+    c = pool.acquire()
+    pid = c.backend_pid
+    frozen(pid)
+    # Without the fix the statement would wait on the owed reply: the backend resumes after
+    # 10 s so that the test then fails (the statement succeeds) instead of hanging.
+    resume = threading.Timer(10, os.kill, (pid, signal.SIGCONT))
+    try:
+        assert c.ping() is False
+        resume.start()
+        with pytest.raises(OperationalError) as ei:
+            c.execute_query("SELECT 1")
+    finally:
+        resume.cancel()
+    assert "no answer to a ping within validation_timeout" in ei.value.message, ei.value.message
+    assert ei.value.error_code != 2003, ei.value
+    c.release()
+    st = pool._raw_stats()
+    assert (st["connections_closed"], st["total_connections"]) == (1, 0), st

@@ -51,6 +51,12 @@ typedef struct nc_backend_ops {
      * NULL: the backend never leaves a reply owed. */
     int (*settle)(void *ctx, void *conn, double deadline);
 
+    /* Mark a lent connection broken for a reason of the pool's (a static
+     * string naming it): its next statement fails at once saying why
+     * instead of waiting on a reply still owed, and its return closes it.
+     * NULL: the backend keeps no such state. */
+    void (*give_up)(void *ctx, void *conn, const char *why);
+
     /* Close and free the connection.  Must not wait long (no deadline: it only
      * sends a terminate message / closes a file). */
     void (*close)(void *ctx, void *conn);

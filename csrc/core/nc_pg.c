@@ -643,6 +643,8 @@ int nc_pg_settle(nc_pg_conn *c, double deadline, nc_error *err)
 {
     if (!c->pending)
         return 0;
+    if (c->broken)
+        return nc_pg_usable(c, err);   /* given up (gave_up says why) or lost: nothing worth reading */
     int rc = settle_reply(c, 1, deadline, err);
     if (rc > 0) {
         /* A statement's own deadline (or Ctrl-C) ran out before the reply
@@ -1116,6 +1118,12 @@ static int pg_settle(void *vctx, void *vconn, double deadline)
     return settle_reply(c, deadline > 0, deadline, &ignored);   /* 1: late, not judged */
 }
 
+static void pg_give_up(void *vctx, void *vconn, const char *why)
+{
+    (void)vctx;
+    nc_pg_give_up(vconn, why);
+}
+
 static void pg_close(void *vctx, void *vconn)
 {
     (void)vctx;
@@ -1135,6 +1143,7 @@ const nc_backend_ops nc_pg_ops = {
     .return_state = pg_return_state,
     .reset = pg_reset,
     .settle = pg_settle,
+    .give_up = pg_give_up,
     .close = pg_close,
     .ctx_free = pg_ctx_free,
 };

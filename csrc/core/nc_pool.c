@@ -906,7 +906,11 @@ int nc_pool_ping(nc_pool *p, nc_conn *c, nc_error *err)
         return -1;
     }
     /* No answer within validation_timeout: a dead connection by the
-     * pool's rule, closed when given back. */
+     * pool's rule, closed when given back; given up now, so that a
+     * statement before that fails at once instead of waiting on the reply
+     * still owed (no deadline of its own: for ever). */
+    if (p->ops->give_up)
+        p->ops->give_up(p->ctx, c->raw, "no answer to a ping within validation_timeout");
     lock(p);
     c->expires = 0;
     unlock(p);

@@ -54,6 +54,7 @@ typedef struct fconn {
     double answer_at; /* nc_now() before which no reply (ping, owed) arrives; 0: at once (main
                        * thread only: the janitor's round never comes in these tests) */
     double opened;  /* nc_now() when connected */
+    const char *gave_up;  /* the pool's give_up reason (fake_ops_owed) */
 } fconn;
 
 typedef struct fake {
@@ -220,6 +221,15 @@ static int f_settle(void *ctx, void *conn, double deadline)
     return LD(c->owed_fails) ? -1 : 0;
 }
 
+/* As nc_pg.c: broken for the pool's reason, returned as -1 (closed). */
+static void f_give_up(void *ctx, void *conn, const char *why)
+{
+    fake *f = ctx;
+    fconn *c = conn;
+    c->gave_up = why;
+    ST(f->forced_return_state, -1);
+}
+
 static void f_close(void *ctx, void *conn)
 {
     fake *f = ctx;
@@ -270,6 +280,7 @@ static const nc_backend_ops fake_ops_owed = {
     .return_state = f_return_state,
     .reset = f_reset_owed,
     .settle = f_settle,
+    .give_up = f_give_up,
     .close = f_close,
     .ctx_free = f_ctx_free,
 };
@@ -2315,7 +2326,12 @@ static void test_late_check_keeps(void)
     raw(a)->answer_at = nc_now() + 5.0;
     rc = nc_pool_ping(p, a, &err);
     CHECK(rc == -1 && err.code == NC_E_QUERY_TIMEOUT, "rc %d code %d", rc, err.code);
+    /* and given up at once: a statement before the return fails saying why
+     * instead of waiting on the owed reply (review of h-intr, finding 4) */
+    CHECK(raw(a)->gave_up && strstr(raw(a)->gave_up, "no answer to a ping within validation_timeout"),
+          "not given up: %s", raw(a)->gave_up ? raw(a)->gave_up : "(null)");
     nc_pool_release(p, a, 0);
+    ST(g.forced_return_state, 0);
     s = stats(p);
     CHECK(s.closed == 2 && s.idle == 0, "closed %llu idle %d", (unsigned long long)s.closed, s.idle);
     nc_pool_shutdown(p, 0);
