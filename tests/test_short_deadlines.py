@@ -239,3 +239,34 @@ def test_a_ping_unanswered_within_validation_timeout_gives_the_connection_up(mak
     c.release()
     st = pool._raw_stats()
     assert (st["connections_closed"], st["total_connections"]) == (1, 0), st
+
+
+def test_a_busy_sqlite_database_past_the_borrowers_deadline_keeps_the_connection(tmp_path):
+    """SQLite's ping waits for a lock another connection holds: the borrow's own deadline ends
+    it, which says nothing of the connection, so it is kept (nothing is owed) and the borrow
+    gets 2003; once the lock is gone the same connection is lent."""
+    import sqlite3
+    from noodlecore.database import DatabaseConnectionPool
+    path = str(tmp_path / "busy.db")
+    pool = DatabaseConnectionPool("sqlite:///" + path, max_connections=1, timeout=5, ping_after_idle=0,
+                                  validation_timeout=30)
+    try:
+        with pool.get_connection() as c:
+            c.execute_query("CREATE TABLE t (x int)")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            err, took = borrow_fails(pool, BORROW)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert err.error_code == 2003, err
+        assert took < 5, took
+        st = pool._raw_stats()
+        assert (st["validation_failures"], st["connections_closed"], st["idle_connections"]) == (0, 0, 1), st
+        with pool.get_connection(timeout=5) as c:
+            assert c.execute_query("SELECT count(*) FROM t", row_format="tuple") == [(0,)]
+        st = pool._raw_stats()
+        assert (st["connections_opened"], st["connections_closed"]) == (1, 0), st
+    finally:
+        pool.shutdown(timeout=0)
