@@ -25,7 +25,12 @@ typedef struct nc_backend_ops {
     /* Cheap check of an idle connection, no round trip: 1 looks usable, 0 dead. */
     int (*looks_alive)(void *ctx, void *conn);
 
-    /* Round-trip check before deadline: 0 ok, -1 failed (err set). */
+    /* Round-trip check before deadline: 0 ok, -1 failed (err set; dead), 1
+     * no answer yet when the deadline passed or the thread's stop check said
+     * stop (nc_stop.h): the reply is left owed (settle reads it) and the
+     * connection is not judged: whoever set the deadline decides (the pool
+     * drops it when that was validation_timeout, keeps it when it was the
+     * borrower's own deadline or Ctrl-C). */
     int (*ping)(void *ctx, void *conn, double deadline, nc_error *err);
 
     /* 1 when giving the connection back needs I/O (an open transaction to roll
@@ -38,11 +43,19 @@ typedef struct nc_backend_ops {
     int (*reset)(void *ctx, void *conn, double deadline, nc_error *err);
 
     /* A reply the server still owes (the ROLLBACK a return sent without
-     * waiting): read it before deadline, or with deadline 0 only what has
-     * arrived (no wait; safe under the pool mutex).  0 nothing owed any more,
-     * 1 still owed (deadline 0), -1 it failed or the connection died: discard.
+     * waiting, a ping cut short): read it before deadline, or with deadline
+     * 0 only what has arrived (no wait; safe under the pool mutex).  0
+     * nothing owed any more, 1 still owed (deadline 0, or the deadline
+     * passed or the stop check said stop: not judged, as for ping), -1 it
+     * failed or the connection died: discard.
      * NULL: the backend never leaves a reply owed. */
     int (*settle)(void *ctx, void *conn, double deadline);
+
+    /* Mark a lent connection broken for a reason of the pool's (a static
+     * string naming it): its next statement fails at once saying why
+     * instead of waiting on a reply still owed, and its return closes it.
+     * NULL: the backend keeps no such state. */
+    void (*give_up)(void *ctx, void *conn, const char *why);
 
     /* Close and free the connection.  Must not wait long (no deadline: it only
      * sends a terminate message / closes a file). */

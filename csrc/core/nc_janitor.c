@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #endif
 #include "nc_pool_internal.h"
+#include "nc_stop.h"
 #include "nc_time.h"
 
 #include <errno.h>
@@ -261,12 +262,7 @@ void nc_janitor_stop(nc_pool *p, double max_wait)
         pthread_detach(p->janitor);
         return;
     }
-    /* pthread_timedjoin_np takes a CLOCK_REALTIME deadline. */
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    double until = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + (max_wait > 0 ? max_wait : 0);
-    ts.tv_sec = (time_t)until;
-    ts.tv_nsec = (long)((until - (double)ts.tv_sec) * 1e9);
-    if (pthread_timedjoin_np(p->janitor, NULL, &ts) != 0)
+    /* Ctrl-C (the stop check) ends the join as its bound does. */
+    if (nc_stop_join(p->janitor, nc_now() + (max_wait > 0 ? max_wait : 0)) != 0)
         pthread_detach(p->janitor);   /* it frees what it holds when it ends */
 }

@@ -32,6 +32,7 @@
 #define _GNU_SOURCE
 #endif
 #include "nc_monitor.h"
+#include "nc_stop.h"
 #include "nc_time.h"
 
 #include <errno.h>
@@ -613,14 +614,14 @@ void nc_monitor_stop_within(nc_monitor *m, double max_wait)
     double bound = max_wait >= 0 ? max_wait : m->cfg.health_check_timeout + 0.5;
     pthread_mutex_unlock(&m->mu);
 
-    /* pthread_timedjoin_np takes a CLOCK_REALTIME time; one bound for all. */
-    struct timespec until = nc_abstime(nc_wall() + bound);
+    /* One bound for all; Ctrl-C (the stop check) ends the joins as it does. */
+    double until = nc_now() + bound;
     for (int k = 0; k < nthreads; k++) {
         if (pthread_equal(pthread_self(), threads[k])) {
             pthread_detach(threads[k]);   /* stop() from a callback on a monitor thread */
             continue;
         }
-        if (pthread_timedjoin_np(threads[k], NULL, &until) != 0)
+        if (nc_stop_join(threads[k], until) != 0)
             pthread_detach(threads[k]);   /* it frees what it holds when it ends */
     }
     free(threads);

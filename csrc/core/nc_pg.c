@@ -287,6 +287,32 @@ void nc_pg_conn_error(nc_error *err, int code, PGconn *pg, const char *what)
         memcpy(err->sqlstate, "08006", 6);
 }
 
+void nc_pg_give_up(nc_pg_conn *c, const char *why)
+{
+    if (!c->broken)
+        c->gave_up = why;   /* the first reason is the one that counts */
+    c->broken = 1;
+}
+
+int nc_pg_usable(nc_pg_conn *c, nc_error *err)
+{
+    if (!c->broken && PQstatus(c->pg) == CONNECTION_OK)
+        return 0;
+    c->broken = 1;
+    if (PQstatus(c->pg) == CONNECTION_OK) {
+        /* Given up by us, not by libpq, which has nothing to say. */
+        nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL,
+                     "connection lost: %s%sthe connection was given up after %s; it is discarded "
+                     "(borrow another)", c->display ? c->display : "", c->display ? ": " : "",
+                     c->gave_up ? c->gave_up : "an earlier failure on it");
+        memcpy(err->sqlstate, "08006", 6);
+    } else {
+        nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
+    }
+    err->sent = NC_SENT_NO;
+    return -1;
+}
+
 static int is_sqlstate(const char *s)
 {
     for (int i = 0; i < 5; i++)
@@ -354,7 +380,7 @@ static void note_receiver(void *arg, const PGresult *res)
     nc_pg_conn *c = arg;
     const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
     if (sev && (!strcmp(sev, "FATAL") || !strcmp(sev, "PANIC")))
-        c->broken = 1;
+        nc_pg_give_up(c, "the server announced it was closing the session (FATAL)");
 }
 
 /* Connect to host i of a multi-host string (i < 0: the string as it is). */
@@ -444,6 +470,7 @@ static void *pg_connect_one(nc_pg_ctx *ctx, int i, double deadline, nc_error *er
         return NULL;
     }
     c->pg = pg;
+    c->display = ctx->display;   /* the context outlives its pool's connections */
     PQsetNoticeReceiver(pg, note_receiver, c);
     if (fix_styles(c, deadline, err) < 0) {
         nc_error_prefix(err, "%s", ctx->display);
@@ -525,22 +552,33 @@ static int pg_looks_alive(void *vctx, void *vconn)
 
 int nc_pg_rollback_send(nc_pg_conn *c, double deadline, nc_error *err)
 {
-    if (nc_pg_settle(c, deadline, err) < 0)
+    if (nc_pg_settle(c, deadline, err) < 0 || nc_pg_usable(c, err) < 0)
         return -1;
-    if (c->broken || PQstatus(c->pg) != CONNECTION_OK || !PQsendQuery(c->pg, "ROLLBACK")) {
+    if (!PQsendQuery(c->pg, "ROLLBACK")) {
         c->broken = 1;
         nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
         return -1;
     }
-    c->pending = 1;
+    c->pending = NC_PG_OWED_ROLLBACK;
+    c->pending_status = PQTRANS_IDLE;
     return nc_pg_flush(c, deadline, err);   /* all of it on the wire, or broken */
 }
 
-/* Read the pending reply: 0 read (ok), 1 not all here yet (only when
- * wait is 0), -1 err (broken). */
+static const char *owed_name(const nc_pg_conn *c)
+{
+    return c->pending == NC_PG_OWED_PING ? "ping" : "ROLLBACK";
+}
+
+/* Read the pending reply: 0 read (ok), 1 not all here yet: with wait 0
+ * nothing more has arrived, with wait the deadline passed or the stop check
+ * said stop (err says which; the reply is still owed and the connection is
+ * not judged: a late reply is not a dead connection), -1 err (broken). */
 static int settle_reply(nc_pg_conn *c, int wait, double deadline, nc_error *err)
 {
     int failed = 0;
+    const char *what = owed_name(c);
+    ExecStatusType ok_status = c->pending == NC_PG_OWED_PING ? PGRES_EMPTY_QUERY : PGRES_COMMAND_OK;
+    PGTransactionStatusType after = c->pending_status;
     while (c->pending) {
         if (c->broken || PQstatus(c->pg) != CONNECTION_OK)
             goto lost;
@@ -560,15 +598,16 @@ static int settle_reply(nc_pg_conn *c, int wait, double deadline, nc_error *err)
                 /* The caller's deadline or Ctrl-C, not a lost connection:
                  * coded as nc_pg_waiter_ready codes them, so the pool's
                  * observer (a failover manager) does not take the endpoint
-                 * for down. */
-                c->broken = 1;
+                 * for down.  Whether the connection goes is the caller's
+                 * call (nc_pg_settle: it does; the pool: only when its
+                 * validation_timeout ran out). */
                 nc_error_set(err, w == 0 ? NC_E_QUERY_TIMEOUT : NC_E_INTERRUPTED, NC_K_OPERATIONAL,
-                             "%s while waiting for the reply to the previous ROLLBACK; connection discarded",
-                             w == 0 ? "deadline passed" : "interrupted");
+                             "%s while waiting for the reply to the previous %s",
+                             w == 0 ? "deadline passed" : "interrupted", what);
                 if (w == 0)
                     memcpy(err->sqlstate, "57014", 6);
                 err->sent = NC_SENT_NO;
-                return -1;
+                return 1;
             }
             if (w < 0 || !PQconsumeInput(c->pg))
                 goto lost;
@@ -579,21 +618,23 @@ static int settle_reply(nc_pg_conn *c, int wait, double deadline, nc_error *err)
             c->pending = 0;
             break;
         }
-        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        if (PQresultStatus(r) != ok_status)
             failed = 1;
         PQclear(r);
     }
-    if (failed || PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+    if (failed || PQtransactionStatus(c->pg) != after) {
         c->broken = 1;
         nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL,
-                     "the previous ROLLBACK failed on this connection; connection discarded");
+                     "the previous %s failed on this connection; connection discarded", what);
         err->sent = NC_SENT_NO;
         return -1;
     }
     return 0;
 lost:
     c->broken = 1;
-    nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost (reading the reply to the previous ROLLBACK)");
+    char where[64];
+    snprintf(where, sizeof where, "connection lost (reading the reply to the previous %s)", what);
+    nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, where);
     err->sent = NC_SENT_NO;
     return -1;
 }
@@ -602,12 +643,23 @@ int nc_pg_settle(nc_pg_conn *c, double deadline, nc_error *err)
 {
     if (!c->pending)
         return 0;
-    return settle_reply(c, 1, deadline, err);
+    if (c->broken)
+        return nc_pg_usable(c, err);   /* given up (gave_up says why) or lost: nothing worth reading */
+    int rc = settle_reply(c, 1, deadline, err);
+    if (rc > 0) {
+        /* A statement's own deadline (or Ctrl-C) ran out before the reply
+         * came: the statement was not sent, and the connection goes. */
+        nc_pg_give_up(c, "no reply to the previous ROLLBACK or ping came before an earlier deadline");
+        size_t n = strlen(err->message);
+        snprintf(err->message + n, sizeof err->message - n, "; connection discarded");
+        return -1;
+    }
+    return rc;
 }
 
 PGTransactionStatusType nc_pg_txn_status(const nc_pg_conn *c)
 {
-    return c->pending ? PQTRANS_IDLE : PQtransactionStatus(c->pg);
+    return c->pending ? c->pending_status : PQtransactionStatus(c->pg);
 }
 
 /* ---- statements -------------------------------------------------------- */
@@ -644,14 +696,14 @@ int nc_pg_flush(nc_pg_conn *c, double deadline, nc_error *err)
          * us (notices) until we read. */
         int w = nc_pg_wait(PQsocket(c->pg), POLLIN | POLLOUT, deadline);
         if (w == -2) {
-            c->broken = 1;   /* maybe half a message on the wire */
+            nc_pg_give_up(c, "an earlier statement was interrupted half sent");   /* half a message on the wire */
             nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL,
                          "interrupted while sending the statement; connection discarded");
             return -1;
         }
         if (w == 0) {
             /* Half a message is on the wire: this connection cannot be reused. */
-            c->broken = 1;
+            nc_pg_give_up(c, "an earlier statement's deadline passed while it was half sent");
             nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL,
                          "statement deadline passed while sending it; connection discarded");
             memcpy(err->sqlstate, "57014", 6);
@@ -758,7 +810,9 @@ int nc_pg_waiter_ready(nc_pg_conn *c, nc_pg_waiter *wt, nc_error *err)
             continue;
         }
         if (w == 0 || w == -2) {
-            c->broken = 1;
+            nc_pg_give_up(c, wt->why != WHY_NONE ? "the cancel of an earlier statement was not confirmed"
+                             : w == -2 ? "an earlier wait for the server was interrupted"
+                                       : "the server did not answer before an earlier deadline");
             if (wt->why != WHY_NONE)
                 given_up(err, wt->why, &wt->k, wt->grace);
             else if (w == -2)
@@ -793,8 +847,11 @@ int nc_pg_waiter_end(nc_pg_conn *c, nc_pg_waiter *wt, PGresult *error, nc_error 
          * error) leaves a cancel in flight that could hit the next statement. */
         if (stopped)
             finish_cancel(&wt->k, wt->wait_until);
-        if (!stopped || wt->k.state == NC_CANCEL_PENDING || wt->k.state == NC_CANCEL_FAILED)
-            c->broken = 1;
+        if (!stopped)
+            nc_pg_give_up(c, "an earlier statement ended while its cancel was in flight (the cancel "
+                             "could reach the next statement)");
+        else if (wt->k.state == NC_CANCEL_PENDING || wt->k.state == NC_CANCEL_FAILED)
+            nc_pg_give_up(c, "the cancel of an earlier statement was not confirmed");
         nc_pg_cancel_close(&wt->k);
     }
     if (!error)
@@ -847,7 +904,7 @@ static PGresult *collect_mode(nc_pg_conn *c, double deadline, int cancel, int on
         } else if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
             /* COPY needs its own API; refuse cleanly by ending it. */
             PQclear(r);
-            c->broken = 1;
+            nc_pg_give_up(c, "a COPY it could not run (refused mid-protocol)");
             PQclear(keep);
             PQclear(error);
             nc_pg_waiter_abandon(&wt);
@@ -888,14 +945,8 @@ static int send_query(nc_pg_conn *c, const char *sql, int nparams, const Oid *ty
                       const char *const *values, const int *lengths, const int *formats, int single_row,
                       double deadline, nc_error *err)
 {
-    if (nc_pg_settle(c, deadline, err) < 0)
+    if (nc_pg_settle(c, deadline, err) < 0 || nc_pg_usable(c, err) < 0)
         return -1;
-    if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
-        c->broken = 1;
-        nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
-        err->sent = NC_SENT_NO;
-        return -1;
-    }
     int ok = nparams < 0 ? PQsendQuery(c->pg, sql)
                          : PQsendQueryParams(c->pg, sql, nparams, types, values, lengths, formats, 0);
     if (!ok) {
@@ -972,15 +1023,28 @@ static int pg_ping(void *vctx, void *vconn, double deadline, nc_error *err)
 {
     (void)vctx;
     nc_pg_conn *c = vconn;
-    /* An empty query is the cheapest full round trip.  No cancel on the
-     * deadline: a connection that does not answer a ping is dropped. */
-    PGresult *r = pg_exec(c, "", -1, NULL, NULL, NULL, NULL, deadline, 0, err);
-    if (!r) {
+    if (c->pending) {
+        int rc = settle_reply(c, 1, deadline, err);
+        if (rc != 0)
+            return rc;   /* 1: still owed, the ping's time is up already */
+    }
+    /* An empty query is the cheapest full round trip, and it changes
+     * nothing: its reply can be left owed like a ROLLBACK's (pending) when
+     * the deadline or Ctrl-C ends the wait, so that the caller, not the
+     * clock, decides whether the connection goes (nc_backend.h). */
+    if (nc_pg_usable(c, err) < 0)
+        return -1;
+    PGTransactionStatusType status = PQtransactionStatus(c->pg);
+    if (!PQsendQuery(c->pg, "")) {
         c->broken = 1;
+        nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
         return -1;
     }
-    PQclear(r);
-    return 0;
+    c->pending = NC_PG_OWED_PING;
+    c->pending_status = status;
+    if (nc_pg_flush(c, deadline, err) < 0)
+        return -1;   /* marked broken: maybe half of it on the wire */
+    return settle_reply(c, 1, deadline, err);
 }
 
 static int pg_return_state(void *vctx, void *vconn)
@@ -1051,7 +1115,13 @@ static int pg_settle(void *vctx, void *vconn, double deadline)
     if (!c->pending)
         return 0;
     nc_error ignored;
-    return settle_reply(c, deadline > 0, deadline, &ignored);
+    return settle_reply(c, deadline > 0, deadline, &ignored);   /* 1: late, not judged */
+}
+
+static void pg_give_up(void *vctx, void *vconn, const char *why)
+{
+    (void)vctx;
+    nc_pg_give_up(vconn, why);
 }
 
 static void pg_close(void *vctx, void *vconn)
@@ -1073,6 +1143,7 @@ const nc_backend_ops nc_pg_ops = {
     .return_state = pg_return_state,
     .reset = pg_reset,
     .settle = pg_settle,
+    .give_up = pg_give_up,
     .close = pg_close,
     .ctx_free = pg_ctx_free,
 };

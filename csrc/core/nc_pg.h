@@ -11,9 +11,17 @@ typedef struct nc_pg_conn {
     int broken;         /* lost, or a cancel that never came back: discard */
     int session_dirty;  /* a statement may have changed the session (nc_sql_changes_session):
                          * DISCARD ALL before the next borrower */
-    int pending;        /* a ROLLBACK was sent (nc_pg_rollback_send) and its reply not read yet:
-                         * nc_pg_settle reads it before anything else uses the connection */
+    int pending;        /* a reply owed (NC_PG_OWED_*): a ROLLBACK sent by nc_pg_rollback_send, or a
+                         * ping cut short by its caller's deadline or Ctrl-C; nc_pg_settle reads it
+                         * before anything else uses the connection */
+    PGTransactionStatusType pending_status;   /* the session's status once it is read */
+    const char *display;    /* "user@host:port/db" of its pool's context, for messages */
+    const char *gave_up;    /* why we marked it broken while libpq still sees it open (a static
+                             * string): what a later use of it says instead of libpq's empty error */
 } nc_pg_conn;
+
+/* What a pending reply answers (nc_pg_conn.pending). */
+enum { NC_PG_OWED_NONE = 0, NC_PG_OWED_ROLLBACK, NC_PG_OWED_PING };
 
 extern const nc_backend_ops nc_pg_ops;
 
@@ -84,12 +92,14 @@ int nc_pg_rollback_send(nc_pg_conn *c, double deadline, nc_error *err);
 
 /* Read a pending reply (nothing to do without one) before deadline.
  * 0 ok; -1 err (statement not sent; marked broken): NC_E_CONNECTION when
- * the ROLLBACK failed, the session is not idle after it or the connection
- * was lost, NC_E_QUERY_TIMEOUT when the deadline passed, NC_E_INTERRUPTED
- * when the stop check said stop. */
+ * the ROLLBACK (or ping) failed, the session is not as it should be after
+ * it or the connection was lost, NC_E_QUERY_TIMEOUT when the deadline
+ * passed, NC_E_INTERRUPTED when the stop check said stop.  (The pool's
+ * settle op instead keeps a connection whose reply is merely late.) */
 int nc_pg_settle(nc_pg_conn *c, double deadline, nc_error *err);
 
-/* PQtransactionStatus as it is once a pending ROLLBACK is read (IDLE). */
+/* PQtransactionStatus as it is once a pending reply is read (IDLE after a
+ * ROLLBACK; a ping leaves it as it was). */
 PGTransactionStatusType nc_pg_txn_status(const nc_pg_conn *c);
 
 /* One parameter set of nc_pg_exec_many (as nc_pg_exec takes them). */

@@ -38,6 +38,14 @@ void nc_pg_waiter_abandon(nc_pg_waiter *w);
  * 0 ok, -1 err (marked broken). */
 int nc_pg_flush(nc_pg_conn *c, double deadline, nc_error *err);
 
+/* Whether c may take a statement: 0 yes; -1 with err (NC_E_CONNECTION,
+ * not sent; marked broken) when it was lost, or given up earlier by us
+ * (c->gave_up: the message names the endpoint and says why). */
+int nc_pg_usable(nc_pg_conn *c, nc_error *err);
+
+/* Mark c broken for a reason of ours (a static string, see gave_up). */
+void nc_pg_give_up(nc_pg_conn *c, const char *why);
+
 /* err from a result's SQLSTATE and message, or from the connection's. */
 void nc_pg_result_error(nc_error *err, PGresult *res);
 void nc_pg_conn_error(nc_error *err, int code, PGconn *pg, const char *what);

@@ -70,7 +70,7 @@ static PGresult *next_result(nc_pg_conn *c, nc_pg_waiter *wt, int q, PGresult **
             }
         } else if (rs == PGRES_COPY_IN || rs == PGRES_COPY_OUT || rs == PGRES_COPY_BOTH) {
             PQclear(r);
-            c->broken = 1;
+            nc_pg_give_up(c, "a COPY it could not run (refused mid-protocol)");
             nc_pg_waiter_abandon(wt);
             nc_error_set(err, NC_E_NOT_SUPPORTED, NC_K_NOT_SUPPORTED, "COPY is not supported through %s", via);
             err->sent = NC_SENT_YES;
@@ -101,14 +101,8 @@ long long nc_pg_exec_many(nc_pg_conn *c, const char *sql, int nparams, const nc_
                           const char *before, const char *after, double deadline, int *failed, nc_error *err)
 {
     *failed = -1;
-    if (nc_pg_settle(c, deadline, err) < 0)
+    if (nc_pg_settle(c, deadline, err) < 0 || nc_pg_usable(c, err) < 0)
         return -1;
-    if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
-        c->broken = 1;
-        nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
-        err->sent = NC_SENT_NO;
-        return -1;
-    }
     if (nrows == 0 && !before && !after)
         return 0;
     nc_pgq *plan = malloc(sizeof *plan * (size_t)nc_pg_batch_max(nrows));
@@ -208,14 +202,8 @@ PGresult *nc_pg_exec_begin(nc_pg_conn *c, const char *first, const char *sql, in
             return NULL;
         return nc_pg_exec(c, sql, nparams, types, values, lengths, formats, deadline, err);
     }
-    if (nc_pg_settle(c, deadline, err) < 0)
+    if (nc_pg_settle(c, deadline, err) < 0 || nc_pg_usable(c, err) < 0)
         return NULL;
-    if (c->broken || PQstatus(c->pg) != CONNECTION_OK) {
-        c->broken = 1;
-        nc_pg_conn_error(err, NC_E_CONNECTION, c->pg, "connection lost");
-        err->sent = NC_SENT_NO;
-        return NULL;
-    }
     if (!PQenterPipelineMode(c->pg)) {
         nc_pg_conn_error(err, NC_E_QUERY, c->pg, "cannot enter pipeline mode");
         err->kind = NC_K_INTERNAL;

@@ -16,6 +16,7 @@
 #include "nc_time.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -155,6 +156,7 @@ void nc_pool_slot_fill_locked(nc_pool *p, nc_conn *c, void *raw)
     c->last_used = now;
     c->last_checked = now;
     c->last_polled = now;
+    c->owed_since = 0;
     p->opened++;
 }
 
@@ -529,31 +531,121 @@ int nc_pool_try_acquire(nc_pool *p, nc_conn **out, uint64_t *lease, nc_error *er
     return 1;
 }
 
-/* Check an idle connection taken for a borrower (state CHECKING, no lock). */
+static void timeout_message(nc_pool *p, double timeout, nc_error *err);
+
+/* What check_for_borrow found. */
+enum { CHECK_DEAD = 0, CHECK_OK, CHECK_CUT };
+
+/* A check's answer (settle or ping: 0 ok, 1 not answered in time, -1
+ * dead) as check_for_borrow's.  Only validation_timeout judges a
+ * connection: a check the borrower's own deadline (by_caller) or Ctrl-C
+ * ended proves nothing, and the connection is kept with its reply owed. */
+static int judge(int rc, int by_caller)
+{
+    if (rc == 0)
+        return CHECK_OK;
+    if (rc > 0 && (by_caller || nc_stop_seen()))
+        return CHECK_CUT;
+    return CHECK_DEAD;
+}
+
+/* The deadline of a check that may be cut short: validation_timeout from
+ * since (when the reply it waits for was asked), or the borrower's own when
+ * sooner (*by_caller then). */
+static double check_deadline(nc_pool *p, double since, double deadline, int *by_caller)
+{
+    double vdl = since + p->cfg.validation_timeout;
+    *by_caller = deadline < vdl;
+    return *by_caller ? deadline : vdl;
+}
+
+/* Check an idle connection taken for a borrower (state CHECKING, no lock).
+ * A check cut short records in c->owed_since when its reply was asked for:
+ * the reply is owed from then, whoever waits for it next, so a silent
+ * connection is judged dead once owed longer than validation_timeout (a
+ * check that starts past that only reads what arrived, without waiting)
+ * instead of every short borrow waiting its own time on it again. */
 static int check_for_borrow(nc_pool *p, nc_conn *c, double deadline)
 {
     double now = nc_now();
     if (now >= c->expires)
-        return 0;
+        return CHECK_DEAD;
+    int by_caller;
     if (p->ops->settle) {
-        /* The reply to the ROLLBACK its return sent: before anything of
-         * this borrower is sent, or the connection is replaced. */
-        double sdl = now + p->cfg.validation_timeout;
-        if (p->ops->settle(p->ctx, c->raw, sdl < deadline ? sdl : deadline) != 0)
-            return 0;
+        /* The reply to the ROLLBACK its return sent (or to a ping cut
+         * short): before anything of this borrower is sent, or the
+         * connection is replaced. */
+        double since = c->owed_since > 0 ? c->owed_since : now;
+        double dl = check_deadline(p, since, deadline, &by_caller);
+        int rc = judge(p->ops->settle(p->ctx, c->raw, dl), by_caller);
+        if (rc == CHECK_CUT)
+            c->owed_since = since;
+        if (rc != CHECK_OK)
+            return rc;
+        c->owed_since = 0;
     }
     if (!p->cfg.validate)
-        return 1;
+        return CHECK_OK;
     if (!p->ops->looks_alive(p->ctx, c->raw))
-        return 0;
+        return CHECK_DEAD;
     if (now - c->last_used > p->cfg.ping_after_idle) {
         nc_error ignored;
-        double pdl = now + p->cfg.validation_timeout;
-        if (p->ops->ping(p->ctx, c->raw, pdl < deadline ? pdl : deadline, &ignored) < 0)
-            return 0;
+        nc_error_clear(&ignored);
+        double sent = nc_now();
+        double dl = check_deadline(p, sent, deadline, &by_caller);
+        int rc = judge(p->ops->ping(p->ctx, c->raw, dl, &ignored), by_caller);
+        if (rc == CHECK_CUT && p->ops->settle)
+            c->owed_since = sent;   /* a backend without settle owes nothing */
+        if (rc != CHECK_OK)
+            return rc;
         c->last_checked = nc_now();
     }
-    return 1;
+    return CHECK_OK;
+}
+
+/* Put c idle UNDER the other idle connections: a connection whose check was
+ * cut short is the one least likely to answer, so borrowers (who take the
+ * top of the stack) try the others first. */
+static void put_idle_under_locked(nc_pool *p, nc_conn *c)
+{
+    nc_pool_put_idle_locked(p, c);   /* or to the oldest waiter */
+    if (c->state != NC_SLOT_IDLE || p->idle_top != c->index || c->next_idle < 0)
+        return;
+    p->idle_top = c->next_idle;
+    nc_conn *last = &p->slots[p->idle_top];
+    while (last->next_idle >= 0)
+        last = &p->slots[last->next_idle];
+    last->next_idle = c->index;
+    c->next_idle = -1;
+}
+
+/* The borrower's deadline (or Ctrl-C) ended the check of c: c goes back
+ * idle under the others (or to the oldest waiter, whose borrow reads the
+ * owed reply first),
+ * unless the pool was shut down meanwhile; the borrow fails. */
+static void check_cut(nc_pool *p, nc_conn *c, double timeout, nc_error *err)
+{
+    int stopped = nc_stop_seen();
+    lock(p);
+    if (p->closed) {
+        unlock(p);
+        close_slot(p, c);
+        nc_error_set(err, NC_E_POOL_CLOSED, NC_K_OPERATIONAL, "pool is shut down");
+        return;
+    }
+    put_idle_under_locked(p, c);
+    if (stopped) {
+        nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL,
+                     "interrupted while checking a connection (kept: its reply is read by the next borrow)");
+    } else {
+        timeout_message(p, timeout, err);
+        size_t n = strlen(err->message);
+        snprintf(err->message + n, sizeof err->message - n,
+                 "; an idle connection's check did not answer within the borrow's time (kept: not "
+                 "proven dead, its reply is read by the next borrow)");
+        p->acquire_timeouts++;
+    }
+    unlock(p);
 }
 
 static void timeout_message(nc_pool *p, double timeout, nc_error *err)
@@ -694,7 +786,12 @@ int nc_pool_acquire(nc_pool *p, double timeout, nc_conn **out, uint64_t *lease, 
         }
 
         /* An idle connection, now CHECKING. */
-        if (check_for_borrow(p, c, check_by)) {
+        int checked = check_for_borrow(p, c, check_by);
+        if (checked == CHECK_CUT) {
+            check_cut(p, c, timeout, err);
+            return -1;
+        }
+        if (checked == CHECK_OK) {
             lock(p);
             p->nbusy--;
             p->nlent++;
@@ -797,6 +894,31 @@ void nc_pool_release(nc_pool *p, nc_conn *c, int discard)
     unlock(p);
 }
 
+int nc_pool_ping(nc_pool *p, nc_conn *c, nc_error *err)
+{
+    nc_error_clear(err);
+    int rc = p->ops->ping(p->ctx, c->raw, nc_now() + p->cfg.validation_timeout, err);
+    if (rc <= 0)
+        return rc;
+    if (nc_stop_seen()) {
+        nc_error_set(err, NC_E_INTERRUPTED, NC_K_OPERATIONAL,
+                     "interrupted while pinging (the connection is kept: its reply is read before its next use)");
+        return -1;
+    }
+    /* No answer within validation_timeout: a dead connection by the
+     * pool's rule, closed when given back; given up now, so that a
+     * statement before that fails at once instead of waiting on the reply
+     * still owed (no deadline of its own: for ever). */
+    if (p->ops->give_up)
+        p->ops->give_up(p->ctx, c->raw, "no answer to a ping within validation_timeout");
+    lock(p);
+    c->expires = 0;
+    unlock(p);
+    nc_error_set(err, NC_E_QUERY_TIMEOUT, NC_K_OPERATIONAL, "no answer to the ping within %.3g s (validation_timeout)",
+                 p->cfg.validation_timeout);
+    return -1;
+}
+
 /* ---- shutting down ----------------------------------------------------- */
 
 static void close_idle(nc_pool *p)
@@ -858,13 +980,26 @@ int nc_pool_shutdown(nc_pool *p, double timeout)
     close_idle(p);
 
     double deadline = nc_now() + (timeout > 0 ? timeout : 0);
-    struct timespec ts = isinf(deadline) ? (struct timespec){0, 0} : nc_abstime(deadline);
     lock(p);
     while ((p->nlent > 0 || p->nbusy > 0) && nc_now() < deadline) {
-        if (isinf(deadline))
+        /* In slices when the thread has a stop check (Ctrl-C ends the wait
+         * as the timeout would: the pool stays closed, and what is still
+         * lent is closed when it comes back). */
+        double until = nc_stop_slice(deadline);
+        if (isinf(until)) {
             pthread_cond_wait(&p->changed, &p->mu);
-        else if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT)
-            break;
+            continue;
+        }
+        struct timespec ts = nc_abstime(until);
+        if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT) {
+            if (until >= deadline)
+                break;
+            unlock(p);
+            int stop = nc_stop_check();
+            lock(p);
+            if (stop)
+                break;
+        }
     }
     int left = p->nlent + p->nbusy;
     unlock(p);

@@ -50,6 +50,8 @@ typedef struct nc_conn {
     double last_used;           /* monotonic, when it went idle */
     double last_checked;        /* monotonic, last successful ping */
     double last_polled;         /* monotonic, last no-round-trip liveness check */
+    double owed_since;          /* monotonic, when the reply a cut-short check left owed was asked
+                                 * for (0: none); judged by validation_timeout from then */
     int next_idle;              /* idle stack link (slot index, -1 end) */
     double lent_at;             /* monotonic, when the current lease began */
     uint64_t leak_lease;        /* the last lease found held past leak_timeout */
@@ -100,13 +102,24 @@ int nc_pool_release_quick(nc_pool *p, nc_conn *c);
  * better).  An open transaction is rolled back; a failing rollback discards. */
 void nc_pool_release(nc_pool *p, nc_conn *c, int discard);
 
+/* A round trip on the borrowed c (PooledConnection.ping()), bounded by
+ * validation_timeout, honouring the thread's stop check.  0 it answered;
+ * -1 err: it failed (dead), or no answer within validation_timeout
+ * (NC_E_QUERY_TIMEOUT; c is closed when given back), or the stop check said
+ * stop (NC_E_INTERRUPTED; c is kept, its reply read before its next use).
+ * Call without the pool mutex, with the GIL released for native kinds. */
+int nc_pool_ping(nc_pool *p, nc_conn *c, nc_error *err);
+
 /* 1 when (c, lease) is still the caller's borrow. */
 int nc_pool_lease_valid(nc_pool *p, nc_conn *c, uint64_t lease);
 
 /* Stop the janitor, refuse new borrows (NC_E_POOL_CLOSED), close idle
  * connections, wait up to timeout for lent ones to come back, then close
- * those not yet back when they are returned (or at nc_pool_free).
- * Returns the number still lent when it gave up waiting.  Idempotent. */
+ * those not yet back when they are returned (or at nc_pool_free).  The
+ * thread's stop check (nc_stop.h: Ctrl-C) ends the waits early, with the
+ * pool in the same state as after the timeout.
+ * Returns the number still lent when it gave up waiting.  Idempotent: a
+ * second call waits again for those still lent. */
 int nc_pool_shutdown(nc_pool *p, double timeout);
 
 /* nc_pool_drain's flags.  RETIRE: every connection open or being opened now

@@ -421,6 +421,12 @@ int nc_prober_probe(nc_prober *p, double deadline, nc_probe_result *out)
             nc_error err;
             nc_error_clear(&err);
             rc = p->ops->ping(p->ctx, p->conn, deadline, &err);
+            if (rc > 0) {
+                /* No answer by the probe's deadline: a failed probe. */
+                rc = -1;
+                if (!err.message[0])
+                    nc_error_set(&err, NC_E_CONNECTION, NC_K_OPERATIONAL, "no answer before the probe's deadline");
+            }
             if (rc < 0)
                 fail(out, err.code ? err.code : NC_E_CONNECTION, "%s", err.message[0] ? err.message : "probe failed");
         }

@@ -293,7 +293,14 @@ static int sq_ping(void *vctx, void *vconn, double deadline, nc_error *err)
     (void)vctx;
     /* Reads the schema cookie: touches the file, so a deleted or corrupt
      * database shows up. */
-    return nc_sqlite_command(vconn, "PRAGMA schema_version", deadline, err);
+    nc_sqlite_conn *c = vconn;
+    if (nc_sqlite_command(c, "PRAGMA schema_version", deadline, err) == 0)
+        return 0;
+    /* Busy until the deadline (another connection holds a lock) or Ctrl-C:
+     * that says nothing of this connection, so "not answered in time" (1),
+     * judged by whoever set the deadline, as a late reply of PostgreSQL's;
+     * nothing is left owed. */
+    return c->timed_out || c->interrupted ? 1 : -1;
 }
 
 static int sq_return_state(void *vctx, void *vconn)

@@ -1,4 +1,7 @@
 /* nc_stop.c - the per-thread stop check of long waits (see nc_stop.h). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "nc_stop.h"
 #include "nc_time.h"
 
@@ -62,4 +65,20 @@ double nc_stop_slice(double deadline)
         return deadline;
     double slice = nc_now() + NC_STOP_PERIOD;
     return slice < deadline ? slice : deadline;
+}
+
+int nc_stop_join(pthread_t t, double deadline)
+{
+    for (;;) {
+        if (nc_stop_seen())
+            return pthread_tryjoin_np(t, NULL) == 0 ? 0 : -1;
+        double until = nc_stop_slice(deadline);
+        double left = until - nc_now();
+        /* pthread_timedjoin_np takes a CLOCK_REALTIME time. */
+        struct timespec ts = nc_abstime(nc_wall() + (left > 0 ? left : 0));
+        if (pthread_timedjoin_np(t, NULL, &ts) == 0)
+            return 0;
+        if (until >= deadline || nc_stop_check())
+            return -1;
+    }
 }

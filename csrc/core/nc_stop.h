@@ -13,6 +13,8 @@
 #ifndef NC_STOP_H
 #define NC_STOP_H
 
+#include <pthread.h>
+
 #define NC_STOP_PERIOD 0.05
 
 typedef int (*nc_stop_fn)(void *arg);   /* nonzero: stop */
@@ -45,5 +47,10 @@ int nc_stop_seen(void);
 /* The end of the next slice of a wait until deadline: deadline itself
  * without a check, else at most NC_STOP_PERIOD from now. */
 double nc_stop_slice(double deadline);
+
+/* Join thread t by deadline (monotonic), in slices when a check is
+ * installed: 0 joined; -1 not (the deadline passed, or the check said
+ * stop: the caller detaches it, which must then own what it touches). */
+int nc_stop_join(pthread_t t, double deadline);
 
 #endif

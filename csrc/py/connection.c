@@ -801,17 +801,24 @@ static PyObject *conn_ping(NpyConnection *self, PyObject *unused)
     (void)unused;
     if (op_begin(self) < 0)
         return NULL;
-    const nc_backend_ops *ops = nc_pool_ops(self->ps->pool);
-    void *ctx = nc_pool_ctx(self->ps->pool), *raw = self->c->raw;
-    double deadline = nc_now() + nc_pool_config_of(self->ps->pool)->validation_timeout;
+    nc_pool *pool = self->ps->pool;
+    nc_conn *c = self->c;
     nc_error err;
     int rc;
     if (self->ps->kind == NPY_BACKEND_PY) {
-        rc = ops->ping(ctx, raw, deadline, &err);
+        rc = nc_pool_ping(pool, c, &err);
     } else {
+        /* Bounded by validation_timeout, and Ctrl-C ends it (the
+         * connection is kept, its reply read before its next use). */
+        npy_interrupt it;
+        npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
-        rc = ops->ping(ctx, raw, deadline, &err);
+        rc = nc_pool_ping(pool, c, &err);
         Py_END_ALLOW_THREADS
+        if (npy_interrupt_disarm(&it)) {
+            op_end(self);
+            return NULL;
+        }
     }
     op_end(self);
     return PyBool_FromLong(rc == 0);
@@ -941,7 +948,10 @@ static PyMethodDef conn_methods[] = {
     {"rollback", (PyCFunction)conn_rollback, METH_NOARGS, "Roll back the open transaction (no-op outside one)."},
     {"transaction", (PyCFunction)conn_transaction, METH_NOARGS,
      "A context manager: begins, commits at the end, or rolls back if the block raises."},
-    {"ping", (PyCFunction)conn_ping, METH_NOARGS, "Round-trip health check; True when it answered."},
+    {"ping", (PyCFunction)conn_ping, METH_NOARGS,
+     "Round-trip health check bounded by validation_timeout; True when it answered (False: the\n"
+     "connection is closed when given back). Ctrl-C ends it with KeyboardInterrupt and keeps the\n"
+     "connection (its reply is read before its next use)."},
     {"looks_alive", (PyCFunction)conn_looks_alive, METH_NOARGS,
      "The pool's cheap check, no round trip (a poll of the socket): False when the connection is\n"
      "certainly dead."},

@@ -648,10 +648,16 @@ static PyObject *fo_stop(NpyFailover *self, PyObject *unused)
         Py_RETURN_NONE;   /* no thread of it runs here; a later use starts none */
     nc_monitor *m = self->route ? nc_route_enter(self->route) : NULL;
     if (m) {
+        /* Ctrl-C ends the wait for the monitor's threads (those still
+         * running are detached, as after the bound). */
+        npy_interrupt it;
+        npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
         nc_monitor_stop(m);
         Py_END_ALLOW_THREADS
         nc_route_leave(self->route);
+        if (npy_interrupt_disarm(&it))
+            return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -665,9 +671,13 @@ static PyObject *fo_close(NpyFailover *self, PyObject *unused)
         abandon_route(self);   /* closed for good: later calls raise PoolClosedError */
     if (self->route) {
         nc_route *r = self->route;
+        npy_interrupt it;
+        npy_interrupt_arm(&it);
         Py_BEGIN_ALLOW_THREADS
         nc_route_close(r);
         Py_END_ALLOW_THREADS
+        if (npy_interrupt_disarm(&it))
+            return NULL;   /* closed all the same */
     }
     Py_RETURN_NONE;
 }

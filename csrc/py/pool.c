@@ -7,6 +7,7 @@
  * trip, or open a connection does it release the GIL (connection.c).
  */
 #include "pool.h"
+#include "interrupt.h"
 #include "errors.h"
 #include "lease.h"
 #include "options.h"
@@ -425,6 +426,11 @@ static PyObject *pool_shutdown(NpyPool *self, PyObject *args, PyObject *kwds)
     int left;
     nc_pool *p = self->s.pool;
     nc_prober *pr = self->prober;
+    /* Ctrl-C ends the waits (for the janitor, for borrowed connections):
+     * the pool is closed all the same, those still out are closed as they
+     * come back, and a second shutdown() waits for them again. */
+    npy_interrupt it;
+    npy_interrupt_arm(&it);
     Py_BEGIN_ALLOW_THREADS
     /* Closing the probe connection is I/O too (never a wait for a running
      * probe: that one closes its own). */
@@ -432,6 +438,8 @@ static PyObject *pool_shutdown(NpyPool *self, PyObject *args, PyObject *kwds)
         nc_prober_close(pr);
     left = nc_pool_shutdown(p, timeout);
     Py_END_ALLOW_THREADS
+    if (npy_interrupt_disarm(&it))
+        return NULL;
     return PyLong_FromLong(left);
 }
 

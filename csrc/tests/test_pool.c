@@ -51,7 +51,10 @@ typedef struct fconn {
     int in_use;     /* set by the stress test while it holds the connection */
     int owed;       /* a reply owed (the reset of fake_ops_owed sends and does not wait) */
     int owed_fails; /* that reply will be a failure (settle -1) */
+    double answer_at; /* nc_now() before which no reply (ping, owed) arrives; 0: at once (main
+                       * thread only: the janitor's round never comes in these tests) */
     double opened;  /* nc_now() when connected */
+    const char *gave_up;  /* the pool's give_up reason (fake_ops_owed) */
 } fconn;
 
 typedef struct fake {
@@ -135,12 +138,30 @@ static int f_looks_alive(void *ctx, void *conn)
     return !LD(c->dead);
 }
 
+/* A reply that comes at c->answer_at: wait for it until deadline, or until
+ * the thread's stop check says stop.  1 it came, 0 not (still owed). */
+static int f_await(fconn *c, double deadline)
+{
+    for (;;) {
+        double now = nc_now(), at = c->answer_at;
+        if (now >= at)
+            return 1;
+        if (now >= deadline || nc_stop_check())
+            return 0;
+        double until = at < deadline ? at : deadline;
+        sleep_s(until - now < 0.005 ? until - now : 0.005);
+    }
+}
+
 static int f_ping(void *ctx, void *conn, double deadline, nc_error *err)
 {
-    (void)deadline;
     fake *f = ctx;
     fconn *c = conn;
     INC(f->pings);
+    if (!f_await(c, deadline)) {
+        ST(c->owed, 1);   /* as nc_pg.c: the ping's reply is left owed, not judged */
+        return 1;
+    }
     if (LD(f->ping_fail_all) || LD(c->ping_fail) || LD(c->dead)) {
         nc_error_set(err, NC_E_CONNECTION, NC_K_OPERATIONAL, "fake ping failed");
         return -1;
@@ -194,8 +215,19 @@ static int f_settle(void *ctx, void *conn, double deadline)
         return 1;
     }
     INC(f->settles_waited);
+    if (!f_await(c, deadline))
+        return 1;   /* late: still owed */
     ST(c->owed, 0);
     return LD(c->owed_fails) ? -1 : 0;
+}
+
+/* As nc_pg.c: broken for the pool's reason, returned as -1 (closed). */
+static void f_give_up(void *ctx, void *conn, const char *why)
+{
+    fake *f = ctx;
+    fconn *c = conn;
+    c->gave_up = why;
+    ST(f->forced_return_state, -1);
 }
 
 static void f_close(void *ctx, void *conn)
@@ -248,6 +280,7 @@ static const nc_backend_ops fake_ops_owed = {
     .return_state = f_return_state,
     .reset = f_reset_owed,
     .settle = f_settle,
+    .give_up = f_give_up,
     .close = f_close,
     .ctx_free = f_ctx_free,
 };
@@ -2146,6 +2179,193 @@ static void test_stop_check(void)
     nc_pool_free(p);
 }
 
+/* One silent idle connection (a frozen backend) on top of the idle stack and
+ * a healthy one under it: the first short borrow (timeout < validation_timeout)
+ * is cut short on the silent one, which goes back UNDER the healthy one, so
+ * the next short borrows get the healthy one; and the silent one's reply is
+ * owed from when it was asked for, so once owed past validation_timeout the
+ * next check of it closes it without waiting (found by the review of h-intr:
+ * every short borrow failed with 2003, "0 of 2 in use", until the janitor). */
+static void test_silent_idle_goes_under(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    cfg.validation_timeout = 0.4;
+    cfg.ping_after_idle = 0;
+    nc_error err;
+    nc_error_clear(&err);
+    nc_pool *p = nc_pool_new(&cfg, &fake_ops_owed, &f, &err);
+    CHECK(p != NULL, "%s", err.message);
+    if (!p)
+        return;
+    nc_conn *a, *b;
+    uint64_t la, lb;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    CHECK(get(p, 1, &b, &lb, &err) == 0, "%s", err.message);
+    uint64_t silent = a->serial, healthy = b->serial;
+    nc_pool_release(p, b, 0);           /* the healthy one, below */
+    raw(a)->answer_at = nc_now() + 1e6; /* silent for ever */
+    nc_pool_release(p, a, 0);           /* the silent one, on top */
+    sleep_s(0.002);
+    int fails = 0, got_healthy = 0;
+    for (int i = 0; i < 5; i++) {
+        nc_conn *x;
+        uint64_t lx;
+        if (get(p, 0.05, &x, &lx, &err) == 0) {
+            got_healthy += x->serial == healthy;
+            nc_pool_release(p, x, 0);
+        } else {
+            fails++;
+            CHECK(err.code == NC_E_POOL_TIMEOUT, "code %d: %s", err.code, err.message);
+        }
+        sleep_s(0.002);
+    }
+    nc_pool_stats s = stats(p);
+    CHECK(fails <= 1 && got_healthy == 5 - fails, "%d of 5 short borrows failed (%d got the healthy one), "
+          "idle %d closed %llu: %s", fails, got_healthy, s.idle, (unsigned long long)s.closed, err.message);
+    CHECK(s.closed == 0 && s.idle == 2, "closed %llu idle %d", (unsigned long long)s.closed, s.idle);
+
+    /* Owed past validation_timeout: with the healthy one held, a short
+     * borrow checks the silent one, closes it at once and opens another. */
+    sleep_s(cfg.validation_timeout + 0.05);
+    CHECK(get(p, 1, &b, &lb, &err) == 0 && b->serial == healthy, "the healthy one first: %s", err.message);
+    int rc = get(p, 0.05, &a, &la, &err);   /* had it waited, its 0.05 s would have cut it: 2003 */
+    CHECK(rc == 0 && a->serial != silent && a->serial != healthy, "rc %d: %s", rc, err.message);
+    s = stats(p);
+    CHECK(s.validation_failures == 1 && s.closed == 1 && s.replaced == 1,
+          "validation_failures %llu closed %llu replaced %llu", (unsigned long long)s.validation_failures,
+          (unsigned long long)s.closed, (unsigned long long)s.replaced);
+    if (rc == 0)
+        nc_pool_release(p, a, 0);
+    nc_pool_release(p, b, 0);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+/* Only validation_timeout judges a connection: a check (the owed reply, a
+ * ping) that the borrower's own shorter deadline, or its stop check, cuts
+ * short leaves the connection idle with the reply owed, and the borrow
+ * fails with 2003 (2023); the next borrow reads the reply and lends it. */
+static void test_late_check_keeps(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 1);
+    cfg.validation_timeout = 10.0;
+    cfg.ping_after_idle = 0;
+    nc_error err;
+    nc_error_clear(&err);
+    nc_pool *p = nc_pool_new(&cfg, &fake_ops_owed, &f, &err);
+    CHECK(p != NULL, "%s", err.message);
+    if (!p)
+        return;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    fconn *fc = raw(a);
+    uint64_t serial = a->serial;
+    nc_pool_release(p, a, 0);
+    sleep_s(0.002);   /* idle longer than ping_after_idle: the borrow pings */
+
+    /* the ping answers after the borrower's deadline */
+    fc->answer_at = nc_now() + 0.3;
+    int rc = get(p, 0.05, &a, &la, &err);
+    CHECK(rc == -1 && err.code == NC_E_POOL_TIMEOUT && strstr(err.message, "kept"), "rc %d code %d: %s", rc,
+          err.code, err.message);
+    nc_pool_stats s = stats(p);
+    CHECK(s.idle == 1 && s.total == 1 && s.closed == 0 && s.validation_failures == 0 && LD(fc->owed) == 1,
+          "idle %d total %d closed %llu validation_failures %llu owed %d", s.idle, s.total,
+          (unsigned long long)s.closed, (unsigned long long)s.validation_failures, LD(fc->owed));
+    /* in time: the owed reply is read, then it is pinged and lent */
+    CHECK(get(p, 2, &a, &la, &err) == 0 && a->serial == serial, "%s", err.message);
+    CHECK(!LD(fc->owed), "the owed reply was not read");
+    nc_pool_release(p, a, 0);
+
+    /* the same cut short by the stop check (Ctrl-C) */
+    sleep_s(0.002);
+    fc->answer_at = nc_now() + 5.0;
+    stop_calls = 0;
+    nc_stop_install(stop_after_two, NULL);
+    double t0 = nc_now();
+    rc = get(p, 8, &a, &la, &err);
+    double el = nc_now() - t0;
+    nc_stop_install(NULL, NULL);
+    CHECK(rc == -1 && err.code == NC_E_INTERRUPTED, "rc %d code %d: %s", rc, err.code, err.message);
+    CHECK(el < 3 * NC_STOP_PERIOD + SLACK, "interrupted after %.3f s", el);
+    s = stats(p);
+    CHECK(s.idle == 1 && s.closed == 0 && s.acquire_timeouts == 1, "idle %d closed %llu timeouts %llu", s.idle,
+          (unsigned long long)s.closed, (unsigned long long)s.acquire_timeouts);
+    fc->answer_at = 0;
+    CHECK(get(p, 2, &a, &la, &err) == 0 && a->serial == serial, "%s", err.message);
+    nc_pool_release(p, a, 0);
+
+    /* validation_timeout shorter than the borrow's: the late ping condemns it */
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+    fake g = {0};
+    cfg.validation_timeout = 0.05;
+    p = nc_pool_new(&cfg, &fake_ops_owed, &g, &err);
+    CHECK(p != NULL, "%s", err.message);
+    if (!p)
+        return;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    serial = a->serial;
+    raw(a)->answer_at = nc_now() + 5.0;
+    nc_pool_release(p, a, 0);
+    sleep_s(0.002);
+    CHECK(get(p, 2, &a, &la, &err) == 0 && a->serial != serial, "rc/serial: %s", err.message);
+    s = stats(p);
+    CHECK(s.validation_failures == 1 && s.closed == 1 && s.replaced == 1, "validation_failures %llu closed "
+          "%llu replaced %llu", (unsigned long long)s.validation_failures, (unsigned long long)s.closed,
+          (unsigned long long)s.replaced);
+    nc_pool_release(p, a, 0);
+
+    /* PooledConnection.ping(): no answer within validation_timeout closes it on return */
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    raw(a)->answer_at = nc_now() + 5.0;
+    rc = nc_pool_ping(p, a, &err);
+    CHECK(rc == -1 && err.code == NC_E_QUERY_TIMEOUT, "rc %d code %d", rc, err.code);
+    /* and given up at once: a statement before the return fails saying why
+     * instead of waiting on the owed reply (review of h-intr, finding 4) */
+    CHECK(raw(a)->gave_up && strstr(raw(a)->gave_up, "no answer to a ping within validation_timeout"),
+          "not given up: %s", raw(a)->gave_up ? raw(a)->gave_up : "(null)");
+    nc_pool_release(p, a, 0);
+    ST(g.forced_return_state, 0);
+    s = stats(p);
+    CHECK(s.closed == 2 && s.idle == 0, "closed %llu idle %d", (unsigned long long)s.closed, s.idle);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
+/* The stop check ends shutdown's wait for a lent connection: the pool stays
+ * closed and the connection is closed when it comes back. */
+static void test_stop_in_shutdown(void)
+{
+    fake f = {0};
+    nc_pool_config cfg;
+    base_cfg(&cfg, 2);
+    nc_pool *p = mkpool(&cfg, &f);
+    nc_error err;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    stop_calls = 0;
+    nc_stop_install(stop_after_two, NULL);
+    double t0 = nc_now();
+    int left = nc_pool_shutdown(p, 10.0);
+    double el = nc_now() - t0;
+    nc_stop_install(NULL, NULL);
+    CHECK(left == 1, "left %d", left);
+    CHECK(el < 3 * NC_STOP_PERIOD + SLACK, "shutdown interrupted after %.3f s", el);
+    CHECK(nc_pool_is_closed(p), "the pool is not closed");
+    nc_pool_release(p, a, 0);
+    nc_pool_stats s = stats(p);
+    CHECK(s.total == 0 && f.closes == 1, "total %d closes %d", s.total, f.closes);
+    CHECK(nc_pool_shutdown(p, 10.0) == 0, "a second shutdown");
+    nc_pool_free(p);
+}
+
 /* A full server (53300): the borrow waits for a slot with capped exponential
  * backoff until its deadline, then times out (2003), whatever retry_attempts
  * says; a slot that frees meanwhile is taken.  retry_backoff 0 still backs off. */
@@ -2285,6 +2505,9 @@ int main(void)
         {"churn", test_churn},
         {"observer_and_refs", test_observer_and_refs},
         {"stop_check", test_stop_check},
+        {"late_check_keeps", test_late_check_keeps},
+        {"silent_idle_goes_under", test_silent_idle_goes_under},
+        {"stop_in_shutdown", test_stop_in_shutdown},
         {"server_full", test_server_full},
         {"leaks", test_leaks},
         {"former_bugs", known_bugs},   /* bugs found by these tests and since fixed */

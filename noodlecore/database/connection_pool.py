@@ -178,7 +178,9 @@ class DatabaseConnectionPool(_native.Pool):
     def shutdown(self, timeout: Optional[float] = None) -> None:
         """Stop the maintenance thread, close idle connections, wait up to
         ``timeout`` seconds (default 5) for borrowed ones to come back; those
-        still out are closed when they return.  Idempotent."""
+        still out are closed when they return.  Ctrl-C ends the wait as the
+        timeout would (KeyboardInterrupt; the pool stays closed).  Idempotent:
+        a second call waits again for those still borrowed."""
         left = self._shutdown(timeout)
         if left:
             log.warning("pool shut down with %d connection(s) still borrowed; they will be closed "

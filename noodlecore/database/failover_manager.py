@@ -498,22 +498,22 @@ class DatabaseFailoverManager(_patroni.PatroniSource):
         return self._pools[i] if i < len(self._pools) else self._joined_pool(i)
 
     def shutdown(self) -> None:
-        """Stop monitoring and the event thread, shut down every pool."""
+        """Stop monitoring and the event thread, shut down every pool.  Ctrl-C (or an error) ends
+        a wait, not the shutdown: the rest runs without waiting, then KeyboardInterrupt is raised."""
         if self._closed:
             return
-        self._closed = True
-        self._restart_dispatcher = False
-        try:
-            self._native.stop()
-            self._stop_dispatch.set()
-            if self._dispatcher is not None and self._dispatcher is not threading.current_thread():
-                self._dispatcher.join(timeout=2)
-            self._drain_events()
-            self._native.close()
-            self._patroni_close()
-        finally:
-            for p in self._pools:
-                p.shutdown(timeout=1)
+        self._closed, self._restart_dispatcher = True, False
+        got: List[BaseException] = []
+        d, me, wait = self._dispatcher, threading.current_thread(), lambda t, q=0.0: q if got else t  # noqa: E731
+        for step in [self._stop_dispatch.set, self._native.stop,   # the event thread ends at the stop's wake-up
+                     lambda: d is None or d is me or d.join(wait(2, 0.2)), self._drain_events, self._native.close,
+                     self._patroni_close, *[lambda p=p: p.shutdown(timeout=wait(1)) for p in self._pools]]:
+            try:
+                step()
+            except BaseException as exc:
+                got.append(exc)
+        if got:
+            raise got[0]
         log.info("failover manager shut down")
 
     close = shutdown
