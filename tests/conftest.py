@@ -91,6 +91,8 @@ def pg_factory(pg_cluster):
 #
 #   app         function  the test's application_name (nct_<test name>)
 #   make_pool   function  make_pool(**options) -> a pool on the shared `pg`
+#   proxied     function  proxied(**options) -> (pool, TcpProxy): a pool through a fresh
+#                         fault proxy to `pg` (test_fault_matrix_net, test_short_deadlines)
 #   table       function  a fresh table named after the test
 # ===========================================================================
 
@@ -121,6 +123,23 @@ def make_pool(pg, app):
     yield make
     for p in pools:
         p.shutdown(timeout=0)
+
+
+@pytest.fixture
+def proxied(pg, pg_factory, make_pool, app):
+    """proxied(**options) -> (pool through a fresh proxy to the shared server, proxy)."""
+    made = []
+
+    def make(**options):
+        px = pg_factory.proxy(pg)
+        pool = make_pool(dsn="postgresql://postgres@127.0.0.1:%d/postgres?application_name=%s" % (px.port, app),
+                         **options)
+        made.append(px)
+        return pool, px
+
+    yield make
+    for px in made:
+        px.clear()     # lift the fault: held cancels and statements drain before the pool shuts down
 
 
 @pytest.fixture

@@ -29,23 +29,6 @@ CANCEL_GRACE = 0.5   # nc_pg.c: how long a cancelled statement may take to stop
 SLACK = 1.5          # a loaded 2-core machine under ASan
 
 
-@pytest.fixture
-def proxied(pg, pg_factory, make_pool, app):
-    """proxied(**options) -> (pool through a fresh proxy to the shared server, proxy)."""
-    made = []
-
-    def make(**options):
-        px = pg_factory.proxy(pg)
-        pool = make_pool(dsn="postgresql://postgres@127.0.0.1:%d/postgres?application_name=%s" % (px.port, app),
-                         **options)
-        made.append(px)
-        return pool, px
-
-    yield make
-    for px in made:
-        px.clear()     # lift the fault: held cancels and statements drain before the pool shuts down
-
-
 def timed(fn):
     """(exception raised by fn, seconds it took); fails if fn returns."""
     t0 = time.monotonic()

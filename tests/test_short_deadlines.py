@@ -24,23 +24,6 @@ from noodlecore.database import OperationalError, PoolTimeoutError, QueryTimeout
 BORROW = 0.3     # the borrower's deadline, far below validation_timeout (30 s)
 
 
-@pytest.fixture
-def proxied(pg, pg_factory, make_pool, app):
-    """proxied(**options) -> (pool through a fresh proxy to the shared server, proxy)."""
-    made = []
-
-    def make(**options):
-        px = pg_factory.proxy(pg)
-        pool = make_pool(dsn="postgresql://postgres@127.0.0.1:%d/postgres?application_name=%s" % (px.port, app),
-                         **options)
-        made.append(px)
-        return pool, px
-
-    yield make
-    for px in made:
-        px.clear()
-
-
 def borrow_fails(pool, timeout):
     t0 = time.monotonic()
     with pytest.raises(PoolTimeoutError) as ei:

@@ -271,6 +271,29 @@ static void close_slot(nc_pool *p, nc_conn *c)
 
 /* ---- opening ----------------------------------------------------------- */
 
+/* One wait on p->changed (mu held), at most until `until`, in slices when
+ * the thread has a stop check (Ctrl-C; asked without the mutex, it may run
+ * a signal handler).  WAIT_AGAIN: woken, or a slice passed: look at your
+ * condition again; WAIT_DONE: `until` passed, or the stop check said stop. */
+enum { WAIT_AGAIN = 0, WAIT_DONE = 1 };
+static int wait_changed_locked(nc_pool *p, double until)
+{
+    double slice = nc_stop_slice(until);
+    if (isinf(slice)) {
+        pthread_cond_wait(&p->changed, &p->mu);
+        return WAIT_AGAIN;
+    }
+    struct timespec ts = nc_abstime(slice);
+    if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) != ETIMEDOUT)
+        return WAIT_AGAIN;
+    if (slice >= until)
+        return WAIT_DONE;
+    unlock(p);
+    int stop = nc_stop_check();
+    lock(p);
+    return stop ? WAIT_DONE : WAIT_AGAIN;
+}
+
 /* Sleep until `until`, or less if the pool is shut down or drained
  * meanwhile, or (for_idle) a connection comes back idle.  Returns 1 in the
  * last case. */
@@ -278,17 +301,8 @@ static int backoff_wait(nc_pool *p, double until, uint64_t drains, int for_idle)
 {
     lock(p);
     while (!p->closed && p->drains == drains && nc_now() < until && !(for_idle && p->nidle > 0)) {
-        double slice = nc_stop_slice(until);
-        struct timespec ts = nc_abstime(slice);
-        if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT) {
-            if (slice >= until)
-                break;
-            unlock(p);
-            int stop = nc_stop_check();
-            lock(p);
-            if (stop)
-                break;
-        }
+        if (wait_changed_locked(p, until) == WAIT_DONE)
+            break;
     }
     int idle = for_idle && p->nidle > 0;
     unlock(p);
@@ -982,24 +996,10 @@ int nc_pool_shutdown(nc_pool *p, double timeout)
     double deadline = nc_now() + (timeout > 0 ? timeout : 0);
     lock(p);
     while ((p->nlent > 0 || p->nbusy > 0) && nc_now() < deadline) {
-        /* In slices when the thread has a stop check (Ctrl-C ends the wait
-         * as the timeout would: the pool stays closed, and what is still
-         * lent is closed when it comes back). */
-        double until = nc_stop_slice(deadline);
-        if (isinf(until)) {
-            pthread_cond_wait(&p->changed, &p->mu);
-            continue;
-        }
-        struct timespec ts = nc_abstime(until);
-        if (pthread_cond_timedwait(&p->changed, &p->mu, &ts) == ETIMEDOUT) {
-            if (until >= deadline)
-                break;
-            unlock(p);
-            int stop = nc_stop_check();
-            lock(p);
-            if (stop)
-                break;
-        }
+        /* Ctrl-C ends the wait as the timeout would: the pool stays closed,
+         * and what is still lent is closed when it comes back. */
+        if (wait_changed_locked(p, deadline) == WAIT_DONE)
+            break;
     }
     int left = p->nlent + p->nbusy;
     unlock(p);
