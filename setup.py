@@ -5,7 +5,6 @@ Environment:
   NOODLE_CFLAGS   extra compiler flags (CI passes -Werror; the sanitizer
                   build passes -fsanitize=address,undefined ...)
   NOODLE_LDFLAGS  extra linker flags
-  NOODLE_BUILD_JOBS  how many sources compile at once (default: every core)
 """
 
 import glob
@@ -63,11 +62,10 @@ extra_link = ["-pthread"] + shlex.split(os.environ.get("NOODLE_LDFLAGS", ""))
 
 class ParallelBuildExt(build_ext):
     """Compiles the extension's sources on every core (setuptools compiles one
-    extension's sources one after another; ours has some fifty files).
-    NOODLE_BUILD_JOBS sets the count (1: one at a time)."""
+    extension's sources one after another; ours has some fifty files)."""
 
     def build_extension(self, ext):
-        jobs = int(os.environ.get("NOODLE_BUILD_JOBS") or os.cpu_count() or 1)
+        jobs = os.cpu_count() or 1
         compile_some = self.compiler.compile
 
         def compile_all(sources, *args, **kwargs):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from helpers import sessions
+from helpers import sessions, wait_for
 from noodlecore.database import OperationalError, PoolTimeoutError, QueryTimeoutError
 
 BORROW = 0.3     # the borrower's deadline, far below validation_timeout (30 s)
@@ -58,14 +58,21 @@ def test_a_slow_ping_past_the_borrowers_deadline_keeps_the_connection(proxied, p
     kept(pool, pg, app, pid)
 
 
-def test_a_slow_rollback_reply_past_the_borrowers_deadline_keeps_the_connection(proxied, pg, app):
-    # ping_after_idle large: the borrow's only round trip is the ROLLBACK's reply
+def in_a_transaction_behind_a_blackhole(proxied):
+    """A pool of one connection, borrowed with a transaction open, its proxy now holding the
+    server's replies back: giving it back sends a ROLLBACK whose reply is owed.
+    ping_after_idle large: the next borrow's only round trip is that reply."""
     pool, px = proxied(max_connections=1, timeout=5, ping_after_idle=600, validation_timeout=30)
     c = pool.acquire()
     pid = c.backend_pid
     c.begin()
     c.execute_query("SELECT 1")
     px.blackhole(True)
+    return pool, px, c, pid
+
+
+def test_a_slow_rollback_reply_past_the_borrowers_deadline_keeps_the_connection(proxied, pg, app):
+    pool, px, c, pid = in_a_transaction_behind_a_blackhole(proxied)
     c.release()                         # ROLLBACK sent, its reply not awaited (and now held back)
     err, took = borrow_fails(pool, BORROW)
     assert err.error_code == 2003 and "kept" in err.message, err
@@ -76,12 +83,7 @@ def test_a_slow_rollback_reply_past_the_borrowers_deadline_keeps_the_connection(
 def test_a_waiter_handed_a_connection_whose_rollback_is_late_keeps_it(proxied, pg, app):
     """The same on the hand-off path: a borrower waiting in line gets the connection straight
     from its return, with the ROLLBACK's reply still owed."""
-    pool, px = proxied(max_connections=1, timeout=5, ping_after_idle=600, validation_timeout=30)
-    c = pool.acquire()
-    pid = c.backend_pid
-    c.begin()
-    c.execute_query("SELECT 1")
-    px.blackhole(True)
+    pool, px, c, pid = in_a_transaction_behind_a_blackhole(proxied)
     out = {}
 
     def waiter():
@@ -92,10 +94,7 @@ def test_a_waiter_handed_a_connection_whose_rollback_is_late_keeps_it(proxied, p
             out["err"] = e
     t = threading.Thread(target=waiter)
     t.start()
-    deadline = time.monotonic() + 10
-    while pool._raw_stats()["requests_waiting"] != 1:
-        assert time.monotonic() < deadline, "the waiter never queued"
-        time.sleep(0.005)
+    wait_for(lambda: pool._raw_stats()["requests_waiting"] == 1, timeout=10, what="the waiter to queue")
     c.release()                         # handed to the waiter, its ROLLBACK's reply held back
     t.join(10)
     assert "err" in out and out["err"].error_code == 2003, out

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.once
 import sqlalchemy as sa  # noqa: E402  (a missing SQLAlchemy is an error, never a skip)
 
 from helpers import dbapi_pool, sessions, subprocess_env, wait_for  # noqa: E402
+from noodlecore.database.errors import ConfigurationError  # noqa: E402
 
 
 def pg_url(pg, app, dbname=None, **query):
@@ -134,9 +135,10 @@ def test_dbapi_dispose_drains_the_pools_connect_shares(pg, app, fresh_dbapi_pool
     assert held.cursor().execute("select 1").fetchone() == (1,)
     held.close()
     wait_sessions(pg, app, (), "the borrowed one to close on return")
-    with pytest.raises(dbapi.Error) as info:
+    with pytest.raises(ConfigurationError) as info:
         dbapi.dispose(b"postgresql://x")
-    assert info.value.error_code
+    assert isinstance(info.value, dbapi.Error)
+    assert info.value.error_code == 2013 and "dsn must be a str or None, not bytes" in str(info.value)
 
 
 def test_a_failover_managers_drain_reaches_every_endpoint_pool(pg, app):
