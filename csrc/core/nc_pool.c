@@ -44,6 +44,9 @@ static void lock(nc_pool *p) { pthread_mutex_lock(&p->mu); }
 /* A borrow begins (under mu): leak_timeout counts from here. */
 static void mark_lent(nc_pool *p, nc_conn *c)
 {
+    /* Whatever was owed has been read (by the check, or by the fast path's
+     * settle): a reply owed after the next return counts from its own time. */
+    c->owed_since = 0;
     if (p->cfg.leak_timeout > 0)
         c->lent_at = nc_now();
 }

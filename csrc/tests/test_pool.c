@@ -70,6 +70,7 @@ typedef struct fake {
     int reset_fail;
     int ping_new;
     int settles_nowait, settles_waited;   /* fake_ops_owed's settle calls */
+    int nowait_reads;        /* settle without a wait reads a reply that has come (as libpq's does) */
     /* counts */
     int connect_calls, connects, closes, pings, resets, looks;
     int next_id;
@@ -212,6 +213,10 @@ static int f_settle(void *ctx, void *conn, double deadline)
         return 0;
     if (deadline == 0) {
         INC(f->settles_nowait);
+        if (LD(f->nowait_reads) && nc_now() >= c->answer_at) {
+            ST(c->owed, 0);
+            return LD(c->owed_fails) ? -1 : 0;
+        }
         return 1;
     }
     INC(f->settles_waited);
@@ -2243,6 +2248,49 @@ static void test_silent_idle_goes_under(void)
     nc_pool_free(p);
 }
 
+/* A reply owed since a cut-short check, then read by the fast path (which
+ * lends without the slow path's check): the connection's next owed reply
+ * (the ROLLBACK of its next return) is judged by validation_timeout from its
+ * own time, not from that old cut, or a healthy connection answering in
+ * time is condemned. */
+static void test_owed_since_ends_when_lent(void)
+{
+    fake f = {0};
+    f.nowait_reads = 1;
+    nc_pool_config cfg;
+    base_cfg(&cfg, 1);
+    cfg.validation_timeout = 0.3;
+    cfg.ping_after_idle = 600;
+    nc_error err;
+    nc_error_clear(&err);
+    nc_pool *p = nc_pool_new(&cfg, &fake_ops_owed, &f, &err);
+    CHECK(p != NULL, "%s", err.message);
+    if (!p)
+        return;
+    nc_conn *a;
+    uint64_t la;
+    CHECK(get(p, 1, &a, &la, &err) == 0, "%s", err.message);
+    fconn *fc = raw(a);
+    uint64_t serial = a->serial;
+    fc->answer_at = nc_now() + 1e6;     /* the ROLLBACK's reply is late */
+    ST(fc->in_txn, 1);
+    nc_pool_release(p, a, 0);
+    CHECK(get(p, 0.05, &a, &la, &err) == -1 && err.code == NC_E_POOL_TIMEOUT, "cut short: %s", err.message);
+    fc->answer_at = 0;                  /* it comes: the fast path reads it and lends */
+    CHECK(nc_pool_try_acquire(p, &a, &la, &err) == 1 && a->serial == serial, "fast path: %s", err.message);
+    sleep_s(cfg.validation_timeout + 0.05);   /* the cut is now older than validation_timeout */
+    fc->answer_at = nc_now() + 0.1;     /* the next ROLLBACK's reply comes in 0.1 s, in time */
+    ST(fc->in_txn, 1);
+    nc_pool_release(p, a, 0);
+    CHECK(get(p, 2, &a, &la, &err) == 0 && a->serial == serial, "condemned by the old cut: %s", err.message);
+    nc_pool_stats s = stats(p);
+    CHECK(s.closed == 0 && s.validation_failures == 0, "closed %llu validation_failures %llu",
+          (unsigned long long)s.closed, (unsigned long long)s.validation_failures);
+    nc_pool_release(p, a, 0);
+    nc_pool_shutdown(p, 0);
+    nc_pool_free(p);
+}
+
 /* Only validation_timeout judges a connection: a check (the owed reply, a
  * ping) that the borrower's own shorter deadline, or its stop check, cuts
  * short leaves the connection idle with the reply owed, and the borrow
@@ -2507,6 +2555,7 @@ int main(void)
         {"stop_check", test_stop_check},
         {"late_check_keeps", test_late_check_keeps},
         {"silent_idle_goes_under", test_silent_idle_goes_under},
+        {"owed_since_ends_when_lent", test_owed_since_ends_when_lent},
         {"stop_in_shutdown", test_stop_in_shutdown},
         {"server_full", test_server_full},
         {"leaks", test_leaks},
